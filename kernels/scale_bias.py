@@ -1,0 +1,119 @@
+"""Scale bias: how far a panel study's attribution is from the full-population attribution.
+
+For the panel agents P, compare a = phi_full[P] (their full-scale attribution) with b = phi_panel (what the panel
+study computes):
+
+* ``tvd``: total variation distance between tier shares, full population vs panel.
+* ``panel_share``: the panel's share of the full-scale attribution, sum(a) / sum(phi_full).
+* ``rescale`` c* = argmin_c ||a - c b|| = <a, b> / <b, b>; ``residual`` r* = ||a - c* b|| / ||a||: the part of the
+  gap that no global rescaling removes (0 iff the panel attribution is proportional to the truth).
+* ``spearman``: rank correlation of a and b (NaN if either is constant).
+* ``top10_full`` / ``top10_panel``: share of the total held by the 10 largest attributions in each.
+
+``alert`` fires when tvd > tau_tvd or r* > tau_res, and with hysteresis resolves only when both fall below
+``clear`` times their thresholds.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+from scipy.stats import spearmanr
+
+from kernels.attribution import Attribution
+from kernels.tiers import tier_shares
+
+
+@dataclass(frozen=True)
+class AlertThresholds:
+    """tau_tvd, tau_res (DESIGN defaults 0.3 and 0.2) and the fraction of them below which an active alert
+    resolves."""
+
+    tvd: float = 0.3
+    residual: float = 0.2
+    clear: float = 0.8
+
+    def __post_init__(self) -> None:
+        for name in ("tvd", "residual"):
+            v = getattr(self, name)
+            if not (np.isfinite(v) and v >= 0):
+                raise ValueError(f"alert threshold {name} must be a finite number >= 0, got {v!r}")
+        if not (0 < self.clear <= 1):
+            raise ValueError(f"alert clear ratio must be in (0, 1], got {self.clear!r}")
+
+
+@dataclass(frozen=True)
+class ScaleBias:
+    tiers_full: tuple[float, float, float]
+    tiers_panel: tuple[float, float, float]
+    tvd: float
+    panel_share: float
+    rescale: float
+    residual: float
+    spearman: float
+    top10_full: float
+    top10_panel: float
+    panel_size: int
+
+    def alert(self, thresholds: AlertThresholds | None = None, active: bool = False) -> bool:
+        """Alert state after this run. ``active`` is the state after the previous run (hysteresis)."""
+        t = thresholds or AlertThresholds()
+        if active:
+            return not (self.tvd <= t.tvd * t.clear and self.residual <= t.residual * t.clear)
+        return self.tvd > t.tvd or self.residual > t.residual
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _top_share(phi: np.ndarray, k: int = 10) -> float:
+    total = phi.sum()
+    if total == 0:
+        return math.nan
+    return float(np.sort(phi)[::-1][:k].sum() / total)
+
+
+def _spearman(a: np.ndarray, b: np.ndarray) -> float:
+    if len(a) < 2 or np.ptp(a) == 0 or np.ptp(b) == 0:
+        return math.nan
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return float(spearmanr(a, b).statistic)
+
+
+def scale_bias(full: Attribution, panel: Any, panel_attr: Attribution, tiers: Any) -> ScaleBias:
+    """Scale-bias figures of a panel study (``panel`` indices, ``panel_attr`` its attribution) against the
+    full-population attribution ``full``, with ``tiers`` the full population's tier per agent."""
+    phi = np.asarray(full.phi, np.float64)
+    panel = np.asarray(panel, np.int64)
+    tiers = np.asarray(tiers)
+    b = np.asarray(panel_attr.phi, np.float64)
+    if tiers.shape != phi.shape:
+        raise ValueError(f"tiers has length {len(tiers)} but the full attribution has {len(phi)} agents")
+    if b.shape != panel.shape:
+        raise ValueError(f"panel attribution has {len(b)} entries but the panel has {len(panel)} agents")
+    if panel.size and (panel.min() < 0 or panel.max() >= len(phi)):
+        raise ValueError("panel index out of range")
+    a = phi[panel]
+    s_full, s_panel = tier_shares(phi, tiers), tier_shares(b, tiers[panel])
+    bb = float(b @ b)
+    c = float(a @ b) / bb if bb > 0 else 0.0
+    na = float(np.linalg.norm(a))
+    r = float(np.linalg.norm(a - c * b)) / na if na > 0 else 0.0
+    total = phi.sum()
+    return ScaleBias(
+        tiers_full=tuple(float(v) for v in s_full),
+        tiers_panel=tuple(float(v) for v in s_panel),
+        tvd=float(0.5 * np.abs(s_full - s_panel).sum()),
+        panel_share=float(a.sum() / total) if total != 0 else math.nan,
+        rescale=c,
+        residual=r,
+        spearman=_spearman(a, b),
+        top10_full=_top_share(phi),
+        top10_panel=_top_share(b),
+        panel_size=int(panel.size),
+    )

@@ -1,0 +1,66 @@
+"""Synthetic heavy-tailed populations for tests, benchmarks and demonstrations.
+
+Shaped after the real network (DESIGN §7): follower counts are Pareto-distributed, activity is heavy-tailed and
+mildly correlated with visibility, about a third of accounts are inactive in the window, and attention is
+preferential: an edge's source is drawn in proportion to visibility (most engagement flows to a small head) while
+its attender is drawn in proportion to activity (the large tail does the attending). Edge weights follow the
+interaction mix of the real sample (likes 70%, reposts 10%, ...) with the default per-kind weights.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from kernels.graph import AttentionGraph
+
+# kind: (share of interactions in the real sample, attention weight)
+INTERACTION_MIX = {
+    "like": (0.70, 1.0),
+    "repost": (0.10, 2.0),
+    "reply": (0.09, 3.0),
+    "quote": (0.02, 3.0),
+    "follow": (0.09, 0.5),
+}
+
+
+@dataclass(frozen=True)
+class Population:
+    x: np.ndarray
+    visibility: np.ndarray
+    graph: AttentionGraph
+
+
+def _draw(cdf: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray:
+    return np.minimum(np.searchsorted(cdf, rng.random(count) * cdf[-1], side="right"), len(cdf) - 1)
+
+
+def heavy_tailed_population(
+    n: int,
+    edges_per_agent: float = 8.0,
+    seed: int = 0,
+    *,
+    follower_exponent: float = 1.1,
+    activity_exponent: float = 1.6,
+    inactive_fraction: float = 0.3,
+) -> Population:
+    """A random population of ``n`` agents with about ``edges_per_agent * n`` attention edges (self-loops
+    removed, duplicates merged by the kernels' sums)."""
+    if n < 2:
+        raise ValueError(f"a synthetic population needs at least 2 agents, got {n}")
+    rng = np.random.default_rng(seed)
+    followers = np.floor(rng.pareto(follower_exponent, n) * 20.0)
+    propensity = rng.pareto(activity_exponent, n) + 0.2
+    propensity *= (1.0 + followers) ** 0.15
+    active = rng.random(n) >= inactive_fraction
+    x = np.where(active, np.ceil(propensity * 3.0), 0.0)
+    edges = round(edges_per_agent * n)
+    attender = _draw(np.cumsum(np.where(active, propensity, 0.02)), edges, rng)
+    source = _draw(np.cumsum((1.0 + followers) ** 0.7), edges, rng)
+    shares = np.array([v[0] for v in INTERACTION_MIX.values()])
+    weights = np.array([v[1] for v in INTERACTION_MIX.values()])
+    kind = _draw(np.cumsum(shares), edges, rng)
+    keep = attender != source
+    graph = AttentionGraph(attender[keep], source[keep], weights[kind[keep]], n)
+    return Population(x=x, visibility=followers, graph=graph)

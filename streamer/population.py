@@ -1,0 +1,38 @@
+"""Load a population (activity, visibility, attention edges) from an .npz file or make a synthetic one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from kernels import AttentionGraph, Population, heavy_tailed_population
+
+NPZ_FIELDS = ("x", "visibility", "attender", "source", "weight")
+
+
+def load_npz(path: Path) -> Population:
+    """Arrays ``x``, ``visibility``, ``attender``, ``source`` and ``weight`` (n = len(x)); ``ValueError`` names a
+    missing or malformed field."""
+    try:
+        data = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"cannot read population file {path}: {exc}") from exc
+    missing = [f for f in NPZ_FIELDS if f not in data.files]
+    if missing:
+        raise ValueError(f"population file {path} lacks array(s): {', '.join(missing)}")
+    x = np.asarray(data["x"], np.float64)
+    vis = np.asarray(data["visibility"], np.float64)
+    if vis.shape != x.shape:
+        raise ValueError(f"visibility has length {len(vis)} but x has {len(x)}")
+    graph = AttentionGraph(data["attender"], data["source"], data["weight"], len(x))
+    return Population(x=x, visibility=vis, graph=graph)
+
+
+def save_npz(pop: Population, path: Path) -> None:
+    g = pop.graph
+    np.savez_compressed(path, x=pop.x, visibility=pop.visibility, attender=g.attender, source=g.source, weight=g.weight)
+
+
+def synthetic(agents: int, edges_per_agent: float, seed: int) -> Population:
+    return heavy_tailed_population(agents, edges_per_agent, seed)

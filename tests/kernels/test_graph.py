@@ -1,0 +1,68 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from kernels import AttentionGraph, bucket
+
+
+def test_exposure_and_transpose_match_dense() -> None:
+    rng = np.random.default_rng(0)
+    n, m = 40, 300
+    att, src, w = rng.integers(0, n, m), rng.integers(0, n, m), rng.random(m)
+    g = AttentionGraph(att, src, w, n)
+    dense = np.zeros((n, n))
+    np.add.at(dense, (att, src), w)  # W[j, i] for edge j -> i (duplicates add)
+    x, y = rng.random(n), rng.random(n)
+    np.testing.assert_allclose(np.asarray(g.exposure(x)), dense @ x, rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(g.transpose(y)), dense.T @ y, rtol=1e-5)
+    assert np.all(np.diff(g.attender) >= 0), "edges are kept sorted by attender"
+
+
+def test_padded_graph_gives_same_products() -> None:
+    rng = np.random.default_rng(1)
+    n = 1500
+    g = AttentionGraph(rng.integers(0, n, 5000), rng.integers(0, n, 5000), rng.random(5000), n)
+    p = g.padded(np.dtype(np.float32))
+    assert p.size == bucket(n) and p.size >= n
+    x = np.zeros(p.size, np.float32)
+    x[:n] = rng.random(n)
+    np.testing.assert_allclose(np.asarray(p.exposure(x))[:n], np.asarray(g.exposure(x[:n])), rtol=1e-5)
+    assert float(p.total(np.ones(p.size, np.float32))) == n, "padding agents are excluded from totals"
+
+
+def test_bucket_growth_is_bounded() -> None:
+    sizes = [bucket(s) for s in range(1, 200_000, 997)]
+    assert all(b >= s for b, s in zip(sizes, range(1, 200_000, 997), strict=True))
+    for s in (1025, 5000, 77_777, 1_670_000, 13_000_000):
+        assert s <= bucket(s) <= 1.2 * s + 128
+    assert bucket(10_000) == bucket(10_050), "small growth stays inside one bucket"
+
+
+def test_subgraph_is_induced_and_reindexed() -> None:
+    g = AttentionGraph(np.array([0, 1, 2, 3]), np.array([1, 2, 3, 0]), np.array([1.0, 2.0, 3.0, 4.0]), 4)
+    sub = g.subgraph(np.array([2, 1]))
+    # only edge 1 -> 2 survives; agent 2 is index 0 and agent 1 index 1
+    assert sub.n == 2 and sub.edges == 1
+    assert (int(sub.attender[0]), int(sub.source[0]), float(sub.weight[0])) == (1, 0, 2.0)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (([0, 1], [1], [1.0, 1.0], 3), "same length"),
+        (([0, 5], [1, 0], [1.0, 1.0], 3), "attender index 5 is out of range"),
+        (([0, 1], [1, -1], [1.0, 1.0], 3), "source index -1 is out of range"),
+        (([0, 1], [1, 0], [1.0, -2.0], 3), "negative"),
+        (([0, 1], [1, 0], [1.0, np.nan], 3), "non-finite"),
+        (([0, 1], [1, 0], [1.0, np.inf], 3), "non-finite"),
+        (([], [], [], 3), "no edges"),
+        (([0], [0], [1.0], 0), "at least one agent"),
+        (([0.5], [0], [1.0], 3), "integers"),
+        (([[0]], [[0]], [[1.0]], 3), "1-D"),
+    ],
+)
+def test_bad_graph_is_a_clear_value_error(args: tuple, message: str) -> None:
+    att, src, w, n = args
+    with pytest.raises(ValueError, match=message):
+        AttentionGraph(np.asarray(att), np.asarray(src), np.asarray(w), n)

@@ -1,0 +1,167 @@
+"""Tiers, the small-study panel and the scale-bias figures, on hand-built cases with known answers."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+import kernels
+from kernels import AlertThresholds, AttentionGraph, Attribution, assign_tiers, scale_bias, select_panel, tier_shares
+
+
+def _attr(phi: list[float] | np.ndarray) -> Attribution:
+    phi = np.asarray(phi, np.float64)
+    return Attribution(phi=phi, value=float(phi.sum()), baseline=0.0, residual=0.0, nodes=1, seconds=0.0)
+
+
+def test_tiers_by_visibility_rank_with_ceil_counts_and_index_ties() -> None:
+    vis = np.array([5, 100, 5, 7, 0, 5, 9, 1, 2, 3], float)
+    tiers = assign_tiers(vis, head=0.1, middle=0.2)
+    # head: 1 agent (the 100); middle: 2 agents (9 and 7); ties among the 5s do not matter here
+    assert tiers.dtype == np.int8
+    np.testing.assert_array_equal(tiers, [2, 0, 2, 1, 2, 2, 1, 2, 2, 2])
+    # ties: four agents with equal visibility, two head places -> the two lowest indices
+    np.testing.assert_array_equal(assign_tiers(np.ones(4), head=0.5, middle=0.25), [0, 0, 1, 2])
+    # a population of 7 still has a head (ceil)
+    assert (assign_tiers(np.arange(7.0)) == 0).sum() == 1
+
+
+def test_tiers_are_deterministic_under_permutation_of_equal_entries() -> None:
+    rng = np.random.default_rng(0)
+    vis = rng.integers(0, 5, size=1000).astype(float)
+    a, b = assign_tiers(vis), assign_tiers(vis.copy())
+    np.testing.assert_array_equal(a, b)
+    assert (a == 0).sum() == 10 and (a == 1).sum() == 100
+
+
+@pytest.mark.parametrize(
+    ("vis", "head", "middle", "match"),
+    [
+        (np.ones(3), 0.0, 0.1, "tier fractions"),
+        (np.ones(3), 0.6, 0.6, "tier fractions"),
+        (np.array([1.0, np.nan]), 0.1, 0.1, "non-finite"),
+        (np.ones((2, 2)), 0.1, 0.1, "1-D"),
+    ],
+)
+def test_tiers_reject_bad_input(vis: np.ndarray, head: float, middle: float, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        assign_tiers(vis, head=head, middle=middle)
+
+
+def test_tier_shares_signed_cancelled_and_zero() -> None:
+    tiers = np.array([0, 1, 2, 2])
+    np.testing.assert_allclose(tier_shares([2.0, 1.0, 0.5, 0.5], tiers), [0.5, 0.25, 0.25])
+    # a tier that lowers the indicator gets a negative share; the shares still sum to 1
+    np.testing.assert_allclose(tier_shares([3.0, -1.0, 0.0, 0.0], tiers), [1.5, -0.5, 0.0])
+    # total cancels: fall back to shares of |phi|
+    np.testing.assert_allclose(tier_shares([1.0, -1.0, 0.0, 0.0], tiers), [0.5, 0.5, 0.0])
+    # nothing to attribute: population fractions
+    np.testing.assert_allclose(tier_shares(np.zeros(4), tiers), [0.25, 0.25, 0.5])
+    with pytest.raises(ValueError, match="equal length"):
+        tier_shares([1.0, 2.0], tiers)
+    with pytest.raises(ValueError, match="non-finite"):
+        tier_shares([1.0, np.inf, 0, 0], tiers)
+    with pytest.raises(ValueError, match="tiers must be"):
+        tier_shares([1.0, 1.0, 1.0, 1.0], [0, 1, 2, 3])
+
+
+def test_panel_is_the_most_visible_active_agents() -> None:
+    vis = np.array([10.0, 50.0, 30.0, 30.0, 5.0, 40.0])
+    x = np.array([1.0, 0.0, 2.0, 2.0, 1.0, 3.0])
+    np.testing.assert_array_equal(select_panel(vis, x, size=3), [5, 2, 3])  # agent 1 is inactive
+    np.testing.assert_array_equal(select_panel(vis, x, size=100), [5, 2, 3, 0, 4])
+    with pytest.raises(ValueError, match="size"):
+        select_panel(vis, x, size=0)
+    with pytest.raises(ValueError, match="negative"):
+        select_panel(vis, -x, size=2)
+
+
+def test_panel_attribution_uses_only_the_induced_subgraph() -> None:
+    # panel {0, 1}: edge 1 -> 0 is internal; edges from agent 2 (outside) must be ignored
+    g = AttentionGraph(np.array([1, 2, 2, 0]), np.array([0, 0, 1, 2]), np.array([1.0, 5.0, 5.0, 1.0]), 4)
+    x = np.array([4.0, 2.0, 9.0, 1.0])
+    attr = kernels.panel_attribution("reach", x, g, np.array([0, 1]), nodes=32, dtype="float64")
+    sub = AttentionGraph(np.array([1]), np.array([0]), np.array([1.0]), 2)
+    np.testing.assert_allclose(attr.phi, kernels.reach_closed_form(x[[0, 1]], sub), rtol=1e-9)
+    np.testing.assert_allclose(attr.phi, [np.log1p(4.0), 0.0], rtol=1e-9)
+    # no attention among panel members: the panel study sees a constant indicator
+    lonely = kernels.panel_attribution("cascade", x, g, np.array([1, 3]), nodes=8)
+    np.testing.assert_array_equal(lonely.phi, [0.0, 0.0])
+    with pytest.raises(ValueError, match="duplicate"):
+        kernels.panel_attribution("reach", x, g, np.array([0, 0]))
+    with pytest.raises(ValueError, match="out of range"):
+        kernels.panel_attribution("reach", x, g, np.array([0, 4]))
+
+
+def test_scale_bias_of_an_exactly_proportional_panel() -> None:
+    """Panel {0, 1, 2} reports exactly half of each agent's full attribution: c* = 2, r* = 0. Full tier shares
+    (0.5, 0.3, 0.2); the panel holds a head and two middle agents, so its shares are (0.625, 0.375, 0), TVD 0.2."""
+    full = _attr([50.0, 20.0, 10.0, 10.0, 5.0, 5.0])
+    tiers = np.array([0, 1, 1, 2, 2, 2])
+    panel = np.array([0, 1, 2])
+    bias = scale_bias(full, panel, _attr([25.0, 10.0, 5.0]), tiers)
+    assert bias.rescale == pytest.approx(2.0)
+    assert bias.residual == pytest.approx(0.0, abs=1e-12)
+    assert bias.tiers_full == pytest.approx((0.5, 0.3, 0.2))
+    assert bias.tiers_panel == pytest.approx((0.625, 0.375, 0.0))
+    assert bias.tvd == pytest.approx(0.2)
+    assert bias.panel_share == pytest.approx(0.8)
+    assert bias.spearman == pytest.approx(1.0)
+    assert bias.top10_full == pytest.approx(1.0)
+    assert bias.panel_size == 3
+    assert not bias.alert()
+
+
+def test_scale_bias_residual_no_rescaling_removes() -> None:
+    """Full (1, 1) on the panel vs panel study (1, 0): c* = <a,b>/<b,b> = 1 and r* = ||(0, 1)|| / ||(1, 1)||."""
+    bias = scale_bias(_attr([1.0, 1.0, 2.0]), np.array([0, 1]), _attr([1.0, 0.0]), np.array([0, 1, 2]))
+    assert bias.rescale == pytest.approx(1.0)
+    assert bias.residual == pytest.approx(1 / math.sqrt(2))
+    assert bias.tvd == pytest.approx(0.75)  # full (.25, .25, .5) vs panel (1, 0, 0)
+    assert bias.alert()
+
+
+def test_alert_hysteresis() -> None:
+    t = AlertThresholds(tvd=0.3, residual=0.2, clear=0.8)
+    base = scale_bias(_attr([1.0, 1.0]), np.array([0]), _attr([1.0]), np.array([0, 1]))
+
+    def state(tvd: float, residual: float, active: bool) -> bool:
+        return replace(base, tvd=tvd, residual=residual).alert(t, active=active)
+
+    assert not state(0.27, 0.1, active=False)  # below both thresholds: does not fire
+    assert state(0.35, 0.1, active=False)  # TVD above tau_tvd: fires
+    assert state(0.1, 0.25, active=False)  # r* above tau_res: fires
+    assert state(0.27, 0.1, active=True)  # between clear*tau and tau: stays firing
+    assert state(0.1, 0.17, active=True)  # r* between clear*tau_res (0.16) and tau_res: stays firing
+    assert not state(0.23, 0.15, active=True)  # both below clear*tau: resolves
+    with pytest.raises(ValueError, match="clear"):
+        AlertThresholds(clear=0.0)
+    with pytest.raises(ValueError, match="tvd"):
+        AlertThresholds(tvd=-1.0)
+
+
+def test_scale_bias_rejects_mismatched_inputs() -> None:
+    full = _attr([1.0, 2.0, 3.0])
+    with pytest.raises(ValueError, match="tiers"):
+        scale_bias(full, np.array([0]), _attr([1.0]), np.array([0, 1]))
+    with pytest.raises(ValueError, match="panel attribution"):
+        scale_bias(full, np.array([0, 1]), _attr([1.0]), np.array([0, 1, 2]))
+    with pytest.raises(ValueError, match="out of range"):
+        scale_bias(full, np.array([5]), _attr([1.0]), np.array([0, 1, 2]))
+
+
+def test_visibility_biased_panel_overstates_the_head(population: kernels.Population) -> None:
+    """The science in one test: on a heavy-tailed population the panel study gives almost everything to the head,
+    the full-scale attribution gives most to the middle and tail."""
+    pop = population
+    full = kernels.attribute("cascade", pop.x, pop.graph, nodes=32)
+    tiers = assign_tiers(pop.visibility)
+    panel = select_panel(pop.visibility, pop.x, size=50)
+    bias = scale_bias(full, panel, kernels.panel_attribution("cascade", pop.x, pop.graph, panel), tiers)
+    assert bias.tiers_full[1] + bias.tiers_full[2] > 0.5
+    assert bias.tiers_panel[0] > 0.5
+    assert bias.tvd > 0.3
+    assert bias.alert()
