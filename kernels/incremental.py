@@ -42,6 +42,7 @@ class ReachIncremental(_Sequential):
         self.e = np.zeros(self.n)
 
     def add(self, i: int) -> float:
+        """Marginal change of sum_j log1p(e_j) when agent i joins (only i's attenders change)."""
         att, w = self._attenders(i)
         if att.size == 0 or self.x[i] == 0:
             return 0.0
@@ -51,7 +52,7 @@ class ReachIncremental(_Sequential):
         return float(np.log1p(self.e[touched]).sum() - before)
 
 
-class SaturationIncremental(_Sequential):
+class SaturationIncremental(ReachIncremental):
     """v = K (1 - exp(-S/K)), S = sum_j log1p(e_j); tracks S."""
 
     def __init__(self, x: np.ndarray, graph: Any, capacity: float) -> None:
@@ -59,17 +60,11 @@ class SaturationIncremental(_Sequential):
         self.k = float(capacity)
 
     def reset(self) -> None:
-        self.e = np.zeros(self.n)
+        super().reset()
         self.s = 0.0
 
     def add(self, i: int) -> float:
-        att, w = self._attenders(i)
-        if att.size == 0 or self.x[i] == 0:
-            return 0.0
-        touched = np.unique(att)
-        before = np.log1p(self.e[touched]).sum()
-        np.add.at(self.e, att, w * self.x[i])
-        s_new = self.s + np.log1p(self.e[touched]).sum() - before
+        s_new = self.s + super().add(i)
         delta = self.k * (np.exp(-self.s / self.k) - np.exp(-s_new / self.k))
         self.s = s_new
         return float(delta)
