@@ -104,6 +104,9 @@ def indicators() -> None:
         typer.echo(f"{name}\t{stem}\t{json.dumps(dict(ind.params))}")
 
 
+# Commands defined in other modules are registered here, one line each.
+
+
 def main() -> None:
     np.seterr(all="ignore")
     app()

@@ -1,0 +1,306 @@
+"""Archives of raw firehose frames: write them while recording, read them back for replay.
+
+skyattr's own format (``*.skyarch.zst``) is a standard zstd file that any ``zstd -d`` can open:
+
+* a zstd *skippable frame* holding a JSON header ``{"format": "skyattr-frames", "version": 1, "source", "created",
+  "first_seq"}``;
+* zstd frames whose content is ``[u32 little-endian length][raw websocket frame]`` repeated, exactly the bytes the
+  relay sent; a frame is closed every ``flush_every`` records so a crash loses at most that many;
+* a skippable trailer ``{"last_seq", "frames"}`` written when the file is closed (absent after a crash).
+
+Files rotate at ``rotate_bytes`` of compressed output, named by their first seq so a directory sorts in order.
+
+The reader also takes, detected by content: the same layout without header (``zstd([u32 len][frame]...)``, as in
+the bundled real sample), uncompressed length-prefixed frames, and Jetstream JSON Lines (plain or zstd). A truncated
+or corrupt file yields everything readable before the damage; :class:`ReadReport` says where it stopped.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import zstandard
+
+FORMAT = "skyattr-frames"
+VERSION = 1
+SUFFIX = ".skyarch.zst"
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+SKIPPABLE_LOW, SKIPPABLE_HIGH = 0x184D2A50, 0x184D2A5F
+MAX_RECORD_BYTES = 64 * 1024 * 1024  # a length above this is corruption, not a frame
+CHUNK = 1 << 20
+
+
+@dataclass(slots=True)
+class ArchiveItem:
+    """One archived item: a raw relay frame, or one parsed Jetstream JSON event."""
+
+    frame: bytes | None = None
+    json: Any = None
+    file: str = ""
+
+
+@dataclass
+class FileReport:
+    path: str
+    layout: str = ""
+    items: int = 0
+    header: dict[str, Any] | None = None
+    trailer: dict[str, Any] | None = None
+    error: str = ""
+    stopped_at: int | None = None  # offset in the decompressed stream where reading stopped
+
+
+@dataclass
+class ReadReport:
+    """What the reader saw, file by file; ``readable`` is False only if nothing at all could be read."""
+
+    files: list[FileReport] = field(default_factory=list)
+    bad_lines: int = 0
+
+    @property
+    def items(self) -> int:
+        return sum(f.items for f in self.files)
+
+    @property
+    def errors(self) -> list[str]:
+        return [f"{f.path}: {f.error} (at byte {f.stopped_at})" for f in self.files if f.error]
+
+    @property
+    def readable(self) -> bool:
+        return self.items > 0
+
+
+def _skippable(payload: dict[str, Any]) -> bytes:
+    data = json.dumps(payload, sort_keys=True).encode()
+    return struct.pack("<II", SKIPPABLE_LOW, len(data)) + data
+
+
+class ArchiveWriter:
+    """Append raw frames to rotated ``.skyarch.zst`` files in ``directory``. Use as a context manager."""
+
+    def __init__(
+        self,
+        directory: str | Path,
+        source: str,
+        *,
+        rotate_bytes: int = 256 * 1024 * 1024,
+        flush_every: int = 1000,
+        level: int = 3,
+    ) -> None:
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.source, self.rotate_bytes, self.flush_every = source, rotate_bytes, flush_every
+        self._compressor = zstandard.ZstdCompressor(level=level)
+        self._fh: BinaryIO | None = None
+        self._pending: list[bytes] = []
+        self._frames = 0
+        self._last_seq = -1
+        self.paths: list[Path] = []
+
+    def write(self, frame: bytes, seq: int) -> None:
+        if self._fh is None:
+            self._open(seq)
+        self._pending.append(struct.pack("<I", len(frame)))
+        self._pending.append(frame)
+        self._frames += 1
+        self._last_seq = max(self._last_seq, seq)
+        if len(self._pending) >= 2 * self.flush_every:
+            self.flush()
+            if self._fh is not None and self._fh.tell() >= self.rotate_bytes:
+                self._close_file()
+
+    def flush(self) -> None:
+        """Close the current zstd frame so everything written so far survives a crash."""
+        if self._fh is not None and self._pending:
+            self._fh.write(self._compressor.compress(b"".join(self._pending)))
+            self._fh.flush()
+            self._pending.clear()
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._close_file()
+
+    def __enter__(self) -> ArchiveWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _open(self, first_seq: int) -> None:
+        path = self.directory / f"frames-{max(first_seq, 0):020d}{SUFFIX}"
+        n = 1
+        while path.exists():
+            path = self.directory / f"frames-{max(first_seq, 0):020d}-{n}{SUFFIX}"
+            n += 1
+        self._fh = open(path, "wb")  # noqa: SIM115 - kept open across writes, closed in _close_file
+        header = {"format": FORMAT, "version": VERSION, "source": self.source, "first_seq": first_seq}
+        header["created"] = datetime.now(UTC).isoformat(timespec="seconds")
+        self._fh.write(_skippable(header))
+        self.paths.append(path)
+        self._frames, self._last_seq = 0, first_seq
+
+    def _close_file(self) -> None:
+        assert self._fh is not None
+        self.flush()
+        self._fh.write(_skippable({"last_seq": self._last_seq, "frames": self._frames}))
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+        self._fh.close()
+        self._fh = None
+
+
+def archive_files(path: str | Path) -> list[Path]:
+    """The files an archive path stands for: the file itself, or a directory's archive files in name order."""
+    p = Path(path)
+    if p.is_dir():
+        files = sorted(f for f in p.iterdir() if f.is_file() and not f.name.startswith("."))
+        if not files:
+            raise FileNotFoundError(f"archive directory {p} holds no files")
+        return files
+    if not p.exists():
+        raise FileNotFoundError(f"archive {p} does not exist")
+    return [p]
+
+
+def _chunks(fh: BinaryIO, report: FileReport) -> Iterator[bytes]:
+    """Decompressed content of ``fh``: zstd frames decoded in turn, skippable frames parsed as header/trailer,
+    an uncompressed file passed through. Stops (recording the error) at the first damaged byte."""
+    buf = fh.read(CHUNK)
+    if buf[:4] != ZSTD_MAGIC and not (
+        len(buf) >= 4 and SKIPPABLE_LOW <= struct.unpack("<I", buf[:4])[0] <= SKIPPABLE_HIGH
+    ):
+        while buf:
+            yield buf
+            buf = fh.read(CHUNK)
+        return
+    eof = False
+    while True:
+        while len(buf) < 8 and not eof:
+            more = fh.read(CHUNK)
+            eof = not more
+            buf += more
+        if not buf:
+            return
+        magic = struct.unpack("<I", buf[:4])[0] if len(buf) >= 4 else 0
+        if SKIPPABLE_LOW <= magic <= SKIPPABLE_HIGH and len(buf) >= 8:
+            size = struct.unpack("<I", buf[4:8])[0]
+            while len(buf) < 8 + size and not eof:
+                more = fh.read(CHUNK)
+                eof = not more
+                buf += more
+            if len(buf) < 8 + size:
+                report.error = "truncated metadata frame"
+                return
+            _metadata(buf[8 : 8 + size], report)
+            buf = buf[8 + size :]
+            continue
+        if buf[:4] != ZSTD_MAGIC:
+            report.error = "not a zstd frame (corrupt or foreign data)"
+            return
+        dobj = zstandard.ZstdDecompressor().decompressobj()
+        try:
+            while True:
+                out = dobj.decompress(buf)
+                if out:
+                    yield out
+                if dobj.eof:
+                    buf = dobj.unused_data
+                    break
+                buf = fh.read(CHUNK)
+                if not buf:
+                    report.error = "truncated zstd frame"
+                    return
+        except zstandard.ZstdError as exc:
+            report.error = f"corrupt zstd data: {exc}"
+            return
+
+
+def _metadata(data: bytes, report: FileReport) -> None:
+    try:
+        meta = json.loads(data)
+    except ValueError:
+        return
+    if isinstance(meta, dict) and meta.get("format") == FORMAT:
+        report.header = meta
+        if meta.get("version") != VERSION:
+            report.error = f"unsupported archive version {meta.get('version')!r}"
+    elif isinstance(meta, dict) and "last_seq" in meta:
+        report.trailer = meta
+
+
+def _length_prefixed(chunks: Iterator[bytes], report: FileReport) -> Iterator[ArchiveItem]:
+    buf, consumed = b"", 0  # consumed: decompressed bytes before buf
+    for chunk in chunks:
+        buf += chunk
+        pos = 0
+        while len(buf) - pos >= 4:
+            (size,) = struct.unpack_from("<I", buf, pos)
+            if size == 0 or size > MAX_RECORD_BYTES:
+                report.error = f"implausible frame length {size}"
+                report.stopped_at = consumed + pos
+                return
+            if len(buf) - pos - 4 < size:
+                break
+            yield ArchiveItem(frame=buf[pos + 4 : pos + 4 + size], file=report.path)
+            report.items += 1
+            pos += 4 + size
+        consumed += pos
+        buf = buf[pos:]
+    if buf:
+        report.error = report.error or f"truncated frame ({len(buf)} trailing bytes)"
+    if report.error:
+        report.stopped_at = consumed
+
+
+def _json_lines(chunks: Iterator[bytes], report: FileReport, rr: ReadReport) -> Iterator[ArchiveItem]:
+    def emit(line: bytes) -> Iterator[ArchiveItem]:
+        if not line.strip():
+            return
+        try:
+            obj = json.loads(line)
+        except ValueError:
+            rr.bad_lines += 1
+            return
+        report.items += 1
+        yield ArchiveItem(json=obj, file=report.path)
+
+    buf = b""
+    for chunk in chunks:
+        buf += chunk
+        *lines, buf = buf.split(b"\n")
+        for line in lines:
+            yield from emit(line)
+    yield from emit(buf)
+
+
+def read_archive(path: str | Path, report: ReadReport | None = None) -> Iterator[ArchiveItem]:
+    """Every readable item of the archive at ``path`` (file or directory), in order. Problems are recorded in
+    ``report`` (one :class:`FileReport` per file) instead of raised, except a path that does not exist."""
+    rr = report if report is not None else ReadReport()
+    for file in archive_files(path):
+        fr = FileReport(str(file))
+        rr.files.append(fr)
+        with open(file, "rb") as fh:
+            chunks = _chunks(fh, fr)
+            first = b""
+            for chunk in chunks:
+                first += chunk
+                if len(first.lstrip()) >= 1:
+                    break
+            if not first:
+                fr.error = fr.error or "no readable content"
+                continue
+            if first.lstrip()[:1] == b"{":
+                fr.layout = "jetstream-jsonl"
+                yield from _json_lines(itertools.chain([first], chunks), fr, rr)
+            else:
+                fr.layout = "skyattr" if fr.header else "length-prefixed"
+                yield from _length_prefixed(itertools.chain([first], chunks), fr)
