@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 import kernels
+from streamer.ingest_commands import events_command, replay_command
 from streamer.population import load_npz, save_npz, synthetic
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
@@ -105,6 +106,8 @@ def indicators() -> None:
 
 
 # Commands defined in other modules are registered here, one line each.
+app.command("replay")(replay_command)
+app.command("events")(events_command)
 
 
 def main() -> None:

@@ -1,0 +1,206 @@
+"""From archive items or raw frames to state: decode, de-duplicate, apply, count, checkpoint.
+
+:class:`Ingestor` is the synchronous core shared by replay and the live daemon. It keeps two positions:
+
+* ``cursor``: the highest relay ``seq`` applied (what a live source resumes from);
+* ``position``: how many items of the current archive have been consumed (what a replay resumes from: Jetstream
+  archives have no relay seq, and their ``time_us`` is not strictly monotone).
+
+Every item is accounted for in :class:`IngestStats`: frames by type, undecodable items by reason, skipped
+operations by reason, duplicates, events by kind.
+"""
+
+from __future__ import annotations
+
+import csv
+import signal
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from streamer.archive import ArchiveItem, ReadReport, read_archive
+from streamer.checkpoint import load_checkpoint, save_checkpoint
+from streamer.frames import MAX_FRAME_BYTES, Decoded, decode_frame
+from streamer.jetstream import from_jetstream
+from streamer.state import AgentState, StateConfig
+
+
+@dataclass
+class IngestStats:
+    items: int = 0
+    frames: Counter[str] = field(default_factory=Counter)
+    errors: Counter[str] = field(default_factory=Counter)
+    skipped: Counter[str] = field(default_factory=Counter)
+    duplicates: int = 0
+    events: Counter[str] = field(default_factory=Counter)
+    outdated_cursor: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "items": self.items,
+            "frames": dict(self.frames),
+            "errors": dict(self.errors),
+            "skipped": dict(self.skipped),
+            "duplicates": self.duplicates,
+            "events": dict(self.events),
+            "outdated_cursor": self.outdated_cursor,
+        }
+
+
+class Ingestor:
+    """Decode items and fold their events into an :class:`AgentState`."""
+
+    def __init__(self, state: AgentState, cursor: int = -1, position: int = 0, max_frame_bytes: int = MAX_FRAME_BYTES):
+        self.state = state
+        self.cursor = cursor
+        self.position = position
+        self.stats = IngestStats()
+        self.max_frame_bytes = max_frame_bytes
+
+    def decode(self, item: ArchiveItem | bytes) -> Decoded:
+        if isinstance(item, bytes | bytearray):
+            return decode_frame(bytes(item), max_bytes=self.max_frame_bytes)
+        if item.frame is not None:
+            return decode_frame(item.frame, max_bytes=self.max_frame_bytes)
+        return from_jetstream(item.json)
+
+    def feed(self, item: ArchiveItem | bytes) -> Decoded:
+        """Decode one item and apply its events; never raises on bad input."""
+        self.position += 1
+        self.stats.items += 1
+        decoded = self.decode(item)
+        self.stats.skipped.update(decoded.skipped)
+        if decoded.error:
+            self.stats.errors[decoded.error] += 1
+            return decoded
+        self.stats.frames[decoded.type] += 1
+        if decoded.info is not None and decoded.info.get("name") == "OutdatedCursor":
+            self.stats.outdated_cursor += 1
+        is_frame = isinstance(item, bytes | bytearray) or item.frame is not None
+        if is_frame and decoded.seq >= 0:
+            if decoded.seq <= self.cursor:
+                self.stats.duplicates += 1
+                return decoded
+            self.cursor = decoded.seq
+        for event in decoded.events:
+            if self.state.apply(event):
+                self.stats.events[event.kind] += 1
+            else:
+                self.stats.skipped["late"] += 1
+        return decoded
+
+
+def load_followers(path: str | Path) -> dict[str, float]:
+    """A ``did,followers`` CSV (header required) as a dict; rows with a bad count raise ``ValueError``."""
+    out: dict[str, float] = {}
+    with open(path, newline="") as fh:
+        reader = csv.DictReader(fh)
+        if reader.fieldnames is None or not {"did", "followers"} <= set(reader.fieldnames):
+            raise ValueError(f"followers file {path} needs a header with columns did,followers")
+        for line, row in enumerate(reader, start=2):
+            try:
+                count = float(row["followers"])
+            except (TypeError, ValueError):
+                raise ValueError(f"followers file {path}, line {line}: bad count {row['followers']!r}") from None
+            if count < 0 or count != count:
+                raise ValueError(f"followers file {path}, line {line}: count must be >= 0")
+            out[row["did"]] = count
+    return out
+
+
+@dataclass
+class ReplayResult:
+    ingestor: Ingestor
+    report: ReadReport
+    seconds: float
+    resumed_from: int
+    interrupted: bool = False
+
+    @property
+    def state(self) -> AgentState:
+        return self.ingestor.state
+
+
+def _paced(items: Iterator[ArchiveItem], ingestor: Ingestor, speed: float | None) -> Iterator[ArchiveItem]:
+    """Yield items, sleeping so event time advances at ``speed`` x wall time (None: as fast as possible)."""
+    if not speed:
+        yield from items
+        return
+    start_wall, start_event = time.monotonic(), None
+    for item in items:
+        yield item
+        t = ingestor.state.last_time_us
+        if start_event is None and t:
+            start_event = t
+        if start_event is not None:
+            delay = (t - start_event) / 1e6 / speed - (time.monotonic() - start_wall)
+            if delay > 0:
+                time.sleep(delay)
+
+
+def replay(
+    path: str | Path,
+    *,
+    config: StateConfig | None = None,
+    followers: dict[str, float] | None = None,
+    checkpoint_dir: str | Path | None = None,
+    checkpoint_every_s: float = 60.0,
+    checkpoint_every_items: int | None = None,
+    speed: float | None = None,
+    on_item: Callable[[Ingestor], None] | None = None,
+    handle_signals: bool = False,
+) -> ReplayResult:
+    """Replay an archive into a fresh state, or into the checkpointed one (resuming after its position).
+
+    With ``handle_signals`` SIGTERM/SIGINT stop the replay after the current item and write a final checkpoint."""
+    resumed = 0
+    loaded = load_checkpoint(checkpoint_dir, followers) if checkpoint_dir else None
+    if loaded is not None:
+        state, cursor, extra = loaded
+        if config is not None and config.as_dict() != state.config.as_dict():
+            raise ValueError(f"checkpoint in {checkpoint_dir} was made with another window/weight configuration")
+        ingestor = Ingestor(state, cursor=cursor, position=0)
+        resumed = int(extra.get("position", 0))
+        ingestor.stats.items = 0
+    else:
+        ingestor = Ingestor(AgentState(config, followers))
+    report = ReadReport()
+    stop = {"flag": False}
+    previous: dict[int, Any] = {}
+    if handle_signals:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            previous[sig] = signal.signal(sig, lambda *_: stop.__setitem__("flag", True))
+
+    def checkpoint() -> None:
+        if checkpoint_dir:
+            save_checkpoint(checkpoint_dir, ingestor.state, ingestor.cursor, {"position": ingestor.position})
+
+    start = time.perf_counter()
+    last_ckpt = time.monotonic()
+    try:
+        items = read_archive(path, report)
+        for _ in range(resumed):  # skip what the checkpoint already holds
+            if next(items, None) is None:
+                break
+            ingestor.position += 1
+        for item in _paced(items, ingestor, speed):
+            ingestor.feed(item)
+            if on_item is not None:
+                on_item(ingestor)
+            if checkpoint_dir and (
+                (checkpoint_every_items and ingestor.position % checkpoint_every_items == 0)
+                or time.monotonic() - last_ckpt >= checkpoint_every_s
+            ):
+                checkpoint()
+                last_ckpt = time.monotonic()
+            if stop["flag"]:
+                break
+        checkpoint()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    ingestor.state.flush()
+    return ReplayResult(ingestor, report, time.perf_counter() - start, resumed, interrupted=stop["flag"])

@@ -1,0 +1,96 @@
+"""Archives: skyattr's own rotated format, the sample's headerless layout, Jetstream JSONL, and damaged files."""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from pathlib import Path
+
+import pytest
+import zstandard
+
+from streamer.archive import ArchiveWriter, ReadReport, read_archive
+from streamer.frames import decode_frame
+
+
+def _frames(path: Path, report: ReadReport | None = None) -> list[bytes]:
+    return [i.frame for i in read_archive(path, report) if i.frame is not None]
+
+
+def test_writer_round_trips_and_rotates(tmp_path: Path, sample_frames: list[bytes]) -> None:
+    with ArchiveWriter(tmp_path, "wss://relay.test", rotate_bytes=150_000, flush_every=10) as w:
+        for f in sample_frames:
+            w.write(f, decode_frame(f).seq)
+    assert len(w.paths) > 1, "rotation by size"
+    report = ReadReport()
+    assert _frames(tmp_path, report) == sample_frames
+    assert all(f.layout == "skyattr" and f.header and f.trailer for f in report.files)
+    assert report.files[0].header["source"] == "wss://relay.test"
+    assert report.files[0].header["first_seq"] == decode_frame(sample_frames[0]).seq
+    assert report.files[-1].trailer["last_seq"] == decode_frame(sample_frames[-1]).seq
+    assert sum(f.trailer["frames"] for f in report.files) == len(sample_frames)
+    # a standard zstd tool reads the content too: headers are skippable frames
+    with open(w.paths[0], "rb") as fh:
+        content = zstandard.ZstdDecompressor().stream_reader(fh, read_across_frames=True).read()
+    assert struct.unpack("<I", content[:4])[0] == len(sample_frames[0])
+
+
+def test_a_crash_before_close_loses_at_most_the_unflushed_frames(tmp_path: Path, sample_frames: list[bytes]) -> None:
+    w = ArchiveWriter(tmp_path, "test", flush_every=20)
+    for f in sample_frames[:50]:
+        w.write(f, decode_frame(f).seq)
+    w._fh.flush()  # the process dies here: no close, no trailer
+    report = ReadReport()
+    got = _frames(tmp_path, report)
+    assert got == sample_frames[:40]
+    assert report.files[0].trailer is None and report.files[0].error == ""
+
+
+def test_truncated_file_yields_the_readable_prefix(tmp_path: Path, sample_frames: list[bytes]) -> None:
+    with ArchiveWriter(tmp_path / "a", "test", flush_every=10) as w:
+        for f in sample_frames:
+            w.write(f, decode_frame(f).seq)
+    data = w.paths[0].read_bytes()
+    cut = tmp_path / "cut.skyarch.zst"
+    cut.write_bytes(data[: len(data) // 2])
+    report = ReadReport()
+    got = _frames(cut, report)
+    assert 0 < len(got) < len(sample_frames)
+    assert got == sample_frames[: len(got)], "nothing out of order or altered"
+    assert report.files[0].error and report.files[0].stopped_at is not None
+    assert report.readable
+
+
+def test_random_bytes_are_reported_not_raised(tmp_path: Path) -> None:
+    junk = tmp_path / "junk.bin"
+    junk.write_bytes(os.urandom(4096))
+    report = ReadReport()
+    assert _frames(junk, report) == []
+    assert not report.readable and report.errors
+    zjunk = tmp_path / "junk.zst"
+    zjunk.write_bytes(b"\x28\xb5\x2f\xfd" + os.urandom(4096))
+    report = ReadReport()
+    assert _frames(zjunk, report) == [] and not report.readable
+    with pytest.raises(FileNotFoundError):
+        list(read_archive(tmp_path / "absent"))
+
+
+def test_headerless_and_plain_layouts(tmp_path: Path, sample_dir: Path, sample_frames: list[bytes]) -> None:
+    report = ReadReport()
+    assert len(_frames(sample_dir / "frames.bin.zst", report)) == 150
+    assert report.files[0].layout == "length-prefixed"
+    plain = tmp_path / "plain.bin"
+    plain.write_bytes(b"".join(struct.pack("<I", len(f)) + f for f in sample_frames[:5]))
+    assert _frames(plain) == sample_frames[:5]
+
+
+def test_jetstream_jsonl_plain_and_zstd(tmp_path: Path, sample_dir: Path) -> None:
+    text = (sample_dir / "golden_v1.jsonl").read_bytes()
+    z = tmp_path / "events.jsonl.zst"
+    z.write_bytes(zstandard.ZstdCompressor().compress(text + b"{not json\n"))
+    report = ReadReport()
+    items = list(read_archive(z, report))
+    assert len(items) == 10 and all(isinstance(i.json, dict) for i in items)
+    assert report.files[0].layout == "jetstream-jsonl" and report.bad_lines == 1
+    assert [i.json for i in items] == [json.loads(x) for x in text.splitlines() if x.strip()]
