@@ -281,6 +281,18 @@ def _json_lines(chunks: Iterator[bytes], report: FileReport, rr: ReadReport) -> 
     yield from emit(buf)
 
 
+def _looks_like_json_lines(head: bytes) -> bool:
+    """A JSON object on the first line. A frame archive can begin with a ``{`` byte too (a first frame of length
+    123 mod 256), but then what follows is binary CBOR, not a JSON line."""
+    if head.lstrip()[:1] != b"{":
+        return False
+    line = head.lstrip().split(b"\n", 1)[0]
+    try:
+        return isinstance(json.loads(line), dict)
+    except ValueError:
+        return False
+
+
 def read_archive(path: str | Path, report: ReadReport | None = None) -> Iterator[ArchiveItem]:
     """Every readable item of the archive at ``path`` (file or directory), in order. Problems are recorded in
     ``report`` (one :class:`FileReport` per file) instead of raised, except a path that does not exist."""
@@ -293,12 +305,12 @@ def read_archive(path: str | Path, report: ReadReport | None = None) -> Iterator
             first = b""
             for chunk in chunks:
                 first += chunk
-                if len(first.lstrip()) >= 1:
+                if len(first) >= 8 and (b"\n" in first or len(first) >= CHUNK):
                     break
             if not first:
                 fr.error = fr.error or "no readable content"
                 continue
-            if first.lstrip()[:1] == b"{":
+            if fr.header is None and _looks_like_json_lines(first):
                 fr.layout = "jetstream-jsonl"
                 yield from _json_lines(itertools.chain([first], chunks), fr, rr)
             else:

@@ -14,7 +14,10 @@ from rich.table import Table
 
 import kernels
 from streamer.ingest_commands import events_command, replay_command
+from streamer.live import record_command
 from streamer.population import load_npz, save_npz, synthetic
+from streamer.relay import relay_command
+from streamer.synth import synth_command
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 console = Console(stderr=True, soft_wrap=True)
@@ -108,6 +111,9 @@ def indicators() -> None:
 # Commands defined in other modules are registered here, one line each.
 app.command("replay")(replay_command)
 app.command("events")(events_command)
+app.command("relay")(relay_command)
+app.command("record")(record_command)
+app.command("synth")(synth_command)
 
 
 def main() -> None:

@@ -7,7 +7,8 @@ decoder keeps up with a full-speed replay. The SDK's own parser is the reference
 
 Nothing here raises on bad input: :func:`decode_frame` returns a :class:`Decoded` whose ``error`` names the
 reason (``too_big``, ``bad_cbor``, ``bad_header``, ``error_frame``, ``unknown_type``, ``bad_body``, ``bad_car``) and
-whose ``skipped`` counts operations that could not be used (``missing_block``, ``bad_path``, ``bad_record``), so
+whose ``skipped`` counts operations that could not be used (``bad_op``, ``missing_block``, ``bad_path``,
+``bad_record``), so
 the caller counts and moves on.
 """
 
@@ -110,12 +111,15 @@ def _commit(body: dict[str, Any], seq: int, records: bool) -> Decoded:
         raise TypeError("ops is not a list")
     out = Decoded(type="#commit", seq=seq)
     blocks: dict[bytes, Any] = {}
-    if any(op.get("action") in ("create", "update") for op in ops):
+    if any(isinstance(op, dict) and op.get("action") in ("create", "update") for op in ops):
         try:
             _, blocks = libipld.decode_car(body["blocks"])
         except (ValueError, TypeError, KeyError) as exc:
             return _fail("bad_car", str(exc)[:200], "#commit", seq)
     for op in ops:
+        if not isinstance(op, dict):
+            out.skipped["bad_op"] += 1
+            continue
         action, path = op.get("action"), op.get("path")
         if not isinstance(path, str) or path.count("/") != 1:
             out.skipped["bad_path"] += 1

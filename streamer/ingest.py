@@ -59,6 +59,9 @@ class Ingestor:
         self.position = position
         self.stats = IngestStats()
         self.max_frame_bytes = max_frame_bytes
+        # called with each event's time before it is applied: the event-time scheduler runs here, so a run
+        # stamped T sees exactly the events before T
+        self.before_event: Callable[[int], None] | None = None
 
     def decode(self, item: ArchiveItem | bytes) -> Decoded:
         if isinstance(item, bytes | bytearray):
@@ -86,6 +89,8 @@ class Ingestor:
                 return decoded
             self.cursor = decoded.seq
         for event in decoded.events:
+            if self.before_event is not None:
+                self.before_event(event.time_us)
             if self.state.apply(event):
                 self.stats.events[event.kind] += 1
             else:

@@ -94,3 +94,18 @@ def test_jetstream_jsonl_plain_and_zstd(tmp_path: Path, sample_dir: Path) -> Non
     assert len(items) == 10 and all(isinstance(i.json, dict) for i in items)
     assert report.files[0].layout == "jetstream-jsonl" and report.bad_lines == 1
     assert [i.json for i in items] == [json.loads(x) for x in text.splitlines() if x.strip()]
+
+
+def test_a_frame_archive_starting_with_a_brace_byte_is_not_json(tmp_path: Path, sample_frames: list[bytes]) -> None:
+    """A first frame of 0x17B bytes makes the file start with b"{"; it must still be read as frames."""
+    frame = sample_frames[0]
+    padded = frame + bytes((0x7B - len(frame)) % 256)
+    assert len(padded) % 256 == 0x7B
+    plain = tmp_path / "brace.bin"
+    plain.write_bytes(struct.pack("<I", len(padded)) + padded + struct.pack("<I", len(frame)) + frame)
+    report = ReadReport()
+    assert _frames(plain, report) == [padded, frame]
+    assert report.files[0].layout == "length-prefixed"
+    with ArchiveWriter(tmp_path / "w", "test") as w:
+        w.write(padded, 1)
+    assert _frames(tmp_path / "w") == [padded]

@@ -108,6 +108,8 @@ def test_damaged_frames_get_a_reason_not_an_exception(sample_frames: list[bytes]
     missing = _reencode(good, lambda h, b: (h, {**b, "ops": [{**b["ops"][0], "cid": b"\x01\x71\x12\x20" + bytes(32)}]}))
     d = decode_frame(missing)
     assert d.error == "" and d.events == [] and d.skipped == {"missing_block": 1}
+    not_a_map = decode_frame(_reencode(good, lambda h, b: (h, {**b, "ops": [1, *b["ops"]]})))
+    assert not_a_map.error == "" and not_a_map.skipped == {"bad_op": 1} and len(not_a_map.events) == 1
     huge = decode_frame(good + bytes(5 * 1024 * 1024))
     assert huge.error == "too_big"
     assert decode_frame(good).events  # and the original still decodes
