@@ -116,6 +116,7 @@ def memory(agents: int, edges: int) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, default=1_000_000, help="synth archive size (approximate events)")
+    parser.add_argument("--synth-agents", type=int, default=100_000, help="accounts in the synth archive")
     parser.add_argument("--sdk-frames", type=int, default=50_000)
     parser.add_argument("--agents", type=int, default=1_700_000)
     parser.add_argument("--edges", type=int, default=10_000_000)
@@ -123,7 +124,7 @@ def main() -> None:
     parser.add_argument("--json", help="also write the figures to this JSON file")
     args = parser.parse_args()
 
-    from streamer.synth import write_synth_archive
+    from streamer.synth import EVENTS_PER_AGENT_HOUR, write_synth_archive
 
     figures: dict[str, object] = {"machine": f"{os.cpu_count()} cores", "python": sys.version.split()[0]}
     table = Table(title="Ingest (one process, one thread)")
@@ -133,9 +134,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         archive = Path(tmp) / "synth.skyarch.zst"
         start = time.perf_counter()
-        info = write_synth_archive(archive, target_events=args.events, seed=0)
+        hours = args.events / (EVENTS_PER_AGENT_HOUR * args.synth_agents)
+        info = write_synth_archive(archive, args.synth_agents, hours, seed=0)
         size = archive.stat().st_size / 2**20
-        console.print(f"synth archive: {info} in {time.perf_counter() - start:.1f}s, {size:.1f} MiB")
+        console.print(f"synth archive: {info.frames:,} frames in {time.perf_counter() - start:.1f}s, {size:.1f} MiB")
+        console.print(f"  events by kind: {dict(info.counts)}")
         frames = _frames(archive)
         f_rate, e_rate = decode_rates(frames)
         sdk = sdk_rate(frames[: args.sdk_frames])

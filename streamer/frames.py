@@ -69,6 +69,26 @@ def to_json_model(value: Any) -> Any:
     return value
 
 
+def from_json_model(value: Any) -> Any:
+    """The atproto JSON data model back to DAG-CBOR data: ``{"$link": cid}`` to CID bytes, ``{"$bytes": b64}`` to
+    bytes (the inverse of :func:`to_json_model`; used to turn Jetstream records into relay frames)."""
+    if isinstance(value, dict):
+        if len(value) == 1 and isinstance(value.get("$link"), str):
+            return _cid_bytes(value["$link"])
+        if len(value) == 1 and isinstance(value.get("$bytes"), str):
+            raw = value["$bytes"]
+            return base64.b64decode(raw + "=" * (-len(raw) % 4))
+        return {k: from_json_model(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [from_json_model(v) for v in value]
+    return value
+
+
+def _cid_bytes(text: str) -> bytes:
+    """Binary form of a base32 CIDv1 string ("b" multibase prefix)."""
+    return bytes(libipld.decode_multibase(text)[1])
+
+
 def decode_frame(frame: bytes, *, records: bool = False, max_bytes: int = MAX_FRAME_BYTES) -> Decoded:
     """Decode one raw frame. With ``records`` the events keep their record (JSON data model) and CID."""
     if len(frame) > max_bytes:

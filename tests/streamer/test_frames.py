@@ -144,3 +144,35 @@ def test_golden_jetstream_events_normalize(sample_dir: Path) -> None:
     assert from_jetstream({"did": "x"}).error == "bad_body"
     assert from_jetstream({"did": "x", "time_us": 1, "kind": "labels"}).error == "unknown_type"
     assert from_jetstream([1, 2]).error == "bad_json"
+
+
+def test_golden_jetstream_events_equal_the_equivalent_relay_frames(sample_dir: Path) -> None:
+    """Each real Jetstream event, re-encoded as the relay frame that carried it, decodes to the same event."""
+    from streamer.encode import account_frame, commit_frame, identity_frame
+    from streamer.frames import from_json_model, to_json_model
+
+    lines = [json.loads(x) for x in (sample_dir / "golden_v1.jsonl").read_text().splitlines() if x.strip()]
+    for seq, obj in enumerate(lines, start=1):
+        expected = from_jetstream(obj).events[0]
+        t = obj["time_us"]
+        if obj["kind"] == "commit":
+            c = obj["commit"]
+            record = from_json_model(c["record"]) if "record" in c else None
+            frame = commit_frame(
+                seq, obj["did"], t, [(c["operation"], c["collection"], c["rkey"], record)], rev=c["rev"]
+            )
+        elif obj["kind"] == "identity":
+            frame = identity_frame(seq, obj["did"], t, obj["identity"].get("handle"))
+        else:
+            frame = account_frame(seq, obj["did"], t, obj["account"]["active"], obj["account"].get("status"))
+        got = decode_frame(frame, records=True).events
+        assert len(got) == 1
+        ev = got[0]
+        assert (ev.kind, ev.actor, ev.subject, ev.collection, ev.rkey, ev.operation, ev.rev) == (
+            expected.kind, expected.actor, expected.subject, expected.collection,
+            expected.rkey, expected.operation, expected.rev,
+        )  # fmt: skip
+        assert ev.time_us // 1000 == t // 1000  # relay time has millisecond precision
+        if expected.record is not None:
+            assert ev.record == to_json_model(from_json_model(expected.record)) == expected.record
+            assert ev.cid == obj["commit"]["cid"], "same record bytes, same CID"
