@@ -127,6 +127,14 @@ def main() -> None:
     from streamer.synth import EVENTS_PER_AGENT_HOUR, write_synth_archive
 
     figures: dict[str, object] = {"machine": f"{os.cpu_count()} cores", "python": sys.version.split()[0]}
+    # first, while this process is small: a child's ru_maxrss starts at its parent's RSS at fork
+    if not args.skip_memory:
+        mem = memory(args.agents, args.edges)
+        figures["memory"] = mem
+        console.print(
+            f"state with {mem['agents']:,} agents and {mem['edges']:,} edges: peak RSS {mem['peak_gib']:.2f} GiB "
+            f"(interpreter + libraries {mem['baseline_gib']:.2f} GiB); built in {mem['seconds']:.0f}s"
+        )
     table = Table(title="Ingest (one process, one thread)")
     for col in ("input", "frames", "events", "decode frames/s", "decode events/s", "SDK frames/s", "replay events/s"):
         table.add_column(col, justify="right")
@@ -163,13 +171,6 @@ def main() -> None:
         rates = (f"{f_rate:,.0f}", f"{e_rate:,.0f}", f"{sdk:,.0f}", "-")
         table.add_row("real sample ×200", f"{len(sample):,}", "-", *rates)
     console.print(table)
-    if not args.skip_memory:
-        mem = memory(args.agents, args.edges)
-        figures["memory"] = mem
-        console.print(
-            f"state with {mem['agents']:,} agents and {mem['edges']:,} edges: peak RSS {mem['peak_gib']:.2f} GiB "
-            f"(interpreter + libraries {mem['baseline_gib']:.2f} GiB); built in {mem['seconds']:.0f}s"
-        )
     console.print(f"peak RSS of this process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB")
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=2))

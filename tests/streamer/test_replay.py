@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from streamer.archive import ArchiveWriter
 from streamer.cli import app
+from streamer.encode import commit_frame
 from streamer.ingest import Ingestor, replay
 from streamer.state import AgentState, StateConfig
 
@@ -48,14 +49,23 @@ def test_bad_frames_are_counted_and_nothing_accepted_is_lost(tmp_path: Path, sam
     bad_car = libipld.encode_dag_cbor(header) + libipld.encode_dag_cbor({**body, "blocks": b"\x05junk!"})
     unknown = libipld.encode_dag_cbor({**header, "t": "#labels"}) + libipld.encode_dag_cbor(body)
     huge = sample_frames[5] + bytes(6 * 1024 * 1024)
-    mixed = [*sample_frames[:50], b"\xff\xfe random", bad_car, unknown, huge, *sample_frames[50:]]
+    # a record of a type nobody told us about, from an account that does nothing else
+    odd_type = commit_frame(
+        31527015500, "did:plc:zzzzzzzzzzzzzzzzzzzzzzzz", 1783175887600000,
+        [("create", "com.example.unknown.thing", "3k", {"$type": "com.example.unknown.thing", "x": 1})],
+    )  # fmt: skip
+    mixed = [*sample_frames[:50], b"\xff\xfe random", bad_car, unknown, huge, *sample_frames[50:], odd_type]
     result = replay(_archive(tmp_path, mixed))
     stats = result.ingestor.stats
     assert stats.errors == {"bad_cbor": 1, "bad_car": 1, "unknown_type": 1, "too_big": 1}
     assert stats.items == len(mixed)
     clean = replay(_archive(tmp_path / "clean", sample_frames))
-    assert stats.events == clean.ingestor.stats.events
-    _same_snapshot(result.state, clean.state)
+    assert stats.events - clean.ingestor.stats.events == {"other": 1}, "the unknown record type is counted as other"
+    got, ref = result.state.snapshot(), clean.state.snapshot()
+    assert got.dids == [*ref.dids, "did:plc:zzzzzzzzzzzzzzzzzzzzzzzz"]
+    np.testing.assert_array_equal(got.x, [*ref.x, 0.0])  # "other" records carry no activity or attention
+    for f in ("attender", "source", "weight"):
+        np.testing.assert_array_equal(getattr(got.graph, f), getattr(ref.graph, f))
 
 
 def test_duplicate_frames_are_not_counted_twice(sample_frames: list[bytes]) -> None:
