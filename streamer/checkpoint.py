@@ -24,9 +24,28 @@ VERSION = 1
 
 def save_checkpoint(directory: str | Path, state: AgentState, cursor: int, extra: dict[str, Any] | None = None) -> Path:
     """Write state + cursor atomically to ``directory/state.npz``; returns the path."""
+    arrays, meta = state.to_arrays()
+    return write_checkpoint(directory, arrays, meta, cursor, extra)
+
+
+def capture(state: AgentState) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """A private copy of the state's arrays: taken on the ingest thread (a memory copy), written elsewhere while
+    ingest goes on."""
+    arrays, meta = state.to_arrays()
+    return {k: np.array(v, copy=True) for k, v in arrays.items()}, meta
+
+
+def write_checkpoint(
+    directory: str | Path,
+    arrays: dict[str, np.ndarray],
+    meta: dict[str, Any],
+    cursor: int,
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """Write captured state arrays + cursor atomically to ``directory/state.npz``."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    arrays, meta = state.to_arrays()
+    arrays = dict(arrays)
     meta = {"version": VERSION, "cursor": int(cursor), "state": meta, "extra": extra or {}}
     arrays["__meta__"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
     fd, tmp = tempfile.mkstemp(prefix=".state-", suffix=".npz.tmp", dir=directory)

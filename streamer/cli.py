@@ -13,10 +13,12 @@ from rich.console import Console
 from rich.table import Table
 
 import kernels
-from streamer.ingest_commands import events_command, replay_command
+from streamer.daemon_commands import replay_command, run_command
+from streamer.ingest_commands import events_command
 from streamer.live import record_command
 from streamer.population import load_npz, save_npz, synthetic
 from streamer.relay import relay_command
+from streamer.report import report_command
 from streamer.synth import synth_command
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
@@ -109,11 +111,13 @@ def indicators() -> None:
 
 
 # Commands defined in other modules are registered here, one line each.
+app.command("run")(run_command)
 app.command("replay")(replay_command)
 app.command("events")(events_command)
 app.command("relay")(relay_command)
 app.command("record")(record_command)
 app.command("synth")(synth_command)
+app.command("report")(report_command)
 
 
 def main() -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import signal
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -72,9 +73,14 @@ class Ingestor:
 
     def feed(self, item: ArchiveItem | bytes) -> Decoded:
         """Decode one item and apply its events; never raises on bad input."""
+        is_frame = isinstance(item, bytes | bytearray) or item.frame is not None
+        return self.apply_decoded(self.decode(item), is_frame=is_frame)
+
+    def apply_decoded(self, decoded: Decoded, *, is_frame: bool = True) -> Decoded:
+        """Apply an already decoded item (the live source decodes as it reads). Relay frames at or below the
+        cursor are duplicates (a reconnect that re-sent them) and are counted, not applied."""
         self.position += 1
         self.stats.items += 1
-        decoded = self.decode(item)
         self.stats.skipped.update(decoded.skipped)
         if decoded.error:
             self.stats.errors[decoded.error] += 1
@@ -82,7 +88,6 @@ class Ingestor:
         self.stats.frames[decoded.type] += 1
         if decoded.info is not None and decoded.info.get("name") == "OutdatedCursor":
             self.stats.outdated_cursor += 1
-        is_frame = isinstance(item, bytes | bytearray) or item.frame is not None
         if is_frame and decoded.seq >= 0:
             if decoded.seq <= self.cursor:
                 self.stats.duplicates += 1
@@ -157,11 +162,19 @@ def replay(
     speed: float | None = None,
     on_item: Callable[[Ingestor], None] | None = None,
     handle_signals: bool = False,
+    stop_event: threading.Event | None = None,
+    on_start: Callable[[Ingestor, dict[str, Any]], None] | None = None,
+    checkpoint_extra: Callable[[], dict[str, Any]] | None = None,
+    on_end: Callable[[Ingestor], None] | None = None,
 ) -> ReplayResult:
     """Replay an archive into a fresh state, or into the checkpointed one (resuming after its position).
 
-    With ``handle_signals`` SIGTERM/SIGINT stop the replay after the current item and write a final checkpoint."""
+    With ``handle_signals`` SIGTERM/SIGINT (or, from another thread, ``stop_event``) stop the replay after the
+    current item and write a final checkpoint. The hooks let a pipeline ride along: ``on_start(ingestor, extra)``
+    with what its last checkpoint saved, ``checkpoint_extra()`` to add to each checkpoint, ``on_end`` once when
+    the archive is exhausted (not when stopped, and not again after resuming a finished replay)."""
     resumed = 0
+    extra: dict[str, Any] = {}
     loaded = load_checkpoint(checkpoint_dir, followers) if checkpoint_dir else None
     if loaded is not None:
         state, cursor, extra = loaded
@@ -172,6 +185,9 @@ def replay(
         ingestor.stats.items = 0
     else:
         ingestor = Ingestor(AgentState(config, followers))
+    if on_start is not None:
+        on_start(ingestor, extra)
+    finished = bool(extra.get("finished", False))
     report = ReadReport()
     stop = {"flag": False}
     previous: dict[int, Any] = {}
@@ -181,7 +197,9 @@ def replay(
 
     def checkpoint() -> None:
         if checkpoint_dir:
-            save_checkpoint(checkpoint_dir, ingestor.state, ingestor.cursor, {"position": ingestor.position})
+            more = checkpoint_extra() if checkpoint_extra is not None else {}
+            info = {**more, "position": ingestor.position, "finished": finished}
+            save_checkpoint(checkpoint_dir, ingestor.state, ingestor.cursor, info)
 
     start = time.perf_counter()
     last_ckpt = time.monotonic()
@@ -201,8 +219,13 @@ def replay(
             ):
                 checkpoint()
                 last_ckpt = time.monotonic()
-            if stop["flag"]:
+            if stop["flag"] or (stop_event is not None and stop_event.is_set()):
+                stop["flag"] = True
                 break
+        if not stop["flag"] and not finished:
+            if on_end is not None:
+                on_end(ingestor)
+            finished = True
         checkpoint()
     finally:
         for sig, handler in previous.items():

@@ -72,7 +72,7 @@ kafka_running_pid() {
     [[ -n "$pid" ]] || return 1
     kafka_pid_alive "$pid" || return 1
     # Guard against a recycled pid: the command line must be our kafka.Kafka with our server.properties.
-    args="$(ps -p "$pid" -o args= 2>/dev/null || true)"
+    args="$(tr "\\0" " " <"/proc/$pid/cmdline" 2>/dev/null || ps -ww -p "$pid" -o args= 2>/dev/null || true)"
     [[ "$args" == *kafka.Kafka* && "$args" == *"$KAFKA_PROPS_FILE"* ]] || return 1
     printf '%s\n' "$pid"
 }

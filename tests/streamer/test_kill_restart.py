@@ -18,7 +18,18 @@ from streamer.synth import default_archive
 
 def _replay(args: list[str]) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [sys.executable, "-m", "streamer", "replay", str(default_archive()), "--no-progress", *args],
+        [
+            sys.executable,
+            "-m",
+            "streamer",
+            "replay",
+            str(default_archive()),
+            "--no-progress",
+            "--quiet",
+            "--interval",
+            "86400",
+            *args,
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )

@@ -1,0 +1,170 @@
+"""Daemon configuration: defaults, then a YAML file, then ``SKYATTR_*`` environment variables, then flags.
+
+Every option is a field of :class:`Settings` with its description (the README's configuration table is generated
+from these). An invalid value anywhere gives one :class:`ConfigError` line naming the option and where it came
+from; the commands turn that into exit status 2.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+import kernels
+from streamer.results import AttributionConfig
+from streamer.state import StateConfig
+
+ENV_PREFIX = "SKYATTR_"
+DEFAULT_METRICS_PORT = 9464
+
+
+class ConfigError(ValueError):
+    """A configuration problem, phrased for the person who wrote the configuration."""
+
+
+class Settings(BaseModel):
+    """All daemon options. Field names are the YAML keys; flags are --field-name; env vars SKYATTR_FIELD_NAME."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    relay: str = Field("wss://bsky.network", description="Relay for `run` (subscribeRepos websocket base URL).")
+    interval: float = Field(300.0, gt=0, description="Seconds between attribution runs (event time in replay).")
+    indicator: str = Field("cascade", description="Macro indicator (see `skyattr indicators`).")
+    indicator_params: dict[str, Any] = Field(
+        default_factory=dict, description="Indicator parameters, e.g. {kappa: 2, theta: 3} (JSON in the env var)."
+    )
+    nodes: int = Field(32, ge=1, le=1024, description="Gauss–Legendre quadrature nodes.")
+    dtype: Literal["float32", "float64"] = Field("float32", description="Floating point precision of the kernels.")
+    head: float = Field(0.01, gt=0, le=1, description="Head tier: top fraction of accounts by visibility.")
+    middle: float = Field(0.10, ge=0, le=1, description="Middle tier: the next fraction by visibility.")
+    panel_size: int = Field(100, ge=1, description="Accounts in the visibility-biased panel study.")
+    top_k: int = Field(10, ge=0, le=1000, description="Top accounts listed in each result.")
+    tau_tvd: float = Field(0.3, ge=0, description="Alert when the tier-share TVD exceeds this.")
+    tau_res: float = Field(0.2, ge=0, description="Alert when the rescaling residual r* exceeds this.")
+    alert_clear: float = Field(0.8, gt=0, le=1, description="An alert resolves below this fraction of both thresholds.")
+    bucket_hours: float = Field(24.0, gt=0, description="Width of one window bucket, hours of event time.")
+    buckets: int = Field(14, ge=1, description="Buckets in the rolling window.")
+    edge_budget: int = Field(20_000_000, ge=1, description="Most attention edges held in the window.")
+    followers: Path | None = Field(None, description="CSV `did,followers` for visibility (else distinct attenders).")
+    checkpoint_dir: Path | None = Field(None, description="Directory for checkpoints; resume from it on start.")
+    checkpoint_every: float = Field(60.0, gt=0, description="Seconds (wall clock) between checkpoints.")
+    kafka_bootstrap: str | None = Field(None, description="Kafka bootstrap servers; enables the Kafka publisher.")
+    kafka_topic_tiers: str = Field("skyattr.tiers", description="Topic for attribution results.")
+    kafka_topic_alerts: str = Field("skyattr.alerts", description="Topic for scale-bias alert transitions.")
+    kafka_buffer: int = Field(10_000, ge=1, description="Results buffered while the broker is away (oldest dropped).")
+    metrics_port: int | None = Field(
+        None,
+        ge=0,
+        le=65535,
+        description=f"Port of /metrics, /healthz, /readyz (run: {DEFAULT_METRICS_PORT}; replay: off).",
+    )
+    out: Path | None = Field(None, description="Append results as JSON Lines to this file (`-` for stdout).")
+    speed: float | None = Field(None, gt=0, description="Replay at this multiple of event time (default: full speed).")
+    queue_size: int = Field(10_000, ge=1, description="Frames buffered between the websocket and ingest (run).")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
+
+    @field_validator("indicator")
+    @classmethod
+    def _known_indicator(cls, value: str) -> str:
+        if value not in kernels.available_indicators():
+            raise ValueError(f"unknown indicator {value!r}; known: {', '.join(kernels.available_indicators())}")
+        return value
+
+    def attribution(self) -> AttributionConfig:
+        return AttributionConfig(
+            indicator=self.indicator,
+            params=dict(self.indicator_params),
+            nodes=self.nodes,
+            dtype=self.dtype,
+            head=self.head,
+            middle=self.middle,
+            panel_size=self.panel_size,
+            top_k=self.top_k,
+            thresholds=kernels.AlertThresholds(tvd=self.tau_tvd, residual=self.tau_res, clear=self.alert_clear),
+        )
+
+    def state(self) -> StateConfig:
+        return StateConfig(bucket_hours=self.bucket_hours, buckets=self.buckets, edge_budget=self.edge_budget)
+
+
+DICT_FIELDS = {name for name, f in Settings.model_fields.items() if f.annotation == dict[str, Any]}
+
+
+def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name in Settings.model_fields:
+        key = ENV_PREFIX + name.upper()
+        if key in env and env[key] != "":
+            value: Any = env[key]
+            if name in DICT_FIELDS:
+                try:
+                    value = json.loads(value)
+                except ValueError as exc:
+                    raise ConfigError(f"invalid config: {key} must be a JSON object ({exc})") from None
+            out[name] = value
+    return out
+
+
+def _from_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of option: value")
+    return {str(k).replace("-", "_"): v for k, v in data.items()}
+
+
+def load_settings(
+    config_file: Path | None = None, flags: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None
+) -> Settings:
+    """Merge defaults < YAML file < environment < flags (flags whose value is None are ignored)."""
+    layers = [
+        ("config file", _from_yaml(config_file) if config_file else {}),
+        ("environment", _from_env(os.environ if env is None else env)),
+        ("flags", {k: v for k, v in (flags or {}).items() if v is not None}),
+    ]
+    merged: dict[str, Any] = {}
+    origin: dict[str, str] = {}
+    for where, layer in layers:
+        for k, v in layer.items():
+            merged[k] = v
+            origin[k] = where
+    try:
+        settings = Settings(**merged)
+        settings.attribution().validate()
+        settings.state()
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        name = ".".join(str(p) for p in err["loc"]) or "?"
+        source = origin.get(str(err["loc"][0]) if err["loc"] else "", "defaults")
+        message = err["msg"].removeprefix("Value error, ")
+        raise ConfigError(f"invalid config: {name}: {message} (from {source})") from None
+    except ValueError as exc:
+        raise ConfigError(f"invalid config: {exc}") from None
+    return settings
+
+
+def markdown_table() -> str:
+    """The README's configuration table, generated from :class:`Settings`."""
+    rows = ["| option (YAML key) | flag | environment | default | meaning |", "|---|---|---|---|---|"]
+    for name, f in Settings.model_fields.items():
+        default = f.default_factory() if f.default_factory is not None else f.default  # type: ignore[call-arg]
+        shown = "–" if default is None or default == {} else f"`{default}`"
+        flag = f"`--{name.replace('_', '-')}`"
+        rows.append(f"| `{name}` | {flag} | `{ENV_PREFIX}{name.upper()}` | {shown} | {f.description} |")
+    return "\n".join(rows) + "\n"
+
+
+if __name__ == "__main__":
+    print(markdown_table(), end="")

@@ -1,0 +1,135 @@
+"""Prometheus metrics and the HTTP endpoints ``/metrics``, ``/healthz`` and ``/readyz``.
+
+Each :class:`Metrics` owns its own registry (several daemons or tests can live in one process). The HTTP server is
+the standard library's threading server around prometheus-client's exposition, so a slow scrape never blocks
+ingest. ``/healthz`` answers 200 while the process is alive; ``/readyz`` answers 200 once the state is restored and
+the source is connected (or replaying), else 503 with the reason.
+"""
+
+from __future__ import annotations
+
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+DURATION_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300)
+
+
+class Metrics:
+    """All of skyattr's metrics (names in the README's metrics table)."""
+
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.events = Counter("skyattr_ingest_events", "Normalized events ingested, by kind.", ["kind"], registry=r)
+        self.frames = Counter("skyattr_ingest_frames", "Frames or archive items, by type.", ["type"], registry=r)
+        self.decode_errors = Counter(
+            "skyattr_decode_errors", "Items that could not be decoded, by reason.", ["reason"], registry=r
+        )
+        self.skipped_ops = Counter("skyattr_skipped_ops", "Repo operations skipped, by reason.", ["reason"], registry=r)
+        self.duplicates = Counter("skyattr_duplicate_frames", "Frames at or below the cursor, ignored.", registry=r)
+        self.reconnects = Counter("skyattr_source_reconnects", "Reconnections to the relay.", registry=r)
+        self.cursor = Gauge("skyattr_source_cursor_seq", "Last relay seq applied to the state.", registry=r)
+        self.lag = Gauge(
+            "skyattr_event_lag_seconds", "Wall clock minus the event time of the newest event.", registry=r
+        )
+        self.event_time = Gauge("skyattr_event_time_seconds", "Event time of the newest event (Unix).", registry=r)
+        self.agents = Gauge("skyattr_agents", "Agents interned in the state.", registry=r)
+        self.edges = Gauge("skyattr_edges", "Attention edges in the rolling window.", registry=r)
+        self.active_agents = Gauge("skyattr_active_agents", "Agents with activity in the window.", registry=r)
+        self.duration = Histogram(
+            "skyattr_attribution_duration_seconds",
+            "Wall time of one attribution run (full + panel).",
+            ["indicator"],
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
+        self.runs = Counter("skyattr_attribution_runs", "Attribution runs, by outcome.", ["outcome"], registry=r)
+        self.last_success = Gauge(
+            "skyattr_attribution_last_success_timestamp_seconds", "Wall time of the last successful run.", registry=r
+        )
+        self.tier_share = Gauge(
+            "skyattr_tier_share", "Share of the attribution per tier.", ["indicator", "tier", "scale"], registry=r
+        )
+        self.tvd = Gauge("skyattr_scale_bias_tvd", "Tier-share TVD, full vs panel.", ["indicator"], registry=r)
+        self.rstar = Gauge(
+            "skyattr_scale_bias_residual", "Residual r* no global rescaling removes.", ["indicator"], registry=r
+        )
+        self.panel_share = Gauge(
+            "skyattr_scale_bias_panel_share", "Panel's share of the full attribution.", ["indicator"], registry=r
+        )
+        self.alert = Gauge("skyattr_scale_bias_alert", "1 while the scale-bias alert fires.", ["indicator"], registry=r)
+        self.completeness = Gauge(
+            "skyattr_completeness_residual", "Efficiency residual of the path integral.", ["indicator"], registry=r
+        )
+        self.value = Gauge("skyattr_indicator_value", "Macro indicator v(x) now.", ["indicator"], registry=r)
+        self.kafka = Counter(
+            "skyattr_kafka_messages", "Kafka messages by topic and outcome.", ["topic", "outcome"], registry=r
+        )
+        self.kafka_buffered = Gauge("skyattr_kafka_buffered", "Results waiting for the broker.", registry=r)
+        self.checkpoints = Counter("skyattr_checkpoints", "Checkpoints written, by outcome.", ["outcome"], registry=r)
+        self.ready = False
+        self.not_ready_reason = "starting"
+        self.port: int | None = None
+        self._server: ThreadingHTTPServer | None = None
+
+    def record_run(self, message: dict[str, Any]) -> None:
+        """Update the result gauges from a ``skyattr.tiers`` message."""
+        ind = message["indicator"]
+        for scale in ("full", "panel"):
+            for tier, share in message["tiers"][scale].items():
+                self.tier_share.labels(ind, tier, scale).set(share)
+        sb = message["scale_bias"]
+        self.tvd.labels(ind).set(sb["tvd"])
+        self.rstar.labels(ind).set(sb["residual"])
+        if sb["panel_share"] is not None:
+            self.panel_share.labels(ind).set(sb["panel_share"])
+        self.alert.labels(ind).set(1 if message["alert"]["active"] else 0)
+        self.completeness.labels(ind).set(message["residual"])
+        self.value.labels(ind).set(message["value"])
+        self.active_agents.set(message["active_agents"])
+        self.duration.labels(ind).observe(message["runtime_s"])
+
+    # HTTP ----------------------------------------------------------------------------------------------------
+    def serve(self, port: int, host: str = "0.0.0.0") -> int:
+        """Start the endpoints in a daemon thread; returns the bound port (0 picks a free one)."""
+        metrics = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                path = self.path.split("?", 1)[0]
+                if path == "/metrics":
+                    self._reply(200, generate_latest(metrics.registry), CONTENT_TYPE_LATEST)
+                elif path == "/healthz":
+                    self._reply(200, b"ok\n")
+                elif path == "/readyz":
+                    if metrics.ready:
+                        self._reply(200, b"ready\n")
+                    else:
+                        self._reply(503, f"not ready: {metrics.not_ready_reason}\n".encode())
+                else:
+                    self._reply(404, b"not found\n")
+
+            def _reply(self, code: int, body: bytes, ctype: str = "text/plain; charset=utf-8") -> None:
+                self.send_response(code)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:  # scrapes are not worth a log line
+                return
+
+        self._server = ThreadingHTTPServer((host, port), Handler)
+        self._server.daemon_threads = True
+        self.port = int(self._server.server_address[1])
+        threading.Thread(target=self._server.serve_forever, name="skyattr-metrics", daemon=True).start()
+        return int(self._server.server_address[1])
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
