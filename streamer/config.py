@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
 import kernels
 from streamer.results import AttributionConfig
@@ -57,6 +57,14 @@ class Settings(BaseModel):
     kafka_bootstrap: str | None = Field(None, description="Kafka bootstrap servers; enables the Kafka publisher.")
     kafka_topic_tiers: str = Field("skyattr.tiers", description="Topic for attribution results.")
     kafka_topic_alerts: str = Field("skyattr.alerts", description="Topic for scale-bias alert transitions.")
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="Kafka security protocol (SASL_SSL with the SASL options below)."
+    )
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
+        None, description="Kafka SASL mechanism."
+    )
+    kafka_sasl_username: str | None = Field(None, description="Kafka SASL user (from a Secret in Kubernetes).")
+    kafka_sasl_password: SecretStr | None = Field(None, description="Kafka SASL password (never logged).")
     kafka_buffer: int = Field(10_000, ge=1, description="Results buffered while the broker is away (oldest dropped).")
     metrics_port: int | None = Field(
         None,
@@ -75,6 +83,30 @@ class Settings(BaseModel):
         if value not in kernels.available_indicators():
             raise ValueError(f"unknown indicator {value!r}; known: {', '.join(kernels.available_indicators())}")
         return value
+
+    @model_validator(mode="after")
+    def _sasl_complete(self) -> Settings:
+        sasl = self.kafka_security_protocol.startswith("SASL")
+        if sasl and not (self.kafka_sasl_mechanism and self.kafka_sasl_username and self.kafka_sasl_password):
+            raise ValueError(
+                f"kafka_security_protocol {self.kafka_security_protocol} needs kafka_sasl_mechanism, "
+                "kafka_sasl_username and kafka_sasl_password"
+            )
+        return self
+
+    def kafka_security(self) -> dict[str, Any]:
+        """aiokafka connection options for the configured protocol."""
+        out: dict[str, Any] = {"security_protocol": self.kafka_security_protocol}
+        if self.kafka_security_protocol in ("SSL", "SASL_SSL"):
+            import ssl
+
+            out["ssl_context"] = ssl.create_default_context()
+        if self.kafka_security_protocol.startswith("SASL"):
+            out["sasl_mechanism"] = self.kafka_sasl_mechanism
+            out["sasl_plain_username"] = self.kafka_sasl_username
+            password = self.kafka_sasl_password
+            out["sasl_plain_password"] = password.get_secret_value() if password is not None else None
+        return out
 
     def attribution(self) -> AttributionConfig:
         return AttributionConfig(
@@ -146,9 +178,11 @@ def load_settings(
         settings.state()
     except ValidationError as exc:
         err = exc.errors()[0]
-        name = ".".join(str(p) for p in err["loc"]) or "?"
-        source = origin.get(str(err["loc"][0]) if err["loc"] else "", "defaults")
         message = err["msg"].removeprefix("Value error, ")
+        if not err["loc"]:  # a rule across several options
+            raise ConfigError(f"invalid config: {message}") from None
+        name = ".".join(str(p) for p in err["loc"])
+        source = origin.get(str(err["loc"][0]), "defaults")
         raise ConfigError(f"invalid config: {name}: {message} (from {source})") from None
     except ValueError as exc:
         raise ConfigError(f"invalid config: {exc}") from None

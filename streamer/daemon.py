@@ -91,7 +91,11 @@ class Pipeline:
 
             topics = {"tiers": self.settings.kafka_topic_tiers, "alerts": self.settings.kafka_topic_alerts}
             self.kafka = KafkaPublisher(
-                self.settings.kafka_bootstrap, topics, buffer_limit=self.settings.kafka_buffer, metrics=self.metrics
+                self.settings.kafka_bootstrap,
+                topics,
+                buffer_limit=self.settings.kafka_buffer,
+                metrics=self.metrics,
+                security=self.settings.kafka_security(),
             )
             await self.kafka.start()
 

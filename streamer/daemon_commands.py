@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import typer
+from pydantic import SecretStr
 from rich.console import Console
 
 from streamer.config import ConfigError, Settings, load_settings
@@ -38,7 +39,7 @@ def _cli_type(annotation: Any) -> Any:
     args = typing.get_args(annotation)
     if typing.get_origin(annotation) in (typing.Union, types.UnionType):
         annotation = next(a for a in args if a is not type(None))
-    if typing.get_origin(annotation) is Literal or annotation == dict[str, Any]:
+    if typing.get_origin(annotation) is Literal or annotation in (dict[str, Any], SecretStr):
         return str
     return annotation
 

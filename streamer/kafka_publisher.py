@@ -132,8 +132,11 @@ class KafkaPublisher:
         client_id: str = "skyattr",
         request_timeout_ms: int = 15_000,
         retry_backoff_s: tuple[float, float] = (0.5, 30.0),
+        security: Mapping[str, Any] | None = None,
     ) -> None:
         """``topics`` maps a message kind to its topic (default ``DEFAULT_TOPICS``); every kind needs a schema.
+        ``security`` holds aiokafka connection options (``security_protocol``, ``sasl_mechanism``,
+        ``sasl_plain_username``, ``sasl_plain_password``, ``ssl_context``) for brokers that require them.
         ``request_timeout_ms`` bounds one attempt (producer start, metadata, acknowledgement); ``retry_backoff_s``
         is (first delay, largest delay) of the exponential backoff between attempts."""
         self._topics = dict(DEFAULT_TOPICS if topics is None else topics)
@@ -152,6 +155,7 @@ class KafkaPublisher:
         self.buffer_limit = buffer_limit
         self._metrics = metrics
         self._client_id = client_id
+        self._security = dict(security or {})
         self._request_timeout_ms = request_timeout_ms
         self._timeout_s = request_timeout_ms / 1000
         self._backoff = (float(base), float(cap))
@@ -438,6 +442,7 @@ class KafkaPublisher:
             # aiokafka's own retry pace for an in-flight message (not exponential): our base delay, kept between
             # 0.1 and 1 s so that a broker that comes back is used quickly without flooding the log meanwhile.
             retry_backoff_ms=int(1000 * min(1.0, max(0.1, self._backoff[0]))),
+            **self._security,
         )
         try:
             # start() bootstraps and then waits for a producer id, which aiokafka retries without a bound.

@@ -17,6 +17,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
 from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
@@ -142,6 +143,14 @@ def test_replay_results_equal_the_golden_file(tmp_path: Path) -> None:
         _close(g, w, f"{g['topic']}#{g['run']}")
     alerts = [m for m in got if m["topic"] == "alerts"]
     assert alerts and alerts[0]["state"] == "firing", "the bundled archive's panel is biased"
+    schemas = {kind: _schema(kind) for kind in ("tiers", "alerts")}
+    for line in out.read_text().splitlines():
+        message = json.loads(line)
+        jsonschema.validate({k: v for k, v in message.items() if k != "topic"}, schemas[message["topic"]])
+
+
+def _schema(kind: str) -> dict[str, Any]:
+    return json.loads((Path(__file__).resolve().parents[2] / "streamer/schemas" / f"{kind}.schema.json").read_text())
 
 
 def test_sigterm_checkpoints_and_the_restart_finishes_the_same_results(tmp_path: Path) -> None:
@@ -181,6 +190,8 @@ def test_sigterm_checkpoints_and_the_restart_finishes_the_same_results(tmp_path:
         ([], {"SKYATTR_NODES": "many"}, "invalid config: nodes"),
         (["--indicator-params", '{"kappa": -1}'], {}, "kappa must be a positive finite number"),
         (["--head", "0.7", "--middle", "0.5"], {}, "tier fractions"),
+        (["--kafka-security-protocol", "SASL_SSL"], {}, "needs kafka_sasl_mechanism, kafka_sasl_username"),
+        ([], {"SKYATTR_DTYPE": "float16"}, "invalid config: dtype"),
     ],
 )
 def test_bad_configuration_is_one_clear_line_and_exit_2(args: list[str], env: dict[str, str], message: str) -> None:
