@@ -78,7 +78,10 @@ class Pipeline:
         self.followers = load_followers(settings.followers) if settings.followers else None
         if settings.checkpoint_dir:
             check_writable(settings.checkpoint_dir)
-        self.scheduler = Scheduler(settings.attribution(), settings.interval, [self._sink], on_skip=self._skipped)
+        sinks = [self.terminal, self._metrics_sink, self._kafka_sink]
+        if self.jsonl is not None:
+            sinks.insert(1, self.jsonl)
+        self.scheduler = Scheduler(settings.attribution(), settings.interval, sinks, on_skip=self._skipped)
         self._seen = _Seen()
 
     async def start(self, metrics_port: int | None) -> None:
@@ -107,14 +110,13 @@ class Pipeline:
         self.metrics.close()
 
     # sinks ---------------------------------------------------------------------------------------------------
-    def _sink(self, kind: str, message: dict[str, Any]) -> None:
-        self.terminal(kind, message)
-        if self.jsonl is not None:
-            self.jsonl(kind, message)
+    def _metrics_sink(self, kind: str, message: dict[str, Any]) -> None:
         if kind == "tiers":
             self.metrics.record_run(message)
             self.metrics.runs.labels("ok").inc()
             self.metrics.last_success.set(time.time())
+
+    def _kafka_sink(self, kind: str, message: dict[str, Any]) -> None:
         if self.kafka is not None:
             if self.loop is not None and threading.current_thread() is not threading.main_thread():
                 self.loop.call_soon_threadsafe(self.kafka.publish, kind, message)

@@ -88,7 +88,15 @@ class Scheduler:
         self.sched.run += 1
         self.sched.alert_active = out.alert_active
         for sink in self.sinks:
-            sink("tiers", out.tiers)
+            self._deliver(sink, "tiers", out.tiers)
             if out.alert is not None:
-                sink("alerts", out.alert)
+                self._deliver(sink, "alerts", out.alert)
         return out
+
+    @staticmethod
+    def _deliver(sink: Sink, kind: str, message: dict[str, Any]) -> None:
+        """One failing sink (a full disk, a schema bug) must not starve the others or stop the daemon."""
+        try:
+            sink(kind, message)
+        except Exception:
+            log.exception("a %s result could not be delivered to %r", kind, sink)
