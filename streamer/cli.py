@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 import kernels
+from streamer import options as opt
 from streamer.daemon_commands import replay_command, run_command
 from streamer.ingest_commands import events_command
 from streamer.live import record_command
@@ -43,14 +44,14 @@ def attribute(
     agents: Annotated[int, typer.Option(help="Synthetic population size when no file is given.")] = 100_000,
     edges_per_agent: Annotated[float, typer.Option(help="Synthetic attention edges per agent.")] = 8.0,
     seed: Annotated[int, typer.Option(help="Synthetic population seed.")] = 0,
-    indicator: Annotated[str, typer.Option(help="Macro indicator (see `skyattr indicators`).")] = "cascade",
-    nodes: Annotated[int, typer.Option(help="Quadrature nodes.")] = 32,
-    dtype: Annotated[str, typer.Option(help="float32 or float64.")] = "float32",
-    panel_size: Annotated[int, typer.Option(help="Accounts in the visibility-biased panel.")] = 100,
-    head: Annotated[float, typer.Option(help="Head tier: top fraction by visibility.")] = 0.01,
-    middle: Annotated[float, typer.Option(help="Middle tier: next fraction by visibility.")] = 0.10,
-    tau_tvd: Annotated[float, typer.Option(help="Alert threshold on tier-share TVD.")] = 0.3,
-    tau_res: Annotated[float, typer.Option(help="Alert threshold on the rescaling residual r*.")] = 0.2,
+    indicator: opt.Indicator = "cascade",
+    nodes: opt.Nodes = 32,
+    dtype: opt.Dtype = "float32",
+    panel_size: opt.PanelSize = 100,
+    head: opt.Head = 0.01,
+    middle: opt.Middle = 0.10,
+    tau_tvd: opt.TauTvd = 0.3,
+    tau_res: opt.TauRes = 0.2,
     save: Annotated[Path | None, typer.Option(help="Write the population used to this .npz.")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")] = False,
 ) -> None:

@@ -73,6 +73,17 @@ def _with_settings_options(exclude: set[str]) -> Callable[[Callable[..., Any]], 
     return deco
 
 
+def _load(config: Path | None, flags: dict[str, Any]) -> Settings:
+    """Settings from the YAML file, env and flags, or one error line and exit 2; logging configured."""
+    try:
+        settings = _settings(config, flags)
+    except ConfigError as exc:
+        _fail(str(exc))
+        raise  # unreachable: _fail exits
+    configure_logging(settings.log_level)
+    return settings
+
+
 def _settings(config: Path | None, flags: dict[str, Any]) -> Settings:
     if isinstance(flags.get("indicator_params"), str):
         try:
@@ -102,12 +113,7 @@ def replay_command(
     """Replay an archive through the pipeline: state, attribution every --interval of event time, publishers."""
     from streamer.synth import default_archive
 
-    try:
-        settings = _settings(config, flags)
-    except ConfigError as exc:
-        _fail(str(exc))
-        return
-    configure_logging(settings.log_level)
+    settings = _load(config, flags)
     path = archive or default_archive()
     try:
         result, pipe = asyncio.run(
@@ -161,12 +167,7 @@ def run_command(
     **flags: Any,
 ) -> None:
     """Run live: relay → state → attribution every --interval seconds → publishers, until SIGTERM."""
-    try:
-        settings = _settings(config, flags)
-    except ConfigError as exc:
-        _fail(str(exc))
-        return
-    configure_logging(settings.log_level)
+    settings = _load(config, flags)
     try:
         asyncio.run(live_pipeline(settings, console=console, tables=not quiet))
     except (ConfigError, ValueError, OSError) as exc:

@@ -29,6 +29,7 @@ from rich.console import Console
 from rich.markup import escape
 
 import kernels
+from streamer import options as opt
 from streamer.ingest import load_followers, replay
 from streamer.results import AttributionConfig, attribute_snapshot
 from streamer.state import StateConfig
@@ -629,14 +630,14 @@ def report_command(
     bucket_hours: Annotated[float, typer.Option(help="Width of a window bucket in hours.")] = 24.0,
     buckets: Annotated[int, typer.Option(help="Buckets in the rolling window.")] = 14,
     followers: Annotated[Path | None, typer.Option(help="CSV did,followers used as visibility.")] = None,
-    indicator: Annotated[str, typer.Option(help="Macro indicator (see `skyattr indicators`).")] = "cascade",
-    nodes: Annotated[int, typer.Option(help="Quadrature nodes.")] = 32,
-    dtype: Annotated[str, typer.Option(help="float32 or float64.")] = "float32",
-    panel_size: Annotated[int, typer.Option(help="Accounts in the visibility-biased panel.")] = 100,
-    head: Annotated[float, typer.Option(help="Head tier: top fraction by visibility.")] = 0.01,
-    middle: Annotated[float, typer.Option(help="Middle tier: next fraction by visibility.")] = 0.10,
-    tau_tvd: Annotated[float, typer.Option(help="Alert threshold on tier-share TVD.")] = 0.3,
-    tau_res: Annotated[float, typer.Option(help="Alert threshold on the rescaling residual r*.")] = 0.2,
+    indicator: opt.Indicator = "cascade",
+    nodes: opt.Nodes = 32,
+    dtype: opt.Dtype = "float32",
+    panel_size: opt.PanelSize = 100,
+    head: opt.Head = 0.01,
+    middle: opt.Middle = 0.10,
+    tau_tvd: opt.TauTvd = 0.3,
+    tau_res: opt.TauRes = 0.2,
 ) -> None:
     """Replay an archive, attribute at its end, and write a Markdown/HTML report with figures into --out."""
     path = archive or default_archive()
