@@ -242,6 +242,11 @@ async def live_pipeline(
     loaded = load_checkpoint(settings.checkpoint_dir, pipe.followers) if settings.checkpoint_dir else None
     if loaded is not None:
         state, cursor, extra = loaded
+        if extra.get("mode") != "live":
+            raise ConfigError(
+                f"checkpoint in {settings.checkpoint_dir} was written by a replay; give `run` its own checkpoint "
+                "directory"
+            )
         if state.config.as_dict() != settings.state().as_dict():
             raise ConfigError(f"checkpoint in {settings.checkpoint_dir} was made with another window configuration")
         pipe.scheduler.sched = ScheduleState.from_dict(extra.get("schedule", {}))
@@ -287,7 +292,7 @@ async def live_pipeline(
         if not settings.checkpoint_dir:
             return
         arrays, meta = capture(ingestor.state)
-        extra = {"schedule": pipe.scheduler.sched.as_dict()}
+        extra = {"schedule": pipe.scheduler.sched.as_dict(), "mode": "live", "relay": settings.relay}
         try:
             await asyncio.to_thread(write_checkpoint, settings.checkpoint_dir, arrays, meta, ingestor.cursor, extra)
             pipe.metrics.checkpoints.labels("ok").inc()

@@ -178,6 +178,16 @@ def replay(
     loaded = load_checkpoint(checkpoint_dir, followers) if checkpoint_dir else None
     if loaded is not None:
         state, cursor, extra = loaded
+        if extra.get("mode", "replay") != "replay":
+            raise ValueError(
+                f"checkpoint in {checkpoint_dir} belongs to a live `skyattr run`; give the replay its own "
+                "checkpoint directory"
+            )
+        if extra.get("archive", str(path)) != str(path):
+            raise ValueError(
+                f"checkpoint in {checkpoint_dir} is for archive {extra['archive']}, not {path}; give each archive "
+                "its own checkpoint directory"
+            )
         if config is not None and config.as_dict() != state.config.as_dict():
             raise ValueError(f"checkpoint in {checkpoint_dir} was made with another window/weight configuration")
         ingestor = Ingestor(state, cursor=cursor, position=0)
@@ -198,7 +208,7 @@ def replay(
     def checkpoint() -> None:
         if checkpoint_dir:
             more = checkpoint_extra() if checkpoint_extra is not None else {}
-            info = {**more, "position": ingestor.position, "finished": finished}
+            info = {**more, "position": ingestor.position, "finished": finished, "mode": "replay", "archive": str(path)}
             save_checkpoint(checkpoint_dir, ingestor.state, ingestor.cursor, info)
 
     start = time.perf_counter()
