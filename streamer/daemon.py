@@ -254,13 +254,13 @@ async def live_pipeline(
     else:
         state = AgentState(settings.state(), pipe.followers)
     ingestor = Ingestor(state, cursor=cursor)
+    pipe.metrics.not_ready_reason = f"relay {settings.relay} not connected yet"
     await pipe.start(settings.metrics_port if settings.metrics_port is not None else DEFAULT_METRICS_PORT)
     source = LiveSource(settings.relay, cursor=cursor if cursor >= 0 else None, stop=stop)
     pipe.source = source  # type: ignore[attr-defined]
     if on_ready is not None:
         on_ready(pipe)
     queue: asyncio.Queue[Any] = asyncio.Queue(settings.queue_size)
-    pipe.metrics.not_ready_reason = f"connecting to {settings.relay}"
     seen = _Seen()
 
     async def read() -> None:
