@@ -51,7 +51,9 @@ class Settings(BaseModel):
     bucket_hours: float = Field(24.0, gt=0, description="Width of one window bucket, hours of event time.")
     buckets: int = Field(14, ge=1, description="Buckets in the rolling window.")
     edge_budget: int = Field(20_000_000, ge=1, description="Most attention edges held in the window.")
-    followers: Path | None = Field(None, description="CSV `did,followers` for visibility (else distinct attenders).")
+    followers: Path | None = Field(
+        None, description="CSV or Parquet `did,followers` for visibility (else distinct attenders)."
+    )
     checkpoint_dir: Path | None = Field(None, description="Directory for checkpoints; resume from it on start.")
     checkpoint_every: float = Field(60.0, gt=0, description="Seconds (wall clock) between checkpoints.")
     kafka_bootstrap: str | None = Field(None, description="Kafka bootstrap servers; enables the Kafka publisher.")

@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from streamer.archive import ArchiveItem, ReadReport, read_archive
 from streamer.checkpoint import load_checkpoint, save_checkpoint
 from streamer.frames import MAX_FRAME_BYTES, Decoded, decode_frame
@@ -104,21 +106,55 @@ class Ingestor:
 
 
 def load_followers(path: str | Path) -> dict[str, float]:
-    """A ``did,followers`` CSV (header required) as a dict; rows with a bad count raise ``ValueError``."""
+    """Follower counts per DID from a ``did,followers`` CSV (header required) or a Parquet file with those two
+    columns (needs pyarrow: the ``parquet`` extra). Bad rows raise ``ValueError`` naming the file and row."""
+    path = Path(path)
+    if path.suffix.lower() in (".parquet", ".pq"):
+        dids, counts = _followers_parquet(path)
+    else:
+        dids, counts = _followers_csv(path)
     out: dict[str, float] = {}
-    with open(path, newline="") as fh:
-        reader = csv.DictReader(fh)
-        if reader.fieldnames is None or not {"did", "followers"} <= set(reader.fieldnames):
-            raise ValueError(f"followers file {path} needs a header with columns did,followers")
-        for line, row in enumerate(reader, start=2):
-            try:
-                count = float(row["followers"])
-            except (TypeError, ValueError):
-                raise ValueError(f"followers file {path}, line {line}: bad count {row['followers']!r}") from None
-            if count < 0 or count != count:
-                raise ValueError(f"followers file {path}, line {line}: count must be >= 0")
-            out[row["did"]] = count
+    for row, (did, count) in enumerate(zip(dids, counts, strict=True), start=1):
+        if not isinstance(did, str) or not did.startswith("did:"):
+            raise ValueError(f"followers file {path}, row {row}: {did!r} is not a DID")
+        if not (count >= 0 and np.isfinite(count)):
+            raise ValueError(f"followers file {path}, row {row}: count must be a finite number >= 0, got {count!r}")
+        out[did] = float(count)
     return out
+
+
+def _followers_csv(path: Path) -> tuple[list[str], list[float]]:
+    dids: list[str] = []
+    counts: list[float] = []
+    try:
+        with open(path, newline="") as fh:
+            reader = csv.DictReader(fh)
+            if reader.fieldnames is None or not {"did", "followers"} <= set(reader.fieldnames):
+                raise ValueError(f"followers file {path} needs a header with columns did,followers")
+            for row, rec in enumerate(reader, start=1):
+                try:
+                    counts.append(float(rec["followers"]))
+                except (TypeError, ValueError):
+                    raise ValueError(f"followers file {path}, row {row}: bad count {rec['followers']!r}") from None
+                dids.append(rec["did"])
+    except OSError as exc:
+        raise ValueError(f"cannot read followers file {path}: {exc.strerror or exc}") from None
+    return dids, counts
+
+
+def _followers_parquet(path: Path) -> tuple[list[str], list[float]]:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise ValueError(
+            f"reading the Parquet followers file {path} needs pyarrow: pip install 'skyattr[parquet]'"
+        ) from None
+    try:
+        table = pq.read_table(path, columns=["did", "followers"])
+    except (OSError, KeyError, ValueError) as exc:  # pyarrow's errors derive from these
+        raise ValueError(f"cannot read followers file {path} (columns did, followers): {exc}") from None
+    counts = np.asarray(table.column("followers").to_numpy(zero_copy_only=False), dtype=np.float64)
+    return table.column("did").to_pylist(), counts.tolist()
 
 
 @dataclass
