@@ -7,22 +7,16 @@ SKYATTR_REQUIRE_KAFKA=1, in which case a missing broker is a failure (CI sets bo
 from __future__ import annotations
 
 import asyncio
-import os
 import uuid
 
-import pytest
+from ..broker import kafka_bootstrap
 
 N_MESSAGES = 100
 TIMEOUT_S = 60.0
 
 
 def _bootstrap() -> str:
-    servers = os.environ.get("SKYATTR_KAFKA_BOOTSTRAP", "").strip()
-    if servers:
-        return servers
-    if os.environ.get("SKYATTR_REQUIRE_KAFKA") == "1":
-        pytest.fail("SKYATTR_REQUIRE_KAFKA=1 but SKYATTR_KAFKA_BOOTSTRAP is not set (run ops/kafka/start.sh first)")
-    pytest.skip("SKYATTR_KAFKA_BOOTSTRAP not set: no Kafka broker (start one with ops/kafka/start.sh)")
+    return kafka_bootstrap()
 
 
 async def _create_topic(bootstrap: str, topic: str) -> None:

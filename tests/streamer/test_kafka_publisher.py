@@ -31,6 +31,8 @@ from streamer.metrics import Metrics
 from streamer.results import AttributionConfig, attribute_snapshot
 from streamer.state import Snapshot
 
+from ..broker import kafka_bootstrap
+
 REPO = Path(__file__).resolve().parents[2]
 KAFKA_OPS = REPO / "ops" / "kafka"
 SCRIPTS_BOOTSTRAP = "127.0.0.1:9092"  # where ops/kafka/start.sh listens by default
@@ -40,12 +42,7 @@ FAST_BACKOFF = (0.05, 0.5)
 
 
 def _bootstrap() -> str:
-    servers = os.environ.get("SKYATTR_KAFKA_BOOTSTRAP", "").strip()
-    if servers:
-        return servers
-    if os.environ.get("SKYATTR_REQUIRE_KAFKA") == "1":
-        pytest.fail("SKYATTR_REQUIRE_KAFKA=1 but SKYATTR_KAFKA_BOOTSTRAP is not set (run ops/kafka/start.sh first)")
-    pytest.skip("SKYATTR_KAFKA_BOOTSTRAP not set: no Kafka broker (start one with ops/kafka/start.sh)")
+    return kafka_bootstrap()
 
 
 # ---------------------------------------------------------------------------------------------------- messages
