@@ -279,6 +279,7 @@ async def live_pipeline(
             st = source.stats
             connected = st.connects > sum(st.disconnects.values())
             pipe.metrics.ready = connected
+            pipe.metrics.connected.set(1 if connected else 0)
             pipe.metrics.not_ready_reason = "" if connected else f"relay {settings.relay} not connected"
             for _, n in seen.delta("reconnects", {"r": st.reconnects}).items():
                 pipe.metrics.reconnects.inc(n)

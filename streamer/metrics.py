@@ -31,6 +31,9 @@ class Metrics:
         self.skipped_ops = Counter("skyattr_skipped_ops", "Repo operations skipped, by reason.", ["reason"], registry=r)
         self.duplicates = Counter("skyattr_duplicate_frames", "Frames at or below the cursor, ignored.", registry=r)
         self.reconnects = Counter("skyattr_source_reconnects", "Reconnections to the relay.", registry=r)
+        self.connected = Gauge(
+            "skyattr_source_connected", "1 while the relay websocket is open (run; 0 in replay).", registry=r
+        )
         self.cursor = Gauge("skyattr_source_cursor_seq", "Last relay seq applied to the state.", registry=r)
         self.lag = Gauge(
             "skyattr_event_lag_seconds", "Wall clock minus the event time of the newest event.", registry=r

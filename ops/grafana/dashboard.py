@@ -305,7 +305,8 @@ def ingest() -> list[Any]:
         ),
         ts(
             "Relay reconnects and re-sent frames",
-            "Reconnections to the relay, and frames at or below the cursor (re-sent after a reconnect, ignored).",
+            "Reconnections to the relay, frames at or below the cursor (re-sent after a reconnect, ignored), and "
+            "whether the relay websocket is open (1/0, live mode).",
             q(
                 f"sum by (instance) (increase(skyattr_source_reconnects_total{{{SEL}}}{rate}))",
                 "reconnects {{instance}}",
@@ -315,6 +316,7 @@ def ingest() -> list[Any]:
                 "duplicate frames {{instance}}",
                 "B",
             ),
+            q(f"max by (instance) (skyattr_source_connected{{{SEL}}})", "connected {{instance}}", "C"),
             w=8,
         ).overrides([db.DashboardFieldConfigSourceOverrides().matcher(m).properties(p) for m, p in [right_axis("B")]]),
         ts(
