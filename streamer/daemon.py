@@ -68,10 +68,12 @@ class _Seen:
 class Pipeline:
     """Scheduler, sinks and metrics around one :class:`AgentState`."""
 
-    def __init__(self, settings: Settings, *, console: Console | None = None, tables: bool = True) -> None:
+    def __init__(
+        self, settings: Settings, *, console: Console | None = None, tables: bool = True, every_run: bool = False
+    ) -> None:
         self.settings = settings
         self.metrics = Metrics()
-        self.terminal = TerminalSink(console, tables=tables)
+        self.terminal = TerminalSink(console, tables=tables, every_run=every_run)
         self.jsonl = JsonlSink(settings.out) if settings.out else None
         self.kafka: Any = None
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -233,7 +235,7 @@ async def live_pipeline(
     pipeline has started (tests use it to find the metrics port)."""
     from streamer.live import LiveSource
 
-    pipe = Pipeline(settings, console=console, tables=tables)
+    pipe = Pipeline(settings, console=console, tables=tables, every_run=True)
     stop = stop if stop is not None else asyncio.Event()
     loop = asyncio.get_running_loop()
     _install_signals(loop, stop.set)

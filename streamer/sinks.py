@@ -69,11 +69,13 @@ def _fmt(value: float | None) -> str:
 
 
 class TerminalSink:
-    """One line per run; the full tier table when the alert changes state and for the last run (``final``)."""
+    """The tier table for every run (``every_run``, live mode: one run every few minutes); in a replay, where runs
+    come many per second, one line per run and the table when the alert changes state and for the last run."""
 
-    def __init__(self, console: Console | None = None, *, tables: bool = True) -> None:
+    def __init__(self, console: Console | None = None, *, tables: bool = True, every_run: bool = False) -> None:
         self.console = console or Console(stderr=True)
         self.tables = tables
+        self.every_run = every_run
         self.last: dict[str, Any] | None = None
 
     def __call__(self, kind: str, message: dict[str, Any]) -> None:
@@ -86,6 +88,9 @@ class TerminalSink:
             )
             return
         self.last = message
+        if self.tables and self.every_run:
+            self.console.print(tier_table(message))
+            return
         sb = message["scale_bias"]
         full, panel = message["tiers"]["full"], message["tiers"]["panel"]
         self.console.print(
