@@ -269,20 +269,25 @@ def test_live_mode_against_a_local_relay(tmp_path: Path) -> None:
             stop = asyncio.Event()
             pipes: list[Any] = []
 
+            seen_ready: list[bool] = []
+
             async def stopper() -> None:
-                deadline = time.monotonic() + 60
-                while time.monotonic() < deadline:
-                    await asyncio.sleep(0.1)
-                    if pipes and out.exists() and len(out.read_text().splitlines()) >= 2:
-                        pipe = pipes[0]
-                        if pipe.source.cursor == relay.range.last_seq:
-                            assert pipe.metrics.ready
+                try:  # whatever happens here, the pipeline must be told to stop
+                    deadline = time.monotonic() + 60
+                    while time.monotonic() < deadline:
+                        await asyncio.sleep(0.1)
+                        runs = out.read_text().count('"topic":"tiers"') if out.exists() else 0
+                        caught_up = pipes and runs >= 2 and pipes[0].source.cursor == relay.range.last_seq
+                        if caught_up and pipes[0].metrics.ready:  # readiness is refreshed every second
+                            seen_ready.append(True)
                             break
-                stop.set()
+                finally:
+                    stop.set()
 
             task = asyncio.create_task(stopper())
             pipe = await live_pipeline(settings, tables=False, stop=stop, on_ready=pipes.append)
             await task
+            assert seen_ready, "caught up with the relay and ready within 60 s"
             return pipe, relay.range.last_seq
 
     _pipe, last_seq = asyncio.run(main())
