@@ -4,8 +4,8 @@ The report is for people who were not at the terminal: a Markdown and an HTML fi
 ``skyattr.tiers`` message as ``result.json``, and three figures. Every number in the text comes from that message
 (built by :func:`streamer.results.attribute_snapshot`, the same code the daemon publishes with), so the report can
 never disagree with what the daemon would have said about the same window. The message carries only the top
-accounts, while the figures need phi for every agent, so the per-agent arrays are recomputed with the kernels API
-on the same snapshot and checked against the message before they are drawn.
+accounts; the figures use the per-agent arrays of that same run (``RunOutput.arrays``), so they cannot disagree
+with it either.
 
 The document is built once as a list of blocks and rendered twice (Markdown, HTML), so the two files cannot drift
 apart; user-controlled strings (DIDs, paths, indicator names and parameters) are escaped for each format.
@@ -43,9 +43,6 @@ FIGURES = {
     "lorenz": "lorenz.png",
     "scatter": "attribution_vs_visibility.png",
 }
-# Relative tolerance when checking the recomputed per-agent arrays against the message. The kernels are
-# deterministic on CPU (exact agreement); on accelerators a float32 scatter-add may reorder sums.
-CONSISTENCY_RTOL = 1e-5
 
 
 class ReportError(ValueError):
@@ -104,26 +101,6 @@ def lorenz(values: Any) -> tuple[np.ndarray, np.ndarray]:
     return xs, ys
 
 
-def _check_consistent(data: ReportData) -> list[str]:
-    """Differences between the recomputed arrays and the message (empty when they agree); each names the field."""
-    msg, problems = data.message, []
-    sizes = {name: int(np.sum(data.tiers == k)) for k, name in enumerate(kernels.TIER_NAMES)}
-    if sizes != msg["tier_sizes"]:
-        problems.append(f"tier sizes {sizes} != {msg['tier_sizes']}")
-    if len(data.panel) != msg["scale_bias"]["panel_size"]:
-        problems.append(f"panel size {len(data.panel)} != {msg['scale_bias']['panel_size']}")
-    shares = kernels.tier_shares(data.phi, data.tiers)
-    want = np.array([msg["tiers"]["full"][name] for name in kernels.TIER_NAMES])
-    if not np.allclose(shares, want, rtol=CONSISTENCY_RTOL, atol=CONSISTENCY_RTOL):
-        problems.append(f"full tier shares {shares.tolist()} != {want.tolist()}")
-    top_phi = np.array([t["phi"] for t in msg["top"]])
-    ours = np.sort(data.phi)[::-1][: len(top_phi)]
-    scale = max(1.0, float(np.abs(ours).max(initial=0.0)))
-    if not np.allclose(ours, top_phi, rtol=CONSISTENCY_RTOL, atol=CONSISTENCY_RTOL * scale):
-        problems.append("top attributions differ")
-    return problems
-
-
 def build_report(
     archive: Path,
     *,
@@ -148,20 +125,15 @@ def build_report(
     out = attribute_snapshot(snap, config, run=1, as_of_us=state.last_time_us, alert_active=False)
     if out.tiers is None:
         raise ReportError(f"nothing to attribute in {archive}: {out.skipped}")
-    assert snap.graph is not None  # attribute_snapshot skipped otherwise
-    ind = kernels.get_indicator(config.indicator, **config.params)
-    full = kernels.attribute(ind, snap.x, snap.graph, nodes=config.nodes, dtype=config.dtype)
-    tiers = kernels.assign_tiers(snap.visibility, head=config.head, middle=config.middle)
-    panel = kernels.select_panel(snap.visibility, snap.x, size=config.panel_size)
-    panel_attr = kernels.panel_attribution(ind, snap.x, snap.graph, panel, nodes=config.nodes, dtype=config.dtype)
-    data = ReportData(
+    assert out.arrays is not None  # set whenever a message is
+    return ReportData(
         archive=str(archive),
         message=out.tiers,
-        phi=np.asarray(full.phi, np.float64),
-        tiers=tiers,
+        phi=out.arrays.phi,
+        tiers=out.arrays.tiers,
         visibility=np.asarray(snap.visibility, np.float64),
-        panel=panel,
-        panel_phi=np.asarray(panel_attr.phi, np.float64),
+        panel=out.arrays.panel,
+        panel_phi=out.arrays.panel_phi,
         state_config=state.config,
         config=config,
         visibility_source="follower counts" if followers is not None else "distinct attenders in the window",
@@ -171,9 +143,6 @@ def build_report(
             "warnings": list(result.report.errors),
         },
     )
-    for problem in _check_consistent(data):
-        console.print(f"[yellow]warning:[/yellow] figures may differ from result.json: {escape(problem)}")
-    return data
 
 
 # ------------------------------------------------------------------------------------------------ document

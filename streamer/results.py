@@ -47,11 +47,23 @@ class AttributionConfig:
 
 
 @dataclass
+class Arrays:
+    """The per-agent arrays behind a message (the message keeps only the top accounts): full-scale phi, tier per
+    agent, panel indices and the panel study's phi. For reports and plots; not published."""
+
+    phi: np.ndarray
+    tiers: np.ndarray
+    panel: np.ndarray
+    panel_phi: np.ndarray
+
+
+@dataclass
 class RunOutput:
     tiers: dict[str, Any] | None
     alert: dict[str, Any] | None
     alert_active: bool
     skipped: str = ""
+    arrays: Arrays | None = None
 
 
 def _window(snap: Snapshot) -> dict[str, Any]:
@@ -155,4 +167,5 @@ def attribute_snapshot(
             "window": _window(snap),
             "as_of_us": as_of_us,
         }
-    return RunOutput(message, alert, firing)
+    arrays = Arrays(np.asarray(full.phi, np.float64), tiers, panel, np.asarray(panel_attr.phi, np.float64))
+    return RunOutput(message, alert, firing, arrays=arrays)

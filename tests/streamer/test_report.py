@@ -114,7 +114,7 @@ def test_markdown_tables_equal_the_message(report_dir: Path) -> None:
 
 
 def test_per_agent_arrays_match_the_message(data: ReportData) -> None:
-    """The figures are drawn from recomputed phi; it must be the attribution the message summarises."""
+    """The figures are drawn from the run's per-agent phi; it must be the attribution the message summarises."""
     msg = data.message
     shares = kernels.tier_shares(data.phi, data.tiers)
     np.testing.assert_allclose(shares, [msg["tiers"]["full"][n] for n in kernels.TIER_NAMES], rtol=1e-9)
