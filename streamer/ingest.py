@@ -13,7 +13,6 @@ operations by reason, duplicates, events by kind.
 from __future__ import annotations
 
 import csv
-import signal
 import threading
 import time
 from collections import Counter
@@ -197,7 +196,6 @@ def replay(
     checkpoint_every_items: int | None = None,
     speed: float | None = None,
     on_item: Callable[[Ingestor], None] | None = None,
-    handle_signals: bool = False,
     stop_event: threading.Event | None = None,
     on_start: Callable[[Ingestor, dict[str, Any]], None] | None = None,
     checkpoint_extra: Callable[[], dict[str, Any]] | None = None,
@@ -205,8 +203,8 @@ def replay(
 ) -> ReplayResult:
     """Replay an archive into a fresh state, or into the checkpointed one (resuming after its position).
 
-    With ``handle_signals`` SIGTERM/SIGINT (or, from another thread, ``stop_event``) stop the replay after the
-    current item and write a final checkpoint. The hooks let a pipeline ride along: ``on_start(ingestor, extra)``
+    Setting ``stop_event`` (from another thread: the daemon's signal handler) stops the replay after the
+    current item and writes a final checkpoint. The hooks let a pipeline ride along: ``on_start(ingestor, extra)``
     with what its last checkpoint saved, ``checkpoint_extra()`` to add to each checkpoint, ``on_end`` once when
     the archive is exhausted (not when stopped, and not again after resuming a finished replay)."""
     resumed = 0
@@ -235,11 +233,7 @@ def replay(
         on_start(ingestor, extra)
     finished = bool(extra.get("finished", False))
     report = ReadReport()
-    stop = {"flag": False}
-    previous: dict[int, Any] = {}
-    if handle_signals:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            previous[sig] = signal.signal(sig, lambda *_: stop.__setitem__("flag", True))
+    interrupted = False
 
     def checkpoint() -> None:
         if checkpoint_dir:
@@ -249,32 +243,28 @@ def replay(
 
     start = time.perf_counter()
     last_ckpt = time.monotonic()
-    try:
-        items = read_archive(path, report)
-        for _ in range(resumed):  # skip what the checkpoint already holds
-            if next(items, None) is None:
-                break
-            ingestor.position += 1
-        for item in _paced(items, ingestor, speed):
-            ingestor.feed(item)
-            if on_item is not None:
-                on_item(ingestor)
-            if checkpoint_dir and (
-                (checkpoint_every_items and ingestor.position % checkpoint_every_items == 0)
-                or time.monotonic() - last_ckpt >= checkpoint_every_s
-            ):
-                checkpoint()
-                last_ckpt = time.monotonic()
-            if stop["flag"] or (stop_event is not None and stop_event.is_set()):
-                stop["flag"] = True
-                break
-        if not stop["flag"] and not finished:
-            if on_end is not None:
-                on_end(ingestor)
-            finished = True
-        checkpoint()
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+    items = read_archive(path, report)
+    for _ in range(resumed):  # skip what the checkpoint already holds
+        if next(items, None) is None:
+            break
+        ingestor.position += 1
+    for item in _paced(items, ingestor, speed):
+        ingestor.feed(item)
+        if on_item is not None:
+            on_item(ingestor)
+        if checkpoint_dir and (
+            (checkpoint_every_items and ingestor.position % checkpoint_every_items == 0)
+            or time.monotonic() - last_ckpt >= checkpoint_every_s
+        ):
+            checkpoint()
+            last_ckpt = time.monotonic()
+        if stop_event is not None and stop_event.is_set():
+            interrupted = True
+            break
+    if not interrupted and not finished:
+        if on_end is not None:
+            on_end(ingestor)
+        finished = True
+    checkpoint()
     ingestor.state.flush()
-    return ReplayResult(ingestor, report, time.perf_counter() - start, resumed, interrupted=stop["flag"])
+    return ReplayResult(ingestor, report, time.perf_counter() - start, resumed, interrupted=interrupted)

@@ -12,8 +12,8 @@ import typer
 from rich.console import Console
 
 from streamer.archive import ReadReport, read_archive
-from streamer.ingest import Ingestor
-from streamer.jetstream import to_jetstream
+from streamer.frames import decode_frame
+from streamer.jetstream import from_jetstream, to_jetstream
 from streamer.state import AgentState
 
 console = Console(stderr=True, soft_wrap=True)
@@ -46,16 +46,11 @@ def events_command(
 ) -> None:
     """Print every event as one JSON line in the Jetstream v1 shape, with skyattr's normalized fields."""
     report = ReadReport()
-    ingest = Ingestor(AgentState())
     count = 0
     out = sys.stdout
     try:
         for item in read_archive(archive, report):
-            decoded = ingest.decode(item) if item.json is not None else None
-            if decoded is None:
-                from streamer.frames import decode_frame
-
-                decoded = decode_frame(item.frame or b"", records=True)
+            decoded = from_jetstream(item.json) if item.frame is None else decode_frame(item.frame, records=True)
             if decoded.error:
                 console.print(f"[yellow]skipped[/yellow] {decoded.error}: {decoded.detail}")
                 continue
