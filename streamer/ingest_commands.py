@@ -7,13 +7,13 @@ import sys
 from pathlib import Path
 from typing import Annotated
 
-import numpy as np
 import typer
 from rich.console import Console
 
 from streamer.archive import ReadReport, read_archive
 from streamer.frames import decode_frame
 from streamer.jetstream import from_jetstream, to_jetstream
+from streamer.population import write_npz
 from streamer.state import AgentState
 
 console = Console(stderr=True, soft_wrap=True)
@@ -27,17 +27,7 @@ def _fail(message: str) -> None:
 def save_snapshot(state: AgentState, path: Path) -> None:
     """The state's snapshot as an .npz that ``skyattr attribute`` reads (plus the DIDs)."""
     snap = state.snapshot()
-    g = snap.graph
-    empty_i, empty_f = np.zeros(0, np.int64), np.zeros(0)
-    np.savez_compressed(
-        path,
-        x=snap.x,
-        visibility=snap.visibility,
-        attender=g.attender if g is not None else empty_i,
-        source=g.source if g is not None else empty_i,
-        weight=g.weight if g is not None else empty_f,
-        dids=np.array(snap.dids),
-    )
+    write_npz(path, snap.x, snap.visibility, snap.graph, snap.dids)
 
 
 def events_command(

@@ -29,9 +29,26 @@ def load_npz(path: Path) -> Population:
     return Population(x=x, visibility=vis, graph=graph)
 
 
+def write_npz(
+    path: Path, x: np.ndarray, visibility: np.ndarray, graph: AttentionGraph | None, dids: list[str] | None = None
+) -> None:
+    """The population file :func:`load_npz` reads (an empty edge list when there is no graph); ``dids`` names the
+    agents when they are real accounts."""
+    empty = np.zeros(0, np.int64)
+    arrays = {
+        "x": x,
+        "visibility": visibility,
+        "attender": graph.attender if graph is not None else empty,
+        "source": graph.source if graph is not None else empty,
+        "weight": graph.weight if graph is not None else np.zeros(0),
+    }
+    if dids is not None:
+        arrays["dids"] = np.array(dids)
+    np.savez_compressed(path, **arrays)
+
+
 def save_npz(pop: Population, path: Path) -> None:
-    g = pop.graph
-    np.savez_compressed(path, x=pop.x, visibility=pop.visibility, attender=g.attender, source=g.source, weight=g.weight)
+    write_npz(path, pop.x, pop.visibility, pop.graph)
 
 
 def synthetic(agents: int, edges_per_agent: float, seed: int) -> Population:
