@@ -19,14 +19,11 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import threading
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -37,6 +34,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from streamer.config import load_settings
 from streamer.daemon import replay_pipeline
 from streamer.synth import default_archive
+
+from ..net import free_port, http_get
 
 REPO = Path(__file__).resolve().parents[2]
 RULES = REPO / "ops" / "prometheus" / "skyattr-rules.yaml"
@@ -72,20 +71,6 @@ def _binary(name: str) -> str:
     if path is None:
         _unavailable(f"`{name}` not found on PATH (apt-get install prometheus, or run ops/ci/check-prometheus.sh)")
     return path
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _get(url: str, timeout: float = 5.0) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as r:
-            return r.status, r.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -193,7 +178,7 @@ def daemon_exposition() -> str:
     def poll() -> None:
         while not done.is_set():
             with contextlib.suppress(OSError):
-                status, body = _get(f"http://127.0.0.1:{port}/metrics", timeout=2)
+                status, body = http_get(f"http://127.0.0.1:{port}/metrics", timeout=2)
                 if status == 200:
                     scrapes.append(body)
             time.sleep(0.05)
@@ -309,7 +294,7 @@ class _Prometheus:
 
     def api(self, path: str, **params: str) -> Any:
         url = f"{self.base}{path}" + (f"?{urllib.parse.urlencode(params)}" if params else "")
-        status, body = _get(url)
+        status, body = http_get(url)
         reply = json.loads(body)
         assert status == 200 and reply["status"] == "success", f"{url}: {status} {body[:500]}"
         return reply["data"]
@@ -370,7 +355,7 @@ def test_prometheus_scrapes_a_replay_and_fires_scale_bias(tmp_path: Path) -> Non
             deadline = time.monotonic() + 60
             while True:
                 with contextlib.suppress(OSError):
-                    if _get(f"{prom.base}/-/ready", timeout=1)[0] == 200:
+                    if http_get(f"{prom.base}/-/ready", timeout=1)[0] == 200:
                         break
                 assert server.poll() is None, f"prometheus exited {server.returncode}:\n{_tail(prom_log)}"
                 assert time.monotonic() < deadline, f"prometheus not ready in 60 s:\n{_tail(prom_log)}"

@@ -7,13 +7,10 @@ import json
 import math
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -27,22 +24,14 @@ from streamer.daemon import live_pipeline, replay_pipeline
 from streamer.relay import Relay
 from streamer.synth import default_archive
 
+from ..net import free_port, http_get
+
 GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "default_replay.jsonl"
 VOLATILE = {"runtime_s", "device"}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _get(url: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as r:
-            return r.status, r.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
+    return http_get(url, timeout=2)
 
 
 def _families(text: str) -> dict[str, Any]:
