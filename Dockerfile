@@ -64,6 +64,8 @@ LABEL org.opencontainers.image.title="skyattr" \
 
 # Read-only root filesystem: everything that would write outside the volume goes to /tmp (mount a tmpfs there);
 # JAX's persistent compilation cache stays off (it is off unless a cache dir is set; this makes it explicit).
+# /metrics binds all interfaces here (the daemon's own default is loopback): `docker run -p 9464:9464` and the
+# orchestrator's probes reach the container from outside it.
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -72,7 +74,8 @@ ENV PATH=/opt/venv/bin:$PATH \
     XDG_CONFIG_HOME=/tmp/.config \
     JAX_ENABLE_COMPILATION_CACHE=false \
     NVIDIA_DRIVER_CAPABILITIES=compute,utility \
-    SKYATTR_CHECKPOINT_DIR=/var/lib/skyattr/checkpoints
+    SKYATTR_CHECKPOINT_DIR=/var/lib/skyattr/checkpoints \
+    SKYATTR_METRICS_HOST=0.0.0.0
 
 # uid/gid 10001, numeric in USER so that Kubernetes' runAsNonRoot can verify it. The data directory is created and
 # owned here so that a fresh named volume mounted on it inherits the ownership.

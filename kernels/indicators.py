@@ -27,6 +27,9 @@ User indicators: decorate a factory with :func:`register_indicator`, or publish 
 
 from __future__ import annotations
 
+import inspect
+import math
+import numbers
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -131,8 +134,10 @@ def as_indicator(obj: Indicator | ValueFn | str, name: str | None = None) -> Ind
 
 def get_indicator(name: str, **params: Any) -> Indicator:
     """The indicator registered as ``name`` with the given parameters (instances are cached, so repeated calls
-    share compiled kernels). Unknown names raise ``ValueError`` listing the known ones."""
-    key = (name, tuple(sorted(params.items())))
+    share compiled kernels). Unknown names, unknown parameters and bad parameter values raise ``ValueError``
+    naming the indicator and the parameter."""
+    # the type is part of the key: True == 1 and hash(True) == hash(1), but only one of them is a valid kappa
+    key = (name, tuple(sorted((k, type(v).__name__, v) for k, v in params.items())))
     try:
         hash(key)
     except TypeError:
@@ -143,8 +148,10 @@ def get_indicator(name: str, **params: Any) -> Indicator:
         _load_entry_points()
     if name not in _FACTORIES:
         raise ValueError(f"unknown indicator {name!r}; known: {', '.join(available_indicators())}")
+    factory = _FACTORIES[name]
+    _check_names(name, factory, params)
     try:
-        made = _FACTORIES[name](**params)
+        made = factory(**params)
     except TypeError as exc:
         raise ValueError(f"bad parameters for indicator {name!r}: {exc}") from exc
     ind = made if isinstance(made, Indicator) else Indicator(name, made, params=dict(params))
@@ -161,10 +168,50 @@ def _stemmed(name: str, head: HeadFn, params: Mapping[str, Any], incremental: In
     return Indicator(name, value, head=head, incremental=incremental, params=dict(params))
 
 
-def _check_positive(name: str, **vals: float | None) -> None:
-    for k, v in vals.items():
-        if v is not None and not (np.isfinite(v) and v > 0):
-            raise ValueError(f"indicator {name!r}: parameter {k} must be a positive finite number, got {v!r}")
+def _check_names(name: str, factory: Factory, params: Mapping[str, Any]) -> None:
+    """Unknown parameter names, listed against the factory's own keyword parameters (a factory that takes
+    ``**kwargs``, or whose signature cannot be read, checks its own)."""
+    try:
+        sig = inspect.signature(factory)
+    except (TypeError, ValueError):
+        return
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in sig.parameters.values()):
+        return
+    known = [p.name for p in sig.parameters.values() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    unknown = sorted(set(params) - set(known))
+    if unknown:
+        takes = f"known: {', '.join(known)}" if known else "it takes none"
+        raise ValueError(f"bad parameters for indicator {name!r}: unknown parameter {', '.join(unknown)} ({takes})")
+
+
+def _real(name: str, param: str, value: Any, *, positive: bool = False, optional: bool = False) -> float | None:
+    """A parameter as a finite float, or ``ValueError`` naming the indicator and parameter. Parameters arrive from
+    YAML and JSON, so ``null``, ``true`` and ``"2"`` must fail here, not as a traced JAX error in the first run;
+    a boolean is refused although Python counts it as the integer 0 or 1."""
+    if value is None and optional:
+        return None
+    what = "a positive finite number" if positive else "a finite number"
+    if isinstance(value, bool | np.bool_) or not isinstance(value, numbers.Real):
+        raise ValueError(f"indicator {name!r}: parameter {param} must be {what}, got {_shown(value)}")
+    try:
+        number = float(value)
+    except OverflowError:  # an integer beyond float range
+        number = math.inf
+    if not math.isfinite(number) or (positive and not number > 0):
+        raise ValueError(f"indicator {name!r}: parameter {param} must be {what}, got {_shown(value)}")
+    return number
+
+
+def _number(name: str, param: str, value: Any, *, positive: bool = False) -> float:
+    """:func:`_real` for a parameter that has no ``None`` default."""
+    number = _real(name, param, value, positive=positive)
+    assert number is not None
+    return number
+
+
+def _shown(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 @register_indicator("reach")
@@ -179,9 +226,9 @@ def reach() -> Indicator:
 
 @register_indicator("cascade")
 def cascade(kappa: float = 2.0, theta: float = 3.0, rho: float = 1.0) -> Indicator:
-    _check_positive("cascade", kappa=kappa, rho=rho)
-    if not np.isfinite(theta):
-        raise ValueError(f"indicator 'cascade': parameter theta must be finite, got {theta!r}")
+    kappa = _number("cascade", "kappa", kappa, positive=True)
+    theta = _number("cascade", "theta", theta)
+    rho = _number("cascade", "rho", rho, positive=True)
 
     def adopt(e: jax.Array) -> jax.Array:
         return jax.nn.sigmoid(kappa * (jnp.log1p(e) - theta))
@@ -201,7 +248,8 @@ def cascade(kappa: float = 2.0, theta: float = 3.0, rho: float = 1.0) -> Indicat
 
 @register_indicator("saturation")
 def saturation(capacity_per_agent: float = 1.0, capacity: float | None = None) -> Indicator:
-    _check_positive("saturation", capacity_per_agent=capacity_per_agent, capacity=capacity)
+    capacity_per_agent = _number("saturation", "capacity_per_agent", capacity_per_agent, positive=True)
+    capacity = _real("saturation", "capacity", capacity, positive=True, optional=True)
 
     def head(e: jax.Array, x: jax.Array, graph: Any) -> jax.Array:
         k = capacity if capacity is not None else capacity_per_agent * jnp.asarray(graph.n, e.dtype)

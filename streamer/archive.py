@@ -12,7 +12,9 @@ Files rotate at ``rotate_bytes`` of compressed output, named by their first seq 
 
 The reader also takes, detected by content: the same layout without header (``zstd([u32 len][frame]...)``, as in
 the bundled real sample), uncompressed length-prefixed frames, and Jetstream JSON Lines (plain or zstd). A truncated
-or corrupt file yields everything readable before the damage; :class:`ReadReport` says where it stopped.
+or corrupt file yields everything readable before the damage; :class:`ReadReport` says where it stopped. What can
+be stepped over is skipped and counted instead: a zero-length record (no frame is empty; a length prefix of zeros is
+what a crash can leave behind) and a JSON line that does not parse.
 """
 
 from __future__ import annotations
@@ -56,6 +58,9 @@ class FileReport:
     trailer: dict[str, Any] | None = None
     error: str = ""
     stopped_at: int | None = None  # offset in the decompressed stream where reading stopped
+    empty_records: int = 0  # zero-length records skipped
+    first_empty_at: int | None = None  # offset of the first one in the decompressed stream
+    bad_lines: int = 0  # JSON Lines that did not parse, skipped
 
 
 @dataclass
@@ -70,8 +75,24 @@ class ReadReport:
         return sum(f.items for f in self.files)
 
     @property
+    def skipped(self) -> int:
+        """Records and lines stepped over (reading went on after each)."""
+        return sum(f.empty_records + f.bad_lines for f in self.files)
+
+    @property
     def errors(self) -> list[str]:
-        return [f"{f.path}: {f.error} (at byte {f.stopped_at})" for f in self.files if f.error]
+        """One line per problem: where a file stopped being readable, and what was skipped in it."""
+        out: list[str] = []
+        for f in self.files:
+            if f.error:
+                out.append(f"{f.path}: {f.error}" + (f" (at byte {f.stopped_at})" if f.stopped_at is not None else ""))
+            if f.empty_records:
+                out.append(
+                    f"{f.path}: skipped {f.empty_records} zero-length record(s), the first at byte {f.first_empty_at}"
+                )
+            if f.bad_lines:
+                out.append(f"{f.path}: skipped {f.bad_lines} line(s) that are not JSON")
+        return out
 
     @property
     def readable(self) -> bool:
@@ -200,6 +221,8 @@ def _chunks(fh: BinaryIO, report: FileReport) -> Iterator[bytes]:
                 report.error = "truncated metadata frame"
                 return
             _metadata(buf[8 : 8 + size], report)
+            if report.error:  # an archive version this reader does not know: its records cannot be trusted
+                return
             buf = buf[8 + size :]
             continue
         if buf[:4] != ZSTD_MAGIC:
@@ -226,7 +249,7 @@ def _chunks(fh: BinaryIO, report: FileReport) -> Iterator[bytes]:
 def _metadata(data: bytes, report: FileReport) -> None:
     try:
         meta = json.loads(data)
-    except ValueError:
+    except (ValueError, RecursionError):  # not ours (any skippable frame may appear in a zstd file)
         return
     if isinstance(meta, dict) and meta.get("format") == FORMAT:
         report.header = meta
@@ -243,7 +266,16 @@ def _length_prefixed(chunks: Iterator[bytes], report: FileReport) -> Iterator[Ar
         pos = 0
         while len(buf) - pos >= 4:
             (size,) = struct.unpack_from("<I", buf, pos)
-            if size == 0 or size > MAX_RECORD_BYTES:
+            if size == 0:  # nothing to decode and nothing lost: count it and go on with the next record
+                if report.first_empty_at is None:
+                    report.first_empty_at = consumed + pos
+                # a run of them at once (a zero-filled tail is what some crashes leave): whole zero words only
+                window = buf[pos : pos + 4096]
+                run = (len(window) - len(window.lstrip(b"\0"))) // 4
+                report.empty_records += run
+                pos += 4 * run
+                continue
+            if size > MAX_RECORD_BYTES:
                 report.error = f"implausible frame length {size}"
                 report.stopped_at = consumed + pos
                 return
@@ -266,8 +298,9 @@ def _json_lines(chunks: Iterator[bytes], report: FileReport, rr: ReadReport) -> 
             return
         try:
             obj = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested deeper than the parser goes
             rr.bad_lines += 1
+            report.bad_lines += 1
             return
         report.items += 1
         yield ArchiveItem(json=obj, file=report.path)
@@ -289,7 +322,7 @@ def _looks_like_json_lines(head: bytes) -> bool:
     line = head.lstrip().split(b"\n", 1)[0]
     try:
         return isinstance(json.loads(line), dict)
-    except ValueError:
+    except (ValueError, RecursionError):
         return False
 
 

@@ -8,18 +8,20 @@ frame whose events are in the state, so a restart resumes after it with no gap a
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from streamer.state import AgentState
 
 FILENAME = "state.npz"
-VERSION = 1
+VERSION = 2
 
 
 def save_checkpoint(directory: str | Path, state: AgentState, cursor: int, extra: dict[str, Any] | None = None) -> Path:
@@ -67,6 +69,81 @@ def write_checkpoint(
     return target
 
 
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class _Schedule(_Strict):
+    run: int
+    next_due_us: int
+    alert_active: bool
+
+
+class _Results(_Strict):
+    journal_seq: int
+    out: str | None
+    out_offset: int
+
+
+class _Extra(_Strict):
+    """What a checkpoint records besides the state: the pipeline's position and what its results depend on."""
+
+    mode: Literal["replay", "live"]
+    schedule: _Schedule = _Schedule(run=0, next_due_us=-1, alert_active=False)
+    results: _Results = _Results(journal_seq=0, out=None, out_offset=-1)
+    deps: dict[str, Any] = {}
+    position: int = 0
+    finished: bool = False
+    archive: str | None = None
+    relay: str | None = None
+
+
+class _Meta(_Strict):
+    version: int
+    cursor: int
+    state: dict[str, Any]
+    extra: _Extra
+
+
+HEAD_BYTES = 1 << 20
+
+
+def file_identity(path: str | Path) -> dict[str, Any]:
+    """Size and SHA-256 of the first MiB of a file, or of every file of a directory (rotated archives): enough to
+    tell another file at the same path from the one a checkpoint was made from, cheap on a 10 GiB archive."""
+    path = Path(path)
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    digest = hashlib.sha256()
+    size = 0
+    for f in files:
+        with open(f, "rb") as fh:
+            digest.update(fh.read(HEAD_BYTES))
+        size += f.stat().st_size
+    return {"size": size, "head_sha256": digest.hexdigest(), "files": len(files)}
+
+
+def check_dependencies(directory: str | Path, recorded: dict[str, Any], current: dict[str, Any]) -> None:
+    """Refuse to resume a checkpoint made with other options or inputs, naming the first difference and how to
+    proceed. An archive that only grew (still being recorded) is the same archive."""
+    for key in sorted(set(recorded) | set(current)):
+        was, now = recorded.get(key), current.get(key)
+        if key == "archive" and isinstance(was, dict) and isinstance(now, dict):
+            same_head = was.get("head_sha256") == now.get("head_sha256") and was.get("files") == now.get("files")
+            if same_head and int(now.get("size", 0)) >= int(was.get("size", 0)):
+                continue
+            raise ValueError(
+                f"checkpoint in {directory} was made from another archive at this path (size {was.get('size')} "
+                f"bytes, head {str(was.get('head_sha256'))[:12]}; now {now.get('size')} bytes, head "
+                f"{str(now.get('head_sha256'))[:12]}): give this archive its own --checkpoint-dir"
+            )
+        if was != now:
+            raise ValueError(
+                f"checkpoint in {directory} was made with {key} = {json.dumps(was, sort_keys=True)}, not "
+                f"{json.dumps(now, sort_keys=True)}: resume with the options it was made with, or start afresh with "
+                "another --checkpoint-dir"
+            )
+
+
 def load_checkpoint(
     directory: str | Path, followers: dict[str, float] | None = None
 ) -> tuple[AgentState, int, dict[str, Any]] | None:
@@ -78,10 +155,21 @@ def load_checkpoint(
     try:
         with np.load(path, allow_pickle=False) as data:
             arrays = {k: data[k] for k in data.files}
+        if "__meta__" not in arrays:
+            raise ValueError("no metadata")
         meta = json.loads(bytes(arrays.pop("__meta__")).decode())
-        if meta.get("version") != VERSION:
-            raise ValueError(f"unsupported checkpoint version {meta.get('version')!r}")
+        if not isinstance(meta, dict) or meta.get("version") != VERSION:
+            found = meta.get("version") if isinstance(meta, dict) else None
+            raise ValueError(f"unsupported checkpoint version {found!r} (this skyattr writes version {VERSION})")
+        checked = _Meta.model_validate(meta)
         state = AgentState.from_arrays(arrays, meta["state"], followers)
-    except (OSError, KeyError, ValueError) as exc:
-        raise ValueError(f"cannot read checkpoint {path}: {exc}") from exc
-    return state, int(meta["cursor"]), meta.get("extra", {})
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"])
+        raise ValueError(
+            f"cannot read checkpoint {path}: metadata {where}: {err['msg']}; move it away to start afresh"
+        ) from None
+    except Exception as exc:  # a torn, empty, foreign or tampered file: never a traceback, never a silent restart
+        detail = str(exc) or type(exc).__name__
+        raise ValueError(f"cannot read checkpoint {path}: {detail[:300]}; move it away to start afresh") from None
+    return state, checked.cursor, checked.extra.model_dump()

@@ -4,26 +4,70 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import numpy as np
 import typer
 from rich.console import Console
 from rich.table import Table
+from typer.core import TyperGroup
 
 import kernels
 from streamer import options as opt
 from streamer.daemon_commands import replay_command, run_command
 from streamer.ingest_commands import events_command
 from streamer.live import record_command
+from streamer.options import plain
 from streamer.population import load_npz, save_npz, synthetic
 from streamer.relay import relay_command
 from streamer.report import report_command
 from streamer.synth import synth_command
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 console = Console(stderr=True, soft_wrap=True)
+# click's exception classes as this typer uses them (typer >= 0.2x vendors its own copy of click)
+_exc = sys.modules[typer.BadParameter.__module__]
+_NoArgsIsHelp: type[Exception] = getattr(_exc, "NoArgsIsHelpError", type("NeverRaised", (Exception,), {}))
+
+
+class OneLineErrors(TyperGroup):
+    """Usage errors (unknown option or command, bad or missing value, extra argument) as one ``error:`` line and
+    exit 2, the same shape as every other bad input, instead of a framed panel."""
+
+    def main(
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except _NoArgsIsHelp as exc:  # bare `skyattr`: the help, as before
+            exc.show()  # type: ignore[attr-defined]
+            sys.exit(exc.exit_code)  # type: ignore[attr-defined]
+        except _exc.UsageError as exc:
+            where = exc.ctx.command_path if exc.ctx is not None else "skyattr"
+            console.print(
+                f"[red]error:[/red] {plain(where)}: {plain(' '.join(exc.format_message().split()))} "
+                f"(see {plain(where)} --help)",
+                highlight=False,
+            )
+            sys.exit(exc.exit_code)
+        except _exc.ClickException as exc:
+            console.print(f"[red]error:[/red] {plain(' '.join(exc.format_message().split()))}", highlight=False)
+            sys.exit(exc.exit_code)
+        except typer.Abort:
+            console.print("[red]aborted[/red]", highlight=False)
+            sys.exit(1)
+        sys.exit(rv if isinstance(rv, int) and not isinstance(rv, bool) else 0)
+
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__, cls=OneLineErrors)
 
 
 @app.callback()
@@ -32,7 +76,7 @@ def _root() -> None:
 
 
 def _fail(message: str) -> None:
-    console.print(f"[red]error:[/red] {message}")
+    console.print(f"[red]error:[/red] {plain(message)}", highlight=False)
     raise typer.Exit(2)
 
 
@@ -41,9 +85,13 @@ def attribute(
     population: Annotated[
         Path | None, typer.Argument(help="An .npz with arrays x, visibility, attender, source, weight.")
     ] = None,
-    agents: Annotated[int, typer.Option(help="Synthetic population size when no file is given.")] = 100_000,
-    edges_per_agent: Annotated[float, typer.Option(help="Synthetic attention edges per agent.")] = 8.0,
-    seed: Annotated[int, typer.Option(help="Synthetic population seed.")] = 0,
+    agents: Annotated[
+        int, typer.Option(min=1, max=20_000_000, help="Synthetic population size when no file is given.")
+    ] = 100_000,
+    edges_per_agent: Annotated[
+        float, typer.Option(min=0, max=1000, callback=opt.finite, help="Synthetic attention edges per agent.")
+    ] = 8.0,
+    seed: Annotated[int, typer.Option(min=0, help="Synthetic population seed.")] = 0,
     indicator: opt.Indicator = "cascade",
     nodes: opt.Nodes = 32,
     dtype: opt.Dtype = "float32",

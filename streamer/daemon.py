@@ -27,18 +27,19 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from streamer.checkpoint import capture, load_checkpoint, write_checkpoint
+from streamer.checkpoint import capture, check_dependencies, file_identity, load_checkpoint, write_checkpoint
 from streamer.config import DEFAULT_METRICS_PORT, ConfigError, Settings
 from streamer.ingest import Ingestor, ReplayResult, load_followers, replay
 from streamer.metrics import Metrics
+from streamer.outbox import KafkaAcks, ResultJournal, identities, result_id
 from streamer.scheduler import Scheduler, ScheduleState
 from streamer.sinks import JsonlSink, TerminalSink
 from streamer.state import AgentState
 
 log = logging.getLogger("skyattr.daemon")
-SHUTDOWN_KAFKA_S = 20.0
 
 
 def check_writable(directory: Path) -> None:
@@ -66,7 +67,11 @@ class _Seen:
 
 
 class Pipeline:
-    """Scheduler, sinks and metrics around one :class:`AgentState`."""
+    """Scheduler, sinks and metrics around one :class:`AgentState`.
+
+    Every result goes through :meth:`deliver`: deduplicated on its identity, made durable in the results journal
+    (with a checkpoint directory), then handed to the terminal, Prometheus, the JSONL file and Kafka. A result
+    that cannot be written durably stops the pipeline (:class:`~streamer.outbox.ResultWriteError`)."""
 
     def __init__(
         self, settings: Settings, *, console: Console | None = None, tables: bool = True, every_run: bool = False
@@ -74,23 +79,40 @@ class Pipeline:
         self.settings = settings
         self.metrics = Metrics()
         self.terminal = TerminalSink(console, tables=tables, every_run=every_run)
-        self.jsonl = JsonlSink(settings.out) if settings.out else None
         self.kafka: Any = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.followers = load_followers(settings.followers) if settings.followers else None
+        self.journal: ResultJournal | None = None
+        self.acks: KafkaAcks | None = None
         if settings.checkpoint_dir:
             check_writable(settings.checkpoint_dir)
-        sinks = [self.terminal, self._metrics_sink, self._kafka_sink]
-        if self.jsonl is not None:
-            sinks.insert(1, self.jsonl)
-        self.scheduler = Scheduler(settings.attribution(), settings.interval, sinks, on_skip=self._skipped)
+            self.journal = ResultJournal(settings.checkpoint_dir)
+            if settings.kafka_bootstrap:
+                self.acks = KafkaAcks(settings.checkpoint_dir)
+        self.jsonl = JsonlSink(settings.out) if settings.out else None
+        self.scheduler = Scheduler(settings.attribution(), settings.interval, [self.deliver], on_skip=self._skipped)
         self._seen = _Seen()
+        self._out_ids: set[tuple[str, str]] = set()
+        self.results_repeated = 0  # results computed again after a restart, already delivered: not sent again
+        self.kafka_unsent = 0
+        self.kafka_recovered = 0
+        self.delivered_seq = self.journal.last_seq if self.journal is not None else 0  # journal seq the file has
+
+    def dependencies(self) -> dict[str, Any]:
+        """What a checkpoint's state and schedule depend on; resuming with any of them changed would mix results."""
+        deps: dict[str, Any] = {
+            "interval": self.settings.interval,
+            "attribution": self.settings.attribution().as_dict(),
+            "window": self.settings.state().as_dict(),
+            "followers": file_identity(self.settings.followers) if self.settings.followers else None,
+        }
+        return deps
 
     async def start(self, metrics_port: int | None) -> None:
         self.loop = asyncio.get_running_loop()
         if metrics_port is not None:
-            port = self.metrics.serve(metrics_port)
-            log.info("metrics on :%d/metrics", port)
+            port = self.metrics.serve(metrics_port, self.settings.metrics_host)
+            log.info("metrics on %s:%d/metrics", self.settings.metrics_host, port)
         if self.settings.kafka_bootstrap:
             from streamer.kafka_publisher import KafkaPublisher
 
@@ -101,29 +123,127 @@ class Pipeline:
                 buffer_limit=self.settings.kafka_buffer,
                 metrics=self.metrics,
                 security=self.settings.kafka_security(),
+                on_ack=self.acks.ack if self.acks is not None else None,
             )
             await self.kafka.start()
 
     async def stop(self) -> None:
         if self.kafka is not None:
-            await self.kafka.close(timeout=SHUTDOWN_KAFKA_S)
+            self.kafka_unsent = await self.kafka.close(timeout=self.settings.kafka_shutdown_timeout)
+            if self.kafka_unsent and self.journal is not None:
+                log.warning(
+                    "%d result(s) not acknowledged by Kafka are kept in %s and sent at the next start with this "
+                    "checkpoint directory",
+                    self.kafka_unsent,
+                    self.journal.path,
+                )
+            elif self.kafka_unsent:
+                log.error("%d result(s) not acknowledged by Kafka are lost (no --checkpoint-dir)", self.kafka_unsent)
         if self.jsonl is not None:
             self.jsonl.close()
+        if self.journal is not None:
+            self.journal.close()
         self.metrics.close()
 
-    # sinks ---------------------------------------------------------------------------------------------------
+    # results -------------------------------------------------------------------------------------------------
+    def recover(self, extra: dict[str, Any], *, live: bool) -> None:
+        """Bring the sinks up to the journal after a restart (called once the checkpoint is loaded, before any new
+        result): results journaled after the checkpoint but missing from the JSONL file are written to it,
+        results Kafka did not acknowledge are published again (verified against the topic first). Live, the run
+        counter and the alert state continue from the newest journaled result, so run numbers are never reused."""
+        results = extra.get("results") or {}
+        ckpt_seq = int(results.get("journal_seq", 0))
+        if self.jsonl is not None and self.jsonl.offset >= 0:
+            path = Path(self.jsonl.path)
+            offset = int(results.get("out_offset", 0)) if results.get("out") == str(path) else 0
+            size = path.stat().st_size
+            if size < offset:
+                raise ConfigError(
+                    f"results file {path} holds {size} bytes but the checkpoint in {self.settings.checkpoint_dir} "
+                    f"recorded {offset}: it was truncated or replaced; restore it, or give another --out"
+                )
+            self._out_ids = identities(path, offset)
+            if self.journal is not None:
+                for e in self.journal.after(ckpt_seq):
+                    if (e.topic, e.id) not in self._out_ids:
+                        self.jsonl(e.topic, e.message)
+                        self._out_ids.add((e.topic, e.id))
+                self.delivered_seq = self.journal.last_seq
+        if self.journal is None:
+            return
+        if live:
+            last = self.journal.last_tiers()
+            sched = self.scheduler.sched
+            if last is not None and int(last["run"]) > sched.run:
+                sched.run = int(last["run"])
+                sched.alert_active = bool(last["alert"]["active"])
+        if self.acks is not None:
+            pending = self.journal.after(self.acks.through)
+            self.kafka_recovered = len(pending)
+            if pending:
+                log.info("sending %d journaled result(s) Kafka has not acknowledged", len(pending))
+            for e in pending:
+                self._on_loop(self._publish_kafka, e.topic, e.message, e.seq, True)
+
+    def results_extra(self) -> dict[str, Any]:
+        """The results part of a checkpoint: how far the journal and the JSONL file were when it was taken."""
+        return {
+            "journal_seq": self.delivered_seq,
+            "out": self.jsonl.path if self.jsonl is not None else None,
+            "out_offset": self.jsonl.offset if self.jsonl is not None else -1,
+        }
+
+    def checkpointed(self, extra: dict[str, Any]) -> None:
+        """After a checkpoint is durable: drop journal entries every sink has."""
+        if self.journal is None:
+            return
+        through = int(extra["results"]["journal_seq"])
+        if self.acks is not None:
+            through = min(through, self.acks.through)
+        self.journal.compact(through)
+
+    def deliver(self, kind: str, message: dict[str, Any]) -> None:
+        """The one sink the scheduler knows (see the class docstring)."""
+        key = (kind, result_id(message))
+        if (self.journal is not None and self.journal.has(*key)) or key in self._out_ids:
+            self.results_repeated += 1
+            self.metrics.results_repeated.inc()
+            return
+        token = self.journal.append(kind, message).seq if self.journal is not None else None
+        for sink in (self.terminal, self._metrics_sink):
+            try:
+                sink(kind, message)
+            except Exception:
+                log.exception("a %s result could not be shown by %r", kind, sink)
+        if self.jsonl is not None:
+            self.jsonl(kind, message)
+            self._out_ids.add(key)
+        if token is not None:
+            self.delivered_seq = token
+        if self.kafka is not None:
+            self._on_loop(self._publish_kafka, kind, message, token, False)
+
+    def _on_loop(self, fn: Any, *args: Any) -> None:
+        if self.loop is not None and threading.current_thread() is not threading.main_thread():
+            self.loop.call_soon_threadsafe(fn, *args)
+        else:
+            fn(*args)
+
+    def _publish_kafka(self, kind: str, message: dict[str, Any], token: int | None, verify: bool) -> None:
+        if self.kafka is None:
+            return
+        if self.acks is not None and token is not None:
+            self.acks.expect(token)
+        try:
+            self.kafka.publish(kind, message, token=token, verify=verify)
+        except Exception:
+            log.exception("a %s result could not be published to Kafka", kind)
+
     def _metrics_sink(self, kind: str, message: dict[str, Any]) -> None:
         if kind == "tiers":
             self.metrics.record_run(message)
             self.metrics.runs.labels("ok").inc()
             self.metrics.last_success.set(time.time())
-
-    def _kafka_sink(self, kind: str, message: dict[str, Any]) -> None:
-        if self.kafka is not None:
-            if self.loop is not None and threading.current_thread() is not threading.main_thread():
-                self.loop.call_soon_threadsafe(self.kafka.publish, kind, message)
-            else:
-                self.kafka.publish(kind, message)
 
     def _skipped(self, reason: str) -> None:
         self.metrics.runs.labels("skipped").inc()
@@ -177,7 +297,7 @@ async def replay_pipeline(
         transient=True,
         disable=not progress,
     )
-    task = bar.add_task(Path(archive).name, total=None, run=0)
+    task = bar.add_task(escape(Path(archive).name), total=None, run=0)
     await pipe.start(settings.metrics_port)
     stop = threading.Event()
     loop = asyncio.get_running_loop()
@@ -185,6 +305,7 @@ async def replay_pipeline(
 
     def on_start(ing: Ingestor, extra: dict[str, Any]) -> None:
         pipe.scheduler.sched = ScheduleState.from_dict(extra.get("schedule", {}))
+        pipe.recover(extra, live=False)
         ing.before_event = lambda t: pipe.scheduler.maybe_run(ing.state, t)
         pipe.metrics.ready, pipe.metrics.not_ready_reason = True, ""
 
@@ -211,8 +332,10 @@ async def replay_pipeline(
             on_item=on_item,
             stop_event=stop,
             on_start=on_start,
-            checkpoint_extra=lambda: {"schedule": pipe.scheduler.sched.as_dict()},
+            checkpoint_extra=lambda: {"schedule": pipe.scheduler.sched.as_dict(), "results": pipe.results_extra()},
             on_end=on_end,
+            depends=pipe.dependencies(),
+            after_checkpoint=pipe.checkpointed,
         )
         bar.stop()
         pipe.sync_metrics(result.ingestor)
@@ -241,6 +364,7 @@ async def live_pipeline(
     _install_signals(loop, stop.set)
     cursor = -1
     state: AgentState
+    deps = {**pipe.dependencies(), "relay": settings.relay}
     loaded = load_checkpoint(settings.checkpoint_dir, pipe.followers) if settings.checkpoint_dir else None
     if loaded is not None:
         state, cursor, extra = loaded
@@ -251,13 +375,20 @@ async def live_pipeline(
             )
         if state.config.as_dict() != settings.state().as_dict():
             raise ConfigError(f"checkpoint in {settings.checkpoint_dir} was made with another window configuration")
+        try:
+            check_dependencies(settings.checkpoint_dir, extra.get("deps") or {}, deps)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
         pipe.scheduler.sched = ScheduleState.from_dict(extra.get("schedule", {}))
         pipe.scheduler.sched.next_due_us = -1  # wall-clock schedule restarts from now
     else:
         state = AgentState(settings.state(), pipe.followers)
+        extra = {}
     ingestor = Ingestor(state, cursor=cursor)
+    ingestor.clock = lambda: time.time_ns() // 1000
     pipe.metrics.not_ready_reason = f"relay {settings.relay} not connected yet"
     await pipe.start(settings.metrics_port if settings.metrics_port is not None else DEFAULT_METRICS_PORT)
+    pipe.recover(extra, live=True)
     source = LiveSource(settings.relay, cursor=cursor if cursor >= 0 else None, stop=stop)
     pipe.source = source  # type: ignore[attr-defined]
     if on_ready is not None:
@@ -277,16 +408,31 @@ async def live_pipeline(
                 pipe.sync_metrics(ingestor)
 
     async def watch() -> None:
+        m = pipe.metrics
         while not stop.is_set():
             st = source.stats
             connected = st.connects > sum(st.disconnects.values())
-            pipe.metrics.ready = connected
-            pipe.metrics.connected.set(1 if connected else 0)
-            pipe.metrics.not_ready_reason = "" if connected else f"relay {settings.relay} not connected"
-            for _, n in seen.delta("reconnects", {"r": st.reconnects}).items():
-                pipe.metrics.reconnects.inc(n)
+            # Not ready while recovering from a relay reset (FutureCursor): connected or not, no new frame flows
+            # until the source has reconnected from the relay's head.
+            m.ready = connected and not source.recovering
+            m.connected.set(1 if connected else 0)
+            m.not_ready_reason = source.recovering or ("" if connected else f"relay {settings.relay} not connected")
+            m.seq_anomaly.set(1 if source.anomalous else 0)
+            # The live source is the one dedupe point in live mode (the ingestor trusts its verdict), so its
+            # duplicates and seq anomalies are the ones to export.
+            source_counts = {
+                "reconnects": (st.reconnects, m.reconnects),
+                "duplicates": (st.duplicates, m.duplicates),
+                "seq_gaps": (st.gaps, m.seq_gaps),
+                "seq_gap_frames": (st.gap_frames, m.seq_gap_frames),
+                "seq_out_of_order": (st.out_of_order, m.seq_out_of_order),
+                "seq_resets": (st.resets, m.seq_resets),
+            }
+            for name, (value, counter) in source_counts.items():
+                for _, n in seen.delta(name, {name: value}).items():
+                    counter.inc(n)
             for reason, n in seen.delta("source_errors", st.errors).items():
-                pipe.metrics.decode_errors.labels(reason).inc(n)
+                m.decode_errors.labels(reason).inc(n)
             pipe.sync_metrics(ingestor)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 1.0)
@@ -295,13 +441,21 @@ async def live_pipeline(
         if not settings.checkpoint_dir:
             return
         arrays, meta = capture(ingestor.state)
-        extra = {"schedule": pipe.scheduler.sched.as_dict(), "mode": "live", "relay": settings.relay}
+        info = {
+            "schedule": pipe.scheduler.sched.as_dict(),
+            "mode": "live",
+            "relay": settings.relay,
+            "results": pipe.results_extra(),
+            "deps": deps,
+        }
         try:
-            await asyncio.to_thread(write_checkpoint, settings.checkpoint_dir, arrays, meta, ingestor.cursor, extra)
+            await asyncio.to_thread(write_checkpoint, settings.checkpoint_dir, arrays, meta, ingestor.cursor, info)
             pipe.metrics.checkpoints.labels("ok").inc()
         except OSError as exc:
             pipe.metrics.checkpoints.labels("failed").inc()
             log.error("checkpoint to %s failed: %s", settings.checkpoint_dir, exc)
+            return
+        pipe.checkpointed(info)
 
     async def checkpoints() -> None:
         while True:
@@ -325,6 +479,8 @@ async def live_pipeline(
             wait = max(0.05, (pipe.scheduler.sched.next_due_us - time.time_ns() // 1000) / 1e6)
             await asyncio.sleep(min(wait, 1.0))
 
+    if loaded is None:
+        await checkpoint()  # from the first moment on, a restart knows where the results file stood
     tasks = [asyncio.create_task(t()) for t in (read, ingest, watch, checkpoints, schedule)]
     try:
         done, _ = await asyncio.wait([asyncio.create_task(stop.wait()), *tasks], return_when=asyncio.FIRST_COMPLETED)

@@ -20,9 +20,10 @@ import typer
 from pydantic import SecretStr
 from rich.console import Console
 
-from streamer.config import ConfigError, Settings, load_settings
+from streamer.config import ConfigError, Settings, load_settings, parse_json_object
 from streamer.daemon import configure_logging, live_pipeline, replay_pipeline
-from streamer.ingest_commands import save_snapshot
+from streamer.ingest_commands import nothing_readable, save_snapshot
+from streamer.options import plain
 
 console = Console(stderr=True, soft_wrap=True)
 REPLAY_ONLY = {"speed"}
@@ -30,7 +31,8 @@ RUN_ONLY = {"relay", "queue_size"}
 
 
 def _fail(message: str) -> None:
-    console.print(f"[red]error:[/red] {message}")
+    """One line and exit 2; the message names paths and values from the user or the stream, so it is escaped."""
+    console.print(f"[red]error:[/red] {plain(message)}", highlight=False)
     raise typer.Exit(2)
 
 
@@ -86,10 +88,7 @@ def _load(config: Path | None, flags: dict[str, Any]) -> Settings:
 
 def _settings(config: Path | None, flags: dict[str, Any]) -> Settings:
     if isinstance(flags.get("indicator_params"), str):
-        try:
-            flags["indicator_params"] = json.loads(flags["indicator_params"])
-        except ValueError as exc:
-            raise ConfigError(f"invalid config: --indicator-params must be a JSON object ({exc})") from None
+        flags["indicator_params"] = parse_json_object(flags["indicator_params"], "--indicator-params")
     return load_settings(config, flags)
 
 
@@ -105,7 +104,7 @@ def replay_command(
         Path | None, typer.Option(help="Write the final state snapshot (.npz) for `skyattr attribute`.")
     ] = None,
     checkpoint_every_items: typing.Annotated[
-        int | None, typer.Option(help="Also checkpoint every this many archive items.")
+        int | None, typer.Option(min=1, help="Also checkpoint every this many archive items.")
     ] = None,
     progress: typing.Annotated[bool, typer.Option(help="Show a progress line on stderr while replaying.")] = True,
     **flags: Any,
@@ -114,6 +113,8 @@ def replay_command(
     from streamer.synth import default_archive
 
     settings = _load(config, flags)
+    if snapshot_out is not None and not snapshot_out.parent.is_dir():  # found out now, not after the whole replay
+        _fail(f"--snapshot-out {snapshot_out}: directory {snapshot_out.parent} does not exist")
     path = archive or default_archive()
     try:
         result, pipe = asyncio.run(
@@ -129,19 +130,25 @@ def replay_command(
     except (ConfigError, ValueError, FileNotFoundError, OSError) as exc:
         _fail(str(exc))
         return
-    for err in result.report.errors:
-        console.print(f"[yellow]warning:[/yellow] {err}")
     if not result.report.readable and result.resumed_from == 0:
-        _fail(f"nothing readable in {path}")
+        _fail(nothing_readable(path, result.report))
+    for err in result.report.errors:
+        console.print(f"[yellow]warning:[/yellow] {plain(err)}", highlight=False)
     if snapshot_out:
-        save_snapshot(result.state, snapshot_out)
+        try:
+            save_snapshot(result.state, snapshot_out)
+        except OSError as exc:
+            _fail(f"--snapshot-out {snapshot_out}: cannot write it: {exc.strerror or exc}")
     stats = result.ingestor.stats
     rate = stats.items / result.seconds if result.seconds > 0 else 0.0
     console.print(
-        f"{path.name}: {stats.items:,} items in {result.seconds:.1f}s ({rate:,.0f}/s); "
-        f"{sum(stats.events.values()):,} events; {pipe.scheduler.sched.run} runs; "
-        f"undecodable {dict(stats.errors)}"
-        + (" [yellow](interrupted; rerun to resume)[/yellow]" if result.interrupted else "")
+        plain(
+            f"{path.name}: {stats.items:,} items in {result.seconds:.1f}s ({rate:,.0f}/s); "
+            f"{sum(stats.events.values()):,} events; {pipe.scheduler.sched.run} runs; "
+            f"undecodable {dict(stats.errors)}"
+        )
+        + (" [yellow](interrupted; rerun to resume)[/yellow]" if result.interrupted else ""),
+        highlight=False,
     )
     if json_out:
         summary = {
@@ -156,8 +163,36 @@ def replay_command(
             "state": {"agents": len(result.state.dids), "edges": result.state.snapshot().edges},
             "seconds": round(result.seconds, 3),
             "errors": result.report.errors,
+            "results_repeated": pipe.results_repeated,
+            "kafka": _kafka_summary(pipe),
         }
         sys.stdout.write(json.dumps(summary) + "\n")
+    if pipe.kafka_unsent:
+        where = (
+            f"kept in {pipe.journal.path} and sent at the next start with --checkpoint-dir {settings.checkpoint_dir}"
+            if pipe.journal is not None
+            else "lost: give --checkpoint-dir to keep undelivered results for the next start"
+        )
+        console.print(
+            f"[red]error:[/red] {pipe.kafka_unsent} result(s) not delivered to Kafka "
+            f"({plain(str(settings.kafka_bootstrap))}): {plain(where)}",
+            highlight=False,
+        )
+        raise typer.Exit(3)
+
+
+def _kafka_summary(pipe: Any) -> dict[str, Any] | None:
+    """Kafka delivery figures of a finished replay (None without Kafka)."""
+    if pipe.kafka is None:
+        return None
+    return {
+        "sent": pipe.kafka.sent,
+        "unsent": pipe.kafka_unsent,
+        "dropped": pipe.kafka.dropped,
+        "recovered": pipe.kafka_recovered,
+        "already_written": pipe.kafka.already_written,
+        "kept": pipe.journal is not None,
+    }
 
 
 @_with_settings_options(exclude=REPLAY_ONLY)

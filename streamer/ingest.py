@@ -13,6 +13,7 @@ operations by reason, duplicates, events by kind.
 from __future__ import annotations
 
 import csv
+import logging
 import threading
 import time
 from collections import Counter
@@ -24,10 +25,13 @@ from typing import Any
 import numpy as np
 
 from streamer.archive import ArchiveItem, ReadReport, read_archive
-from streamer.checkpoint import load_checkpoint, save_checkpoint
+from streamer.checkpoint import check_dependencies, file_identity, load_checkpoint, save_checkpoint
 from streamer.frames import MAX_FRAME_BYTES, Decoded, decode_frame
 from streamer.jetstream import from_jetstream
 from streamer.state import AgentState, StateConfig
+
+log = logging.getLogger("skyattr.ingest")
+MAX_PACE_SLEEP_S = 5.0  # longest pause --speed makes for one gap in event time (a day-long gap is not a day)
 
 
 @dataclass
@@ -39,6 +43,7 @@ class IngestStats:
     duplicates: int = 0
     events: Counter[str] = field(default_factory=Counter)
     outdated_cursor: int = 0
+    seq_resets: int = 0  # frames far below the cursor: the relay's sequence started again (see apply_decoded)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -49,6 +54,7 @@ class IngestStats:
             "duplicates": self.duplicates,
             "events": dict(self.events),
             "outdated_cursor": self.outdated_cursor,
+            "seq_resets": self.seq_resets,
         }
 
 
@@ -61,16 +67,26 @@ class Ingestor:
         self.position = position
         self.stats = IngestStats()
         self.max_frame_bytes = max_frame_bytes
-        # called with each event's time before it is applied: the event-time scheduler runs here, so a run
-        # stamped T sees exactly the events before T
+        # called with the time of each event the state accepts, just before it is folded in: the event-time
+        # scheduler runs here, so a run stamped T sees exactly the events before T
         self.before_event: Callable[[int], None] | None = None
+        # the receive clock (µs) in live mode: an event far ahead of it is refused even before the stream's own
+        # watermark is established; None in replay, where the archive's own progress is the only clock
+        self.clock: Callable[[], int] | None = None
 
     def decode(self, item: ArchiveItem | bytes) -> Decoded:
-        if isinstance(item, bytes | bytearray):
-            return decode_frame(bytes(item), max_bytes=self.max_frame_bytes)
-        if item.frame is not None:
-            return decode_frame(item.frame, max_bytes=self.max_frame_bytes)
-        return from_jetstream(item.json)
+        """Decode one item. The decoders promise not to raise on bad input; should one item find a case they miss,
+        it is counted (``decoder_exception``) and skipped here, at the item boundary, never ending the stream."""
+        try:
+            if isinstance(item, bytes | bytearray):
+                return decode_frame(bytes(item), max_bytes=self.max_frame_bytes)
+            if item.frame is not None:
+                return decode_frame(item.frame, max_bytes=self.max_frame_bytes)
+            return from_jetstream(item.json)
+        except Exception as exc:
+            if not self.stats.errors["decoder_exception"]:
+                log.error("decoder raised %s on item %d; counted and skipped", type(exc).__name__, self.position + 1)
+            return Decoded(error="decoder_exception", detail=type(exc).__name__)
 
     def feed(self, item: ArchiveItem | bytes) -> Decoded:
         """Decode one item and apply its events; never raises on bad input."""
@@ -90,23 +106,46 @@ class Ingestor:
         if decoded.info is not None and decoded.info.get("name") == "OutdatedCursor":
             self.stats.outdated_cursor += 1
         if is_frame and decoded.seq >= 0:
-            if decoded.seq <= self.cursor:
-                self.stats.duplicates += 1
-                return decoded
-            self.cursor = decoded.seq
+            source_cursor = getattr(decoded, "source_cursor", None)  # set by a live source: streamer.seqs.Sequenced
+            if source_cursor is not None:
+                # The live source has already told re-sends, late frames and relay restarts apart (it remembers the
+                # seqs it has seen; duplicates never reach here): its cursor after this frame is ours, so a
+                # checkpoint resumes where the source stands, on a restarted relay's new sequence too.
+                self.cursor = source_cursor
+            elif decoded.seq <= self.cursor:
+                from streamer.seqs import RESET_WINDOW  # only on this rare path
+
+                if self.cursor - decoded.seq < RESET_WINDOW:
+                    self.stats.duplicates += 1  # a re-send, as after a reconnect
+                    return decoded
+                # Far below: the archive was recorded across a relay that started its sequence again. Its new
+                # frames are new events: follow them, as the live source did when recording.
+                log.warning(
+                    "seq %d after cursor %d: the relay restarted its sequence; following it", decoded.seq, self.cursor
+                )
+                self.stats.seq_resets += 1
+                self.cursor = decoded.seq
+            else:
+                self.cursor = decoded.seq
         for event in decoded.events:
-            if self.before_event is not None:
-                self.before_event(event.time_us)
-            if self.state.apply(event):
+            # before_event runs only for events the state accepts, just before they are folded in: a refused
+            # time (one item dated 2100) never drives the schedule
+            now_us = self.clock() if self.clock is not None else None
+            reason = self.state.apply(event, now_us=now_us, before_fold=self.before_event)
+            if reason is None:
                 self.stats.events[event.kind] += 1
             else:
-                self.stats.skipped["late"] += 1
+                self.stats.skipped[reason] += 1
         return decoded
 
 
 def load_followers(path: str | Path) -> dict[str, float]:
     """Follower counts per DID from a ``did,followers`` CSV (header required) or a Parquet file with those two
-    columns (needs pyarrow: the ``parquet`` extra). Bad rows raise ``ValueError`` naming the file and row."""
+    columns (needs pyarrow: the ``parquet`` extra). A bad row (not a DID, a bad count, a DID given twice, a field
+    too large to be real) raises ``ValueError`` naming the file and row: the table sets every account's tier, and a
+    silently dropped or doubled row would move accounts between tiers."""
+    from streamer.events import is_valid_did
+
     path = Path(path)
     if path.suffix.lower() in (".parquet", ".pq"):
         dids, counts = _followers_parquet(path)
@@ -114,10 +153,14 @@ def load_followers(path: str | Path) -> dict[str, float]:
         dids, counts = _followers_csv(path)
     out: dict[str, float] = {}
     for row, (did, count) in enumerate(zip(dids, counts, strict=True), start=1):
-        if not isinstance(did, str) or not did.startswith("did:"):
-            raise ValueError(f"followers file {path}, row {row}: {did!r} is not a DID")
+        if not is_valid_did(did):  # the same syntax the decoder holds the stream's DIDs to
+            shown = repr(did) if len(repr(did)) <= 80 else repr(did)[:79] + "…"
+            raise ValueError(f"followers file {path}, row {row}: {shown} is not a DID")
         if not (count >= 0 and np.isfinite(count)):
             raise ValueError(f"followers file {path}, row {row}: count must be a finite number >= 0, got {count!r}")
+        if did in out:
+            first = dids.index(did) + 1
+            raise ValueError(f"followers file {path}: rows {first} and {row} both give {did} (one row per DID)")
         out[did] = float(count)
     return out
 
@@ -125,8 +168,9 @@ def load_followers(path: str | Path) -> dict[str, float]:
 def _followers_csv(path: Path) -> tuple[list[str], list[float]]:
     dids: list[str] = []
     counts: list[float] = []
+    reader: Any = None
     try:
-        with open(path, newline="") as fh:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
             reader = csv.DictReader(fh)
             if reader.fieldnames is None or not {"did", "followers"} <= set(reader.fieldnames):
                 raise ValueError(f"followers file {path} needs a header with columns did,followers")
@@ -134,10 +178,15 @@ def _followers_csv(path: Path) -> tuple[list[str], list[float]]:
                 try:
                     counts.append(float(rec["followers"]))
                 except (TypeError, ValueError):
-                    raise ValueError(f"followers file {path}, row {row}: bad count {rec['followers']!r}") from None
+                    raise ValueError(f"followers file {path}, row {row}: bad count {rec['followers']!r:.40}") from None
                 dids.append(rec["did"])
     except OSError as exc:
         raise ValueError(f"cannot read followers file {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:  # decoded a block at a time, so no row to name
+        raise ValueError(f"followers file {path} is not UTF-8 text") from None
+    except csv.Error as exc:  # a field over csv's limit (128 KiB), a NUL byte, ...
+        where = "header" if reader is None or reader.line_num <= 1 else f"row {len(dids) + 1}"
+        raise ValueError(f"followers file {path}, {where}: {exc}") from None
     return dids, counts
 
 
@@ -152,7 +201,10 @@ def _followers_parquet(path: Path) -> tuple[list[str], list[float]]:
         table = pq.read_table(path, columns=["did", "followers"])
     except (OSError, KeyError, ValueError) as exc:  # pyarrow's errors derive from these
         raise ValueError(f"cannot read followers file {path} (columns did, followers): {exc}") from None
-    counts = np.asarray(table.column("followers").to_numpy(zero_copy_only=False), dtype=np.float64)
+    try:
+        counts = np.asarray(table.column("followers").to_numpy(zero_copy_only=False), dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"followers file {path}: column followers must be numeric ({exc})") from None
     return table.column("did").to_pylist(), counts.tolist()
 
 
@@ -169,8 +221,13 @@ class ReplayResult:
         return self.ingestor.state
 
 
-def _paced(items: Iterator[ArchiveItem], ingestor: Ingestor, speed: float | None) -> Iterator[ArchiveItem]:
-    """Yield items, sleeping so event time advances at ``speed`` x wall time (None: as fast as possible)."""
+def _paced(
+    items: Iterator[ArchiveItem], ingestor: Ingestor, speed: float | None, stop: threading.Event | None = None
+) -> Iterator[ArchiveItem]:
+    """Yield items, sleeping so event time advances at ``speed`` x wall time (None: as fast as possible).
+
+    A pause is at most :data:`MAX_PACE_SLEEP_S` (a gap in the stream is compressed, and the pace re-anchored after
+    it), and ``stop`` interrupts it at once, so SIGTERM is honoured within a moment whatever the timestamps say."""
     if not speed:
         yield from items
         return
@@ -180,9 +237,16 @@ def _paced(items: Iterator[ArchiveItem], ingestor: Ingestor, speed: float | None
         t = ingestor.state.last_time_us
         if start_event is None and t:
             start_event = t
-        if start_event is not None:
-            delay = (t - start_event) / 1e6 / speed - (time.monotonic() - start_wall)
-            if delay > 0:
+        if start_event is None:
+            continue
+        delay = (t - start_event) / 1e6 / speed - (time.monotonic() - start_wall)
+        if delay > MAX_PACE_SLEEP_S:
+            start_wall, start_event, delay = time.monotonic() + MAX_PACE_SLEEP_S, t, MAX_PACE_SLEEP_S
+        if delay > 0:
+            if stop is not None:
+                if stop.wait(delay):
+                    return
+            else:
                 time.sleep(delay)
 
 
@@ -200,15 +264,26 @@ def replay(
     on_start: Callable[[Ingestor, dict[str, Any]], None] | None = None,
     checkpoint_extra: Callable[[], dict[str, Any]] | None = None,
     on_end: Callable[[Ingestor], None] | None = None,
+    depends: dict[str, Any] | None = None,
+    after_checkpoint: Callable[[dict[str, Any]], None] | None = None,
 ) -> ReplayResult:
     """Replay an archive into a fresh state, or into the checkpointed one (resuming after its position).
 
     Setting ``stop_event`` (from another thread: the daemon's signal handler) stops the replay after the
     current item and writes a final checkpoint. The hooks let a pipeline ride along: ``on_start(ingestor, extra)``
     with what its last checkpoint saved, ``checkpoint_extra()`` to add to each checkpoint, ``on_end`` once when
-    the archive is exhausted (not when stopped, and not again after resuming a finished replay)."""
+    the archive is exhausted (not when stopped, and not again after resuming a finished replay),
+    ``after_checkpoint(extra)`` once a checkpoint is durable.
+
+    With a checkpoint directory, the checkpoint records ``depends`` (the options results depend on) and the
+    archive's identity (size and hash of its head), and a resume with any of them changed is refused. A fresh
+    replay writes a checkpoint before its first item, so that whatever is killed when, a restart knows where the
+    results file stood."""
     resumed = 0
     extra: dict[str, Any] = {}
+    deps = dict(depends or {})
+    if checkpoint_dir:
+        deps["archive"] = file_identity(path)
     loaded = load_checkpoint(checkpoint_dir, followers) if checkpoint_dir else None
     if loaded is not None:
         state, cursor, extra = loaded
@@ -224,6 +299,7 @@ def replay(
             )
         if config is not None and config.as_dict() != state.config.as_dict():
             raise ValueError(f"checkpoint in {checkpoint_dir} was made with another window/weight configuration")
+        check_dependencies(checkpoint_dir, extra.get("deps") or {}, deps)
         ingestor = Ingestor(state, cursor=cursor, position=0)
         resumed = int(extra.get("position", 0))
         ingestor.stats.items = 0
@@ -238,8 +314,20 @@ def replay(
     def checkpoint() -> None:
         if checkpoint_dir:
             more = checkpoint_extra() if checkpoint_extra is not None else {}
-            info = {**more, "position": ingestor.position, "finished": finished, "mode": "replay", "archive": str(path)}
+            info = {
+                **more,
+                "position": ingestor.position,
+                "finished": finished,
+                "mode": "replay",
+                "archive": str(path),
+                "deps": deps,
+            }
             save_checkpoint(checkpoint_dir, ingestor.state, ingestor.cursor, info)
+            if after_checkpoint is not None:
+                after_checkpoint(info)
+
+    if checkpoint_dir and loaded is None:
+        checkpoint()
 
     start = time.perf_counter()
     last_ckpt = time.monotonic()
@@ -248,7 +336,7 @@ def replay(
         if next(items, None) is None:
             break
         ingestor.position += 1
-    for item in _paced(items, ingestor, speed):
+    for item in _paced(items, ingestor, speed, stop_event):
         ingestor.feed(item)
         if on_item is not None:
             on_item(ingestor)
@@ -259,8 +347,8 @@ def replay(
             checkpoint()
             last_ckpt = time.monotonic()
         if stop_event is not None and stop_event.is_set():
-            interrupted = True
             break
+    interrupted = stop_event is not None and stop_event.is_set()
     if not interrupted and not finished:
         if on_end is not None:
             on_end(ingestor)

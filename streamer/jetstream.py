@@ -11,42 +11,134 @@ event time and the seq. For relay frames the event time is the commit's ``time``
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
-from streamer.events import ACCOUNT, DELETE, IDENTITY, Event, classify, parse_time_us
-from streamer.frames import Decoded
+from streamer.events import (
+    ACCOUNT,
+    DELETE,
+    IDENTITY,
+    Event,
+    classify_record,
+    is_valid_did,
+    is_valid_nsid,
+    is_valid_rkey,
+    is_valid_time_us,
+    parse_time_us,
+)
+from streamer.frames import MAX_DEPTH, MAX_REV_CHARS, Decoded, clean_text, exception_text, nesting_exceeds, short_repr
+
+KINDS = ("commit", "identity", "account")
+MAX_CID_CHARS = 128
 
 
 def from_jetstream(obj: Any) -> Decoded:
-    """One Jetstream v1 event (parsed JSON) as a :class:`Decoded` with zero or one event; never raises."""
-    if not isinstance(obj, dict):
-        return Decoded(error="bad_json", detail="event is not a JSON object")
+    """One Jetstream v1 event (parsed JSON) as a :class:`Decoded` with zero or one event; never raises.
+
+    Reasons are those of :func:`streamer.frames.decode_frame`, plus ``bad_json`` (not a JSON object) and
+    ``bad_string`` (a string that is not valid Unicode, such as a lone surrogate escape ``"\\ud800"``, which no
+    UTF-8 file or checkpoint could hold). ``time_us`` must be an int (not a bool or a float) in [2000, 2200)."""
     try:
-        did, time_us, kind = str(obj["did"]), int(obj["time_us"]), obj["kind"]
+        return _from_jetstream(obj)
+    except Exception as exc:  # a case the checks below miss still must not end the stream
+        return Decoded(error="decoder_exception", detail=exception_text(exc))
+
+
+def _fail(reason: str, detail: str, type_: str = "", seq: int = -1) -> Decoded:
+    return Decoded(type_, seq, error=reason, detail=clean_text(detail))
+
+
+def _strings_encode(value: Any) -> bool:
+    """Whether every string in ``value`` (keys included) encodes as UTF-8; ``value`` is known not to nest deeper
+    than :data:`MAX_DEPTH`."""
+    strings: list[str] = []
+    level = [value]
+    while level:
+        nxt = []
+        for item in level:
+            if type(item) is str:
+                strings.append(item)
+            elif type(item) is dict:
+                strings.extend(item)
+                nxt.extend(item.values())
+            elif type(item) is list:
+                nxt.extend(item)
+        level = nxt
+    try:
+        "".join(strings).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _from_jetstream(obj: Any) -> Decoded:
+    if type(obj) is not dict:
+        return _fail("bad_json", "event is not a JSON object")
+    kind, time_us, did = obj.get("kind"), obj.get("time_us"), obj.get("did")
+    if type(kind) is not str:
+        return _fail("bad_body", f"kind {short_repr(kind)}")
+    if kind not in KINDS:
+        return _fail("unknown_type", f"kind {short_repr(kind)}")
+    if not is_valid_time_us(time_us):
+        return _fail("bad_time", f"time_us {short_repr(time_us)}")
+    type_ = "#" + kind
+    if not is_valid_did(did):
         if kind == "commit":
-            c = obj["commit"]
-            op, collection, rkey = c["operation"], c["collection"], c["rkey"]
-            rev = str(c.get("rev", ""))
-            if op == "delete":
-                return Decoded(
-                    "#commit", time_us, [Event(time_us, time_us, DELETE, did, "", collection, rkey, op, rev)]
-                )
-            if op not in ("create", "update"):
-                return Decoded("#commit", time_us, error="bad_body", detail=f"operation {op!r}")
-            record = c.get("record")
-            ev_kind, subject = classify(collection, record)
-            event = Event(time_us, time_us, ev_kind, did, subject, collection, rkey, op, rev, str(c.get("cid", "")))
-            event.record = record if isinstance(record, dict) else None
-            return Decoded("#commit", time_us, [event])
-        if kind in ("identity", "account"):
-            body = obj[kind]
-            seq = int(body.get("seq", time_us))
-            extra = {k: v for k, v in body.items() if k not in ("did", "seq", "time")}
-            ev = Event(time_us, seq, IDENTITY if kind == "identity" else ACCOUNT, did, extra=extra)
-            return Decoded("#" + kind, seq, [ev])
-        return Decoded(error="unknown_type", detail=f"kind {kind!r}")
-    except (KeyError, TypeError, ValueError) as exc:
-        return Decoded(error="bad_body", detail=f"{type(exc).__name__}: {exc}"[:200])
+            return Decoded(type_, time_us, skipped=Counter(bad_did=1), detail=clean_text(f"did {short_repr(did)}"))
+        return _fail("bad_did", f"did {short_repr(did)}", type_, time_us)
+    if nesting_exceeds((obj,)):
+        return _fail("too_deep", f"nested deeper than {MAX_DEPTH}", type_, time_us)
+    if not _strings_encode(obj):
+        return _fail("bad_string", "a string that is not valid Unicode (lone surrogate)", type_, time_us)
+    if kind == "commit":
+        return _commit(obj.get("commit"), did, time_us)
+    body = obj.get(kind)
+    if type(body) is not dict:
+        return _fail("bad_body", f"{kind} is not an object", type_, time_us)
+    seq = body.get("seq", time_us)
+    if type(seq) is not int or not 0 <= seq < 1 << 63:
+        return _fail("bad_body", f"seq {short_repr(seq)}", type_, time_us)
+    if "time" in body:
+        try:
+            parse_time_us(body["time"])
+        except ValueError as exc:
+            return _fail("bad_time", str(exc), type_, seq)
+    extra = {k: v for k, v in body.items() if k not in ("did", "seq", "time")}
+    return Decoded(type_, seq, [Event(time_us, seq, IDENTITY if kind == "identity" else ACCOUNT, did, extra=extra)])
+
+
+def _commit(c: Any, did: Any, time_us: int) -> Decoded:
+    if type(c) is not dict:
+        return _fail("bad_body", "commit is not an object", "#commit", time_us)
+    op, collection, rkey, rev, cid = (c.get(k) for k in ("operation", "collection", "rkey", "rev", "cid"))
+    if op not in ("create", "update", "delete"):
+        return _fail("bad_body", f"operation {short_repr(op)}", "#commit", time_us)
+    if rev is not None and (type(rev) is not str or len(rev) > MAX_REV_CHARS or not is_valid_rkey(rev)):
+        return _fail("bad_body", f"rev {short_repr(rev)}", "#commit", time_us)
+    if cid is not None and (type(cid) is not str or len(cid) > MAX_CID_CHARS or not cid.isalnum() or not cid.isascii()):
+        return _fail("bad_body", f"cid {short_repr(cid)}", "#commit", time_us)
+    out = Decoded("#commit", time_us)
+    if not is_valid_nsid(collection):
+        out.skipped["bad_collection"] += 1
+        return out
+    if not is_valid_rkey(rkey):
+        out.skipped["bad_rkey"] += 1
+        return out
+    rev = rev or ""
+    if op == "delete":
+        out.events.append(Event(time_us, time_us, DELETE, did, "", collection, rkey, op, rev))
+        return out
+    record = c.get("record")
+    if type(record) is not dict:
+        out.skipped["bad_record"] += 1
+        return out
+    kind, subject, dropped = classify_record(collection, record)
+    if dropped:
+        out.skipped["bad_subject"] += 1
+    event = Event(time_us, time_us, kind, did, subject, collection, rkey, op, rev, cid or "")
+    event.record = record
+    out.events.append(event)
+    return out
 
 
 def to_jetstream(event: Event) -> dict[str, Any]:

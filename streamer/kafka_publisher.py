@@ -23,11 +23,20 @@ a timeout while waiting for the acknowledgement is counted as a failure but the 
 publisher just keeps waiting for the same future. A new producer (a new producer id, which the broker cannot
 dedupe against the old one) is created only when the old one is unusable: it could not start, its delivery future
 failed (with idempotence that means a non-retriable error such as a sequence gap or a fenced/unknown producer id,
-or its sender task died), or ``send`` itself failed with a non-retriable error. The residual at-least-once window
-is therefore: a message whose write reached the broker but whose acknowledgement was lost *and* whose producer
-then had to be replaced, or that was still in flight when :meth:`KafkaPublisher.close` gave up (it is reported as
-unsent but may have been written). A restart of the daemon loses the buffer (at most once for those). Every message
-carries ``run`` and ``indicator``, so a consumer that needs exactly-once dedupes on that pair.
+or its sender task died), or ``send`` itself failed with a non-retriable error.
+
+Across restarts (the daemon's guarantee, with a checkpoint directory). Every message is first made durable in the
+results journal (:mod:`streamer.outbox`) and carries its identity (``id`` in the JSON, header ``skyattr-id``). The
+publisher reports each acknowledgement (``on_ack``), which the daemon persists; at the next start every journaled
+message after the last acknowledged one is published again with ``verify``: before sending the first of them, the
+publisher reads back the last ``readback`` messages of every partition of its topics and skips those already
+there. So a SIGKILL, a SIGTERM during an outage, or a whole replay with the broker away loses nothing and writes
+nothing twice, provided this daemon is the only writer of its topics and no more than ``readback`` messages per
+partition were written between the last persisted acknowledgement and the restart (at most the buffer, in
+practice one or two). The residual duplicate window is a message whose write reached the broker but whose
+acknowledgement was lost *and* whose producer then had to be replaced within one run of the daemon; consumers
+that must be exact dedupe on ``skyattr-id``. Without a checkpoint directory, messages unsent at exit are lost
+(reported, exit status 3 for a replay).
 """
 
 from __future__ import annotations
@@ -39,7 +48,7 @@ import logging
 import random
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
@@ -54,6 +63,7 @@ log = logging.getLogger("skyattr.kafka")
 
 DEFAULT_TOPICS: Mapping[str, str] = {"tiers": "skyattr.tiers", "alerts": "skyattr.alerts"}
 MAX_REQUEST_BYTES = 1_048_576  # aiokafka's max_request_size default; a bigger message could never be sent
+ID_HEADER = "skyattr-id"  # the result's identity, for consumers that deduplicate and for the read-back
 RECORD_OVERHEAD_BYTES = 512  # generous bound for the record and batch headers around key and value
 LOG_EVERY_S = 30.0  # rate limit of repeated warnings (drops, failures during an outage)
 
@@ -82,6 +92,9 @@ class PendingMessage:
     value: bytes
     run: int | None
     timestamp_ms: int
+    id: str = ""  # the result's identity (``<indicator>@<as_of_us>``), also sent as the ``skyattr-id`` header
+    token: int | None = None  # the caller's reference (the journal seq), handed back to ``on_ack``
+    verify: bool = False  # recovered after a restart: skipped when the topic already holds its identity
 
 
 @dataclass(eq=False)
@@ -116,7 +129,7 @@ MAX_REJECTIONS = 2  # one retry with a fresh producer, then the message is dropp
 
 
 class KafkaPublisher:
-    """Buffered, ordered, at-least-once (idempotent in practice) publisher of result messages.
+    """Buffered, ordered publisher of result messages; exactly once across restarts with the results journal.
 
     Call :meth:`publish` on the event loop's thread (other threads: ``loop.call_soon_threadsafe``). Messages
     published before :meth:`start` wait in the buffer. See the module docstring for ordering and duplicates.
@@ -133,12 +146,16 @@ class KafkaPublisher:
         request_timeout_ms: int = 15_000,
         retry_backoff_s: tuple[float, float] = (0.5, 30.0),
         security: Mapping[str, Any] | None = None,
+        on_ack: Callable[[int], None] | None = None,
+        readback: int = 1000,
     ) -> None:
         """``topics`` maps a message kind to its topic (default ``DEFAULT_TOPICS``); every kind needs a schema.
         ``security`` holds aiokafka connection options (``security_protocol``, ``sasl_mechanism``,
         ``sasl_plain_username``, ``sasl_plain_password``, ``ssl_context``) for brokers that require them.
         ``request_timeout_ms`` bounds one attempt (producer start, metadata, acknowledgement); ``retry_backoff_s``
-        is (first delay, largest delay) of the exponential backoff between attempts."""
+        is (first delay, largest delay) of the exponential backoff between attempts. ``on_ack(token)`` is called
+        (on the loop) for every acknowledged message that was published with a token, and for a recovered one found
+        already written. ``readback``: messages per partition read back to verify recovered messages."""
         self._topics = dict(DEFAULT_TOPICS if topics is None else topics)
         if not self._topics:
             raise ValueError("topics must map at least one message kind to a topic")
@@ -160,6 +177,10 @@ class KafkaPublisher:
         self._timeout_s = request_timeout_ms / 1000
         self._backoff = (float(base), float(cap))
         self._rng = random.Random()
+        self._on_ack = on_ack
+        self._readback = readback
+        self._written: set[tuple[str, str]] | None = None  # (topic, id) read back from the topics' tails
+        self._skipped_written = 0
 
         self._buffer: deque[_Entry] = deque()
         self._producer: Any = None  # AIOKafkaProducer, imported lazily
@@ -211,8 +232,12 @@ class KafkaPublisher:
         return [e.msg for e in self._buffer]
 
     # -------------------------------------------------------------------------------------------- publish
-    def publish(self, kind: str, message: dict[str, Any]) -> None:
+    def publish(self, kind: str, message: dict[str, Any], *, token: int | None = None, verify: bool = False) -> None:
         """Validate, serialise and buffer ``message``; never waits for the broker.
+
+        ``token`` is handed to ``on_ack`` once the broker acknowledged the message. ``verify`` marks a message
+        recovered from the results journal after a restart: it may have been written before the restart, so the
+        sender first reads back the tail of its topic and skips it (acknowledging it) when its identity is there.
 
         Raises ``ValueError`` when ``kind`` is unknown, the message fails its schema, cannot be encoded as JSON
         (NaN, numpy scalars) or is too large for one Kafka request: those are bugs upstream, and a message that can
@@ -236,7 +261,18 @@ class KafkaPublisher:
         if len(key) + len(value) + RECORD_OVERHEAD_BYTES > MAX_REQUEST_BYTES:
             raise ValueError(f"{kind} message is {len(value)} bytes; Kafka requests are limited to {MAX_REQUEST_BYTES}")
         run = message.get("run")
-        msg = PendingMessage(kind, topic, key, value, run if isinstance(run, int) else None, int(time.time() * 1000))
+        ident = str(message.get("id", ""))
+        msg = PendingMessage(
+            kind,
+            topic,
+            key,
+            value,
+            run if isinstance(run, int) else None,
+            int(time.time() * 1000),
+            ident,
+            token,
+            verify,
+        )
         self._buffer.append(_Entry(msg))
         while len(self._buffer) > self.buffer_limit:
             self._drop_oldest()
@@ -338,6 +374,13 @@ class KafkaPublisher:
                 continue
             entry = self._buffer[0]
             try:
+                if entry.msg.verify and await self._already_written(entry.msg):
+                    self._buffer.popleft()
+                    self._skipped_written += 1
+                    self._count(entry.msg.topic, "already_written")
+                    self._set_buffered()
+                    self._acked(entry.msg)
+                    continue
                 await self._deliver(entry)
             except asyncio.CancelledError:
                 raise
@@ -366,6 +409,7 @@ class KafkaPublisher:
             self._sent += 1
             self._count(entry.msg.topic, "sent")
             self._set_buffered()
+            self._acked(entry.msg)
             if self._outage_failures:
                 log.info(
                     "Kafka delivery resumed after %d failed attempt(s); %d message(s) buffered",
@@ -392,7 +436,13 @@ class KafkaPublisher:
                 # aiokafka's own metadata wait is bounded by request_timeout_ms; ours is a backstop. Cancelling
                 # send() cannot lose a half-appended message: the append and the return have no await between.
                 entry.future = await asyncio.wait_for(
-                    producer.send(msg.topic, msg.value, key=msg.key, timestamp_ms=msg.timestamp_ms),
+                    producer.send(
+                        msg.topic,
+                        msg.value,
+                        key=msg.key,
+                        timestamp_ms=msg.timestamp_ms,
+                        headers=[(ID_HEADER, msg.id.encode())] if msg.id else None,
+                    ),
                     self._timeout_s + 5.0,
                 )
                 entry.future.add_done_callback(_retrieve)  # its error, if any, is handled here, not by asyncio
@@ -507,6 +557,73 @@ class KafkaPublisher:
         self._kick.clear()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._kick.wait(), delay)
+
+    # -------------------------------------------------------------------------------------------- recovery
+    def _acked(self, msg: PendingMessage) -> None:
+        if self._on_ack is not None and msg.token is not None:
+            try:
+                self._on_ack(msg.token)
+            except Exception:
+                log.exception("recording the acknowledgement of %s %s failed", msg.topic, msg.id)
+
+    @property
+    def already_written(self) -> int:
+        """Recovered messages skipped because their topic already held them."""
+        return self._skipped_written
+
+    async def _already_written(self, msg: PendingMessage) -> bool:
+        """Whether a recovered message's identity is in the tail of its topic (read once, on the first recovered
+        message; a failure to read raises like a failed delivery and is retried with backoff)."""
+        if self._written is None:
+            self._written = await asyncio.wait_for(self._read_tails(), self._timeout_s + 5.0)
+            log.info("read back %d result identities from the Kafka topics' tails", len(self._written))
+        return (msg.topic, msg.id) in self._written
+
+    async def _read_tails(self) -> set[tuple[str, str]]:
+        """``(topic, id)`` of the last ``readback`` messages of every partition of every topic."""
+        from aiokafka import AIOKafkaConsumer, TopicPartition
+
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap,
+            client_id=f"{self._client_id}-readback",
+            enable_auto_commit=False,
+            group_id=None,
+            request_timeout_ms=self._request_timeout_ms,
+            **self._security,
+        )
+        await consumer.start()
+        found: set[tuple[str, str]] = set()
+        try:
+            parts: list[Any] = []
+            producer = await self._ensure_producer()
+            for topic in sorted(set(self._topics.values())):
+                for p in sorted(await producer.partitions_for(topic)):
+                    parts.append(TopicPartition(topic, p))
+            if not parts:
+                return found
+            consumer.assign(parts)
+            ends = await consumer.end_offsets(parts)
+            starts = await consumer.beginning_offsets(parts)
+            todo = {}
+            for tp in parts:
+                if ends[tp] > starts[tp]:
+                    consumer.seek(tp, max(starts[tp], ends[tp] - self._readback))
+                    todo[tp] = ends[tp]
+            while todo:
+                batch = await consumer.getmany(*todo, timeout_ms=1000)
+                for tp, records in batch.items():
+                    for rec in records:
+                        ident = dict(rec.headers or ()).get(ID_HEADER)
+                        if ident is not None:
+                            found.add((tp.topic, ident.decode(errors="replace")))
+                        if rec.offset + 1 >= todo.get(tp, 0):
+                            todo.pop(tp, None)
+                for tp in list(todo):
+                    if await consumer.position(tp) >= todo[tp]:
+                        todo.pop(tp)
+        finally:
+            await consumer.stop()
+        return found
 
     # -------------------------------------------------------------------------------------------- accounting
     def _reject(self, entry: _Entry, cause: BaseException) -> None:

@@ -2,13 +2,20 @@
 
 Each :class:`Metrics` owns its own registry (several daemons or tests can live in one process). The HTTP server is
 the standard library's threading server around prometheus-client's exposition, so a slow scrape never blocks
-ingest. ``/healthz`` answers 200 while the process is alive; ``/readyz`` answers 200 once the state is restored and
-the source is connected (or replaying), else 503 with the reason.
+ingest; it is bounded (at most ``MAX_CONNECTIONS`` at once, each with ``CONNECTION_TIMEOUT_S`` for its whole
+request and reply), so idle or slow clients cannot pile up threads. ``/healthz`` answers 200 while the process is
+alive; ``/readyz`` answers 200 once the state is restored and the source is connected (or replaying), else 503
+with the reason.
 """
 
 from __future__ import annotations
 
+import io
+import logging
+import socket
+import socketserver
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -16,6 +23,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 DURATION_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300)
+MAX_CONNECTIONS = 32  # served at once; one more is closed at once (a scrape needs one, a probe one)
+CONNECTION_TIMEOUT_S = 10.0  # for a connection's whole request and reply (Prometheus' default scrape timeout)
+log = logging.getLogger(__name__)
 
 
 class Metrics:
@@ -29,7 +39,26 @@ class Metrics:
             "skyattr_decode_errors", "Items that could not be decoded, by reason.", ["reason"], registry=r
         )
         self.skipped_ops = Counter("skyattr_skipped_ops", "Repo operations skipped, by reason.", ["reason"], registry=r)
-        self.duplicates = Counter("skyattr_duplicate_frames", "Frames at or below the cursor, ignored.", registry=r)
+        self.duplicates = Counter(
+            "skyattr_duplicate_frames", "Frames already applied, sent again: ignored.", registry=r
+        )
+        self.seq_gaps = Counter(
+            "skyattr_seq_gaps", "Relay seq jumps of more than one (the relay's seqs need not be dense).", registry=r
+        )
+        self.seq_gap_frames = Counter(
+            "skyattr_seq_gap_frames", "Seqs jumped over by those jumps (the sum of jump - 1).", registry=r
+        )
+        self.seq_out_of_order = Counter(
+            "skyattr_seq_out_of_order", "Frames below the cursor not seen before: late, kept.", registry=r
+        )
+        self.seq_resets = Counter(
+            "skyattr_seq_resets", "Relay sequence restarts followed (FutureCursor ones included).", registry=r
+        )
+        self.seq_anomaly = Gauge(
+            "skyattr_source_seq_anomaly",
+            "1 for a minute after a relay sequence reset or an out-of-order frame, else 0.",
+            registry=r,
+        )
         self.reconnects = Counter("skyattr_source_reconnects", "Reconnections to the relay.", registry=r)
         self.connected = Gauge(
             "skyattr_source_connected", "1 while the relay websocket is open (run; 0 in replay).", registry=r
@@ -72,6 +101,11 @@ class Metrics:
             "skyattr_kafka_messages", "Kafka messages by topic and outcome.", ["topic", "outcome"], registry=r
         )
         self.kafka_buffered = Gauge("skyattr_kafka_buffered", "Results waiting for the broker.", registry=r)
+        self.results_repeated = Counter(
+            "skyattr_results_repeated",
+            "Results computed again after a restart whose identity was already delivered (not sent again).",
+            registry=r,
+        )
         self.checkpoints = Counter("skyattr_checkpoints", "Checkpoints written, by outcome.", ["outcome"], registry=r)
         self.ready = False
         self.not_ready_reason = "starting"
@@ -96,11 +130,28 @@ class Metrics:
         self.duration.labels(ind).observe(message["runtime_s"])
 
     # HTTP ----------------------------------------------------------------------------------------------------
-    def serve(self, port: int, host: str = "0.0.0.0") -> int:
-        """Start the endpoints in a daemon thread; returns the bound port (0 picks a free one)."""
+    def serve(
+        self,
+        port: int,
+        host: str = "127.0.0.1",
+        *,
+        max_connections: int = MAX_CONNECTIONS,
+        timeout: float = CONNECTION_TIMEOUT_S,
+    ) -> int:
+        """Start the endpoints in a daemon thread; returns the bound port (0 picks a free one).
+
+        ``host`` is loopback unless told otherwise (``--metrics-host``): the endpoints carry no authentication. A
+        bind failure is an ``OSError`` naming the address."""
         metrics = self
 
         class Handler(BaseHTTPRequestHandler):
+            def setup(self) -> None:
+                super().setup()
+                # one deadline for the whole request: a per-read timeout alone lets a client that sends a byte
+                # every few seconds hold its thread (and pool slot) forever
+                self.rfile.close()
+                self.rfile = io.BufferedReader(_DeadlineReader(self.connection, time.monotonic() + timeout))
+
             def do_GET(self) -> None:
                 path = self.path.split("?", 1)[0]
                 if path == "/metrics":
@@ -122,17 +173,82 @@ class Metrics:
                 self.end_headers()
                 self.wfile.write(body)
 
-            def log_message(self, *args: Any) -> None:  # scrapes are not worth a log line
+            def log_message(self, *args: Any) -> None:  # scrapes (and timed-out idlers) are not worth a log line
                 return
 
-        self._server = ThreadingHTTPServer((host, port), Handler)
-        self._server.daemon_threads = True
+        Handler.timeout = timeout  # socket timeout of each read and write, under the deadline above
+        server_class = _BoundedHTTPServer6 if ":" in host else _BoundedHTTPServer
+        try:
+            self._server = server_class((host, port), Handler, max_connections)
+        except OSError as exc:
+            raise OSError(exc.errno, f"cannot serve /metrics on {host}:{port}: {exc.strerror or exc}") from None
         self.port = int(self._server.server_address[1])
         threading.Thread(target=self._server.serve_forever, name="skyattr-metrics", daemon=True).start()
-        return int(self._server.server_address[1])
+        return self.port
 
     def close(self) -> None:
+        """Stop accepting and close the listening socket; connections still open end at their deadline."""
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+
+
+class _DeadlineReader(io.RawIOBase):
+    """The read side of a socket under one deadline: each read waits at most for what is left of it."""
+
+    def __init__(self, sock: socket.socket, deadline: float) -> None:
+        self._sock, self._deadline = sock, deadline
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        left = self._deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("connection deadline passed")
+        self._sock.settimeout(left)
+        return self._sock.recv_into(buffer)
+
+
+class _BoundedHTTPServer(ThreadingHTTPServer):
+    """A thread per connection, at most ``max_connections`` of them: one more is closed as soon as it is accepted,
+    so a thousand idle clients cost a thousand short-lived sockets, not a thousand threads."""
+
+    daemon_threads = True
+    block_on_close = False  # close() does not wait for clients still within their deadline
+    request_queue_size = 1024  # listen backlog: a burst of connections waits here instead of being refused
+
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], max_connections: int) -> None:
+        self._slots = threading.BoundedSemaphore(max_connections)
+        super().__init__(address, handler)
+
+    def server_bind(self) -> None:
+        # HTTPServer.server_bind looks up the host's FQDN (a DNS query that can stall start-up); nothing needs it
+        socketserver.TCPServer.server_bind(self)
+        host, port = self.server_address[:2]
+        self.server_name, self.server_port = str(host), int(port)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:  # the thread did not start: its slot is free again
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that resets or times out is routine; socketserver would print a traceback for it."""
+        log.debug("metrics connection from %s ended with an error", client_address, exc_info=True)
+
+
+class _BoundedHTTPServer6(_BoundedHTTPServer):
+    address_family = socket.AF_INET6

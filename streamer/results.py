@@ -36,6 +36,21 @@ class AttributionConfig:
     top_k: int = 10
     thresholds: kernels.AlertThresholds = field(default_factory=kernels.AlertThresholds)
 
+    def as_dict(self) -> dict[str, Any]:
+        """Every option as plain JSON values (what a checkpoint records to refuse resuming with other options)."""
+        t = self.thresholds
+        return {
+            "indicator": self.indicator,
+            "params": {k: self.params[k] for k in sorted(self.params)},
+            "nodes": self.nodes,
+            "dtype": self.dtype,
+            "head": self.head,
+            "middle": self.middle,
+            "panel_size": self.panel_size,
+            "top_k": self.top_k,
+            "thresholds": {"tvd": t.tvd, "residual": t.residual, "clear": t.clear},
+        }
+
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first bad option (checked once, before a daemon starts)."""
         kernels.get_indicator(self.indicator, **self.params)
@@ -128,8 +143,10 @@ def attribute_snapshot(
     }
     t = config.thresholds
     thresholds = {"tvd": t.tvd, "residual": t.residual, "clear": t.clear}
+    ident = f"{ind.name}@{int(as_of_us)}"
     message = {
         "schema": TIERS_SCHEMA,
+        "id": ident,
         "run": run,
         "indicator": ind.name,
         "params": {k: v for k, v in ind.params.items()},
@@ -158,6 +175,7 @@ def attribute_snapshot(
         severity = "critical" if critical else "warning"
         alert = {
             "schema": ALERTS_SCHEMA,
+            "id": ident,
             "run": run,
             "indicator": ind.name,
             "state": "firing" if firing else "resolved",

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from streamer.outbox import ResultWriteError
 from streamer.results import AttributionConfig, RunOutput, attribute_snapshot
 from streamer.state import AgentState, Snapshot
 
@@ -95,8 +96,11 @@ class Scheduler:
 
     @staticmethod
     def _deliver(sink: Sink, kind: str, message: dict[str, Any]) -> None:
-        """One failing sink (a full disk, a schema bug) must not starve the others or stop the daemon."""
+        """A result that cannot be made durable stops the daemon (before anything is checkpointed past it); any
+        other failing sink (a schema bug) is logged and must not stop it."""
         try:
             sink(kind, message)
+        except ResultWriteError:
+            raise
         except Exception:
             log.exception("a %s result could not be delivered to %r", kind, sink)

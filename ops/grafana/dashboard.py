@@ -350,6 +350,25 @@ def ingest() -> list[Any]:
             unit="none",
             w=8,
         ),
+        ts(
+            "Relay sequence anomalies",
+            "Seq jumps (gaps) and the seqs they skipped, late frames kept (out of order), relay sequence restarts "
+            "followed (resets, FutureCursor after a relay restart included), and 1 for a minute after any of them.",
+            q(f"sum by (instance) (increase(skyattr_seq_gaps_total{{{SEL}}}{rate}))", "gaps {{instance}}"),
+            q(
+                f"sum by (instance) (increase(skyattr_seq_gap_frames_total{{{SEL}}}{rate}))",
+                "seqs skipped {{instance}}",
+                "B",
+            ),
+            q(
+                f"sum by (instance) (increase(skyattr_seq_out_of_order_total{{{SEL}}}{rate}))",
+                "out of order {{instance}}",
+                "C",
+            ),
+            q(f"sum by (instance) (increase(skyattr_seq_resets_total{{{SEL}}}{rate}))", "resets {{instance}}", "D"),
+            q(f"max by (instance) (skyattr_source_seq_anomaly{{{SEL}}})", "anomaly {{instance}}", "E"),
+            w=8,
+        ).overrides([db.DashboardFieldConfigSourceOverrides().matcher(m).properties(p) for m, p in [right_axis("B")]]),
     ]
 
 
@@ -500,9 +519,16 @@ def kafka() -> list[Any]:
             ]
         ),
         ts(
-            "Kafka buffer",
-            "Results waiting for the broker (bounded by --kafka-buffer; beyond it the oldest are dropped).",
-            q(f"skyattr_kafka_buffered{{{SEL}}}", "{{instance}}"),
+            "Kafka buffer and repeated results",
+            "Results waiting for the broker (bounded by --kafka-buffer; beyond it the oldest are dropped; with a "
+            "checkpoint directory they stay in its journal), and results computed again after a restart whose "
+            "identity was already delivered, so not sent again (skyattr_results_repeated_total).",
+            q(f"skyattr_kafka_buffered{{{SEL}}}", "buffered {{instance}}"),
+            q(
+                f"sum by (instance) (increase(skyattr_results_repeated_total{{{SEL}}}[$__rate_interval]))",
+                "repeated {{instance}}",
+                "B",
+            ),
         ),
     ]
 

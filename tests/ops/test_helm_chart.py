@@ -97,6 +97,11 @@ def test_schema_is_valid_and_values_match_it(schema: dict, values: dict) -> None
         ("config.middle", 1.5),
         ("config.metrics_port", 70000),
         ("config.metrics_port", "9464"),
+        ("config.metrics_host", ""),
+        ("config.metrics_host", "0.0.0.0 9464"),
+        ("config.interval", 1e-9),
+        ("config.bucket_hours", 1e-12),
+        ("config.buckets", 100_000),
         ("config.relay", "http://bsky.network"),
         ("config.kafka_topic_tiers", "bad topic"),
         ("config.no_such_option", 1),
@@ -220,7 +225,7 @@ def _break_statefulset(chart: Path) -> None:  # a field StatefulSetSpec does not
 def _break_schema(chart: Path) -> None:
     p = chart / "values.schema.json"
     s = json.loads(p.read_text())
-    del s["properties"]["config"]["properties"]["interval"]["exclusiveMinimum"]
+    del s["properties"]["config"]["properties"]["interval"]["minimum"]
     p.write_text(json.dumps(s))
 
 

@@ -109,3 +109,53 @@ def test_a_frame_archive_starting_with_a_brace_byte_is_not_json(tmp_path: Path, 
     with ArchiveWriter(tmp_path / "w", "test") as w:
         w.write(padded, 1)
     assert _frames(tmp_path / "w") == [padded]
+
+
+def _record(frame: bytes) -> bytes:
+    return struct.pack("<I", len(frame)) + frame
+
+
+def test_zero_length_records_are_skipped_counted_and_reading_goes_on(tmp_path: Path) -> None:
+    frames = [b"first" * 20, b"second" * 20, b"third" * 20]
+    body = _record(frames[0]) + struct.pack("<I", 0) + _record(frames[1]) + bytes(4 * 1500) + _record(frames[2])
+    for name, data in (("plain.bin", body), ("z.zst", zstandard.ZstdCompressor().compress(body))):
+        path = tmp_path / name
+        path.write_bytes(data)
+        report = ReadReport()
+        assert _frames(path, report) == frames, name
+        (fr,) = report.files
+        assert fr.items == 3 and fr.empty_records == 1501 and fr.first_empty_at == 4 + len(frames[0])
+        assert fr.error == "" and report.skipped == 1501
+        assert report.errors == [f"{path}: skipped 1501 zero-length record(s), the first at byte {fr.first_empty_at}"]
+    # in skyattr's own format too, and a file that starts with one
+    w = ArchiveWriter(tmp_path / "own", "test")
+    w.write(frames[0], 1)
+    w.write(b"", 2)
+    w.write(frames[1], 3)
+    w.close()
+    report = ReadReport()
+    assert _frames(tmp_path / "own", report) == frames[:2] and report.files[0].empty_records == 1
+    lead = tmp_path / "lead.bin"
+    lead.write_bytes(struct.pack("<I", 0) + _record(frames[2]))
+    assert _frames(lead) == frames[2:]
+
+
+def test_an_unknown_archive_version_is_not_read(tmp_path: Path) -> None:
+    header = json.dumps({"format": "skyattr-frames", "version": 99}).encode()
+    path = tmp_path / "future.skyarch.zst"
+    path.write_bytes(
+        struct.pack("<II", 0x184D2A50, len(header)) + header + zstandard.ZstdCompressor().compress(_record(b"x" * 9))
+    )
+    report = ReadReport()
+    assert _frames(path, report) == []
+    assert report.errors == [f"{path}: unsupported archive version 99"]
+
+
+def test_json_lines_nested_too_deeply_are_counted_not_raised(tmp_path: Path) -> None:
+    path = tmp_path / "events.jsonl"
+    path.write_text('{"kind": "commit"}\n' + "[" * 100_000 + "\n" + '{"kind": "identity"}\n')
+    report = ReadReport()
+    items = list(read_archive(path, report))
+    assert [i.json["kind"] for i in items] == ["commit", "identity"]
+    assert report.bad_lines == 1 and report.skipped == 1
+    assert report.errors == [f"{path}: skipped 1 line(s) that are not JSON"]

@@ -174,7 +174,7 @@ def test_sigterm_checkpoints_and_the_restart_finishes_the_same_results(tmp_path:
 @pytest.mark.parametrize(
     ("args", "env", "message"),
     [
-        (["--interval", "-5"], {}, "invalid config: interval: Input should be greater than 0 (from flags)"),
+        (["--interval", "-5"], {}, "invalid config: interval: must be >= 0.001, got -5.0 (from flags)"),
         (["--indicator", "nope"], {}, "unknown indicator 'nope'"),
         ([], {"SKYATTR_NODES": "many"}, "invalid config: nodes"),
         (["--indicator-params", '{"kappa": -1}'], {}, "kappa must be a positive finite number"),

@@ -33,6 +33,13 @@ def test_csv_and_parquet_give_the_same_table(tmp_path: Path) -> None:
         (f"did,followers\n{A},many\n", "row 1: bad count 'many'"),
         (f"did,followers\n{A},-3\n", "row 1: count must be a finite number >= 0"),
         ("did,followers\nalice.bsky.social,3\n", "row 1: 'alice.bsky.social' is not a DID"),
+        (f"did,followers\n{A},1\n{B},2\n{A},3\n", f"rows 1 and 3 both give {A}"),
+        (f"did,followers,bio\n{A},1,ok\n{B},2,{'x' * 140_000}\n", r"row 2: field larger than field limit \(131072\)"),
+        (f"did,followers,{'h' * 140_000}\n{A},1,x\n", "header: field larger than field limit"),
+        ("did,followers\ndid:PLC:abc,1\n", "row 1: 'did:PLC:abc' is not a DID"),
+        ("did,followers\ndid:plc:abc:,1\n", "row 1: 'did:plc:abc:' is not a DID"),
+        (f"did,followers\ndid:plc:{'a' * 2100},1\n", "row 1: 'did:plc:aaaa.*… is not a DID"),
+        (f"did,followers\n{A}\0,1\n", r"row 1: .* is not a DID"),
     ],
 )
 def test_bad_csv_rows_are_named(tmp_path: Path, content: str, message: str) -> None:
@@ -42,6 +49,28 @@ def test_bad_csv_rows_are_named(tmp_path: Path, content: str, message: str) -> N
         load_followers(path)
     with pytest.raises(ValueError, match="cannot read followers file"):
         load_followers(tmp_path / "absent.csv")
+
+
+def test_a_byte_order_mark_is_not_part_of_the_header(tmp_path: Path) -> None:
+    path = tmp_path / "excel.csv"
+    path.write_bytes("\ufeffdid,followers\n".encode() + f"{A},7\n".encode())
+    assert load_followers(path) == {A: 7.0}
+    binary = tmp_path / "binary.csv"
+    binary.write_bytes(b"did,followers\n\xff\xfe,1\n")
+    with pytest.raises(ValueError, match="is not UTF-8 text"):
+        load_followers(binary)
+
+
+def test_duplicate_dids_in_parquet_are_refused(tmp_path: Path) -> None:
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    path = tmp_path / "f.parquet"
+    pq.write_table(pa.table({"did": [A, B, B], "followers": [1, 2, 3]}), path)
+    with pytest.raises(ValueError, match=f"rows 2 and 3 both give {B}"):
+        load_followers(path)
+    pq.write_table(pa.table({"did": [A], "followers": ["many"]}), path)
+    with pytest.raises(ValueError, match="column followers must be numeric"):
+        load_followers(path)
 
 
 def test_followers_set_visibility_and_tiers(tmp_path: Path, sample_dir: Path) -> None:

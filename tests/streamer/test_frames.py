@@ -18,6 +18,7 @@ from streamer.jetstream import from_jetstream, to_jetstream
 def test_every_real_frame_is_accounted_for(sample_frames: list[bytes], sample_manifest: dict) -> None:
     decoded = [decode_frame(f) for f in sample_frames]
     assert [d.error for d in decoded] == [""] * len(sample_frames)
+    assert [dict(d.skipped) for d in decoded] == [{}] * len(sample_frames), "real data passes every edge check"
     types = Counter(d.type for d in decoded)
     assert types == {"#commit": sample_manifest["commit_frames"], "#identity": 1, "#account": 1}
     ops = Counter(e.operation for d in decoded for e in d.events if d.type == "#commit")
@@ -104,7 +105,9 @@ def test_damaged_frames_get_a_reason_not_an_exception(sample_frames: list[bytes]
     bad_car = _reencode(good, lambda h, b: (h, {**b, "blocks": b"\x0a\xff\xff not a car"}))
     assert decode_frame(bad_car).error == "bad_car"
     bad_time = _reencode(good, lambda h, b: (h, {**b, "time": "yesterday"}))
-    assert decode_frame(bad_time).error == "bad_body"
+    assert decode_frame(bad_time).error == "bad_time"
+    not_a_list = _reencode(good, lambda h, b: (h, {**b, "ops": {"a": 1}}))
+    assert decode_frame(not_a_list).error == "bad_body"
     missing = _reencode(good, lambda h, b: (h, {**b, "ops": [{**b["ops"][0], "cid": b"\x01\x71\x12\x20" + bytes(32)}]}))
     d = decode_frame(missing)
     assert d.error == "" and d.events == [] and d.skipped == {"missing_block": 1}

@@ -14,12 +14,8 @@ import gc
 import json
 import logging
 import os
-import signal
-import subprocess
 import time
 import uuid
-import warnings
-from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -31,11 +27,8 @@ from streamer.metrics import Metrics
 from streamer.results import AttributionConfig, attribute_snapshot
 from streamer.state import Snapshot
 
-from ..broker import kafka_bootstrap
+from ..broker import KAFKA_OPS, SCRIPTS_BOOTSTRAP, ScriptBroker, kafka_bootstrap
 
-REPO = Path(__file__).resolve().parents[2]
-KAFKA_OPS = REPO / "ops" / "kafka"
-SCRIPTS_BOOTSTRAP = "127.0.0.1:9092"  # where ops/kafka/start.sh listens by default
 NO_BROKER = "127.0.0.1:1"  # nothing listens there: connections are refused at once
 TIMEOUT_S = 60.0
 FAST_BACKOFF = (0.05, 0.5)
@@ -151,91 +144,6 @@ def _metric(metrics: Metrics, topic: str, outcome: str) -> float:
     return value or 0.0
 
 
-def _run_script(name: str) -> None:
-    proc = subprocess.run(
-        ["bash", str(KAFKA_OPS / name)], capture_output=True, text=True, timeout=180, check=False, cwd=REPO
-    )
-    assert proc.returncode == 0, f"{name} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
-
-
-class ScriptBroker:
-    """The broker that ops/kafka/start.sh runs on 9092, stopped and started through the scripts.
-
-    The pid file and the process's command line are read here too, so that the test can tell "stopped" from "the
-    script thought nothing was running" and never leaves the shared broker down or orphaned (no pid file)."""
-
-    def __init__(self) -> None:
-        out = subprocess.run(
-            [
-                "bash",
-                "-c",
-                f'source "{KAFKA_OPS}/_common.sh" && printf "%s\\n%s" "$KAFKA_PID_FILE" "$KAFKA_PROPS_FILE"',
-            ],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.splitlines()
-        self.pid_file, self.props_file = Path(out[0]), out[1]
-        self.pid = self._live_pid()
-
-    def _live_pid(self) -> int | None:
-        """The pid in the pid file if that process is our kafka.Kafka (same check as the scripts, via /proc)."""
-        try:
-            pid = int(self.pid_file.read_text().strip())
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        except (OSError, ValueError):
-            return None
-        return pid if b"kafka.Kafka" in cmdline and self.props_file.encode() in cmdline else None
-
-    def _alive(self, pid: int) -> bool:
-        try:
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            return False
-        return state != "Z"
-
-    def stop(self) -> None:
-        pid = self.pid
-        assert pid is not None
-        _run_script("stop.sh")
-        deadline = time.monotonic() + 5
-        while self._alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        if self._alive(pid):
-            # stop.sh did not recognise its own broker (see the warning); stop that very process as stop.sh would.
-            warnings.warn(
-                f"ops/kafka/stop.sh left broker pid {pid} running (its pid check failed); stopping it by pid",
-                stacklevel=1,
-            )
-            os.kill(pid, signal.SIGTERM)
-            deadline = time.monotonic() + 30
-            while self._alive(pid) and time.monotonic() < deadline:
-                time.sleep(0.1)
-            if self._alive(pid):
-                os.kill(pid, signal.SIGKILL)
-        deadline = time.monotonic() + 10
-        while _port_open(9092) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert not _port_open(9092), "port 9092 still accepts connections after stopping the broker"
-
-    def ensure_running(self) -> None:
-        if self.pid is not None and self._alive(self.pid):
-            if self._live_pid() is None:  # stop.sh removed the pid file of a broker it failed to stop: restore it
-                self.pid_file.write_text(f"{self.pid}\n")
-            return
-        _run_script("start.sh")
-        self.pid = self._live_pid()
-
-
-def _port_open(port: int) -> bool:
-    import socket
-
-    with socket.socket() as s:
-        s.settimeout(0.5)
-        return s.connect_ex(("127.0.0.1", port)) == 0
-
-
-# ---------------------------------------------------------------------------------------------------- tests
 async def test_round_trip_in_order(real_output: tuple[dict[str, Any], dict[str, Any]]) -> None:
     """20 tiers + 2 alerts come back from the broker unchanged, in publish order, keyed by indicator."""
     bootstrap = _bootstrap()
@@ -455,7 +363,9 @@ class FakeProducer:
     async def stop(self) -> None:
         self.stopped = True
 
-    async def send(self, topic: str, value: bytes, key: bytes, timestamp_ms: int) -> asyncio.Future[Any]:
+    async def send(
+        self, topic: str, value: bytes, key: bytes, timestamp_ms: int, headers: Any = None
+    ) -> asyncio.Future[Any]:
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self.sent.append(value)
         outcome = FakeProducer.plan.pop(0) if FakeProducer.plan else "ok"

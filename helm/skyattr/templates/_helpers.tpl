@@ -87,4 +87,8 @@ daemon, reads as a string).
 {{- if and .Values.kafka.sasl.existingSecret (not .Values.kafka.bootstrap) -}}
 {{- fail "kafka.sasl.existingSecret is set but kafka.bootstrap is empty" -}}
 {{- end -}}
+{{- $host := .Values.config.metrics_host | default "" | toString -}}
+{{- if or (hasPrefix "127." $host) (eq $host "localhost") (eq $host "::1") -}}
+{{- fail (printf "config.metrics_host %s is a loopback address: the probes and the Service could not reach /metrics (use 0.0.0.0)" $host) -}}
+{{- end -}}
 {{- end -}}
