@@ -18,22 +18,33 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from streamer.seqs import SeenSeqs
 from streamer.state import AgentState
 
 FILENAME = "state.npz"
 VERSION = 2
 
 
-def save_checkpoint(directory: str | Path, state: AgentState, cursor: int, extra: dict[str, Any] | None = None) -> Path:
-    """Write state + cursor atomically to ``directory/state.npz``; returns the path."""
+def save_checkpoint(
+    directory: str | Path,
+    state: AgentState,
+    cursor: int,
+    extra: dict[str, Any] | None = None,
+    seen: SeenSeqs | None = None,
+) -> Path:
+    """Write state + cursor (+ the ring of seqs seen lately) atomically to ``directory/state.npz``."""
     arrays, meta = state.to_arrays()
+    if seen is not None:
+        arrays.update(seen.to_arrays())
     return write_checkpoint(directory, arrays, meta, cursor, extra)
 
 
-def capture(state: AgentState) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+def capture(state: AgentState, seen: SeenSeqs | None = None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """A private copy of the state's arrays: taken on the ingest thread (a memory copy), written elsewhere while
     ingest goes on."""
     arrays, meta = state.to_arrays()
+    if seen is not None:
+        arrays.update(seen.to_arrays())
     return {k: np.array(v, copy=True) for k, v in arrays.items()}, meta
 
 
@@ -147,7 +158,8 @@ def check_dependencies(directory: str | Path, recorded: dict[str, Any], current:
 def load_checkpoint(
     directory: str | Path, followers: dict[str, float] | None = None
 ) -> tuple[AgentState, int, dict[str, Any]] | None:
-    """(state, cursor, extra) from ``directory/state.npz``, or None when there is no checkpoint yet.
+    """(state, cursor, extra) from ``directory/state.npz``, or None when there is no checkpoint yet; ``extra["seen"]``
+    holds the ring of relay seqs seen lately when the checkpoint recorded one.
     A file that exists but cannot be read raises ``ValueError`` naming it (never a silent fresh start)."""
     path = Path(directory) / FILENAME
     if not path.exists():
@@ -162,6 +174,9 @@ def load_checkpoint(
             found = meta.get("version") if isinstance(meta, dict) else None
             raise ValueError(f"unsupported checkpoint version {found!r} (this skyattr writes version {VERSION})")
         checked = _Meta.model_validate(meta)
+        seen = None
+        if "seen_seqs" in arrays or "seen_prints" in arrays:
+            seen = SeenSeqs.from_arrays(arrays.pop("seen_seqs"), arrays.pop("seen_prints"))
         state = AgentState.from_arrays(arrays, meta["state"], followers)
     except ValidationError as exc:
         err = exc.errors()[0]
@@ -172,4 +187,6 @@ def load_checkpoint(
     except Exception as exc:  # a torn, empty, foreign or tampered file: never a traceback, never a silent restart
         detail = str(exc) or type(exc).__name__
         raise ValueError(f"cannot read checkpoint {path}: {detail[:300]}; move it away to start afresh") from None
-    return state, checked.cursor, checked.extra.model_dump()
+    extra = checked.extra.model_dump()
+    extra["seen"] = seen  # the ring of relay seqs seen lately (streamer.seqs.SeenSeqs), None when not recorded
+    return state, checked.cursor, extra

@@ -384,12 +384,12 @@ async def live_pipeline(
     else:
         state = AgentState(settings.state(), pipe.followers)
         extra = {}
-    ingestor = Ingestor(state, cursor=cursor)
+    ingestor = Ingestor(state, cursor=cursor, seen=extra.get("seen"))
     ingestor.clock = lambda: time.time_ns() // 1000
     pipe.metrics.not_ready_reason = f"relay {settings.relay} not connected yet"
     await pipe.start(settings.metrics_port if settings.metrics_port is not None else DEFAULT_METRICS_PORT)
     pipe.recover(extra, live=True)
-    source = LiveSource(settings.relay, cursor=cursor if cursor >= 0 else None, stop=stop)
+    source = LiveSource(settings.relay, cursor=cursor if cursor >= 0 else None, stop=stop, seen=ingestor.seen)
     pipe.source = source  # type: ignore[attr-defined]
     if on_ready is not None:
         on_ready(pipe)
@@ -440,7 +440,7 @@ async def live_pipeline(
     async def checkpoint() -> None:
         if not settings.checkpoint_dir:
             return
-        arrays, meta = capture(ingestor.state)
+        arrays, meta = capture(ingestor.state, ingestor.seen)
         info = {
             "schedule": pipe.scheduler.sched.as_dict(),
             "mode": "live",

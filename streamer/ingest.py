@@ -28,6 +28,7 @@ from streamer.archive import ArchiveItem, ReadReport, read_archive
 from streamer.checkpoint import check_dependencies, file_identity, load_checkpoint, save_checkpoint
 from streamer.frames import MAX_FRAME_BYTES, Decoded, decode_frame
 from streamer.jetstream import from_jetstream
+from streamer.seqs import ANY, RESET_WINDOW, SeenSeqs, fingerprint
 from streamer.state import AgentState, StateConfig
 
 log = logging.getLogger("skyattr.ingest")
@@ -44,6 +45,7 @@ class IngestStats:
     events: Counter[str] = field(default_factory=Counter)
     outdated_cursor: int = 0
     seq_resets: int = 0  # frames far below the cursor: the relay's sequence started again (see apply_decoded)
+    out_of_order: int = 0  # archive frames below the cursor not applied before: late, kept
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -55,18 +57,29 @@ class IngestStats:
             "events": dict(self.events),
             "outdated_cursor": self.outdated_cursor,
             "seq_resets": self.seq_resets,
+            "out_of_order": self.out_of_order,
         }
 
 
 class Ingestor:
     """Decode items and fold their events into an :class:`AgentState`."""
 
-    def __init__(self, state: AgentState, cursor: int = -1, position: int = 0, max_frame_bytes: int = MAX_FRAME_BYTES):
+    def __init__(
+        self,
+        state: AgentState,
+        cursor: int = -1,
+        position: int = 0,
+        max_frame_bytes: int = MAX_FRAME_BYTES,
+        seen: SeenSeqs | None = None,
+    ):
         self.state = state
         self.cursor = cursor
         self.position = position
         self.stats = IngestStats()
         self.max_frame_bytes = max_frame_bytes
+        # the relay seqs applied lately (fingerprints live, "content unknown" from an archive): tells a re-sent frame
+        # from a late one; travels in the checkpoint with the cursor
+        self.seen = seen if seen is not None else SeenSeqs()
         # called with the time of each event the state accepts, just before it is folded in: the event-time
         # scheduler runs here, so a run stamped T sees exactly the events before T
         self.before_event: Callable[[int], None] | None = None
@@ -110,23 +123,35 @@ class Ingestor:
             if source_cursor is not None:
                 # The live source has already told re-sends, late frames and relay restarts apart (it remembers the
                 # seqs it has seen; duplicates never reach here): its cursor after this frame is ours, so a
-                # checkpoint resumes where the source stands, on a restarted relay's new sequence too.
+                # checkpoint resumes where the source stands, on a restarted relay's new sequence too. The ring of
+                # seen seqs is kept here as well, in step with the state, for the source of the next process.
+                if source_cursor < self.cursor:  # the source followed a relay that restarted its sequence
+                    self.seen.clear()
                 self.cursor = source_cursor
+                self.seen.add(decoded.seq, fingerprint(decoded))
             elif decoded.seq <= self.cursor:
-                from streamer.seqs import RESET_WINDOW  # only on this rare path
-
                 if self.cursor - decoded.seq < RESET_WINDOW:
-                    self.stats.duplicates += 1  # a re-send, as after a reconnect
-                    return decoded
-                # Far below: the archive was recorded across a relay that started its sequence again. Its new
-                # frames are new events: follow them, as the live source did when recording.
-                log.warning(
-                    "seq %d after cursor %d: the relay restarted its sequence; following it", decoded.seq, self.cursor
-                )
-                self.stats.seq_resets += 1
-                self.cursor = decoded.seq
+                    if self.seen.get(decoded.seq, self.cursor) is not None:
+                        self.stats.duplicates += 1  # a re-send, as after a reconnect
+                        return decoded
+                    # a frame of the window not seen before: late (the recording kept an out-of-order frame)
+                    self.stats.out_of_order += 1
+                    self.seen.add(decoded.seq, ANY)
+                else:
+                    # Far below: the archive was recorded across a relay that started its sequence again. Its new
+                    # frames are new events: follow them, as the live source did when recording.
+                    log.warning(
+                        "seq %d after cursor %d: the relay restarted its sequence; following it",
+                        decoded.seq,
+                        self.cursor,
+                    )
+                    self.stats.seq_resets += 1
+                    self.seen.clear()
+                    self.cursor = decoded.seq
+                    self.seen.add(decoded.seq, ANY)
             else:
                 self.cursor = decoded.seq
+                self.seen.add(decoded.seq, ANY)
         for event in decoded.events:
             # before_event runs only for events the state accepts, just before they are folded in: a refused
             # time (one item dated 2100) never drives the schedule
@@ -300,7 +325,7 @@ def replay(
         if config is not None and config.as_dict() != state.config.as_dict():
             raise ValueError(f"checkpoint in {checkpoint_dir} was made with another window/weight configuration")
         check_dependencies(checkpoint_dir, extra.get("deps") or {}, deps)
-        ingestor = Ingestor(state, cursor=cursor, position=0)
+        ingestor = Ingestor(state, cursor=cursor, position=0, seen=extra.get("seen"))
         resumed = int(extra.get("position", 0))
         ingestor.stats.items = 0
     else:
@@ -322,7 +347,7 @@ def replay(
                 "archive": str(path),
                 "deps": deps,
             }
-            save_checkpoint(checkpoint_dir, ingestor.state, ingestor.cursor, info)
+            save_checkpoint(checkpoint_dir, ingestor.state, ingestor.cursor, info, ingestor.seen)
             if after_checkpoint is not None:
                 after_checkpoint(info)
 

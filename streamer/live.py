@@ -181,6 +181,7 @@ class LiveSource:
         seed: int | None = None,
         reset_window: int = RESET_WINDOW,
         anomaly_hold: float = ANOMALY_HOLD_S,
+        seen: SeenSeqs | None = None,
     ) -> None:
         subscribe_url(url)  # fail now on a malformed URL, not at the first connection
         self.url = url
@@ -197,7 +198,9 @@ class LiveSource:
         self.reset_window, self.anomaly_hold = reset_window, anomaly_hold
         self.recovering = ""  # why the source is recovering from a relay reset; "" when it is not
         self.last_anomaly = -math.inf  # time.monotonic() of the last reset or out-of-order frame
-        self._seen = SeenSeqs(reset_window)
+        # ``seen``: the ring a checkpoint kept with ``cursor``, so that frames the state already holds are known as
+        # re-sends after a restart too (a relay that ignores the cursor), not taken for a restarted sequence
+        self._seen = seen.copy() if seen is not None and seen.window == reset_window else SeenSeqs(reset_window)
         self._follow = False  # after FutureCursor: connect without a cursor and take the relay's stream as it is
         self._asked: int | None = None  # the cursor the open connection asked for
         self._first = True  # no frame with a seq on the open connection yet

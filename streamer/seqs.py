@@ -9,8 +9,11 @@ position after that frame; the ingestor then just takes that position as its cur
 
 from __future__ import annotations
 
+import hashlib
 from array import array
 from dataclasses import dataclass, fields
+
+import numpy as np
 
 from streamer.frames import Decoded
 
@@ -39,8 +42,9 @@ class Sequenced(Decoded):
 def fingerprint(decoded: Decoded) -> int:
     """What a frame says, apart from its seq: a re-sent frame has the same, a different frame under a reused seq
     (a renumbered relay) almost surely not. Built from the decoded events rather than the raw bytes so that a relay
-    which re-encodes what it re-sends is still recognised."""
-    h = hash(
+    which re-encodes what it re-sends is still recognised. A keyed-free BLAKE2b digest, not ``hash()``: the
+    fingerprints travel in checkpoints, so they must be the same in the next process."""
+    text = repr(
         (
             decoded.type,
             tuple(
@@ -49,6 +53,8 @@ def fingerprint(decoded: Decoded) -> int:
             ),
         )
     )
+    h = int.from_bytes(hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little")
+    h -= 1 << 63  # signed 64 bits, as the ring stores them
     return h + 1 if h == ANY else h
 
 
@@ -77,3 +83,22 @@ class SeenSeqs:
 
     def clear(self) -> None:
         self._seqs = array("q", [-1]) * self.window
+
+    def copy(self) -> SeenSeqs:
+        other = SeenSeqs(self.window)
+        other._seqs, other._prints = array("q", self._seqs), array("q", self._prints)
+        return other
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """The ring for a checkpoint: it belongs with the cursor, so that after a restart a relay re-sending what
+        the state already holds is still recognised (and not taken for a relay that restarted its sequence)."""
+        return {"seen_seqs": np.array(self._seqs, np.int64), "seen_prints": np.array(self._prints, np.int64)}
+
+    @classmethod
+    def from_arrays(cls, seqs: np.ndarray, prints: np.ndarray) -> SeenSeqs:
+        if seqs.shape != prints.shape or seqs.ndim != 1 or len(seqs) < 1:
+            raise ValueError(f"seen-seq ring arrays of shapes {seqs.shape} and {prints.shape}")
+        ring = cls(len(seqs))
+        ring._seqs = array("q", np.asarray(seqs, np.int64).tobytes())
+        ring._prints = array("q", np.asarray(prints, np.int64).tobytes())
+        return ring

@@ -418,3 +418,36 @@ async def test_300_idle_clients_are_capped_and_leave_the_relay_memory_flat(capsy
         proc.send_signal(signal.SIGINT)
         _, err = await asyncio.to_thread(proc.communicate, timeout=20)
     assert "236 refused" in err, err
+
+
+async def test_after_a_restart_a_relay_ignoring_the_cursor_is_recognised_not_applied_twice(
+    archive: Path, tmp_path: Path
+) -> None:
+    """The ring of seqs seen lately travels in the checkpoint: a relay that sends everything again after the daemon
+    restarted is a re-send (duplicates), not a relay that restarted its sequence (which would apply it twice)."""
+    ckpt = tmp_path / "ckpt"
+    async with Relay(archive, misbehave=Misbehaviour(ignore_cursor=True)) as relay:
+        await _run_daemon(relay, ckpt, lambda p: p.source.stats.yielded == N and p.metrics.ready)
+        state, _, _ = load_checkpoint(ckpt)
+        before = dict(state.counters)
+        sent = relay.frames_sent
+        pipe2, _, m2 = await _run_daemon(relay, ckpt, lambda p: relay.frames_sent >= sent + N and p.metrics.ready)
+        assert pipe2.source.stats.resets == 0 and pipe2.source.stats.yielded == 0
+        assert m2["skyattr_duplicate_frames_total"] == N
+        state2, _, _ = load_checkpoint(ckpt)
+        assert dict(state2.counters) == before, "nothing applied twice"
+
+
+def test_a_recorded_late_frame_is_replayed_and_a_recorded_duplicate_is_not(
+    sample_frames: list[bytes], tmp_path: Path
+) -> None:
+    """An archive keeps what the live source yielded, late frames included: replay applies a frame below the cursor
+    it has not seen, and drops one it has."""
+    frames = list(sample_frames[:40])
+    clean = replay_frames(frames, tmp_path / "clean")
+    late = replay_frames([*frames[:10], frames[11], frames[10], *frames[12:]], tmp_path / "late")
+    dup = replay_frames([*frames[:20], frames[15], *frames[20:]], tmp_path / "dup")
+    assert late.ingestor.stats.out_of_order == 1 and late.ingestor.stats.duplicates == 0
+    assert sum(late.ingestor.stats.events.values()) == sum(clean.ingestor.stats.events.values())
+    assert dup.ingestor.stats.duplicates == 1 and dup.ingestor.stats.out_of_order == 0
+    assert sum(dup.ingestor.stats.events.values()) == sum(clean.ingestor.stats.events.values())
