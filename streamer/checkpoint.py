@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from streamer.durable import atomic_write
 from streamer.seqs import SeenSeqs
 from streamer.state import AgentState
 
@@ -61,22 +60,8 @@ def write_checkpoint(
     arrays = dict(arrays)
     meta = {"version": VERSION, "cursor": int(cursor), "state": meta, "extra": extra or {}}
     arrays["__meta__"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
-    fd, tmp = tempfile.mkstemp(prefix=".state-", suffix=".npz.tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, **arrays)
-            fh.flush()
-            os.fsync(fh.fileno())
-        target = directory / FILENAME
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    target = directory / FILENAME
+    atomic_write(target, lambda fh: np.savez(fh, **arrays))
     return target
 
 

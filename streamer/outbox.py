@@ -12,6 +12,8 @@ directory, each result is appended to ``<checkpoint-dir>/results.jsonl`` (one JS
 * Kafka gets, at start, every journaled result after the last one the broker acknowledged
   (``kafka-acked.json``), after the publisher has read back what the topic already holds.
 
+Files are replaced with :func:`streamer.durable.atomic_write`, like checkpoints.
+
 The journal is compacted at checkpoints: entries delivered everywhere are dropped, the newest one is kept (it
 carries the run counter and the alert state a live restart continues from).
 """
@@ -21,11 +23,12 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from streamer.durable import atomic_write, cut_torn_tail
 
 log = logging.getLogger("skyattr.outbox")
 
@@ -57,58 +60,6 @@ class Entry:
     topic: str
     id: str
     message: dict[str, Any]
-
-
-def fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that a crash leaves the old content or the new, never a torn file."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
-
-
-def cut_torn_tail(path: Path) -> int:
-    """Truncate a text file after its last newline (a line cut short by a crash); returns the bytes removed."""
-    try:
-        size = path.stat().st_size
-    except FileNotFoundError:
-        return 0
-    if size == 0:
-        return 0
-    with open(path, "rb+") as fh:
-        fh.seek(max(0, size - 1))
-        if fh.read(1) == b"\n":
-            return 0
-        keep, block = 0, 1 << 16
-        pos = size
-        while pos > 0:
-            start = max(0, pos - block)
-            fh.seek(start)
-            chunk = fh.read(pos - start)
-            nl = chunk.rfind(b"\n")
-            if nl >= 0:
-                keep = start + nl + 1
-                break
-            pos = start
-        fh.truncate(keep)
-        fh.flush()
-        os.fsync(fh.fileno())
-    return size - keep
 
 
 def identities(path: Path, offset: int = 0) -> set[tuple[str, str]]:
@@ -218,7 +169,7 @@ class ResultJournal:
         ).encode()
         self._fh.close()
         try:
-            atomic_write(self.path, data)
+            atomic_write(self.path, lambda fh: fh.write(data))
         finally:
             self._fh = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
         self.entries = keep
@@ -258,7 +209,8 @@ class KafkaAcks:
             self.through = self._acked_pop(self._waiting.pop(0))
             moved = True
         if moved:
-            atomic_write(self.path, json.dumps({"through": self.through}).encode())
+            mark = json.dumps({"through": self.through}).encode()
+            atomic_write(self.path, lambda fh: fh.write(mark))
 
     def _acked_pop(self, seq: int) -> int:
         self._acked.discard(seq)

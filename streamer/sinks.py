@@ -16,8 +16,9 @@ from rich.console import Console
 from rich.table import Table
 
 import kernels
+from streamer.durable import cut_torn_tail
 from streamer.jetstream import iso_time
-from streamer.outbox import ResultWriteError, cut_torn_tail, dumps
+from streamer.outbox import ResultWriteError, dumps
 
 log = logging.getLogger("skyattr.sinks")
 
