@@ -100,13 +100,12 @@ class Pipeline:
 
     def dependencies(self) -> dict[str, Any]:
         """What a checkpoint's state and schedule depend on; resuming with any of them changed would mix results."""
-        deps: dict[str, Any] = {
+        return {
             "interval": self.settings.interval,
             "attribution": self.settings.attribution().as_dict(),
             "window": self.settings.state().as_dict(),
             "followers": file_identity(self.settings.followers) if self.settings.followers else None,
         }
-        return deps
 
     async def start(self, metrics_port: int | None) -> None:
         self.loop = asyncio.get_running_loop()

@@ -616,8 +616,6 @@ class KafkaPublisher:
                         ident = dict(rec.headers or ()).get(ID_HEADER)
                         if ident is not None:
                             found.add((tp.topic, ident.decode(errors="replace")))
-                        if rec.offset + 1 >= todo.get(tp, 0):
-                            todo.pop(tp, None)
                 for tp in list(todo):
                     if await consumer.position(tp) >= todo[tp]:
                         todo.pop(tp)

@@ -23,7 +23,8 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Iterable, Iterator
+from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -120,17 +121,23 @@ class ResultJournal:
     def has(self, topic: str, ident: str) -> bool:
         return (topic, ident) in self._ids
 
+    @staticmethod
+    def _line(entry: Entry) -> str:
+        return (
+            json.dumps(
+                {"seq": entry.seq, "topic": entry.topic, "id": entry.id, "message": entry.message},
+                sort_keys=True,
+                separators=(",", ":"),
+                allow_nan=False,
+            )
+            + "\n"
+        )
+
     def append(self, topic: str, message: dict[str, Any]) -> Entry:
         """Make one result durable; raises :class:`ResultWriteError` naming the journal when the write fails."""
         entry = Entry(self.last_seq + 1, topic, result_id(message), message)
-        line = json.dumps(
-            {"seq": entry.seq, "topic": topic, "id": entry.id, "message": message},
-            sort_keys=True,
-            separators=(",", ":"),
-            allow_nan=False,
-        )
         try:
-            self._fh.write(line + "\n")
+            self._fh.write(self._line(entry))
             self._fh.flush()
             os.fsync(self._fh.fileno())
         except OSError as exc:
@@ -144,29 +151,22 @@ class ResultJournal:
         """Entries with a sequence number above ``seq``, oldest first."""
         return [e for e in self.entries if e.seq > seq]
 
+    def _newest_tiers(self) -> Entry | None:
+        return next((e for e in reversed(self.entries) if e.topic == "tiers"), None)
+
     def last_tiers(self) -> dict[str, Any] | None:
-        for entry in reversed(self.entries):
-            if entry.topic == "tiers":
-                return entry.message
-        return None
+        newest = self._newest_tiers()
+        return newest.message if newest is not None else None
 
     def compact(self, delivered_through: int) -> None:
         """Drop entries every sink has (seq <= ``delivered_through``), keeping the newest tiers result."""
         if len(self.entries) <= COMPACT_ABOVE:
             return
-        newest = next((e for e in reversed(self.entries) if e.topic == "tiers"), None)
+        newest = self._newest_tiers()
         keep = [e for e in self.entries if e.seq > delivered_through or e is newest]
         if len(keep) == len(self.entries):
             return
-        data = "".join(
-            json.dumps(
-                {"seq": e.seq, "topic": e.topic, "id": e.id, "message": e.message},
-                sort_keys=True,
-                separators=(",", ":"),
-            )
-            + "\n"
-            for e in keep
-        ).encode()
+        data = "".join(self._line(e) for e in keep).encode()
         self._fh.close()
         try:
             atomic_write(self.path, lambda fh: fh.write(data))
@@ -185,7 +185,7 @@ class KafkaAcks:
     Acknowledgements arrive in journal order (the publisher sends one message at a time, in order); a message
     dropped from a full buffer is never acknowledged, so the mark stops before it and a restart sends it again."""
 
-    def __init__(self, directory: str | Path, pending: Iterable[int] = ()) -> None:
+    def __init__(self, directory: str | Path) -> None:
         self.path = Path(directory) / ACKED_FILE
         self.through = 0
         if self.path.exists():
@@ -195,8 +195,8 @@ class KafkaAcks:
                 raise ValueError(
                     f"cannot read {self.path}: {exc}; delete it to send every journaled result again"
                 ) from None
-        self._waiting = sorted(s for s in pending if s > self.through)
-        self._acked: set[int] = set()
+        self._waiting: deque[int] = deque()  # published seqs not yet acknowledged, in publishing order
+        self._acked: set[int] = set()  # acknowledged seqs not yet contiguous with the mark
 
     def expect(self, seq: int) -> None:
         self._waiting.append(seq)
@@ -206,12 +206,9 @@ class KafkaAcks:
         self._acked.add(seq)
         moved = False
         while self._waiting and self._waiting[0] in self._acked:
-            self.through = self._acked_pop(self._waiting.pop(0))
+            self.through = self._waiting.popleft()
+            self._acked.discard(self.through)
             moved = True
         if moved:
             mark = json.dumps({"through": self.through}).encode()
             atomic_write(self.path, lambda fh: fh.write(mark))
-
-    def _acked_pop(self, seq: int) -> int:
-        self._acked.discard(seq)
-        return seq

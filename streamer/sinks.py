@@ -31,8 +31,6 @@ class JsonlSink:
     A failed write raises :class:`~streamer.outbox.ResultWriteError` naming the file: the daemon stops (exit 2)
     before it checkpoints past a result that did not reach the file."""
 
-    durable = True
-
     def __init__(self, path: Path | str) -> None:
         self.path = str(path)
         self.lines = 0
