@@ -28,7 +28,7 @@ from streamer.archive import ArchiveItem, ReadReport, read_archive
 from streamer.checkpoint import check_dependencies, file_identity, load_checkpoint, save_checkpoint
 from streamer.frames import MAX_FRAME_BYTES, Decoded, decode_frame
 from streamer.jetstream import from_jetstream
-from streamer.seqs import ANY, RESET_WINDOW, SeenSeqs, fingerprint
+from streamer.seqs import ANY, RESET_WINDOW, SeenSeqs, Sequenced
 from streamer.state import AgentState, StateConfig
 
 log = logging.getLogger("skyattr.ingest")
@@ -119,16 +119,15 @@ class Ingestor:
         if decoded.info is not None and decoded.info.get("name") == "OutdatedCursor":
             self.stats.outdated_cursor += 1
         if is_frame and decoded.seq >= 0:
-            source_cursor = getattr(decoded, "source_cursor", None)  # set by a live source: streamer.seqs.Sequenced
-            if source_cursor is not None:
+            if isinstance(decoded, Sequenced):  # from a live source
                 # The live source has already told re-sends, late frames and relay restarts apart (it remembers the
                 # seqs it has seen; duplicates never reach here): its cursor after this frame is ours, so a
                 # checkpoint resumes where the source stands, on a restarted relay's new sequence too. The ring of
                 # seen seqs is kept here as well, in step with the state, for the source of the next process.
-                if source_cursor < self.cursor:  # the source followed a relay that restarted its sequence
+                if decoded.source_cursor < self.cursor:  # the source followed a relay that restarted its sequence
                     self.seen.clear()
-                self.cursor = source_cursor
-                self.seen.add(decoded.seq, fingerprint(decoded))
+                self.cursor = decoded.source_cursor
+                self.seen.add(decoded.seq, decoded.fingerprint)
             elif decoded.seq <= self.cursor:
                 if self.cursor - decoded.seq < RESET_WINDOW:
                     if self.seen.get(decoded.seq, self.cursor) is not None:

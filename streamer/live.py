@@ -372,7 +372,7 @@ class LiveSource:
         if cursor is None or seq > cursor:
             self._advance(seq, print_)
             self._recovered()
-            out.append(self._item(frame, decoded))
+            out.append(self._item(frame, decoded, print_))
             return out
         known = self._seen.get(seq, cursor)
         if known in (print_, ANY):
@@ -384,7 +384,7 @@ class LiveSource:
             self.cursor = seq
             self._seen.add(seq, print_)
             self._recovered()
-            out.append(self._item(frame, decoded))
+            out.append(self._item(frame, decoded, print_))
             return out
         if known is not None or cursor - seq >= self.reset_window or (first and self._asked is not None):
             self._held = (frame, decoded, print_, known is not None)  # a restart, or a stray: the next frame says
@@ -392,12 +392,12 @@ class LiveSource:
         self._anomaly("late", "relay %s sent seq %d after %d (late; kept, counted as out of order)", seq, cursor)
         self.stats.out_of_order += 1
         self._seen.add(seq, print_)
-        out.append(self._item(frame, decoded))
+        out.append(self._item(frame, decoded, print_))
         return out
 
-    def _item(self, frame: bytes, decoded: Decoded) -> tuple[bytes, Sequenced]:
+    def _item(self, frame: bytes, decoded: Decoded, print_: int) -> tuple[bytes, Sequenced]:
         assert self.cursor is not None
-        return frame, Sequenced.of(decoded, self.cursor)
+        return frame, Sequenced.of(decoded, self.cursor, print_)
 
     def _advance(self, seq: int, print_: int) -> None:
         """Take a frame above the cursor (or the first one): count a jump over missing seqs, move the cursor."""
@@ -424,10 +424,10 @@ class LiveSource:
         self._seen.clear()
         self.cursor = held_decoded.seq
         self._seen.add(held_decoded.seq, held_print)
-        first = self._item(held_frame, held_decoded)
+        first = self._item(held_frame, held_decoded, held_print)
         self._advance(decoded.seq, print_)
         self._recovered()
-        return [first, self._item(frame, decoded)]
+        return [first, self._item(frame, decoded, print_)]
 
     def _stray(self, frame: bytes, decoded: Decoded, print_: int, seen: bool) -> list[tuple[bytes, Sequenced]]:
         """A held frame that no continuation confirmed. Its seq seen before: a re-send with other content (a
@@ -451,7 +451,7 @@ class LiveSource:
         )
         if self.cursor - decoded.seq < self.reset_window:  # farther back it would evict a recent seq's slot
             self._seen.add(decoded.seq, print_)
-        return [self._item(frame, decoded)]
+        return [self._item(frame, decoded, print_)]
 
     def _recovered(self) -> None:
         self._follow = False

@@ -30,13 +30,17 @@ _DECODED_FIELDS = tuple(f.name for f in fields(Decoded))
 class Sequenced(Decoded):
     """A decoded frame whose seq a live source has already checked (new, late, or the start of a relay's new
     sequence; duplicates never get this far). ``source_cursor``: the source's cursor once this frame is consumed,
-    the position a checkpoint taken after applying it must resume from."""
+    the position a checkpoint taken after applying it must resume from. ``fingerprint``: what the source judged
+    the frame by, kept by the ingestor for the checkpoint's ring without computing it again."""
 
     source_cursor: int = -1
+    fingerprint: int = 0  # :func:`fingerprint` of the frame, as the source computed it to judge the seq
 
     @classmethod
-    def of(cls, decoded: Decoded, source_cursor: int) -> Sequenced:
-        return cls(*(getattr(decoded, name) for name in _DECODED_FIELDS), source_cursor=source_cursor)
+    def of(cls, decoded: Decoded, source_cursor: int, print_: int) -> Sequenced:
+        return cls(
+            *(getattr(decoded, name) for name in _DECODED_FIELDS), source_cursor=source_cursor, fingerprint=print_
+        )
 
 
 def fingerprint(decoded: Decoded) -> int:
