@@ -99,11 +99,11 @@ class Pipeline:
         self.delivered_seq = self.journal.last_seq if self.journal is not None else 0  # journal seq the file has
 
     def dependencies(self) -> dict[str, Any]:
-        """What a checkpoint's state and schedule depend on; resuming with any of them changed would mix results."""
+        """What a checkpoint's results depend on besides the window (which the state itself records and the resume
+        checks): resuming with any of them changed would mix results."""
         return {
             "interval": self.settings.interval,
             "attribution": self.settings.attribution().as_dict(),
-            "window": self.settings.state().as_dict(),
             "followers": file_identity(self.settings.followers) if self.settings.followers else None,
         }
 
