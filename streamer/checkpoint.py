@@ -32,19 +32,23 @@ def save_checkpoint(
     seen: SeenSeqs | None = None,
 ) -> Path:
     """Write state + cursor (+ the ring of seqs seen lately) atomically to ``directory/state.npz``."""
-    arrays, meta = state.to_arrays()
-    if seen is not None:
-        arrays.update(seen.to_arrays())
+    arrays, meta = _arrays(state, seen)
     return write_checkpoint(directory, arrays, meta, cursor, extra)
 
 
 def capture(state: AgentState, seen: SeenSeqs | None = None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """A private copy of the state's arrays: taken on the ingest thread (a memory copy), written elsewhere while
     ingest goes on."""
+    arrays, meta = _arrays(state, seen)
+    return {k: np.array(v, copy=True) for k, v in arrays.items()}, meta
+
+
+def _arrays(state: AgentState, seen: SeenSeqs | None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """What a checkpoint holds besides its metadata: the state's arrays and, when given, the seen-seq ring."""
     arrays, meta = state.to_arrays()
     if seen is not None:
         arrays.update(seen.to_arrays())
-    return {k: np.array(v, copy=True) for k, v in arrays.items()}, meta
+    return arrays, meta
 
 
 def write_checkpoint(
