@@ -88,7 +88,7 @@ COPY --from=builder /opt/venv /opt/venv
 USER 10001:10001
 WORKDIR /var/lib/skyattr
 
-# /metrics, /healthz, /readyz (streamer.config.DEFAULT_METRICS_PORT; `run` serves it by default, `replay` does not).
+# /metrics, /healthz, /readyz (streamer.app.settings.DEFAULT_METRICS_PORT; `run` serves it by default, `replay` does not).
 EXPOSE 9464
 VOLUME ["/var/lib/skyattr"]
 

@@ -30,9 +30,8 @@ from typing import Any
 
 import libipld
 
-from streamer.encode import car, cid_of
-from streamer.events import KINDS, MAX_TIME_US, MIN_TIME_US, is_valid_did, is_valid_nsid, is_valid_rkey
-from streamer.frames import (
+from streamer.core.events import KINDS, MAX_TIME_US, MIN_TIME_US, is_valid_did, is_valid_nsid, is_valid_rkey
+from streamer.core.frames import (
     ERROR_REASONS,
     MAX_DETAIL_CHARS,
     SKIP_REASONS,
@@ -40,7 +39,8 @@ from streamer.frames import (
     decode_frame,
     nesting_exceeds,
 )
-from streamer.jetstream import from_jetstream
+from streamer.core.jetstream_json import from_jetstream
+from streamer.testing.encode import car, cid_of
 
 SAMPLE_DIR = Path(
     os.environ.get("SKYATTR_SAMPLE_DIR", Path(__file__).resolve().parents[2] / "shared/data/bluesky-sample")
@@ -327,7 +327,7 @@ def main() -> int:
     args = parser.parse_args()
     lines_wanted = args.mutations if args.lines is None else args.lines
 
-    from streamer.archive import read_archive
+    from streamer.sources.archive import read_archive
 
     frames = [i.frame for i in read_archive(args.sample_dir / "frames.bin.zst") if i.frame is not None]
     golden = [json.loads(x) for x in (args.sample_dir / "golden_v1.jsonl").read_text().splitlines() if x.strip()]

@@ -3,11 +3,11 @@
     python -m benchmarks.ingest                         # synth archive of >= 1e6 events, 1.7e6 agents / 1e7 edges
     python -m benchmarks.ingest --events 200000 --skip-memory
 
-* A synth archive in the real wire format (``streamer.synth``) is written to a temporary directory.
+* A synth archive in the real wire format (``streamer.testing.synth``) is written to a temporary directory.
 * decode only: frames/s and events/s of skyattr's decoder (libipld: header, body, CAR) over the whole archive,
   and beside it, in the same run, the atproto SDK's own path (``Frame.from_bytes`` + ``parse_subscribe_repos_message``
   + ``CAR.from_bytes``) on the first ``--sdk-frames`` frames. The real relay sample is measured the same way.
-* decode + state: ``streamer.ingest.replay`` of the archive (zstd read, decode, interning, window, compaction),
+* decode + state: ``streamer.core.ingest.replay`` of the archive (zstd read, decode, interning, window, compaction),
   one process, one thread.
 * memory: a fresh process interns 1.7e6 DIDs and folds 1e7 distinct attention edges into a 14-day state; peak
   RSS (ru_maxrss) is reported, with the interpreter + libraries baseline measured in the same kind of process.
@@ -33,14 +33,14 @@ SAMPLE = Path(__file__).resolve().parents[2] / "shared/data/bluesky-sample/frame
 
 
 def _frames(path: Path) -> list[bytes]:
-    from streamer.archive import read_archive
+    from streamer.sources.archive import read_archive
 
     return [i.frame for i in read_archive(path) if i.frame is not None]
 
 
 def decode_rates(frames: list[bytes]) -> tuple[float, float]:
     """(frames/s, events/s) of skyattr's decoder."""
-    from streamer.frames import decode_frame
+    from streamer.core.frames import decode_frame
 
     start = time.perf_counter()
     events = 0
@@ -65,7 +65,7 @@ def sdk_rate(frames: list[bytes]) -> float:
 
 def replay_rate(path: Path) -> tuple[float, float, int, int, int]:
     """(items/s, events/s, events, agents, edges) of a full replay into a fresh state."""
-    from streamer.ingest import replay
+    from streamer.core.ingest import replay
 
     result = replay(path)
     snap = result.state.snapshot()
@@ -76,8 +76,8 @@ def replay_rate(path: Path) -> tuple[float, float, int, int, int]:
 MEMORY_PROBE = """
 import resource, sys, time
 import numpy as np
-from streamer.events import Event
-from streamer.state import AgentState
+from streamer.core.events import Event
+from streamer.core.state import AgentState
 agents, edges = int(sys.argv[1]), int(sys.argv[2])
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 rng = np.random.default_rng(0)
@@ -124,7 +124,7 @@ def main() -> None:
     parser.add_argument("--json", help="also write the figures to this JSON file")
     args = parser.parse_args()
 
-    from streamer.synth import EVENTS_PER_AGENT_HOUR, write_synth_archive
+    from streamer.testing.synth import EVENTS_PER_AGENT_HOUR, write_synth_archive
 
     figures: dict[str, object] = {"machine": f"{os.cpu_count()} cores", "python": sys.version.split()[0]}
     # first, while this process is small: a child's ru_maxrss starts at its parent's RSS at fork

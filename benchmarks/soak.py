@@ -21,8 +21,8 @@ import time
 import numpy as np
 import psutil
 
-from streamer.events import Event
-from streamer.state import US_PER_HOUR, AgentState, StateConfig
+from streamer.core.events import Event
+from streamer.core.state import US_PER_HOUR, AgentState, StateConfig
 
 KINDS = np.array(["like", "post", "repost", "follow", "reply", "quote", "delete", "profile"])
 KIND_P = np.array([0.70, 0.09, 0.10, 0.04, 0.02, 0.01, 0.03, 0.01])

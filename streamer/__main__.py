@@ -1,3 +1,3 @@
-from streamer.cli import main
+from streamer.app.cli import main
 
 main()

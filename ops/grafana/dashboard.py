@@ -5,7 +5,8 @@
     .venv/bin/python ops/grafana/dashboard.py --stdout  # print it instead
 
 Needs ``pip install 'grafana-foundation-sdk==1769699998!10.1.0'`` (ops/ci/check-prometheus.sh installs it; the
-output is pinned to that release). Every metric is one of streamer/metrics.py's (tests/ops/test_monitoring.py checks
+output is pinned to that release). Every metric is one of streamer/sinks/prometheus.py's
+(tests/ops/test_monitoring.py checks
 each name against a running daemon); the thresholds mirror the daemon's defaults and ops/prometheus/skyattr-rules.yaml.
 Variables: ``datasource`` (any Prometheus), ``job``, ``instance`` and ``indicator``.
 """

@@ -267,7 +267,7 @@ def test_variant_selects_existing_extras(df: Dockerfile) -> None:
 
 
 def test_port_healthcheck_and_volume_match_the_daemon(df: Dockerfile) -> None:
-    from streamer.config import DEFAULT_METRICS_PORT, ENV_PREFIX, Settings
+    from streamer.app.settings import DEFAULT_METRICS_PORT, ENV_PREFIX, Settings
 
     exposed = {p.split("/")[0] for ins in df.runtime.all("EXPOSE") for p in ins.args.split()}
     assert exposed == {str(DEFAULT_METRICS_PORT)}, exposed
@@ -370,7 +370,7 @@ def test_builder_inputs_build_a_wheel_with_the_package_data(df: Dockerfile, tmp_
     data += list((ROOT / "streamer" / "schemas").glob("*.json"))
     missing = [p.relative_to(ROOT).as_posix() for p in data if p.relative_to(ROOT).as_posix() not in names]
     assert data and not missing, f"package data missing from the wheel: {missing}"
-    assert re.search(r"^skyattr\s*=\s*streamer\.cli:main$", entry_points, re.M), entry_points
+    assert re.search(r"^skyattr\s*=\s*streamer\.app\.cli:main$", entry_points, re.M), entry_points
     assert "Provides-Extra: gpu" in metadata
 
 

@@ -1,7 +1,7 @@
 """The Helm chart helm/skyattr.
 
 Pure-Python checks (always run): values.yaml against values.schema.json, bad values rejected by the schema, the
-schema and values agree with streamer.config.Settings (the ConfigMap never carries an option the daemon rejects),
+schema and values agree with streamer.app.settings.Settings (the ConfigMap never carries an option the daemon rejects),
 and the chart's copy of the Prometheus rules equals ops/prometheus/skyattr-rules.yaml.
 
 With SKYATTR_RUN_DEPLOY_CHECKS=1 it also runs ops/ci/check-helm.sh (real helm, kubernetes-validate, CRD schemas;
@@ -24,7 +24,7 @@ import jsonschema
 import pytest
 import yaml
 
-from streamer.config import Settings, load_settings
+from streamer.app.settings import Settings, load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "helm" / "skyattr"

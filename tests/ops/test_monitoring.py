@@ -31,9 +31,9 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from streamer.config import load_settings
-from streamer.daemon import replay_pipeline
-from streamer.synth import default_archive
+from streamer.app.daemon import replay_pipeline
+from streamer.app.settings import load_settings
+from streamer.testing.synth import default_archive
 
 from ..net import free_port, http_get
 

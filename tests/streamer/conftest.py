@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from streamer.archive import read_archive
+from streamer.sources.archive import read_archive
 
 SAMPLE_DIR = Path(
     os.environ.get("SKYATTR_SAMPLE_DIR", Path(__file__).resolve().parents[3] / "shared/data/bluesky-sample")

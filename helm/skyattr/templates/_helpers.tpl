@@ -64,7 +64,7 @@ integers such as edge_budget as digits (toYaml prints Helm's float64 20000000 as
 daemon, reads as a string).
 */}}
 {{- define "skyattr.configYaml" -}}
-# skyattr daemon options (streamer.config.Settings), rendered by the Helm chart from .Values.config
+# skyattr daemon options (streamer.app.settings.Settings), rendered by the Helm chart from .Values.config
 {{- range $key, $value := .Values.config }}
 {{ $key }}: {{ toJson $value }}
 {{- end }}

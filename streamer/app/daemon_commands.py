@@ -1,0 +1,209 @@
+"""``skyattr run`` (live) and ``skyattr replay`` (an archive through the same pipeline).
+
+Their flags are generated from :class:`streamer.app.settings.Settings`, so ``--help``, the YAML keys, the ``SKYATTR_*``
+variables and the README's configuration table never drift apart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import sys
+import types
+import typing
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
+
+import typer
+from pydantic import SecretStr
+from rich.console import Console
+
+from streamer.app.daemon import configure_logging, live_pipeline, replay_pipeline
+from streamer.app.ingest_commands import nothing_readable, save_snapshot
+from streamer.app.options import plain
+from streamer.app.settings import ConfigError, Settings, load_settings, parse_json_object
+
+console = Console(stderr=True, soft_wrap=True)
+REPLAY_ONLY = {"speed"}
+RUN_ONLY = {"relay", "queue_size"}
+
+
+def _fail(message: str) -> None:
+    """One line and exit 2; the message names paths and values from the user or the stream, so it is escaped."""
+    console.print(f"[red]error:[/red] {plain(message)}", highlight=False)
+    raise typer.Exit(2)
+
+
+def _cli_type(annotation: Any) -> Any:
+    """The type typer parses for a settings field: Optional[X] -> X, Literal/dict -> str (dict as JSON)."""
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        annotation = next(a for a in args if a is not type(None))
+    if typing.get_origin(annotation) is Literal or annotation in (dict[str, Any], SecretStr):
+        return str
+    return annotation
+
+
+def _with_settings_options(exclude: set[str]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Append one ``--option`` per settings field (default None: unset flags do not override YAML or env)."""
+
+    def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
+        sig = inspect.signature(fn)
+        annotations = dict(typing.get_type_hints(fn, include_extras=True))
+        params = [
+            p.replace(annotation=annotations.get(p.name, p.annotation))
+            for p in sig.parameters.values()
+            if p.kind is not inspect.Parameter.VAR_KEYWORD
+        ]
+        for name, f in Settings.model_fields.items():
+            if name in exclude:
+                continue
+            typ = _cli_type(f.annotation) | None
+            default = f.default if f.default is not None and not callable(f.default) else None
+            shown = f" [default: {json.dumps(default) if isinstance(default, str) else default}]" if default else ""
+            option = typer.Option(
+                None, f"--{name.replace('_', '-')}", help=f"{f.description}{shown}", show_default=False
+            )
+            params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=typ))
+            annotations[name] = typ
+        fn.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
+        fn.__annotations__ = annotations
+        return fn
+
+    return deco
+
+
+def _load(config: Path | None, flags: dict[str, Any]) -> Settings:
+    """Settings from the YAML file, env and flags, or one error line and exit 2; logging configured."""
+    try:
+        settings = _settings(config, flags)
+    except ConfigError as exc:
+        _fail(str(exc))
+        raise  # unreachable: _fail exits
+    configure_logging(settings.log_level)
+    return settings
+
+
+def _settings(config: Path | None, flags: dict[str, Any]) -> Settings:
+    if isinstance(flags.get("indicator_params"), str):
+        flags["indicator_params"] = parse_json_object(flags["indicator_params"], "--indicator-params")
+    return load_settings(config, flags)
+
+
+@_with_settings_options(exclude=RUN_ONLY)
+def replay_command(
+    archive: typing.Annotated[
+        Path | None, typer.Argument(help="Archive file or directory (default: the bundled one).")
+    ] = None,
+    config: typing.Annotated[Path | None, typer.Option(help="YAML file of options (keys as below).")] = None,
+    quiet: typing.Annotated[bool, typer.Option(help="No tables on the terminal, only a line per run.")] = False,
+    json_out: typing.Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout at the end.")] = False,
+    snapshot_out: typing.Annotated[
+        Path | None, typer.Option(help="Write the final state snapshot (.npz) for `skyattr attribute`.")
+    ] = None,
+    checkpoint_every_items: typing.Annotated[
+        int | None, typer.Option(min=1, help="Also checkpoint every this many archive items.")
+    ] = None,
+    progress: typing.Annotated[bool, typer.Option(help="Show a progress line on stderr while replaying.")] = True,
+    **flags: Any,
+) -> None:
+    """Replay an archive through the pipeline: state, attribution every --interval of event time, publishers."""
+    from streamer.testing.synth import default_archive
+
+    settings = _load(config, flags)
+    if snapshot_out is not None and not snapshot_out.parent.is_dir():  # found out now, not after the whole replay
+        _fail(f"--snapshot-out {snapshot_out}: directory {snapshot_out.parent} does not exist")
+    path = archive or default_archive()
+    try:
+        result, pipe = asyncio.run(
+            replay_pipeline(
+                settings,
+                path,
+                console=console,
+                tables=not quiet,
+                checkpoint_every_items=checkpoint_every_items,
+                progress=progress and console.is_terminal,
+            )
+        )
+    except (ConfigError, ValueError, FileNotFoundError, OSError) as exc:
+        _fail(str(exc))
+        return
+    if not result.report.readable and result.resumed_from == 0:
+        _fail(nothing_readable(path, result.report))
+    for err in result.report.errors:
+        console.print(f"[yellow]warning:[/yellow] {plain(err)}", highlight=False)
+    if snapshot_out:
+        try:
+            save_snapshot(result.state, snapshot_out)
+        except OSError as exc:
+            _fail(f"--snapshot-out {snapshot_out}: cannot write it: {exc.strerror or exc}")
+    stats = result.ingestor.stats
+    rate = stats.items / result.seconds if result.seconds > 0 else 0.0
+    console.print(
+        plain(
+            f"{path.name}: {stats.items:,} items in {result.seconds:.1f}s ({rate:,.0f}/s); "
+            f"{sum(stats.events.values()):,} events; {pipe.scheduler.sched.run} runs; "
+            f"undecodable {dict(stats.errors)}"
+        )
+        + (" [yellow](interrupted; rerun to resume)[/yellow]" if result.interrupted else ""),
+        highlight=False,
+    )
+    if json_out:
+        summary = {
+            "archive": str(path),
+            "stats": stats.as_dict(),
+            "runs": pipe.scheduler.sched.run,
+            "alert_active": pipe.scheduler.sched.alert_active,
+            "resumed_from": result.resumed_from,
+            "position": result.ingestor.position,
+            "interrupted": result.interrupted,
+            "jsonl_lines": pipe.jsonl.lines if pipe.jsonl else 0,
+            "state": {"agents": len(result.state.dids), "edges": result.state.snapshot().edges},
+            "seconds": round(result.seconds, 3),
+            "errors": result.report.errors,
+            "results_repeated": pipe.results_repeated,
+            "kafka": _kafka_summary(pipe),
+        }
+        sys.stdout.write(json.dumps(summary) + "\n")
+    if pipe.kafka_unsent:
+        where = (
+            f"kept in {pipe.journal.path} and sent at the next start with --checkpoint-dir {settings.checkpoint_dir}"
+            if pipe.journal is not None
+            else "lost: give --checkpoint-dir to keep undelivered results for the next start"
+        )
+        console.print(
+            f"[red]error:[/red] {pipe.kafka_unsent} result(s) not delivered to Kafka "
+            f"({plain(str(settings.kafka_bootstrap))}): {plain(where)}",
+            highlight=False,
+        )
+        raise typer.Exit(3)
+
+
+def _kafka_summary(pipe: Any) -> dict[str, Any] | None:
+    """Kafka delivery figures of a finished replay (None without Kafka)."""
+    if pipe.kafka is None:
+        return None
+    return {
+        "sent": pipe.kafka.sent,
+        "unsent": pipe.kafka_unsent,
+        "dropped": pipe.kafka.dropped,
+        "recovered": pipe.kafka_recovered,
+        "already_written": pipe.kafka.already_written,
+        "kept": pipe.journal is not None,
+    }
+
+
+@_with_settings_options(exclude=REPLAY_ONLY)
+def run_command(
+    config: typing.Annotated[Path | None, typer.Option(help="YAML file of options (keys as below).")] = None,
+    quiet: typing.Annotated[bool, typer.Option(help="No tables on the terminal, only a line per run.")] = False,
+    **flags: Any,
+) -> None:
+    """Run live: relay → state → attribution every --interval seconds → publishers, until SIGTERM."""
+    settings = _load(config, flags)
+    try:
+        asyncio.run(live_pipeline(settings, console=console, tables=not quiet))
+    except (ConfigError, ValueError, OSError) as exc:
+        _fail(str(exc))

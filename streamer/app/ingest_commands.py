@@ -1,0 +1,71 @@
+"""``skyattr events``: print what the decoder saw; and the snapshot file that ``skyattr attribute`` reads."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from streamer.app.options import plain
+from streamer.core.frames import decode_frame
+from streamer.core.jetstream_json import from_jetstream, to_jetstream
+from streamer.core.population import write_npz
+from streamer.core.state import AgentState
+from streamer.sources.archive import ReadReport, read_archive
+
+console = Console(stderr=True, soft_wrap=True)
+
+
+def _fail(message: str) -> None:
+    """One line and exit 2; paths and decoder details come from the user or the stream, so they are escaped."""
+    console.print(f"[red]error:[/red] {plain(message)}", highlight=False)
+    raise typer.Exit(2)
+
+
+def nothing_readable(path: Path, report: ReadReport) -> str:
+    """The one error line for an archive without a single readable item: the path and why (its first problem)."""
+    errors = report.errors
+    if not errors:
+        return f"nothing readable in {path}"
+    more = f"; and {len(errors) - 1} more problem(s)" if len(errors) > 1 else ""
+    return f"nothing readable in {path}: {errors[0]}{more}"
+
+
+def save_snapshot(state: AgentState, path: Path) -> None:
+    """The state's snapshot as an .npz that ``skyattr attribute`` reads (plus the DIDs)."""
+    snap = state.snapshot()
+    write_npz(path, snap.x, snap.visibility, snap.graph, snap.dids)
+
+
+def events_command(
+    archive: Annotated[Path, typer.Argument(help="Archive file or directory (relay frames or Jetstream JSONL).")],
+    limit: Annotated[int | None, typer.Option(min=0, help="Stop after this many events.")] = None,
+) -> None:
+    """Print every event as one JSON line in the Jetstream v1 shape, with skyattr's normalized fields."""
+    report = ReadReport()
+    count = 0
+    out = sys.stdout
+    if limit == 0:
+        return
+    try:
+        for item in read_archive(archive, report):
+            decoded = from_jetstream(item.json) if item.frame is None else decode_frame(item.frame, records=True)
+            if decoded.error:
+                skipped = plain(f"{decoded.error}: {decoded.detail}")
+                console.print(f"[yellow]skipped[/yellow] {skipped}", highlight=False)
+                continue
+            for event in decoded.events:
+                out.write(json.dumps(to_jetstream(event), separators=(",", ":")) + "\n")
+                count += 1
+                if limit is not None and count >= limit:
+                    return
+    except (FileNotFoundError, OSError) as exc:
+        _fail(str(exc))
+    if not report.readable:
+        _fail(nothing_readable(archive, report))
+    for err in report.errors:
+        console.print(f"[yellow]warning:[/yellow] {plain(err)}", highlight=False)

@@ -1,0 +1,84 @@
+"""``skyattr relay``: serve an archive as a local subscribeRepos relay, for tests and demos."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from streamer.sources.relay_server import (
+    DEFAULT_MAX_CLIENTS,
+    DEFAULT_SEND_TIMEOUT_S,
+    SUBSCRIBE_PATH,
+    Misbehaviour,
+    Relay,
+)
+
+
+async def _serve(relay: Relay) -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with relay:
+        assert relay.range is not None
+        typer.echo(
+            f"relay: {relay.range.frames:,} frames, seq {relay.range.first_seq}..{relay.range.last_seq}; "
+            f"subscribe at {relay.url}{SUBSCRIBE_PATH}",
+            err=True,
+        )
+        typer.echo(relay.url)
+        await stop.wait()
+    typer.echo(
+        f"relay: stopped after {relay.connections} connection(s), {relay.frames_sent:,} frames sent, "
+        f"{relay.refused} refused (over --max-clients), {relay.slow_dropped} dropped as slow readers",
+        err=True,
+    )
+
+
+def relay_command(
+    archive: Annotated[Path, typer.Argument(help="Archive file or directory of raw relay frames.")],
+    port: Annotated[int, typer.Option(help="TCP port (0 picks a free one).")] = 8765,
+    speed: Annotated[
+        float | None, typer.Option(help="Pace by event time at this multiple of real time (default: full speed).")
+    ] = None,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    max_clients: Annotated[
+        int, typer.Option(help="Connections served at once; more get HTTP 503 (0: no cap).")
+    ] = DEFAULT_MAX_CLIENTS,
+    send_timeout: Annotated[
+        float, typer.Option(help="Seconds a client may leave a frame unread before it is dropped (0: never).")
+    ] = DEFAULT_SEND_TIMEOUT_S,
+    restart_at: Annotated[
+        int | None,
+        typer.Option(help="Test mode: restart the relay's sequence before this archive frame (0-based)."),
+    ] = None,
+    restart_head: Annotated[
+        int, typer.Option(help="Test mode: after --restart-at keep frames up to this seq, number on from it.")
+    ] = 0,
+    skip_every: Annotated[int | None, typer.Option(help="Test mode: never send every n-th frame (seq gaps).")] = None,
+    swap_every: Annotated[
+        int | None, typer.Option(help="Test mode: send every n-th frame after the next one (out of order).")
+    ] = None,
+) -> None:
+    """Serve an archive as a local com.atproto.sync.subscribeRepos relay (honours ?cursor=) until Ctrl-C."""
+    try:
+        misbehave = Misbehaviour(
+            restart_at=restart_at, restart_head=restart_head, skip_every=skip_every, swap_every=swap_every
+        )
+        relay = Relay(
+            archive,
+            host=host,
+            port=port,
+            speed=speed,
+            max_clients=max_clients or None,
+            send_timeout=send_timeout or None,
+            misbehave=misbehave,
+        )
+        asyncio.run(_serve(relay))
+    except (ValueError, OSError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc

@@ -1,0 +1,645 @@
+"""``skyattr report``: replay an archive, run one attribution at its end, and write a readable report.
+
+The report is for people who were not at the terminal: a Markdown and an HTML file with the same content, the
+``skyattr.tiers`` message as ``result.json``, and three figures. Every number in the text comes from that message
+(built by :func:`streamer.core.attribution.attribute_snapshot`, the same code the daemon publishes with), so the
+report can
+never disagree with what the daemon would have said about the same window. The message carries only the top
+accounts; the figures use the per-agent arrays of that same run (``RunOutput.arrays``), so they cannot disagree
+with it either.
+
+The document is built once as a list of blocks and rendered twice (Markdown, HTML), so the two files cannot drift
+apart; user-controlled strings (DIDs, paths, indicator names and parameters) are escaped for each format.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import html
+import json
+import math
+import re
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+import kernels
+from streamer.app import options as opt
+from streamer.core.attribution import AttributionConfig, attribute_snapshot
+from streamer.core.ingest import load_followers, replay
+from streamer.core.state import StateConfig
+from streamer.testing.synth import default_archive
+
+console = Console(stderr=True, soft_wrap=True)
+
+TIER_COLOURS = {"head": "#d62728", "middle": "#ff7f0e", "tail": "#1f77b4"}
+FIGURES = {
+    "tier_shares": "tier_shares.png",
+    "lorenz": "lorenz.png",
+    "scatter": "attribution_vs_visibility.png",
+}
+
+
+class ReportError(ValueError):
+    """Bad input for a report (unreadable archive, nothing to attribute, unwritable output): exit status 2."""
+
+
+# ------------------------------------------------------------------------------------------------ data
+
+
+@dataclass
+class ReportData:
+    """Everything the report shows: the tiers message (all printed numbers) and the per-agent arrays (figures)."""
+
+    archive: str
+    message: dict[str, Any]
+    phi: np.ndarray  # full-scale attribution per agent
+    tiers: np.ndarray  # int8 tier per agent (0 head, 1 middle, 2 tail)
+    visibility: np.ndarray
+    panel: np.ndarray  # panel agent indices, most visible first
+    panel_phi: np.ndarray  # the panel study's own attribution, in panel order
+    state_config: StateConfig
+    config: AttributionConfig
+    replay: dict[str, Any] = field(default_factory=dict)  # items, seconds, warnings
+    visibility_source: str = "distinct attenders in the window"
+
+    @property
+    def gini_full(self) -> float:
+        return gini(self.phi)
+
+    @property
+    def gini_panel(self) -> float:
+        return gini(self.panel_phi)
+
+
+def gini(values: Any) -> float:
+    """Gini coefficient of the positive part of ``values`` (0: equal split, → 1: one agent holds everything).
+
+    Attributions of the built-in indicators are non-negative; float noise (or a user indicator) can give tiny or
+    real negative phi, which a concentration measure cannot place, so they count as zero. All-zero input gives 0.
+    """
+    v = np.sort(np.clip(np.asarray(values, np.float64).ravel(), 0.0, None))
+    n, total = len(v), float(v.sum())
+    if n == 0 or total <= 0:
+        return 0.0
+    ranks = np.arange(1, n + 1, dtype=np.float64)
+    return float(np.clip(2.0 * (ranks @ v) / (n * total) - (n + 1) / n, 0.0, 1.0))
+
+
+def lorenz(values: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Lorenz curve points (population fraction, attribution fraction), from (0, 0) to (1, 1), agents sorted by
+    ascending phi (positive part, as :func:`gini`)."""
+    v = np.sort(np.clip(np.asarray(values, np.float64).ravel(), 0.0, None))
+    n, total = len(v), float(v.sum())
+    xs = np.linspace(0.0, 1.0, n + 1)
+    ys = np.concatenate([[0.0], np.cumsum(v) / total]) if total > 0 else xs.copy()
+    return xs, ys
+
+
+def build_report(
+    archive: Path,
+    *,
+    state_config: StateConfig | None = None,
+    followers: dict[str, float] | None = None,
+    config: AttributionConfig | None = None,
+) -> ReportData:
+    """Replay ``archive`` into a fresh state and run one attribution at the end of it.
+
+    Raises :class:`ReportError` for an unreadable archive or a window with nothing to attribute, and
+    ``ValueError`` for a bad configuration (checked before the replay, so a typo costs no replay time)."""
+    config = config or AttributionConfig()
+    config.validate()
+    try:
+        result = replay(archive, config=state_config, followers=followers)
+    except (FileNotFoundError, OSError) as exc:
+        raise ReportError(f"cannot read archive {archive}: {exc}") from exc
+    if not result.report.readable:
+        raise ReportError(f"nothing readable in {archive}")
+    state = result.state
+    snap = state.snapshot()
+    out = attribute_snapshot(snap, config, run=1, as_of_us=state.last_time_us, alert_active=False)
+    if out.tiers is None:
+        raise ReportError(f"nothing to attribute in {archive}: {out.skipped}")
+    assert out.arrays is not None  # set whenever a message is
+    return ReportData(
+        archive=str(archive),
+        message=out.tiers,
+        phi=out.arrays.phi,
+        tiers=out.arrays.tiers,
+        visibility=np.asarray(snap.visibility, np.float64),
+        panel=out.arrays.panel,
+        panel_phi=out.arrays.panel_phi,
+        state_config=state.config,
+        config=config,
+        visibility_source="follower counts" if followers is not None else "distinct attenders in the window",
+        replay={
+            "items": result.ingestor.stats.items,
+            "seconds": result.seconds,
+            "warnings": list(result.report.errors),
+        },
+    )
+
+
+# ------------------------------------------------------------------------------------------------ document
+
+
+@dataclass(frozen=True)
+class Code:
+    """Inline literal text (DIDs, paths): a code span in Markdown, <code> in HTML."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class Bold:
+    text: str
+
+
+Inline = str | Code | Bold | list["Inline"]
+
+
+@dataclass(frozen=True)
+class Block:
+    """One block of the document. kind: h1, h2, p, ul, table, img."""
+
+    kind: str
+    content: Any = None
+    header: tuple[str, ...] = ()
+    align: str = ""  # one char per column for tables: l or r
+
+
+def _fmt(value: Any, spec: str = ".4f") -> str:
+    """A number for the tables; missing (None) or non-finite figures print as n/a."""
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "n/a"
+    return format(value, spec)
+
+
+def _pct(value: Any) -> str:
+    return _fmt(value, ".1%")
+
+
+def _frac(fraction: float) -> str:
+    """A tier fraction as a percentage without spurious digits (0.01 -> 1%, 0.005 -> 0.5%)."""
+    return f"{fraction * 100:.3g}%"
+
+
+def _count(value: float) -> str:
+    return f"{value:,.0f}" if float(value).is_integer() else f"{value:,.2f}"
+
+
+def _reading(msg: dict[str, Any], cfg: AttributionConfig) -> list[Inline]:
+    """Plain-language sentences: what a reader should take from the figures."""
+    full, panel, sb = msg["tiers"]["full"], msg["tiers"]["panel"], msg["scale_bias"]
+    n_panel = sb["panel_size"]
+    lines: list[Inline] = [
+        f"The panel of the {n_panel} most visible active accounts attributes {_pct(panel['head'])} of the "
+        f"indicator to the head (the top {_frac(cfg.head)} by visibility, {msg['tier_sizes']['head']:,} accounts) "
+        f"where the full population gives {_pct(full['head'])}; to the tail it attributes {_pct(panel['tail'])} where "
+        f"the full population gives {_pct(full['tail'])}.",
+    ]
+    if sb["panel_share"] is not None:
+        lines.append(
+            f"The panel's accounts hold {_pct(sb['panel_share'])} of the full-scale attribution; the other "
+            f"{msg['agents'] - n_panel:,} accounts, which the panel study never sees, hold the rest."
+        )
+    lines.append(
+        f"Even after the best global rescaling (c* = {_fmt(sb['rescale'], '.4g')}), the panel study's attribution "
+        f"of its accounts is off from their full-scale attribution by r* = {_pct(sb['residual'])} (relative L2 "
+        f"distance: the error no change of scale can remove)"
+        + (
+            f"; its ranking of them agrees with the full one at Spearman {_fmt(sb['spearman'], '.2f')}."
+            if sb["spearman"] is not None
+            else "."
+        )
+    )
+    t = msg["alert"]["thresholds"]
+    if msg["alert"]["active"]:
+        lines.append(
+            Bold(
+                f"The scale-bias alert fires: a study of the top {n_panel} accounts would misattribute this "
+                f"phenomenon (TVD {_fmt(sb['tvd'], '.3f')} vs {t['tvd']:g}, r* {_fmt(sb['residual'], '.3f')} vs "
+                f"{t['residual']:g})."
+            )
+        )
+    else:
+        lines.append(
+            f"The scale-bias alert does not fire: both TVD ({_fmt(sb['tvd'], '.3f')}) and r* "
+            f"({_fmt(sb['residual'], '.3f')}) are within their thresholds, so the panel's picture is usable here."
+        )
+    return lines
+
+
+def document(data: ReportData) -> list[Block]:
+    """The report's content, format-neutral."""
+    msg, cfg, sc = data.message, data.config, data.state_config
+    sb, win, alert = msg["scale_bias"], msg["window"], msg["alert"]
+    params = ", ".join(f"{k}={v}" for k, v in msg["params"].items()) or "defaults"
+    blocks = [
+        Block("h1", f"skyattr report: {msg['indicator']} attribution"),
+        Block(
+            "ul",
+            [
+                ["Archive: ", Code(data.archive)],
+                f"Window: {win['start']} to {win['end']} ({sc.buckets} buckets of {sc.bucket_hours:g} h); "
+                f"attribution as of the archive's last event",
+                f"Agents: {msg['agents']:,} ({msg['active_agents']:,} active) · attention edges: {msg['edges']:,} · "
+                f"events: {msg['events']:,}",
+                f"Replay: {data.replay.get('items', 0):,} items in {data.replay.get('seconds', 0.0):.2f} s"
+                + (f"; {len(data.replay['warnings'])} warning(s)" if data.replay.get("warnings") else ""),
+                [
+                    "Indicator: ",
+                    Code(msg["indicator"]),
+                    f" ({params}); {msg['nodes']} quadrature nodes, "
+                    f"{msg['dtype']}, on {msg['device']} in {msg['runtime_s']:.2f} s",
+                ],
+                f"Tiers: head = top {_frac(cfg.head)}, middle = next {_frac(cfg.middle)} of accounts by visibility; "
+                f"panel = the {cfg.panel_size} most visible active accounts; visibility = {data.visibility_source}",
+                f"v(x) = {msg['value']:.6g}, v(0) = {msg['baseline']:.6g}, completeness residual "
+                f"|Σφ − (v(x) − v(0))| / |v(x) − v(0)| = {msg['residual']:.2e}",
+            ],
+        ),
+        Block("h2", "Reading"),
+        Block("ul", _reading(msg, cfg)),
+        Block("h2", "Tier shares: full population vs panel"),
+        Block(
+            "table",
+            [
+                [
+                    name,
+                    f"{msg['tier_sizes'][name]:,}",
+                    _fmt(msg["tiers"]["full"][name]),
+                    _fmt(msg["tiers"]["panel"][name]),
+                ]
+                for name in kernels.TIER_NAMES
+            ],
+            header=("tier", "accounts", "full", f"panel ({sb['panel_size']})"),
+            align="lrrr",
+        ),
+        Block("img", (FIGURES["tier_shares"], "Tier shares of the attribution, full population vs panel")),
+        Block("h2", "Scale bias"),
+        Block(
+            "table",
+            [
+                ["TVD between tier shares", _fmt(sb["tvd"])],
+                ["panel share of the full attribution", _fmt(sb["panel_share"])],
+                ["c* (best global rescaling)", _fmt(sb["rescale"], ".4g")],
+                ["r* (residual after rescaling)", _fmt(sb["residual"])],
+                ["Spearman (full vs panel, panel accounts)", _fmt(sb["spearman"])],
+                ["top-10 share, full", _fmt(sb["top10_full"])],
+                ["top-10 share, panel", _fmt(sb["top10_panel"])],
+                ["panel size", f"{sb['panel_size']:,}"],
+            ],
+            header=("figure", "value"),
+            align="lr",
+        ),
+        Block("h2", "Alert"),
+        Block(
+            "p",
+            [
+                Bold("FIRING" if alert["active"] else "not firing"),
+                f": fires when TVD > {alert['thresholds']['tvd']:g} (here {_fmt(sb['tvd'])}) or r* > "
+                f"{alert['thresholds']['residual']:g} (here {_fmt(sb['residual'])}); once firing it resolves only "
+                f"when both fall below {alert['thresholds']['clear']:g}× their thresholds.",
+            ],
+        ),
+        Block("h2", f"Top {len(msg['top'])} accounts by attribution"),
+        Block(
+            "table",
+            [
+                [
+                    str(rank),
+                    Code(t["did"]),
+                    t["tier"],
+                    _count(t["visibility"]),
+                    _fmt(t["phi"], ".4g"),
+                    _fmt(t["share"], ".2%"),
+                ]
+                for rank, t in enumerate(msg["top"], start=1)
+            ],
+            header=("#", "DID", "tier", "visibility", "φ", "share"),
+            align="rllrrr",
+        ),
+        Block("h2", "Concentration"),
+        Block(
+            "p",
+            f"Gini coefficient of the attribution: full population {data.gini_full:.4f}, panel study "
+            f"{data.gini_panel:.4f} (0 = every account contributes equally, 1 = one account causes everything).",
+        ),
+        Block("img", (FIGURES["lorenz"], "Lorenz curve of the attribution")),
+        Block("img", (FIGURES["scatter"], "Attribution against visibility, by tier, panel members marked")),
+    ]
+    return blocks
+
+
+# ------------------------------------------------------------------------------------------------ rendering
+
+_MD_SPECIAL = re.compile(r"([\\`*_\[\]<>|&#])")
+
+
+def _md_text(text: str) -> str:
+    return _MD_SPECIAL.sub(r"\\\1", text.replace("\n", " "))
+
+
+def _md_code(text: str) -> str:
+    """A code span that holds ``text`` literally: a fence longer than any backtick run inside, and ``|`` escaped
+    (GitHub tables split on it even inside code spans)."""
+    text = text.replace("\n", " ").replace("|", "\\|")
+    fence = "`" * (max((len(r) for r in re.findall(r"`+", text)), default=0) + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
+
+
+def _md_inline(item: Inline) -> str:
+    if isinstance(item, Code):
+        return _md_code(item.text)
+    if isinstance(item, Bold):
+        return f"**{_md_text(item.text)}**"
+    if isinstance(item, list):
+        return "".join(_md_inline(i) for i in item)
+    return _md_text(item)
+
+
+def render_markdown(blocks: list[Block]) -> str:
+    out: list[str] = []
+    for b in blocks:
+        if b.kind == "h1":
+            out.append(f"# {_md_text(b.content)}")
+        elif b.kind == "h2":
+            out.append(f"## {_md_text(b.content)}")
+        elif b.kind == "p":
+            out.append(_md_inline(b.content))
+        elif b.kind == "ul":
+            out.append("\n".join(f"- {_md_inline(i)}" for i in b.content))
+        elif b.kind == "table":
+            rows = [
+                "| " + " | ".join(_md_text(h) for h in b.header) + " |",
+                "|" + "|".join("---:" if a == "r" else "---" for a in b.align) + "|",
+            ]
+            rows += ["| " + " | ".join(_md_inline(c) for c in row) + " |" for row in b.content]
+            out.append("\n".join(rows))
+        elif b.kind == "img":
+            src, alt = b.content
+            out.append(f"![{_md_text(alt)}]({src})")
+        else:
+            raise ValueError(f"unknown block kind {b.kind!r}")
+    return "\n\n".join(out) + "\n"
+
+
+def _html_inline(item: Inline) -> str:
+    if isinstance(item, Code):
+        return f"<code>{html.escape(item.text)}</code>"
+    if isinstance(item, Bold):
+        return f"<strong>{html.escape(item.text)}</strong>"
+    if isinstance(item, list):
+        return "".join(_html_inline(i) for i in item)
+    return html.escape(item)
+
+
+_CSS = """
+body { font-family: system-ui, sans-serif; max-width: 60rem; margin: 2rem auto; padding: 0 1rem; color: #222; }
+table { border-collapse: collapse; margin: 1rem 0; }
+th, td { border: 1px solid #ccc; padding: 0.25rem 0.6rem; }
+td.r, th.r { text-align: right; font-variant-numeric: tabular-nums; }
+code { font-size: 0.9em; background: #f4f4f4; padding: 0 0.2em; }
+img { max-width: 100%; display: block; margin: 1rem 0; }
+""".strip()
+
+
+def render_html(blocks: list[Block]) -> str:
+    title = next((b.content for b in blocks if b.kind == "h1"), "skyattr report")
+    body: list[str] = []
+    for b in blocks:
+        if b.kind in ("h1", "h2"):
+            body.append(f"<{b.kind}>{html.escape(b.content)}</{b.kind}>")
+        elif b.kind == "p":
+            body.append(f"<p>{_html_inline(b.content)}</p>")
+        elif b.kind == "ul":
+            body.append("<ul>\n" + "\n".join(f"  <li>{_html_inline(i)}</li>" for i in b.content) + "\n</ul>")
+        elif b.kind == "table":
+            cls = [' class="r"' if a == "r" else "" for a in b.align]
+            head = "".join(f"<th{c}>{html.escape(h)}</th>" for c, h in zip(cls, b.header, strict=True))
+            rows = [
+                "<tr>" + "".join(f"<td{c}>{_html_inline(v)}</td>" for c, v in zip(cls, row, strict=True)) + "</tr>"
+                for row in b.content
+            ]
+            table = "\n".join([f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>", *rows, "</tbody>\n</table>"])
+            body.append(table)
+        elif b.kind == "img":
+            src, alt = b.content
+            body.append(f'<img src="{html.escape(src)}" alt="{html.escape(alt)}">')
+        else:
+            raise ValueError(f"unknown block kind {b.kind!r}")
+    return (
+        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        f"<title>{html.escape(title)}</title>\n<style>\n{_CSS}\n</style>\n</head>\n<body>\n"
+        + "\n".join(body)
+        + "\n</body>\n</html>\n"
+    )
+
+
+# ------------------------------------------------------------------------------------------------ figures
+
+
+def _figure(width: float = 7.0, height: float = 4.5) -> Any:
+    """A figure on the Agg canvas, without pyplot: no display, no global state shared with other threads."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=120, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def plot_tier_shares(data: ReportData, path: Path) -> None:
+    """Grouped bars head/middle/tail × full/panel, from the message's shares (the numbers in the tables)."""
+    msg = data.message
+    fig = _figure()
+    ax = fig.add_subplot()
+    x = np.arange(len(kernels.TIER_NAMES))
+    width = 0.38
+    for offset, key, label, colour in (
+        (-width / 2, "full", "full population", "#4c72b0"),
+        (width / 2, "panel", f"panel ({msg['scale_bias']['panel_size']} most visible)", "#dd8452"),
+    ):
+        values = [msg["tiers"][key][name] for name in kernels.TIER_NAMES]
+        bars = ax.bar(x + offset, values, width, label=label, color=colour)
+        ax.bar_label(bars, labels=[f"{v:.1%}" for v in values], padding=2, fontsize=8)
+    ax.axhline(0, color="black", linewidth=0.8)
+    sizes = msg["tier_sizes"]
+    ax.set_xticks(x, [f"{name}\n({sizes[name]:,} accounts)" for name in kernels.TIER_NAMES])
+    ax.set_ylabel("share of total attribution")
+    ax.set_title(f"{msg['indicator']}: tier shares (TVD {msg['scale_bias']['tvd']:.3f})")
+    ax.legend()
+    fig.savefig(path)
+
+
+def plot_lorenz(data: ReportData, path: Path) -> None:
+    """Lorenz curves of the full-scale attribution and of the panel study's, with their Gini coefficients."""
+    fig = _figure(5.5, 5.0)
+    ax = fig.add_subplot()
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1, label="equal split")
+    xs, ys = lorenz(data.phi)
+    ax.plot(xs, ys, color="#4c72b0", linewidth=2, label=f"full population (Gini {data.gini_full:.3f})")
+    if len(data.panel_phi):
+        px, py = lorenz(data.panel_phi)
+        ax.plot(
+            px,
+            py,
+            color="#dd8452",
+            linewidth=1.5,
+            label=f"panel study (Gini {data.gini_panel:.3f})",
+        )
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("fraction of accounts, by ascending attribution")
+    ax.set_ylabel("fraction of total attribution")
+    ax.set_title("Lorenz curve of the attribution")
+    ax.legend(loc="upper left")
+    fig.savefig(path)
+
+
+def plot_attribution_vs_visibility(data: ReportData, path: Path) -> None:
+    """phi against visibility on log–log axes, coloured by tier, panel members ringed. Log axes cannot show
+    zero, so accounts with phi <= 0 or no visibility are left out and counted in the title."""
+    fig = _figure()
+    ax = fig.add_subplot()
+    shown = (data.phi > 0) & (data.visibility > 0)
+    for k, name in enumerate(kernels.TIER_NAMES):
+        sel = shown & (data.tiers == k)
+        ax.scatter(
+            data.visibility[sel],
+            data.phi[sel],
+            s=10,
+            alpha=0.6,
+            color=TIER_COLOURS[name],
+            label=f"{name} ({int(sel.sum()):,})",
+            linewidths=0,
+        )
+    in_panel = np.zeros(len(data.phi), bool)
+    in_panel[data.panel] = True
+    sel = shown & in_panel
+    ax.scatter(
+        data.visibility[sel],
+        data.phi[sel],
+        s=40,
+        facecolors="none",
+        edgecolors="black",
+        linewidths=0.8,
+        label=f"panel member ({int(sel.sum()):,})",
+    )
+    if shown.any():
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+    hidden = len(data.phi) - int(shown.sum())
+    if not shown.any():
+        ax.text(0.5, 0.5, "no account has φ > 0 and visibility > 0", ha="center", va="center", transform=ax.transAxes)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    ax.set_xlabel("visibility")
+    ax.set_ylabel("attribution φ (full population)")
+    ax.set_title(f"Attribution vs visibility ({hidden:,} accounts with φ ≤ 0 or no visibility not shown)", fontsize=10)
+    ax.legend(loc="best", fontsize=8)
+    fig.savefig(path)
+
+
+# ------------------------------------------------------------------------------------------------ output
+
+
+def prepare_out_dir(out: Path) -> None:
+    """Create ``out`` and prove it writable with a probe file (permission bits alone lie for root and for
+    read-only mounts). Raises :class:`ReportError`."""
+    if out.exists() and not out.is_dir():
+        raise ReportError(f"output {out} exists and is not a directory")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".skyattr-report-"):
+            pass
+    except OSError as exc:
+        raise ReportError(f"cannot write to output directory {out}: {exc.strerror or exc}") from exc
+
+
+def write_report(data: ReportData, out: Path) -> list[Path]:
+    """Write report.md, report.html, result.json and the three figures into ``out``; returns the paths."""
+    blocks = document(data)
+    files = {
+        "report.md": render_markdown(blocks),
+        "report.html": render_html(blocks),
+        "result.json": json.dumps(data.message, indent=2) + "\n",
+    }
+    written = []
+    for name, text in files.items():
+        (out / name).write_text(text, encoding="utf-8")
+        written.append(out / name)
+    for key, plot in (
+        ("tier_shares", plot_tier_shares),
+        ("lorenz", plot_lorenz),
+        ("scatter", plot_attribution_vs_visibility),
+    ):
+        plot(data, out / FIGURES[key])
+        written.append(out / FIGURES[key])
+    return written
+
+
+def _fail(message: str) -> None:
+    console.print(f"[red]error:[/red] {escape(message)}", highlight=False)
+    raise typer.Exit(2)
+
+
+def report_command(
+    out: Annotated[Path, typer.Option(help="Directory for report.md, report.html, result.json and figures.")],
+    archive: Annotated[
+        Path | None, typer.Argument(help="Archive file or directory (default: the bundled one).")
+    ] = None,
+    bucket_hours: Annotated[float, typer.Option(help="Width of a window bucket in hours.")] = 24.0,
+    buckets: Annotated[int, typer.Option(help="Buckets in the rolling window.")] = 14,
+    followers: Annotated[Path | None, typer.Option(help="CSV did,followers used as visibility.")] = None,
+    indicator: opt.Indicator = "cascade",
+    nodes: opt.Nodes = 32,
+    dtype: opt.Dtype = "float32",
+    panel_size: opt.PanelSize = 100,
+    head: opt.Head = 0.01,
+    middle: opt.Middle = 0.10,
+    tau_tvd: opt.TauTvd = 0.3,
+    tau_res: opt.TauRes = 0.2,
+) -> None:
+    """Replay an archive, attribute at its end, and write a Markdown/HTML report with figures into --out."""
+    path = archive or default_archive()
+    try:
+        config = AttributionConfig(
+            indicator=indicator,
+            nodes=nodes,
+            dtype=dtype,
+            head=head,
+            middle=middle,
+            panel_size=panel_size,
+            thresholds=kernels.AlertThresholds(tvd=tau_tvd, residual=tau_res),
+        )
+        config.validate()
+        state_config = StateConfig(bucket_hours=bucket_hours, buckets=buckets)
+        table = load_followers(followers) if followers else None
+    except (ValueError, OSError) as exc:
+        _fail(str(exc))
+        return
+    created = not out.exists()
+    try:
+        prepare_out_dir(out)
+        data = build_report(path, state_config=state_config, followers=table, config=config)
+        for warning in data.replay["warnings"]:
+            console.print(f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False)
+        written = write_report(data, out)
+    except (ValueError, OSError) as exc:
+        if created:  # do not leave an empty directory behind a failed run (rmdir refuses a non-empty one)
+            with contextlib.suppress(OSError):
+                out.rmdir()
+        _fail(str(exc))
+        return
+    console.print(
+        f"wrote {len(written)} files to {out}: " + ", ".join(p.name for p in written), markup=False, highlight=False
+    )

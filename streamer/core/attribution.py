@@ -1,0 +1,189 @@
+"""One attribution run on a state snapshot: full-scale attribution, tiers, panel study, scale bias, alert.
+
+:func:`attribute_snapshot` is what the scheduler calls every interval. It turns a :class:`~streamer.core.state.Snapshot`
+into the ``skyattr.tiers`` message (and, when the alert state changes, a ``skyattr.alerts`` message). The message
+layouts are the JSON Schemas in ``streamer/schemas/``; everything in them is deterministic for a given snapshot and
+configuration except ``runtime_s`` and ``device``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+import kernels
+from streamer.core.jetstream_json import iso_time
+from streamer.core.state import Snapshot
+
+TIERS_SCHEMA = "skyattr.tiers/1"
+ALERTS_SCHEMA = "skyattr.alerts/1"
+
+
+@dataclass(frozen=True)
+class AttributionConfig:
+    """What to attribute and how: indicator and its parameters, quadrature, tiers, panel, alert thresholds."""
+
+    indicator: str = "cascade"
+    params: dict[str, Any] = field(default_factory=dict)
+    nodes: int = 32
+    dtype: str = "float32"
+    head: float = 0.01
+    middle: float = 0.10
+    panel_size: int = 100
+    top_k: int = 10
+    thresholds: kernels.AlertThresholds = field(default_factory=kernels.AlertThresholds)
+
+    def as_dict(self) -> dict[str, Any]:
+        """Every option as plain JSON values (what a checkpoint records to refuse resuming with other options)."""
+        t = self.thresholds
+        return {
+            "indicator": self.indicator,
+            "params": {k: self.params[k] for k in sorted(self.params)},
+            "nodes": self.nodes,
+            "dtype": self.dtype,
+            "head": self.head,
+            "middle": self.middle,
+            "panel_size": self.panel_size,
+            "top_k": self.top_k,
+            "thresholds": {"tvd": t.tvd, "residual": t.residual, "clear": t.clear},
+        }
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the first bad option (checked once, before a daemon starts)."""
+        kernels.get_indicator(self.indicator, **self.params)
+        kernels.assign_tiers(np.ones(1), head=self.head, middle=self.middle)
+        if self.nodes < 1 or self.panel_size < 1 or self.top_k < 0:
+            raise ValueError("nodes and panel size must be >= 1 and top-k >= 0")
+        if self.dtype not in ("float32", "float64"):
+            raise ValueError(f"dtype must be float32 or float64, got {self.dtype!r}")
+
+
+@dataclass
+class Arrays:
+    """The per-agent arrays behind a message (the message keeps only the top accounts): full-scale phi, tier per
+    agent, panel indices and the panel study's phi. For reports and plots; not published."""
+
+    phi: np.ndarray
+    tiers: np.ndarray
+    panel: np.ndarray
+    panel_phi: np.ndarray
+
+
+@dataclass
+class RunOutput:
+    tiers: dict[str, Any] | None
+    alert: dict[str, Any] | None
+    alert_active: bool
+    skipped: str = ""
+    arrays: Arrays | None = None
+
+
+def _window(snap: Snapshot) -> dict[str, Any]:
+    return {
+        "start": iso_time(snap.window_start_us),
+        "end": iso_time(snap.window_end_us),
+        "start_us": snap.window_start_us,
+        "end_us": snap.window_end_us,
+    }
+
+
+def _shares(values: tuple[float, float, float]) -> dict[str, float]:
+    return {name: float(v) for name, v in zip(kernels.TIER_NAMES, values, strict=True)}
+
+
+def _finite(value: float) -> float | None:
+    return float(value) if np.isfinite(value) else None
+
+
+def attribute_snapshot(
+    snap: Snapshot, config: AttributionConfig, *, run: int, as_of_us: int, alert_active: bool
+) -> RunOutput:
+    """Run the attribution on ``snap``. Returns the tiers message, an alert message if the alert state changed,
+    and the new alert state. A snapshot with no attention edges or no active agent yields no message."""
+    if snap.graph is None or snap.edges == 0:
+        return RunOutput(None, None, alert_active, skipped="no attention edges in the window")
+    if not np.any(snap.x > 0):
+        return RunOutput(None, None, alert_active, skipped="no active agents in the window")
+    start = time.perf_counter()
+    ind = kernels.get_indicator(config.indicator, **config.params)
+    full = kernels.attribute(ind, snap.x, snap.graph, nodes=config.nodes, dtype=config.dtype)
+    tiers = kernels.assign_tiers(snap.visibility, head=config.head, middle=config.middle)
+    panel = kernels.select_panel(snap.visibility, snap.x, size=config.panel_size)
+    panel_attr = kernels.panel_attribution(ind, snap.x, snap.graph, panel, nodes=config.nodes, dtype=config.dtype)
+    bias = kernels.scale_bias(full, panel, panel_attr, tiers)
+    figures_needed = (full.value, full.baseline, full.residual, bias.tvd, bias.rescale, bias.residual)
+    if not all(np.isfinite(v) for v in figures_needed):
+        return RunOutput(None, None, alert_active, skipped=f"non-finite result {figures_needed}")
+    firing = bias.alert(config.thresholds, active=alert_active)
+    runtime = time.perf_counter() - start
+    order = np.lexsort((np.arange(len(full.phi)), -full.phi))[: config.top_k]
+    top = [
+        {
+            "did": snap.dids[i],
+            "phi": float(full.phi[i]),
+            "share": float(full.phi[i] / full.total) if full.total else 0.0,
+            "tier": kernels.TIER_NAMES[int(tiers[i])],
+            "visibility": float(snap.visibility[i]),
+            "activity": float(snap.x[i]),
+        }
+        for i in order
+    ]
+    figures = {
+        "tvd": bias.tvd,
+        "panel_share": _finite(bias.panel_share),
+        "rescale": bias.rescale,
+        "residual": bias.residual,
+        "spearman": _finite(bias.spearman),
+        "top10_full": _finite(bias.top10_full),
+        "top10_panel": _finite(bias.top10_panel),
+        "panel_size": bias.panel_size,
+    }
+    t = config.thresholds
+    thresholds = {"tvd": t.tvd, "residual": t.residual, "clear": t.clear}
+    ident = f"{ind.name}@{int(as_of_us)}"
+    message = {
+        "schema": TIERS_SCHEMA,
+        "id": ident,
+        "run": run,
+        "indicator": ind.name,
+        "params": {k: v for k, v in ind.params.items()},
+        "window": _window(snap),
+        "as_of_us": as_of_us,
+        "agents": snap.agents,
+        "active_agents": int(np.count_nonzero(snap.x)),
+        "edges": snap.edges,
+        "events": snap.events,
+        "value": full.value,
+        "baseline": full.baseline,
+        "residual": full.residual,
+        "nodes": full.nodes,
+        "dtype": full.dtype,
+        "tier_sizes": {name: int(np.sum(tiers == k)) for k, name in enumerate(kernels.TIER_NAMES)},
+        "tiers": {"full": _shares(bias.tiers_full), "panel": _shares(bias.tiers_panel)},
+        "scale_bias": figures,
+        "alert": {"active": firing, "changed": firing != alert_active, "thresholds": thresholds},
+        "top": top,
+        "runtime_s": runtime,
+        "device": full.device,
+    }
+    alert = None
+    if firing != alert_active:
+        critical = bias.tvd > 2 * t.tvd or bias.residual > 2 * t.residual
+        severity = "critical" if critical else "warning"
+        alert = {
+            "schema": ALERTS_SCHEMA,
+            "id": ident,
+            "run": run,
+            "indicator": ind.name,
+            "state": "firing" if firing else "resolved",
+            "severity": severity if firing else "info",
+            "figures": {"tvd": bias.tvd, "residual": bias.residual, "panel_share": _finite(bias.panel_share)},
+            "thresholds": thresholds,
+            "window": _window(snap),
+            "as_of_us": as_of_us,
+        }
+    arrays = Arrays(np.asarray(full.phi, np.float64), tiers, panel, np.asarray(panel_attr.phi, np.float64))
+    return RunOutput(message, alert, firing, arrays=arrays)

@@ -1,0 +1,181 @@
+"""Atomic checkpoints of the agent state and the source cursor.
+
+A checkpoint is one ``.npz`` file (the state's arrays, plus its metadata and the cursor as JSON) written to a
+temporary file in the same directory, fsynced, renamed over the previous one and the directory fsynced: a crash at
+any moment leaves either the old checkpoint or the new one, never a torn file. The cursor is the seq of the last
+frame whose events are in the state, so a restart resumes after it with no gap and no double counting.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from streamer.core.durable import atomic_write
+from streamer.core.seqs import SeenSeqs
+from streamer.core.state import AgentState
+
+FILENAME = "state.npz"
+VERSION = 2
+
+
+def save_checkpoint(
+    directory: str | Path,
+    state: AgentState,
+    cursor: int,
+    extra: dict[str, Any] | None = None,
+    seen: SeenSeqs | None = None,
+) -> Path:
+    """Write state + cursor (+ the ring of seqs seen lately) atomically to ``directory/state.npz``."""
+    arrays, meta = _arrays(state, seen)
+    return write_checkpoint(directory, arrays, meta, cursor, extra)
+
+
+def capture(state: AgentState, seen: SeenSeqs | None = None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """A private copy of the state's arrays: taken on the ingest thread (a memory copy), written elsewhere while
+    ingest goes on."""
+    arrays, meta = _arrays(state, seen)
+    return {k: np.array(v, copy=True) for k, v in arrays.items()}, meta
+
+
+def _arrays(state: AgentState, seen: SeenSeqs | None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """What a checkpoint holds besides its metadata: the state's arrays and, when given, the seen-seq ring."""
+    arrays, meta = state.to_arrays()
+    if seen is not None:
+        arrays.update(seen.to_arrays())
+    return arrays, meta
+
+
+def write_checkpoint(
+    directory: str | Path,
+    arrays: dict[str, np.ndarray],
+    meta: dict[str, Any],
+    cursor: int,
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """Write captured state arrays + cursor atomically to ``directory/state.npz``."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    arrays = dict(arrays)
+    meta = {"version": VERSION, "cursor": int(cursor), "state": meta, "extra": extra or {}}
+    arrays["__meta__"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
+    target = directory / FILENAME
+    atomic_write(target, lambda fh: np.savez(fh, **arrays))
+    return target
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class _Schedule(_Strict):
+    run: int
+    next_due_us: int
+    alert_active: bool
+
+
+class _Results(_Strict):
+    journal_seq: int
+    out: str | None
+    out_offset: int
+
+
+class _Extra(_Strict):
+    """What a checkpoint records besides the state: the pipeline's position and what its results depend on."""
+
+    mode: Literal["replay", "live"]
+    schedule: _Schedule = _Schedule(run=0, next_due_us=-1, alert_active=False)
+    results: _Results = _Results(journal_seq=0, out=None, out_offset=-1)
+    deps: dict[str, Any] = {}
+    position: int = 0
+    finished: bool = False
+    archive: str | None = None
+    relay: str | None = None
+
+
+class _Meta(_Strict):
+    version: int
+    cursor: int
+    state: dict[str, Any]
+    extra: _Extra
+
+
+HEAD_BYTES = 1 << 20
+
+
+def file_identity(path: str | Path) -> dict[str, Any]:
+    """Size and SHA-256 of the first MiB of a file, or of every file of a directory (rotated archives): enough to
+    tell another file at the same path from the one a checkpoint was made from, cheap on a 10 GiB archive."""
+    path = Path(path)
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    digest = hashlib.sha256()
+    size = 0
+    for f in files:
+        with open(f, "rb") as fh:
+            digest.update(fh.read(HEAD_BYTES))
+        size += f.stat().st_size
+    return {"size": size, "head_sha256": digest.hexdigest(), "files": len(files)}
+
+
+def check_dependencies(directory: str | Path, recorded: dict[str, Any], current: dict[str, Any]) -> None:
+    """Refuse to resume a checkpoint made with other options or inputs, naming the first difference and how to
+    proceed. An archive that only grew (still being recorded) is the same archive."""
+    for key in sorted(set(recorded) | set(current)):
+        was, now = recorded.get(key), current.get(key)
+        if key == "archive" and isinstance(was, dict) and isinstance(now, dict):
+            same_head = was.get("head_sha256") == now.get("head_sha256") and was.get("files") == now.get("files")
+            if same_head and int(now.get("size", 0)) >= int(was.get("size", 0)):
+                continue
+            raise ValueError(
+                f"checkpoint in {directory} was made from another archive at this path (size {was.get('size')} "
+                f"bytes, head {str(was.get('head_sha256'))[:12]}; now {now.get('size')} bytes, head "
+                f"{str(now.get('head_sha256'))[:12]}): give this archive its own --checkpoint-dir"
+            )
+        if was != now:
+            raise ValueError(
+                f"checkpoint in {directory} was made with {key} = {json.dumps(was, sort_keys=True)}, not "
+                f"{json.dumps(now, sort_keys=True)}: resume with the options it was made with, or start afresh with "
+                "another --checkpoint-dir"
+            )
+
+
+def load_checkpoint(
+    directory: str | Path, followers: dict[str, float] | None = None
+) -> tuple[AgentState, int, dict[str, Any]] | None:
+    """(state, cursor, extra) from ``directory/state.npz``, or None when there is no checkpoint yet; ``extra["seen"]``
+    holds the ring of relay seqs seen lately when the checkpoint recorded one.
+    A file that exists but cannot be read raises ``ValueError`` naming it (never a silent fresh start)."""
+    path = Path(directory) / FILENAME
+    if not path.exists():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {k: data[k] for k in data.files}
+        if "__meta__" not in arrays:
+            raise ValueError("no metadata")
+        meta = json.loads(bytes(arrays.pop("__meta__")).decode())
+        if not isinstance(meta, dict) or meta.get("version") != VERSION:
+            found = meta.get("version") if isinstance(meta, dict) else None
+            raise ValueError(f"unsupported checkpoint version {found!r} (this skyattr writes version {VERSION})")
+        checked = _Meta.model_validate(meta)
+        seen = None
+        if "seen_seqs" in arrays or "seen_prints" in arrays:
+            seen = SeenSeqs.from_arrays(arrays.pop("seen_seqs"), arrays.pop("seen_prints"))
+        state = AgentState.from_arrays(arrays, meta["state"], followers)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"])
+        raise ValueError(
+            f"cannot read checkpoint {path}: metadata {where}: {err['msg']}; move it away to start afresh"
+        ) from None
+    except Exception as exc:  # a torn, empty, foreign or tampered file: never a traceback, never a silent restart
+        detail = str(exc) or type(exc).__name__
+        raise ValueError(f"cannot read checkpoint {path}: {detail[:300]}; move it away to start afresh") from None
+    extra = checked.extra.model_dump()
+    extra["seen"] = seen  # the ring of relay seqs seen lately (streamer.core.seqs.SeenSeqs), None when not recorded
+    return state, checked.cursor, extra

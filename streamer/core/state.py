@@ -1,0 +1,591 @@
+"""Rolling per-agent state: who is active and who attends to whom, over a window of event time.
+
+* DIDs are interned to dense indices in order of first appearance (actor or subject). Agents absent from the
+  whole window are pruned when a bucket expires and the survivors renumbered in the same order, so the table
+  holds the window's agents, not every account ever seen, and index order stays first-appearance order.
+* Time is bucketed in **event time** (default 14 buckets of one day): an event lands in bucket
+  ``time_us // bucket_us``. The window is governed by a **watermark**, not by any single event's time (see
+  below): buckets older than the window relative to the watermark are dropped whole, events older than it are
+  counted as ``late`` and events too far ahead of the stream are counted as ``future_time``; neither is applied.
+* Activity: per bucket, counters per (agent, kind) for each weighted activity kind (post, reply, quote, repost,
+  like, follow), held sparsely (only pairs that occurred): x_i = sum over the window of ``weight * count``.
+* Attention W: per bucket, edges attender -> source with weights by interaction kind, buffered and compacted
+  (duplicate pairs summed) in batches. The whole window is held to ``edge_budget`` edges: beyond it the lightest
+  edges of the oldest bucket are evicted (counted).
+* Visibility: follower counts from an optional ``did,followers`` table, else the number of distinct attenders in
+  the window.
+
+Watermark. A commit's ``time`` is whatever its PDS wrote, so one item dated 2100 must not be able to expire the
+window. The state keeps the last ``WATERMARK_SAMPLES`` (K = 1001) event times in a ring (every event with
+storable DIDs and a representable time, accepted or not, so that a genuine jump of the whole stream is followed)
+and every ``WATERMARK_EVERY`` (R = 128) events (every 16 while the ring fills) takes its median ``m`` and upper
+quartile ``q`` with one ``np.partition`` (about 8 us: well under 0.1 us per event):
+
+* the watermark is ``max(previous, m)``: monotone, and moved only when half of the recent stream has moved;
+  the head bucket (hence expiry and ``late``) follows it, never an individual event;
+* the horizon is ``watermark + min(3 (q - m), window) + max_future_skew``: in an ordered stream the front runs
+  about ``2 (q - m)`` ahead of the median, so this is "the stream's front plus a margin plus the producers' clock
+  skew", whatever the event rate. Past stragglers (backfill) do not widen it; events beyond it are
+  ``future_time``. An optional receive clock ``now_us`` caps it further at ``now_us + max_future_skew``;
+* warm-up: until ``WATERMARK_WARMUP`` (16) samples exist nothing is judged (a first event cannot be judged
+  against anything) and nothing expires; the head is provisional. When the watermark is established, buckets
+  outside ``[window start, horizon]`` (a poisoned first event's) are dropped and their agents pruned;
+* a genuine jump of the whole stream beyond the horizon (an outage, an archive that starts days later) is
+  followed once the median has moved: at most ``K // 2 + R`` (= 628) events after the jump are counted
+  ``future_time``, after which the new time is the watermark (about ``K // 4 + R`` when the jump is shorter than
+  the window: the upper quartile opens the horizon first).
+
+The watermark (ring, sample count, watermark, lead) is part of the checkpoint, so a killed-and-resumed replay
+makes exactly the decisions an uninterrupted one makes.
+
+Deletes carry no record, so a deleted like or follow is not subtracted: it ages out with its bucket. They are
+counted as ``delete`` events.
+"""
+
+from __future__ import annotations
+
+from array import array
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from itertools import pairwise
+from typing import Any
+
+import numpy as np
+
+from kernels import AttentionGraph
+from streamer.core.events import FOLLOW, LIKE, POST, QUOTE, REPLY, REPOST, Event
+
+ACTIVITY_KINDS = (POST, REPLY, QUOTE, REPOST, LIKE, FOLLOW)
+ACTIVITY_INDEX = {k: i for i, k in enumerate(ACTIVITY_KINDS)}
+DEFAULT_ACTIVITY_WEIGHTS = {POST: 1.0, REPLY: 1.0, QUOTE: 1.0, REPOST: 1.0, LIKE: 1.0, FOLLOW: 0.0}
+DEFAULT_ATTENTION_WEIGHTS = {LIKE: 1.0, REPOST: 2.0, REPLY: 3.0, QUOTE: 3.0, FOLLOW: 0.5}
+US_PER_HOUR = 3_600_000_000
+FLUSH_EVERY = 1 << 16
+
+KIND_BITS = 3  # an activity counter's code is agent << KIND_BITS | kind
+KIND_MASK = (1 << KIND_BITS) - 1
+WATERMARK_SAMPLES = 1001  # K: the watermark is the median of this many recent event times
+WATERMARK_EVERY = 128  # R: recompute cadence once the ring is full (np.partition of K values: ~8 us)
+WATERMARK_WARMUP = 16  # K0: samples before the watermark is trusted
+LEAD_FACTOR = 3  # horizon margin, in units of (upper quartile - median) of the ring
+MAX_TIME_US = 1 << 62  # beyond any calendar; keeps every sample an int64
+MAX_DID_CHARS = 2048  # the atproto limit on a DID's length
+
+# why an event was not applied, as returned by AgentState.apply and counted in AgentState.counters
+LATE, FUTURE_TIME, BAD_DID = "late", "future_time", "bad_did"
+REASONS = (LATE, FUTURE_TIME, BAD_DID)
+
+
+@dataclass(frozen=True)
+class StateConfig:
+    """Window and weights. ``bucket_hours`` x ``buckets`` is the window (default 14 days).
+    ``max_future_skew_s``: how far (beyond the stream's own front) a producer's clock may run ahead before its
+    events are refused as ``future_time``; at most one bucket is used."""
+
+    bucket_hours: float = 24.0
+    buckets: int = 14
+    activity_weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_ACTIVITY_WEIGHTS))
+    attention_weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_ATTENTION_WEIGHTS))
+    edge_budget: int = 20_000_000
+    max_future_skew_s: float = 600.0
+
+    def __post_init__(self) -> None:
+        if not (self.bucket_hours > 0 and np.isfinite(self.bucket_hours)):
+            raise ValueError(f"bucket_hours must be a positive number, got {self.bucket_hours!r}")
+        if int(self.buckets) != self.buckets or self.buckets < 1:
+            raise ValueError(f"buckets must be a positive integer, got {self.buckets!r}")
+        if int(self.edge_budget) != self.edge_budget or self.edge_budget < 1:
+            raise ValueError(f"edge_budget must be a positive integer, got {self.edge_budget!r}")
+        if not (self.max_future_skew_s >= 0 and np.isfinite(self.max_future_skew_s)):
+            raise ValueError(f"max_future_skew_s must be a finite number >= 0, got {self.max_future_skew_s!r}")
+        for name, table, allowed in (
+            ("activity_weights", self.activity_weights, ACTIVITY_KINDS),
+            ("attention_weights", self.attention_weights, tuple(DEFAULT_ATTENTION_WEIGHTS)),
+        ):
+            for kind, w in table.items():
+                if kind not in allowed:
+                    raise ValueError(f"{name}: unknown kind {kind!r}; allowed: {', '.join(allowed)}")
+                if not (np.isfinite(w) and w >= 0):
+                    raise ValueError(f"{name}[{kind}] must be a finite number >= 0, got {w!r}")
+
+    @property
+    def bucket_us(self) -> int:
+        return round(self.bucket_hours * US_PER_HOUR)
+
+    @property
+    def skew_us(self) -> int:
+        """The clock skew allowance in microseconds, capped at one bucket so a skewed event opens at most the
+        next bucket beyond the stream's front."""
+        return min(round(self.max_future_skew_s * 1_000_000), self.bucket_us)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "bucket_hours": self.bucket_hours,
+            "buckets": self.buckets,
+            "activity_weights": dict(self.activity_weights),
+            "attention_weights": dict(self.attention_weights),
+            "edge_budget": self.edge_budget,
+            "max_future_skew_s": self.max_future_skew_s,
+        }
+
+
+@dataclass
+class Snapshot:
+    """What the kernels take: activity x, visibility, the attention graph, and the DIDs behind the indices."""
+
+    x: np.ndarray
+    visibility: np.ndarray
+    graph: AttentionGraph | None
+    dids: list[str]
+    window_start_us: int
+    window_end_us: int
+    events: int
+
+    @property
+    def agents(self) -> int:
+        return len(self.dids)
+
+    @property
+    def edges(self) -> int:
+        return 0 if self.graph is None else self.graph.edges
+
+
+def storable_did(did: object) -> bool:
+    """Whether a DID may be interned: a non-empty string of at most ``MAX_DID_CHARS`` printable characters. That
+    excludes control characters, lone surrogates (not encodable as UTF-8) and format characters, so every
+    interned DID is plain text a checkpoint stores and reads back exactly. Syntax is the decoder's business."""
+    return isinstance(did, str) and 0 < len(did) <= MAX_DID_CHARS and did.isprintable()
+
+
+def encode_strings(strings: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(offsets, blob): string i is ``blob[offsets[i]:offsets[i + 1]]`` in UTF-8. Length-prefixed, so no
+    character (newline, NUL, anything) can split or merge entries; ``surrogatepass`` makes every Python string
+    encodable."""
+    encoded = [s.encode("utf-8", "surrogatepass") for s in strings]
+    offsets = np.zeros(len(encoded) + 1, np.int64)
+    if encoded:
+        np.cumsum(np.fromiter(map(len, encoded), np.int64, len(encoded)), out=offsets[1:])
+    return offsets, np.frombuffer(b"".join(encoded), np.uint8)
+
+
+def decode_strings(offsets: np.ndarray, blob: np.ndarray) -> list[str]:
+    """The inverse of :func:`encode_strings`; ``ValueError`` when the offsets do not fit the blob."""
+    offsets = np.asarray(offsets)
+    raw = np.asarray(blob, np.uint8).tobytes()
+    if (
+        offsets.ndim != 1
+        or len(offsets) == 0
+        or offsets[0] != 0
+        or offsets[-1] != len(raw)
+        or (len(offsets) > 1 and np.any(np.diff(offsets) < 0))
+    ):
+        raise ValueError("string table offsets do not fit its blob")
+    bounds = offsets.tolist()
+    if raw.isascii():  # the usual case: byte offsets are character offsets, one decode for all
+        text = raw.decode("ascii")
+        return [text[a:b] for a, b in pairwise(bounds)]
+    return [raw[a:b].decode("utf-8", "surrogatepass") for a, b in pairwise(bounds)]
+
+
+class _Bucket:
+    """One time bucket: sparse activity counters and compacted attention edges.
+
+    ``codes`` (sorted, unique, ``agent << KIND_BITS | kind``) and ``counts`` hold only the (agent, kind) pairs
+    that occurred in the bucket, so a bucket costs what happened in it, not the size of the DID table."""
+
+    __slots__ = ("att", "codes", "counts", "index", "src", "weight")
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.codes = np.zeros(0, np.int64)
+        self.counts = np.zeros(0, np.uint32)
+        self.att = np.zeros(0, np.int32)
+        self.src = np.zeros(0, np.int32)
+        self.weight = np.zeros(0, np.float32)
+
+    def add_counts(self, codes: np.ndarray) -> None:
+        """Add one to the counter of each code (repeats add up): a sorted merge, linear in the bucket's size."""
+        new, cnt = np.unique(codes, return_counts=True)
+        pos = np.searchsorted(self.codes, new)
+        hit = pos < len(self.codes)
+        hit[hit] = self.codes[pos[hit]] == new[hit]
+        if hit.any():
+            self.counts[pos[hit]] += cnt[hit].astype(np.uint32)
+        if not hit.all():
+            miss = ~hit
+            self.codes = np.insert(self.codes, pos[miss], new[miss])
+            self.counts = np.insert(self.counts, pos[miss], cnt[miss].astype(np.uint32))
+
+    def add_edges(self, att: np.ndarray, src: np.ndarray, weight: np.ndarray) -> None:
+        self.att, self.src, self.weight = _compact(
+            np.concatenate([self.att, att]), np.concatenate([self.src, src]), np.concatenate([self.weight, weight])
+        )
+
+    def mark(self, alive: np.ndarray) -> None:
+        """Set ``alive`` for every agent this bucket mentions."""
+        alive[self.codes >> KIND_BITS] = True
+        alive[self.att] = True
+        alive[self.src] = True
+
+    def renumber(self, new_index: np.ndarray) -> None:
+        """Apply an order-preserving renumbering of agents (so codes and edges stay sorted)."""
+        self.codes = (new_index[self.codes >> KIND_BITS] << KIND_BITS) | (self.codes & KIND_MASK)
+        self.att = new_index[self.att].astype(np.int32)
+        self.src = new_index[self.src].astype(np.int32)
+
+
+def _next_update(seen: int) -> int:
+    """The sample count at which the watermark is next recomputed: every sample during warm-up, every
+    ``WATERMARK_WARMUP``-th while the ring fills, then every ``WATERMARK_EVERY``-th. A pure function of the count,
+    so a resumed state recomputes exactly where an uninterrupted one does."""
+    if seen < WATERMARK_WARMUP:
+        return seen + 1
+    step = WATERMARK_WARMUP if seen < WATERMARK_SAMPLES else WATERMARK_EVERY
+    return (seen // step + 1) * step
+
+
+def _compact(att: np.ndarray, src: np.ndarray, weight: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Merge duplicate (attender, source) pairs, summing weights; result sorted by (attender, source)."""
+    if len(att) == 0:
+        return att.astype(np.int32), src.astype(np.int32), weight.astype(np.float32)
+    key = (att.astype(np.int64) << 32) | src.astype(np.int64)
+    uniq, inverse = np.unique(key, return_inverse=True)
+    summed = np.bincount(inverse, weights=weight, minlength=len(uniq)).astype(np.float32)
+    return (uniq >> 32).astype(np.int32), (uniq & 0xFFFFFFFF).astype(np.int32), summed
+
+
+class AgentState:
+    """Interning, rolling activity and attention. Feed events with :meth:`apply`; read with :meth:`snapshot`."""
+
+    def __init__(self, config: StateConfig | None = None, followers: dict[str, float] | None = None) -> None:
+        self.config = config or StateConfig()
+        self.followers = followers
+        self._bucket_us = self.config.bucket_us
+        self._window_us = self._bucket_us * self.config.buckets
+        self._skew_us = self.config.skew_us
+        self._act_code = {k: ACTIVITY_INDEX[k] for k, w in self.config.activity_weights.items() if w > 0}
+        self._att_w = {k: float(w) for k, w in self.config.attention_weights.items() if w > 0}
+        self.index: dict[str, int] = {}
+        self.dids: list[str] = []
+        self.buckets: dict[int, _Bucket] = {}
+        self.head = -1  # the watermark's bucket (provisional during warm-up)
+        self.counters: Counter[str] = Counter()
+        self.events = 0
+        self.last_time_us = 0  # newest accepted event time
+        self._pending_act: dict[int, list[int]] = {}
+        self._pending_edges: dict[int, tuple[list[int], list[int], list[float]]] = {}
+        self._pending = 0
+        # watermark: a ring of recent event times (array: cheap item writes, zero-copy view for np.partition)
+        self._ring = array("q", bytes(8 * WATERMARK_SAMPLES))
+        self._seen = 0  # samples ever written to the ring
+        self._next_update = 1  # the sample count at which the watermark is recomputed next
+        self._oldest = -MAX_TIME_US  # the oldest bucket in the window: older events are late (none before warm-up)
+        self.watermark_us = 0
+        self._lead_us = 0  # upper quartile - median of the ring
+        self._horizon_us = MAX_TIME_US  # newest acceptable event time
+        self._established = False
+
+    # ingest ------------------------------------------------------------------------------------------------
+    def intern(self, did: str) -> int:
+        """The index of ``did``, adding it if new; ``ValueError`` for a DID :func:`storable_did` refuses."""
+        idx = self.index.get(did)
+        if idx is None:
+            if not storable_did(did):
+                raise ValueError(f"refusing to intern {did!r}: not a storable DID")
+            idx = self.index[did] = len(self.dids)
+            self.dids.append(did)
+        return idx
+
+    def apply(
+        self, event: Event, now_us: int | None = None, before_fold: Callable[[int], None] | None = None
+    ) -> str | None:
+        """Fold one event into the state. Returns None when it was applied, else the reason it was not (``late``,
+        ``future_time``, ``bad_did``), also counted in ``counters``.
+
+        ``now_us`` (optional) is the receive clock: an event more than ``max_future_skew_s`` ahead of it is
+        ``future_time`` even before the watermark is established. ``before_fold(time_us)`` is called for an
+        accepted event just before it is folded in (the event-time scheduler runs there, so a run stamped T sees
+        exactly the accepted events before T, and refused times never drive it)."""
+        index = self.index
+        actor_did = event.actor
+        actor = index.get(actor_did)
+        if actor is None and not storable_did(actor_did):
+            self.counters[BAD_DID] += 1
+            return BAD_DID
+        kind = event.kind
+        w = self._att_w.get(kind)
+        subject_did = event.subject if w is not None else ""
+        subject = None
+        if subject_did:
+            subject = index.get(subject_did)
+            if subject is None and not storable_did(subject_did):
+                self.counters[BAD_DID] += 1
+                return BAD_DID
+        t = event.time_us
+        if not 0 <= t < MAX_TIME_US:  # nothing real is dated before 1970; beyond int64 is no date at all
+            reason = LATE if t < 0 else FUTURE_TIME
+            self.counters[reason] += 1
+            return reason
+        seen = self._seen
+        self._ring[seen % WATERMARK_SAMPLES] = t
+        self._seen = seen = seen + 1
+        if seen >= self._next_update and self._update_watermark():  # pruned: indices renumbered
+            index = self.index
+            actor = index.get(actor_did)
+            subject = index.get(subject_did) if subject_did else None
+        if t > self._horizon_us or (now_us is not None and t > now_us + self._skew_us):
+            self.counters[FUTURE_TIME] += 1
+            return FUTURE_TIME
+        b = t // self._bucket_us
+        if b < self._oldest:
+            self.counters[LATE] += 1
+            return LATE
+        if before_fold is not None:
+            before_fold(t)
+        self.events += 1
+        if t > self.last_time_us:
+            self.last_time_us = t
+        self.counters[kind] += 1
+        if actor is None:
+            actor = index[actor_did] = len(self.dids)
+            self.dids.append(actor_did)
+        code = self._act_code.get(kind)
+        if code is not None:
+            codes = self._pending_act.get(b)
+            if codes is None:
+                codes = self._pending_act[b] = []
+            codes.append(actor << KIND_BITS | code)
+            self._pending += 1
+        if subject_did:
+            if subject is None and (subject := index.get(subject_did)) is None:  # new, unless it is the actor
+                subject = index[subject_did] = len(self.dids)
+                self.dids.append(subject_did)
+            if subject == actor:
+                self.counters["self_attention"] += 1
+            else:
+                pending = self._pending_edges.get(b)
+                if pending is None:
+                    pending = self._pending_edges[b] = ([], [], [])
+                att, src, ws = pending
+                att.append(actor)
+                src.append(subject)
+                ws.append(w)
+                self._pending += 1
+        if self._pending >= FLUSH_EVERY:
+            self.flush()
+        return None
+
+    def _update_watermark(self) -> bool:
+        """Recompute the median and upper quartile of the ring; move the watermark, the head and the horizon.
+        True when agents were pruned (their indices renumbered)."""
+        seen = self._seen
+        self._next_update = _next_update(seen)
+        n = min(seen, WATERMARK_SAMPLES)
+        ring = np.frombuffer(self._ring, np.int64, count=n)
+        mid, upper = (n - 1) // 2, (3 * (n - 1)) // 4
+        part = np.partition(ring, (mid, upper))
+        median, quartile = int(part[mid]), int(part[upper])
+        if n < WATERMARK_WARMUP:  # provisional: judges nothing, expires nothing
+            self.watermark_us = median
+            self.head = median // self._bucket_us
+            return False
+        first = not self._established
+        self._established = True
+        self.watermark_us = median if first else max(self.watermark_us, median)
+        self._lead_us = max(0, quartile - median)
+        self._set_horizon()
+        head = self.watermark_us // self._bucket_us
+        if first or head > self.head:
+            return self._advance(head, drop_beyond=self._horizon_us // self._bucket_us if first else None)
+        return False
+
+    def _set_horizon(self) -> None:
+        self._horizon_us = self.watermark_us + min(LEAD_FACTOR * self._lead_us, self._window_us) + self._skew_us
+
+    def _advance(self, head: int, drop_beyond: int | None = None) -> bool:
+        """Move the head: buckets older than the window expire (and, when the watermark is first established,
+        buckets beyond the horizon, which only warm-up can have made, are dropped); agents left without any
+        trace in the window are pruned."""
+        self.flush()
+        self.head = head
+        self._oldest = oldest = head - self.config.buckets + 1
+        removed = False
+        for b in sorted(self.buckets):
+            if b < oldest:
+                del self.buckets[b]
+                self.counters["buckets_expired"] += 1
+                removed = True
+            elif drop_beyond is not None and b > drop_beyond:
+                del self.buckets[b]
+                self.counters["buckets_dropped"] += 1
+                removed = True
+        return removed and self._prune()
+
+    def _prune(self) -> bool:
+        """Forget agents with no activity and no edge (either end) in any remaining bucket, renumbering the rest
+        in order (so indices stay first-appearance order and edges stay sorted). Pending buffers are empty here
+        (the caller flushed); ``followers`` is keyed by DID and needs nothing."""
+        n = len(self.dids)
+        alive = np.zeros(n, bool)
+        for bucket in self.buckets.values():
+            bucket.mark(alive)
+        keep = np.flatnonzero(alive)
+        if len(keep) == n:
+            return False
+        new_index = np.full(n, -1, np.int64)
+        new_index[keep] = np.arange(len(keep))
+        for bucket in self.buckets.values():
+            bucket.renumber(new_index)
+        self.dids = [self.dids[i] for i in keep.tolist()]
+        self.index = dict(zip(self.dids, range(len(self.dids)), strict=True))
+        self.counters["agents_pruned"] += n - len(keep)
+        return True
+
+    def _bucket(self, b: int) -> _Bucket:
+        bucket = self.buckets.get(b)
+        if bucket is None:
+            bucket = self.buckets[b] = _Bucket(b)
+        return bucket
+
+    def flush(self) -> None:
+        """Move buffered events into the buckets' arrays (compacting edges) and enforce the edge budget."""
+        if not self._pending:
+            return
+        for b, codes in self._pending_act.items():
+            self._bucket(b).add_counts(np.asarray(codes, np.int64))
+        for b, (att, src, ws) in self._pending_edges.items():
+            self._bucket(b).add_edges(np.asarray(att, np.int32), np.asarray(src, np.int32), np.asarray(ws, np.float32))
+        self._pending_act.clear()
+        self._pending_edges.clear()
+        self._pending = 0
+        self._enforce_budget()
+
+    def _enforce_budget(self) -> None:
+        total = sum(len(b.att) for b in self.buckets.values())
+        for b in sorted(self.buckets):
+            if total <= self.config.edge_budget:
+                return
+            bucket = self.buckets[b]
+            excess = min(total - self.config.edge_budget, len(bucket.att))
+            if excess == 0:
+                continue
+            keep = np.sort(np.argsort(bucket.weight, kind="stable")[excess:])
+            bucket.att, bucket.src, bucket.weight = bucket.att[keep], bucket.src[keep], bucket.weight[keep]
+            self.counters["edges_evicted"] += excess
+            total -= excess
+
+    # read --------------------------------------------------------------------------------------------------
+    def snapshot(self) -> Snapshot:
+        """Arrays for the kernels (copies; ingest may continue afterwards)."""
+        self.flush()
+        n = len(self.dids)
+        weights = np.zeros(1 << KIND_BITS)
+        weights[: len(ACTIVITY_KINDS)] = [self.config.activity_weights.get(k, 0.0) for k in ACTIVITY_KINDS]
+        x = np.zeros(n)
+        att_parts, src_parts, w_parts = [], [], []
+        for b in sorted(self.buckets):
+            bucket = self.buckets[b]
+            if len(bucket.codes):
+                x += np.bincount(
+                    bucket.codes >> KIND_BITS, weights=bucket.counts * weights[bucket.codes & KIND_MASK], minlength=n
+                )
+            att_parts.append(bucket.att)
+            src_parts.append(bucket.src)
+            w_parts.append(bucket.weight)
+        graph = None
+        distinct = np.zeros(n)
+        if att_parts and sum(len(a) for a in att_parts):
+            att, src, w = _compact(np.concatenate(att_parts), np.concatenate(src_parts), np.concatenate(w_parts))
+            graph = AttentionGraph(att, src, w.astype(np.float64), max(n, 1))
+            distinct = np.bincount(src, minlength=n).astype(np.float64)
+        if self.followers is not None:
+            visibility = np.array([float(self.followers.get(d, 0.0)) for d in self.dids])
+        else:
+            visibility = distinct
+        start = end = 0
+        if self.head >= 0:
+            start = (self.head - self.config.buckets + 1) * self._bucket_us
+            end = (max([self.head, *self.buckets]) + 1) * self._bucket_us  # accepted events just ahead included
+        return Snapshot(x, visibility, graph, list(self.dids), start, end, self.events)
+
+    # checkpoint support ------------------------------------------------------------------------------------
+    def to_arrays(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """(arrays, metadata) holding the whole state, for :mod:`streamer.core.checkpoint`. DIDs are stored
+        length-prefixed (``dids_offsets`` into the UTF-8 ``dids_blob``), so no DID can break the file."""
+        self.flush()
+        offsets, blob = encode_strings(self.dids)
+        arrays: dict[str, np.ndarray] = {
+            "dids_offsets": offsets,
+            "dids_blob": blob,
+            "watermark_ring": np.array(self._ring, np.int64),
+        }
+        for b, bucket in self.buckets.items():
+            arrays[f"b{b}_codes"], arrays[f"b{b}_counts"] = bucket.codes, bucket.counts
+            arrays[f"b{b}_att"], arrays[f"b{b}_src"], arrays[f"b{b}_w"] = bucket.att, bucket.src, bucket.weight
+        meta = {
+            "config": self.config.as_dict(),
+            "head": self.head,
+            "buckets": sorted(self.buckets),
+            "counters": dict(self.counters),
+            "events": self.events,
+            "last_time_us": self.last_time_us,
+            "agents": len(self.dids),
+            "watermark": {
+                "seen": self._seen,
+                "watermark_us": self.watermark_us,
+                "lead_us": self._lead_us,
+                "established": self._established,
+            },
+        }
+        return arrays, meta
+
+    @classmethod
+    def from_arrays(
+        cls, arrays: dict[str, np.ndarray], meta: dict[str, Any], followers: dict[str, float] | None = None
+    ) -> AgentState:
+        """The state :meth:`to_arrays` saved; ``ValueError`` (or ``KeyError`` for a missing array) when the arrays
+        are inconsistent, so a damaged checkpoint is refused rather than half-read."""
+        state = cls(StateConfig(**meta["config"]), followers)
+        if "dids_offsets" not in arrays:
+            raise ValueError("the checkpoint's state layout predates length-prefixed DIDs")
+        state.dids = decode_strings(arrays["dids_offsets"], arrays["dids_blob"])
+        n = len(state.dids)
+        if n != meta["agents"]:
+            raise ValueError(f"checkpoint holds {n} DIDs but its metadata says {meta['agents']}")
+        state.index = {d: i for i, d in enumerate(state.dids)}
+        if len(state.index) != n:
+            raise ValueError("checkpoint holds a DID twice")
+        for b in meta["buckets"]:
+            bucket = _Bucket(b)
+            bucket.codes = np.array(arrays[f"b{b}_codes"], np.int64)
+            bucket.counts = np.array(arrays[f"b{b}_counts"], np.uint32)
+            bucket.att = np.array(arrays[f"b{b}_att"], np.int32)
+            bucket.src = np.array(arrays[f"b{b}_src"], np.int32)
+            bucket.weight = np.array(arrays[f"b{b}_w"], np.float32)
+            codes = bucket.codes
+            if (
+                len(codes) != len(bucket.counts)
+                or not len(bucket.att) == len(bucket.src) == len(bucket.weight)
+                or (len(codes) and (codes[0] < 0 or (codes >> KIND_BITS).max() >= n or np.any(np.diff(codes) <= 0)))
+                or (len(codes) and (codes & KIND_MASK).max() >= len(ACTIVITY_KINDS))
+                or (len(bucket.att) and (min(bucket.att.min(), bucket.src.min()) < 0))
+                or (len(bucket.att) and max(bucket.att.max(), bucket.src.max()) >= n)
+            ):
+                raise ValueError(f"checkpoint bucket {b} is inconsistent with its {n} DIDs")
+            state.buckets[b] = bucket
+        state.head, state.events = meta["head"], meta["events"]
+        state.last_time_us = meta["last_time_us"]
+        state.counters = Counter(meta["counters"])
+        ring = np.asarray(arrays["watermark_ring"], np.int64)
+        if ring.shape != (WATERMARK_SAMPLES,):
+            raise ValueError(f"checkpoint watermark ring has shape {ring.shape}, expected ({WATERMARK_SAMPLES},)")
+        state._ring = array("q", ring.tobytes())
+        wm = meta["watermark"]
+        state._seen, state.watermark_us = int(wm["seen"]), int(wm["watermark_us"])
+        state._lead_us, state._established = int(wm["lead_us"]), bool(wm["established"])
+        state._next_update = _next_update(state._seen)
+        if state._established:
+            state._set_horizon()
+            state._oldest = state.head - state.config.buckets + 1
+        return state

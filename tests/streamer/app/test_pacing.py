@@ -1,0 +1,56 @@
+"""``--speed`` pacing is bounded and interruptible: a gap in event time never becomes a sleep of hours, and a stop
+(SIGTERM in the daemon) ends a pause at once."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from streamer.core import ingest
+from streamer.core.ingest import replay
+from streamer.sources.archive import ArchiveWriter
+from streamer.testing.encode import commit_frame, rfc3339
+
+T0 = 1_783_000_000_000_000
+HOUR = 3_600_000_000
+
+
+def _archive(tmp_path: Path, gap_us: int) -> Path:
+    """40 likes one second apart, a gap of ``gap_us``, 40 more: enough for the watermark to follow the jump."""
+    like = "app.bsky.feed.like"
+    times = [T0 + i * 1_000_000 for i in range(40)] + [T0 + gap_us + i * 1_000_000 for i in range(700)]
+    with ArchiveWriter(tmp_path / "a", source="test") as writer:
+        for seq, t in enumerate(times, start=1):
+            record = {
+                "$type": like,
+                "subject": {"uri": "at://did:plc:bbbbbbbbbbbbbbbbbbbbbbbb/app.bsky.feed.post/3k", "cid": "bafy"},
+                "createdAt": rfc3339(t),
+            }
+            writer.write(
+                commit_frame(seq, "did:plc:aaaaaaaaaaaaaaaaaaaaaaaa", t, [("create", like, f"3k{seq}", record)]), seq
+            )
+    return tmp_path / "a"
+
+
+def test_a_gap_in_event_time_is_compressed_to_a_bounded_pause(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ingest, "MAX_PACE_SLEEP_S", 0.3)
+    path = _archive(tmp_path, 30 * HOUR)  # 30 hours of silence, replayed at 1,000x: 108 s unbounded
+    start = time.monotonic()
+    result = replay(path, speed=1000.0)
+    took = time.monotonic() - start
+    assert not result.interrupted and result.ingestor.stats.items == 740
+    # 40 s + 699 s of paced event time at 1000x = 0.74 s, plus at most one bounded pause per gap
+    assert took < 10, f"took {took:.1f} s"
+
+
+def test_a_stop_ends_a_pause_at_once(tmp_path: Path) -> None:
+    path = _archive(tmp_path, HOUR)
+    stop = threading.Event()
+    threading.Timer(0.5, stop.set).start()
+    start = time.monotonic()
+    result = replay(path, speed=1.0, stop_event=stop)  # one second of event time per second: many pauses
+    assert result.interrupted
+    assert time.monotonic() - start < 3.0, "the stop is honoured within a pause, not after it"

@@ -1,0 +1,67 @@
+"""Terminal and JSON Lines sinks, fed with real result messages from the golden replay."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+from rich.console import Console
+
+from streamer.app.terminal import TerminalSink
+from streamer.sinks.jsonl import JsonlSink
+
+GOLDEN = Path(__file__).resolve().parents[2] / "golden" / "default_replay.jsonl"
+
+
+def _messages() -> list[tuple[str, dict]]:
+    out = []
+    for line in GOLDEN.read_text().splitlines():
+        m = json.loads(line)
+        out.append((m.pop("topic"), m))
+    return out
+
+
+def _console() -> tuple[Console, io.StringIO]:
+    buf = io.StringIO()
+    return Console(file=buf, width=200, force_terminal=False, color_system=None), buf
+
+
+def test_live_terminal_prints_the_table_for_every_run() -> None:
+    console, buf = _console()
+    sink = TerminalSink(console, every_run=True)
+    msgs = _messages()
+    for kind, m in msgs:
+        sink(kind, m)
+    text = buf.getvalue()
+    runs = sum(1 for k, _ in msgs if k == "tiers")
+    assert text.count("┃ tier ") == runs
+    assert text.count("scale-bias alert firing") == sum(1 for k, _ in msgs if k == "alerts")
+
+
+def test_replay_terminal_prints_lines_and_the_table_on_alert_changes_and_at_the_end() -> None:
+    console, buf = _console()
+    sink = TerminalSink(console)
+    msgs = _messages()
+    for kind, m in msgs:
+        sink(kind, m)
+    sink.final()
+    text = buf.getvalue()
+    changes = sum(1 for k, m in msgs if k == "tiers" and m["alert"]["changed"])
+    assert text.count("┃ tier ") == changes + 1
+    last = next(m for k, m in reversed(msgs) if k == "tiers")
+    assert f"run {last['run']:>4} @" in text
+    assert f"{last['tiers']['full']['tail']:.3f}" in text
+
+
+def test_jsonl_sink_writes_one_sorted_line_per_message(tmp_path: Path) -> None:
+    path = tmp_path / "deep" / "out.jsonl"
+    sink = JsonlSink(path)
+    msgs = _messages()
+    for kind, m in msgs:
+        sink(kind, m)
+    sink.close()
+    lines = path.read_text().splitlines()
+    assert len(lines) == sink.lines == len(msgs)
+    assert [json.loads(x) for x in lines] == [{"topic": k, **m} for k, m in msgs]
+    assert lines == GOLDEN.read_text().splitlines(), "the golden file itself was written by this sink"
