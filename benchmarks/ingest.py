@@ -65,12 +65,12 @@ def sdk_rate(frames: list[bytes]) -> float:
 
 def replay_rate(path: Path) -> tuple[float, float, int, int, int]:
     """(items/s, events/s, events, agents, edges) of a full replay into a fresh state."""
-    from streamer.core.ingest import replay
+    from streamer.core.replay import replay
 
     result = replay(path)
     snap = result.state.snapshot()
-    events = sum(result.ingestor.stats.events.values())
-    return result.ingestor.stats.items / result.seconds, events / result.seconds, events, snap.agents, snap.edges
+    events = sum(result.stats.events.values())
+    return result.stats.items / result.seconds, events / result.seconds, events, snap.agents, snap.edges
 
 
 MEMORY_PROBE = """

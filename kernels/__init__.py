@@ -1,9 +1,11 @@
 """skyattr kernels: pure array functions for macro-indicator attribution (no I/O).
 
 Aumann–Shapley path-integral attribution of population-level indicators to agents, the Shapley oracles it is
-checked against, visibility tiers, the small-study panel and the scale-bias figures that compare the two.
+checked against, visibility tiers, the small-study panel and the scale-bias figures that compare the two, and the
+concentration measures (Gini, Lorenz) of an attribution.
 """
 
+from kernels import defaults
 from kernels.attribution import Attribution, attribute
 from kernels.graph import AttentionGraph, PaddedGraph, bucket
 from kernels.indicators import (
@@ -15,6 +17,7 @@ from kernels.indicators import (
     reach_closed_form,
     register_indicator,
 )
+from kernels.inequality import gini, lorenz
 from kernels.panel import panel_attribution, select_panel
 from kernels.quadrature import gauss_legendre
 from kernels.scale_bias import AlertThresholds, ScaleBias, scale_bias
@@ -38,10 +41,13 @@ __all__ = [
     "attribute",
     "available_indicators",
     "bucket",
+    "defaults",
     "exact_shapley",
     "gauss_legendre",
     "get_indicator",
+    "gini",
     "heavy_tailed_population",
+    "lorenz",
     "panel_attribution",
     "reach_closed_form",
     "register_indicator",

@@ -13,12 +13,15 @@ Two paths:
 
 Both run jit-compiled on the default JAX device, over a graph padded to a size bucket (compiled once per bucket,
 reused while the population grows inside it), scanning over the nodes in chunks so memory stays O(chunk * n).
+
+The result holds the math only (and where it ran); callers that want the wall-clock time of a call time it
+themselves.
 """
 
 from __future__ import annotations
 
 import functools
-import time
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from kernels import defaults
 from kernels.graph import AttentionGraph, PaddedGraph
 from kernels.indicators import Indicator, as_indicator
 from kernels.quadrature import RULES, rule_nodes
@@ -40,7 +44,9 @@ class Attribution:
 
     ``residual`` is the completeness residual |sum phi - (v(x) - v(0))| / |v(x) - v(0)|; when v(x) = v(0) it is
     the absolute |sum phi| instead (there is nothing to be relative to). ``span`` is the largest exposure, which
-    sets the graded quadrature rule.
+    sets the graded quadrature rule. ``device`` is the platform the computation ran on; ``compiled`` says whether
+    this call had to trace (and so compile) the kernel, i.e. it was the first for its indicator, node count, path,
+    rule, dtype and size bucket. No wall-clock time: a caller that wants it times the call.
     """
 
     phi: np.ndarray
@@ -48,7 +54,6 @@ class Attribution:
     baseline: float
     residual: float
     nodes: int
-    seconds: float
     indicator: str = ""
     dtype: str = "float32"
     path: str = "generic"
@@ -68,6 +73,12 @@ def default_chunk() -> int:
     return 1 if jax.default_backend() == "cpu" else 8
 
 
+# Set by a kernel's Python body, which JAX runs only when it traces (a cache miss, followed by a compilation); read
+# by the caller around one call. Thread-local because tracing runs synchronously in the calling thread, so calls in
+# other threads cannot mark this one as compiled. (Public means only: no private jit-cache attributes.)
+_tracing = threading.local()
+
+
 @functools.lru_cache(maxsize=64)
 def _kernel(indicator: Indicator, nodes: int, chunk: int, path: str, rule: str) -> Any:
     n_chunks = -(-nodes // chunk)
@@ -80,6 +91,7 @@ def _kernel(indicator: Indicator, nodes: int, chunk: int, path: str, rule: str) 
         return a, w
 
     def run(x: jax.Array, g: PaddedGraph) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+        _tracing.traced = True  # trace-time side effect: runs once per compilation, not per call
         zeros = jnp.zeros_like(x)
         e = g.exposure(x)
         span = jnp.max(jnp.where(g.mask, e, 0))
@@ -115,8 +127,8 @@ def attribute(
     indicator: Indicator | str | Any,
     x: Any,
     graph: AttentionGraph,
-    nodes: int = 32,
-    dtype: str = "float32",
+    nodes: int = defaults.NODES,
+    dtype: str = defaults.DTYPE,
     *,
     path: str = "auto",
     rule: str = "log-graded",
@@ -161,15 +173,13 @@ def _attribute(
         raise ValueError(f"indicator {ind.name!r} has no linear stem; use path='generic'")
     chunk = min(chunk, nodes)
     fn = _kernel(ind, nodes, chunk, path, rule)
-    start = time.perf_counter()
     with jax.enable_x64(np_dtype == np.float64):
         g = graph.padded(np_dtype)
         x_pad = np.zeros(g.size, np_dtype)
         x_pad[: graph.n] = x64
-        before = fn._cache_size()
+        _tracing.traced = False
         phi, value, baseline, span = jax.block_until_ready(fn(jnp.asarray(x_pad), g))
-        compiled = fn._cache_size() > before
-    seconds = time.perf_counter() - start
+        compiled = _tracing.traced
     phi = np.asarray(phi, np.float64)[: graph.n]
     value, baseline = float(value), float(baseline)
     delta = value - baseline
@@ -181,7 +191,6 @@ def _attribute(
         baseline=baseline,
         residual=residual,
         nodes=nodes,
-        seconds=seconds,
         indicator=ind.name,
         dtype=dtype,
         path=path,

@@ -7,10 +7,13 @@ agent i with strength w. The exposure of agent j is ``e_j = sum_i W_ji x_i`` (``
 Two containers share one set of operations:
 
 * :class:`AttentionGraph` is what callers build: validated numpy arrays, edges sorted by attender so the
-  exposure scatter runs over sorted indices.
+  exposure scatter runs over sorted indices. It is immutable (a frozen dataclass over read-only arrays), so a
+  padded copy made from it can never go stale.
 * :class:`PaddedGraph` is what the jit-compiled kernels see: the same edges padded to a size bucket (zero-weight
   edges, zero-activity agents), so a live population that grows a little between runs reuses the compiled code.
   ``mask`` marks the real agents and ``n`` is their count, so reductions over agents (``total``) ignore padding.
+  :func:`padded` makes it, once per graph and dtype: the copy is kept in a module-level cache keyed weakly by the
+  graph (not on the graph), so it lives exactly as long as the graph does.
 
 Indicators only use :meth:`exposure`, :meth:`transpose`, :meth:`total` and ``n``, so the same indicator runs on
 either container.
@@ -19,6 +22,8 @@ either container.
 from __future__ import annotations
 
 import math
+import threading
+import weakref
 from dataclasses import dataclass
 
 import jax
@@ -61,13 +66,23 @@ class _GraphOps:
         return jnp.sum(per_agent)
 
 
+@dataclass(frozen=True, init=False, eq=False, repr=False)
 class AttentionGraph(_GraphOps):
     """Validated attention graph on ``n`` agents (numpy arrays, edges sorted by attender).
 
     Duplicate (attender, source) pairs are allowed; they act as one edge with the summed weight.
     Raises ``ValueError`` naming the problem for mismatched lengths, non-integer or out-of-range indices,
     negative or non-finite weights, ``n < 1`` and, unless ``allow_empty`` is set, a graph with no edges.
+
+    Immutable: the fields cannot be reassigned (frozen dataclass) and the arrays are read-only (the constructor
+    keeps its own sorted copies, so the caller's arrays stay writeable). Equality and hashing are by identity, as
+    for any object holding arrays.
     """
+
+    attender: np.ndarray
+    source: np.ndarray
+    weight: np.ndarray
+    n: int
 
     def __init__(
         self,
@@ -114,11 +129,15 @@ class AttentionGraph(_GraphOps):
                 raise ValueError("weight has negative entries: attention strengths must be >= 0")
         index_dtype = np.int32 if n < 2**31 else np.int64
         order = np.argsort(attender, kind="stable")
-        self.attender: np.ndarray = attender[order].astype(index_dtype)
-        self.source: np.ndarray = source[order].astype(index_dtype)
-        self.weight: np.ndarray = weight[order].astype(np.float64)
-        self.n: int = n
-        self._padded: dict[str, PaddedGraph] = {}
+        fields = {
+            "attender": attender[order].astype(index_dtype),
+            "source": source[order].astype(index_dtype),
+            "weight": weight[order].astype(np.float64),
+        }
+        for name, arr in fields.items():  # fancy indexing made fresh arrays: freezing them leaves the caller's alone
+            arr.flags.writeable = False
+            object.__setattr__(self, name, arr)
+        object.__setattr__(self, "n", n)
 
     @property
     def size(self) -> int:
@@ -150,23 +169,8 @@ class AttentionGraph(_GraphOps):
         return AttentionGraph(a[keep], s[keep], self.weight[keep], len(agents), allow_empty=True)
 
     def padded(self, dtype: np.dtype) -> PaddedGraph:
-        """This graph padded to its size bucket, as device arrays of ``dtype`` weights (cached per dtype)."""
-        key = np.dtype(dtype).name
-        if key not in self._padded:
-            self._padded[key] = self._pad(np.dtype(dtype))
-        return self._padded[key]
-
-    def _pad(self, dtype: np.dtype) -> PaddedGraph:
-        n_pad, e_pad = bucket(self.n), bucket(self.edges)
-        att = np.full(e_pad, n_pad - 1, self.attender.dtype)
-        src = np.zeros(e_pad, self.source.dtype)
-        w = np.zeros(e_pad, dtype)
-        att[: self.edges], src[: self.edges], w[: self.edges] = self.attender, self.source, self.weight
-        mask = np.zeros(n_pad, bool)
-        mask[: self.n] = True
-        return PaddedGraph(
-            jnp.asarray(att), jnp.asarray(src), jnp.asarray(w), jnp.asarray(mask), jnp.asarray(self.n, jnp.int32)
-        )
+        """This graph padded to its size bucket, as device arrays of ``dtype`` weights: :func:`padded`."""
+        return padded(self, dtype)
 
 
 @jax.tree_util.register_dataclass
@@ -186,6 +190,42 @@ class PaddedGraph(_GraphOps):
 
     def total(self, per_agent: jax.Array) -> jax.Array:
         return jnp.sum(jnp.where(self.mask, per_agent, 0))
+
+
+# graph -> {dtype name: padded copy}. Weak keys (identity hash, AttentionGraph has eq=False): an entry goes when its
+# graph is collected, so the cache holds no graph alive and is bounded by the graphs the caller keeps. The lock makes
+# the padding happen once per (graph, dtype) when threads share a graph; the weakref callbacks that drop dead
+# entries never take it (WeakKeyDictionary handles those itself).
+_padded_cache: weakref.WeakKeyDictionary[AttentionGraph, dict[str, PaddedGraph]] = weakref.WeakKeyDictionary()
+_padded_lock = threading.Lock()
+
+
+def padded(graph: AttentionGraph, dtype: np.dtype | type | str) -> PaddedGraph:
+    """``graph`` padded to its size bucket, as device arrays with ``dtype`` weights (cached per graph and dtype).
+
+    Padding edges have zero weight (attender: the last index, source 0); padding agents have ``mask`` False.
+    The device arrays are made under the caller's JAX x64 setting (callers pad inside ``jax.enable_x64`` for
+    float64), and the cached copy is returned as is on later calls.
+    """
+    dt = np.dtype(dtype)
+    with _padded_lock:
+        per_dtype = _padded_cache.setdefault(graph, {})
+        if dt.name not in per_dtype:
+            per_dtype[dt.name] = _pad(graph, dt)
+        return per_dtype[dt.name]
+
+
+def _pad(graph: AttentionGraph, dtype: np.dtype) -> PaddedGraph:
+    n_pad, e_pad = bucket(graph.n), bucket(graph.edges)
+    att = np.full(e_pad, n_pad - 1, graph.attender.dtype)
+    src = np.zeros(e_pad, graph.source.dtype)
+    w = np.zeros(e_pad, dtype)
+    att[: graph.edges], src[: graph.edges], w[: graph.edges] = graph.attender, graph.source, graph.weight
+    mask = np.zeros(n_pad, bool)
+    mask[: graph.n] = True
+    return PaddedGraph(
+        jnp.asarray(att), jnp.asarray(src), jnp.asarray(w), jnp.asarray(mask), jnp.asarray(graph.n, jnp.int32)
+    )
 
 
 def bucket(size: int) -> int:

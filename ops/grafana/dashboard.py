@@ -7,7 +7,8 @@
 Needs ``pip install 'grafana-foundation-sdk==1769699998!10.1.0'`` (ops/ci/check-prometheus.sh installs it; the
 output is pinned to that release). Every metric is one of streamer/sinks/prometheus.py's
 (tests/ops/test_monitoring.py checks
-each name against a running daemon); the thresholds mirror the daemon's defaults and ops/prometheus/skyattr-rules.yaml.
+each name against a running daemon); the thresholds are the daemon's defaults, read from ``kernels.defaults`` (the
+one place they are written), and match ops/prometheus/skyattr-rules.yaml.
 Variables: ``datasource`` (any Prometheus), ``job``, ``instance`` and ``indicator``.
 """
 
@@ -20,6 +21,12 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+try:
+    from kernels import defaults
+except ImportError:  # run from a checkout without the project installed: the repository root holds kernels/
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+    from kernels import defaults
 from grafana_foundation_sdk.builders import common as cb
 from grafana_foundation_sdk.builders import dashboard as db
 from grafana_foundation_sdk.builders import stat, timeseries
@@ -32,9 +39,9 @@ OUT = Path(__file__).resolve().parent / "skyattr-dashboard.json"
 UID = "skyattr"
 
 # The daemon's defaults (README "Configuration"), also used by the alert rules.
-TAU_TVD = 0.3  # --tau-tvd
-TAU_RES = 0.2  # --tau-res
-INTERVAL_S = 300  # --interval: attribution every 5 minutes
+TAU_TVD = defaults.TAU_TVD  # --tau-tvd
+TAU_RES = defaults.TAU_RES  # --tau-res
+INTERVAL_S = round(defaults.INTERVAL_S)  # --interval: attribution every 5 minutes (whole seconds on the dashboard)
 LAG_WARN_S = 120  # FirehoseLagHigh
 DECODE_ERROR_RATIO = 0.01  # DecodeErrorsHigh
 # Runs come every INTERVAL_S, so the attribution panels look at a window holding several of them.
@@ -386,6 +393,12 @@ def state() -> list[Any]:
             "Indicator value v(x)",
             "The macro indicator over the window, at the last run.",
             q(f"skyattr_indicator_value{{{SEL_IND}}}", "{{indicator}} {{instance}}"),
+            w=6,
+        ),
+        ts(
+            "Sink errors",
+            "Results a sink failed on, by sink (skyattr_sink_errors_total): logged; the other sinks still got them.",
+            q(f"sum by (sink) (increase(skyattr_sink_errors_total{{{SEL}}}[$__rate_interval]))", "{{sink}}"),
             w=6,
         ),
         ts(

@@ -7,72 +7,30 @@ variables and the README's configuration table never drift apart.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import json
 import sys
-import types
 import typing
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import typer
-from pydantic import SecretStr
 from rich.console import Console
 
 from streamer.app.daemon import configure_logging, live_pipeline, replay_pipeline
+from streamer.app.flags import with_settings_options as _with_settings_options
 from streamer.app.ingest_commands import nothing_readable, save_snapshot
 from streamer.app.options import plain
 from streamer.app.settings import ConfigError, Settings, load_settings, parse_json_object
 
 console = Console(stderr=True, soft_wrap=True)
 REPLAY_ONLY = {"speed"}
-RUN_ONLY = {"relay", "queue_size"}
+RUN_ONLY = {"relay", "queue_size", "source", "jetstream_url", "jetstream_collections", "jetstream_compress"}
 
 
 def _fail(message: str) -> None:
     """One line and exit 2; the message names paths and values from the user or the stream, so it is escaped."""
     console.print(f"[red]error:[/red] {plain(message)}", highlight=False)
     raise typer.Exit(2)
-
-
-def _cli_type(annotation: Any) -> Any:
-    """The type typer parses for a settings field: Optional[X] -> X, Literal/dict -> str (dict as JSON)."""
-    args = typing.get_args(annotation)
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
-        annotation = next(a for a in args if a is not type(None))
-    if typing.get_origin(annotation) is Literal or annotation in (dict[str, Any], SecretStr):
-        return str
-    return annotation
-
-
-def _with_settings_options(exclude: set[str]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Append one ``--option`` per settings field (default None: unset flags do not override YAML or env)."""
-
-    def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
-        sig = inspect.signature(fn)
-        annotations = dict(typing.get_type_hints(fn, include_extras=True))
-        params = [
-            p.replace(annotation=annotations.get(p.name, p.annotation))
-            for p in sig.parameters.values()
-            if p.kind is not inspect.Parameter.VAR_KEYWORD
-        ]
-        for name, f in Settings.model_fields.items():
-            if name in exclude:
-                continue
-            typ = _cli_type(f.annotation) | None
-            default = f.default if f.default is not None and not callable(f.default) else None
-            shown = f" [default: {json.dumps(default) if isinstance(default, str) else default}]" if default else ""
-            option = typer.Option(
-                None, f"--{name.replace('_', '-')}", help=f"{f.description}{shown}", show_default=False
-            )
-            params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=typ))
-            annotations[name] = typ
-        fn.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
-        fn.__annotations__ = annotations
-        return fn
-
-    return deco
 
 
 def _load(config: Path | None, flags: dict[str, Any]) -> Settings:
@@ -139,12 +97,12 @@ def replay_command(
             save_snapshot(result.state, snapshot_out)
         except OSError as exc:
             _fail(f"--snapshot-out {snapshot_out}: cannot write it: {exc.strerror or exc}")
-    stats = result.ingestor.stats
+    stats = result.stats
     rate = stats.items / result.seconds if result.seconds > 0 else 0.0
     console.print(
         plain(
             f"{path.name}: {stats.items:,} items in {result.seconds:.1f}s ({rate:,.0f}/s); "
-            f"{sum(stats.events.values()):,} events; {pipe.scheduler.sched.run} runs; "
+            f"{sum(stats.events.values()):,} events; {pipe.schedule.run} runs; "
             f"undecodable {dict(stats.errors)}"
         )
         + (" [yellow](interrupted; rerun to resume)[/yellow]" if result.interrupted else ""),
@@ -154,10 +112,10 @@ def replay_command(
         summary = {
             "archive": str(path),
             "stats": stats.as_dict(),
-            "runs": pipe.scheduler.sched.run,
-            "alert_active": pipe.scheduler.sched.alert_active,
+            "runs": pipe.schedule.run,
+            "alert_active": pipe.schedule.alert_active,
             "resumed_from": result.resumed_from,
-            "position": result.ingestor.position,
+            "position": result.position,
             "interrupted": result.interrupted,
             "jsonl_lines": pipe.jsonl.lines if pipe.jsonl else 0,
             "state": {"agents": len(result.state.dids), "edges": result.state.snapshot().edges},
@@ -189,6 +147,7 @@ def _kafka_summary(pipe: Any) -> dict[str, Any] | None:
         "sent": pipe.kafka.sent,
         "unsent": pipe.kafka_unsent,
         "dropped": pipe.kafka.dropped,
+        "rejected": pipe.kafka.rejected,
         "recovered": pipe.kafka_recovered,
         "already_written": pipe.kafka.already_written,
         "kept": pipe.journal is not None,

@@ -1,9 +1,12 @@
-"""Command-line pieces shared by the commands: options of ``skyattr attribute`` and ``skyattr report`` (one
-definition, one help text), and :func:`plain`, the one way to put untrusted text on the terminal."""
+"""Command-line pieces shared by the commands: the ``--config`` option, the :func:`finite` check, and :func:`plain`,
+the one way to put untrusted text on the terminal. The options that are settings are generated from
+:class:`streamer.app.settings.Settings` by :mod:`streamer.app.flags` (their defaults live in :mod:`kernels.defaults`
+and the settings), so none is written here."""
 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -28,11 +31,7 @@ def finite(value: float | None) -> float | None:
     return value
 
 
-Indicator = Annotated[str, typer.Option(help="Macro indicator (see `skyattr indicators`).")]
-Nodes = Annotated[int, typer.Option(min=1, max=1024, help="Quadrature nodes.")]
-Dtype = Annotated[str, typer.Option(help="float32 or float64.")]
-PanelSize = Annotated[int, typer.Option(min=1, max=10_000_000, help="Accounts in the visibility-biased panel.")]
-Head = Annotated[float, typer.Option(callback=finite, help="Head tier: top fraction by visibility.")]
-Middle = Annotated[float, typer.Option(callback=finite, help="Middle tier: next fraction by visibility.")]
-TauTvd = Annotated[float, typer.Option(callback=finite, help="Alert threshold on tier-share TVD.")]
-TauRes = Annotated[float, typer.Option(callback=finite, help="Alert threshold on the rescaling residual r*.")]
+Config = Annotated[
+    Path | None,
+    typer.Option(help="YAML file of options (keys as the flags below, with _ for -; see the README's configuration)."),
+]

@@ -1,4 +1,8 @@
-"""``skyattr record``: write a relay's raw frames to an archive, resumable by cursor."""
+"""``skyattr record``: write a relay's raw frames to an archive, resumable by cursor.
+
+``--relay`` is the settings option (also from ``--config`` and ``SKYATTR_RELAY``, the relay ``run`` reads); the
+other options are the recorder's own.
+"""
 
 from __future__ import annotations
 
@@ -8,12 +12,14 @@ import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
+from streamer.app import options as opt
+from streamer.app.flags import load_or_exit, with_settings_options
 from streamer.sources.archive import ArchiveWriter
-from streamer.sources.firehose import DEFAULT_RELAY, FirehoseSource
+from streamer.sources.firehose import FirehoseSource
 
 
 async def record(
@@ -73,7 +79,8 @@ async def _record_main(relay: str, out: Path, cursor: int | None, limit: int | N
     try:
         with ArchiveWriter(out, source=relay) as writer:
             count = await record(source, writer, limit=limit, progress=progress)
-        typer.echo(f"record: wrote {count:,} frames to {', '.join(map(str, writer.paths)) or '(none)'}", err=True)
+        paths = ", ".join(map(str, writer.paths)) or "(none)"
+        typer.echo(f"record: wrote {count:,} frames from {relay} to {paths}", err=True)
         return count, source
     finally:
         for sig in installed:
@@ -81,13 +88,20 @@ async def _record_main(relay: str, out: Path, cursor: int | None, limit: int | N
         await source.aclose()
 
 
+# The settings `record` reads (flags generated from Settings; also from --config and SKYATTR_*).
+RECORD_SETTINGS = {"relay"}
+
+
+@with_settings_options(include=RECORD_SETTINGS)
 def record_command(
-    relay: Annotated[str, typer.Option(help="Relay base URL (or full subscribeRepos URL).")] = DEFAULT_RELAY,
     out: Annotated[Path, typer.Option(help="Directory for the archive files.")] = Path("archive"),
     cursor: Annotated[int | None, typer.Option(help="Resume after this seq (default: from now on).")] = None,
     limit: Annotated[int | None, typer.Option(help="Stop after this many frames.")] = None,
+    config: opt.Config = None,
+    **flags: Any,
 ) -> None:
     """Record raw frames from a relay's firehose into a .skyarch.zst archive until Ctrl-C or --limit."""
+    relay = load_or_exit(config, flags).relay
     try:
         _, source = asyncio.run(_record_main(relay, out, cursor, limit))
     except KeyboardInterrupt:

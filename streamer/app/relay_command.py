@@ -1,14 +1,20 @@
-"""``skyattr relay``: serve an archive as a local subscribeRepos relay, for tests and demos."""
+"""``skyattr relay``: serve an archive as a local subscribeRepos relay, for tests and demos.
+
+``--speed`` is the settings option (also from ``--config`` and ``SKYATTR_SPEED``, as for ``replay``); the other
+options are the relay's own.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import signal
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
+from streamer.app import options as opt
+from streamer.app.flags import load_or_exit, with_settings_options
 from streamer.sources.relay_server import (
     DEFAULT_MAX_CLIENTS,
     DEFAULT_SEND_TIMEOUT_S,
@@ -18,18 +24,23 @@ from streamer.sources.relay_server import (
 )
 
 
+def banner(relay: Relay) -> str:
+    """The start-up line: what is served, how fast, and where to subscribe."""
+    assert relay.range is not None
+    pace = "as fast as clients read" if relay.speed is None else f"paced at {relay.speed:g}x event time"
+    return (
+        f"relay: {relay.range.frames:,} frames, seq {relay.range.first_seq}..{relay.range.last_seq}, {pace}; "
+        f"subscribe at {relay.url}{SUBSCRIBE_PATH}"
+    )
+
+
 async def _serve(relay: Relay) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     async with relay:
-        assert relay.range is not None
-        typer.echo(
-            f"relay: {relay.range.frames:,} frames, seq {relay.range.first_seq}..{relay.range.last_seq}; "
-            f"subscribe at {relay.url}{SUBSCRIBE_PATH}",
-            err=True,
-        )
+        typer.echo(banner(relay), err=True)
         typer.echo(relay.url)
         await stop.wait()
     typer.echo(
@@ -39,12 +50,15 @@ async def _serve(relay: Relay) -> None:
     )
 
 
+# The settings `relay` reads (flags generated from Settings; also from --config and SKYATTR_*).
+RELAY_SETTINGS = {"speed"}
+
+
+@with_settings_options(include=RELAY_SETTINGS)
 def relay_command(
     archive: Annotated[Path, typer.Argument(help="Archive file or directory of raw relay frames.")],
     port: Annotated[int, typer.Option(help="TCP port (0 picks a free one).")] = 8765,
-    speed: Annotated[
-        float | None, typer.Option(help="Pace by event time at this multiple of real time (default: full speed).")
-    ] = None,
+    config: opt.Config = None,
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     max_clients: Annotated[
         int, typer.Option(help="Connections served at once; more get HTTP 503 (0: no cap).")
@@ -63,8 +77,10 @@ def relay_command(
     swap_every: Annotated[
         int | None, typer.Option(help="Test mode: send every n-th frame after the next one (out of order).")
     ] = None,
+    **flags: Any,
 ) -> None:
     """Serve an archive as a local com.atproto.sync.subscribeRepos relay (honours ?cursor=) until Ctrl-C."""
+    speed = load_or_exit(config, flags).speed
     try:
         misbehave = Misbehaviour(
             restart_at=restart_at, restart_head=restart_head, skip_every=skip_every, swap_every=swap_every

@@ -1,10 +1,10 @@
 """``skyattr report``: replay an archive, run one attribution at its end, and write a readable report.
 
 The report is for people who were not at the terminal: a Markdown and an HTML file with the same content, the
-``skyattr.tiers`` message as ``result.json``, and three figures. Every number in the text comes from that message
-(built by :func:`streamer.core.attribution.attribute_snapshot`, the same code the daemon publishes with), so the
-report can
-never disagree with what the daemon would have said about the same window. The message carries only the top
+``skyattr.tiers`` message as ``result.json``, and three figures. Every number in the text comes from that run's
+:class:`~streamer.core.results.RunResult` (built by :func:`streamer.core.attribution.attribute_snapshot`, the same
+code the daemon publishes with; ``result.json`` is its message), so the report can never disagree with what the
+daemon would have said about the same window. The message carries only the top
 accounts; the figures use the per-agent arrays of that same run (``RunOutput.arrays``), so they cannot disagree
 with it either.
 
@@ -30,9 +30,13 @@ from rich.console import Console
 from rich.markup import escape
 
 import kernels
+from kernels.inequality import gini, lorenz  # also importable from here, as before they moved to kernels
 from streamer.app import options as opt
+from streamer.app.flags import ATTRIBUTION_FIELDS, WINDOW_FIELDS, load_or_exit, with_settings_options
 from streamer.core.attribution import AttributionConfig, attribute_snapshot
-from streamer.core.ingest import load_followers, replay
+from streamer.core.followers import load_followers
+from streamer.core.replay import replay
+from streamer.core.results import RunResult
 from streamer.core.state import StateConfig
 from streamer.testing.synth import default_archive
 
@@ -55,10 +59,10 @@ class ReportError(ValueError):
 
 @dataclass
 class ReportData:
-    """Everything the report shows: the tiers message (all printed numbers) and the per-agent arrays (figures)."""
+    """Everything the report shows: the run's result (all printed numbers) and the per-agent arrays (figures)."""
 
     archive: str
-    message: dict[str, Any]
+    result: RunResult
     phi: np.ndarray  # full-scale attribution per agent
     tiers: np.ndarray  # int8 tier per agent (0 head, 1 middle, 2 tail)
     visibility: np.ndarray
@@ -70,36 +74,17 @@ class ReportData:
     visibility_source: str = "distinct attenders in the window"
 
     @property
+    def message(self) -> dict[str, Any]:
+        """The ``skyattr.tiers`` message of the run (what ``result.json`` holds)."""
+        return self.result.to_message()
+
+    @property
     def gini_full(self) -> float:
         return gini(self.phi)
 
     @property
     def gini_panel(self) -> float:
         return gini(self.panel_phi)
-
-
-def gini(values: Any) -> float:
-    """Gini coefficient of the positive part of ``values`` (0: equal split, → 1: one agent holds everything).
-
-    Attributions of the built-in indicators are non-negative; float noise (or a user indicator) can give tiny or
-    real negative phi, which a concentration measure cannot place, so they count as zero. All-zero input gives 0.
-    """
-    v = np.sort(np.clip(np.asarray(values, np.float64).ravel(), 0.0, None))
-    n, total = len(v), float(v.sum())
-    if n == 0 or total <= 0:
-        return 0.0
-    ranks = np.arange(1, n + 1, dtype=np.float64)
-    return float(np.clip(2.0 * (ranks @ v) / (n * total) - (n + 1) / n, 0.0, 1.0))
-
-
-def lorenz(values: Any) -> tuple[np.ndarray, np.ndarray]:
-    """Lorenz curve points (population fraction, attribution fraction), from (0, 0) to (1, 1), agents sorted by
-    ascending phi (positive part, as :func:`gini`)."""
-    v = np.sort(np.clip(np.asarray(values, np.float64).ravel(), 0.0, None))
-    n, total = len(v), float(v.sum())
-    xs = np.linspace(0.0, 1.0, n + 1)
-    ys = np.concatenate([[0.0], np.cumsum(v) / total]) if total > 0 else xs.copy()
-    return xs, ys
 
 
 def build_report(
@@ -124,12 +109,12 @@ def build_report(
     state = result.state
     snap = state.snapshot()
     out = attribute_snapshot(snap, config, run=1, as_of_us=state.last_time_us, alert_active=False)
-    if out.tiers is None:
+    if out.result is None:
         raise ReportError(f"nothing to attribute in {archive}: {out.skipped}")
-    assert out.arrays is not None  # set whenever a message is
+    assert out.arrays is not None  # set whenever a result is
     return ReportData(
         archive=str(archive),
-        message=out.tiers,
+        result=out.result,
         phi=out.arrays.phi,
         tiers=out.arrays.tiers,
         visibility=np.asarray(snap.visibility, np.float64),
@@ -139,7 +124,7 @@ def build_report(
         config=config,
         visibility_source="follower counts" if followers is not None else "distinct attenders in the window",
         replay={
-            "items": result.ingestor.stats.items,
+            "items": result.stats.items,
             "seconds": result.seconds,
             "warnings": list(result.report.errors),
         },
@@ -194,92 +179,86 @@ def _count(value: float) -> str:
     return f"{value:,.0f}" if float(value).is_integer() else f"{value:,.2f}"
 
 
-def _reading(msg: dict[str, Any], cfg: AttributionConfig) -> list[Inline]:
+def _reading(r: RunResult, cfg: AttributionConfig) -> list[Inline]:
     """Plain-language sentences: what a reader should take from the figures."""
-    full, panel, sb = msg["tiers"]["full"], msg["tiers"]["panel"], msg["scale_bias"]
-    n_panel = sb["panel_size"]
+    full, panel, sb = r.full, r.panel, r.scale_bias
+    n_panel = sb.panel_size
     lines: list[Inline] = [
-        f"The panel of the {n_panel} most visible active accounts attributes {_pct(panel['head'])} of the "
-        f"indicator to the head (the top {_frac(cfg.head)} by visibility, {msg['tier_sizes']['head']:,} accounts) "
-        f"where the full population gives {_pct(full['head'])}; to the tail it attributes {_pct(panel['tail'])} where "
-        f"the full population gives {_pct(full['tail'])}.",
+        f"The panel of the {n_panel} most visible active accounts attributes {_pct(panel.head)} of the "
+        f"indicator to the head (the top {_frac(cfg.head)} by visibility, {r.tier_sizes['head']:,} accounts) "
+        f"where the full population gives {_pct(full.head)}; to the tail it attributes {_pct(panel.tail)} where "
+        f"the full population gives {_pct(full.tail)}.",
     ]
-    if sb["panel_share"] is not None:
+    if sb.panel_share is not None:
         lines.append(
-            f"The panel's accounts hold {_pct(sb['panel_share'])} of the full-scale attribution; the other "
-            f"{msg['agents'] - n_panel:,} accounts, which the panel study never sees, hold the rest."
+            f"The panel's accounts hold {_pct(sb.panel_share)} of the full-scale attribution; the other "
+            f"{r.agents - n_panel:,} accounts, which the panel study never sees, hold the rest."
         )
     lines.append(
-        f"Even after the best global rescaling (c* = {_fmt(sb['rescale'], '.4g')}), the panel study's attribution "
-        f"of its accounts is off from their full-scale attribution by r* = {_pct(sb['residual'])} (relative L2 "
+        f"Even after the best global rescaling (c* = {_fmt(sb.rescale, '.4g')}), the panel study's attribution "
+        f"of its accounts is off from their full-scale attribution by r* = {_pct(sb.residual)} (relative L2 "
         f"distance: the error no change of scale can remove)"
         + (
-            f"; its ranking of them agrees with the full one at Spearman {_fmt(sb['spearman'], '.2f')}."
-            if sb["spearman"] is not None
+            f"; its ranking of them agrees with the full one at Spearman {_fmt(sb.spearman, '.2f')}."
+            if sb.spearman is not None
             else "."
         )
     )
-    t = msg["alert"]["thresholds"]
-    if msg["alert"]["active"]:
+    t = r.thresholds
+    if r.alert_active:
         lines.append(
             Bold(
                 f"The scale-bias alert fires: a study of the top {n_panel} accounts would misattribute this "
-                f"phenomenon (TVD {_fmt(sb['tvd'], '.3f')} vs {t['tvd']:g}, r* {_fmt(sb['residual'], '.3f')} vs "
-                f"{t['residual']:g})."
+                f"phenomenon (TVD {_fmt(sb.tvd, '.3f')} vs {t.tvd:g}, r* {_fmt(sb.residual, '.3f')} vs "
+                f"{t.residual:g})."
             )
         )
     else:
         lines.append(
-            f"The scale-bias alert does not fire: both TVD ({_fmt(sb['tvd'], '.3f')}) and r* "
-            f"({_fmt(sb['residual'], '.3f')}) are within their thresholds, so the panel's picture is usable here."
+            f"The scale-bias alert does not fire: both TVD ({_fmt(sb.tvd, '.3f')}) and r* "
+            f"({_fmt(sb.residual, '.3f')}) are within their thresholds, so the panel's picture is usable here."
         )
     return lines
 
 
 def document(data: ReportData) -> list[Block]:
     """The report's content, format-neutral."""
-    msg, cfg, sc = data.message, data.config, data.state_config
-    sb, win, alert = msg["scale_bias"], msg["window"], msg["alert"]
-    params = ", ".join(f"{k}={v}" for k, v in msg["params"].items()) or "defaults"
+    r, cfg, sc = data.result, data.config, data.state_config
+    sb, win, t = r.scale_bias, r.window.to_message(), r.thresholds
+    params = ", ".join(f"{k}={v}" for k, v in r.params.items()) or "defaults"
     blocks = [
-        Block("h1", f"skyattr report: {msg['indicator']} attribution"),
+        Block("h1", f"skyattr report: {r.indicator} attribution"),
         Block(
             "ul",
             [
                 ["Archive: ", Code(data.archive)],
                 f"Window: {win['start']} to {win['end']} ({sc.buckets} buckets of {sc.bucket_hours:g} h); "
                 f"attribution as of the archive's last event",
-                f"Agents: {msg['agents']:,} ({msg['active_agents']:,} active) · attention edges: {msg['edges']:,} · "
-                f"events: {msg['events']:,}",
+                f"Agents: {r.agents:,} ({r.active_agents:,} active) · attention edges: {r.edges:,} · "
+                f"events: {r.events:,}",
                 f"Replay: {data.replay.get('items', 0):,} items in {data.replay.get('seconds', 0.0):.2f} s"
                 + (f"; {len(data.replay['warnings'])} warning(s)" if data.replay.get("warnings") else ""),
                 [
                     "Indicator: ",
-                    Code(msg["indicator"]),
-                    f" ({params}); {msg['nodes']} quadrature nodes, "
-                    f"{msg['dtype']}, on {msg['device']} in {msg['runtime_s']:.2f} s",
+                    Code(r.indicator),
+                    f" ({params}); {r.nodes} quadrature nodes, {r.dtype}, on {r.device} in {r.runtime_s:.2f} s",
                 ],
                 f"Tiers: head = top {_frac(cfg.head)}, middle = next {_frac(cfg.middle)} of accounts by visibility; "
                 f"panel = the {cfg.panel_size} most visible active accounts; visibility = {data.visibility_source}",
-                f"v(x) = {msg['value']:.6g}, v(0) = {msg['baseline']:.6g}, completeness residual "
-                f"|Σφ − (v(x) − v(0))| / |v(x) − v(0)| = {msg['residual']:.2e}",
+                f"v(x) = {r.value:.6g}, v(0) = {r.baseline:.6g}, completeness residual "
+                f"|Σφ − (v(x) − v(0))| / |v(x) − v(0)| = {r.residual:.2e}",
             ],
         ),
         Block("h2", "Reading"),
-        Block("ul", _reading(msg, cfg)),
+        Block("ul", _reading(r, cfg)),
         Block("h2", "Tier shares: full population vs panel"),
         Block(
             "table",
             [
-                [
-                    name,
-                    f"{msg['tier_sizes'][name]:,}",
-                    _fmt(msg["tiers"]["full"][name]),
-                    _fmt(msg["tiers"]["panel"][name]),
-                ]
+                [name, f"{r.tier_sizes[name]:,}", _fmt(getattr(r.full, name)), _fmt(getattr(r.panel, name))]
                 for name in kernels.TIER_NAMES
             ],
-            header=("tier", "accounts", "full", f"panel ({sb['panel_size']})"),
+            header=("tier", "accounts", "full", f"panel ({sb.panel_size})"),
             align="lrrr",
         ),
         Block("img", (FIGURES["tier_shares"], "Tier shares of the attribution, full population vs panel")),
@@ -287,14 +266,14 @@ def document(data: ReportData) -> list[Block]:
         Block(
             "table",
             [
-                ["TVD between tier shares", _fmt(sb["tvd"])],
-                ["panel share of the full attribution", _fmt(sb["panel_share"])],
-                ["c* (best global rescaling)", _fmt(sb["rescale"], ".4g")],
-                ["r* (residual after rescaling)", _fmt(sb["residual"])],
-                ["Spearman (full vs panel, panel accounts)", _fmt(sb["spearman"])],
-                ["top-10 share, full", _fmt(sb["top10_full"])],
-                ["top-10 share, panel", _fmt(sb["top10_panel"])],
-                ["panel size", f"{sb['panel_size']:,}"],
+                ["TVD between tier shares", _fmt(sb.tvd)],
+                ["panel share of the full attribution", _fmt(sb.panel_share)],
+                ["c* (best global rescaling)", _fmt(sb.rescale, ".4g")],
+                ["r* (residual after rescaling)", _fmt(sb.residual)],
+                ["Spearman (full vs panel, panel accounts)", _fmt(sb.spearman)],
+                ["top-10 share, full", _fmt(sb.top10_full)],
+                ["top-10 share, panel", _fmt(sb.top10_panel)],
+                ["panel size", f"{sb.panel_size:,}"],
             ],
             header=("figure", "value"),
             align="lr",
@@ -303,25 +282,18 @@ def document(data: ReportData) -> list[Block]:
         Block(
             "p",
             [
-                Bold("FIRING" if alert["active"] else "not firing"),
-                f": fires when TVD > {alert['thresholds']['tvd']:g} (here {_fmt(sb['tvd'])}) or r* > "
-                f"{alert['thresholds']['residual']:g} (here {_fmt(sb['residual'])}); once firing it resolves only "
-                f"when both fall below {alert['thresholds']['clear']:g}× their thresholds.",
+                Bold("FIRING" if r.alert_active else "not firing"),
+                f": fires when TVD > {t.tvd:g} (here {_fmt(sb.tvd)}) or r* > {t.residual:g} (here "
+                f"{_fmt(sb.residual)}); once firing it resolves only when both fall below {t.clear:g}× their "
+                "thresholds.",
             ],
         ),
-        Block("h2", f"Top {len(msg['top'])} accounts by attribution"),
+        Block("h2", f"Top {len(r.top)} accounts by attribution"),
         Block(
             "table",
             [
-                [
-                    str(rank),
-                    Code(t["did"]),
-                    t["tier"],
-                    _count(t["visibility"]),
-                    _fmt(t["phi"], ".4g"),
-                    _fmt(t["share"], ".2%"),
-                ]
-                for rank, t in enumerate(msg["top"], start=1)
+                [str(rank), Code(a.did), a.tier, _count(a.visibility), _fmt(a.phi, ".4g"), _fmt(a.share, ".2%")]
+                for rank, a in enumerate(r.top, start=1)
             ],
             header=("#", "DID", "tier", "visibility", "φ", "share"),
             align="rllrrr",
@@ -458,24 +430,24 @@ def _figure(width: float = 7.0, height: float = 4.5) -> Any:
 
 
 def plot_tier_shares(data: ReportData, path: Path) -> None:
-    """Grouped bars head/middle/tail × full/panel, from the message's shares (the numbers in the tables)."""
-    msg = data.message
+    """Grouped bars head/middle/tail × full/panel, from the result's shares (the numbers in the tables)."""
+    r = data.result
     fig = _figure()
     ax = fig.add_subplot()
     x = np.arange(len(kernels.TIER_NAMES))
     width = 0.38
-    for offset, key, label, colour in (
-        (-width / 2, "full", "full population", "#4c72b0"),
-        (width / 2, "panel", f"panel ({msg['scale_bias']['panel_size']} most visible)", "#dd8452"),
+    for offset, shares, label, colour in (
+        (-width / 2, r.full, "full population", "#4c72b0"),
+        (width / 2, r.panel, f"panel ({r.scale_bias.panel_size} most visible)", "#dd8452"),
     ):
-        values = [msg["tiers"][key][name] for name in kernels.TIER_NAMES]
+        values = list(shares)
         bars = ax.bar(x + offset, values, width, label=label, color=colour)
         ax.bar_label(bars, labels=[f"{v:.1%}" for v in values], padding=2, fontsize=8)
     ax.axhline(0, color="black", linewidth=0.8)
-    sizes = msg["tier_sizes"]
+    sizes = r.tier_sizes
     ax.set_xticks(x, [f"{name}\n({sizes[name]:,} accounts)" for name in kernels.TIER_NAMES])
     ax.set_ylabel("share of total attribution")
-    ax.set_title(f"{msg['indicator']}: tier shares (TVD {msg['scale_bias']['tvd']:.3f})")
+    ax.set_title(f"{r.indicator}: tier shares (TVD {r.scale_bias.tvd:.3f})")
     ax.legend()
     fig.savefig(path)
 
@@ -592,45 +564,31 @@ def _fail(message: str) -> None:
     raise typer.Exit(2)
 
 
+# The settings `report` reads (flags generated from Settings; also from --config and SKYATTR_*).
+REPORT_SETTINGS = ATTRIBUTION_FIELDS | WINDOW_FIELDS | {"followers"}
+
+
+@with_settings_options(include=REPORT_SETTINGS, check_finite=True)
 def report_command(
     out: Annotated[Path, typer.Option(help="Directory for report.md, report.html, result.json and figures.")],
     archive: Annotated[
         Path | None, typer.Argument(help="Archive file or directory (default: the bundled one).")
     ] = None,
-    bucket_hours: Annotated[float, typer.Option(help="Width of a window bucket in hours.")] = 24.0,
-    buckets: Annotated[int, typer.Option(help="Buckets in the rolling window.")] = 14,
-    followers: Annotated[Path | None, typer.Option(help="CSV did,followers used as visibility.")] = None,
-    indicator: opt.Indicator = "cascade",
-    nodes: opt.Nodes = 32,
-    dtype: opt.Dtype = "float32",
-    panel_size: opt.PanelSize = 100,
-    head: opt.Head = 0.01,
-    middle: opt.Middle = 0.10,
-    tau_tvd: opt.TauTvd = 0.3,
-    tau_res: opt.TauRes = 0.2,
+    config: opt.Config = None,
+    **flags: Any,
 ) -> None:
     """Replay an archive, attribute at its end, and write a Markdown/HTML report with figures into --out."""
     path = archive or default_archive()
+    settings = load_or_exit(config, flags)
     try:
-        config = AttributionConfig(
-            indicator=indicator,
-            nodes=nodes,
-            dtype=dtype,
-            head=head,
-            middle=middle,
-            panel_size=panel_size,
-            thresholds=kernels.AlertThresholds(tvd=tau_tvd, residual=tau_res),
-        )
-        config.validate()
-        state_config = StateConfig(bucket_hours=bucket_hours, buckets=buckets)
-        table = load_followers(followers) if followers else None
+        table = load_followers(settings.followers) if settings.followers else None
     except (ValueError, OSError) as exc:
         _fail(str(exc))
         return
     created = not out.exists()
     try:
         prepare_out_dir(out)
-        data = build_report(path, state_config=state_config, followers=table, config=config)
+        data = build_report(path, state_config=settings.state(), followers=table, config=settings.attribution())
         for warning in data.replay["warnings"]:
             console.print(f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False)
         written = write_report(data, out)

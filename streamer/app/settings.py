@@ -1,36 +1,46 @@
-"""Daemon configuration: defaults, then a YAML file, then ``SKYATTR_*`` environment variables, then flags.
+"""Configuration of every command: defaults, then a YAML file, then ``SKYATTR_*`` environment variables, then flags.
 
-Every option is a field of :class:`Settings` with its description (the README's configuration table is generated
-from these). An invalid value anywhere gives one :class:`ConfigError` line naming the option and where it came
-from; the commands turn that into exit status 2.
+Every option is a field of :class:`Settings`, a pydantic-settings ``BaseSettings``, with its description (the
+README's configuration table and the commands' generated flags, :mod:`streamer.app.flags`, come from these). The
+layering is pydantic-settings' own: three sources, highest priority first, flags (the init kwargs; a flag left
+unset is None and ignored), the environment (``SKYATTR_<FIELD>``; JSON or YAML flow style for a mapping) and the
+``--config`` YAML file, then the field defaults, which come from :mod:`kernels.defaults` where the kernels share
+them. An invalid value anywhere gives one :class:`ConfigError` line naming the option and where it came from; the
+commands turn that into exit status 2.
 """
 
 from __future__ import annotations
 
+import contextvars
 import ipaddress
 import json
 import os
 import re
 import typing
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Literal
 
 import yaml
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    SecretStr,
-    ValidationError,
-    ValidationInfo,
-    field_validator,
-    model_validator,
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+    YamlConfigSettingsSource,
 )
 
 import kernels
+from kernels import defaults
 from streamer.core.attribution import AttributionConfig
 from streamer.core.state import StateConfig
+from streamer.sources.endpoints import DEFAULT_JETSTREAM, DEFAULT_RELAY, JETSTREAM_PATH
+from streamer.sources.firehose import subscribe_url
 
 ENV_PREFIX = "SKYATTR_"
 DEFAULT_METRICS_PORT = 9464
@@ -47,51 +57,79 @@ class ConfigError(ValueError):
     """A configuration problem, phrased for the person who wrote the configuration."""
 
 
-class Settings(BaseModel):
-    """All daemon options. Field names are the YAML keys; flags are --field-name; env vars SKYATTR_FIELD_NAME."""
+class Settings(BaseSettings):
+    """All options. Field names are the YAML keys; flags are --field-name; env vars SKYATTR_FIELD_NAME.
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    Build it with :func:`load_settings`, which names the YAML file and the environment and turns a validation
+    error into one :class:`ConfigError` line; ``Settings(**flags)`` alone reads ``os.environ`` and no file."""
 
-    relay: str = Field("wss://bsky.network", description="Relay for `run` (subscribeRepos websocket base URL).")
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", frozen=True, env_ignore_empty=True)
+
+    relay: str = Field(
+        DEFAULT_RELAY, description="Relay for `run` and `record` (subscribeRepos websocket base URL, or the full URL)."
+    )
+    source: Literal["relay", "jetstream"] = Field(
+        "relay", description="Live source of `run`: the relay's firehose, or a Jetstream server (--jetstream-url)."
+    )
+    jetstream_url: str = Field(
+        DEFAULT_JETSTREAM + JETSTREAM_PATH,
+        description="Jetstream subscribe URL for `run --source jetstream`.",
+    )
+    jetstream_collections: list[str] = Field(
+        default_factory=list,
+        description="Jetstream wantedCollections (NSIDs or `prefix.*`; empty: all). JSON list in the env var.",
+    )
+    jetstream_compress: bool = Field(False, description="Ask Jetstream for zstd-compressed messages.")
     interval: float = Field(
-        300.0,
+        defaults.INTERVAL_S,
         ge=0.001,
         le=TEN_YEARS_S,
         allow_inf_nan=False,
         description="Seconds between attribution runs (event time in replay; 0.001 s to 10 years).",
     )
-    indicator: str = Field("cascade", description="Macro indicator (see `skyattr indicators`).")
+    indicator: str = Field(defaults.DEFAULT_INDICATOR, description="Macro indicator (see `skyattr indicators`).")
     indicator_params: dict[str, Any] = Field(
-        default_factory=dict, description="Indicator parameters, e.g. {kappa: 2, theta: 3} (JSON in the env var)."
+        default_factory=dict,
+        description="Indicator parameters, e.g. {kappa: 2, theta: 3} (in a flag or env var: JSON or that YAML form).",
     )
-    nodes: int = Field(32, ge=1, le=1024, description="Gauss–Legendre quadrature nodes.")
-    dtype: Literal["float32", "float64"] = Field("float32", description="Floating point precision of the kernels.")
+    nodes: int = Field(defaults.NODES, ge=1, le=1024, description="Gauss–Legendre quadrature nodes.")
+    dtype: Literal["float32", "float64"] = Field(defaults.DTYPE, description="Floating point precision of the kernels.")
     head: float = Field(
-        0.01, gt=0, le=1, allow_inf_nan=False, description="Head tier: top fraction of accounts by visibility."
+        defaults.HEAD, gt=0, le=1, allow_inf_nan=False, description="Head tier: top fraction of accounts by visibility."
     )
     middle: float = Field(
-        0.10, ge=0, le=1, allow_inf_nan=False, description="Middle tier: the next fraction by visibility."
+        defaults.MIDDLE, ge=0, le=1, allow_inf_nan=False, description="Middle tier: the next fraction by visibility."
     )
-    panel_size: int = Field(100, ge=1, le=10_000_000, description="Accounts in the visibility-biased panel study.")
-    top_k: int = Field(10, ge=0, le=1000, description="Top accounts listed in each result.")
-    tau_tvd: float = Field(0.3, ge=0, allow_inf_nan=False, description="Alert when the tier-share TVD exceeds this.")
+    panel_size: int = Field(
+        defaults.PANEL_SIZE, ge=1, le=10_000_000, description="Accounts in the visibility-biased panel study."
+    )
+    top_k: int = Field(defaults.TOP_K, ge=0, le=1000, description="Top accounts listed in each result.")
+    tau_tvd: float = Field(
+        defaults.TAU_TVD, ge=0, allow_inf_nan=False, description="Alert when the tier-share TVD exceeds this."
+    )
     tau_res: float = Field(
-        0.2, ge=0, allow_inf_nan=False, description="Alert when the rescaling residual r* exceeds this."
+        defaults.TAU_RES, ge=0, allow_inf_nan=False, description="Alert when the rescaling residual r* exceeds this."
     )
     alert_clear: float = Field(
-        0.8, gt=0, le=1, allow_inf_nan=False, description="An alert resolves below this fraction of both thresholds."
+        defaults.ALERT_CLEAR,
+        gt=0,
+        le=1,
+        allow_inf_nan=False,
+        description="An alert resolves below this fraction of both thresholds.",
     )
     bucket_hours: float = Field(
-        24.0,
+        StateConfig.bucket_hours,  # the window's defaults are the state's own
         ge=ONE_SECOND_H,
         le=TEN_YEARS_H,
         allow_inf_nan=False,
         description="Width of one window bucket, hours of event time (at least 1 s; the window at most 10 years).",
     )
-    buckets: int = Field(14, ge=1, le=MAX_BUCKETS, description="Buckets in the rolling window.")
-    edge_budget: int = Field(20_000_000, ge=1, le=10**12, description="Most attention edges held in the window.")
+    buckets: int = Field(StateConfig.buckets, ge=1, le=MAX_BUCKETS, description="Buckets in the rolling window.")
+    edge_budget: int = Field(
+        StateConfig.edge_budget, ge=1, le=10**12, description="Most attention edges held in the window."
+    )
     max_future_skew: float = Field(
-        600.0,
+        StateConfig.max_future_skew_s,
         ge=0,
         le=TEN_YEARS_H * 3600,
         allow_inf_nan=False,
@@ -142,12 +180,32 @@ class Settings(BaseModel):
         ge=1e-3,
         le=1e9,
         allow_inf_nan=False,
-        description="Replay at this multiple of event time, 0.001 to 1e9 (default: full speed).",
+        description="Replay (and `relay` serves) at this multiple of event time, 0.001 to 1e9 (default: full speed).",
     )
     queue_size: int = Field(
         10_000, ge=1, le=10_000_000, description="Frames buffered between the websocket and ingest (run)."
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Flags (init kwargs) > environment > YAML file; no .env file, no secrets directory. What to read comes
+        from the :func:`load_settings` call in progress (none: ``os.environ`` and no file)."""
+        load = _LOAD.get() or _Load()
+        sources: list[tuple[PydanticBaseSettingsSource, str]] = [
+            (init_settings, "flags"),
+            (_Environment(settings_cls, load.env), "environment"),
+        ]
+        if load.config_file is not None:
+            sources.append((_YamlFile(settings_cls, load.config_file), "config file"))
+        return tuple(_Traced(settings_cls, source, where, load.origin) for source, where in sources)
 
     @field_validator("*", mode="before")
     @classmethod
@@ -163,6 +221,16 @@ class Settings(BaseModel):
         if value not in kernels.available_indicators():
             known = ", ".join(kernels.available_indicators())
             raise ValueError(f"unknown indicator {_shown(value)}; known: {known}")
+        return value
+
+    @field_validator("relay")
+    @classmethod
+    def _websocket(cls, value: str) -> str:
+        """A ws(s):// (or http(s)://) URL with a host, refused here rather than at the first connection."""
+        try:
+            subscribe_url(value)
+        except ValueError:
+            raise ValueError(f"must be a websocket URL (wss://host), got {_shown(value)}") from None
         return value
 
     @field_validator("metrics_host")
@@ -239,6 +307,16 @@ NUMERIC_FIELDS = {
     if f.annotation in (int, float) or any(a in (int, float) for a in typing.get_args(f.annotation))
 }
 BOUNDS = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}
+# The rule an option's bounds belong to, added to a bounds error: the same words the kernels use for it.
+_TIERS_RULE = "tier fractions must satisfy 0 < head, 0 <= middle, head + middle <= 1"
+_THRESHOLD_RULE = "alert thresholds must be finite numbers >= 0"
+RULES = {
+    "head": _TIERS_RULE,
+    "middle": _TIERS_RULE,
+    "tau_tvd": _THRESHOLD_RULE,
+    "tau_res": _THRESHOLD_RULE,
+    "alert_clear": "the alert clear ratio must be in (0, 1]",
+}
 
 
 def _shown(value: Any, limit: int = 80) -> str:
@@ -267,76 +345,200 @@ def _message(err: Any) -> str:
     return message
 
 
-def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for name in Settings.model_fields:
-        key = ENV_PREFIX + name.upper()
-        if key in env and env[key] != "":
-            value: Any = env[key]
-            if name in DICT_FIELDS:
-                value = parse_json_object(value, key)
-            out[name] = value
-    return out
+# ------------------------------------------------------------------------------------------------ sources
 
 
-def parse_json_object(text: str, where: str) -> Any:
-    """JSON text of an option (env var or flag); a parse error, deep nesting included, is one ConfigError."""
+@dataclass
+class _Load:
+    """What one :func:`load_settings` call reads, and where each option it got came from (for the error line)."""
+
+    config_file: Path | None = None
+    env: Mapping[str, str] | None = None
+    origin: dict[str, str] = field(default_factory=dict)
+
+
+_LOAD: contextvars.ContextVar[_Load | None] = contextvars.ContextVar("skyattr_settings_load", default=None)
+
+
+class _Traced(PydanticBaseSettingsSource):
+    """A source that records which options it supplied (sources are called highest priority first, so the first
+    to name an option is where its value came from). A mapping value is handed on read-only: pydantic-settings
+    deep-merges dicts across sources, but an option's value is the one layer's, whole (YAML ``{kappa: 2}`` under
+    a flag ``{theta: 3}`` is ``{theta: 3}``, not both)."""
+
+    def __init__(
+        self, settings_cls: type[BaseSettings], source: PydanticBaseSettingsSource, where: str, origin: dict[str, str]
+    ) -> None:
+        super().__init__(settings_cls)
+        self.source, self.where, self.origin = source, where, origin
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # unused: __call__ asks the wrapped source
+
+    def __call__(self) -> dict[str, Any]:
+        try:
+            data = self.source()
+        except SettingsError as exc:  # pydantic-settings wraps a source's ValueError; ours is already the line
+            if isinstance(exc.__cause__, ConfigError):
+                raise exc.__cause__ from None
+            raise
+        for key in data:
+            self.origin.setdefault(key, self.where)
+        return {k: MappingProxyType(v) if isinstance(v, dict) else v for k, v in data.items()}
+
+
+class _Environment(EnvSettingsSource):
+    """``SKYATTR_*`` variables of the given mapping (``os.environ`` when None); a mapping option is parsed by
+    :func:`parse_json_object`, naming the variable in its error; another complex one (a list) as JSON."""
+
+    def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str] | None) -> None:
+        self._environ = os.environ if environ is None else environ
+        super().__init__(settings_cls)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        return {
+            (k if self.case_sensitive else k.lower()): v
+            for k, v in self._environ.items()
+            if not (self.env_ignore_empty and v == "")
+        }
+
+    def decode_complex_value(self, field_name: str, field: FieldInfo, value: Any) -> Any:
+        if field_name in DICT_FIELDS:
+            return parse_json_object(value, ENV_PREFIX + field_name.upper())
+        where = ENV_PREFIX + field_name.upper()
+        try:
+            return super().decode_complex_value(field_name, field, value)
+        except RecursionError:
+            raise ConfigError(f"invalid config: {where} must be JSON (nested too deeply)") from None
+        except ValueError as exc:
+            raise ConfigError(f"invalid config: {where} must be JSON ({exc})") from None
+
+
+class _YamlFile(YamlConfigSettingsSource):
+    """The ``--config`` file: it must exist and hold a mapping; keys may use ``-`` for ``_``."""
+
+    def __init__(self, settings_cls: type[BaseSettings], path: Path) -> None:
+        if not path.is_file():  # the stock source skips a missing file; a named one that is not there is an error
+            _read_text(path)
+        super().__init__(settings_cls, yaml_file=path)
+
+    def _read_file(self, file_path: Any) -> dict[str, Any]:
+        path = Path(file_path)
+        text = _read_text(path)
+        try:
+            data = yaml.load(text, Loader=_Loader)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path} is not valid YAML: {' '.join(str(exc).split())}") from None
+        except RecursionError:
+            raise ConfigError(f"config file {path} is nested too deeply") from None
+        if data is None:
+            return {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {path} must hold a mapping of option: value")
+        return {str(k).replace("-", "_"): v for k, v in data.items()}
+
+
+def _read_text(path: Path) -> str:
     try:
-        return json.loads(text)
-    except RecursionError:
-        raise ConfigError(f"invalid config: {where} must be a JSON object (nested too deeply)") from None
-    except ValueError as exc:
-        raise ConfigError(f"invalid config: {where} must be a JSON object ({exc})") from None
-
-
-def _from_yaml(path: Path) -> dict[str, Any]:
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        return path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
     except UnicodeDecodeError as exc:
         raise ConfigError(f"config file {path} is not UTF-8 text (byte {exc.start})") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {path} is not valid YAML: {' '.join(str(exc).split())}") from None
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader, reading ``1e3`` and ``2.5e-3`` as numbers the way JSON and YAML 1.2 do (YAML 1.1 wants
+    a dot and a signed exponent, and would hand ``{kappa: 1e3}`` on as the string ``'1e3'``)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+
+
+def parse_json_object(text: str, where: str) -> dict[str, Any]:
+    """A mapping option given as text (env var or flag): strict JSON, or YAML flow style as the config file takes
+    it (``{kappa: 2, theta: 3}``). Anything else, a parse error, a list or a scalar, deep nesting included, is one
+    ConfigError naming ``where``."""
+    try:
+        value = json.loads(text)
     except RecursionError:
-        raise ConfigError(f"config file {path} is nested too deeply") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"config file {path} must hold a mapping of option: value")
-    return {str(k).replace("-", "_"): v for k, v in data.items()}
+        raise _not_a_mapping(where, "nested too deeply") from None
+    except ValueError as exc:
+        not_json = str(exc)
+        try:
+            value = yaml.load(text, Loader=_Loader)
+        except RecursionError:
+            raise _not_a_mapping(where, "nested too deeply") from None
+        except yaml.YAMLError as yexc:
+            problem = getattr(yexc, "problem", None) or " ".join(str(yexc).split())
+            raise _not_a_mapping(where, f"not JSON: {not_json}; not YAML: {problem}") from None
+    if not isinstance(value, dict):
+        raise _not_a_mapping(where, "empty" if not text.strip() else f"got {_shown(value)}")
+    return value
+
+
+def _not_a_mapping(where: str, detail: str) -> ConfigError:
+    return ConfigError(
+        f"invalid config: {where} must be a JSON object ({detail}) or a YAML flow mapping like {{kappa: 2}}"
+    )
+
+
+def _flag_name(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _check_indicator_params(params: Mapping[str, Any], source: str) -> None:
+    """A parameter given as text that is no number, named before the indicator sees it (an indicator's own check
+    may not catch it, and the kernels then fail deep inside numpy). Numeric text, booleans, null and lists are left
+    to the indicator's check, which names the indicator and what the parameter must be."""
+    for key, value in params.items():
+        if isinstance(value, str):
+            try:
+                float(value)
+            except ValueError:
+                raise ConfigError(
+                    f"invalid config: indicator_params: {str(key)[:40]} must be a number, got {_shown(value)} "
+                    f"(from {source})"
+                ) from None
 
 
 def load_settings(
     config_file: Path | None = None, flags: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None
 ) -> Settings:
-    """Merge defaults < YAML file < environment < flags (flags whose value is None are ignored)."""
-    layers = [
-        ("config file", _from_yaml(config_file) if config_file else {}),
-        ("environment", _from_env(os.environ if env is None else env)),
-        ("flags", {k: v for k, v in (flags or {}).items() if v is not None}),
-    ]
-    merged: dict[str, Any] = {}
-    origin: dict[str, str] = {}
-    for where, layer in layers:
-        for k, v in layer.items():
-            merged[k] = v
-            origin[k] = where
+    """Merge defaults < YAML file < environment (``os.environ`` when None) < flags (flags whose value is None are
+    ignored; a mapping flag may be given as its JSON or YAML text)."""
+    given = {
+        k: parse_json_object(v, _flag_name(k)) if k in DICT_FIELDS and isinstance(v, str) else v
+        for k, v in (flags or {}).items()
+        if v is not None
+    }
+    load = _Load(config_file=config_file, env=env)
+    token = _LOAD.set(load)
     try:
-        settings = Settings(**merged)
+        settings = Settings(**given)
     except ValidationError as exc:
         err = exc.errors()[0]
         message = _message(err)
         if not err["loc"]:  # a rule across several options
             raise ConfigError(f"invalid config: {message}") from None
         name = ".".join(str(p) for p in err["loc"])[:80]  # a key from a file can be any length
-        source = origin.get(str(err["loc"][0]), "defaults")
+        field_name = str(err["loc"][0])
+        if err["type"] in BOUNDS and field_name in RULES:
+            message += f"; {RULES[field_name]}"
+        source = load.origin.get(field_name, "defaults")
         raise ConfigError(f"invalid config: {name}: {message} (from {source})") from None
+    finally:
+        _LOAD.reset(token)
+    params_from = load.origin.get("indicator_params", load.origin.get("indicator", "defaults"))
+    _check_indicator_params(settings.indicator_params, params_from)
     try:  # the indicator's own parameter checks (kernels.indicators), before anything starts
         kernels.get_indicator(settings.indicator, **settings.indicator_params)
     except ValueError as exc:
-        source = origin.get("indicator_params", origin.get("indicator", "defaults"))
-        raise ConfigError(f"invalid config: indicator_params: {exc} (from {source})") from None
+        raise ConfigError(f"invalid config: indicator_params: {exc} (from {params_from})") from None
     try:
         settings.attribution().validate()
         settings.state()
@@ -350,7 +552,7 @@ def markdown_table() -> str:
     rows = ["| option (YAML key) | flag | environment | default | meaning |", "|---|---|---|---|---|"]
     for name, f in Settings.model_fields.items():
         default = f.default_factory() if f.default_factory is not None else f.default  # type: ignore[call-arg]
-        shown = "–" if default is None or default == {} else f"`{default}`"
+        shown = "–" if default is None or default in ({}, []) else f"`{default}`"
         flag = f"`--{name.replace('_', '-')}`"
         rows.append(f"| `{name}` | {flag} | `{ENV_PREFIX}{name.upper()}` | {shown} | {f.description} |")
     return "\n".join(rows) + "\n"

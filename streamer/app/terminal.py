@@ -2,36 +2,31 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from rich.console import Console
 from rich.table import Table
 
 import kernels
-from streamer.core.jetstream_json import iso_time
+from streamer.core.events import rfc3339
+from streamer.core.results import AlertTransition, Result, RunResult
 
 
-def tier_table(message: dict[str, Any]) -> Table:
+def tier_table(result: RunResult) -> Table:
     """Tiers x {full, panel} with the scale-bias figures in the caption."""
-    sb = message["scale_bias"]
-    state = "FIRING" if message["alert"]["active"] else "ok"
+    sb = result.scale_bias
+    state = "FIRING" if result.alert_active else "ok"
     table = Table(
-        title=f"run {message['run']} · {message['indicator']} · as of {iso_time(message['as_of_us'])} · "
-        f"{message['agents']:,} agents, {message['edges']:,} edges",
-        caption=f"TVD {sb['tvd']:.3f} · r* {sb['residual']:.3f} · c* {sb['rescale']:.3g} · "
-        f"panel share {_fmt(sb['panel_share'])} · Spearman {_fmt(sb['spearman'])} · alert {state}",
+        title=f"run {result.run} · {result.indicator} · as of {rfc3339(result.as_of_us)} · "
+        f"{result.agents:,} agents, {result.edges:,} edges",
+        caption=f"TVD {sb.tvd:.3f} · r* {sb.residual:.3f} · c* {sb.rescale:.3g} · "
+        f"panel share {_fmt(sb.panel_share)} · Spearman {_fmt(sb.spearman)} · alert {state}",
     )
     table.add_column("tier")
     table.add_column("accounts", justify="right")
     table.add_column("full", justify="right")
-    table.add_column(f"panel ({sb['panel_size']})", justify="right")
+    table.add_column(f"panel ({sb.panel_size})", justify="right")
+    full, panel = result.full.as_dict(), result.panel.as_dict()
     for name in kernels.TIER_NAMES:
-        table.add_row(
-            name,
-            f"{message['tier_sizes'][name]:,}",
-            f"{message['tiers']['full'][name]:.3f}",
-            f"{message['tiers']['panel'][name]:.3f}",
-        )
+        table.add_row(name, f"{result.tier_sizes[name]:,}", f"{full[name]:.3f}", f"{panel[name]:.3f}")
     return table
 
 
@@ -43,36 +38,49 @@ class TerminalSink:
     """The tier table for every run (``every_run``, live mode: one run every few minutes); in a replay, where runs
     come many per second, one line per run and the table when the alert changes state and for the last run."""
 
+    name = "terminal"
+
     def __init__(self, console: Console | None = None, *, tables: bool = True, every_run: bool = False) -> None:
         self.console = console or Console(stderr=True)
         self.tables = tables
         self.every_run = every_run
-        self.last: dict[str, Any] | None = None
+        self.last: RunResult | None = None
+        self._shown: RunResult | None = None  # the last result whose table was printed
 
-    def __call__(self, kind: str, message: dict[str, Any]) -> None:
-        if kind == "alerts":
-            colour = "red" if message["state"] == "firing" else "green"
+    def publish(self, result: Result) -> None:
+        if isinstance(result, AlertTransition):
+            colour = "red" if result.state == "firing" else "green"
+            t = result.thresholds
             self.console.print(
-                f"[{colour}]scale-bias alert {message['state']}[/{colour}] ({message['severity']}): "
-                f"TVD {message['figures']['tvd']:.3f} (τ {message['thresholds']['tvd']}), "
-                f"r* {message['figures']['residual']:.3f} (τ {message['thresholds']['residual']})"
+                f"[{colour}]scale-bias alert {result.state}[/{colour}] ({result.severity}): "
+                f"TVD {result.tvd:.3f} (τ {t.tvd}), r* {result.residual:.3f} (τ {t.residual})"
             )
             return
-        self.last = message
+        self.last = result
         if self.tables and self.every_run:
-            self.console.print(tier_table(message))
+            self._table(result)
             return
-        sb = message["scale_bias"]
-        full, panel = message["tiers"]["full"], message["tiers"]["panel"]
+        sb, full, panel = result.scale_bias, result.full, result.panel
         self.console.print(
-            f"run {message['run']:>4} @ {iso_time(message['as_of_us'])}  v={message['value']:.4g}  "
-            f"head/middle/tail full {full['head']:.2f}/{full['middle']:.2f}/{full['tail']:.2f}  "
-            f"panel {panel['head']:.2f}/{panel['middle']:.2f}/{panel['tail']:.2f}  "
-            f"TVD {sb['tvd']:.3f}  r* {sb['residual']:.3f}  {message['runtime_s']:.2f}s"
+            f"run {result.run:>4} @ {rfc3339(result.as_of_us)}  v={result.value:.4g}  "
+            f"head/middle/tail full {full.head:.2f}/{full.middle:.2f}/{full.tail:.2f}  "
+            f"panel {panel.head:.2f}/{panel.middle:.2f}/{panel.tail:.2f}  "
+            f"TVD {sb.tvd:.3f}  r* {sb.residual:.3f}  {result.runtime_s:.2f}s"
         )
-        if self.tables and message["alert"]["changed"]:
-            self.console.print(tier_table(message))
+        if self.tables and result.alert_changed:
+            self._table(result)
+
+    def _table(self, result: RunResult) -> None:
+        self.console.print(tier_table(result))
+        self._shown = result
 
     def final(self) -> None:
-        if self.tables and self.last is not None:
-            self.console.print(tier_table(self.last))
+        """The last run's table, unless it was just printed (an alert change at the final run)."""
+        if self.tables and self.last is not None and self._shown is not self.last:
+            self._table(self.last)
+
+    async def start(self) -> None:
+        return None
+
+    async def close(self, timeout: float) -> int:
+        return 0

@@ -15,25 +15,31 @@ from typing import Any
 import numpy as np
 
 import kernels
-from streamer.core.jetstream_json import iso_time
+from kernels import defaults
+from streamer.core.results import (
+    AlertTransition,
+    RunResult,
+    ScaleBias,
+    Thresholds,
+    TierShares,
+    TopAccount,
+    Window,
+)
 from streamer.core.state import Snapshot
-
-TIERS_SCHEMA = "skyattr.tiers/1"
-ALERTS_SCHEMA = "skyattr.alerts/1"
 
 
 @dataclass(frozen=True)
 class AttributionConfig:
     """What to attribute and how: indicator and its parameters, quadrature, tiers, panel, alert thresholds."""
 
-    indicator: str = "cascade"
+    indicator: str = defaults.DEFAULT_INDICATOR
     params: dict[str, Any] = field(default_factory=dict)
-    nodes: int = 32
-    dtype: str = "float32"
-    head: float = 0.01
-    middle: float = 0.10
-    panel_size: int = 100
-    top_k: int = 10
+    nodes: int = defaults.NODES
+    dtype: str = defaults.DTYPE
+    head: float = defaults.HEAD
+    middle: float = defaults.MIDDLE
+    panel_size: int = defaults.PANEL_SIZE
+    top_k: int = defaults.TOP_K
     thresholds: kernels.AlertThresholds = field(default_factory=kernels.AlertThresholds)
 
     def as_dict(self) -> dict[str, Any]:
@@ -74,24 +80,14 @@ class Arrays:
 
 @dataclass
 class RunOutput:
-    tiers: dict[str, Any] | None
-    alert: dict[str, Any] | None
+    """What one run produced: the typed result (None when the run was skipped, with the reason), the alert
+    transition if the alert changed state, the new alert state, and the per-agent arrays behind the result."""
+
+    result: RunResult | None
+    alert: AlertTransition | None
     alert_active: bool
     skipped: str = ""
     arrays: Arrays | None = None
-
-
-def _window(snap: Snapshot) -> dict[str, Any]:
-    return {
-        "start": iso_time(snap.window_start_us),
-        "end": iso_time(snap.window_end_us),
-        "start_us": snap.window_start_us,
-        "end_us": snap.window_end_us,
-    }
-
-
-def _shares(values: tuple[float, float, float]) -> dict[str, float]:
-    return {name: float(v) for name, v in zip(kernels.TIER_NAMES, values, strict=True)}
 
 
 def _finite(value: float) -> float | None:
@@ -131,59 +127,60 @@ def attribute_snapshot(
         }
         for i in order
     ]
-    figures = {
-        "tvd": bias.tvd,
-        "panel_share": _finite(bias.panel_share),
-        "rescale": bias.rescale,
-        "residual": bias.residual,
-        "spearman": _finite(bias.spearman),
-        "top10_full": _finite(bias.top10_full),
-        "top10_panel": _finite(bias.top10_panel),
-        "panel_size": bias.panel_size,
-    }
+    figures = ScaleBias(
+        tvd=float(bias.tvd),
+        panel_share=_finite(bias.panel_share),
+        rescale=float(bias.rescale),
+        residual=float(bias.residual),
+        spearman=_finite(bias.spearman),
+        top10_full=_finite(bias.top10_full),
+        top10_panel=_finite(bias.top10_panel),
+        panel_size=int(bias.panel_size),
+    )
     t = config.thresholds
-    thresholds = {"tvd": t.tvd, "residual": t.residual, "clear": t.clear}
-    ident = f"{ind.name}@{int(as_of_us)}"
-    message = {
-        "schema": TIERS_SCHEMA,
-        "id": ident,
-        "run": run,
-        "indicator": ind.name,
-        "params": {k: v for k, v in ind.params.items()},
-        "window": _window(snap),
-        "as_of_us": as_of_us,
-        "agents": snap.agents,
-        "active_agents": int(np.count_nonzero(snap.x)),
-        "edges": snap.edges,
-        "events": snap.events,
-        "value": full.value,
-        "baseline": full.baseline,
-        "residual": full.residual,
-        "nodes": full.nodes,
-        "dtype": full.dtype,
-        "tier_sizes": {name: int(np.sum(tiers == k)) for k, name in enumerate(kernels.TIER_NAMES)},
-        "tiers": {"full": _shares(bias.tiers_full), "panel": _shares(bias.tiers_panel)},
-        "scale_bias": figures,
-        "alert": {"active": firing, "changed": firing != alert_active, "thresholds": thresholds},
-        "top": top,
-        "runtime_s": runtime,
-        "device": full.device,
-    }
+    thresholds = Thresholds(tvd=t.tvd, residual=t.residual, clear=t.clear)
+    window = Window(snap.window_start_us, snap.window_end_us)
+    result = RunResult(
+        run=run,
+        indicator=ind.name,
+        params=dict(ind.params.items()),
+        window=window,
+        as_of_us=int(as_of_us),
+        agents=snap.agents,
+        active_agents=int(np.count_nonzero(snap.x)),
+        edges=snap.edges,
+        events=snap.events,
+        value=float(full.value),
+        baseline=float(full.baseline),
+        residual=float(full.residual),
+        nodes=full.nodes,
+        dtype=full.dtype,
+        tier_sizes={name: int(np.sum(tiers == k)) for k, name in enumerate(kernels.TIER_NAMES)},
+        full=TierShares(*(float(v) for v in bias.tiers_full)),
+        panel=TierShares(*(float(v) for v in bias.tiers_panel)),
+        scale_bias=figures,
+        alert_active=firing,
+        alert_changed=firing != alert_active,
+        thresholds=thresholds,
+        top=tuple(TopAccount(**a) for a in top),
+        runtime_s=runtime,
+        device=full.device,
+    )
     alert = None
     if firing != alert_active:
         critical = bias.tvd > 2 * t.tvd or bias.residual > 2 * t.residual
         severity = "critical" if critical else "warning"
-        alert = {
-            "schema": ALERTS_SCHEMA,
-            "id": ident,
-            "run": run,
-            "indicator": ind.name,
-            "state": "firing" if firing else "resolved",
-            "severity": severity if firing else "info",
-            "figures": {"tvd": bias.tvd, "residual": bias.residual, "panel_share": _finite(bias.panel_share)},
-            "thresholds": thresholds,
-            "window": _window(snap),
-            "as_of_us": as_of_us,
-        }
+        alert = AlertTransition(
+            run=run,
+            indicator=ind.name,
+            state="firing" if firing else "resolved",
+            severity=severity if firing else "info",
+            tvd=float(bias.tvd),
+            residual=float(bias.residual),
+            panel_share=_finite(bias.panel_share),
+            thresholds=thresholds,
+            window=window,
+            as_of_us=int(as_of_us),
+        )
     arrays = Arrays(np.asarray(full.phi, np.float64), tiers, panel, np.asarray(panel_attr.phi, np.float64))
-    return RunOutput(message, alert, firing, arrays=arrays)
+    return RunOutput(result, alert, firing, arrays=arrays)

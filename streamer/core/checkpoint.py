@@ -96,6 +96,9 @@ class _Extra(_Strict):
     finished: bool = False
     archive: str | None = None
     relay: str | None = None
+    # fingerprints of the items applied at exactly ``cursor``: a source whose cursor is inclusive (Jetstream's
+    # time_us) re-sends them on resume, and this tells them from new events of the same microsecond
+    at_cursor: list[int] = []
 
 
 class _Meta(_Strict):

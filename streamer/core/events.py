@@ -195,3 +195,10 @@ def classify(collection: str, record: Any) -> tuple[str, str]:
     attends to nobody or names no valid DID. Unknown collections are ``other``."""
     kind, subject, _ = classify_record(collection, record)
     return kind, subject
+
+
+def rfc3339(time_us: int) -> str:
+    """``2026-07-04T14:38:07.517Z``: UTC with milliseconds and "Z", as relays write a commit's ``time``; the one
+    formatter for every time skyattr writes (integer arithmetic, so no float rounding moves a millisecond)."""
+    dt = datetime.fromtimestamp(time_us // 1_000_000, UTC).replace(microsecond=time_us % 1_000_000)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"

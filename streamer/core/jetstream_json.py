@@ -25,6 +25,7 @@ from streamer.core.events import (
     is_valid_rkey,
     is_valid_time_us,
     parse_time_us,
+    rfc3339,
 )
 from streamer.core.frames import (
     MAX_DEPTH,
@@ -153,7 +154,7 @@ def to_jetstream(event: Event) -> dict[str, Any]:
     """A normalized event in the Jetstream v1 shape, with ``"skyattr": {seq, event, subject}`` added."""
     out: dict[str, Any] = {"did": event.actor, "time_us": event.time_us}
     if event.kind in (IDENTITY, ACCOUNT):
-        body: dict[str, Any] = {"did": event.actor, "seq": event.seq, "time": iso_time(event.time_us)}
+        body: dict[str, Any] = {"did": event.actor, "seq": event.seq, "time": rfc3339(event.time_us)}
         body.update(event.extra or {})
         out["kind"] = event.kind
         out[event.kind] = body
@@ -169,12 +170,4 @@ def to_jetstream(event: Event) -> dict[str, Any]:
     return out
 
 
-def iso_time(time_us: int) -> str:
-    """Microseconds since the epoch as an RFC 3339 UTC timestamp with millisecond precision."""
-    from datetime import UTC, datetime
-
-    dt = datetime.fromtimestamp(time_us / 1e6, tz=UTC)
-    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
-
-
-__all__ = ["from_jetstream", "iso_time", "parse_time_us", "to_jetstream"]
+__all__ = ["from_jetstream", "parse_time_us", "to_jetstream"]

@@ -1,6 +1,6 @@
 """Where results go besides Kafka: a JSON Lines file (or stdout) and the terminal.
 
-Every sink is a callable ``sink(kind, message)`` with kind ``"tiers"`` or ``"alerts"``.
+The JSON Lines sink: one line per result, in the format of ``tests/golden/default_replay.jsonl``.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from typing import Any, TextIO
 
 from streamer.core.durable import cut_torn_tail
 from streamer.core.journal import ResultWriteError, dumps
+from streamer.core.results import Result
 
 log = logging.getLogger("skyattr.sinks")
 
@@ -54,7 +55,16 @@ class JsonlSink:
             return -1
         return self._fh.tell()
 
-    def __call__(self, kind: str, message: dict[str, Any]) -> None:
+    name = "jsonl"
+
+    def publish(self, result: Result) -> None:
+        self.write(result.topic, result.to_message())
+
+    async def start(self) -> None:
+        return None
+
+    def write(self, kind: str, message: dict[str, Any]) -> None:
+        """One line ``{"topic": kind, **message}`` (also for journaled results written again at a restart)."""
         try:
             self._fh.write(dumps(kind, message) + "\n")
             self._fh.flush()
@@ -66,7 +76,12 @@ class JsonlSink:
             ) from exc
         self.lines += 1
 
-    def close(self) -> None:
+    async def close(self, timeout: float = 0.0) -> int:
+        """Close the file (every line is already fsynced: nothing is ever left unwritten)."""
+        self.close_now()
+        return 0
+
+    def close_now(self) -> None:
         if self._fh is not sys.stdout:
             with contextlib.suppress(OSError):  # a full disk already stopped the daemon with its own message
                 self._fh.close()

@@ -20,7 +20,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.registry import Collector
 
 DURATION_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300)
 MAX_CONNECTIONS = 32  # served at once; one more is closed at once (a scrape needs one, a probe one)
@@ -33,43 +35,6 @@ class Metrics:
 
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
-        self.events = Counter("skyattr_ingest_events", "Normalized events ingested, by kind.", ["kind"], registry=r)
-        self.frames = Counter("skyattr_ingest_frames", "Frames or archive items, by type.", ["type"], registry=r)
-        self.decode_errors = Counter(
-            "skyattr_decode_errors", "Items that could not be decoded, by reason.", ["reason"], registry=r
-        )
-        self.skipped_ops = Counter("skyattr_skipped_ops", "Repo operations skipped, by reason.", ["reason"], registry=r)
-        self.duplicates = Counter(
-            "skyattr_duplicate_frames", "Frames already applied, sent again: ignored.", registry=r
-        )
-        self.seq_gaps = Counter(
-            "skyattr_seq_gaps", "Relay seq jumps of more than one (the relay's seqs need not be dense).", registry=r
-        )
-        self.seq_gap_frames = Counter(
-            "skyattr_seq_gap_frames", "Seqs jumped over by those jumps (the sum of jump - 1).", registry=r
-        )
-        self.seq_out_of_order = Counter(
-            "skyattr_seq_out_of_order", "Frames below the cursor not seen before: late, kept.", registry=r
-        )
-        self.seq_resets = Counter(
-            "skyattr_seq_resets", "Relay sequence restarts followed (FutureCursor ones included).", registry=r
-        )
-        self.seq_anomaly = Gauge(
-            "skyattr_source_seq_anomaly",
-            "1 for a minute after a relay sequence reset or an out-of-order frame, else 0.",
-            registry=r,
-        )
-        self.reconnects = Counter("skyattr_source_reconnects", "Reconnections to the relay.", registry=r)
-        self.connected = Gauge(
-            "skyattr_source_connected", "1 while the relay websocket is open (run; 0 in replay).", registry=r
-        )
-        self.cursor = Gauge("skyattr_source_cursor_seq", "Last relay seq applied to the state.", registry=r)
-        self.lag = Gauge(
-            "skyattr_event_lag_seconds", "Wall clock minus the event time of the newest event.", registry=r
-        )
-        self.event_time = Gauge("skyattr_event_time_seconds", "Event time of the newest event (Unix).", registry=r)
-        self.agents = Gauge("skyattr_agents", "Agents interned in the state.", registry=r)
-        self.edges = Gauge("skyattr_edges", "Attention edges in the rolling window.", registry=r)
         self.active_agents = Gauge("skyattr_active_agents", "Agents with activity in the window.", registry=r)
         self.duration = Histogram(
             "skyattr_attribution_duration_seconds",
@@ -97,37 +62,57 @@ class Metrics:
             "skyattr_completeness_residual", "Efficiency residual of the path integral.", ["indicator"], registry=r
         )
         self.value = Gauge("skyattr_indicator_value", "Macro indicator v(x) now.", ["indicator"], registry=r)
-        self.kafka = Counter(
-            "skyattr_kafka_messages", "Kafka messages by topic and outcome.", ["topic", "outcome"], registry=r
-        )
-        self.kafka_buffered = Gauge("skyattr_kafka_buffered", "Results waiting for the broker.", registry=r)
         self.results_repeated = Counter(
             "skyattr_results_repeated",
             "Results computed again after a restart whose identity was already delivered (not sent again).",
             registry=r,
         )
         self.checkpoints = Counter("skyattr_checkpoints", "Checkpoints written, by outcome.", ["outcome"], registry=r)
+        self.sink_errors = Counter(
+            "skyattr_sink_errors",
+            "Results a sink failed on (logged; the other sinks still got them).",
+            ["sink"],
+            registry=r,
+        )
+        self.stream = StreamCollector()
+        r.register(self.stream)
         self.ready = False
         self.not_ready_reason = "starting"
         self.port: int | None = None
         self._server: ThreadingHTTPServer | None = None
 
-    def record_run(self, message: dict[str, Any]) -> None:
-        """Update the result gauges from a ``skyattr.tiers`` message."""
-        ind = message["indicator"]
-        for scale in ("full", "panel"):
-            for tier, share in message["tiers"][scale].items():
+    def bind(self, stats: Any, dispatcher: Any, source: Any = None) -> None:
+        """Export this stream's figures at scrape time: its stats, the state behind the dispatcher, the source."""
+        self.stream.stats, self.stream.dispatcher, self.stream.source = stats, dispatcher, source
+
+    name = "prometheus"
+
+    def publish(self, result: Any) -> None:
+        """The Sink protocol: a run's figures become the result gauges (alert transitions show in them too)."""
+        if getattr(result, "topic", "") == "tiers":
+            self.record_run(result)
+            self.runs.labels("ok").inc()
+            self.last_success.set(time.time())
+
+    async def start(self) -> None:
+        return None
+
+    def record_run(self, result: Any) -> None:
+        """Update the result gauges from a :class:`~streamer.core.results.RunResult`."""
+        ind = result.indicator
+        for scale, shares in (("full", result.full), ("panel", result.panel)):
+            for tier, share in shares.as_dict().items():
                 self.tier_share.labels(ind, tier, scale).set(share)
-        sb = message["scale_bias"]
-        self.tvd.labels(ind).set(sb["tvd"])
-        self.rstar.labels(ind).set(sb["residual"])
-        if sb["panel_share"] is not None:
-            self.panel_share.labels(ind).set(sb["panel_share"])
-        self.alert.labels(ind).set(1 if message["alert"]["active"] else 0)
-        self.completeness.labels(ind).set(message["residual"])
-        self.value.labels(ind).set(message["value"])
-        self.active_agents.set(message["active_agents"])
-        self.duration.labels(ind).observe(message["runtime_s"])
+        sb = result.scale_bias
+        self.tvd.labels(ind).set(sb.tvd)
+        self.rstar.labels(ind).set(sb.residual)
+        if sb.panel_share is not None:
+            self.panel_share.labels(ind).set(sb.panel_share)
+        self.alert.labels(ind).set(1 if result.alert_active else 0)
+        self.completeness.labels(ind).set(result.residual)
+        self.value.labels(ind).set(result.value)
+        self.active_agents.set(result.active_agents)
+        self.duration.labels(ind).observe(result.runtime_s)
 
     # HTTP ----------------------------------------------------------------------------------------------------
     def serve(
@@ -252,3 +237,81 @@ class _BoundedHTTPServer(ThreadingHTTPServer):
 
 class _BoundedHTTPServer6(_BoundedHTTPServer):
     address_family = socket.AF_INET6
+
+
+class StreamCollector(Collector):
+    """The ingest figures, read from the stream's objects at scrape time: the one
+    :class:`~streamer.sources.base.SourceStats` the source and the dispatcher count into, the state behind the
+    dispatcher, the source's own flags. Nothing is copied into counters as ingest runs, so nothing can drift or be
+    counted twice; a scrape before the stream is bound shows the families empty."""
+
+    def __init__(self) -> None:
+        self.stats: Any = None
+        self.dispatcher: Any = None
+        self.source: Any = None
+        self.kafka: Any = None  # the Kafka sink's stats (streamer.sinks.kafka_outbox.KafkaStats), when it has one
+
+    def describe(self) -> Any:
+        return []  # collected on demand (no fixed samples to check at registration)
+
+    def collect(self) -> Any:
+        st, disp, src = self.stats, self.dispatcher, self.source
+        labelled = (
+            ("skyattr_ingest_events", "Normalized events ingested, by kind.", "kind", "events"),
+            ("skyattr_ingest_frames", "Frames or archive items, by type.", "type", "frames"),
+            ("skyattr_decode_errors", "Items that could not be decoded, by reason.", "reason", "errors"),
+            ("skyattr_skipped_ops", "Repo operations skipped, by reason.", "reason", "skipped"),
+        )
+        for name, doc, label, field in labelled:
+            family = CounterMetricFamily(name, doc, labels=[label])
+            if st is not None:
+                for key, value in dict(getattr(st, field)).items():
+                    family.add_metric([key], value)
+            yield family
+        plain = (
+            ("skyattr_duplicate_frames", "Frames already applied, sent again: ignored.", "duplicates"),
+            ("skyattr_seq_gaps", "Relay seq jumps of more than one (the relay's seqs need not be dense).", "gaps"),
+            ("skyattr_seq_gap_frames", "Seqs jumped over by those jumps (the sum of jump - 1).", "gap_frames"),
+            ("skyattr_seq_out_of_order", "Frames below the cursor not seen before: late, kept.", "out_of_order"),
+            ("skyattr_seq_resets", "Relay sequence restarts followed (FutureCursor ones included).", "resets"),
+            ("skyattr_source_reconnects", "Reconnections to the relay.", "reconnects"),
+        )
+        for name, doc, field in plain:
+            yield CounterMetricFamily(name, doc, value=getattr(st, field) if st is not None else 0)
+        anomalous = bool(getattr(src, "anomalous", False)) if src is not None else False
+        yield GaugeMetricFamily(
+            "skyattr_source_seq_anomaly",
+            "1 for a minute after a relay sequence reset or an out-of-order frame, else 0.",
+            value=1 if anomalous else 0,
+        )
+        yield GaugeMetricFamily(
+            "skyattr_source_connected",
+            "1 while the relay websocket is open (run; 0 in replay).",
+            value=1 if st is not None and src is not None and st.connected else 0,
+        )
+        yield GaugeMetricFamily(
+            "skyattr_source_cursor_seq", "Last relay seq applied to the state.", value=disp.cursor if disp else 0
+        )
+        state = disp.state if disp is not None else None
+        last = state.last_time_us if state is not None else 0
+        lag = GaugeMetricFamily("skyattr_event_lag_seconds", "Wall clock minus the event time of the newest event.")
+        newest = GaugeMetricFamily("skyattr_event_time_seconds", "Event time of the newest event (Unix).")
+        lag.add_metric([], time.time() - last / 1e6 if last else 0.0)
+        newest.add_metric([], last / 1e6)
+        yield lag
+        yield newest
+        yield GaugeMetricFamily(
+            "skyattr_agents", "Agents interned in the state.", value=len(state.dids) if state is not None else 0
+        )
+        edges = sum(len(b.att) for b in list(state.buckets.values())) if state is not None else 0
+        yield GaugeMetricFamily("skyattr_edges", "Attention edges in the rolling window.", value=edges)
+        kafka = self.kafka.snapshot() if self.kafka is not None else None
+        messages = CounterMetricFamily(
+            "skyattr_kafka_messages", "Kafka messages by topic and outcome.", labels=["topic", "outcome"]
+        )
+        for (topic, outcome), n in sorted(kafka.messages.items()) if kafka is not None else ():
+            messages.add_metric([topic, outcome], n)
+        yield messages
+        yield GaugeMetricFamily(
+            "skyattr_kafka_buffered", "Results waiting for the broker.", value=kafka.buffered if kafka else 0
+        )

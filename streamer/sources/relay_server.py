@@ -48,10 +48,10 @@ from websockets.protocol import State
 from streamer.core.events import parse_time_us
 from streamer.core.frames import MAX_FRAME_BYTES
 from streamer.sources.archive import ReadReport, read_archive
+from streamer.sources.endpoints import SUBSCRIBE_PATH
 
 log = logging.getLogger(__name__)
 
-SUBSCRIBE_PATH = "/xrpc/com.atproto.sync.subscribeRepos"
 # A relay never sends more than the protocol limit; headroom so oversize test frames reach the client's checks.
 SERVER_MAX_SIZE = 2 * MAX_FRAME_BYTES
 DRAIN_TIMEOUT_S = 2.0

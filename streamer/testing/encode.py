@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from typing import Any
 
 import libipld
+
+from streamer.core.events import rfc3339
 
 DAG_CBOR_SHA256_PREFIX = b"\x01\x71\x12\x20"  # CIDv1, codec dag-cbor (0x71), multihash sha2-256 (0x12), 32 bytes
 S32_ALPHABET = "234567abcdefghijklmnopqrstuvwxyz"  # atproto's base32-sortable alphabet for TIDs
@@ -69,12 +70,6 @@ def tid(time_us: int, clock_id: int = 0) -> str:
     ``time_us << 10 | clock_id``, so TIDs sort like the times they encode."""
     value = ((time_us & ((1 << 53) - 1)) << 10) | (clock_id & 0x3FF)
     return "".join(S32_ALPHABET[(value >> (5 * i)) & 31] for i in reversed(range(13)))
-
-
-def rfc3339(time_us: int) -> str:
-    """``2026-07-04T14:38:07.517Z``: UTC with milliseconds and "Z", as relays write a commit's ``time``."""
-    dt = datetime.fromtimestamp(time_us // 1_000_000, UTC).replace(microsecond=time_us % 1_000_000)
-    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
 
 
 def _looks_like_cid(raw: bytes) -> bool:

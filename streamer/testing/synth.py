@@ -29,9 +29,7 @@ import bisect
 import hashlib
 import itertools
 import math
-import os
 import random
-import struct
 from base64 import b32encode
 from collections import Counter, deque
 from collections.abc import Iterator
@@ -42,10 +40,10 @@ from pathlib import Path
 from typing import Any
 
 import libipld
-import zstandard
 
-from streamer.sources.archive import FORMAT, VERSION, _skippable
-from streamer.testing.encode import account_frame, block, encode_commit, identity_frame, rfc3339, tid
+from streamer.core.events import rfc3339
+from streamer.sources.archive import ArchiveWriter
+from streamer.testing.encode import account_frame, block, encode_commit, identity_frame, tid
 
 DEFAULT_START_US = int(datetime(2026, 7, 4, tzinfo=UTC).timestamp()) * 1_000_000
 EVENTS_PER_AGENT_HOUR = 0.25  # chosen so that 2000 agents × 24 h is a few MiB (the bundled default archive)
@@ -396,36 +394,17 @@ def write_synth_archive(
     """Write one ``.skyarch.zst`` file with the layout of :class:`streamer.sources.archive.ArchiveWriter` (JSON header,
     zstd frames of ``[u32 len][frame]`` every :data:`FLUSH_EVERY` frames, JSON trailer).
 
-    Written here rather than by ArchiveWriter because its header's ``created`` is the wall clock; a synthetic
-    archive's is its start time, so the file is byte-identical on every run. Written to a temporary name and
-    renamed, so an interrupted run leaves no half file under ``path``."""
+    The header's ``created`` is the archive's start time, not the wall clock, so the file is byte-identical on
+    every run; :class:`~streamer.sources.archive.ArchiveWriter` writes it under a temporary name and renames it,
+    so an interrupted run leaves neither a half file under ``path`` nor a temporary one."""
     counts: Counter[str] = Counter()
     created = datetime.fromtimestamp(start_time_us // 1_000_000, UTC).isoformat(timespec="seconds")
-    header = {
-        "format": FORMAT,
-        "version": VERSION,
-        "source": source_name(agents, hours, seed),
-        "first_seq": first_seq,
-        "created": created,
-    }
-    compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL)
-    tmp = path.with_name(f".{path.name}.tmp")
-    frames, raw, last_seq = 0, 0, first_seq
-    with open(tmp, "wb") as fh:
-        fh.write(_skippable(header))
-        pending: list[bytes] = []
+    with ArchiveWriter(
+        None, source_name(agents, hours, seed), file=path, created=created, flush_every=FLUSH_EVERY, level=ZSTD_LEVEL
+    ) as writer:
         for seq, frame in synth_frames(agents, hours, seed, start_time_us, first_seq, counts=counts):
-            pending += [struct.pack("<I", len(frame)), frame]
-            frames, raw, last_seq = frames + 1, raw + len(frame), seq
-            if len(pending) >= 2 * FLUSH_EVERY:
-                fh.write(compressor.compress(b"".join(pending)))
-                pending.clear()
-        if pending:
-            fh.write(compressor.compress(b"".join(pending)))
-        fh.write(_skippable({"last_seq": last_seq, "frames": frames}))
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+            writer.write(frame, seq)
+    frames, raw, last_seq = writer.total_frames, writer.raw_bytes, writer.last_seq
     return SynthResult(path, frames, path.stat().st_size, raw, first_seq, last_seq, counts)
 
 

@@ -1,9 +1,16 @@
 from __future__ import annotations
 
+import dataclasses
+import gc
+import weakref
+
+import jax
 import numpy as np
 import pytest
 
 from kernels import AttentionGraph, bucket
+from kernels import graph as graph_module
+from kernels.graph import padded
 
 
 def test_exposure_and_transpose_match_dense() -> None:
@@ -66,3 +73,58 @@ def test_bad_graph_is_a_clear_value_error(args: tuple, message: str) -> None:
     att, src, w, n = args
     with pytest.raises(ValueError, match=message):
         AttentionGraph(np.asarray(att), np.asarray(src), np.asarray(w), n)
+
+
+def _reference_pad(g: AttentionGraph, dtype: np.dtype) -> tuple[np.ndarray, ...]:
+    """The padding as specified: zero-weight edges (attender n_pad - 1, source 0), mask over the real agents."""
+    n_pad, e_pad = bucket(g.n), bucket(g.edges)
+    att = np.r_[g.attender, np.full(e_pad - g.edges, n_pad - 1)].astype(g.attender.dtype)
+    src = np.r_[g.source, np.zeros(e_pad - g.edges)].astype(g.source.dtype)
+    w = np.r_[g.weight, np.zeros(e_pad - g.edges)].astype(dtype)
+    return att, src, w, np.arange(n_pad) < g.n
+
+
+def test_graph_is_immutable_and_caches_nothing_on_itself() -> None:
+    rng = np.random.default_rng(2)
+    att, src, w = rng.integers(0, 30, 80), rng.integers(0, 30, 80), rng.random(80)
+    g = AttentionGraph(att, src, w, 30)
+    assert dataclasses.is_dataclass(g) and type(g).__dataclass_params__.frozen
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        g.n = 31  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        g._padded = {}  # type: ignore[attr-defined]
+    for arr in (g.attender, g.source, g.weight):
+        with pytest.raises(ValueError, match="read-only"):
+            arr[0] = 0
+    assert att.flags.writeable and w.flags.writeable, "the caller's arrays are left as they were"
+    before = dict(vars(g))
+    p = g.padded(np.dtype(np.float32))
+    assert vars(g).keys() == before.keys() == {"attender", "source", "weight", "n"}, "nothing cached on the graph"
+    assert all(vars(g)[k] is v for k, v in before.items())
+    assert padded(g, np.float32) is p and g.padded(np.dtype("float32")) is p, "cached per (graph, dtype)"
+
+
+def test_padded_copy_is_bit_identical_and_per_dtype() -> None:
+    rng = np.random.default_rng(3)
+    n, m = 1300, 4000
+    g = AttentionGraph(rng.integers(0, n, m), rng.integers(0, n, m), rng.random(m) * 3, n)
+    for dtype in (np.float32, np.float64):
+        with jax.enable_x64(dtype == np.float64):
+            p = g.padded(np.dtype(dtype))
+        assert np.asarray(p.weight).dtype == dtype and int(p.n) == n
+        got = (np.asarray(p.attender), np.asarray(p.source), np.asarray(p.weight), np.asarray(p.mask))
+        for a, b in zip(got, _reference_pad(g, np.dtype(dtype)), strict=True):
+            assert a.dtype == b.dtype and a.tobytes() == b.tobytes()
+    assert g.padded(np.float32) is not g.padded(np.float64)
+
+
+def test_padded_cache_does_not_keep_graphs_alive() -> None:
+    g = AttentionGraph(np.array([0, 1]), np.array([1, 0]), None, 2)
+    g.padded(np.float32)
+    ref = weakref.ref(g)
+    assert g in graph_module._padded_cache
+    entries = len(graph_module._padded_cache)
+    del g
+    gc.collect()
+    assert ref() is None, "the cache must not hold the graph"
+    assert len(graph_module._padded_cache) <= entries - 1, "the dead graph's entry went with it"

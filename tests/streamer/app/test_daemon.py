@@ -23,10 +23,10 @@ from streamer.app.daemon import live_pipeline, replay_pipeline
 from streamer.app.settings import load_settings
 from streamer.sources.relay_server import Relay
 from streamer.testing.synth import default_archive
+from tests.compare import VOLATILE, assert_close
 from tests.net import free_port, http_get
 
 GOLDEN = Path(__file__).resolve().parents[2] / "golden" / "default_replay.jsonl"
-VOLATILE = {"runtime_s", "device"}
 
 
 def _get(url: str) -> tuple[int, str]:
@@ -50,22 +50,6 @@ def _cli(*args: str, env: dict[str, str] | None = None, **kw: Any) -> subprocess
 
 def _stable(line: str) -> dict[str, Any]:
     return {k: v for k, v in json.loads(line).items() if k not in VOLATILE}
-
-
-def _close(a: Any, b: Any, path: str = "") -> None:
-    """Equal, with floats to 1e-4 relative (float32 kernels; other CPUs may round differently)."""
-    if isinstance(a, float) or isinstance(b, float):
-        assert math.isclose(a, b, rel_tol=1e-4, abs_tol=1e-6), f"{path}: {a} != {b}"
-    elif isinstance(a, dict):
-        assert a.keys() == b.keys(), path
-        for k in a:
-            _close(a[k], b[k], f"{path}.{k}")
-    elif isinstance(a, list):
-        assert len(a) == len(b), path
-        for i, (x, y) in enumerate(zip(a, b, strict=True)):
-            _close(x, y, f"{path}[{i}]")
-    else:
-        assert a == b, f"{path}: {a!r} != {b!r}"
 
 
 def test_metrics_over_http_during_a_replay(tmp_path: Path) -> None:
@@ -110,7 +94,7 @@ def test_metrics_over_http_during_a_replay(tmp_path: Path) -> None:
         assert live[name].type == kind, name
     final = _families(generate_latest(pipe.metrics.registry).decode())
     events = {s.labels["kind"]: s.value for s in final["skyattr_ingest_events"].samples if s.name.endswith("_total")}
-    assert sum(events.values()) == sum(result.ingestor.stats.events.values()) == 11_998
+    assert sum(events.values()) == sum(result.stats.events.values()) == 11_998
     shares = {(s.labels["tier"], s.labels["scale"]): s.value for s in final["skyattr_tier_share"].samples}
     assert math.isclose(sum(v for (t, sc), v in shares.items() if sc == "full"), 1.0, rel_tol=1e-6)
     runs = [s.value for s in final["skyattr_attribution_duration_seconds"].samples if s.name.endswith("_count")]
@@ -128,7 +112,7 @@ def test_replay_results_equal_the_golden_file(tmp_path: Path) -> None:
     want = [_stable(x) for x in GOLDEN.read_text().splitlines()]
     assert [(m["topic"], m["run"]) for m in got] == [(m["topic"], m["run"]) for m in want]
     for g, w in zip(got, want, strict=True):
-        _close(g, w, f"{g['topic']}#{g['run']}")
+        assert_close(g, w, f"{g['topic']}#{g['run']}")
     alerts = [m for m in got if m["topic"] == "alerts"]
     assert alerts and alerts[0]["state"] == "firing", "the bundled archive's panel is biased"
     schemas = {kind: _schema(kind) for kind in ("tiers", "alerts")}
@@ -167,7 +151,7 @@ def test_sigterm_checkpoints_and_the_restart_finishes_the_same_results(tmp_path:
     want = whole.read_text().splitlines()
     assert len(combined) == len(want), "no run lost, none repeated"
     for a, b in zip(combined, want, strict=True):
-        _close(_stable(a), _stable(b))
+        assert_close(_stable(a), _stable(b))
 
 
 @pytest.mark.parametrize(

@@ -3,16 +3,18 @@
 
 from __future__ import annotations
 
-import threading
+import asyncio
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from streamer.core import ingest
-from streamer.core.ingest import replay
+from streamer.core import pipeline
+from streamer.core.events import rfc3339
+from streamer.core.replay import replay, replay_archive
 from streamer.sources.archive import ArchiveWriter
-from streamer.testing.encode import commit_frame, rfc3339
+from streamer.testing.encode import commit_frame
 
 T0 = 1_783_000_000_000_000
 HOUR = 3_600_000_000
@@ -36,21 +38,25 @@ def _archive(tmp_path: Path, gap_us: int) -> Path:
 
 
 def test_a_gap_in_event_time_is_compressed_to_a_bounded_pause(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(ingest, "MAX_PACE_SLEEP_S", 0.3)
+    monkeypatch.setattr(pipeline, "MAX_PACE_SLEEP_S", 0.3)
     path = _archive(tmp_path, 30 * HOUR)  # 30 hours of silence, replayed at 1,000x: 108 s unbounded
     start = time.monotonic()
     result = replay(path, speed=1000.0)
     took = time.monotonic() - start
-    assert not result.interrupted and result.ingestor.stats.items == 740
+    assert not result.interrupted and result.stats.items == 740
     # 40 s + 699 s of paced event time at 1000x = 0.74 s, plus at most one bounded pause per gap
     assert took < 10, f"took {took:.1f} s"
 
 
 def test_a_stop_ends_a_pause_at_once(tmp_path: Path) -> None:
     path = _archive(tmp_path, HOUR)
-    stop = threading.Event()
-    threading.Timer(0.5, stop.set).start()
+
+    async def main() -> Any:
+        stop = asyncio.Event()
+        asyncio.get_running_loop().call_later(0.5, stop.set)
+        return await replay_archive(path, speed=1.0, stop=stop)  # one second of event time per second: many pauses
+
     start = time.monotonic()
-    result = replay(path, speed=1.0, stop_event=stop)  # one second of event time per second: many pauses
+    result = asyncio.run(main())
     assert result.interrupted
     assert time.monotonic() - start < 3.0, "the stop is honoured within a pause, not after it"

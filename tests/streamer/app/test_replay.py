@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import libipld
 import numpy as np
@@ -11,7 +12,8 @@ import pytest
 from typer.testing import CliRunner
 
 from streamer.app.cli import app
-from streamer.core.ingest import Ingestor, replay
+from streamer.core.ingest import Ingestor
+from streamer.core.replay import replay
 from streamer.core.state import AgentState, StateConfig
 from streamer.sources.archive import ArchiveWriter
 from streamer.testing.encode import commit_frame
@@ -40,8 +42,8 @@ def test_two_replays_give_identical_state(sample_dir: Path) -> None:
     a = replay(sample_dir / "frames.bin.zst")
     b = replay(sample_dir / "frames.bin.zst")
     _same_snapshot(a.state, b.state)
-    assert a.ingestor.stats.as_dict() == b.ingestor.stats.as_dict()
-    assert a.ingestor.cursor == 31527015471 and a.ingestor.position == 150
+    assert a.stats.as_dict() == b.stats.as_dict()
+    assert a.cursor == 31527015471 and a.position == 150
 
 
 def test_bad_frames_are_counted_and_nothing_accepted_is_lost(tmp_path: Path, sample_frames: list[bytes]) -> None:
@@ -56,11 +58,11 @@ def test_bad_frames_are_counted_and_nothing_accepted_is_lost(tmp_path: Path, sam
     )  # fmt: skip
     mixed = [*sample_frames[:50], b"\xff\xfe random", bad_car, unknown, huge, *sample_frames[50:], odd_type]
     result = replay(_archive(tmp_path, mixed))
-    stats = result.ingestor.stats
+    stats = result.stats
     assert stats.errors == {"bad_cbor": 1, "bad_car": 1, "unknown_type": 1, "too_big": 1}
     assert stats.items == len(mixed)
     clean = replay(_archive(tmp_path / "clean", sample_frames))
-    assert stats.events - clean.ingestor.stats.events == {"other": 1}, "the unknown record type is counted as other"
+    assert stats.events - clean.stats.events == {"other": 1}, "the unknown record type is counted as other"
     got, ref = result.state.snapshot(), clean.state.snapshot()
     assert got.dids == [*ref.dids, "did:plc:zzzzzzzzzzzzzzzzzzzzzzzz"]
     np.testing.assert_array_equal(got.x, [*ref.x, 0.0])  # "other" records carry no activity or attention
@@ -88,12 +90,12 @@ def test_resume_after_a_crash_equals_an_uninterrupted_replay(tmp_path: Path, sam
     archive = sample_dir / "frames.bin.zst"
     ckpt = tmp_path / "ckpt"
 
-    def crash(ing: Ingestor) -> None:
-        if ing.position == crash_at:
+    def crash(source: Any, _pipe: Any) -> None:
+        if source.position == crash_at:
             raise _Crash
 
     with pytest.raises(_Crash):
-        replay(archive, checkpoint_dir=ckpt, checkpoint_every_items=10, on_item=crash)
+        replay(archive, checkpoint_dir=ckpt, checkpoint_every_items=10, on_progress=crash, progress_every=1)
     resumed = replay(archive, checkpoint_dir=ckpt, checkpoint_every_items=10)
     assert resumed.resumed_from == (crash_at // 10) * 10
     _same_snapshot(resumed.state, replay(archive).state)

@@ -11,7 +11,6 @@ import json
 import re
 import shutil
 from pathlib import Path
-from typing import Any
 
 import jsonschema
 import numpy as np
@@ -144,10 +143,10 @@ def test_gini_is_in_range_and_matches_the_reference(data: ReportData, report_dir
 
 
 def _with_did(data: ReportData, did: str) -> ReportData:
-    message: dict[str, Any] = json.loads(json.dumps(data.message))
-    message["top"][0]["did"] = did
-    message["indicator"] = "<b>ind</b>"
-    return dataclasses.replace(data, message=message, archive="/tmp/a<b>&c.zst")
+    r = data.result
+    top = (dataclasses.replace(r.top[0], did=did), *r.top[1:])
+    result = dataclasses.replace(r, top=top, indicator="<b>ind</b>")
+    return dataclasses.replace(data, result=result, archive="/tmp/a<b>&c.zst")
 
 
 def test_html_and_markdown_escape_user_strings(data: ReportData) -> None:

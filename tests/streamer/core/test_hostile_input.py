@@ -16,7 +16,7 @@ from typing import Any
 import libipld
 import pytest
 
-from streamer.core.events import MAX_TIME_US, MIN_TIME_US, is_valid_did, parse_time_us
+from streamer.core.events import MAX_TIME_US, MIN_TIME_US, is_valid_did, parse_time_us, rfc3339
 from streamer.core.frames import (
     MAX_DEPTH,
     MAX_DETAIL_CHARS,
@@ -27,7 +27,7 @@ from streamer.core.frames import (
     to_json_model,
 )
 from streamer.core.jetstream_json import from_jetstream
-from streamer.testing.encode import car, cid_of, commit_frame, identity_frame, rfc3339, tid
+from streamer.testing.encode import car, cid_of, commit_frame, identity_frame, tid
 
 ALICE, BOB = "did:plc:aaaaaaaaaaaaaaaaaaaaaaaa", "did:plc:bbbbbbbbbbbbbbbbbbbbbbbb"
 T0 = 1783175887517000  # 2026-07-04T14:38:07.517Z

@@ -196,7 +196,7 @@ def test_the_ingestor_counts_each_refusal_by_reason_and_schedules_on_accepted_ti
         Event(T0 - 10 * HOUR, 0, "like", A, B),  # before the window
         Event(T0 + 100_000_000, 0, "like", "did:plc:a\nb", B),
     ]
-    ing.apply_decoded(Decoded("#commit", events=honest + hostile), is_frame=False)
+    ing.apply_decoded(Decoded("#commit", events=honest + hostile))
     assert ing.stats.events == {"post": 100}
     assert ing.stats.skipped == {"future_time": 1, "late": 1, "bad_did": 1}
     assert ticks == [e.time_us for e in honest], "refused times never reach the scheduler"

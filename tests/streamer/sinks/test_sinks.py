@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 from rich.console import Console
 
 from streamer.app.terminal import TerminalSink
+from streamer.core.results import result_from_message
 from streamer.sinks.jsonl import JsonlSink
 
 GOLDEN = Path(__file__).resolve().parents[2] / "golden" / "default_replay.jsonl"
@@ -32,7 +34,7 @@ def test_live_terminal_prints_the_table_for_every_run() -> None:
     sink = TerminalSink(console, every_run=True)
     msgs = _messages()
     for kind, m in msgs:
-        sink(kind, m)
+        sink.publish(result_from_message(kind, m))
     text = buf.getvalue()
     runs = sum(1 for k, _ in msgs if k == "tiers")
     assert text.count("┃ tier ") == runs
@@ -44,11 +46,12 @@ def test_replay_terminal_prints_lines_and_the_table_on_alert_changes_and_at_the_
     sink = TerminalSink(console)
     msgs = _messages()
     for kind, m in msgs:
-        sink(kind, m)
+        sink.publish(result_from_message(kind, m))
     sink.final()
     text = buf.getvalue()
     changes = sum(1 for k, m in msgs if k == "tiers" and m["alert"]["changed"])
-    assert text.count("┃ tier ") == changes + 1
+    last_changed = next(m for k, m in reversed(msgs) if k == "tiers")["alert"]["changed"]
+    assert text.count("┃ tier ") == changes + (0 if last_changed else 1), "the last table is never printed twice"
     last = next(m for k, m in reversed(msgs) if k == "tiers")
     assert f"run {last['run']:>4} @" in text
     assert f"{last['tiers']['full']['tail']:.3f}" in text
@@ -59,9 +62,18 @@ def test_jsonl_sink_writes_one_sorted_line_per_message(tmp_path: Path) -> None:
     sink = JsonlSink(path)
     msgs = _messages()
     for kind, m in msgs:
-        sink(kind, m)
-    sink.close()
+        sink.publish(result_from_message(kind, m))
+    asyncio.run(sink.close(0))
     lines = path.read_text().splitlines()
     assert len(lines) == sink.lines == len(msgs)
     assert [json.loads(x) for x in lines] == [{"topic": k, **m} for k, m in msgs]
     assert lines == GOLDEN.read_text().splitlines(), "the golden file itself was written by this sink"
+
+
+def test_the_final_table_is_not_printed_twice_when_the_last_run_changed_the_alert() -> None:
+    console, buf = _console()
+    sink = TerminalSink(console)
+    kind, m = next((k, m) for k, m in _messages() if k == "tiers" and m["alert"]["changed"])
+    sink.publish(result_from_message(kind, m))
+    sink.final()
+    assert buf.getvalue().count("┃ tier ") == 1

@@ -28,7 +28,7 @@ from streamer.app.daemon import live_pipeline
 from streamer.app.settings import load_settings
 from streamer.core.checkpoint import load_checkpoint
 from streamer.core.frames import decode_frame
-from streamer.core.ingest import replay
+from streamer.core.replay import replay
 from streamer.core.seqs import Sequenced
 from streamer.sources.archive import ArchiveWriter
 from streamer.sources.firehose import FirehoseSource
@@ -235,10 +235,10 @@ def test_replay_of_an_archive_recorded_across_a_relay_reset_applies_everything(
             writer.write(frame, peek(frame)[0])
     result = replay(tmp_path / "a")
     whole = replay_frames(sample_frames, tmp_path / "b")
-    st = result.ingestor.stats
-    assert st.seq_resets == 1 and st.duplicates == 0
-    assert st.events == whole.ingestor.stats.events
-    assert result.ingestor.cursor == N - k
+    st = result.stats
+    assert st.resets == 1 and st.duplicates == 0
+    assert st.events == whole.stats.events
+    assert result.cursor == N - k
 
 
 def replay_frames(frames: list[bytes], path: Path) -> Any:
@@ -446,7 +446,7 @@ def test_a_recorded_late_frame_is_replayed_and_a_recorded_duplicate_is_not(
     clean = replay_frames(frames, tmp_path / "clean")
     late = replay_frames([*frames[:10], frames[11], frames[10], *frames[12:]], tmp_path / "late")
     dup = replay_frames([*frames[:20], frames[15], *frames[20:]], tmp_path / "dup")
-    assert late.ingestor.stats.out_of_order == 1 and late.ingestor.stats.duplicates == 0
-    assert sum(late.ingestor.stats.events.values()) == sum(clean.ingestor.stats.events.values())
-    assert dup.ingestor.stats.duplicates == 1 and dup.ingestor.stats.out_of_order == 0
-    assert sum(dup.ingestor.stats.events.values()) == sum(clean.ingestor.stats.events.values())
+    assert late.stats.out_of_order == 1 and late.stats.duplicates == 0
+    assert sum(late.stats.events.values()) == sum(clean.stats.events.values())
+    assert dup.stats.duplicates == 1 and dup.stats.out_of_order == 0
+    assert sum(dup.stats.events.values()) == sum(clean.stats.events.values())

@@ -5,22 +5,23 @@ leaves is the clean archive's state, item for item; a resume from its checkpoint
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import subprocess
 import sys
-import threading
 from pathlib import Path
 from typing import Any
 
 import libipld
 import pytest
 
-from streamer.core.ingest import replay
+from streamer.core.events import rfc3339
+from streamer.core.replay import replay, replay_archive
 from streamer.core.state import AgentState
 from streamer.sources.archive import ArchiveWriter, read_archive
 from streamer.sources.relay_server import with_seq
-from streamer.testing.encode import commit_frame, rfc3339
+from streamer.testing.encode import commit_frame
 from streamer.testing.synth import default_archive
 
 SPLICE_AT = 6000
@@ -120,7 +121,7 @@ def test_a_poison_archive_replays_counting_every_poison_item_and_keeps_the_clean
     clean_dir, poison_dir, _ = archives
     clean = replay(clean_dir)
     poisoned = replay(poison_dir)
-    st = poisoned.ingestor.stats
+    st = poisoned.stats
     reasons = {**st.errors, **st.skipped}
     for reason in ("bad_did", "bad_subject", "future_time", "late", "too_deep", "bad_cbor", "bad_time"):
         assert reasons.get(reason, 0) >= 1, f"{reason} not counted: {reasons}"
@@ -137,17 +138,21 @@ def test_the_poison_archive_resumes_from_its_checkpoint_to_the_same_state(
 ) -> None:
     _, poison_dir, _ = archives
     whole = _by_did(replay(poison_dir).state)
-    stop = threading.Event()
-
-    def stop_after_the_poison(ing: Any) -> None:
-        if ing.position == SPLICE_AT + 20:
-            stop.set()
-
     ckpt = tmp_path / "ckpt"
-    first = replay(poison_dir, checkpoint_dir=ckpt, on_item=stop_after_the_poison, stop_event=stop)
-    assert first.interrupted
+
+    async def stopped_after_the_poison() -> Any:
+        stop = asyncio.Event()
+
+        def check(source: Any, _pipe: Any) -> None:
+            if source.position >= SPLICE_AT + 20:
+                stop.set()
+
+        return await replay_archive(poison_dir, checkpoint_dir=ckpt, on_progress=check, progress_every=1, stop=stop)
+
+    first = asyncio.run(stopped_after_the_poison())
+    assert first.interrupted and first.position >= SPLICE_AT + 20
     second = replay(poison_dir, checkpoint_dir=ckpt)
-    assert second.resumed_from == SPLICE_AT + 20 and not second.interrupted
+    assert second.resumed_from == first.position and not second.interrupted
     assert _by_did(second.state) == whole
 
 

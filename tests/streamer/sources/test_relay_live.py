@@ -49,7 +49,7 @@ async def collect(source: FirehoseSource, n: int, timeout: float = 5.0) -> list[
     """The first ``n`` frames of ``source``; the relay then idles, so stopping at ``n`` is how a run ends."""
     got: list[bytes] = []
     async with asyncio.timeout(timeout), source:
-        async for frame in source:
+        async for frame in source.frames():
             got.append(frame)
             if len(got) >= n:
                 break
@@ -129,7 +129,7 @@ async def test_idle_timeout_reconnects_and_max_retries_gives_up(archive: Path, s
         source = FirehoseSource(relay.url, idle_timeout=0.1, max_retries=0, **FAST)
         with pytest.raises(RelayUnavailable):
             async with asyncio.timeout(5), source:
-                async for frame in source:
+                async for frame in source.frames():
                     got.append(frame)
     assert got == sample_frames
     assert source.stats.disconnects == {"idle_timeout": 2}
@@ -142,7 +142,7 @@ async def test_stop_ends_an_idle_iteration_cleanly(archive: Path, sample_frames:
     got: list[bytes] = []
 
     async def consume(source: FirehoseSource) -> None:
-        async for frame in source:
+        async for frame in source.frames():
             got.append(frame)
             if len(got) == len(sample_frames):
                 stop.set()  # from inside; the iterator must finish without another frame
@@ -207,7 +207,7 @@ async def test_record_into_archive_reads_back_identical(
         await source.aclose()
         # and through the command itself (its own event loop, in a thread), resuming from a cursor
         cursor = seq_of(sample_frames[99])
-        await asyncio.to_thread(record_command, relay.url, tmp_path / "cmd", cursor, 50)
+        await asyncio.to_thread(record_command, out=tmp_path / "cmd", cursor=cursor, limit=50, relay=relay.url)
     report = ReadReport()
     assert count == len(sample_frames)
     assert [item.frame for item in read_archive(tmp_path / "rec", report)] == sample_frames

@@ -9,6 +9,7 @@ import itertools
 import re
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import libipld
 import pytest
@@ -16,10 +17,10 @@ from atproto import CAR, firehose_models, parse_subscribe_repos_message
 from typer.testing import CliRunner
 
 from streamer.app.cli import app
-from streamer.core.events import parse_time_us
+from streamer.core.events import parse_time_us, rfc3339
 from streamer.core.frames import Decoded, decode_frame
 from streamer.sources.archive import ReadReport, read_archive
-from streamer.testing.encode import account_frame, commit_frame, rfc3339, signature, tid, varint
+from streamer.testing.encode import account_frame, commit_frame, signature, tid, varint
 from streamer.testing.synth import DEFAULT_START_US, MIX, default_archive, synth_frames, write_synth_archive
 
 runner = CliRunner()
@@ -268,3 +269,21 @@ def test_signatures_never_turn_into_cid_links() -> None:
         encoded = libipld.encode_dag_cbor({"sig": sig})
         assert b"\xd8\x2a" not in encoded[:8] and libipld.decode_dag_cbor(encoded)["sig"] == sig
     assert first_draws_like_cids > 0  # the case the rehash exists for did occur
+
+
+def test_an_interrupted_synth_leaves_no_file_and_no_temporary_one(tmp_path: Path, monkeypatch: Any) -> None:
+    from streamer.testing import synth
+
+    real = synth.synth_frames
+
+    def interrupted(*args: Any, **kwargs: Any) -> Any:
+        for n, item in enumerate(real(*args, **kwargs)):
+            if n == 2500:  # past the first zstd frame already written
+                raise KeyboardInterrupt
+            yield item
+
+    monkeypatch.setattr(synth, "synth_frames", interrupted)
+    target = tmp_path / "a.skyarch.zst"
+    with pytest.raises(KeyboardInterrupt):
+        synth.write_synth_archive(target, 2000, 24, 0)
+    assert list(tmp_path.iterdir()) == []

@@ -1,0 +1,34 @@
+"""The defaults every layer shares, written once: the kernels' keyword defaults, ``AttributionConfig``, the daemon's
+``Settings`` (so its flags, YAML keys, ``SKYATTR_*`` variables and the README table), and the Grafana dashboard's
+threshold lines all read them from here.
+
+Pure constants: importing this module pulls in nothing.
+"""
+
+from __future__ import annotations
+
+DEFAULT_INDICATOR = "cascade"  # macro indicator (see `skyattr indicators`)
+NODES = 32  # Gauss–Legendre quadrature nodes
+DTYPE = "float32"  # floating point precision of the kernels
+HEAD = 0.01  # head tier: top fraction of accounts by visibility
+MIDDLE = 0.10  # middle tier: the next fraction by visibility
+PANEL_SIZE = 100  # accounts in the visibility-biased panel study
+TOP_K = 10  # top accounts listed in each result
+TAU_TVD = 0.3  # alert when the tier-share TVD exceeds this
+TAU_RES = 0.2  # alert when the rescaling residual r* exceeds this
+ALERT_CLEAR = 0.8  # an active alert resolves below this fraction of both thresholds
+INTERVAL_S = 300.0  # seconds between the daemon's attribution runs (the dashboard's staleness lines too)
+
+__all__ = [
+    "ALERT_CLEAR",
+    "DEFAULT_INDICATOR",
+    "DTYPE",
+    "HEAD",
+    "INTERVAL_S",
+    "MIDDLE",
+    "NODES",
+    "PANEL_SIZE",
+    "TAU_RES",
+    "TAU_TVD",
+    "TOP_K",
+]

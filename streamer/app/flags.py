@@ -1,0 +1,120 @@
+"""Command-line flags generated from :class:`streamer.app.settings.Settings`, and the one way a command loads them.
+
+A command names the settings fields it reads (``include``) or the ones it does not (``exclude``);
+:func:`with_settings_options` appends one ``--field-name`` option per field to its signature, each defaulting to
+None so that a flag left unset does not override the YAML file or the environment. The command takes them as
+``**flags`` and calls :func:`load_or_exit`, which layers defaults < ``--config`` YAML < ``SKYATTR_*`` < flags
+(:func:`streamer.app.settings.load_settings`) or prints one ``error:`` line and exits 2. So ``--help``, the YAML
+keys, the environment variables and the README's configuration table never drift apart, in any command.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import types
+import typing
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import typer
+from pydantic import SecretStr
+from rich.console import Console
+from rich.markup import escape
+
+from streamer.app.options import finite, plain
+from streamer.app.settings import ConfigError, Settings, load_settings
+
+F = TypeVar("F", bound=Callable[..., Any])
+console = Console(stderr=True, soft_wrap=True)
+
+# The fields each kind of work reads, for the commands' ``include`` sets.
+ATTRIBUTION_FIELDS = frozenset(
+    {
+        "indicator",
+        "indicator_params",
+        "nodes",
+        "dtype",
+        "head",
+        "middle",
+        "panel_size",
+        "top_k",
+        "tau_tvd",
+        "tau_res",
+        "alert_clear",
+    }
+)
+WINDOW_FIELDS = frozenset({"bucket_hours", "buckets", "edge_budget", "max_future_skew"})
+
+
+def cli_type(annotation: Any) -> Any:
+    """The type typer parses for a settings field: Optional[X] -> X, Literal/dict/secret -> str (dict as JSON or
+    YAML flow text, parsed by :func:`streamer.app.settings.load_settings`)."""
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        annotation = next(a for a in args if a is not type(None))
+    if typing.get_origin(annotation) is Literal or annotation in (dict[str, Any], SecretStr):
+        return str
+    return annotation
+
+
+def settings_fields(include: Iterable[str] | None = None, exclude: Iterable[str] = ()) -> list[str]:
+    """Settings field names, in declaration order: ``include`` (default all) less ``exclude``. An included name
+    that is no field is a programming error, raised at import time (it would silently lose a flag); an excluded one
+    is allowed, so a command can exclude a field before or after it exists."""
+    known = list(Settings.model_fields)
+    wanted = set(known if include is None else include)
+    unknown = wanted - set(known)
+    if unknown:
+        raise ValueError(f"not Settings fields: {', '.join(sorted(unknown))}")
+    dropped = set(exclude)
+    return [name for name in known if name in wanted and name not in dropped]
+
+
+def with_settings_options(
+    exclude: Iterable[str] = (), *, include: Iterable[str] | None = None, check_finite: bool = False
+) -> Callable[[F], F]:
+    """Append one ``--option`` per chosen settings field (default None: unset flags do not override YAML or env).
+
+    ``check_finite`` rejects ``inf``/``nan`` for float flags while the command line is parsed (a usage error,
+    as ``attribute`` and ``report`` always did); without it they reach the settings check like any other value."""
+    names = settings_fields(include, exclude)
+
+    def deco(fn: F) -> F:
+        sig = inspect.signature(fn)
+        annotations = dict(typing.get_type_hints(fn, include_extras=True))
+        params = [
+            p.replace(annotation=annotations.get(p.name, p.annotation))
+            for p in sig.parameters.values()
+            if p.kind is not inspect.Parameter.VAR_KEYWORD
+        ]
+        for name in names:
+            f = Settings.model_fields[name]
+            base = cli_type(f.annotation)
+            typ = base | None
+            default = f.default if f.default is not None and not callable(f.default) else None
+            shown = f" [default: {json.dumps(default) if isinstance(default, str) else default}]" if default else ""
+            option = typer.Option(
+                None,
+                f"--{name.replace('_', '-')}",
+                help=escape(f"{f.description}{shown}"),  # typer renders help as rich markup: keep [default: x]
+                show_default=False,
+                callback=finite if check_finite and base is float else None,
+            )
+            params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=typ))
+            annotations[name] = typ
+        fn.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
+        fn.__annotations__ = annotations
+        return fn
+
+    return deco
+
+
+def load_or_exit(config: Path | None, flags: Mapping[str, Any], env: Mapping[str, str] | None = None) -> Settings:
+    """Settings from defaults < ``config`` < environment < ``flags``, or one ``error:`` line and exit 2."""
+    try:
+        return load_settings(config, flags, env)
+    except ConfigError as exc:
+        console.print(f"[red]error:[/red] {plain(str(exc))}", highlight=False)
+        raise typer.Exit(2) from None

@@ -1,0 +1,32 @@
+"""The one decoding step every source goes through: a raw relay frame or a Jetstream event to a ``Decoded``.
+
+The decoders (:func:`streamer.core.frames.decode_frame`, :func:`streamer.core.jetstream_json.from_jetstream`)
+promise not to raise on bad input; should one item find a case they miss, it becomes
+``Decoded(error="decoder_exception")`` here, at the item boundary, and the stream goes on. Only the first such item
+is logged; the count is in the stats of the source that read it.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from streamer.core.frames import MAX_FRAME_BYTES, Decoded, decode_frame
+from streamer.core.jetstream_json import from_jetstream
+
+log = logging.getLogger("skyattr.decode")
+_logged: set[str] = set()
+
+
+def decode_item(item: bytes | dict[str, Any], *, records: bool = False, max_bytes: int = MAX_FRAME_BYTES) -> Decoded:
+    """Decode a relay frame (``bytes``) or a parsed Jetstream event (a ``dict``); never raises on bad input."""
+    try:
+        if isinstance(item, bytes | bytearray | memoryview):
+            return decode_frame(bytes(item), records=records, max_bytes=max_bytes)
+        return from_jetstream(item)
+    except Exception as exc:
+        name = type(exc).__name__
+        if name not in _logged:
+            _logged.add(name)
+            log.error("decoder raised %s on an item; counted as decoder_exception and skipped", name)
+        return Decoded(error="decoder_exception", detail=name)

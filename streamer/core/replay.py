@@ -1,0 +1,166 @@
+"""Replay an archive through the pipeline, resumable from a checkpoint: the event-time driver's wiring.
+
+:func:`replay_archive` loads (and checks) the checkpoint, builds the :class:`~streamer.sources.archive.
+ArchiveSource` resuming after its position, the dispatcher on the checkpointed state, and a
+:class:`~streamer.core.pipeline.Pipeline` on event time when an attribution is asked for. It writes a checkpoint
+before the first item of a fresh replay (so whatever is killed when, a restart knows where the results file
+stood), every ``checkpoint_every_s`` seconds or ``checkpoint_every_items`` items, and at the end. The tail of the
+archive after its last due time gets one last run, once (not again when a finished replay is resumed).
+
+With a checkpoint directory, the checkpoint records ``depends`` (the options results depend on) and the archive's
+identity (size and hash of its head); a resume with any of them changed is refused with ``ValueError``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from streamer.core.attribution import AttributionConfig
+from streamer.core.checkpoint import check_dependencies, file_identity, load_checkpoint, save_checkpoint
+from streamer.core.dispatch import SequentialDispatcher
+from streamer.core.pipeline import Pipeline
+from streamer.core.results import Result
+from streamer.core.schedule import ScheduleState
+from streamer.core.state import AgentState, StateConfig
+from streamer.sources.archive import ArchiveSource, ReadReport
+from streamer.sources.base import SourceStats
+
+
+@dataclass
+class ReplayResult:
+    state: AgentState
+    stats: SourceStats
+    report: ReadReport
+    seconds: float
+    resumed_from: int  # archive items the checkpoint already held
+    position: int  # archive items consumed, resumed ones included
+    cursor: int  # relay seq applied last (-1: none)
+    interrupted: bool = False
+    pipeline: Pipeline | None = None
+
+    @property
+    def runs(self) -> int:
+        return self.pipeline.schedule.run if self.pipeline is not None else 0
+
+
+async def replay_archive(
+    path: str | Path,
+    *,
+    config: StateConfig | None = None,
+    followers: dict[str, float] | None = None,
+    checkpoint_dir: str | Path | None = None,
+    checkpoint_every_s: float = 60.0,
+    checkpoint_every_items: int | None = None,
+    speed: float | None = None,
+    stop: asyncio.Event | None = None,
+    attribution: AttributionConfig | None = None,
+    interval_s: float = 300.0,
+    deliver: Callable[[Result], None] | None = None,
+    on_skip: Callable[[str], None] | None = None,
+    depends: dict[str, Any] | None = None,
+    on_start: Callable[[dict[str, Any], Pipeline], None] | None = None,
+    checkpoint_extra: Callable[[], dict[str, Any]] | None = None,
+    after_checkpoint: Callable[[dict[str, Any]], None] | None = None,
+    on_progress: Callable[[ArchiveSource, Pipeline], None] | None = None,
+    progress_every: int = 2000,
+) -> ReplayResult:
+    """See the module doc. ``on_start(extra, pipeline)`` runs once the checkpoint is loaded, before any item;
+    ``checkpoint_extra()`` adds to each checkpoint; ``after_checkpoint(extra)`` runs once one is durable."""
+    extra: dict[str, Any] = {}
+    deps = dict(depends or {})
+    if checkpoint_dir:
+        deps["archive"] = file_identity(path)
+    loaded = load_checkpoint(checkpoint_dir, followers) if checkpoint_dir else None
+    resumed, seq_cursor, seen = 0, None, None
+    if loaded is not None:
+        state, seq_cursor, extra = loaded
+        if extra.get("mode", "replay") != "replay":
+            raise ValueError(
+                f"checkpoint in {checkpoint_dir} belongs to a live `skyattr run`; give the replay its own "
+                "checkpoint directory"
+            )
+        if extra.get("archive", str(path)) != str(path):
+            raise ValueError(
+                f"checkpoint in {checkpoint_dir} is for archive {extra['archive']}, not {path}; give each archive "
+                "its own checkpoint directory"
+            )
+        if config is not None and config.as_dict() != state.config.as_dict():
+            raise ValueError(f"checkpoint in {checkpoint_dir} was made with another window/weight configuration")
+        check_dependencies(checkpoint_dir, extra.get("deps") or {}, deps)
+        resumed, seen = int(extra.get("position", 0)), extra.get("seen")
+    else:
+        state = AgentState(config, followers)
+    source = ArchiveSource(path, skip=resumed, seq_cursor=seq_cursor, seen=seen)
+    dispatcher = SequentialDispatcher(
+        state, source.stats, cursor=seq_cursor if seq_cursor is not None else -1, seen=source.seq._seen.copy()
+    )
+    pipe = Pipeline(
+        dispatcher,
+        attribution,
+        interval_s,
+        deliver or (lambda _: None),
+        clock="event",
+        schedule=ScheduleState.from_dict(extra.get("schedule", {})),
+        on_skip=on_skip,
+    )
+    if on_start is not None:
+        on_start(extra, pipe)
+    finished = bool(extra.get("finished", False))
+
+    async def checkpoint() -> None:
+        if not checkpoint_dir:
+            return
+        info = {
+            **(checkpoint_extra() if checkpoint_extra is not None else {}),
+            "schedule": pipe.schedule.as_dict(),
+            "position": source.cursor,
+            "finished": finished,
+            "mode": "replay",
+            "archive": str(path),
+            "deps": deps,
+        }
+        save_checkpoint(checkpoint_dir, dispatcher.state, dispatcher.cursor, info, dispatcher.seen)
+        if after_checkpoint is not None:
+            after_checkpoint(info)
+
+    if checkpoint_dir and loaded is None:
+        await checkpoint()
+    progress = (lambda: on_progress(source, pipe)) if on_progress is not None else None
+    stop = stop if stop is not None else asyncio.Event()
+    ended = await pipe.run(
+        source,
+        stop=stop,
+        checkpoint=checkpoint if checkpoint_dir else None,
+        checkpoint_every_s=checkpoint_every_s,
+        checkpoint_every_items=checkpoint_every_items,
+        speed=speed,
+        on_progress=progress,
+        progress_every=progress_every,
+    )
+    interrupted = stop.is_set()
+    if not interrupted and not finished:
+        if attribution is not None and state.last_time_us:  # the tail of the archive after the last scheduled run
+            await pipe.run_now(state.last_time_us)
+        finished = True
+    await checkpoint()
+    state.flush()
+    return ReplayResult(
+        state,
+        source.stats,
+        source.report,
+        ended.seconds,
+        resumed,
+        source.position,
+        dispatcher.cursor,
+        interrupted=interrupted,
+        pipeline=pipe,
+    )
+
+
+def replay(path: str | Path, **kwargs: Any) -> ReplayResult:
+    """:func:`replay_archive` from synchronous code (tools, tests, the report)."""
+    return asyncio.run(replay_archive(path, **kwargs))

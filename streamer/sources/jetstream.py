@@ -1,0 +1,455 @@
+"""The Jetstream live source: events from a Jetstream ``/subscribe`` websocket, resumable and never fatal.
+
+Why Jetstream beside the relay (:mod:`streamer.sources.firehose`): Jetstream (github.com/bluesky-social/jetstream)
+serves the firehose as one small JSON object per repo operation, filtered server side by collection and DID and
+optionally zstd-compressed, so following ``app.bsky.*`` costs a fraction of the relay's bandwidth and no CAR/CBOR
+decoding. The client imitates :class:`~streamer.sources.firehose.FirehoseSource`: a thin ``websockets`` asyncio
+client, reconnect with :func:`streamer.core.backoff.backoff_delay`, ``stop()``/``aclose()``, ``idle_timeout``,
+``max_retries``. Every message is decoded once, by :func:`streamer.core.decode.decode_item`, and handed on as a
+:class:`streamer.core.seqs.Sequenced`.
+
+Guarantees and decisions:
+
+* ``cursor`` is the highest ``time_us`` yielded (None before anything); every (re)connection asks for
+  ``?cursor=<cursor>``, and Jetstream replays from that time *inclusive*. So the source remembers the fingerprints
+  (:func:`streamer.core.seqs.fingerprint`, a multiset) of the events it yielded at exactly that ``time_us``; on the
+  next connection an event at the asked time with a remembered fingerprint is a re-send, and any event *below* the
+  asked time is one too (a server replaying from earlier). Both are dropped and counted in ``duplicates``;
+  everything else is new. As long as the server's ``time_us`` is monotone (Jetstream's is its own receive clock),
+  each event is therefore yielded exactly once across any number of dropped connections.
+* Within one connection an event whose ``time_us`` goes backwards (below the cursor, not below the asked time) is
+  yielded and counted in ``out_of_order``; the cursor does not move back, so a reconnect never re-fetches what was
+  applied. Each item's ``source_cursor`` is the cursor after it (the event's ``time_us``, or the higher cursor for an
+  out-of-order one): the position a checkpoint taken after applying it resumes from.
+* Resuming from a checkpoint (``cursor=`` given): events at exactly that ``time_us`` are yielded again unless their
+  fingerprints are passed as ``seen`` (``seen_at_cursor`` hands them out for the checkpoint); without them, delivery
+  at the boundary is at-least-once, as Jetstream documents.
+* Messages are read as bytes (``websockets`` does not then validate text frames: a text message that is not UTF-8
+  is one counted ``bad_json``, not a failed connection that would be re-sent on every reconnect). One that starts
+  with the zstd magic is decompressed (with ``zstd_dictionary``, which Jetstream's ``compress=true`` needs, or as
+  plain zstd), by a streaming read bounded at ``max_bytes``: a frame claiming a terabyte costs nothing. Anything
+  else is parsed as JSON. Every bad message is counted in ``stats.errors`` and skipped: ``too_big`` (over
+  ``max_bytes``, compressed or not), ``bad_zstd``, ``bad_json`` (not JSON, not an object, not UTF-8), ``too_deep``
+  (a text with many brackets is measured before parsing, so a deep one never reaches the parser's recursion), and
+  the reasons of ``decode_item``. The stream goes on.
+* A message over the websocket's ``max_size`` makes ``websockets`` fail the connection (close code 1009); it is
+  counted as ``too_big``, and the following connections ask ``maxMessageSizeBytes=max_size``, so the server leaves
+  it out instead of sending it again forever.
+* Connection failures are retried with backoff, keeping the cursor. ``max_retries`` bounds how often in a row a
+  connection may deliver nothing new before :class:`JetstreamUnavailable` is raised (None: forever, as a daemon
+  should). Anything else (a bug) propagates. A malformed URL or filter fails at construction with a ValueError
+  naming it, an unreadable dictionary file with its OSError.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import re
+from collections import Counter
+from collections.abc import AsyncIterator, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import numpy as np
+import zstandard
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, ConnectionClosedOK, InvalidHandshake
+from websockets.frames import CloseCode
+
+from streamer.core.backoff import backoff_delay
+from streamer.core.decode import decode_item
+from streamer.core.events import is_valid_did, is_valid_nsid
+from streamer.core.frames import MAX_DEPTH, MAX_FRAME_BYTES, clean_text
+from streamer.core.seqs import Sequenced, fingerprint
+from streamer.sources.base import SourceStats
+from streamer.sources.endpoints import JETSTREAM_PATH as SUBSCRIBE_PATH
+from streamer.sources.websocket import StoppableStream
+
+log = logging.getLogger(__name__)
+
+# Above max_bytes, so an oversize message reaches our check and is counted, instead of failing the connection.
+CLIENT_MAX_SIZE = 16 * 1024 * 1024
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+# Jetstream's own limits on a subscription's filters.
+MAX_WANTED_COLLECTIONS = 100
+MAX_WANTED_DIDS = 10_000
+# Reasons this source adds to those of decode_item, for metrics registered up front.
+SOURCE_ERROR_REASONS = ("too_big", "bad_zstd", "bad_json", "too_deep")
+# Fingerprints remembered at the cursor's time_us: a server sending more events at one microsecond than this is
+# hostile; past it, re-sends at that time are no longer recognised (at-least-once), memory stays bounded.
+MAX_AT_CURSOR = 65_536
+# Connection failures worth a retry; anything else (a bad URL, a bug) propagates.
+RETRYABLE = (OSError, TimeoutError, InvalidHandshake, ConnectionClosed)
+# A message with at most this many '[' and '{' cannot nest deep enough to matter: no pre-scan needed.
+_SCAN_OPENS = 1000
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+_SEGMENT = re.compile(r"[A-Za-z0-9-]+")
+
+
+class JetstreamUnavailable(ConnectionError):
+    """``max_retries`` consecutive connections delivered nothing new."""
+
+
+def _as_list(values: str | Iterable[str] | None) -> list[str]:
+    if values is None:
+        return []
+    if isinstance(values, str):
+        return [values]
+    return list(values)
+
+
+def check_collection(value: object) -> str:
+    """``value`` if it is what ``wantedCollections`` takes: an NSID (``app.bsky.feed.post``) or a prefix ending in
+    ``.*`` (``app.bsky.feed.*``); else ValueError naming it."""
+    if isinstance(value, str):
+        if value.endswith(".*"):
+            segments = value[:-2].split(".")
+            if len(value) <= 317 and all(_SEGMENT.fullmatch(s) for s in segments):
+                return value
+        elif is_valid_nsid(value):
+            return value
+    raise ValueError(f"not a collection NSID or NSID prefix ending in '.*': {value!r}")
+
+
+def jetstream_url(
+    base: str,
+    cursor: int | None = None,
+    wanted_collections: str | Iterable[str] = (),
+    wanted_dids: str | Iterable[str] = (),
+    *,
+    compress: bool = False,
+    max_message_size: int | None = None,
+) -> str:
+    """The ``/subscribe`` URL of a Jetstream given by its base (``wss://host``, ``https://host``) or full endpoint
+    URL (``wss://host/subscribe``); ``http(s)`` becomes ``ws(s)``. Filters already in ``base`` are kept, the ones
+    given are added; ``cursor`` and ``compress`` are this function's alone (a negative cursor means none, as ``-1``
+    in a fresh checkpoint does). Raises ValueError naming what is malformed."""
+    try:
+        parts = urlsplit(base)
+        scheme = {"http": "ws", "https": "wss"}.get(parts.scheme, parts.scheme)
+        ok = scheme in ("ws", "wss") and bool(parts.hostname)
+        _ = parts.port  # raises ValueError on a port that is not a number
+    except (ValueError, TypeError, AttributeError):
+        ok = False
+    if not ok:
+        raise ValueError(f"not a websocket URL: {base!r}")
+    path = parts.path.rstrip("/")
+    if not path.endswith(SUBSCRIBE_PATH):
+        path += SUBSCRIBE_PATH
+    query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k not in ("cursor", "compress")]
+    wanted = [("wantedCollections", check_collection(c)) for c in _as_list(wanted_collections)]
+    for did in _as_list(wanted_dids):
+        if not is_valid_did(did):
+            raise ValueError(f"not a DID: {did!r}")
+        wanted.append(("wantedDids", did))
+    for pair in wanted:
+        if pair not in query:
+            query.append(pair)
+    if sum(k == "wantedCollections" for k, _ in query) > MAX_WANTED_COLLECTIONS:
+        raise ValueError(f"more than {MAX_WANTED_COLLECTIONS} wantedCollections (Jetstream's limit)")
+    if sum(k == "wantedDids" for k, _ in query) > MAX_WANTED_DIDS:
+        raise ValueError(f"more than {MAX_WANTED_DIDS} wantedDids (Jetstream's limit)")
+    if cursor is not None:
+        if type(cursor) is not int:
+            raise ValueError(f"cursor must be an int (unix microseconds): {cursor!r}")
+        if cursor >= 0:
+            query.append(("cursor", str(cursor)))
+    if compress:
+        query.append(("compress", "true"))
+    if max_message_size is not None:
+        query = [(k, v) for k, v in query if k != "maxMessageSizeBytes"] + [
+            ("maxMessageSizeBytes", str(max_message_size))
+        ]
+    return urlunsplit((scheme, parts.netloc, path, urlencode(query), ""))
+
+
+def _load_dictionary(value: bytes | str | Path | None) -> zstandard.ZstdCompressionDict | None:
+    if value is None:
+        return None
+    data = Path(value).read_bytes() if isinstance(value, str | Path) else bytes(value)
+    if not data:
+        raise ValueError("empty zstd dictionary")
+    return zstandard.ZstdCompressionDict(data)
+
+
+def too_deep_to_parse(data: bytes, limit: int = MAX_DEPTH) -> bool:
+    """Whether the JSON text ``data`` must not reach the parser: more than ``_SCAN_OPENS`` brackets (fewer cannot
+    nest deep enough to strain the parser's recursion, and :func:`~streamer.core.jetstream_json.from_jetstream`
+    refuses what nests more than ``limit``) *and* nesting more than ``limit`` deep. Found without parsing, so no
+    recursion limit matters: strings are cut out, then the running depth of the brackets left is summed in numpy."""
+    if data.count(b"[") + data.count(b"{") <= _SCAN_OPENS:
+        return False
+    brackets = _JSON_STRING.sub(b"", data).translate(None, _NOT_BRACKETS)
+    if len(brackets) <= limit:
+        return False
+    codes = np.frombuffer(brackets, np.uint8)
+    steps = np.where((codes == 0x5B) | (codes == 0x7B), 1, -1).astype(np.int32)
+    return int(np.cumsum(steps).max()) > limit
+
+
+class JetstreamSource(StoppableStream):
+    """Async iterator of :class:`~streamer.core.seqs.Sequenced` items from a Jetstream, resuming by ``time_us``.
+
+    ``url``: the Jetstream (see :func:`jetstream_url`). ``cursor``: resume from this ``time_us`` (None: live).
+    ``wanted_collections``/``wanted_dids``: Jetstream's filters. ``compress``: ask for zstd frames;
+    ``zstd_dictionary``: Jetstream's custom dictionary (bytes or a file), needed to read its compressed frames.
+    ``backoff_base``/``backoff_max``: reconnect delay bounds in seconds. ``max_retries``: see the module doc.
+    ``stop``: an event that ends the iteration cleanly when set (also :meth:`stop`). ``idle_timeout``: reconnect
+    when nothing arrived for that long. ``max_size``: the websocket's message limit; ``max_bytes``: the limit on a
+    message (decompressed), above it a counted ``too_big``. ``stats``: the :class:`SourceStats` to count into
+    (shared with the dispatcher). ``seen``: fingerprints of the events already consumed at ``cursor``'s
+    ``time_us`` (from a checkpoint; see :attr:`seen_at_cursor`). Use as an async context manager so the connection
+    is closed when the consumer stops early.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        cursor: int | None = None,
+        wanted_collections: Sequence[str] = (),
+        wanted_dids: Sequence[str] = (),
+        compress: bool = False,
+        zstd_dictionary: bytes | Path | None = None,
+        backoff_base: float = 1.0,
+        backoff_max: float = 60.0,
+        max_retries: int | None = None,
+        stop: asyncio.Event | None = None,
+        idle_timeout: float | None = None,
+        open_timeout: float = 10.0,
+        close_timeout: float = 2.0,
+        max_size: int = CLIENT_MAX_SIZE,
+        max_bytes: int = MAX_FRAME_BYTES,
+        seed: int | None = None,
+        stats: SourceStats | None = None,
+        seen: Iterable[int] = (),
+    ) -> None:
+        if cursor is not None and type(cursor) is not int:
+            raise ValueError(f"cursor must be an int (unix microseconds) or None: {cursor!r}")
+        self.wanted_collections = tuple(_as_list(wanted_collections))
+        self.wanted_dids = tuple(_as_list(wanted_dids))
+        # fail now on a malformed URL or filter, not at the first connection
+        jetstream_url(url, cursor, self.wanted_collections, self.wanted_dids, compress=compress)
+        if max_bytes < 1 or max_size < 1:
+            raise ValueError("max_bytes and max_size must be positive")
+        if max_retries is not None and max_retries < 0:
+            raise ValueError("max_retries must be >= 0 (or None to retry forever)")
+        self.url = url
+        self.compress = compress
+        self.backoff_base, self.backoff_max = backoff_base, backoff_max
+        self.max_retries = max_retries
+        self.idle_timeout, self.open_timeout, self.close_timeout = idle_timeout, open_timeout, close_timeout
+        self.max_size, self.max_bytes = max_size, max_bytes
+        self.stats = stats if stats is not None else SourceStats()
+        window = 1 << max(23, (max_bytes - 1).bit_length())  # a frame's window never needs more than its content
+        self._dctx = zstandard.ZstdDecompressor(dict_data=_load_dictionary(zstd_dictionary), max_window_size=window)
+        super().__init__(stop)
+        self._rng = random.Random(seed)
+        self._logged: set[str] = set()
+        self._cursor = cursor if cursor is None or cursor >= 0 else None
+        # fingerprints of the events yielded at exactly the cursor's time_us (a multiset)
+        self._at_cursor: Counter[int] = Counter(seen) if self._cursor is not None else Counter()
+        self._asked: int | None = None  # the cursor the open connection asked for
+        self._replay: Counter[int] = Counter()  # of _at_cursor, what the open connection has not re-sent yet
+        self._server_max: int | None = None  # maxMessageSizeBytes to ask for, after a message too big for us
+
+    # -- public API ---------------------------------------------------------------------------------------------
+
+    @property
+    def cursor(self) -> int | None:
+        """The highest ``time_us`` yielded (or given); None before anything."""
+        return self._cursor
+
+    @property
+    def seen_at_cursor(self) -> list[int]:
+        """Fingerprints of the events consumed at exactly :attr:`cursor`'s ``time_us``: what a checkpoint keeps
+        with the cursor and passes back as ``seen``, so a resume drops their re-sends too."""
+        return sorted(self._at_cursor.elements())
+
+    def subscribe_url(self) -> str:
+        """The URL the next connection asks for."""
+        return jetstream_url(
+            self.url,
+            self._cursor,
+            self.wanted_collections,
+            self.wanted_dids,
+            compress=self.compress,
+            max_message_size=self._server_max,
+        )
+
+    def __aiter__(self) -> AsyncIterator[Sequenced]:
+        return self._track(self._items())
+
+    # -- the loop -----------------------------------------------------------------------------------------------
+
+    async def _items(self) -> AsyncIterator[Sequenced]:
+        streak = 0  # connections in a row that delivered nothing new
+        first = True
+        while not self._stop.is_set():
+            if not first:
+                if self.max_retries is not None and streak > self.max_retries:
+                    raise JetstreamUnavailable(f"{self.url}: {streak} connection(s) in a row delivered nothing new")
+                delay = backoff_delay(streak, self.backoff_base, self.backoff_max, self._rng)
+                log.info("reconnecting to %s in %.2fs (cursor %s)", self.url, delay, self._cursor)
+                if await self._sleep_unless_stopped(delay):
+                    return
+                self.stats.reconnects += 1
+            first = False
+            progressed = False
+            connected = False
+            reason = "closed"
+            self._asked = self._cursor
+            self._replay = Counter(self._at_cursor) if self._asked is not None else Counter()
+            url = self.subscribe_url()
+            try:
+                async with connect(
+                    url, max_size=self.max_size, open_timeout=self.open_timeout, close_timeout=self.close_timeout
+                ) as ws:
+                    connected = True
+                    self.stats.connects += 1
+                    log.info("connected to %s", url)
+                    watcher = asyncio.create_task(self._close_on_stop(ws))
+                    try:
+                        while not self._stop.is_set():  # checked per message: stop() takes effect at once
+                            message = await self._recv(ws)
+                            if message is None:
+                                reason = "idle_timeout"
+                                break
+                            item = self._accept(message)
+                            if item is not None:
+                                progressed = True
+                                self.stats.yielded += 1
+                                yield item
+                    finally:
+                        watcher.cancel()
+            except ConnectionClosedOK:
+                pass
+            except RETRYABLE as exc:
+                reason = type(exc).__name__
+                if (
+                    isinstance(exc, ConnectionClosed)
+                    and exc.sent is not None
+                    and exc.sent.code == CloseCode.MESSAGE_TOO_BIG
+                ):
+                    reason = "message_too_big"
+                    self._server_max = self.max_size
+                    self._count_error("too_big", f"a message over the websocket limit of {self.max_size} bytes")
+                else:
+                    log.warning("connection to %s lost: %s: %s", self.url, reason, exc)
+            except (GeneratorExit, asyncio.CancelledError):
+                reason = "stopped"
+                raise
+            finally:
+                if connected:
+                    self.stats.disconnects["stopped" if self._stop.is_set() else reason] += 1
+            if self._stop.is_set():
+                return
+            streak = 0 if progressed else streak + 1
+
+    async def _recv(self, ws: ClientConnection) -> bytes | None:
+        """The next message as bytes; None after ``idle_timeout`` of silence. A normal close raises
+        ConnectionClosedOK."""
+        if self.idle_timeout is None:
+            return await ws.recv(decode=False)
+        try:
+            async with asyncio.timeout(self.idle_timeout):
+                return await ws.recv(decode=False)
+        except TimeoutError:
+            return None
+
+    def _accept(self, message: bytes) -> Sequenced | None:
+        """Count one message and judge its ``time_us`` (see the module doc): the item to yield, or None."""
+        self.stats.items += 1
+        obj = self._parse(message)
+        if obj is None:
+            return None
+        decoded = decode_item(obj)
+        if decoded.error:
+            self._count_error(decoded.error, decoded.detail)
+            return None
+        self.stats.frames[decoded.type] += 1
+        time_us = obj["time_us"]  # decoded without error: an int in range
+        print_ = fingerprint(decoded)
+        asked = self._asked
+        if asked is not None and time_us <= asked and (time_us < asked or self._replay[print_] > 0):
+            if time_us == asked:
+                self._replay[print_] -= 1
+            self.stats.duplicates += 1
+            return None
+        cursor = self._cursor
+        if cursor is None or time_us > cursor:
+            self._cursor = time_us
+            self._at_cursor = Counter({print_: 1})
+        elif time_us == cursor:
+            if len(self._at_cursor) < MAX_AT_CURSOR:
+                self._at_cursor[print_] += 1
+        else:
+            self.stats.out_of_order += 1
+            self._once("out_of_order", "%s sent time_us %d after %d (kept, counted as out of order)", time_us, cursor)
+        assert self._cursor is not None
+        return Sequenced.of(decoded, self._cursor, print_)
+
+    def _parse(self, message: bytes) -> Any:
+        """The message as parsed JSON, or None with the reason counted."""
+        if len(message) > self.max_bytes:
+            self._count_error("too_big", f"a {len(message)}-byte message")
+            return None
+        if message[:4] == ZSTD_MAGIC:
+            message = self._decompress(message)  # type: ignore[assignment]
+            if message is None:
+                return None
+        if too_deep_to_parse(message):
+            self._count_error("too_deep", f"JSON nested deeper than {MAX_DEPTH}")
+            return None
+        try:
+            return json.loads(message)
+        except RecursionError:
+            self._count_error("too_deep", "JSON nested too deep to parse")
+        except (ValueError, TypeError) as exc:  # JSONDecodeError, UnicodeDecodeError, too many digits
+            self._count_error("bad_json", f"{type(exc).__name__}: {exc}")
+        return None
+
+    def _decompress(self, data: bytes) -> bytes | None:
+        """One zstd frame, decompressed to at most ``max_bytes`` (more is ``too_big``, never allocated)."""
+        try:
+            declared = zstandard.get_frame_parameters(data).content_size
+            if declared != zstandard.CONTENTSIZE_UNKNOWN and declared > self.max_bytes:
+                self._count_error("too_big", f"a zstd frame declaring {declared} bytes")
+                return None
+            chunks: list[bytes] = []
+            size = 0
+            with self._dctx.stream_reader(data) as reader:
+                while size <= self.max_bytes:
+                    chunk = reader.read(self.max_bytes + 1 - size)
+                    if not chunk:
+                        break
+                    chunks.append(chunk)
+                    size += len(chunk)
+        except zstandard.ZstdError as exc:
+            self._count_error("bad_zstd", str(exc))
+            return None
+        if size > self.max_bytes:
+            self._count_error("too_big", f"a zstd frame decompressing to more than {self.max_bytes} bytes")
+            return None
+        if declared != zstandard.CONTENTSIZE_UNKNOWN and size != declared:
+            self._count_error("bad_zstd", f"a truncated zstd frame ({size} of {declared} bytes)")
+            return None
+        return b"".join(chunks)
+
+    def _once(self, kind: str, message: str, *args: object) -> None:
+        """The first of each kind is worth a warning; a server doing it thousands of times must not flood the log."""
+        level = logging.DEBUG if kind in self._logged else logging.WARNING
+        self._logged.add(kind)
+        log.log(level, message, self.url, *args)
+
+    def _count_error(self, reason: str, detail: str) -> None:
+        self.stats.errors[reason] += 1
+        level = logging.DEBUG if reason in self._logged else logging.WARNING
+        self._logged.add(reason)
+        hint = " (Jetstream's compress=true needs its zstd dictionary)" if reason == "bad_zstd" else ""
+        log.log(level, "skipped a Jetstream message (%s): %s%s", reason, clean_text(detail), hint)

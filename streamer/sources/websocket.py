@@ -1,0 +1,56 @@
+"""What the websocket sources share: stopping, closing every open iterator, sleeping unless stopped.
+
+:class:`StoppableStream` holds the ``stop`` event and the iterators handed out, so ``stop()`` ends an iteration
+after the current item (closing its connection) and ``aclose()`` closes every iterator still open. The relay's
+firehose and Jetstream sources both build on it; only their protocols differ.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+
+class StoppableStream:
+    def __init__(self, stop: asyncio.Event | None = None) -> None:
+        self._stop = stop if stop is not None else asyncio.Event()
+        self._gens: list[Any] = []
+
+    def stop(self) -> None:
+        """End the iteration: the open connection is closed and the iterator finishes after the current item."""
+        self._stop.set()
+
+    @property
+    def stopped(self) -> bool:
+        return self._stop.is_set()
+
+    def _track(self, gen: Any) -> Any:
+        self._gens = [g for g in self._gens if g.ag_frame is not None]  # forget finished ones
+        self._gens.append(gen)
+        return gen
+
+    async def aclose(self) -> None:
+        """Stop and close every iterator still open (and with it its connection)."""
+        self.stop()
+        gens, self._gens = self._gens, []
+        for gen in gens:
+            if not gen.ag_running:  # a running one is waiting on its socket: the stop event ends it
+                await gen.aclose()
+
+    async def __aenter__(self) -> Any:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def _close_on_stop(self, ws: Any) -> None:
+        await self._stop.wait()
+        await ws.close()
+
+    async def _sleep_unless_stopped(self, seconds: float) -> bool:
+        """Sleep, or return early when stopped; True when stopped."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await self._stop.wait()
+        return self._stop.is_set()

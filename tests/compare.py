@@ -1,0 +1,25 @@
+"""Comparing result messages across machines: equal, with floats to a relative tolerance (float32 kernels; other
+CPUs may round differently)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+VOLATILE = {"runtime_s", "device"}  # the two fields of a result that depend on the machine, not the data
+
+
+def assert_close(a: Any, b: Any, path: str = "") -> None:
+    """Equal, with floats to 1e-4 relative; ``path`` names where a difference is in the failure."""
+    if isinstance(a, float) or isinstance(b, float):
+        assert math.isclose(a, b, rel_tol=1e-4, abs_tol=1e-6), f"{path}: {a} != {b}"
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), path
+        for k in a:
+            assert_close(a[k], b[k], f"{path}.{k}")
+    elif isinstance(a, list):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            assert_close(x, y, f"{path}[{i}]")
+    else:
+        assert a == b, f"{path}: {a!r} != {b!r}"
