@@ -33,17 +33,35 @@ import numbers
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from importlib import import_module
 from importlib.metadata import entry_points
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-import jax
-import jax.numpy as jnp
 import numpy as np
+
+if TYPE_CHECKING:
+    import jax
+    import jax.numpy as jnp
+else:
+
+    class _OnFirstUse:
+        """A module imported the first time one of its attributes is used: the registry (names, parameters, their
+        checks) works without JAX, so configuration is validated, and a daemon's health endpoint is up, before
+        JAX has loaded; the indicators' bodies run under JAX, which they load then."""
+
+        def __init__(self, name: str) -> None:
+            self._name = name
+
+        def __getattr__(self, attr: str) -> Any:
+            return getattr(import_module(self._name), attr)
+
+    jax = _OnFirstUse("jax")
+    jnp = _OnFirstUse("jax.numpy")
 
 ENTRY_POINT_GROUP = "skyattr.indicators"
 
-ValueFn = Callable[[jax.Array, Any], jax.Array]
-HeadFn = Callable[[jax.Array, jax.Array, Any], jax.Array]
+ValueFn = Callable[["jax.Array", Any], "jax.Array"]
+HeadFn = Callable[["jax.Array", "jax.Array", Any], "jax.Array"]
 
 
 class IncrementalEvaluator(Protocol):

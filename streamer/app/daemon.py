@@ -475,3 +475,6 @@ def configure_logging(level: str) -> None:
     )
     if level != "DEBUG":  # aiokafka logs every retry while the broker is away; the publisher logs a summary
         logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+        # JAX says at INFO that it looked for a TPU and found none, in words that read like an error; the device a
+        # run used is in every result (``device``)
+        logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)

@@ -40,7 +40,7 @@ class AttributionConfig:
     middle: float = defaults.MIDDLE
     panel_size: int = defaults.PANEL_SIZE
     top_k: int = defaults.TOP_K
-    thresholds: kernels.AlertThresholds = field(default_factory=kernels.AlertThresholds)
+    thresholds: kernels.AlertThresholds = field(default_factory=lambda: kernels.AlertThresholds())
 
     def as_dict(self) -> dict[str, Any]:
         """Every option as plain JSON values (what a checkpoint records to refuse resuming with other options)."""

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from kernels import AttentionGraph, Population, heavy_tailed_population
+import kernels
+
+if TYPE_CHECKING:
+    from kernels import AttentionGraph, Population
 
 NPZ_FIELDS = ("x", "visibility", "attender", "source", "weight")
 
@@ -25,8 +29,8 @@ def load_npz(path: Path) -> Population:
     vis = np.asarray(data["visibility"], np.float64)
     if vis.shape != x.shape:
         raise ValueError(f"visibility has length {len(vis)} but x has {len(x)}")
-    graph = AttentionGraph(data["attender"], data["source"], data["weight"], len(x))
-    return Population(x=x, visibility=vis, graph=graph)
+    graph = kernels.AttentionGraph(data["attender"], data["source"], data["weight"], len(x))
+    return kernels.Population(x=x, visibility=vis, graph=graph)
 
 
 def write_npz(
@@ -52,4 +56,4 @@ def save_npz(pop: Population, path: Path) -> None:
 
 
 def synthetic(agents: int, edges_per_agent: float, seed: int) -> Population:
-    return heavy_tailed_population(agents, edges_per_agent, seed)
+    return kernels.heavy_tailed_population(agents, edges_per_agent, seed)

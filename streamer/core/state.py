@@ -49,11 +49,13 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import pairwise
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from kernels import AttentionGraph
+if TYPE_CHECKING:  # the kernels (and JAX) load when a snapshot is first taken, not when the CLI starts
+    from kernels import AttentionGraph
+
 from streamer.core.events import FOLLOW, LIKE, POST, QUOTE, REPLY, REPOST, Event
 
 ACTIVITY_KINDS = (POST, REPLY, QUOTE, REPOST, LIKE, FOLLOW)
@@ -497,6 +499,8 @@ class AgentState:
         distinct = np.zeros(n)
         if att_parts and sum(len(a) for a in att_parts):
             att, src, w = _compact(np.concatenate(att_parts), np.concatenate(src_parts), np.concatenate(w_parts))
+            from kernels import AttentionGraph
+
             graph = AttentionGraph(att, src, w.astype(np.float64), max(n, 1))
             distinct = np.bincount(src, minlength=n).astype(np.float64)
         if self.followers is not None:

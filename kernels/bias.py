@@ -19,14 +19,15 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from scipy.stats import spearmanr
 
-from kernels.attribution import Attribution
 from kernels.defaults import ALERT_CLEAR, TAU_RES, TAU_TVD
 from kernels.tiers import tier_shares
+
+if TYPE_CHECKING:  # the thresholds and figures load without JAX; scipy loads with the first rank correlation
+    from kernels.attribution import Attribution
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,8 @@ def _spearman(a: np.ndarray, b: np.ndarray) -> float:
         return math.nan
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
+        from scipy.stats import spearmanr
+
         return float(spearmanr(a, b).statistic)
 
 
