@@ -138,16 +138,30 @@ def attribute(
         return
     alert = bias.alert(thresholds)
     if json_out:
+        # the field names and shapes of the skyattr.tiers message (streamer/schemas/tiers.schema.json), so one
+        # reader serves both
+        figures = bias.as_dict()
+        shares = {
+            scale: dict(zip(kernels.TIER_NAMES, figures.pop(f"tiers_{scale}"), strict=True))
+            for scale in ("full", "panel")
+        }
         out = {
             "indicator": ind.name,
+            "params": dict(ind.params),
             "agents": pop.graph.n,
+            "active_agents": int(np.count_nonzero(pop.x)),
             "edges": pop.graph.edges,
             "value": full.value,
+            "baseline": full.baseline,
             "residual": full.residual,
-            "seconds": seconds,
+            "nodes": full.nodes,
+            "dtype": full.dtype,
+            "tier_sizes": {name: int(np.sum(tiers == k)) for k, name in enumerate(kernels.TIER_NAMES)},
+            "tiers": shares,
+            "scale_bias": figures,
+            "alert": {"active": bool(alert), "thresholds": cfg.as_dict()["thresholds"]},
+            "runtime_s": seconds,
             "device": full.device,
-            "scale_bias": bias.as_dict(),
-            "alert": alert,
             "config": {k: v for k, v in cfg.as_dict().items() if k != "top_k"},
         }
         sys.stdout.write(json.dumps(out) + "\n")

@@ -250,9 +250,20 @@ class Daemon:
 
 
 def _install_signals(loop: asyncio.AbstractEventLoop, callback: Any) -> None:
+    """SIGTERM/SIGINT stop the pipeline gracefully; the first one says so in the log (a stop must never be
+    silent: an operator watching a pod's log sees why it is finishing)."""
+
+    said: list[signal.Signals] = []
+
+    def on_signal(sig: signal.Signals) -> None:
+        if not said:
+            log.info("%s received: stopping (applying what was read, final checkpoint, flushing sinks)", sig.name)
+        said.append(sig)
+        callback()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, callback)
+            loop.add_signal_handler(sig, on_signal, sig)
 
 
 async def replay_pipeline(

@@ -99,13 +99,30 @@ def replay_command(
             _fail(f"--snapshot-out {snapshot_out}: cannot write it: {exc.strerror or exc}")
     stats = result.stats
     rate = stats.items / result.seconds if result.seconds > 0 else 0.0
+    if result.resumed_from:  # this process read only what the checkpoint did not hold: say so, and the totals
+        console.print(
+            plain(
+                f"{path.name}: resumed from the checkpoint in {settings.checkpoint_dir} after item "
+                f"{result.resumed_from:,}; this run read {stats.items:,} more"
+            ),
+            highlight=False,
+        )
+    if result.interrupted:
+        hint = (
+            f"rerun with --checkpoint-dir {settings.checkpoint_dir} to resume"
+            if settings.checkpoint_dir
+            else "no --checkpoint-dir, so a rerun starts from the beginning"
+        )
+        tail = f" [yellow](interrupted at item {result.position:,}; {plain(hint)})[/yellow]"
+    else:
+        tail = ""
     console.print(
         plain(
             f"{path.name}: {stats.items:,} items in {result.seconds:.1f}s ({rate:,.0f}/s); "
-            f"{sum(stats.events.values()):,} events; {pipe.schedule.run} runs; "
-            f"undecodable {dict(stats.errors)}"
+            f"{sum(stats.events.values()):,} events; {pipe.schedule.run} runs in all; "
+            f"undecodable {dict(stats.errors) or 'none'}"
         )
-        + (" [yellow](interrupted; rerun to resume)[/yellow]" if result.interrupted else ""),
+        + tail,
         highlight=False,
     )
     if json_out:

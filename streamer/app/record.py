@@ -110,4 +110,9 @@ def record_command(
     except (ValueError, OSError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
-    typer.echo(f"record: resume with --cursor {source.cursor}; {source.stats.as_dict()}", err=True)
+    st = source.stats
+    counts = f"{st.yielded:,} frames, {st.duplicates:,} duplicates, {sum(st.errors.values()):,} undecodable"
+    if source.cursor is None:
+        typer.echo(f"record: nothing received from {relay} ({counts}); no cursor to resume from", err=True)
+    else:
+        typer.echo(f"record: {counts}; resume with --cursor {source.cursor}", err=True)

@@ -18,11 +18,20 @@ NPZ_FIELDS = ("x", "visibility", "attender", "source", "weight")
 def load_npz(path: Path) -> Population:
     """Arrays ``x``, ``visibility``, ``attender``, ``source`` and ``weight`` (n = len(x)); ``ValueError`` names a
     missing or malformed field."""
+    hint = "an .npz of arrays x, visibility, attender, source, weight, as `skyattr replay --snapshot-out` writes"
+    try:
+        with open(path, "rb") as fh:
+            magic = fh.read(4)
+    except OSError as exc:
+        raise ValueError(f"cannot read population file {path}: {exc.strerror or exc}") from None
+    if magic != b"PK\x03\x04":  # numpy would guess at pickles for anything that is not a zip or .npy
+        raise ValueError(f"population file {path} is not {hint} ({'empty' if not magic else 'not a zip archive'})")
     try:
         data = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"cannot read population file {path}: {exc}") from exc
-    missing = [f for f in NPZ_FIELDS if f not in data.files]
+        files = data.files
+    except (OSError, ValueError, EOFError) as exc:
+        raise ValueError(f"population file {path} is not {hint}: {exc}") from None
+    missing = [f for f in NPZ_FIELDS if f not in files]
     if missing:
         raise ValueError(f"population file {path} lacks array(s): {', '.join(missing)}")
     x = np.asarray(data["x"], np.float64)

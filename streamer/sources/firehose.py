@@ -209,6 +209,7 @@ class FirehoseSource(StoppableStream):
                 self.stats.reconnects += 1
             first = False
             progressed = False
+            opened = False
             reason = "closed"
             asked = None if self.seq.following else self.cursor
             self.seq.opened(asked)
@@ -221,6 +222,7 @@ class FirehoseSource(StoppableStream):
                     close_timeout=self.close_timeout,
                 ) as ws:
                     self.stats.connects += 1
+                    opened = True
                     log.info("connected to %s", url)
                     watcher = asyncio.create_task(self._close_on_stop(ws))
                     try:
@@ -247,7 +249,10 @@ class FirehoseSource(StoppableStream):
                 pass
             except RETRYABLE as exc:
                 reason = type(exc).__name__
-                log.warning("connection to %s lost: %s: %s", self.url, reason, exc)
+                if opened:
+                    log.warning("connection to %s lost: %s: %s", self.url, reason, exc)
+                else:  # never connected: say so, and what the error was, not "lost"
+                    log.warning("cannot connect to %s: %s: %s", self.url, reason, exc)
             if self._stop.is_set():
                 self.seq.drop_held()  # dropped with the cursor before it: a resume fetches it again
                 return

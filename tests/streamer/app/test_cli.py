@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import jsonschema
 import numpy as np
 import pytest
 from typer.testing import CliRunner
@@ -23,7 +24,12 @@ def test_attribute_json_on_a_saved_population(tmp_path: Path) -> None:
     first = json.loads(result.stdout.strip().splitlines()[-1])
     assert first["agents"] == 3000 and first["indicator"] == "cascade"
     assert first["residual"] < 1e-4
-    assert sum(first["scale_bias"]["tiers_full"]) == pytest.approx(1.0)
+    assert sum(first["tiers"]["full"].values()) == pytest.approx(1.0)
+    # named as in the skyattr.tiers message: the schema's own definitions of these fields accept them
+    schema = json.loads((Path(__file__).resolve().parents[3] / "streamer/schemas/tiers.schema.json").read_text())
+    for name in ("tiers", "scale_bias", "tier_sizes", "alert", "runtime_s", "device", "value", "baseline"):
+        sub = {**schema, "required": [name], "properties": {name: schema["properties"][name]}}
+        jsonschema.validate({name: first[name]} if name != "alert" else {name: {**first[name], "changed": False}}, sub)
     # the saved file reproduces the run exactly
     again = runner.invoke(app, ["attribute", str(path), "--json"])
     second = json.loads(again.stdout.strip().splitlines()[-1])
@@ -80,3 +86,51 @@ def test_indicators_command_lists_builtins() -> None:
     assert result.exit_code == 0
     names = [line.split("\t")[0] for line in result.stdout.splitlines()]
     assert {"reach", "cascade", "saturation"} <= set(names)
+
+
+@pytest.mark.parametrize(("content", "why"), [(b"", "(empty)"), (bytes(range(256)) * 8, "(not a zip archive)")])
+def test_a_population_file_that_is_not_an_npz_says_what_one_is(tmp_path: Path, content: bytes, why: str) -> None:
+    path = tmp_path / "pop.npz"
+    path.write_bytes(content)
+    result = runner.invoke(app, ["attribute", str(path)])
+    assert result.exit_code == 2
+    text = " ".join(result.output.split())
+    assert f"population file {path} is not an .npz of arrays x, visibility" in text and why in text
+    assert "pickle" not in text
+
+
+def test_a_resumed_replay_says_it_resumed_and_from_where(tmp_path: Path) -> None:
+    from streamer.testing.synth import write_synth_archive
+
+    archive = tmp_path / "a.skyarch.zst"
+    write_synth_archive(archive, 40, 2, 0)
+    ckpt = tmp_path / "ckpt"
+    args = ["replay", str(archive), "--checkpoint-dir", str(ckpt), "--quiet", "--no-progress", "--interval", "3600"]
+    first = runner.invoke(app, args)
+    assert first.exit_code == 0, first.output
+    assert "resumed" not in first.output
+    again = runner.invoke(app, args)
+    assert again.exit_code == 0, again.output
+    text = " ".join(again.output.split())
+    assert f"resumed from the checkpoint in {ckpt} after item" in text and "this run read 0 more" in text
+    assert "runs in all" in text
+
+
+def test_an_interrupted_replay_without_a_checkpoint_directory_does_not_promise_a_resume() -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamer", "replay", "--quiet", "--no-progress", "--speed", "100"],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(4)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    text = " ".join(err.split())
+    assert proc.returncode == 0, err[-2000:]
+    assert "interrupted at item" in text and "no --checkpoint-dir, so a rerun starts from the beginning" in text
+    assert "rerun to resume" not in text

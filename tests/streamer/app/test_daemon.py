@@ -224,6 +224,8 @@ def test_unreachable_relay_backs_off_is_not_ready_and_stops_on_sigterm(tmp_path:
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
+    assert "cannot connect to ws://127.0.0.1:1" in err and "lost" not in err, "it never connected: not 'lost'"
+    assert err.count("SIGTERM received: stopping") == 1, err[-2000:]
 
 
 def test_live_mode_against_a_local_relay(tmp_path: Path) -> None:
