@@ -18,7 +18,7 @@ from typer.core import TyperGroup
 import kernels
 from streamer.app import options as opt
 from streamer.app.daemon_commands import replay_command, run_command
-from streamer.app.flags import load_or_exit, with_settings_options
+from streamer.app.flags import ATTRIBUTION_FIELDS, load_or_exit, with_settings_options
 from streamer.app.ingest_commands import events_command
 from streamer.app.options import plain
 from streamer.app.record import record_command
@@ -83,18 +83,7 @@ def _fail(message: str) -> None:
 
 
 # The settings `attribute` reads (flags generated from Settings; also from --config and SKYATTR_*).
-ATTRIBUTE_SETTINGS = {
-    "indicator",
-    "indicator_params",
-    "nodes",
-    "dtype",
-    "head",
-    "middle",
-    "panel_size",
-    "tau_tvd",
-    "tau_res",
-    "alert_clear",
-}
+ATTRIBUTE_SETTINGS = ATTRIBUTION_FIELDS - {"top_k"}  # it prints tiers and figures, no top list
 
 
 @app.command()

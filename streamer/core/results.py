@@ -148,8 +148,34 @@ def _frozen(mapping: Mapping[str, Any]) -> Mapping[str, Any]:
     return MappingProxyType(dict(mapping))
 
 
+class _Sealed:
+    """What both result types share: the identity ``<indicator>@<as_of_us>``, and the wire form built and
+    validated once, when the object is made (``_seal``, from ``__post_init__``)."""
+
+    topic: ClassVar[Topic]
+    indicator: str
+    as_of_us: int
+    _message: Mapping[str, Any]
+
+    @property
+    def id(self) -> str:
+        return f"{self.indicator}@{int(self.as_of_us)}"
+
+    def _build(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _seal(self) -> None:
+        message = self._build()
+        validate(self.topic, message)
+        object.__setattr__(self, "_message", message)
+
+    def to_message(self) -> dict[str, Any]:
+        """The JSON message (a fresh copy of what was validated at creation)."""
+        return json.loads(json.dumps(self._message))
+
+
 @dataclass(frozen=True)
-class RunResult:
+class RunResult(_Sealed):
     """One attribution run (topic ``tiers``). Identity: ``id = "<indicator>@<as_of_us>"``."""
 
     topic: ClassVar[Topic] = "tiers"
@@ -184,13 +210,7 @@ class RunResult:
         object.__setattr__(self, "params", _frozen(self.params))
         object.__setattr__(self, "tier_sizes", _frozen(self.tier_sizes))
         object.__setattr__(self, "top", tuple(self.top))
-        message = self._build()
-        validate(self.topic, message)
-        object.__setattr__(self, "_message", message)
-
-    @property
-    def id(self) -> str:
-        return f"{self.indicator}@{int(self.as_of_us)}"
+        self._seal()
 
     def _build(self) -> dict[str, Any]:
         return {
@@ -222,10 +242,6 @@ class RunResult:
             "runtime_s": self.runtime_s,
             "device": self.device,
         }
-
-    def to_message(self) -> dict[str, Any]:
-        """The JSON message (a fresh copy of what was validated at creation)."""
-        return json.loads(json.dumps(self._message))
 
     @classmethod
     def from_message(cls, message: Mapping[str, Any]) -> RunResult:
@@ -260,7 +276,7 @@ class RunResult:
 
 
 @dataclass(frozen=True)
-class AlertTransition:
+class AlertTransition(_Sealed):
     """The scale-bias alert changed state at this run (topic ``alerts``); same identity as the run's result."""
 
     topic: ClassVar[Topic] = "alerts"
@@ -278,13 +294,7 @@ class AlertTransition:
     _message: Mapping[str, Any] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        message = self._build()
-        validate(self.topic, message)
-        object.__setattr__(self, "_message", message)
-
-    @property
-    def id(self) -> str:
-        return f"{self.indicator}@{int(self.as_of_us)}"
+        self._seal()
 
     def _build(self) -> dict[str, Any]:
         return {
@@ -299,9 +309,6 @@ class AlertTransition:
             "window": self.window.to_message(),
             "as_of_us": self.as_of_us,
         }
-
-    def to_message(self) -> dict[str, Any]:
-        return json.loads(json.dumps(self._message))
 
     @classmethod
     def from_message(cls, message: Mapping[str, Any]) -> AlertTransition:

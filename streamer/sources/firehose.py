@@ -61,7 +61,6 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, ConnectionClosedOK, InvalidHandshake
 
-from streamer.core.backoff import backoff_delay
 from streamer.core.decode import decode_item
 from streamer.core.frames import MAX_FRAME_BYTES, Decoded
 from streamer.core.seqs import RESET_WINDOW, SeenSeqs, Sequenced, Sequencer
@@ -200,13 +199,9 @@ class FirehoseSource(StoppableStream):
         first = True
         while not self._stop.is_set():
             if not first:
-                if self.max_retries is not None and streak > self.max_retries:
-                    raise RelayUnavailable(f"{self.url}: {streak} connection(s) in a row delivered nothing new")
-                delay = backoff_delay(streak, self.backoff_base, self.backoff_max, self._rng)
-                log.info("reconnecting to %s in %.2fs (cursor %s)", self.url, delay, self.cursor)
-                if await self._sleep_unless_stopped(delay):
+                attempts = (self.max_retries, self.backoff_base, self.backoff_max, self._rng, self.stats)
+                if await self._wait_to_reconnect(streak, RelayUnavailable, self.url, self.cursor, attempts):
                     return
-                self.stats.reconnects += 1
             first = False
             progressed = False
             opened = False

@@ -60,7 +60,6 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, ConnectionClosedOK, InvalidHandshake
 from websockets.frames import CloseCode
 
-from streamer.core.backoff import backoff_delay
 from streamer.core.decode import decode_item
 from streamer.core.events import is_valid_did, is_valid_nsid
 from streamer.core.frames import MAX_DEPTH, MAX_FRAME_BYTES, clean_text
@@ -292,13 +291,9 @@ class JetstreamSource(StoppableStream):
         first = True
         while not self._stop.is_set():
             if not first:
-                if self.max_retries is not None and streak > self.max_retries:
-                    raise JetstreamUnavailable(f"{self.url}: {streak} connection(s) in a row delivered nothing new")
-                delay = backoff_delay(streak, self.backoff_base, self.backoff_max, self._rng)
-                log.info("reconnecting to %s in %.2fs (cursor %s)", self.url, delay, self._cursor)
-                if await self._sleep_unless_stopped(delay):
+                attempts = (self.max_retries, self.backoff_base, self.backoff_max, self._rng, self.stats)
+                if await self._wait_to_reconnect(streak, JetstreamUnavailable, self.url, self._cursor, attempts):
                     return
-                self.stats.reconnects += 1
             first = False
             progressed = False
             connected = False

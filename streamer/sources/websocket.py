@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from typing import Any
+
+from streamer.core.backoff import backoff_delay
 
 
 class StoppableStream:
@@ -47,6 +50,21 @@ class StoppableStream:
     async def _close_on_stop(self, ws: Any) -> None:
         await self._stop.wait()
         await ws.close()
+
+    async def _wait_to_reconnect(
+        self, streak: int, unavailable: type[Exception], url: str, cursor: object, attempts: Any
+    ) -> bool:
+        """Before connection ``streak + 1`` in a row that may deliver nothing: give up after ``max_retries`` (raise
+        ``unavailable``), else back off with jitter and count the reconnect. True when stopped meanwhile."""
+        max_retries, base, maximum, rng, stats = attempts
+        if max_retries is not None and streak > max_retries:
+            raise unavailable(f"{url}: {streak} connection(s) in a row delivered nothing new")
+        delay = backoff_delay(streak, base, maximum, rng)
+        logging.getLogger(type(self).__module__).info("reconnecting to %s in %.2fs (cursor %s)", url, delay, cursor)
+        if await self._sleep_unless_stopped(delay):
+            return True
+        stats.reconnects += 1
+        return False
 
     async def _sleep_unless_stopped(self, seconds: float) -> bool:
         """Sleep, or return early when stopped; True when stopped."""

@@ -22,12 +22,12 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import InvalidStatus
 
 from streamer.app.record import record, record_command
+from streamer.core.backoff import backoff_delay
 from streamer.core.frames import MAX_FRAME_BYTES
 from streamer.sources.archive import ArchiveWriter, ReadReport, read_archive
 from streamer.sources.firehose import (
     FirehoseSource,
     RelayUnavailable,
-    backoff_delay,
     subscribe_url,
 )
 from streamer.sources.relay_server import Relay, error_frame, peek
