@@ -63,7 +63,7 @@ LABEL org.opencontainers.image.title="skyattr" \
       io.skyattr.variant="${VARIANT}"
 
 # Read-only root filesystem: everything that would write outside the volume goes to /tmp (mount a tmpfs there);
-# JAX's persistent compilation cache stays off (it is off unless a cache dir is set; this makes it explicit).
+# Compiled kernels are kept on the volume (SKYATTR_COMPILATION_CACHE), so a restarted container does not recompile.
 # /metrics binds all interfaces here (the daemon's own default is loopback): `docker run -p 9464:9464` and the
 # orchestrator's probes reach the container from outside it.
 ENV PATH=/opt/venv/bin:$PATH \
@@ -72,9 +72,9 @@ ENV PATH=/opt/venv/bin:$PATH \
     MPLCONFIGDIR=/tmp/matplotlib \
     XDG_CACHE_HOME=/tmp/.cache \
     XDG_CONFIG_HOME=/tmp/.config \
-    JAX_ENABLE_COMPILATION_CACHE=false \
     NVIDIA_DRIVER_CAPABILITIES=compute,utility \
     SKYATTR_CHECKPOINT_DIR=/var/lib/skyattr/checkpoints \
+    SKYATTR_COMPILATION_CACHE=/var/lib/skyattr/jax-cache \
     SKYATTR_METRICS_HOST=0.0.0.0
 
 # uid/gid 10001, numeric in USER so that Kubernetes' runAsNonRoot can verify it. The data directory is created and

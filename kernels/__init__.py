@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from kernels import defaults
     from kernels.attribution import Attribution, attribute
     from kernels.bias import AlertThresholds, ScaleBias, scale_bias
+    from kernels.compile_cache import default_cache_dir, use_compilation_cache
     from kernels.graph import AttentionGraph, PaddedGraph, bucket
     from kernels.indicators import (
         ENTRY_POINT_GROUP,
@@ -49,6 +50,7 @@ _WHERE: dict[str, str] = {
     "attribute": "kernels.attribution",
     "available_indicators": "kernels.indicators",
     "bucket": "kernels.graph",
+    "default_cache_dir": "kernels.compile_cache",
     "defaults": "kernels.defaults",
     "exact_shapley": "kernels.shapley",
     "gauss_legendre": "kernels.quadrature",
@@ -63,6 +65,7 @@ _WHERE: dict[str, str] = {
     "scale_bias": "kernels.bias",
     "select_panel": "kernels.panel",
     "tier_shares": "kernels.tiers",
+    "use_compilation_cache": "kernels.compile_cache",
 }
 
 
@@ -96,6 +99,7 @@ __all__ = [
     "attribute",
     "available_indicators",
     "bucket",
+    "default_cache_dir",
     "defaults",
     "exact_shapley",
     "gauss_legendre",
@@ -110,4 +114,5 @@ __all__ = [
     "scale_bias",
     "select_panel",
     "tier_shares",
+    "use_compilation_cache",
 ]

@@ -1,4 +1,5 @@
-"""Command line: ``skyattr attribute`` runs one full-scale vs panel attribution and prints the scale-bias table."""
+"""The ``skyattr`` command line: the app, its one-line usage errors, and the commands, registered in the order
+a newcomer meets them (``replay`` first)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import json
 import sys
 import time
 from collections.abc import Sequence
+from importlib import metadata
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -19,8 +21,10 @@ import kernels
 from streamer.app import options as opt
 from streamer.app.daemon_commands import replay_command, run_command
 from streamer.app.flags import ATTRIBUTION_FIELDS, load_or_exit, with_settings_options
+from streamer.app.help import Command
 from streamer.app.ingest_commands import events_command
 from streamer.app.options import plain
+from streamer.app.progress import JobProgress
 from streamer.app.record import record_command
 from streamer.app.relay_command import relay_command
 from streamer.app.report import report_command
@@ -31,6 +35,18 @@ console = Console(stderr=True, soft_wrap=True)
 # click's exception classes as this typer uses them (typer >= 0.2x vendors its own copy of click)
 _exc = sys.modules[typer.BadParameter.__module__]
 _NoArgsIsHelp: type[Exception] = getattr(_exc, "NoArgsIsHelpError", type("NeverRaised", (Exception,), {}))
+
+DESCRIPTION = """skyattr: watch the Bluesky firehose, attribute a macro indicator (a two-hop adoption cascade, say) to
+every account and to tiers of accounts (head, middle, tail by visibility), and measure the scale bias of a
+visibility panel: how far a study of the ~100 most-followed accounts would be from the full-scale answer.
+
+Start with `skyattr replay`: it replays a bundled synthetic firehose archive (2,000 accounts, 24 h) through the
+whole pipeline and prints one line per attribution and the tier table. `skyattr COMMAND --help` describes each
+command.
+
+Options come from their defaults, a --config YAML file, SKYATTR_* environment variables and flags, each
+overriding the one before. Results (run lines, tables, JSON) go to stdout; progress, logs, warnings and errors
+to stderr."""
 
 
 class OneLineErrors(TyperGroup):
@@ -69,12 +85,33 @@ class OneLineErrors(TyperGroup):
         sys.exit(rv if isinstance(rv, int) and not isinstance(rv, bool) else 0)
 
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__, cls=OneLineErrors)
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help=DESCRIPTION,
+    cls=OneLineErrors,
+    rich_markup_mode=None,  # click's plain help: full option names at any width (see streamer.app.help)
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        try:
+            version = metadata.version("skyattr")
+        except metadata.PackageNotFoundError:  # run from a source tree that was never installed
+            version = "unknown"
+        typer.echo(f"skyattr {version}")
+        raise typer.Exit()
 
 
 @app.callback()
-def _root() -> None:
-    """skyattr: which accounts, and which tiers of accounts, cause a macro phenomenon."""
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    pass
 
 
 def _fail(message: str) -> None:
@@ -86,7 +123,6 @@ def _fail(message: str) -> None:
 ATTRIBUTE_SETTINGS = ATTRIBUTION_FIELDS - {"top_k"}  # it prints tiers and figures, no top list
 
 
-@app.command()
 @with_settings_options(include=ATTRIBUTE_SETTINGS, check_finite=True)
 def attribute(
     population: Annotated[
@@ -102,26 +138,38 @@ def attribute(
     config: opt.Config = None,
     save: Annotated[Path | None, typer.Option(help="Write the population used to this .npz.")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")] = False,
+    progress: Annotated[
+        bool, typer.Option(help="Progress on stderr: a bar on a terminal, else a line every 10 s.")
+    ] = True,
     **flags: Any,
 ) -> None:
-    """Attribute INDICATOR over the whole population and over the top-visibility panel; report the gap."""
+    """Attribute INDICATOR over the whole population and over the top-visibility panel; report the gap.
+
+    The table (or, with --json, one JSON object) goes to stdout. A million agents take a while to build and to
+    attribute, so the steps (population, full attribution, panel attribution) show on stderr as they go."""
     cfg = load_or_exit(config, flags).attribution()
     nodes, dtype = cfg.nodes, cfg.dtype
+    made = f"loading {population.name}" if population else f"building {agents:,} synthetic agents"
     try:
-        ind = kernels.get_indicator(cfg.indicator, **cfg.params)
-        thresholds = cfg.thresholds
-        pop = load_npz(population) if population else synthetic(agents, edges_per_agent, seed)
-        if save:
-            save_npz(pop, save)
-        start = time.perf_counter()
-        full = kernels.attribute(ind, pop.x, pop.graph, nodes=nodes, dtype=dtype)
-        seconds = time.perf_counter() - start  # the full-population attribution only, as before
-        tiers = kernels.assign_tiers(pop.visibility, head=cfg.head, middle=cfg.middle)
-        panel = kernels.select_panel(pop.visibility, pop.x, size=cfg.panel_size)
-        if panel.size == 0:
-            _fail("no active agents: the panel is empty")
-        panel_attr = kernels.panel_attribution(ind, pop.x, pop.graph, panel, nodes=nodes, dtype=dtype)
-        bias = kernels.scale_bias(full, panel, panel_attr, tiers)
+        with JobProgress(progress) as bar:
+            steps = bar.task("attribute", total=3, unit="steps", detail=made, rate=False)
+            ind = kernels.get_indicator(cfg.indicator, **cfg.params)
+            thresholds = cfg.thresholds
+            pop = load_npz(population) if population else synthetic(agents, edges_per_agent, seed)
+            if save:
+                save_npz(pop, save)
+            steps.update(1, detail=f"full attribution ({pop.graph.n:,} agents, {pop.graph.edges:,} edges)")
+            start = time.perf_counter()
+            full = kernels.attribute(ind, pop.x, pop.graph, nodes=nodes, dtype=dtype)
+            seconds = time.perf_counter() - start  # the full-population attribution only, as before
+            tiers = kernels.assign_tiers(pop.visibility, head=cfg.head, middle=cfg.middle)
+            panel = kernels.select_panel(pop.visibility, pop.x, size=cfg.panel_size)
+            if panel.size == 0:
+                _fail("no active agents: the panel is empty")
+            steps.update(2, detail=f"panel attribution ({panel.size:,} agents)")
+            panel_attr = kernels.panel_attribution(ind, pop.x, pop.graph, panel, nodes=nodes, dtype=dtype)
+            bias = kernels.scale_bias(full, panel, panel_attr, tiers)
+            steps.update(3)
     except ValueError as exc:
         _fail(str(exc))
         return
@@ -161,8 +209,9 @@ def attribute(
     table.add_column(f"panel ({bias.panel_size})", justify="right")
     for name, f, p in zip(kernels.TIER_NAMES, bias.tiers_full, bias.tiers_panel, strict=True):
         table.add_row(name, f"{f:.3f}", f"{p:.3f}")
-    Console().print(table)
-    Console().print(
+    out = Console(soft_wrap=True)  # stdout: the table is the result asked for
+    out.print(table)
+    out.print(
         f"v(x)={full.value:.6g}  residual={full.residual:.1e}  {seconds:.2f}s on {full.device}\n"
         f"TVD={bias.tvd:.3f}  r*={bias.residual:.3f}  c*={bias.rescale:.3g}  panel share={bias.panel_share:.3f}  "
         f"spearman={bias.spearman:.2f}  top10 full/panel={bias.top10_full:.2f}/{bias.top10_panel:.2f}  "
@@ -170,7 +219,6 @@ def attribute(
     )
 
 
-@app.command()
 def indicators() -> None:
     """List the registered indicators (built-in and entry points)."""
     for name in kernels.available_indicators():
@@ -179,14 +227,20 @@ def indicators() -> None:
         typer.echo(f"{name}\t{stem}\t{json.dumps(dict(ind.params))}")
 
 
-# Commands defined in other modules are registered here, one line each.
-app.command("run")(run_command)
-app.command("replay")(replay_command)
-app.command("events")(events_command)
-app.command("relay")(relay_command)
-app.command("record")(record_command)
-app.command("synth")(synth_command)
-app.command("report")(report_command)
+# (name, function, the one line the command list shows), in the order a newcomer meets them.
+COMMANDS = [
+    ("replay", replay_command, "Replay an archive through the pipeline (start here)."),
+    ("run", run_command, "Run live on a relay's firehose until SIGTERM."),
+    ("attribute", attribute, "Attribute one population, full scale vs panel."),
+    ("report", report_command, "Write a Markdown/HTML report of one attribution."),
+    ("synth", synth_command, "Write a synthetic firehose archive."),
+    ("record", record_command, "Record a relay's firehose into an archive."),
+    ("relay", relay_command, "Serve an archive as a local relay."),
+    ("events", events_command, "Print an archive's events as JSON lines."),
+    ("indicators", indicators, "List the registered macro indicators."),
+]
+for _name, _fn, _line in COMMANDS:
+    app.command(_name, cls=Command, short_help=_line)(_fn)
 
 
 def main() -> None:

@@ -23,9 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.markup import escape
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+from streamer.app.progress import JobProgress, archive_frames
 from streamer.app.settings import DEFAULT_METRICS_PORT, ConfigError, Settings
 from streamer.app.terminal import TerminalSink
 from streamer.core.checkpoint import capture, check_dependencies, file_identity, load_checkpoint, write_checkpoint
@@ -40,6 +39,7 @@ from streamer.core.state import AgentState
 from streamer.sinks.base import Sink
 from streamer.sinks.jsonl import JsonlSink
 from streamer.sinks.prometheus import Metrics
+from streamer.sources.archive import archive_files
 
 log = logging.getLogger("skyattr.daemon")
 
@@ -277,16 +277,14 @@ async def replay_pipeline(
 ) -> tuple[ReplayResult, Daemon]:
     """Replay ``archive`` through the whole pipeline (event-time schedule); returns the replay result."""
     daemon = Daemon(settings, console=console, tables=tables)
-    bar = Progress(
-        TextColumn("replaying {task.description}"),
-        BarColumn(),
-        TextColumn("{task.completed:,} items · run {task.fields[run]}"),
-        TimeElapsedColumn(),
-        console=daemon.terminal.console,
-        transient=True,
-        disable=not progress,
+    bar = JobProgress(progress, share=daemon.terminal.console)  # stderr: a bar on a terminal, else a log line
+    frames = archive_frames(archive)  # from the files' trailers; without them, progress is in bytes of the files
+    task = bar.task(
+        "replay",
+        total=frames if frames is not None else _archive_bytes(archive),
+        unit="items" if frames is not None else "bytes",
+        detail=Path(archive).name,
     )
-    task = bar.add_task(escape(Path(archive).name), total=None, run=0)
     await daemon.start(settings.metrics_port)
     stop = asyncio.Event()
     _install_signals(asyncio.get_running_loop(), stop.set)
@@ -300,7 +298,8 @@ async def replay_pipeline(
         if daemon.source is None:
             daemon.source = source
             daemon.metrics.bind(source.stats, pipe.dispatcher, source)
-        bar.update(task, completed=source.position, run=pipe.schedule.run)
+        done = source.position if frames is not None else source.bytes_read
+        task.update(done, detail=f"{Path(archive).name}, run {pipe.schedule.run}")
 
     try:
         bar.start()
@@ -322,6 +321,7 @@ async def replay_pipeline(
             checkpoint_extra=lambda: {"results": daemon.results_extra()},
             after_checkpoint=daemon.checkpointed,
             on_progress=on_progress,
+            progress_every=500,
         )
         bar.stop()
         if result.pipeline is not None:
@@ -331,6 +331,13 @@ async def replay_pipeline(
         bar.stop()
         await daemon.stop()
     return result, daemon
+
+
+def _archive_bytes(archive: Path) -> int | None:
+    try:
+        return sum(f.stat().st_size for f in archive_files(archive))
+    except OSError:
+        return None
 
 
 def live_source(

@@ -22,7 +22,15 @@ from streamer.app.ingest_commands import nothing_readable, save_snapshot
 from streamer.app.options import plain
 from streamer.app.settings import ConfigError, Settings, load_settings, parse_json_object
 
-console = Console(stderr=True, soft_wrap=True)
+console = Console(stderr=True, soft_wrap=True)  # logs, warnings, errors, the closing statistics
+
+
+def results_console(*, stdout_taken: bool) -> Console:
+    """Where the per-run lines, the tier tables and the alert lines go: stdout, unless stdout already carries
+    machine-readable output (``--json``, ``--out -``), which one human line would break for ``jq``."""
+    return console if stdout_taken else Console(soft_wrap=True)
+
+
 REPLAY_ONLY = {"speed"}
 RUN_ONLY = {"relay", "queue_size", "source", "jetstream_url", "jetstream_collections", "jetstream_compress"}
 
@@ -64,10 +72,16 @@ def replay_command(
     checkpoint_every_items: typing.Annotated[
         int | None, typer.Option(min=1, help="Also checkpoint every this many archive items.")
     ] = None,
-    progress: typing.Annotated[bool, typer.Option(help="Show a progress line on stderr while replaying.")] = True,
+    progress: typing.Annotated[
+        bool, typer.Option(help="Progress on stderr: a bar on a terminal, else a line every 10 s.")
+    ] = True,
     **flags: Any,
 ) -> None:
-    """Replay an archive through the pipeline: state, attribution every --interval of event time, publishers."""
+    """Replay an archive through the pipeline: state, attribution every --interval of event time, publishers.
+
+    Without ARCHIVE it replays the bundled synthetic one (2,000 accounts, 24 h). One line per attribution run, and
+    the tier table when the alert changes state and at the end, go to stdout; progress, logs, warnings and the
+    closing statistics go to stderr. A SIGTERM or Ctrl-C stops it cleanly (with --checkpoint-dir, resumable)."""
     from streamer.testing.synth import default_archive
 
     settings = _load(config, flags)
@@ -79,10 +93,10 @@ def replay_command(
             replay_pipeline(
                 settings,
                 path,
-                console=console,
+                console=results_console(stdout_taken=json_out or str(settings.out) == "-"),
                 tables=not quiet,
                 checkpoint_every_items=checkpoint_every_items,
-                progress=progress and console.is_terminal,
+                progress=progress,
             )
         )
     except (ConfigError, ValueError, FileNotFoundError, OSError) as exc:
@@ -177,9 +191,14 @@ def run_command(
     quiet: typing.Annotated[bool, typer.Option(help="No tables on the terminal, only a line per run.")] = False,
     **flags: Any,
 ) -> None:
-    """Run live: relay → state → attribution every --interval seconds → publishers, until SIGTERM."""
+    """Run live: relay → state → attribution every --interval seconds → publishers, until SIGTERM.
+
+    The tier table of every run goes to stdout; logs, warnings and errors to stderr. Metrics are served on
+    --metrics-port (9464)."""
     settings = _load(config, flags)
     try:
-        asyncio.run(live_pipeline(settings, console=console, tables=not quiet))
+        asyncio.run(
+            live_pipeline(settings, console=results_console(stdout_taken=str(settings.out) == "-"), tables=not quiet)
+        )
     except (ConfigError, ValueError, OSError) as exc:
         _fail(str(exc))

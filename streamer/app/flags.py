@@ -21,7 +21,6 @@ from typing import Any, Literal, TypeVar
 import typer
 from pydantic import SecretStr
 from rich.console import Console
-from rich.markup import escape
 
 from streamer.app.options import finite, plain
 from streamer.app.settings import ConfigError, Settings, load_settings
@@ -43,6 +42,7 @@ ATTRIBUTION_FIELDS = frozenset(
         "tau_tvd",
         "tau_res",
         "alert_clear",
+        "compilation_cache",
     }
 )
 WINDOW_FIELDS = frozenset({"bucket_hours", "buckets", "edge_budget", "max_future_skew"})
@@ -57,6 +57,35 @@ def cli_type(annotation: Any) -> Any:
     if typing.get_origin(annotation) is Literal or annotation in (dict[str, Any], SecretStr):
         return str
     return annotation
+
+
+def shown_default(name: str) -> str:
+    """``  [default: 300.0]`` (set off by two spaces, as click does) for the help of a settings flag, or "" where
+    there is nothing worth showing (no default, an empty list or mapping). The default is the settings' own: a
+    default factory is called, so a mapping field never shows pydantic's ``PydanticUndefined`` placeholder."""
+    default = Settings.model_fields[name].get_default(call_default_factory=True)
+    if default is None or default in ({}, [], ""):
+        return ""
+    if isinstance(default, bool):  # as click shows a boolean flag's default: the flag that gives it
+        return f"  [default: {'' if default else 'no-'}{name.replace('_', '-')}]"
+    if isinstance(default, list | dict):
+        return f"  [default: {json.dumps(default)}]"
+    return f"  [default: {default}]"
+
+
+def field_metavar(annotation: Any) -> str | None:
+    """The metavar of a settings flag whose CLI type hides what it takes: the choices of a ``Literal``
+    (``[float32|float64]``) and ``MAPPING`` for a dict; None leaves it to :mod:`streamer.app.help`."""
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        annotation = next(a for a in args if a is not type(None))
+    if typing.get_origin(annotation) is Literal:
+        return "[" + "|".join(str(a) for a in typing.get_args(annotation)) + "]"
+    if annotation == dict[str, Any]:
+        return "MAPPING"
+    if annotation is SecretStr:
+        return "TEXT"
+    return None
 
 
 def settings_fields(include: Iterable[str] | None = None, exclude: Iterable[str] = ()) -> list[str]:
@@ -93,13 +122,13 @@ def with_settings_options(
             f = Settings.model_fields[name]
             base = cli_type(f.annotation)
             typ = base | None
-            default = f.default if f.default is not None and not callable(f.default) else None
-            shown = f" [default: {json.dumps(default) if isinstance(default, str) else default}]" if default else ""
+            flag = f"--{name.replace('_', '-')}"
             option = typer.Option(
                 None,
-                f"--{name.replace('_', '-')}",
-                help=escape(f"{f.description}{shown}"),  # typer renders help as rich markup: keep [default: x]
-                show_default=False,
+                f"{flag}/--no-{flag[2:]}" if base is bool else flag,  # a flag can also undo a YAML or env True
+                help=f"{f.description}{shown_default(name)}",
+                metavar=field_metavar(f.annotation) or ("DIR" if name.endswith("_dir") else None),
+                show_default=False,  # the option's own default is None (unset); the settings' one is in the help
                 callback=finite if check_finite and base is float else None,
             )
             params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=typ))

@@ -17,10 +17,15 @@ from rich.markup import escape
 _CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0))}
 
 
+def visible(text: object) -> str:
+    """``text`` with its control characters shown as ``\\xNN``: for lines written without rich (log lines)."""
+    return str(text).translate(_CONTROL)
+
+
 def plain(text: object) -> str:
     """``text`` as literal terminal text for rich: markup escaped (``[bold]`` stays visible, ``[/]`` cannot break
     the line) and control characters made visible, so one message stays one line."""
-    return escape(str(text).translate(_CONTROL))
+    return escape(visible(text))
 
 
 def finite(value: float | None) -> float | None:

@@ -18,6 +18,7 @@ import typer
 
 from streamer.app import options as opt
 from streamer.app.flags import load_or_exit, with_settings_options
+from streamer.app.progress import JobProgress
 from streamer.sources.archive import ArchiveWriter
 from streamer.sources.firehose import FirehoseSource
 
@@ -28,17 +29,22 @@ async def record(
     *,
     limit: int | None = None,
     progress: Callable[[int], None] | None = None,
-    progress_every: float = 5.0,
+    progress_every: float = 1.0,
+    flush_every: float = 5.0,
 ) -> int:
-    """Write every frame of ``source`` to ``writer`` until it stops or ``limit`` frames; returns the count. The
-    writer is also flushed every ``progress_every`` seconds, so a crash loses seconds of a quiet stream, not up to
-    ``flush_every`` frames held in memory."""
+    """Write every frame of ``source`` to ``writer`` until it stops or ``limit`` frames; returns the count.
+    ``progress(count)`` is called every ``progress_every`` seconds. The writer is also flushed every
+    ``flush_every`` seconds, so a crash loses seconds of a quiet stream, not up to ``flush_every`` frames held in
+    memory (and not more often: each flush closes a zstd frame, and small ones compress worse)."""
     count = 0
 
     async def tick() -> None:  # on the same loop as the writes, so never concurrent with write()
+        flushed = time.monotonic()
         while True:
-            await asyncio.sleep(progress_every)
-            writer.flush()
+            await asyncio.sleep(min(progress_every, flush_every))
+            if time.monotonic() - flushed >= flush_every:
+                writer.flush()
+                flushed = time.monotonic()
             if progress is not None:
                 progress(count)
 
@@ -56,7 +62,9 @@ async def record(
     return count
 
 
-async def _record_main(relay: str, out: Path, cursor: int | None, limit: int | None) -> tuple[int, FirehoseSource]:
+async def _record_main(
+    relay: str, out: Path, cursor: int | None, limit: int | None, bar: JobProgress
+) -> tuple[int, FirehoseSource]:
     source = FirehoseSource(relay, cursor=cursor)
     loop = asyncio.get_running_loop()
     installed: list[signal.Signals] = []
@@ -66,21 +74,21 @@ async def _record_main(relay: str, out: Path, cursor: int | None, limit: int | N
             installed.append(sig)
         except (ValueError, RuntimeError, NotImplementedError):
             pass  # not the main thread (tests) or no signals here: KeyboardInterrupt still closes the writer
-    start = time.monotonic()
+    task = bar.task("record", total=limit, unit="frames", detail=f"from {relay}")
 
     def progress(count: int) -> None:
-        rate = count / max(time.monotonic() - start, 1e-9)
-        typer.echo(
-            f"record: {count:,} frames ({rate:,.0f}/s), cursor {source.cursor}, "
-            f"reconnects {source.stats.reconnects}, undecodable {dict(source.stats.errors)}",
-            err=True,
+        st = source.stats
+        task.update(
+            count,
+            detail=f"cursor {source.cursor}, {st.reconnects} reconnects, {sum(st.errors.values()):,} undecodable",
         )
 
     try:
         with ArchiveWriter(out, source=relay) as writer:
             count = await record(source, writer, limit=limit, progress=progress)
+        bar.stop()  # before the result line, so a bar never overwrites it
         paths = ", ".join(map(str, writer.paths)) or "(none)"
-        typer.echo(f"record: wrote {count:,} frames from {relay} to {paths}", err=True)
+        typer.echo(f"record: wrote {count:,} frames from {relay} to {paths}")  # the result: stdout
         return count, source
     finally:
         for sig in installed:
@@ -94,16 +102,23 @@ RECORD_SETTINGS = {"relay"}
 
 @with_settings_options(include=RECORD_SETTINGS)
 def record_command(
-    out: Annotated[Path, typer.Option(help="Directory for the archive files.")] = Path("archive"),
+    out: Annotated[Path, typer.Option(metavar="DIR", help="Directory for the archive files.")] = Path("archive"),
     cursor: Annotated[int | None, typer.Option(help="Resume after this seq (default: from now on).")] = None,
     limit: Annotated[int | None, typer.Option(help="Stop after this many frames.")] = None,
     config: opt.Config = None,
+    progress: Annotated[
+        bool, typer.Option(help="Progress on stderr: a bar on a terminal, else a line every 10 s.")
+    ] = True,
     **flags: Any,
 ) -> None:
-    """Record raw frames from a relay's firehose into a .skyarch.zst archive until Ctrl-C or --limit."""
+    """Record raw frames from a relay's firehose into a .skyarch.zst archive until Ctrl-C or --limit.
+
+    The line naming the files written goes to stdout; progress (frames, rate, cursor) and the cursor to resume
+    from go to stderr."""
     relay = load_or_exit(config, flags).relay
     try:
-        _, source = asyncio.run(_record_main(relay, out, cursor, limit))
+        with JobProgress(progress) as bar:
+            _, source = asyncio.run(_record_main(relay, out, cursor, limit, bar))
     except KeyboardInterrupt:
         typer.echo("record: interrupted; archive closed", err=True)
         return

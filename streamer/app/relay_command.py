@@ -7,6 +7,7 @@ options are the relay's own.
 from __future__ import annotations
 
 import asyncio
+import errno
 import signal
 from pathlib import Path
 from typing import Annotated, Any
@@ -95,6 +96,16 @@ def relay_command(
             misbehave=misbehave,
         )
         asyncio.run(_serve(relay))
-    except (ValueError, OSError) as exc:
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            typer.echo(
+                f"error: cannot listen on {host}:{port}: the address is already in use (another `skyattr relay`, "
+                "or another server); stop it or choose another --port",
+                err=True,
+            )
+        else:
+            typer.echo(f"error: cannot serve on {host}:{port}: {exc.strerror or exc}", err=True)
+        raise typer.Exit(2) from exc
+    except ValueError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc

@@ -20,6 +20,7 @@ import json
 import math
 import re
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
@@ -33,6 +34,8 @@ import kernels
 from kernels.inequality import gini, lorenz  # also importable from here, as before they moved to kernels
 from streamer.app import options as opt
 from streamer.app.flags import ATTRIBUTION_FIELDS, WINDOW_FIELDS, load_or_exit, with_settings_options
+from streamer.app.options import visible
+from streamer.app.progress import JobProgress, archive_frames
 from streamer.core.attribution import AttributionConfig, attribute_snapshot
 from streamer.core.followers import load_followers
 from streamer.core.replay import replay
@@ -93,20 +96,28 @@ def build_report(
     state_config: StateConfig | None = None,
     followers: dict[str, float] | None = None,
     config: AttributionConfig | None = None,
+    on_progress: Callable[[int], None] | None = None,
+    on_attribute: Callable[[], None] | None = None,
 ) -> ReportData:
     """Replay ``archive`` into a fresh state and run one attribution at the end of it.
+
+    ``on_progress(items)`` is called every few thousand archive items, ``on_attribute()`` once the replay is done
+    and the attribution starts (the two long parts of a report, for a progress display).
 
     Raises :class:`ReportError` for an unreadable archive or a window with nothing to attribute, and
     ``ValueError`` for a bad configuration (checked before the replay, so a typo costs no replay time)."""
     config = config or AttributionConfig()
     config.validate()
+    progress = (lambda source, _pipe: on_progress(source.position)) if on_progress is not None else None
     try:
-        result = replay(archive, config=state_config, followers=followers)
+        result = replay(archive, config=state_config, followers=followers, on_progress=progress)
     except (FileNotFoundError, OSError) as exc:
         raise ReportError(f"cannot read archive {archive}: {exc}") from exc
     if not result.report.readable:
         raise ReportError(f"nothing readable in {archive}")
     state = result.state
+    if on_attribute is not None:
+        on_attribute()
     snap = state.snapshot()
     out = attribute_snapshot(snap, config, run=1, as_of_us=state.last_time_us, alert_active=False)
     if out.result is None:
@@ -570,14 +581,22 @@ REPORT_SETTINGS = ATTRIBUTION_FIELDS | WINDOW_FIELDS | {"followers"}
 
 @with_settings_options(include=REPORT_SETTINGS, check_finite=True)
 def report_command(
-    out: Annotated[Path, typer.Option(help="Directory for report.md, report.html, result.json and figures.")],
+    out: Annotated[
+        Path, typer.Option(metavar="DIR", help="Directory for report.md, report.html, result.json and figures.")
+    ],
     archive: Annotated[
         Path | None, typer.Argument(help="Archive file or directory (default: the bundled one).")
     ] = None,
     config: opt.Config = None,
+    progress: Annotated[
+        bool, typer.Option(help="Progress on stderr: a bar on a terminal, else a line every 10 s.")
+    ] = True,
     **flags: Any,
 ) -> None:
-    """Replay an archive, attribute at its end, and write a Markdown/HTML report with figures into --out."""
+    """Replay an archive, attribute at its end, and write a Markdown/HTML report with figures into --out.
+
+    The line naming the files written goes to stdout; progress (replay, attribution, writing), warnings and errors
+    go to stderr."""
     path = archive or default_archive()
     settings = load_or_exit(config, flags)
     try:
@@ -588,16 +607,25 @@ def report_command(
     created = not out.exists()
     try:
         prepare_out_dir(out)
-        data = build_report(path, state_config=settings.state(), followers=table, config=settings.attribution())
+        with JobProgress(progress) as bar:
+            task = bar.task("report", total=archive_frames(path), detail=f"replaying {path.name}")
+            data = build_report(
+                path,
+                state_config=settings.state(),
+                followers=table,
+                config=settings.attribution(),
+                on_progress=task.update,
+                on_attribute=lambda: task.update(detail="attributing at the end of the archive"),
+            )
+            task.update(data.replay["items"], detail=f"writing the report into {out}")
+            written = write_report(data, out)
         for warning in data.replay["warnings"]:
             console.print(f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False)
-        written = write_report(data, out)
     except (ValueError, OSError) as exc:
         if created:  # do not leave an empty directory behind a failed run (rmdir refuses a non-empty one)
             with contextlib.suppress(OSError):
                 out.rmdir()
         _fail(str(exc))
         return
-    console.print(
-        f"wrote {len(written)} files to {out}: " + ", ".join(p.name for p in written), markup=False, highlight=False
-    )
+    # the result: stdout
+    typer.echo(visible(f"wrote {len(written)} files to {out}: " + ", ".join(p.name for p in written)))

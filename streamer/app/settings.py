@@ -94,6 +94,11 @@ class Settings(BaseSettings):
     )
     nodes: int = Field(defaults.NODES, ge=1, le=1024, description="Gauss–Legendre quadrature nodes.")
     dtype: Literal["float32", "float64"] = Field(defaults.DTYPE, description="Floating point precision of the kernels.")
+    compilation_cache: str = Field(
+        "auto",
+        description="Directory that keeps compiled kernels between runs, so a restart or the next replay does not "
+        "recompile: `auto` is $XDG_CACHE_HOME/skyattr/jax (~/.cache/skyattr/jax), `off` compiles in every process.",
+    )
     head: float = Field(
         defaults.HEAD, gt=0, le=1, allow_inf_nan=False, description="Head tier: top fraction of accounts by visibility."
     )
@@ -290,6 +295,14 @@ class Settings(BaseSettings):
             top_k=self.top_k,
             thresholds=kernels.AlertThresholds(tvd=self.tau_tvd, residual=self.tau_res, clear=self.alert_clear),
         )
+
+    @property
+    def compilation_cache_dir(self) -> Path | None:
+        """The compilation cache directory: None when it is `off`."""
+        value = self.compilation_cache.strip()
+        if value.lower() == "auto":
+            return kernels.default_cache_dir()
+        return None if value.lower() in ("off", "none", "") else Path(value).expanduser()
 
     def state(self) -> StateConfig:
         return StateConfig(
@@ -544,6 +557,7 @@ def load_settings(
         settings.state()
     except ValueError as exc:
         raise ConfigError(f"invalid config: {exc}") from None
+    kernels.use_compilation_cache(settings.compilation_cache_dir)
     return settings
 
 

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import math
-import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from streamer.app.progress import JobProgress
 from streamer.sources.archive import SUFFIX
 from streamer.testing.synth import write_synth_archive
 
@@ -20,8 +20,13 @@ def synth_command(
     out: Annotated[Path, typer.Option(help="Archive file to write (a directory gets a synth-*.skyarch.zst).")] = Path(
         f"synth{SUFFIX}"
     ),
+    progress: Annotated[
+        bool, typer.Option(help="Progress on stderr: a bar on a terminal, else a line every 10 s.")
+    ] = True,
 ) -> None:
-    """Write a synthetic firehose archive in the real wire format, for replay, tests and demos."""
+    """Write a synthetic firehose archive in the real wire format, for replay, tests and demos.
+
+    The line naming the file written goes to stdout; progress and errors to stderr."""
     if agents < 2:
         typer.echo(f"error: --agents must be at least 2, got {agents}", err=True)
         raise typer.Exit(2)
@@ -33,10 +38,13 @@ def synth_command(
     if not out.parent.is_dir():
         typer.echo(f"error: directory {out.parent} does not exist", err=True)
         raise typer.Exit(2)
-    result = write_synth_archive(out, agents, hours, seed)
+    with JobProgress(progress) as bar:
+        task = bar.task("synth", unit="events", detail=out.name)
+        result = write_synth_archive(
+            out, agents, hours, seed, progress=lambda done, total: task.update(done, total=total)
+        )
     kinds = " ".join(f"{k}={v}" for k, v in sorted(result.counts.items(), key=lambda kv: -kv[1]))
-    print(
+    typer.echo(
         f"wrote {result.path}: {result.frames} frames (seq {result.first_seq}..{result.last_seq}), {kinds}; "
-        f"{result.bytes:,} bytes ({result.raw_bytes:,} uncompressed)",
-        file=sys.stderr,
+        f"{result.bytes:,} bytes ({result.raw_bytes:,} uncompressed)"
     )

@@ -36,12 +36,15 @@ def _fmt(value: float | None) -> str:
 
 class TerminalSink:
     """The tier table for every run (``every_run``, live mode: one run every few minutes); in a replay, where runs
-    come many per second, one line per run and the table when the alert changes state and for the last run."""
+    come many per second, one line per run and the table when the alert changes state and for the last run.
+
+    These are the results the user asked for, so they go to stdout by default (``skyattr replay > runs.txt``
+    keeps them); logs and progress go to stderr elsewhere."""
 
     name = "terminal"
 
     def __init__(self, console: Console | None = None, *, tables: bool = True, every_run: bool = False) -> None:
-        self.console = console or Console(stderr=True)
+        self.console = console or Console(soft_wrap=True)
         self.tables = tables
         self.every_run = every_run
         self.last: RunResult | None = None

@@ -3,10 +3,14 @@
 One :class:`Pipeline` runs both clocks with the same pure :func:`~streamer.core.schedule.step`:
 
 * **event time** (replay): each event the state accepts moves the clock (the dispatcher's ``before_fold`` hook,
-  just before the event is folded). When a run is due, the state's snapshot is taken right there (a copy), so the
-  run stamped T sees exactly the events before T; the attribution itself runs in a worker thread once the item is
-  applied, and the next item waits for it, so results come out in order and a checkpoint never falls between a
-  due time and its result.
+  just before the event is folded). When a run is due, the state is frozen right there (:meth:`~streamer.core.
+  state.AgentState.freeze`: references and a copy of the counters, no snapshot yet), so the run stamped T sees
+  exactly the events before T. Building the snapshot and running the kernels happen in ``workers`` threads while
+  ingest goes on (the kernels release the GIL, so on a CPU two runs compute at once on two cores); at most
+  ``ahead`` runs, holding at most :data:`FLIGHT_BYTES` of frozen state, are in flight, then ingest waits for the
+  oldest. Each run is finished — numbered, its alert decided — and delivered in due order, and every run in
+  flight is delivered before a checkpoint is written, so a checkpoint never falls between a due time and its
+  result.
 * **wall time** (live): a reader task fills a bounded queue from the source, the ingest task applies it, and a
   ticker steps the schedule on the wall clock; the attribution runs in a worker thread while the websocket keeps
   being read.
@@ -22,21 +26,30 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
-from streamer.core.attribution import AttributionConfig, RunOutput, attribute_snapshot
+from streamer.core.attribution import AttributionConfig, Measured, RunOutput, attribute_snapshot, finish, measure
 from streamer.core.dispatch import SequentialDispatcher, repo_of
 from streamer.core.results import Result
 from streamer.core.schedule import ScheduleState, accepted, align, interval_us, step
-from streamer.core.state import Snapshot
+from streamer.core.state import FrozenState, Snapshot
 
 log = logging.getLogger("skyattr.pipeline")
 MAX_PACE_SLEEP_S = 5.0  # longest pause --speed makes for one gap in event time (a day-long gap is not a day)
+FLIGHT_BYTES = 512 << 20  # frozen state held by runs in flight before ingest waits (one run may always fly)
+MAX_PACE_LAG_S = 1.0  # a stall longer than this (a slow run, the first compilation) is not caught up in a burst
 Clock = Literal["event", "wall"]
+
+
+def default_workers() -> int:
+    """Attribution threads: one per core, at most 4 (beyond that memory, not cores, is what runs out)."""
+    return max(1, min(4, os.cpu_count() or 1))
 
 
 @dataclass
@@ -63,6 +76,8 @@ class Pipeline:
         on_skip: Callable[[str], None] | None = None,
         on_failure: Callable[[BaseException], None] | None = None,
         wall_us: Callable[[], int] = lambda: time.time_ns() // 1000,
+        ahead: int = 8,
+        workers: int | None = None,
     ) -> None:
         self.dispatcher = dispatcher
         self.config = config
@@ -73,7 +88,12 @@ class Pipeline:
         self.on_skip = on_skip
         self.on_failure = on_failure
         self.wall_us = wall_us
-        self._due: deque[tuple[int, Snapshot]] = deque()
+        self.workers = max(1, workers if workers is not None else default_workers())
+        self.ahead = max(1, ahead)
+        self._due: deque[tuple[int, FrozenState]] = deque()  # due, not yet handed to the workers
+        # handed to the workers, in due order: (due time, bytes the frozen state holds, the measurement to come)
+        self._flight: deque[tuple[int, int, asyncio.Future[Measured]]] = deque()
+        self._worker: ThreadPoolExecutor | None = None
         self.last: RunOutput | None = None
         if clock == "event" and config is not None:  # without a configuration: ingest only
             dispatcher.before_fold = self._event_time
@@ -86,7 +106,7 @@ class Pipeline:
     def _event_time(self, t_us: int) -> None:
         self.schedule, due = step(self.schedule, t_us, self.every_us)
         if due is not None:
-            self._due.append((due, self.state.snapshot()))
+            self._due.append((due, self.state.freeze()))
 
     def compute(self, snap: Snapshot, as_of_us: int) -> RunOutput:
         """The attribution of one snapshot; pure, so it runs in a worker thread."""
@@ -107,13 +127,40 @@ class Pipeline:
         if out.alert is not None:
             self.deliver(out.alert)
 
-    async def _drain(self) -> None:
-        """Compute and deliver the due runs, in order."""
+    def _measure(self, frozen: FrozenState) -> Measured:
+        assert self.config is not None
+        return measure(frozen.snapshot(), self.config)
+
+    async def _launch(self) -> None:
+        """Hand the due runs to the workers; finish those already done, and the oldest while too many runs (or too
+        many bytes of frozen state) are in flight: ingest waits here when attribution is the slower side."""
+        loop = asyncio.get_running_loop()
+        if self._worker is None:
+            self._worker = ThreadPoolExecutor(self.workers, thread_name_prefix="skyattr-attribution")
         while self._due:
-            as_of, snap = self._due[0]
-            out = await asyncio.to_thread(self.compute, snap, as_of)
-            self._due.popleft()
-            self._accept(out)
+            as_of, frozen = self._due.popleft()
+            future = loop.run_in_executor(self._worker, self._measure, frozen)
+            self._flight.append((as_of, frozen.nbytes, future))
+        while self._flight and (
+            self._flight[0][2].done()
+            or len(self._flight) > self.ahead
+            or (len(self._flight) > 1 and sum(f[1] for f in self._flight) > FLIGHT_BYTES)
+        ):
+            await self._finish_oldest()
+
+    async def _finish_oldest(self) -> None:
+        assert self.config is not None
+        as_of, _, future = self._flight[0]
+        m = await future
+        self._flight.popleft()
+        s = self.schedule
+        self._accept(finish(m, self.config, run=s.run + 1, as_of_us=as_of, alert_active=s.alert_active))
+
+    async def _drain(self) -> None:
+        """Compute and deliver every due run, in order."""
+        await self._launch()
+        while self._flight:
+            await self._finish_oldest()
 
     async def run_now(self, as_of_us: int) -> RunOutput:
         """One run on the state as it is, stamped ``as_of_us`` (the tail of an archive after its last due time)."""
@@ -186,21 +233,26 @@ class Pipeline:
         try:
             async for item in items:
                 dispatcher.add(repo_of(item), item)
-                if self._due:
-                    await self._drain()
+                if self._due or self._flight:
+                    await self._launch()
                 n += 1
                 if on_progress is not None and n % progress_every == 0:
                     on_progress()
                 if checkpoint is not None and (
                     (every_items and n % every_items == 0) or time.monotonic() - last_ckpt >= every_s
                 ):
+                    await self._drain()
                     await checkpoint()
                     last_ckpt = time.monotonic()
                 if stop.is_set() or (speed and await pace.wait(stop)):
                     break
+            await self._drain()  # every item read is applied: its due runs are delivered before the last checkpoint
         finally:
             if isinstance(items, AsyncIterator) and hasattr(items, "aclose"):
                 await items.aclose()
+            if self._worker is not None:
+                self._worker.shutdown(wait=False)
+                self._worker = None
         return not stop.is_set()
 
     async def _run_wall_time(
@@ -267,8 +319,9 @@ class Pipeline:
 
 class _Pace:
     """``--speed``: sleep so event time advances at ``speed`` x wall time. A pause is at most
-    :data:`MAX_PACE_SLEEP_S` (a gap in the stream is compressed and the pace re-anchored after it), and a stop
-    ends it at once."""
+    :data:`MAX_PACE_SLEEP_S` (a gap in the stream is compressed and the pace re-anchored after it), a stall of more
+    than :data:`MAX_PACE_LAG_S` re-anchors it too (the stream goes on at its pace instead of racing through what
+    the stall held up), and a stop ends a pause at once."""
 
     def __init__(self, speed: float | None, state: Any) -> None:
         self.speed, self.state = speed, state
@@ -284,6 +337,8 @@ class _Pace:
         delay = (t - self.start_event) / 1e6 / self.speed - (time.monotonic() - self.start_wall)
         if delay > MAX_PACE_SLEEP_S:
             self.start_wall, self.start_event, delay = time.monotonic() + MAX_PACE_SLEEP_S, t, MAX_PACE_SLEEP_S
+        elif delay < -MAX_PACE_LAG_S:
+            self.start_wall, self.start_event = time.monotonic(), t
         if delay > 0:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), delay)

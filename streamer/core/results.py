@@ -30,18 +30,31 @@ TIER_NAMES = ("head", "middle", "tail")
 Topic = Literal["tiers", "alerts"]
 
 
-@cache
-def validator(topic: str) -> Draft202012Validator:
-    """The compiled validator for ``streamer/schemas/<topic>.schema.json``, loaded once per process."""
+def _schema(topic: str) -> dict[str, Any]:
     resource = resources.files("streamer") / "schemas" / f"{topic}.schema.json"
     try:
-        schema = json.loads(resource.read_text(encoding="utf-8"))
+        return json.loads(resource.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ValueError(
             f"no JSON Schema for topic {topic!r} (expected streamer/schemas/{topic}.schema.json)"
         ) from None
+
+
+@cache
+def validator(topic: str) -> Draft202012Validator:
+    """The validator for ``streamer/schemas/<topic>.schema.json``, loaded once per process: it words the errors."""
+    schema = _schema(topic)
     Draft202012Validator.check_schema(schema)
     return Draft202012Validator(schema, format_checker=Draft202012Validator.FORMAT_CHECKER)
+
+
+@cache
+def _fast_validator(topic: str) -> Any:
+    """The same schema compiled by jsonschema-rs: the check every result passes (microseconds instead of the ~1 ms
+    of the pure-Python validator, which a replay would pay hundreds of times)."""
+    import jsonschema_rs
+
+    return jsonschema_rs.validator_for(_schema(topic), validate_formats=True)
 
 
 def validate(topic: str, message: Mapping[str, Any]) -> None:
@@ -50,10 +63,15 @@ def validate(topic: str, message: Mapping[str, Any]) -> None:
         json.dumps(message, allow_nan=False)
     except ValueError:
         raise ValueError(f"{topic} message carries a non-finite number (NaN or infinity)") from None
+    if _fast_validator(topic).is_valid(message):
+        return
     error = best_match(validator(topic).iter_errors(message))
     if error is not None:
         where = "/".join(str(p) for p in error.absolute_path) or "(top level)"
         raise ValueError(f"{topic} message does not match its schema at {where}: {error.message}")
+    fast = next(iter(_fast_validator(topic).iter_errors(message)))
+    where = "/".join(str(p) for p in fast.instance_path) or "(top level)"
+    raise ValueError(f"{topic} message does not match its schema at {where}: {fast.message}")
 
 
 @dataclass(frozen=True, slots=True)

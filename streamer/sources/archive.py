@@ -61,6 +61,32 @@ class FileReport:
     empty_records: int = 0  # zero-length records skipped
     first_empty_at: int | None = None  # offset of the first one in the decompressed stream
     bad_lines: int = 0  # JSON Lines that did not parse, skipped
+    file_bytes: int | None = None  # the file's size
+    frame_at: int | None = None  # file offset of the zstd frame reading stopped in (None: not in one)
+    compressed: bool = False  # zstd (offsets in the decompressed stream differ from file offsets)
+    read_bytes: int = 0  # bytes of the file read so far (progress against ``file_bytes``)
+
+    def where(self) -> str:
+        """Where reading stopped, in words a user can check against the file: its size, the compressed frame's
+        offset in the file or the offset in the decompressed stream, and how many items were read first."""
+        size = f"{self.file_bytes:,}-byte file" if self.file_bytes is not None else "file"
+        if self.error == "truncated zstd frame" and self.frame_at is not None:
+            return (
+                f"the {size} ends inside the compressed frame that starts at byte {self.frame_at:,}: it was cut "
+                f"short, by a copy, download or recording that did not finish; the first {self.items:,} items were "
+                "read, the rest is lost"
+            )
+        if self.file_bytes == 0:
+            return ""
+        if self.frame_at is not None:
+            where = f"in the compressed frame at byte {self.frame_at:,} of the {size}"
+        elif self.stopped_at is not None and not self.compressed:
+            where = f"at byte {self.stopped_at:,} of the {size}"
+        elif self.stopped_at is not None:
+            where = f"at byte {self.stopped_at:,} of the decompressed stream of the {size}"
+        else:  # a whole-file problem (an unknown archive version): no position to give
+            return ""
+        return f"{where}, after {self.items:,} items"
 
 
 @dataclass
@@ -85,7 +111,8 @@ class ReadReport:
         out: list[str] = []
         for f in self.files:
             if f.error:
-                out.append(f"{f.path}: {f.error}" + (f" (at byte {f.stopped_at})" if f.stopped_at is not None else ""))
+                where = f.where()
+                out.append(f"{f.path}: {f.error}" + (f" ({where})" if where else ""))
             if f.empty_records:
                 out.append(
                     f"{f.path}: skipped {f.empty_records} zero-length record(s), the first at byte {f.first_empty_at}"
@@ -221,21 +248,28 @@ def archive_files(path: str | Path) -> list[Path]:
     return [p]
 
 
+def _read(fh: BinaryIO, report: FileReport) -> bytes:
+    data = fh.read(CHUNK)
+    report.read_bytes += len(data)
+    return data
+
+
 def _chunks(fh: BinaryIO, report: FileReport) -> Iterator[bytes]:
     """Decompressed content of ``fh``: zstd frames decoded in turn, skippable frames parsed as header/trailer,
     an uncompressed file passed through. Stops (recording the error) at the first damaged byte."""
-    buf = fh.read(CHUNK)
+    buf = _read(fh, report)
     if buf[:4] != ZSTD_MAGIC and not (
         len(buf) >= 4 and SKIPPABLE_LOW <= struct.unpack("<I", buf[:4])[0] <= SKIPPABLE_HIGH
     ):
         while buf:
             yield buf
-            buf = fh.read(CHUNK)
+            buf = _read(fh, report)
         return
+    report.compressed = True
     eof = False
     while True:
         while len(buf) < 8 and not eof:
-            more = fh.read(CHUNK)
+            more = _read(fh, report)
             eof = not more
             buf += more
         if not buf:
@@ -244,7 +278,7 @@ def _chunks(fh: BinaryIO, report: FileReport) -> Iterator[bytes]:
         if SKIPPABLE_LOW <= magic <= SKIPPABLE_HIGH and len(buf) >= 8:
             size = struct.unpack("<I", buf[4:8])[0]
             while len(buf) < 8 + size and not eof:
-                more = fh.read(CHUNK)
+                more = _read(fh, report)
                 eof = not more
                 buf += more
             if len(buf) < 8 + size:
@@ -257,7 +291,9 @@ def _chunks(fh: BinaryIO, report: FileReport) -> Iterator[bytes]:
             continue
         if buf[:4] != ZSTD_MAGIC:
             report.error = "not a zstd frame (corrupt or foreign data)"
+            report.frame_at = fh.tell() - len(buf)
             return
+        report.frame_at = fh.tell() - len(buf)  # where this frame starts in the file
         dobj = zstandard.ZstdDecompressor().decompressobj()
         try:
             while True:
@@ -266,8 +302,9 @@ def _chunks(fh: BinaryIO, report: FileReport) -> Iterator[bytes]:
                     yield out
                 if dobj.eof:
                     buf = dobj.unused_data
+                    report.frame_at = None
                     break
-                buf = fh.read(CHUNK)
+                buf = _read(fh, report)
                 if not buf:
                     report.error = "truncated zstd frame"
                     return
@@ -364,6 +401,7 @@ def read_archive(path: str | Path, report: ReadReport | None = None) -> Iterator
         fr = FileReport(str(file))
         rr.files.append(fr)
         with open(file, "rb") as fh:
+            fr.file_bytes = os.fstat(fh.fileno()).st_size
             chunks = _chunks(fh, fr)
             first = b""
             for chunk in chunks:
@@ -371,7 +409,7 @@ def read_archive(path: str | Path, report: ReadReport | None = None) -> Iterator
                 if len(first) >= 8 and (b"\n" in first or len(first) >= CHUNK):
                     break
             if not first:
-                fr.error = fr.error or "no readable content"
+                fr.error = fr.error or ("empty file (0 bytes)" if fr.file_bytes == 0 else "no readable content")
                 continue
             if fr.header is None and _looks_like_json_lines(first):
                 fr.layout = "jetstream-jsonl"
@@ -421,6 +459,12 @@ class ArchiveSource:
         )
         self.seq.opened(None)
         self._stopped = False
+        self.bytes_total = sum(f.stat().st_size for f in archive_files(self.path))
+
+    @property
+    def bytes_read(self) -> int:
+        """Bytes of the archive's files read so far (for progress where the item count is not known ahead)."""
+        return sum(f.read_bytes for f in self.report.files)
 
     @property
     def cursor(self) -> int:

@@ -32,7 +32,7 @@ import math
 import random
 from base64 import b32encode
 from collections import Counter, deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import resources
@@ -49,6 +49,7 @@ DEFAULT_START_US = int(datetime(2026, 7, 4, tzinfo=UTC).timestamp()) * 1_000_000
 EVENTS_PER_AGENT_HOUR = 0.25  # chosen so that 2000 agents × 24 h is a few MiB (the bundled default archive)
 FLUSH_EVERY = 1000  # frames per zstd frame, as ArchiveWriter's default
 ZSTD_LEVEL = 3
+PROGRESS_EVERY = 1000  # events between two progress calls: cheap next to generating them, often enough for a bar
 DEFAULT_ARCHIVE = "default.skyarch.zst"
 
 FOLLOWER_EXPONENT = 1.1  # Pareto tail of follower counts
@@ -215,10 +216,13 @@ def synth_frames(
     first_seq: int = 1,
     *,
     counts: Counter[str] | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> Iterator[tuple[int, bytes]]:
     """``(seq, raw frame)`` of a synthetic firehose of ``agents`` accounts over ``hours``, seq and time monotone.
 
-    ``counts``, when given, is updated with the events emitted by kind (the kinds of :mod:`streamer.core.events`)."""
+    ``counts``, when given, is updated with the events emitted by kind (the kinds of :mod:`streamer.core.events`).
+    ``progress(done, total)``, when given, is called every :data:`PROGRESS_EVERY` events and after the last, with
+    the events generated so far and the total this archive will have (drawn before the first one)."""
     if agents < 2:
         raise ValueError(f"synth needs at least 2 agents, got {agents}")
     if not (hours > 0 and math.isfinite(hours)):
@@ -232,7 +236,9 @@ def synth_frames(
     kind_cdf = list(itertools.accumulate(MIX.values()))
     counts = counts if counts is not None else Counter()
     seq = first_seq
-    for t in _times(rng, total, start_time_us, duration_us):
+    for done, t in enumerate(_times(rng, total, start_time_us, duration_us)):
+        if progress is not None and done % PROGRESS_EVERY == 0:
+            progress(done, total)
         kind = kinds[min(bisect.bisect_right(kind_cdf, rng.random() * kind_cdf[-1]), len(kinds) - 1)]
         if kind == "identity":
             actor = rng.randrange(agents)
@@ -251,6 +257,8 @@ def synth_frames(
         yield seq, frame
         seq += 1
         _mark_seen(model, actor)
+    if progress is not None:
+        progress(total, total)
 
 
 def _mark_seen(model: _Model, actor: int) -> None:
@@ -390,19 +398,21 @@ def write_synth_archive(
     *,
     start_time_us: int = DEFAULT_START_US,
     first_seq: int = 1,
+    progress: Callable[[int, int], None] | None = None,
 ) -> SynthResult:
     """Write one ``.skyarch.zst`` file with the layout of :class:`streamer.sources.archive.ArchiveWriter` (JSON header,
     zstd frames of ``[u32 len][frame]`` every :data:`FLUSH_EVERY` frames, JSON trailer).
 
     The header's ``created`` is the archive's start time, not the wall clock, so the file is byte-identical on
     every run; :class:`~streamer.sources.archive.ArchiveWriter` writes it under a temporary name and renames it,
-    so an interrupted run leaves neither a half file under ``path`` nor a temporary one."""
+    so an interrupted run leaves neither a half file under ``path`` nor a temporary one. ``progress``: as for
+    :func:`synth_frames`."""
     counts: Counter[str] = Counter()
     created = datetime.fromtimestamp(start_time_us // 1_000_000, UTC).isoformat(timespec="seconds")
     with ArchiveWriter(
         None, source_name(agents, hours, seed), file=path, created=created, flush_every=FLUSH_EVERY, level=ZSTD_LEVEL
     ) as writer:
-        for seq, frame in synth_frames(agents, hours, seed, start_time_us, first_seq, counts=counts):
+        for seq, frame in synth_frames(agents, hours, seed, start_time_us, first_seq, counts=counts, progress=progress):
             writer.write(frame, seq)
     frames, raw, last_seq = writer.total_frames, writer.raw_bytes, writer.last_seq
     return SynthResult(path, frames, path.stat().st_size, raw, first_seq, last_seq, counts)

@@ -41,9 +41,12 @@ def test_padded_graph_gives_same_products() -> None:
 def test_bucket_growth_is_bounded() -> None:
     sizes = [bucket(s) for s in range(1, 200_000, 997)]
     assert all(b >= s for b, s in zip(sizes, range(1, 200_000, 997), strict=True))
-    for s in (1025, 5000, 77_777, 1_670_000, 13_000_000):
+    for s in (1025, 5000, 65_536):  # small sizes double: few compilations while a population grows from nothing
+        assert s <= bucket(s) < 2 * s and bucket(s) & (bucket(s) - 1) == 0
+    for s in (77_777, 1_670_000, 13_000_000):  # large ones grow by ~19%: little padding where a call costs
         assert s <= bucket(s) <= 1.2 * s + 128
     assert bucket(10_000) == bucket(10_050), "small growth stays inside one bucket"
+    assert len({bucket(s) for s in range(1, 20_000)}) == 6, "1024 ... 32768: a replay's first hours compile 6 sizes"
 
 
 def test_subgraph_is_induced_and_reindexed() -> None:

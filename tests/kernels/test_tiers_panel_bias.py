@@ -165,3 +165,36 @@ def test_visibility_biased_panel_overstates_the_head(population: kernels.Populat
     assert bias.tiers_panel[0] > 0.5
     assert bias.tvd > 0.3
     assert bias.alert()
+
+
+def test_the_rank_correlation_is_scipys() -> None:
+    from scipy.stats import rankdata, spearmanr
+
+    from kernels.bias import _spearman, average_ranks
+
+    rng = np.random.default_rng(11)
+    for _ in range(2000):
+        n = int(rng.integers(2, 150))
+        a = rng.integers(0, 5, n).astype(float) if rng.random() < 0.5 else rng.random(n)  # with ties, and without
+        b = a * rng.random(n) + rng.integers(0, 3, n)
+        assert np.array_equal(average_ranks(a), rankdata(a))
+        if np.ptp(a) and np.ptp(b):
+            assert abs(_spearman(a, b) - spearmanr(a, b).statistic) < 1e-12
+    assert np.isnan(_spearman(np.ones(5), np.arange(5.0))), "constant input: undefined"
+    assert np.isnan(_spearman(np.array([1.0, np.nan, 2.0]), np.arange(3.0)))
+
+
+def test_a_run_does_not_import_scipy() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, kernels; p = kernels.heavy_tailed_population(300, seed=1);"
+        "full = kernels.attribute('cascade', p.x, p.graph); tiers = kernels.assign_tiers(p.visibility);"
+        "panel = kernels.select_panel(p.visibility, p.x, size=20);"
+        "b = kernels.scale_bias(full, panel, kernels.panel_attribution('cascade', p.x, p.graph, panel), tiers);"
+        "print(b.spearman == b.spearman, 'scipy.stats' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["True", "False"], "scipy.stats costs ~0.7 s to import: a run needs none of it"

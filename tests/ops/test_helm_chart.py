@@ -55,6 +55,7 @@ HELMS = {
 # Settings fields the chart sets itself or that make no sense for `skyattr run` in a pod.
 NOT_IN_CONFIG = {
     "checkpoint_dir",  # --checkpoint-dir on the PVC
+    "compilation_cache",  # SKYATTR_COMPILATION_CACHE on the PVC
     "kafka_bootstrap",  # kafka.bootstrap -> SKYATTR_KAFKA_BOOTSTRAP
     "kafka_security_protocol",  # kafka.securityProtocol -> SKYATTR_KAFKA_SECURITY_PROTOCOL
     "kafka_sasl_mechanism",  # kafka.sasl.mechanism -> SKYATTR_KAFKA_SASL_MECHANISM

@@ -172,7 +172,10 @@ def _markup_dir(tmp_path: Path) -> Path:
 def test_markup_in_an_archive_path_is_printed_literally(tmp_path: Path) -> None:
     junk = _markup_dir(tmp_path) / "][bold]junk.bin"
     junk.write_bytes(b"\x01\x02\x03")
-    expected = f"error: nothing readable in {junk}: {junk}: truncated frame (3 trailing bytes) (at byte 0)"
+    expected = (
+        f"error: nothing readable in {junk}: {junk}: truncated frame (3 trailing bytes) (at byte 0 of the 3-byte file, "
+        "after 0 items)"
+    )
     assert _one_error_line(["replay", str(junk), "--quiet", "--no-progress"]) == expected
     assert _one_error_line(["events", str(junk)]) == expected
     missing = _one_error_line(["replay", str(junk.parent / "[red]absent[/red]")])
@@ -257,3 +260,17 @@ def test_the_installed_entry_point_prints_one_line_too() -> None:
     assert done.stdout == ""
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: skyattr replay: No such option: --bogus"), done.stderr
+
+
+def test_a_relay_port_in_use_is_named_with_what_to_do(archive: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        line = _one_error_line(["relay", str(archive), "--port", str(port)])
+    assert line == (
+        f"error: cannot listen on 127.0.0.1:{port}: the address is already in use (another `skyattr relay`, "
+        "or another server); stop it or choose another --port"
+    )

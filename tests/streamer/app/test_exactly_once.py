@@ -24,6 +24,9 @@ from tests.broker import SCRIPTS_BOOTSTRAP, ScriptBroker, kafka_bootstrap
 VOLATILE = {"runtime_s", "device"}
 BASE = ["--no-progress", "--quiet", "--interval", "1800", "--checkpoint-every-items", "400"]
 SEED = int(os.environ.get("SKYATTR_FAULT_SEED", "20261201"))
+# event time per wall second while kills land: slow enough that ten kills (each 0-0.5 s after a checkpoint) stay
+# inside the archive's 24 h however fast the replay itself is, fast enough to pass between checkpoints in time
+PACE = "6000"
 
 
 def _cmd(*args: str) -> list[str]:
@@ -80,7 +83,7 @@ def test_kill_9_at_random_points_leaves_the_jsonl_equal_to_an_uninterrupted_run(
     tmp_path: Path, reference: list[dict[str, Any]]
 ) -> None:
     out, ckpt = tmp_path / "out.jsonl", tmp_path / "ckpt"
-    args = ["--checkpoint-dir", str(ckpt), "--out", str(out), "--speed", "12000"]
+    args = ["--checkpoint-dir", str(ckpt), "--out", str(out), "--speed", PACE]
     landed = _kill_at_random_points(args, ckpt, 10, random.Random(SEED))
     assert landed >= 10, f"only {landed} kills landed mid-replay"
     final = subprocess.run(_cmd(*args[:-2], "--json"), capture_output=True, text=True, timeout=300)
@@ -115,7 +118,7 @@ def test_a_full_disk_stops_the_replay_with_exit_2_before_anything_is_marked_done
 def test_a_torn_last_line_is_cut_and_rewritten(tmp_path: Path, reference: list[dict[str, Any]]) -> None:
     out, ckpt = tmp_path / "out.jsonl", tmp_path / "ckpt"
     args = ["--checkpoint-dir", str(ckpt), "--out", str(out)]
-    landed = _kill_at_random_points([*args, "--speed", "12000"], ckpt, 1, random.Random(SEED + 1))
+    landed = _kill_at_random_points([*args, "--speed", PACE], ckpt, 1, random.Random(SEED + 1))
     assert landed == 1
     with open(out, "a") as fh:  # what a crash in the middle of a write leaves
         fh.write('{"topic":"tiers","id":"cascade@1","run":')
@@ -177,11 +180,11 @@ def test_kill_9_broker_outage_and_sigterm_during_it_leave_the_topics_exactly_onc
     rng = random.Random(SEED + 2)
     env = {**os.environ, "SKYATTR_KAFKA_SHUTDOWN_TIMEOUT": "3"}
     try:
-        landed = _kill_at_random_points([*args, "--speed", "12000"], ckpt, 4, rng, env=env)
+        landed = _kill_at_random_points([*args, "--speed", PACE], ckpt, 4, rng, env=env)
         broker.stop()
-        landed += _kill_at_random_points([*args, "--speed", "12000"], ckpt, 3, rng, env=env)
+        landed += _kill_at_random_points([*args, "--speed", PACE], ckpt, 3, rng, env=env)
         # SIGTERM while the broker is away: results still unsent are kept, not checkpointed away
-        proc = subprocess.Popen(_cmd(*args, "--speed", "12000"), stderr=subprocess.PIPE, text=True, env=env)
+        proc = subprocess.Popen(_cmd(*args, "--speed", PACE), stderr=subprocess.PIPE, text=True, env=env)
         before = _mtime(ckpt / "state.npz")
         while _mtime(ckpt / "state.npz") == before and proc.poll() is None:
             time.sleep(0.02)
@@ -192,7 +195,7 @@ def test_kill_9_broker_outage_and_sigterm_during_it_leave_the_topics_exactly_onc
         assert "kept in" in err and "results.jsonl" in err
     finally:
         broker.ensure_running()
-    landed += _kill_at_random_points([*args, "--speed", "12000"], ckpt, 3, rng, env=env)
+    landed += _kill_at_random_points([*args, "--speed", PACE], ckpt, 3, rng, env=env)
     assert landed >= 10
     final = subprocess.run(_cmd(*args), capture_output=True, text=True, timeout=300)
     assert final.returncode == 0, final.stderr

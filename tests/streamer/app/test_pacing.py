@@ -60,3 +60,23 @@ def test_a_stop_ends_a_pause_at_once(tmp_path: Path) -> None:
     result = asyncio.run(main())
     assert result.interrupted
     assert time.monotonic() - start < 3.0, "the stop is honoured within a pause, not after it"
+
+
+def test_a_stall_is_not_caught_up_in_a_burst() -> None:
+    class Clock:
+        last_time_us = 0
+
+    async def go() -> float:
+        stop, state = asyncio.Event(), Clock()
+        pace = pipeline._Pace(1000.0, state)  # 1000x event time
+        state.last_time_us = T0
+        await pace.wait(stop)  # anchors the pace
+        time.sleep(1.5)  # a stall: a slow run, the first compilation
+        state.last_time_us = T0 + 100_000
+        await pace.wait(stop)
+        state.last_time_us = T0 + 100_000 + 500_000_000  # 500 s of event time: 0.5 s at 1000x
+        start = time.monotonic()
+        await pace.wait(stop)
+        return time.monotonic() - start
+
+    assert asyncio.run(go()) >= 0.4, "after the stall the stream goes on at its pace, it does not race"

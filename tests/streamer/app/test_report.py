@@ -41,6 +41,8 @@ def report_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("report") / "out"  # not there yet: the command creates it
     result = runner.invoke(app, ["report", "--out", str(out)])
     assert result.exit_code == 0, result.output
+    assert result.stdout.startswith(f"wrote 6 files to {out}: report.md, report.html"), "the paths: stdout"
+    assert "wrote" not in result.stderr
     return out
 
 

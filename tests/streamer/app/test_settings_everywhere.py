@@ -196,7 +196,7 @@ def test_record_reads_the_config_file_then_env_then_flags(tmp_path: Path, archiv
             out = tmp_path / f"rec{i}"
             config = _yaml(tmp_path, yaml_text)
             result = _ok(_record(["record", "--out", str(out), "--limit", "5", "--config", str(config), *flags], env))
-            assert f"record: wrote 5 frames from {relay.url} to " in result.stderr, result.stderr
+            assert f"record: wrote 5 frames from {relay.url} to " in result.stdout, result.output
             assert len(list(read_archive(out))) == 5
 
 

@@ -159,3 +159,37 @@ def test_json_lines_nested_too_deeply_are_counted_not_raised(tmp_path: Path) -> 
     assert [i.json["kind"] for i in items] == ["commit", "identity"]
     assert report.bad_lines == 1 and report.skipped == 1
     assert report.errors == [f"{path}: skipped 1 line(s) that are not JSON"]
+
+
+def test_a_cut_archive_is_reported_in_file_bytes(tmp_path: Path) -> None:
+    from streamer.testing.synth import default_archive
+
+    whole = default_archive().read_bytes()
+    cut = tmp_path / "cut.skyarch.zst"
+    cut.write_bytes(whole[:300_000])
+    report = ReadReport()
+    items = list(read_archive(cut, report))
+    (fr,) = report.files
+    assert fr.error == "truncated zstd frame" and fr.items == len(items) > 0
+    assert fr.frame_at is not None and fr.frame_at < 300_000
+    assert whole[fr.frame_at : fr.frame_at + 4] == b"\x28\xb5\x2f\xfd", "the offset is where a zstd frame starts"
+    assert report.errors == [
+        f"{cut}: truncated zstd frame (the 300,000-byte file ends inside the compressed frame that starts at byte "
+        f"{fr.frame_at:,}: it was cut short, by a copy, download or recording that did not finish; the first "
+        f"{len(items):,} items were read, the rest is lost)"
+    ]
+
+
+def test_an_empty_file_and_corrupt_zstd_say_so(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.skyarch.zst"
+    empty.write_bytes(b"")
+    report = ReadReport()
+    assert list(read_archive(empty, report)) == []
+    assert report.errors == [f"{empty}: empty file (0 bytes)"], "no 'at byte None'"
+    corrupt = tmp_path / "corrupt.zst"
+    corrupt.write_bytes(b"\x28\xb5\x2f\xfd" + b"garbage" * 4)
+    report = ReadReport()
+    assert list(read_archive(corrupt, report)) == []
+    (line,) = report.errors
+    assert line.startswith(f"{corrupt}: corrupt zstd data: ")
+    assert line.endswith("(in the compressed frame at byte 0 of the 32-byte file, after 0 items)")

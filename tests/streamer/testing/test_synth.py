@@ -213,7 +213,7 @@ def test_cli_writes_a_readable_skyattr_archive(tmp_path: Path) -> None:
     args = ["synth", "--agents", "300", "--hours", "2", "--seed", "4", "--out", str(out)]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
-    assert "frames" in result.stderr and "like=" in result.stderr
+    assert "frames" in result.stdout and "like=" in result.stdout, "the line naming the file is the result: stdout"
     report = ReadReport()
     frames = [item.frame for item in read_archive(out, report)]
     fr = report.files[0]
