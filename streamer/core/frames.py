@@ -41,12 +41,17 @@ Skipped operations (``Decoded.skipped``; the frame's other operations are kept):
 - ``too_deep``: the record nests deeper than :data:`MAX_DEPTH`.
 - ``bad_subject``: the event is kept with its kind, but the record names no valid subject DID, so it carries no
   attention edge (subject ""). Counted, not dropped: the activity itself is real.
+- ``too_big``: a create or update of a ``tooBig`` commit, whose relay left the records out (``blocks`` empty);
+  the commit's deletes, which need no block, are kept.
+- ``naive_time``: the frame's ``time`` had no timezone; it is read as UTC (what relays write) and counted, the
+  frame is kept.
 """
 
 from __future__ import annotations
 
 import base64
 import builtins
+import re
 import reprlib
 import sys
 from collections import Counter
@@ -70,6 +75,8 @@ from streamer.core.events import (
 )
 
 MAX_FRAME_BYTES = 5 * 1024 * 1024
+# an RFC 3339 date-time without its timezone (some PDS implementations have written these): read as UTC
+NAIVE_TIME_RE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]{1,9})?")
 HANDLED_TYPES = ("#commit", "#identity", "#account", "#sync", "#info")
 # every reason a Decoded can carry (module docstring; bad_json and bad_string come from Jetstream lines), so metrics
 # can be registered up front and tests can check nothing else appears
@@ -79,7 +86,7 @@ ERROR_REASONS = (
 )  # fmt: skip
 SKIP_REASONS = (
     "bad_did", "bad_op", "bad_path", "bad_collection", "bad_rkey", "bad_action", "missing_block", "bad_record",
-    "too_deep", "bad_subject",
+    "too_deep", "bad_subject", "too_big", "naive_time",
 )  # fmt: skip
 
 # Nesting bound for anything decoded from the wire. Real records nest 5 containers deep at most (the relay sample),
@@ -429,7 +436,7 @@ def _decode_frame(frame: bytes, records: bool, max_bytes: int) -> Decoded:
             return _commit(body, seq, records)
         if type_ in ("#identity", "#account"):
             try:
-                time_us = parse_time_us(body.get("time"))
+                time_us, naive = _event_time(body.get("time"))
             except ValueError as exc:
                 return _fail("bad_time", str(exc), type_, seq)
             did = body.get("did")
@@ -437,7 +444,10 @@ def _decode_frame(frame: bytes, records: bool, max_bytes: int) -> Decoded:
                 return _fail("bad_did", f"did {short_repr(did)}", type_, seq)
             kind = IDENTITY if type_ == "#identity" else ACCOUNT
             extra = {k: to_json_model(v) for k, v in body.items() if k not in ("did", "seq", "time")}
-            return Decoded(type=type_, seq=seq, events=[Event(time_us, seq, kind, did, extra=extra)])
+            out = Decoded(type=type_, seq=seq, events=[Event(time_us, seq, kind, did, extra=extra)])
+            if naive:
+                out.skipped["naive_time"] += 1
+            return out
         # #sync (repo state reset, no operations) and #info (e.g. OutdatedCursor) carry no events
         return Decoded(type=type_, seq=seq, info={k: to_json_model(v) for k, v in body.items() if k != "blocks"})
     except (KeyError, TypeError, ValueError) as exc:
@@ -453,9 +463,19 @@ def _valid_rev(rev: Any) -> bool:
     return (rev.isascii() and rev.isalnum()) or RKEY_RE.fullmatch(rev) is not None
 
 
+def _event_time(value: Any) -> tuple[int, bool]:
+    """(time_us, naive): an RFC 3339 time, or one without a timezone read as UTC (naive True). ``ValueError`` else."""
+    try:
+        return parse_time_us(value), False
+    except ValueError:
+        if isinstance(value, str) and NAIVE_TIME_RE.fullmatch(value) is not None:
+            return parse_time_us(value + "Z"), True
+        raise
+
+
 def _commit(body: dict[str, Any], seq: int, records: bool) -> Decoded:
     try:
-        time_us = parse_time_us(body.get("time"))
+        time_us, naive = _event_time(body.get("time"))
     except ValueError as exc:
         return _fail("bad_time", str(exc), "#commit", seq)
     ops, rev = body.get("ops"), body.get("rev")
@@ -465,6 +485,8 @@ def _commit(body: dict[str, Any], seq: int, records: bool) -> Decoded:
         return _fail("bad_body", f"rev {short_repr(rev)}", "#commit", seq)
     rev = rev or ""
     out = Decoded(type="#commit", seq=seq)
+    if naive:
+        out.skipped["naive_time"] += 1
     actor = body.get("repo")
     if not is_valid_did(actor):
         if ops:
@@ -473,6 +495,8 @@ def _commit(body: dict[str, Any], seq: int, records: bool) -> Decoded:
         return out
     car = body.get("blocks")
     blocks: dict[bytes, tuple[int, int]] | None = None  # read at the first create or update
+    if body.get("tooBig") is True and not car:
+        blocks = {}  # the relay left the records out: creates and updates are counted, deletes kept
     for op in ops:
         if type(op) is not dict:
             out.skipped["bad_op"] += 1
@@ -502,7 +526,7 @@ def _commit(body: dict[str, Any], seq: int, records: bool) -> Decoded:
         cid = op.get("cid")
         span = blocks.get(cid) if type(cid) is bytes else None
         if span is None:
-            out.skipped["missing_block"] += 1
+            out.skipped["too_big" if not blocks and body.get("tooBig") is True else "missing_block"] += 1
             continue
         try:
             record = decode_cbor(car[span[0] : span[1]])

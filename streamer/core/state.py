@@ -60,6 +60,7 @@ if TYPE_CHECKING:  # the kernels (and JAX) load when a snapshot is first taken, 
 from streamer.core.events import FOLLOW, LIKE, POST, QUOTE, REPLY, REPOST, Event
 
 ACTIVITY_KINDS = (POST, REPLY, QUOTE, REPOST, LIKE, FOLLOW)
+UPDATE = "update"  # counter of record updates (edits): accepted, neither activity nor attention
 ACTIVITY_INDEX = {k: i for i, k in enumerate(ACTIVITY_KINDS)}
 DEFAULT_ACTIVITY_WEIGHTS = {POST: 1.0, REPLY: 1.0, QUOTE: 1.0, REPOST: 1.0, LIKE: 1.0, FOLLOW: 0.0}
 DEFAULT_ATTENTION_WEIGHTS = {LIKE: 1.0, REPOST: 2.0, REPLY: 3.0, QUOTE: 3.0, FOLLOW: 0.5}
@@ -453,10 +454,13 @@ class AgentState:
         self.events += 1
         if t > self.last_time_us:
             self.last_time_us = t
-        self.counters[kind] += 1
         if actor is None:
             actor = index[actor_did] = len(self.dids)
             self.dids.append(actor_did)
+        if event.operation == "update":  # an edit: the record's activity and attention were counted at its creation
+            self.counters[UPDATE] += 1
+            return None
+        self.counters[kind] += 1
         code = self._act_code.get(kind)
         if code is not None:
             codes = self._pending_act.get(b)
