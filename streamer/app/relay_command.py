@@ -29,9 +29,18 @@ def banner(relay: Relay) -> str:
     """The start-up line: what is served, how fast, and where to subscribe."""
     assert relay.range is not None
     pace = "as fast as clients read" if relay.speed is None else f"paced at {relay.speed:g}x event time"
+    if not relay.live:
+        mode = "a client without a cursor gets the archive from its start"
+    elif relay.speed is None:
+        mode = (
+            "live: the whole archive is history at once, so a client without a cursor gets nothing (give it a "
+            "cursor, or use --speed or --from-start)"
+        )
+    else:
+        mode = "live: the archive happens from now on; a client without a cursor gets what happens after it connects"
     return (
         f"relay: {relay.range.frames:,} frames, seq {relay.range.first_seq}..{relay.range.last_seq}, {pace}; "
-        f"subscribe at {relay.url}{SUBSCRIBE_PATH}"
+        f"{mode}; subscribe at {relay.url}{SUBSCRIBE_PATH}"
     )
 
 
@@ -67,6 +76,14 @@ def relay_command(
     send_timeout: Annotated[
         float, typer.Option(help="Seconds a client may leave a frame unread before it is dropped (0: never).")
     ] = DEFAULT_SEND_TIMEOUT_S,
+    from_start: Annotated[
+        bool,
+        typer.Option(
+            "--from-start",
+            help="Send a client that gives no cursor the whole archive from its first frame (a replay). Without "
+            "it the relay is live, as the spec says: no cursor is a tail from now, a cursor is exclusive.",
+        ),
+    ] = False,
     restart_at: Annotated[
         int | None,
         typer.Option(help="Test mode: restart the relay's sequence before this archive frame (0-based)."),
@@ -80,7 +97,11 @@ def relay_command(
     ] = None,
     **flags: Any,
 ) -> None:
-    """Serve an archive as a local com.atproto.sync.subscribeRepos relay (honours ?cursor=) until Ctrl-C."""
+    """Serve an archive as a local com.atproto.sync.subscribeRepos relay (honours ?cursor=) until Ctrl-C.
+
+    Also answers _health, com.atproto.sync.listHosts, listRepos, getLatestCommit and getRepoStatus. A live relay
+    by default (no cursor: what happens from now on; --speed sets how fast the archive happens); --from-start
+    replays it to every client that gives no cursor. The test-mode misbehaviours imply --from-start."""
     speed = load_or_exit(config, flags).speed
     try:
         misbehave = Misbehaviour(
@@ -94,6 +115,7 @@ def relay_command(
             max_clients=max_clients or None,
             send_timeout=send_timeout or None,
             misbehave=misbehave,
+            live=not from_start and misbehave == Misbehaviour(),
         )
         asyncio.run(_serve(relay))
     except OSError as exc:

@@ -60,6 +60,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, ConnectionClosedOK, InvalidHandshake
+from websockets.frames import CloseCode
 
 from streamer.core.decode import decode_item
 from streamer.core.frames import MAX_FRAME_BYTES, Decoded
@@ -73,6 +74,7 @@ log = logging.getLogger(__name__)
 # Well above the protocol's 5 MiB frame limit: an oversize frame should reach decode_frame and be counted as
 # "too_big", not make websockets close the connection (which would re-send the same frame on every reconnect).
 CLIENT_MAX_SIZE = 16 * 1024 * 1024
+MESSAGE_TOO_BIG = CloseCode.MESSAGE_TOO_BIG  # the close code websockets fails a connection with past max_size
 # Connection failures worth a retry; anything else (a bad URL, a bug) propagates.
 RETRYABLE = (OSError, TimeoutError, InvalidHandshake, ConnectionClosed)
 # How long ``anomalous`` stays true after a reset or an out-of-order frame: long enough for a scrape to see it.
@@ -197,6 +199,7 @@ class FirehoseSource(StoppableStream):
     async def _items(self) -> AsyncIterator[tuple[bytes, Sequenced]]:
         streak = 0  # connections in a row that delivered nothing new
         first = True
+        skip_past: int | None = None  # after frames over max_size: resume past this seq, not at the cursor
         while not self._stop.is_set():
             if not first:
                 attempts = (self.max_retries, self.backoff_base, self.backoff_max, self._rng, self.stats)
@@ -207,6 +210,8 @@ class FirehoseSource(StoppableStream):
             opened = False
             reason = "closed"
             asked = None if self.seq.following else self.cursor
+            if skip_past is not None and asked is not None and skip_past > asked:
+                asked = skip_past
             self.seq.opened(asked)
             url = subscribe_url(self.url, asked)
             try:
@@ -244,7 +249,23 @@ class FirehoseSource(StoppableStream):
                 pass
             except RETRYABLE as exc:
                 reason = type(exc).__name__
-                if opened:
+                if isinstance(exc, ConnectionClosed) and exc.sent is not None and exc.sent.code == MESSAGE_TOO_BIG:
+                    # a frame over max_size: websockets fails the connection before its seq can be read, and
+                    # resuming at the cursor would fetch the same frame for ever; step past one more seq each
+                    # time it happens without progress (relay seqs are dense, so one step is the usual case)
+                    reason = "message_too_big"
+                    current = self.cursor if self.cursor is not None else -1
+                    if skip_past is None or progressed or current >= skip_past:
+                        skip_past = current + 1
+                    else:
+                        skip_past += 1
+                    self.seq.count_error(
+                        "too_big",
+                        f"a frame over the websocket limit of {self.max_size:,} bytes after seq {current}: skipped, "
+                        f"resuming after seq {skip_past}",
+                    )
+                    progressed = True  # moving past it is progress: reconnect at once
+                elif opened:
                     log.warning("connection to %s lost: %s: %s", self.url, reason, exc)
                 else:  # never connected: say so, and what the error was, not "lost"
                     log.warning("cannot connect to %s: %s: %s", self.url, reason, exc)

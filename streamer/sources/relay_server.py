@@ -32,11 +32,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import http
+import json
 import logging
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import libipld
@@ -45,7 +47,8 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 from websockets.protocol import State
 
-from streamer.core.events import parse_time_us
+from streamer import __version__
+from streamer.core.events import is_valid_did, parse_time_us
 from streamer.core.frames import MAX_FRAME_BYTES
 from streamer.sources.archive import ReadReport, read_archive
 from streamer.sources.endpoints import SUBSCRIBE_PATH
@@ -131,12 +134,48 @@ class Misbehaviour:
 
 
 @dataclass(frozen=True, slots=True)
+class RepoHead:
+    """A repo's latest commit in the archive, what ``listRepos`` and ``getLatestCommit`` report."""
+
+    cid: str
+    rev: str
+    active: bool = True
+    status: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class ArchiveRange:
-    """What the start-up scan learned: first and last seq, and how many raw frames the archive holds."""
+    """What the start-up scan learned: first and last seq, how many raw frames the archive holds, and each repo's
+    latest commit (by DID)."""
 
     first_seq: int
     last_seq: int
     frames: int
+    repos: dict[str, RepoHead] = field(default_factory=dict)
+    first_time_us: int | None = None  # the first commit time: where a live relay's clock starts
+
+
+def _repo_update(frame: bytes, repos: dict[str, RepoHead]) -> None:
+    """Note a ``#commit``'s repo head, or an ``#account``'s status, in ``repos`` (frames that say neither: nothing)."""
+    try:
+        header, body = libipld.decode_dag_cbor_multi(frame)
+    except (ValueError, TypeError, OverflowError):
+        return
+    if not isinstance(header, dict) or not isinstance(body, dict):
+        return
+    t, did = header.get("t"), body.get("repo") if header.get("t") == "#commit" else body.get("did")
+    if not is_valid_did(did):
+        return
+    if t == "#commit" and isinstance(body.get("commit"), bytes) and isinstance(body.get("rev"), str):
+        try:
+            cid = libipld.encode_cid(body["commit"])
+        except (ValueError, TypeError):
+            return
+        old = repos.get(did)
+        repos[did] = RepoHead(cid, body["rev"], old.active if old else True, old.status if old else None)
+    elif t == "#account" and did in repos and isinstance(body.get("active"), bool):
+        status = body.get("status") if isinstance(body.get("status"), str) else None
+        repos[did] = RepoHead(repos[did].cid, repos[did].rev, body["active"], None if body["active"] else status)
 
 
 def scan_archive(path: str | Path, keep: list[bytes] | None = None, keep_bytes: int = 0) -> ArchiveRange:
@@ -144,14 +183,19 @@ def scan_archive(path: str | Path, keep: list[bytes] | None = None, keep_bytes: 
     JSON, which a ``subscribeRepos`` relay cannot serve). With ``keep``, the frames are also appended to it as long
     as they total at most ``keep_bytes``; beyond that it is emptied (the archive is too big to hold)."""
     first = last = -1
+    first_time: int | None = None
     frames = 0
     kept = 0
+    repos: dict[str, RepoHead] = {}
     report = ReadReport()
     for item in read_archive(path, report):
         if item.frame is None:
             raise ValueError(f"{path} holds Jetstream JSON, not relay frames: a subscribeRepos relay cannot serve it")
         frames += 1
-        seq, _ = peek(item.frame)
+        _repo_update(item.frame, repos)
+        seq, time_us = peek(item.frame)
+        if first_time is None and time_us is not None:
+            first_time = time_us
         if seq >= 0:
             first = seq if first < 0 else first
             last = seq
@@ -166,7 +210,7 @@ def scan_archive(path: str | Path, keep: list[bytes] | None = None, keep_bytes: 
         log.warning("archive: %s", err)
     if first < 0:
         raise ValueError(f"{path} holds no relay frame with a seq")
-    return ArchiveRange(first, last, frames)
+    return ArchiveRange(first, last, frames, repos, first_time)
 
 
 class Relay:
@@ -194,6 +238,7 @@ class Relay:
         write_limit: int = DEFAULT_WRITE_LIMIT,
         cache_bytes: int = DEFAULT_CACHE_BYTES,
         misbehave: Misbehaviour | None = None,
+        live: bool = False,
     ) -> None:
         if speed is not None and speed <= 0:
             raise ValueError("speed must be positive (or None for as fast as the client reads)")
@@ -212,6 +257,8 @@ class Relay:
         self.cache_bytes = cache_bytes
         self._cache: list[bytes] = []
         self.misbehave = misbehave or Misbehaviour()
+        self.live = live
+        self._t0 = 0.0  # wall clock at start: a live relay's archive "happens" from then on, at ``speed``
         self.range: ArchiveRange | None = None
         self.connections = 0
         self.frames_sent = 0
@@ -248,6 +295,7 @@ class Relay:
             compression=None,  # CBOR with hashes barely compresses; deflate would only cost CPU on both ends
         )
         self.port = self._server.sockets[0].getsockname()[1]
+        self._t0 = time.monotonic()
         log.info(
             "relay serving %s (seq %d..%d) at %s", self.archive, self.range.first_seq, self.range.last_seq, self.url
         )
@@ -284,8 +332,11 @@ class Relay:
     def _check_request(self, connection: ServerConnection, request: Request) -> Response | None:
         """Admit a handshake, or answer it: 404 off the one path served, 503 beyond ``max_clients``. Counted here,
         before the handler runs, so a burst of handshakes cannot all slip under the cap."""
-        if urlsplit(request.path).path != SUBSCRIBE_PATH:
-            return connection.respond(http.HTTPStatus.NOT_FOUND, f"only {SUBSCRIBE_PATH} is served here\n")
+        path = urlsplit(request.path).path
+        if path != SUBSCRIBE_PATH:
+            if path.startswith("/xrpc/"):
+                return self._xrpc(connection, path[len("/xrpc/") :], parse_qs(urlsplit(request.path).query))
+            return connection.respond(http.HTTPStatus.NOT_FOUND, f"only {SUBSCRIBE_PATH} and /xrpc/ are served here\n")
         if self.max_clients is not None:
             if self.clients >= self.max_clients:
                 self.refused += 1
@@ -296,6 +347,62 @@ class Relay:
                 )
             self._clients.add(connection)
         return None
+
+    def _xrpc(self, connection: ServerConnection, method: str, query: dict[str, list[str]]) -> Response:
+        """The XRPC queries a relay's consumers call besides the firehose (their JSON as the lexicons define it):
+        ``_health``, ``com.atproto.sync.listHosts``, ``listRepos`` (by DID, ``limit`` 1-1000, ``cursor`` the last
+        DID of the previous page), ``getLatestCommit`` and ``getRepoStatus`` (``did``); an unknown DID is
+        ``RepoNotFound`` and an unknown method ``MethodNotImplemented``, as XRPC says."""
+        assert self.range is not None
+        repos = self.range.repos
+
+        def reply(status: http.HTTPStatus, payload: dict[str, Any]) -> Response:
+            response = connection.respond(status, json.dumps(payload))
+            del response.headers["Content-Type"]
+            response.headers["Content-Type"] = "application/json"
+            return response
+
+        def fail(status: http.HTTPStatus, error: str, message: str) -> Response:
+            return reply(status, {"error": error, "message": message})
+
+        def did_of() -> str | None:
+            did = (query.get("did") or [""])[-1]
+            return did if did in repos else None
+
+        if method == "_health":
+            return reply(http.HTTPStatus.OK, {"version": f"skyattr relay {__version__}"})
+        if method == "com.atproto.sync.listHosts":
+            host = {"hostname": self.host, "seq": self.holds()[1], "accountCount": len(repos), "status": "active"}
+            return reply(http.HTTPStatus.OK, {"hosts": [host]})
+        if method == "com.atproto.sync.listRepos":
+            try:
+                limit = int((query.get("limit") or ["500"])[-1])
+            except ValueError:
+                return fail(http.HTTPStatus.BAD_REQUEST, "InvalidRequest", "limit must be an integer")
+            if not 1 <= limit <= 1000:
+                return fail(http.HTTPStatus.BAD_REQUEST, "InvalidRequest", "limit must be between 1 and 1000")
+            after = (query.get("cursor") or [""])[-1]
+            dids = sorted(d for d in repos if d > after)[:limit]
+            page: dict[str, Any] = {
+                "repos": [
+                    {"did": d, "head": repos[d].cid, "rev": repos[d].rev, "active": repos[d].active}
+                    | ({"status": repos[d].status} if repos[d].status else {})
+                    for d in dids
+                ]
+            }
+            if len(dids) == limit and dids[-1] != max(repos, default=""):
+                page["cursor"] = dids[-1]
+            return reply(http.HTTPStatus.OK, page)
+        if method in ("com.atproto.sync.getLatestCommit", "com.atproto.sync.getRepoStatus"):
+            did = did_of()
+            if did is None:
+                return fail(http.HTTPStatus.BAD_REQUEST, "RepoNotFound", "this relay's archive holds no such repo")
+            head = repos[did]
+            if method == "com.atproto.sync.getLatestCommit":
+                return reply(http.HTTPStatus.OK, {"cid": head.cid, "rev": head.rev})
+            status = {"did": did, "active": head.active, "rev": head.rev}
+            return reply(http.HTTPStatus.OK, status | ({"status": head.status} if head.status else {}))
+        return fail(http.HTTPStatus.NOT_IMPLEMENTED, "MethodNotImplemented", f"{method} is not served by this relay")
 
     async def _handle(self, ws: ServerConnection) -> None:
         assert self.range is not None
@@ -340,8 +447,19 @@ class Relay:
             elif 0 <= peek(frame)[0] <= m.restart_head:
                 yield index, frame
 
+    def now_us(self) -> float:
+        """A live relay's present in event time: the archive's first commit time plus the wall time since start
+        times ``speed`` (without a speed the whole archive happened at start)."""
+        assert self.range is not None
+        if self.speed is None or self.range.first_time_us is None:
+            return float("inf")
+        return self.range.first_time_us + (time.monotonic() - self._t0) * 1e6 * self.speed
+
     async def _stream(self, ws: ServerConnection, cursor: int | None) -> bool:
-        """Send the frames after ``cursor`` (all of them when None). False when the connection was cut."""
+        """Send the frames after ``cursor``; without one, all of them (``live`` False) or, as a relay does, only
+        those that happen from now on. False when the connection was cut."""
+        if self.live:
+            return await self._stream_live(ws, cursor)
         m = self.misbehave
         epoch = self.epoch
         sent = 0
@@ -400,6 +518,33 @@ class Relay:
                 await asyncio.sleep(0)  # a fast reader never blocks send(): let other connections have a turn
         # the last frame held: nothing is left to swap it with
         return held is None or await self._send(ws, held)
+
+    async def _stream_live(self, ws: ServerConnection, cursor: int | None) -> bool:
+        """The spec's semantics on the relay's own clock (:meth:`now_us`): frames up to now are history, sent at
+        once after an (exclusive) cursor and not at all without one; later frames go out when they happen, to
+        every connection alike, so a client that reconnects without a cursor gets only what it has not been
+        sent. (The misbehaviours are for the replaying relay; a live one has none.)"""
+        tail_from = self.now_us() if cursor is None else None
+        sent = 0
+        for frame in self._frames():
+            seq, time_us = peek(frame)
+            if cursor is not None and seq >= 0 and seq <= cursor:
+                continue
+            if tail_from is not None and (time_us is None or time_us <= tail_from):
+                continue
+            if time_us is not None and self.speed is not None and self.range and self.range.first_time_us:
+                delay = self._t0 + (time_us - self.range.first_time_us) / 1e6 / self.speed - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+            if not await self._send(ws, frame):
+                return False
+            sent += 1
+            if self.drop_after is not None and sent >= self.drop_after:
+                await self._drop(ws)
+                return False
+            if sent % 64 == 0:
+                await asyncio.sleep(0)
+        return True
 
     def _frames(self) -> Iterator[bytes]:
         if self._cache:

@@ -245,7 +245,18 @@ def test_kill_9_of_live_run_never_reuses_a_run_number_nor_loses_or_doubles_an_ev
 
     port = free_port()
     relay = subprocess.Popen(
-        [sys.executable, "-m", "streamer", "relay", str(default_archive()), "--port", str(port), "--speed", "3000"],
+        [
+            sys.executable,
+            "-m",
+            "streamer",
+            "relay",
+            str(default_archive()),
+            "--port",
+            str(port),
+            "--speed",
+            "3000",
+            "--from-start",
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )

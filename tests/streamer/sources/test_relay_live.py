@@ -253,6 +253,10 @@ async def test_relay_rejects_other_paths_and_bad_cursors(archive: Path) -> None:
         with pytest.raises(InvalidStatus) as err:
             async with connect(f"{relay.url}/xrpc/com.atproto.sync.getRepo"):
                 pass
+        assert err.value.response.status_code == 501, "an XRPC method this relay does not implement"
+        with pytest.raises(InvalidStatus) as err:
+            async with connect(f"{relay.url}/elsewhere"):
+                pass
         assert err.value.response.status_code == 404
         async with connect(f"{relay.url}/xrpc/com.atproto.sync.subscribeRepos?cursor=abc") as ws:
             header, body = libipld.decode_dag_cbor_multi(await ws.recv())
@@ -297,3 +301,18 @@ def test_backoff_grows_caps_and_jitters() -> None:
         nominal = min(60.0, 2.0**k)
         assert nominal / 2 <= d <= nominal
     assert len({round(backoff_delay(3, 1.0, 60.0, rng), 6) for _ in range(20)}) > 1
+
+
+async def test_a_frame_over_the_websocket_limit_is_skipped_and_counted_not_fetched_for_ever(
+    archive: Path, sample_frames: list[bytes]
+) -> None:
+    sizes = sorted(len(f) for f in sample_frames)
+    limit = sizes[-3] - 1  # the three biggest frames of the real sample are over it
+    small = [f for f in sample_frames if len(f) <= limit]
+    assert len(small) == len(sample_frames) - 3
+    async with Relay(archive) as relay:
+        source = FirehoseSource(relay.url, max_size=limit, **FAST)
+        got = await collect(source, len(small), timeout=20.0)
+    assert got == small, "every other frame, in order: ingest moved past each big one"
+    assert source.stats.errors["too_big"] == 3
+    assert source.stats.duplicates == 0
