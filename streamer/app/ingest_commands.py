@@ -45,9 +45,15 @@ def events_command(
     archive: Annotated[Path, typer.Argument(help="Archive file or directory (relay frames or Jetstream JSONL).")],
     limit: Annotated[int | None, typer.Option(min=0, help="Stop after this many events.")] = None,
 ) -> None:
-    """Print every event as one JSON line in the Jetstream v1 shape, with skyattr's normalized fields."""
+    """Print every event as one JSON line in the Jetstream v1 shape, with skyattr's normalized fields.
+
+    ``time_us`` is monotone in the archive's order (the order the relay sent the frames, which is what a
+    Jetstream's receive clock gives): the commit time, moved 1 µs past the previous line's where it would go back.
+    A consumer can resume or deduplicate on it; ``skyattr.commit_time_us`` keeps the commit's own time and
+    ``skyattr.cursor`` the source's cursor (the relay seq; Jetstream input: its ``time_us``)."""
     report = ReadReport()
     count = 0
+    last_us = -1
     out = sys.stdout
     if limit == 0:
         return
@@ -59,7 +65,10 @@ def events_command(
                 console.print(f"[yellow]skipped[/yellow] {skipped}", highlight=False)
                 continue
             for event in decoded.events:
-                out.write(json.dumps(to_jetstream(event), separators=(",", ":")) + "\n")
+                line = to_jetstream(event)
+                last_us = line["time_us"] = max(event.time_us, last_us + 1)
+                line["skyattr"].update(cursor=event.seq, commit_time_us=event.time_us)
+                out.write(json.dumps(line, separators=(",", ":")) + "\n")
                 count += 1
                 if limit is not None and count >= limit:
                     return

@@ -35,6 +35,7 @@ import http
 import json
 import logging
 import time
+from array import array
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +43,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import libipld
+import numpy as np
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
@@ -153,6 +155,8 @@ class ArchiveRange:
     frames: int
     repos: dict[str, RepoHead] = field(default_factory=dict)
     first_time_us: int | None = None  # the first commit time: where a live relay's clock starts
+    seqs: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # of the frames with a seq and a time
+    times: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # their commit times (not monotone)
 
 
 def _repo_update(frame: bytes, repos: dict[str, RepoHead]) -> None:
@@ -184,6 +188,7 @@ def scan_archive(path: str | Path, keep: list[bytes] | None = None, keep_bytes: 
     as they total at most ``keep_bytes``; beyond that it is emptied (the archive is too big to hold)."""
     first = last = -1
     first_time: int | None = None
+    seqs, times = array("q"), array("q")
     frames = 0
     kept = 0
     repos: dict[str, RepoHead] = {}
@@ -196,6 +201,9 @@ def scan_archive(path: str | Path, keep: list[bytes] | None = None, keep_bytes: 
         seq, time_us = peek(item.frame)
         if first_time is None and time_us is not None:
             first_time = time_us
+        if seq >= 0 and time_us is not None:
+            seqs.append(seq)
+            times.append(time_us)
         if seq >= 0:
             first = seq if first < 0 else first
             last = seq
@@ -210,7 +218,9 @@ def scan_archive(path: str | Path, keep: list[bytes] | None = None, keep_bytes: 
         log.warning("archive: %s", err)
     if first < 0:
         raise ValueError(f"{path} holds no relay frame with a seq")
-    return ArchiveRange(first, last, frames, repos, first_time)
+    return ArchiveRange(
+        first, last, frames, repos, first_time, np.frombuffer(seqs, np.int64), np.frombuffer(times, np.int64)
+    )
 
 
 class Relay:
@@ -420,6 +430,8 @@ class Relay:
             if m.ignore_cursor:
                 cursor = None
             first, last = self.holds()
+            if self.live:
+                last = self.head_seq()  # a live relay's present, not its archive's end
             if cursor is not None and cursor > last:
                 if m.future_cursor:
                     await self._fail(ws, "FutureCursor", "Cursor in the future.")
@@ -454,6 +466,12 @@ class Relay:
         if self.speed is None or self.range.first_time_us is None:
             return float("inf")
         return self.range.first_time_us + (time.monotonic() - self._t0) * 1e6 * self.speed
+
+    def head_seq(self) -> int:
+        """The newest seq that has happened on a live relay's clock (-1: none yet)."""
+        assert self.range is not None
+        happened = self.range.seqs[self.range.times <= self.now_us()]
+        return int(happened.max()) if len(happened) else -1
 
     async def _stream(self, ws: ServerConnection, cursor: int | None) -> bool:
         """Send the frames after ``cursor``; without one, all of them (``live`` False) or, as a relay does, only

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 from typing import Any
@@ -126,6 +127,13 @@ def test_replay_and_events_commands(tmp_path: Path, sample_dir: Path) -> None:
     assert first["kind"] == "commit" and first["commit"]["collection"] == "app.bsky.feed.like"
     assert first["skyattr"]["event"] == "like" and first["skyattr"]["subject"].startswith("did:")
     assert first["commit"]["cid"].startswith("bafyrei")
+    # time_us is monotone (a consumer resumes or deduplicates on it), the commit time and the seq stay available
+    times = [line["time_us"] for line in lines]
+    commits = [line["skyattr"]["commit_time_us"] for line in lines]
+    assert all(a < b for a, b in itertools.pairwise(times)), "time_us strictly increasing"
+    assert any(b < a for a, b in itertools.pairwise(commits)), "the real commit times do go back"
+    assert all(t >= c for t, c in zip(times, commits, strict=True))
+    assert [line["skyattr"]["cursor"] for line in lines] == [line["skyattr"]["seq"] for line in lines]
     bad = tmp_path / "junk.bin"
     bad.write_bytes(b"\x00" * 100)
     result = runner.invoke(app, ["replay", str(bad)])

@@ -64,3 +64,17 @@ def test_a_cursor_is_exclusive_and_history_comes_at_once() -> None:
     none, after, cursor, hi = asyncio.run(run())
     assert none == [], "no cursor and nothing happening: nothing is sent"
     assert after[0] == cursor + 1 and after[-1] == hi and len(after) == len(set(after))
+
+
+def test_a_cursor_past_the_live_head_is_a_future_cursor() -> None:
+    async def run() -> tuple[dict, int, int]:
+        async with Relay(default_archive(), live=True, speed=DAY_S / 100.0) as relay:  # the day in 100 s
+            assert relay.range is not None
+            url = f"{relay.url}/xrpc/com.atproto.sync.subscribeRepos?cursor={relay.range.last_seq - 5}"
+            async with connect(url) as ws:
+                header, body = libipld.decode_dag_cbor_multi(await ws.recv())
+            return body, header["op"], relay.head_seq()
+
+    body, op, head = asyncio.run(run())
+    assert op == -1 and body["error"] == "FutureCursor", "the archive's end has not happened yet on the relay's clock"
+    assert head < 2000
