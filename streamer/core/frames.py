@@ -59,6 +59,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+import cbor2
 import libipld
 
 from streamer.core.events import (
@@ -299,6 +300,46 @@ def _to_json(value: Any, depth: int) -> Any:
             except (ValueError, TypeError):
                 pass
         return {"$bytes": base64.b64encode(raw).decode().rstrip("=")}
+    return value
+
+
+class _Link(bytes):
+    """The bytes of a CID that the CBOR marked as a link (tag 42), as opposed to a byte string."""
+
+
+def _link_hook(*args: Any) -> Any:
+    tag = next(a for a in args if isinstance(a, cbor2.CBORTag))  # the hook's signature differs across versions
+    if tag.tag == 42 and isinstance(tag.value, bytes) and tag.value[:1] == b"\x00":
+        return _Link(tag.value[1:])
+    return tag
+
+
+def record_json(block: bytes, decoded: Any) -> Any:
+    """A record block in the atproto JSON data model, links and byte strings told apart by their CBOR tags.
+
+    libipld gives a link (tag 42) and a byte string holding the same bytes as the same Python ``bytes``, so
+    :func:`to_json_model` has to guess from the bytes; here the block, already checked and decoded by libipld
+    (``decoded``, depth-bounded), is read once more with cbor2 keeping the tags, so a byte string that happens to
+    parse as a CID stays ``{"$bytes": ...}``. Only where records are shown (``skyattr events``, the Jetstream
+    output), never on the ingest path."""
+    try:
+        value = cbor2.loads(block, tag_hook=_link_hook)
+    except Exception:  # any failure of the second reader: fall back to libipld's reading
+        return to_json_model(decoded)
+    return _tagged_json(value, MAX_DEPTH)
+
+
+def _tagged_json(value: Any, depth: int) -> Any:
+    if isinstance(value, dict | list):
+        if depth <= 0:
+            raise TooDeep(f"nested deeper than {MAX_DEPTH}")
+        if isinstance(value, dict):
+            return {k: _tagged_json(v, depth - 1) for k, v in value.items()}
+        return [_tagged_json(v, depth - 1) for v in value]
+    if isinstance(value, _Link):
+        return {"$link": libipld.encode_cid(bytes(value))}
+    if isinstance(value, bytes | bytearray):
+        return {"$bytes": base64.b64encode(bytes(value)).decode().rstrip("=")}
     return value
 
 
@@ -545,6 +586,6 @@ def _commit(body: dict[str, Any], seq: int, records: bool) -> Decoded:
         event = Event(time_us, seq, kind, actor, subject, collection, rkey, action, rev)
         if records:
             event.cid = cid_string(cid)
-            event.record = to_json_model(record)
+            event.record = record_json(car[span[0] : span[1]], record)
         out.events.append(event)
     return out

@@ -63,3 +63,22 @@ def test_a_commit_time_without_a_timezone_is_read_as_utc_and_counted() -> None:
     assert decoded.skipped["naive_time"] == 1
     assert decode_frame(_rewrite(frame, time="yesterday")).error == "bad_time", "anything else is still refused"
     assert {"too_big", "naive_time"} <= set(SKIP_REASONS), "registered, so the metrics know them"
+
+
+def test_bytes_that_parse_as_a_cid_stay_bytes_and_links_stay_links() -> None:
+    from streamer.core.frames import record_json
+
+    cid = bytes.fromhex("01711220") + bytes(range(32))
+    # {"ref": <link>, "digest": <the same 36 bytes as a byte string>}, written out (libipld's encoder would turn
+    # CID-shaped bytes into a link itself): keys in DAG-CBOR order, shorter first
+    linked = (
+        bytes.fromhex("a2" + "63" + b"ref".hex() + "d82a5825" + "00")
+        + cid
+        + bytes.fromhex("66" + b"digest".hex() + "5824")
+        + cid
+    )
+    decoded = libipld.decode_dag_cbor(linked)
+    assert decoded["digest"] == decoded["ref"], "libipld alone cannot tell them apart"
+    out = record_json(linked, decoded)
+    assert out["ref"] == {"$link": libipld.encode_cid(cid)}
+    assert set(out["digest"]) == {"$bytes"}, out["digest"]
