@@ -47,10 +47,8 @@ def _env(tree: Path, cache: Path | None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SKYATTR_")}
     env["PYTHONPATH"] = str(tree)
     env["SKYATTR_METRICS_PORT"] = "0"
-    if cache is not None:
+    if cache is not None:  # the baseline tree predates the setting: it keeps its own default
         env["SKYATTR_COMPILATION_CACHE"] = str(cache)
-    else:
-        env["SKYATTR_COMPILATION_CACHE"] = ""
     return env
 
 

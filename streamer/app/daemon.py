@@ -39,7 +39,7 @@ from streamer.core.state import AgentState
 from streamer.sinks.base import Sink
 from streamer.sinks.jsonl import JsonlSink
 from streamer.sinks.prometheus import Metrics
-from streamer.sources.archive import archive_files
+from streamer.sources.archive import archive_bytes
 
 log = logging.getLogger("skyattr.daemon")
 
@@ -335,7 +335,7 @@ async def replay_pipeline(
 
 def _archive_bytes(archive: Path) -> int | None:
     try:
-        return sum(f.stat().st_size for f in archive_files(archive))
+        return archive_bytes(archive)
     except OSError:
         return None
 

@@ -282,19 +282,21 @@ def to_json_model(value: Any, max_depth: int = MAX_DEPTH) -> Any:
     """DAG-CBOR data (as decoded by libipld) to the atproto JSON data model: links become ``{"$link": cid}``,
     other bytes ``{"$bytes": base64}``. libipld gives links as bytes, so bytes that parse as a CIDv1 are links.
     Raises :class:`TooDeep` past ``max_depth`` nested containers instead of exhausting the stack."""
-    return _to_json(value, max_depth)
+    return _to_json(value, max_depth, guess_links=True)
 
 
-def _to_json(value: Any, depth: int) -> Any:
+def _to_json(value: Any, depth: int, *, guess_links: bool) -> Any:
+    """The walk of :func:`to_json_model` (``guess_links``: bytes that parse as a CID are links) and of
+    :func:`record_json` (links arrive marked as :class:`_Link`, every other byte string is bytes)."""
     if isinstance(value, dict | list):
         if depth <= 0:
             raise TooDeep(f"nested deeper than {MAX_DEPTH}")
         if isinstance(value, dict):
-            return {k: _to_json(v, depth - 1) for k, v in value.items()}
-        return [_to_json(v, depth - 1) for v in value]
+            return {k: _to_json(v, depth - 1, guess_links=guess_links) for k, v in value.items()}
+        return [_to_json(v, depth - 1, guess_links=guess_links) for v in value]
     if isinstance(value, bytes | bytearray):
         raw = bytes(value)
-        if raw[:1] == b"\x01":
+        if isinstance(value, _Link) or (guess_links and raw[:1] == b"\x01"):
             try:
                 return {"$link": libipld.encode_cid(raw)}
             except (ValueError, TypeError):
@@ -326,21 +328,7 @@ def record_json(block: bytes, decoded: Any) -> Any:
         value = cbor2.loads(block, tag_hook=_link_hook)
     except Exception:  # any failure of the second reader: fall back to libipld's reading
         return to_json_model(decoded)
-    return _tagged_json(value, MAX_DEPTH)
-
-
-def _tagged_json(value: Any, depth: int) -> Any:
-    if isinstance(value, dict | list):
-        if depth <= 0:
-            raise TooDeep(f"nested deeper than {MAX_DEPTH}")
-        if isinstance(value, dict):
-            return {k: _tagged_json(v, depth - 1) for k, v in value.items()}
-        return [_tagged_json(v, depth - 1) for v in value]
-    if isinstance(value, _Link):
-        return {"$link": libipld.encode_cid(bytes(value))}
-    if isinstance(value, bytes | bytearray):
-        return {"$bytes": base64.b64encode(bytes(value)).decode().rstrip("=")}
-    return value
+    return _to_json(value, MAX_DEPTH, guess_links=False)
 
 
 def from_json_model(value: Any, max_depth: int = MAX_DEPTH) -> Any:

@@ -252,12 +252,7 @@ def _next_update(seen: int) -> int:
 
 def _compact(att: np.ndarray, src: np.ndarray, weight: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Merge duplicate (attender, source) pairs, summing weights; result sorted by (attender, source)."""
-    if len(att) == 0:
-        return att.astype(np.int32), src.astype(np.int32), weight.astype(np.float32)
-    key = (att.astype(np.int64) << 32) | src.astype(np.int64)
-    uniq, inverse = np.unique(key, return_inverse=True)
-    summed = np.bincount(inverse, weights=weight, minlength=len(uniq)).astype(np.float32)
-    return (uniq >> 32).astype(np.int32), (uniq & 0xFFFFFFFF).astype(np.int32), summed
+    return _split(*_summed(_keys(att, src), weight))
 
 
 class EdgeMerger:
@@ -289,11 +284,17 @@ class EdgeMerger:
                 self._older = tuple(b[0] for b in older)
             # a bucket's edges are compacted (sorted, unique pairs) whenever they change: no second compaction
             keys, weights = _merge(self._keys, self._weights, _keys(newest[0], newest[1]), newest[2].astype(np.float64))
-        return (keys >> 32).astype(np.int32), (keys & 0xFFFFFFFF).astype(np.int32), weights.astype(np.float32)
+        return _split(keys, weights)
 
 
 def _keys(att: np.ndarray, src: np.ndarray) -> np.ndarray:
+    """One sortable int64 per (attender, source) pair."""
     return (att.astype(np.int64) << 32) | src.astype(np.int64)
+
+
+def _split(keys: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(attender, source, float32 weight) arrays back from pair keys and their summed weights."""
+    return (keys >> 32).astype(np.int32), (keys & 0xFFFFFFFF).astype(np.int32), weights.astype(np.float32)
 
 
 def _summed(keys: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -235,6 +235,11 @@ class ArchiveWriter:
             os.replace(self._temporary(), self.file)
 
 
+def archive_bytes(path: str | Path) -> int:
+    """The size in bytes of the files an archive path stands for (progress where the item count is unknown)."""
+    return sum(f.stat().st_size for f in archive_files(path))
+
+
 def archive_files(path: str | Path) -> list[Path]:
     """The files an archive path stands for: the file itself, or a directory's archive files in name order."""
     p = Path(path)
@@ -459,7 +464,7 @@ class ArchiveSource:
         )
         self.seq.opened(None)
         self._stopped = False
-        self.bytes_total = sum(f.stat().st_size for f in archive_files(self.path))
+        self.bytes_total = archive_bytes(self.path)
 
     @property
     def bytes_read(self) -> int:

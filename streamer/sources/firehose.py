@@ -60,21 +60,19 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, ConnectionClosedOK, InvalidHandshake
-from websockets.frames import CloseCode
 
 from streamer.core.decode import decode_item
 from streamer.core.frames import MAX_FRAME_BYTES, Decoded
 from streamer.core.seqs import RESET_WINDOW, SeenSeqs, Sequenced, Sequencer
 from streamer.sources.base import SourceStats
 from streamer.sources.endpoints import DEFAULT_RELAY, SUBSCRIBE_PATH
-from streamer.sources.websocket import StoppableStream
+from streamer.sources.websocket import StoppableStream, closed_for_size
 
 log = logging.getLogger(__name__)
 
 # Well above the protocol's 5 MiB frame limit: an oversize frame should reach decode_frame and be counted as
 # "too_big", not make websockets close the connection (which would re-send the same frame on every reconnect).
 CLIENT_MAX_SIZE = 16 * 1024 * 1024
-MESSAGE_TOO_BIG = CloseCode.MESSAGE_TOO_BIG  # the close code websockets fails a connection with past max_size
 # Connection failures worth a retry; anything else (a bad URL, a bug) propagates.
 RETRYABLE = (OSError, TimeoutError, InvalidHandshake, ConnectionClosed)
 # How long ``anomalous`` stays true after a reset or an out-of-order frame: long enough for a scrape to see it.
@@ -249,7 +247,7 @@ class FirehoseSource(StoppableStream):
                 pass
             except RETRYABLE as exc:
                 reason = type(exc).__name__
-                if isinstance(exc, ConnectionClosed) and exc.sent is not None and exc.sent.code == MESSAGE_TOO_BIG:
+                if closed_for_size(exc):
                     # a frame over max_size: websockets fails the connection before its seq can be read, and
                     # resuming at the cursor would fetch the same frame for ever; step past one more seq each
                     # time it happens without progress (relay seqs are dense, so one step is the usual case)

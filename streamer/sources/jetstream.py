@@ -58,7 +58,6 @@ import numpy as np
 import zstandard
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, ConnectionClosedOK, InvalidHandshake
-from websockets.frames import CloseCode
 
 from streamer.core.decode import decode_item
 from streamer.core.events import is_valid_did, is_valid_nsid
@@ -66,7 +65,7 @@ from streamer.core.frames import MAX_DEPTH, MAX_FRAME_BYTES, clean_text
 from streamer.core.seqs import Sequenced, fingerprint
 from streamer.sources.base import SourceStats
 from streamer.sources.endpoints import JETSTREAM_PATH as SUBSCRIBE_PATH
-from streamer.sources.websocket import StoppableStream
+from streamer.sources.websocket import StoppableStream, closed_for_size
 
 log = logging.getLogger(__name__)
 
@@ -326,11 +325,7 @@ class JetstreamSource(StoppableStream):
                 pass
             except RETRYABLE as exc:
                 reason = type(exc).__name__
-                if (
-                    isinstance(exc, ConnectionClosed)
-                    and exc.sent is not None
-                    and exc.sent.code == CloseCode.MESSAGE_TOO_BIG
-                ):
+                if closed_for_size(exc):
                     reason = "message_too_big"
                     self._server_max = self.max_size
                     self._count_error("too_big", f"a message over the websocket limit of {self.max_size} bytes")

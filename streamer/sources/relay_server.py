@@ -526,14 +526,8 @@ class Relay:
                 self.swaps += 1
                 held = None
             for message in out:
-                if not await self._send(ws, message):
+                if (sent := await self._deliver(ws, message, sent)) < 0:
                     return False
-                sent += 1
-                if self.drop_after is not None and sent >= self.drop_after:
-                    await self._drop(ws)
-                    return False
-            if sent % 64 == 0:
-                await asyncio.sleep(0)  # a fast reader never blocks send(): let other connections have a turn
         # the last frame held: nothing is left to swap it with
         return held is None or await self._send(ws, held)
 
@@ -554,15 +548,22 @@ class Relay:
                 delay = self._t0 + (time_us - self.range.first_time_us) / 1e6 / self.speed - time.monotonic()
                 if delay > 0:
                     await asyncio.sleep(delay)
-            if not await self._send(ws, frame):
+            if (sent := await self._deliver(ws, frame, sent)) < 0:
                 return False
-            sent += 1
-            if self.drop_after is not None and sent >= self.drop_after:
-                await self._drop(ws)
-                return False
-            if sent % 64 == 0:
-                await asyncio.sleep(0)
         return True
+
+    async def _deliver(self, ws: ServerConnection, frame: bytes, sent: int) -> int:
+        """Send one frame after ``sent`` others on this connection: the new count, or -1 when the connection is cut
+        (a slow reader, or ``drop_after`` reached)."""
+        if not await self._send(ws, frame):
+            return -1
+        sent += 1
+        if self.drop_after is not None and sent >= self.drop_after:
+            await self._drop(ws)
+            return -1
+        if sent % 64 == 0:
+            await asyncio.sleep(0)  # a fast reader never blocks send(): let other connections have a turn
+        return sent
 
     def _frames(self) -> Iterator[bytes]:
         if self._cache:

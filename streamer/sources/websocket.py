@@ -12,7 +12,16 @@ import contextlib
 import logging
 from typing import Any
 
+from websockets.exceptions import ConnectionClosed
+from websockets.frames import CloseCode
+
 from streamer.core.backoff import backoff_delay
+
+
+def closed_for_size(exc: BaseException) -> bool:
+    """Whether ``websockets`` failed the connection because a message was over its ``max_size`` (close code 1009,
+    sent by this side): the message never reached the caller, and resuming at the same cursor fetches it again."""
+    return isinstance(exc, ConnectionClosed) and exc.sent is not None and exc.sent.code == CloseCode.MESSAGE_TOO_BIG
 
 
 class StoppableStream:
