@@ -41,7 +41,14 @@ def banner(relay: Relay) -> str:
     return (
         f"relay: {relay.range.frames:,} frames, seq {relay.range.first_seq}..{relay.range.last_seq}, {pace}; "
         f"{mode}; subscribe at {relay.url}{SUBSCRIBE_PATH}"
-    )
+    ) + _documents_line(relay)
+
+
+def _documents_line(relay: Relay) -> str:
+    if not relay.documents:
+        return ""
+    base = relay.url.replace("ws://", "http://")
+    return f"; DID documents of {len(relay.documents):,} accounts at {base}/{{did}} (a PLC directory's URL scheme)"
 
 
 async def _serve(relay: Relay) -> None:
@@ -99,7 +106,9 @@ def relay_command(
 ) -> None:
     """Serve an archive as a local com.atproto.sync.subscribeRepos relay (honours ?cursor=) until Ctrl-C.
 
-    Also answers _health, com.atproto.sync.listHosts, listRepos, getLatestCommit and getRepoStatus. A live relay
+    Also answers _health, com.atproto.sync.listHosts, listRepos, getLatestCommit, getRepoStatus and
+    com.atproto.server.describeServer, and GET /{did} with the DID documents beside the archive (written by
+    `skyattr synth`): point a verifying consumer's PLC host at the relay. A live relay
     by default (no cursor: what happens from now on; --speed sets how fast the archive happens); --from-start
     replays it to every client that gives no cursor. The test-mode misbehaviours imply --from-start."""
     speed = load_or_exit(config, flags).speed

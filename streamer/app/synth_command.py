@@ -48,3 +48,4 @@ def synth_command(
         f"wrote {result.path}: {result.frames} frames (seq {result.first_seq}..{result.last_seq}), {kinds}; "
         f"{result.bytes:,} bytes ({result.raw_bytes:,} uncompressed)"
     )
+    typer.echo(f"wrote {result.documents}: DID documents of {result.accounts} accounts (signing keys, handles)")

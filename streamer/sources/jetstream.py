@@ -319,6 +319,9 @@ class JetstreamSource(StoppableStream):
                                 progressed = True
                                 self.stats.yielded += 1
                                 yield item
+                    except GeneratorExit:  # the consumer is done: close normally (1000), not 1011 "internal error"
+                        await ws.close()
+                        raise
                     finally:
                         watcher.cancel()
             except ConnectionClosedOK:

@@ -4,7 +4,9 @@ Why: the live code path (websocket client, cursor resume, reconnect, ``#info`` a
 end to end against real frames without the public network. :class:`Relay` speaks the same protocol as a Bluesky
 relay: ``GET /xrpc/com.atproto.sync.subscribeRepos[?cursor=N]``, one binary message per frame, frames with
 ``seq > cursor``; an ``#info`` ``OutdatedCursor`` frame first when the cursor is older than what the archive holds;
-an error frame ``FutureCursor`` and a close when the cursor is beyond the last frame.
+an error frame ``FutureCursor`` and a close when the cursor is beyond the last frame. It also answers the XRPC
+queries relays' consumers make, and ``GET /{did}`` with the DID documents found beside the archive, as a
+PLC-directory stand-in (:mod:`streamer.sources.did_documents`): a verifying consumer needs nothing else.
 
 The start scans the archive once to learn its seq range, which the cursor checks need. An archive of up to
 ``cache_bytes`` of frames is kept from that scan and shared by every connection; a bigger one is streamed from disk
@@ -40,7 +42,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import libipld
 import numpy as np
@@ -52,6 +54,7 @@ from websockets.protocol import State
 from streamer import __version__
 from streamer.core.events import is_valid_did, parse_time_us
 from streamer.core.frames import MAX_FRAME_BYTES
+from streamer.sources import did_documents
 from streamer.sources.archive import ReadReport, read_archive
 from streamer.sources.endpoints import SUBSCRIBE_PATH
 
@@ -223,6 +226,13 @@ def scan_archive(path: str | Path, keep: list[bytes] | None = None, keep_bytes: 
     )
 
 
+def _json_response(connection: ServerConnection, status: http.HTTPStatus, payload: dict[str, Any]) -> Response:
+    response = connection.respond(status, json.dumps(payload))
+    del response.headers["Content-Type"]
+    response.headers["Content-Type"] = "application/json"
+    return response
+
+
 class Relay:
     """Serve ``archive`` as ``subscribeRepos`` on ``host:port`` (port 0 picks a free one). Use as an async
     context manager; ``url`` is the base a client connects to (``ws://127.0.0.1:PORT``).
@@ -249,6 +259,7 @@ class Relay:
         cache_bytes: int = DEFAULT_CACHE_BYTES,
         misbehave: Misbehaviour | None = None,
         live: bool = False,
+        documents: did_documents.Directory | None = None,
     ) -> None:
         if speed is not None and speed <= 0:
             raise ValueError("speed must be positive (or None for as fast as the client reads)")
@@ -268,6 +279,7 @@ class Relay:
         self._cache: list[bytes] = []
         self.misbehave = misbehave or Misbehaviour()
         self.live = live
+        self.documents = documents  # None: the document files beside the archive, read at start
         self._t0 = 0.0  # wall clock at start: a live relay's archive "happens" from then on, at ``speed``
         self.range: ArchiveRange | None = None
         self.connections = 0
@@ -295,6 +307,8 @@ class Relay:
 
     async def start(self) -> None:
         self.range = await asyncio.to_thread(scan_archive, self.archive, self._cache, self.cache_bytes)
+        if self.documents is None:
+            self.documents = await asyncio.to_thread(did_documents.Directory, did_documents.beside(self.archive))
         self._server = await serve(
             self._handle,
             self.host,
@@ -346,7 +360,14 @@ class Relay:
         if path != SUBSCRIBE_PATH:
             if path.startswith("/xrpc/"):
                 return self._xrpc(connection, path[len("/xrpc/") :], parse_qs(urlsplit(request.path).query))
-            return connection.respond(http.HTTPStatus.NOT_FOUND, f"only {SUBSCRIBE_PATH} and /xrpc/ are served here\n")
+            if path.startswith("/did:"):
+                assert self.documents is not None
+                origin = f"http://{request.headers.get('Host') or f'{self.host}:{self.port}'}"
+                status, doc = self.documents.resolve(unquote(path[1:]), origin)
+                return _json_response(connection, http.HTTPStatus(status), doc)
+            return connection.respond(
+                http.HTTPStatus.NOT_FOUND, f"only {SUBSCRIBE_PATH}, /xrpc/ and /did:… (DID documents) are served here\n"
+            )
         if self.max_clients is not None:
             if self.clients >= self.max_clients:
                 self.refused += 1
@@ -361,16 +382,14 @@ class Relay:
     def _xrpc(self, connection: ServerConnection, method: str, query: dict[str, list[str]]) -> Response:
         """The XRPC queries a relay's consumers call besides the firehose (their JSON as the lexicons define it):
         ``_health``, ``com.atproto.sync.listHosts``, ``listRepos`` (by DID, ``limit`` 1-1000, ``cursor`` the last
-        DID of the previous page), ``getLatestCommit`` and ``getRepoStatus`` (``did``); an unknown DID is
+        DID of the previous page), ``getLatestCommit`` and ``getRepoStatus`` (``did``), and the
+        ``com.atproto.server.describeServer`` a relay asks of a PDS before it crawls one; an unknown DID is
         ``RepoNotFound`` and an unknown method ``MethodNotImplemented``, as XRPC says."""
         assert self.range is not None
         repos = self.range.repos
 
         def reply(status: http.HTTPStatus, payload: dict[str, Any]) -> Response:
-            response = connection.respond(status, json.dumps(payload))
-            del response.headers["Content-Type"]
-            response.headers["Content-Type"] = "application/json"
-            return response
+            return _json_response(connection, status, payload)
 
         def fail(status: http.HTTPStatus, error: str, message: str) -> Response:
             return reply(status, {"error": error, "message": message})
@@ -381,6 +400,8 @@ class Relay:
 
         if method == "_health":
             return reply(http.HTTPStatus.OK, {"version": f"skyattr relay {__version__}"})
+        if method == "com.atproto.server.describeServer":  # what a relay asks a PDS before crawling it
+            return reply(http.HTTPStatus.OK, {"did": f"did:web:{self.host}", "availableUserDomains": []})
         if method == "com.atproto.sync.listHosts":
             host = {"hostname": self.host, "seq": self.holds()[1], "accountCount": len(repos), "status": "active"}
             return reply(http.HTTPStatus.OK, {"hosts": [host]})

@@ -26,6 +26,7 @@ archives, the bundled default included.
 from __future__ import annotations
 
 import bisect
+import functools
 import hashlib
 import itertools
 import math
@@ -42,8 +43,10 @@ from typing import Any
 import libipld
 
 from streamer.core.events import rfc3339
+from streamer.sources import did_documents
 from streamer.sources.archive import ArchiveWriter
-from streamer.testing.encode import account_frame, block, encode_commit, identity_frame, tid
+from streamer.testing import identity, mst
+from streamer.testing.encode import Op, account_frame, block, encode_commit, identity_frame, tid
 
 DEFAULT_START_US = int(datetime(2026, 7, 4, tzinfo=UTC).timestamp()) * 1_000_000
 EVENTS_PER_AGENT_HOUR = 0.25  # chosen so that 2000 agents × 24 h is a few MiB (the bundled default archive)
@@ -87,6 +90,21 @@ LANGS = (("en", 0.72), ("ja", 0.08), ("pt", 0.07), ("de", 0.04), ("es", 0.04), (
 DELETE_RECORD_KEEP = 16  # per-actor recent records a delete may remove
 POSTS_KEEP = 8  # per-author recent posts engagement may point at
 PREFERENTIAL_SHARE = 0.5  # share of engagement drawn by popularity; the rest goes to any account that posted
+
+# Record details, in the shares of the real sample (148 commits, 2026-07-04): 18 of 105 likes and 6 of 15 reposts
+# carry `via` (here: of a post that was reposted), 5 of 17 posts have facets, 4 of 17 a link card; posts come with
+# a threadgate in the same commit now and then (the sample's one multi-op commit was a thread of 3 posts).
+VIA_SHARE = {"like": 0.5, "repost": 0.6}  # of engagement with a reposted post: ~17% / ~40% of all once warm
+FACET_SHARE = 0.3
+EXTERNAL_SHARE = 0.24
+GATE_SHARE = 0.05
+PROFILE_PATH = "app.bsky.actor.profile/self"
+# Records a repo holds from before the archive, by decade of followers (0-9, 10-99, ...): the MST a commit proves
+# against is then as deep as a real account's. Real frames are ~5.5 KB mostly of such proof nodes.
+HISTORY_SIZES = (2000, 6000, 20000, 60000, 120000)
+HISTORY_MIX = (("app.bsky.feed.like", 0.7), ("app.bsky.feed.post", 0.12), ("app.bsky.feed.repost", 0.1))
+HISTORY_MIX += (("app.bsky.graph.follow", 0.08),)
+SITES = ("example.com", "news.example.org", "blog.example.net", "video.example.com", "papers.example.edu")
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,7 +168,32 @@ class _Model:
             deque(maxlen=DELETE_RECORD_KEEP) for _ in range(agents)
         ]
         self.rev: list[str | None] = [None] * agents
-        self.data: list[bytes | None] = [None] * agents
+        # Each repo's MST (commits carry its proofs); None until the account's first commit, when it starts as the
+        # repo of an existing account: its profile record (so a profile change is an update, as on the network).
+        self.trees: list[mst.Node | None] = [None] * agents
+        self.histories: dict[int, mst.Node] = {}
+        self.seed = seed
+        self.start_us = 0
+        # Record details that change no event (via, facets, embeds, gates) come from their own stream, so the events
+        # of an archive (kinds, actors, subjects, times) do not depend on how records are dressed.
+        self.style = random.Random(f"skyattr-synth-records:{seed}")
+        self.reposted: dict[str, tuple[str, str]] = {}  # post URI -> its latest repost (URI, CID), for likes' `via`
+
+    def tree(self, actor: int) -> mst.Node:
+        """The repo of ``actor``, made at its first commit: the history of an existing account (see
+        :func:`_history`), sized by its followers, plus its profile record."""
+        tree = self.trees[actor]
+        if tree is None:
+            size = HISTORY_SIZES[min(len(HISTORY_SIZES) - 1, int(math.log10(1 + self.followers[actor])))]
+            if size not in self.histories:
+                self.histories[size] = _history(self.seed, size, self.start_us)
+            profile = {
+                "$type": "app.bsky.actor.profile",
+                "displayName": self.handles[actor].split(".")[0].title(),
+                "createdAt": rfc3339(self.start_us),
+            }
+            tree = self.trees[actor] = mst.insert(self.histories[size], PROFILE_PATH.encode(), block(profile)[0])
+        return tree
 
     def draw(self, cdf: list[float]) -> int:
         return min(bisect.bisect_right(cdf, self.rng.random() * cdf[-1]), self.n - 1)
@@ -191,6 +234,26 @@ class _Model:
         return posts[-1 - back]
 
 
+@functools.lru_cache(maxsize=16)
+def _history(seed: int, size: int, start_us: int) -> mst.Node:
+    """The records an account wrote before the archive: ``size`` keys of the usual collections with TIDs of the two
+    years before ``start_us``, each with a CID of its own.
+
+    One tree per size, shared by every repo of that size (immutable trees share it for free), so a commit's proof
+    is as deep as on a real account with that many records, at no cost per account. A consumer never sees these
+    records, only the MST nodes a commit carries (what real frames' size is mostly made of)."""
+    rng = random.Random(f"skyattr-synth-history:{seed}:{size}")
+    span = 2 * 365 * 86_400 * 1_000_000
+    collections = [c for c, _ in HISTORY_MIX]
+    weights = [w for _, w in HISTORY_MIX]
+    items = []
+    for k in range(size):
+        collection = rng.choices(collections, weights)[0]
+        key = f"{collection}/{tid(start_us - span + rng.randrange(span), k)}".encode()
+        items.append((key, mst.DAG_CBOR_SHA256_PREFIX + hashlib.sha256(b"history:" + key).digest()))
+    return mst.from_items(items)
+
+
 def _times(rng: random.Random, count: int, start_us: int, duration_us: int) -> list[int]:
     """``count`` strictly increasing event times in ``[start, start + duration)`` with a mild daily cycle
     (thinning of uniform draws)."""
@@ -216,11 +279,14 @@ def synth_frames(
     first_seq: int = 1,
     *,
     counts: Counter[str] | None = None,
+    accounts: dict[str, str] | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> Iterator[tuple[int, bytes]]:
     """``(seq, raw frame)`` of a synthetic firehose of ``agents`` accounts over ``hours``, seq and time monotone.
 
-    ``counts``, when given, is updated with the events emitted by kind (the kinds of :mod:`streamer.core.events`).
+    ``counts``, when given, is updated with the events emitted by kind (the kinds of :mod:`streamer.core.events`);
+    ``accounts``, when given, receives the DID and latest handle of every account that acted or was followed, once
+    the last frame is out (the accounts whose DID documents an archive needs).
     ``progress(done, total)``, when given, is called every :data:`PROGRESS_EVERY` events and after the last, with
     the events generated so far and the total this archive will have (drawn before the first one)."""
     if agents < 2:
@@ -228,6 +294,7 @@ def synth_frames(
     if not (hours > 0 and math.isfinite(hours)):
         raise ValueError(f"synth needs a positive duration, got {hours} hours")
     model = _Model(agents, seed)
+    model.start_us = start_time_us
     rng = model.rng
     duration_us = max(1, round(hours * 3.6e9))
     expected = EVENTS_PER_AGENT_HOUR * agents * hours
@@ -259,6 +326,8 @@ def synth_frames(
         _mark_seen(model, actor)
     if progress is not None:
         progress(total, total)
+    if accounts is not None:
+        accounts.update((model.dids[i], model.handles[i]) for i in sorted(model.seen_list))
 
 
 def _mark_seen(model: _Model, actor: int) -> None:
@@ -273,23 +342,23 @@ def _commit(model: _Model, rng: random.Random, kind: str, actor: int, seq: int, 
     did = model.dids[actor]
     created_at = rfc3339(t - int(rng.random() * 2_000_000))
     rkey = tid(t, seq)
-    deleted: dict[str, bytes] = {}
     record: dict[str, Any] | None = None
     new_post: Post | None = None
+    target: Post | None = None
     action, collection = "create", ""
 
     if kind == "delete":
         records = model.records[actor]
         if records:
-            collection, rkey, cid, post = records.pop() if rng.random() < 0.5 else _pop_random(rng, records)
+            collection, rkey, _, post = records.pop() if rng.random() < 0.5 else _pop_random(rng, records)
             action = "delete"
-            deleted[f"{collection}/{rkey}"] = cid
             if post is not None:
                 _forget_post(model, actor, post)
         else:
             kind = "like"
     if kind == "profile":
-        action, collection, rkey = "update", "app.bsky.actor.profile", "self"
+        collection, rkey = PROFILE_PATH.split("/")
+        action = "update" if mst.get(model.tree(actor), PROFILE_PATH.encode()) is not None else "create"
         record = {
             "$type": "app.bsky.actor.profile",
             "displayName": " ".join(rng.choices(WORDS, k=2)).title(),
@@ -310,6 +379,7 @@ def _commit(model: _Model, rng: random.Random, kind: str, actor: int, seq: int, 
         elif kind in ("like", "repost"):
             collection = f"app.bsky.feed.{kind}"
             record = {"$type": collection, "subject": {"uri": target.uri, "cid": target.cid}, "createdAt": created_at}
+            _add_via(model, record, target, VIA_SHARE[kind])
         else:
             record = _post_record(rng, created_at)
             if kind == "reply":
@@ -325,23 +395,27 @@ def _commit(model: _Model, rng: random.Random, kind: str, actor: int, seq: int, 
             record["embed"] = _images(rng, seq)
     if kind in ("post", "reply", "quote"):
         collection = "app.bsky.feed.post"
+        assert record is not None
+        _dress_post(model, record, seq)
 
-    ops = [(action, collection, rkey, record)]
-    frame, data = encode_commit(
-        seq, did, t, ops, since=model.rev[actor], prev_data=model.data[actor], deleted=deleted or None
-    )
-    model.rev[actor], model.data[actor] = tid(t, seq), data
-    if record is not None and action == "create":
+    ops: list[Op] = [(action, collection, rkey, record)]
+    if kind in ("post", "quote") and model.style.random() < GATE_SHARE:  # the composer writes a gate beside the post
+        ops.append(("create", "app.bsky.feed.threadgate", rkey, _threadgate(model, did, rkey, created_at)))
+    frame, model.trees[actor] = encode_commit(seq, did, t, ops, tree=model.tree(actor), since=model.rev[actor])
+    model.rev[actor] = tid(t, seq)
+    if record is not None and action == "create" and kind != "profile":  # a profile is updated, never deleted
         cid, _ = block(record)
+        uri = f"at://{did}/{collection}/{rkey}"
+        cid_str = libipld.encode_cid(cid)
         if collection == "app.bsky.feed.post":
-            uri = f"at://{did}/{collection}/{rkey}"
-            cid_str = libipld.encode_cid(cid)
             reply = record.get("reply")
             if reply:
                 new_post = Post(actor, uri, cid_str, reply["root"]["uri"], reply["root"]["cid"])
             else:
                 new_post = Post(actor, uri, cid_str, uri, cid_str)
             model.add_post(new_post)
+        elif kind == "repost" and target is not None:
+            model.reposted[target.uri] = (uri, cid_str)
         model.records[actor].append((collection, rkey, cid, new_post))
     return frame, kind
 
@@ -365,10 +439,75 @@ def _post_record(rng: random.Random, created_at: str) -> dict[str, Any]:
     return {"$type": "app.bsky.feed.post", "text": _text(rng), "langs": [lang], "createdAt": created_at}
 
 
+def _add_via(model: _Model, record: dict[str, Any], target: Post, share: float) -> None:
+    """``via``: the repost through which the actor saw ``target``, when it was reposted (clients add it)."""
+    via = model.reposted.get(target.uri)
+    if via is not None and model.style.random() < share:
+        record["via"] = {"uri": via[0], "cid": via[1]}
+
+
+def _dress_post(model: _Model, record: dict[str, Any], seq: int) -> None:
+    """Facets (links, tags, mentions with their UTF-8 byte ranges) and link cards, in the real sample's shares."""
+    style = model.style
+    if style.random() < FACET_SHARE:
+        text = record["text"]
+        facets = []
+        for _ in range(1 + int(style.expovariate(1.5))):
+            feature_kind = style.choices(("link", "tag", "mention"), weights=(0.5, 0.3, 0.2))[0]
+            if feature_kind == "mention" and model.seen_list:
+                who = model.seen_list[style.randrange(len(model.seen_list))]
+                piece, feature = "@" + model.handles[who], {"did": model.dids[who]}
+            elif feature_kind == "tag":
+                word = style.choice(WORDS)
+                piece, feature = "#" + word, {"tag": word}
+                feature_kind = "tag"
+            else:
+                url = f"https://{style.choice(SITES)}/{style.choice(WORDS)}/{style.randrange(10**6)}"
+                piece, feature = url, {"uri": url}
+                feature_kind = "link"
+            start = len(text.encode()) + 1
+            text = f"{text} {piece}"
+            facets.append(
+                {
+                    "$type": "app.bsky.richtext.facet",
+                    "index": {"byteStart": start, "byteEnd": start + len(piece.encode())},
+                    "features": [{"$type": f"app.bsky.richtext.facet#{feature_kind}", **feature}],
+                }
+            )
+        record["text"] = text
+        record["facets"] = facets
+    if "embed" not in record and style.random() < EXTERNAL_SHARE:
+        site = style.choice(SITES)
+        external: dict[str, Any] = {
+            "uri": f"https://{site}/{style.choice(WORDS)}-{style.choice(WORDS)}-{style.randrange(10**5)}",
+            "title": " ".join(style.choices(WORDS, k=3 + style.randrange(8))).capitalize(),
+            "description": " ".join(style.choices(WORDS, k=8 + style.randrange(24))).capitalize(),
+        }
+        if style.random() < 0.7:
+            external["thumb"] = _blob(f"thumb:{seq}", "image/jpeg", style.randrange(20_000, 400_000))
+        record["embed"] = {"$type": "app.bsky.embed.external", "external": external}
+
+
+def _threadgate(model: _Model, did: str, rkey: str, created_at: str) -> dict[str, Any]:
+    allow = model.style.choice(
+        ([{"$type": "app.bsky.feed.threadgate#followingRule"}], [{"$type": "app.bsky.feed.threadgate#mentionRule"}], [])
+    )
+    return {
+        "$type": "app.bsky.feed.threadgate",
+        "post": f"at://{did}/app.bsky.feed.post/{rkey}",
+        "allow": allow,
+        "createdAt": created_at,
+    }
+
+
+def _blob(name: str, mime: str, size: int) -> dict[str, Any]:
+    ref = b"\x01\x55\x12\x20" + hashlib.sha256(name.encode()).digest()  # CIDv1, raw codec: the blob's bytes
+    return {"$type": "blob", "ref": ref, "mimeType": mime, "size": size}
+
+
 def _images(rng: random.Random, seq: int) -> dict[str, Any]:
-    blob = b"\x01\x55\x12\x20" + hashlib.sha256(f"blob:{seq}".encode()).digest()  # CIDv1 raw codec: an image blob
     width, height = rng.choice([(1200, 800), (1080, 1350), (2000, 1500), (800, 800)])
-    image = {"$type": "blob", "ref": blob, "mimeType": "image/jpeg", "size": rng.randrange(40_000, 900_000)}
+    image = _blob(f"blob:{seq}", "image/jpeg", rng.randrange(40_000, 900_000))
     return {
         "$type": "app.bsky.embed.images",
         "images": [{"alt": "", "image": image, "aspectRatio": {"width": width, "height": height}}],
@@ -384,6 +523,8 @@ class SynthResult:
     first_seq: int
     last_seq: int
     counts: Counter[str]
+    documents: Path  # the DID documents of the archive's accounts, beside it
+    accounts: int
 
 
 def source_name(agents: int, hours: float, seed: int) -> str:
@@ -406,16 +547,27 @@ def write_synth_archive(
     The header's ``created`` is the archive's start time, not the wall clock, so the file is byte-identical on
     every run; :class:`~streamer.sources.archive.ArchiveWriter` writes it under a temporary name and renames it,
     so an interrupted run leaves neither a half file under ``path`` nor a temporary one. ``progress``: as for
-    :func:`synth_frames`."""
+    :func:`synth_frames`.
+
+    The DID documents of its accounts (signing keys, handles) go beside it, in :func:`did_documents.documents_path`."""
     counts: Counter[str] = Counter()
+    accounts: dict[str, str] = {}
     created = datetime.fromtimestamp(start_time_us // 1_000_000, UTC).isoformat(timespec="seconds")
     with ArchiveWriter(
         None, source_name(agents, hours, seed), file=path, created=created, flush_every=FLUSH_EVERY, level=ZSTD_LEVEL
     ) as writer:
-        for seq, frame in synth_frames(agents, hours, seed, start_time_us, first_seq, counts=counts, progress=progress):
+        frames = synth_frames(
+            agents, hours, seed, start_time_us, first_seq, counts=counts, accounts=accounts, progress=progress
+        )
+        for seq, frame in frames:
             writer.write(frame, seq)
-    frames, raw, last_seq = writer.total_frames, writer.raw_bytes, writer.last_seq
-    return SynthResult(path, frames, path.stat().st_size, raw, first_seq, last_seq, counts)
+    documents = did_documents.documents_path(path)
+    did_documents.write_documents(
+        documents, (identity.document(did, handle, identity.signing_key(did)) for did, handle in accounts.items())
+    )
+    frames_written, raw, last_seq = writer.total_frames, writer.raw_bytes, writer.last_seq
+    size = path.stat().st_size
+    return SynthResult(path, frames_written, size, raw, first_seq, last_seq, counts, documents, len(accounts))
 
 
 def default_archive() -> Path:

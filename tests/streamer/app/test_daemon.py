@@ -94,7 +94,7 @@ def test_metrics_over_http_during_a_replay(tmp_path: Path) -> None:
         assert live[name].type == kind, name
     final = _families(generate_latest(pipe.metrics.registry).decode())
     events = {s.labels["kind"]: s.value for s in final["skyattr_ingest_events"].samples if s.name.endswith("_total")}
-    assert sum(events.values()) == sum(result.stats.events.values()) == 11_998
+    assert sum(events.values()) == sum(result.stats.events.values()) == 12_045
     shares = {(s.labels["tier"], s.labels["scale"]): s.value for s in final["skyattr_tier_share"].samples}
     assert math.isclose(sum(v for (t, sc), v in shares.items() if sc == "full"), 1.0, rel_tol=1e-6)
     runs = [s.value for s in final["skyattr_attribution_duration_seconds"].samples if s.name.endswith("_count")]

@@ -316,3 +316,22 @@ async def test_a_frame_over_the_websocket_limit_is_skipped_and_counted_not_fetch
     assert got == small, "every other frame, in order: ingest moved past each big one"
     assert source.stats.errors["too_big"] == 3
     assert source.stats.duplicates == 0
+
+
+async def test_a_consumer_that_is_done_closes_normally(sample_frames: list[bytes]) -> None:
+    """Leaving after ``n`` frames is a normal close (1000): relays log a 1011 "internal error" as a failure."""
+    codes: list[int | None] = []
+
+    async def handler(ws: ServerConnection) -> None:
+        for frame in sample_frames:
+            await ws.send(frame)
+        await ws.wait_closed()
+        codes.append(ws.close_code)
+
+    async with serve(handler, "127.0.0.1", 0) as server:
+        port = server.sockets[0].getsockname()[1]
+        got = await collect(FirehoseSource(f"ws://127.0.0.1:{port}", **FAST), 5)
+        async with asyncio.timeout(5):
+            while not codes:
+                await asyncio.sleep(0.01)
+    assert len(got) == 5 and codes == [1000]

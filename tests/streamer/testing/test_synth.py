@@ -20,7 +20,7 @@ from streamer.app.cli import app
 from streamer.core.events import parse_time_us, rfc3339
 from streamer.core.frames import Decoded, decode_frame
 from streamer.sources.archive import ReadReport, read_archive
-from streamer.testing.encode import account_frame, commit_frame, signature, tid, varint
+from streamer.testing.encode import account_frame, commit_frame, tid, varint
 from streamer.testing.synth import DEFAULT_START_US, MIX, default_archive, synth_frames, write_synth_archive
 
 runner = CliRunner()
@@ -67,7 +67,8 @@ def _car_blocks(car: bytes) -> tuple[dict, list[tuple[bytes, bytes]]]:
 
 def test_bundled_archive_is_small_and_fully_readable(default_frames: list[bytes]) -> None:
     path = default_archive()
-    assert path.is_file() and path.stat().st_size < 8 * 1024 * 1024
+    # ~4 KB a frame (real ones ~5.5 KB): MST proofs are hashes, which barely compress
+    assert path.is_file() and path.stat().st_size < 10 * 1024 * 1024
     report = ReadReport()
     frames = sum(1 for _ in read_archive(path, report))
     fr = report.files[0]
@@ -138,7 +139,8 @@ def test_event_mix_follows_the_real_sample(decoded: list[Decoded]) -> None:
     assert share["delete"] == pytest.approx(0.03, abs=0.01)
     assert 0 < share["block"] < 0.015 and 0 < share["profile"] < 0.01
     assert kinds["identity"] == kinds["account"] > 0 and share["identity"] < 0.01
-    assert "other" not in kinds
+    others = {e.collection for d in decoded for e in d.events if e.kind == "other"}
+    assert others == {"app.bsky.feed.threadgate"} and share["other"] < 0.01  # gates beside posts (sample: 1.4 %)
     assert sum(MIX.values()) == pytest.approx(1.0, abs=1e-9)
 
 
@@ -254,21 +256,6 @@ def test_encoder_primitives() -> None:
     assert msg.active is False and msg.status == "deactivated"
     with pytest.raises(ValueError, match="needs a record"):
         commit_frame(1, DID_A, DEFAULT_START_US, [("create", "app.bsky.feed.like", "k", None)])
-
-
-def test_signatures_never_turn_into_cid_links() -> None:
-    """libipld writes bytes that parse as a CID as a tag-42 link; ~0.1% of random 64-byte strings do. The encoder
-    rehashes those, so every signature survives a DAG-CBOR round trip as plain bytes."""
-    did = DID_A
-    first_draws_like_cids = 0
-    for k in range(20_000):
-        unsigned = k.to_bytes(4, "little")
-        raw = hashlib.blake2b(unsigned + bytes(4), digest_size=64, key=did.encode()).digest()
-        first_draws_like_cids += libipld.encode_dag_cbor(raw)[:2] == b"\xd8\x2a"
-        sig = signature(did, unsigned)
-        encoded = libipld.encode_dag_cbor({"sig": sig})
-        assert b"\xd8\x2a" not in encoded[:8] and libipld.decode_dag_cbor(encoded)["sig"] == sig
-    assert first_draws_like_cids > 0  # the case the rehash exists for did occur
 
 
 def test_an_interrupted_synth_leaves_no_file_and_no_temporary_one(tmp_path: Path, monkeypatch: Any) -> None:
