@@ -145,7 +145,11 @@ def main() -> None:
         hours = args.events / (EVENTS_PER_AGENT_HOUR * args.synth_agents)
         info = write_synth_archive(archive, args.synth_agents, hours, seed=0)
         size = archive.stat().st_size / 2**20
-        console.print(f"synth archive: {info.frames:,} frames in {time.perf_counter() - start:.1f}s, {size:.1f} MiB")
+        took = time.perf_counter() - start
+        console.print(
+            f"synth archive: {info.frames:,} frames in {took:.1f}s ({info.frames / took:,.0f} frames/s), "
+            f"{size:.1f} MiB, {info.raw_bytes / info.frames:,.0f} bytes a frame"
+        )
         console.print(f"  events by kind: {dict(info.counts)}")
         frames = _frames(archive)
         f_rate, e_rate = decode_rates(frames)
@@ -158,6 +162,8 @@ def main() -> None:
             "decode_events_s": e_rate,
             "sdk_frames_s": sdk,
             "replay_events_s": events_s,
+            "frame_bytes": info.raw_bytes / info.frames,
+            "write_frames_s": info.frames / took,
             "agents": agents,
             "edges": edges,
         }
@@ -168,6 +174,7 @@ def main() -> None:
         f_rate, e_rate = decode_rates(sample)
         sdk = sdk_rate(sample[:30_000])
         figures["real_sample"] = {"decode_frames_s": f_rate, "decode_events_s": e_rate, "sdk_frames_s": sdk}
+        figures["real_sample"]["frame_bytes"] = sum(map(len, sample)) / len(sample)
         rates = (f"{f_rate:,.0f}", f"{e_rate:,.0f}", f"{sdk:,.0f}", "-")
         table.add_row("real sample ×200", f"{len(sample):,}", "-", *rates)
     console.print(table)

@@ -23,6 +23,7 @@ from streamer.app.daemon_commands import replay_command, run_command
 from streamer.app.flags import ATTRIBUTION_FIELDS, load_or_exit, with_settings_options
 from streamer.app.help import Command
 from streamer.app.ingest_commands import events_command
+from streamer.app.ingest_kafka_command import ingest_command
 from streamer.app.options import plain
 from streamer.app.progress import JobProgress
 from streamer.app.record import record_command
@@ -237,6 +238,7 @@ COMMANDS = [
     ("record", record_command, "Record a relay's firehose into an archive."),
     ("relay", relay_command, "Serve an archive as a local relay."),
     ("events", events_command, "Print an archive's events as JSON lines."),
+    ("ingest", ingest_command, "Write a source's events to Kafka, exactly once."),
     ("indicators", indicators, "List the registered macro indicators."),
 ]
 for _name, _fn, _line in COMMANDS:

@@ -1,0 +1,136 @@
+"""``skyattr ingest --to-kafka``: an archive or a relay's firehose to ``skyattr.events``, exactly once.
+
+The Kafka connection comes from the settings (``--kafka-bootstrap``, its security options, ``--config``,
+``SKYATTR_KAFKA_*``), the relay from ``--relay``; the rest are this command's own options.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import signal
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from streamer.app import options as opt
+from streamer.app.flags import load_or_exit, with_settings_options
+from streamer.core.checkpoint import file_identity
+from streamer.distributed.kafka_ingest import (
+    CURSOR_TOPIC,
+    DEFAULT_BATCH_ITEMS,
+    DEFAULT_BATCH_SECONDS,
+    DEFAULT_PARTITIONS,
+    EVENTS_TOPIC,
+    IngestCursor,
+    ingest_to_kafka,
+)
+from streamer.sources.archive import ArchiveSource
+from streamer.sources.base import Source
+from streamer.sources.firehose import FirehoseSource
+
+INGEST_SETTINGS = {
+    "relay",
+    "kafka_bootstrap",
+    "kafka_security_protocol",
+    "kafka_sasl_mechanism",
+    "kafka_sasl_username",
+    "kafka_sasl_password",
+}
+
+
+def source_id(archive: Path | None, relay: str) -> str:
+    """What names a source in the cursor topic (and its transactional id): an archive by its name, size and the
+    hash of its head (renaming it keeps its cursor, another file does not get it); a relay by its URL."""
+    if archive is None:
+        return f"relay:{relay}"
+    identity = file_identity(archive)
+    digest = hashlib.sha256(repr(sorted(identity.items())).encode()).hexdigest()[:16]
+    return f"archive:{archive.name}:{digest}"
+
+
+@with_settings_options(include=INGEST_SETTINGS)
+def ingest_command(
+    archive: Annotated[
+        Path | None, typer.Argument(help="Archive file or directory (default: the relay's live firehose).")
+    ] = None,
+    to_kafka: Annotated[
+        bool, typer.Option("--to-kafka", help="Write the events to Kafka (the one destination there is).")
+    ] = False,
+    events_topic: Annotated[str, typer.Option(help="Topic of the events, keyed by actor DID.")] = EVENTS_TOPIC,
+    cursor_topic: Annotated[str, typer.Option(help="Compacted topic of each source's cursor.")] = CURSOR_TOPIC,
+    partitions: Annotated[
+        int, typer.Option(min=1, help="Partitions of the events topic when this creates it.")
+    ] = DEFAULT_PARTITIONS,
+    batch_items: Annotated[
+        int, typer.Option(min=1, help="Source items per Kafka transaction (at most).")
+    ] = DEFAULT_BATCH_ITEMS,
+    batch_seconds: Annotated[
+        float, typer.Option(min=0.001, help="Seconds a transaction stays open (at most).")
+    ] = DEFAULT_BATCH_SECONDS,
+    config: opt.Config = None,
+    **flags: Any,
+) -> None:
+    """Ingest an archive or a relay into Kafka: normalized events on --events-topic, exactly once.
+
+    Each batch of events and the source's cursor after it are committed in one Kafka transaction; a restart
+    resumes from the cursor topic alone (no local state), so whatever is killed when, every event is written once.
+    Consumers must read with isolation.level=read_committed. Statistics go to stderr."""
+    if not to_kafka:
+        typer.echo("error: ingest writes to Kafka: give --to-kafka (and --kafka-bootstrap)", err=True)
+        raise typer.Exit(2)
+    settings = load_or_exit(config, flags)
+    if not settings.kafka_bootstrap:
+        typer.echo("error: --to-kafka needs --kafka-bootstrap (or SKYATTR_KAFKA_BOOTSTRAP)", err=True)
+        raise typer.Exit(2)
+    if archive is not None and not archive.exists():
+        typer.echo(f"error: archive {archive} does not exist", err=True)
+        raise typer.Exit(2)
+    name = source_id(archive, settings.relay)
+
+    def make_source(cursor: IngestCursor | None) -> Source:
+        if archive is not None:
+            if cursor is None:
+                return ArchiveSource(archive)
+            seq_cursor = cursor.seq_cursor if cursor.seq_cursor >= 0 else None
+            return ArchiveSource(archive, skip=cursor.position, seq_cursor=seq_cursor, seen=cursor.seen_seqs())
+        return FirehoseSource(settings.relay, cursor=cursor.position if cursor and cursor.position >= 0 else None)
+
+    async def main() -> Any:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        return await ingest_to_kafka(
+            make_source,
+            bootstrap=settings.kafka_bootstrap or "",
+            source_id=name,
+            events_topic=events_topic,
+            cursor_topic=cursor_topic,
+            partitions=partitions,
+            batch_items=batch_items,
+            batch_seconds=batch_seconds,
+            security=settings.kafka_security(),
+            stop=stop,
+        )
+
+    try:
+        stats = asyncio.run(main())
+    except (OSError, ValueError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    except Exception as exc:  # a broker that cannot be reached, a fenced producer: named, not a traceback
+        if type(exc).__module__.startswith("aiokafka"):
+            typer.echo(f"error: Kafka at {settings.kafka_bootstrap}: {type(exc).__name__}: {exc}", err=True)
+            raise typer.Exit(1) from exc
+        raise
+    resumed = stats.resumed_from
+    start = "from the start"
+    if resumed is not None:
+        start = f"resumed after {resumed.items:,} items ({resumed.events:,} events)"
+    typer.echo(
+        f"ingest: {name} {start}; wrote {stats.events:,} events of {stats.items:,} items in "
+        f"{stats.transactions:,} transactions to {events_topic} ({stats.seconds:.1f}s)",
+        err=True,
+    )

@@ -1,0 +1,288 @@
+"""``skyattr ingest --to-kafka``: any source to ``skyattr.events``, exactly once, resumable from Kafka alone.
+
+Items are read from the source and their events written in batches (every ``batch_items`` items or
+``batch_seconds``, whichever comes first), one Kafka transaction per batch: the events, then the source's cursor
+after the batch as the latest record of the source's key in the compacted cursor topic. Consumers read with
+``isolation_level=read_committed``, so a transaction is all there or not at all:
+
+* killed before a commit: the broker aborts the open transaction (at once when the next ingest with the same
+  transactional id starts and fences it), its events are never seen, and the restart resumes from the cursor of
+  the last committed one, so it writes them again, once;
+* killed after: the events and the cursor that covers them are both committed; the restart goes on after them.
+
+The cursor record carries what a source needs to go on exactly where it stopped: the position (archive items, a
+relay seq, a Jetstream ``time_us``) and, for relay frames, the seq judge's cursor and its ring of seqs seen lately
+(zstd-compressed arrays), as the single-process checkpoint does. No local volume is involved: a rescheduled pod
+resumes from the topic.
+
+One ingest per source: the transactional id is derived from the source, so a second ingest of the same source
+fences the first (which then fails on its next commit) instead of doubling its events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import zstandard
+
+from streamer.core.seqs import RESET_WINDOW, SeenSeqs
+from streamer.distributed import event_records
+from streamer.sources.base import Source, SourceStats
+
+log = logging.getLogger("skyattr.ingest")
+
+EVENTS_TOPIC = "skyattr.events"
+CURSOR_TOPIC = "skyattr.ingest-cursors"
+DEFAULT_PARTITIONS = 12
+DEFAULT_BATCH_ITEMS = 2000
+DEFAULT_BATCH_SECONDS = 1.0
+
+
+@dataclass
+class IngestCursor:
+    """Where a source's ingest stands after its last committed transaction."""
+
+    source: str
+    position: int = -1  # the source's cursor (Source.cursor); -1 before anything was consumed
+    seq_cursor: int = -1  # the relay seq judge's cursor (relay frames; -1: none)
+    seen: str = ""  # the judge's ring of seqs seen lately, zstd-compressed npz in base64 ("" when not kept)
+    items: int = 0  # source items consumed, all transactions together
+    events: int = 0  # events written, all transactions together
+    transactions: int = 0
+    committed_at: float = 0.0  # wall clock of the commit (seconds since the epoch)
+
+    def to_bytes(self) -> bytes:
+        return json.dumps(asdict(self), separators=(",", ":")).encode()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> IngestCursor:
+        try:
+            return cls(**json.loads(data))
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"not an ingest cursor record: {exc}") from None
+
+    def seen_seqs(self) -> SeenSeqs | None:
+        if not self.seen:
+            return None
+        raw = zstandard.ZstdDecompressor().decompress(base64.b64decode(self.seen))
+        with np.load(io.BytesIO(raw)) as arrays:
+            return SeenSeqs.from_arrays(arrays["seen_seqs"], arrays["seen_prints"])
+
+
+def pack_seen(seen: SeenSeqs | None) -> str:
+    if seen is None:
+        return ""
+    buffer = io.BytesIO()
+    np.savez(buffer, **seen.to_arrays())
+    return base64.b64encode(zstandard.ZstdCompressor(level=3).compress(buffer.getvalue())).decode()
+
+
+@dataclass
+class IngestStats:
+    transactions: int = 0
+    items: int = 0
+    events: int = 0
+    resumed_from: IngestCursor | None = None
+    seconds: float = 0.0
+    source: SourceStats = field(default_factory=SourceStats)
+
+
+async def ensure_topics(
+    bootstrap: str, events_topic: str, cursor_topic: str, partitions: int, security: dict[str, Any] | None = None
+) -> None:
+    """Create the events topic (``partitions``) and the compacted cursor topic when missing, replicated on as many
+    brokers as there are, up to 3; an existing events topic with another partition count is used as it is, with a
+    warning (Kafka cannot shrink a topic)."""
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **(security or {}))
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        replicas = max(1, min(3, len((await admin.describe_cluster())["brokers"])))
+        wanted = []
+        if events_topic not in existing:
+            wanted.append(NewTopic(events_topic, num_partitions=partitions, replication_factor=replicas))
+        if cursor_topic not in existing:
+            compacted = {"cleanup.policy": "compact"}
+            wanted.append(NewTopic(cursor_topic, 1, replicas, topic_configs=compacted))
+        if wanted:
+            await admin.create_topics(wanted)
+        if events_topic in existing:
+            described = await admin.describe_topics([events_topic])
+            count = len(described[0]["partitions"])
+            if count != partitions:
+                log.warning("%s has %d partitions (not %d): used as it is", events_topic, count, partitions)
+    finally:
+        await admin.close()
+
+
+async def partitions_of(bootstrap: str, topic: str, security: dict[str, Any] | None = None) -> list[int]:
+    """The partition numbers of ``topic`` ([] when there is no such topic), asked of the cluster now."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **(security or {}))
+    await admin.start()
+    try:
+        described = await admin.describe_topics([topic])
+    finally:
+        await admin.close()
+    if not described or described[0].get("error_code"):
+        return []
+    return sorted(p["partition"] for p in described[0]["partitions"])
+
+
+async def load_cursor(
+    bootstrap: str, cursor_topic: str, source: str, security: dict[str, Any] | None = None
+) -> IngestCursor | None:
+    """The last committed cursor of ``source`` (None when it never committed): the cursor topic read from its
+    start to its end as it is now, committed records only."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        isolation_level="read_committed",
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        **(security or {}),
+    )
+    tps = [TopicPartition(cursor_topic, p) for p in await partitions_of(bootstrap, cursor_topic, security)]
+    if not tps:
+        return None
+    await consumer.start()
+    try:
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        ends = await consumer.end_offsets(tps)  # the last stable offsets under read_committed
+        latest: IngestCursor | None = None
+        for tp in tps:
+            while await consumer.position(tp) < ends[tp]:
+                batch = await consumer.getmany(tp, timeout_ms=1000)
+                for record in batch.get(tp, []):
+                    if record.key == source.encode() and record.value is not None:
+                        latest = IngestCursor.from_bytes(record.value)
+        return latest
+    finally:
+        await stop_consumer(consumer)
+
+
+async def stop_consumer(consumer: Any) -> None:
+    """Stop an aiokafka consumer. Its coordinator task can end in CancelledError when the consumer stops soon
+    after it started; that one is not ours and is dropped, a cancellation of this task is passed on."""
+    try:
+        await consumer.stop()
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise
+
+
+async def ingest_to_kafka(
+    make_source: Callable[[IngestCursor | None], Source],
+    *,
+    bootstrap: str,
+    source_id: str,
+    events_topic: str = EVENTS_TOPIC,
+    cursor_topic: str = CURSOR_TOPIC,
+    partitions: int = DEFAULT_PARTITIONS,
+    batch_items: int = DEFAULT_BATCH_ITEMS,
+    batch_seconds: float = DEFAULT_BATCH_SECONDS,
+    transactional_id: str | None = None,
+    security: dict[str, Any] | None = None,
+    stop: asyncio.Event | None = None,
+    on_commit: Callable[[IngestCursor], None] | None = None,
+) -> IngestStats:
+    """Ingest until the source ends or ``stop`` is set (see the module doc). ``make_source(cursor)`` builds the
+    source resuming after ``cursor`` (None: from its start). ``on_commit`` sees each committed cursor."""
+    from aiokafka import AIOKafkaProducer
+
+    if batch_items < 1 or batch_seconds <= 0:
+        raise ValueError("batch_items must be at least 1 and batch_seconds positive")
+    started = time.monotonic()
+    await ensure_topics(bootstrap, events_topic, cursor_topic, partitions, security)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap,
+        transactional_id=transactional_id or f"skyattr-ingest:{source_id}",
+        enable_idempotence=True,
+        acks="all",
+        linger_ms=5,
+        **(security or {}),
+    )
+    await producer.start()  # registers the transactional id: an earlier ingest's open transaction is aborted
+    try:
+        cursor = await load_cursor(bootstrap, cursor_topic, source_id, security)
+        stats = IngestStats(resumed_from=cursor)
+        state = cursor or IngestCursor(source_id)
+        ring = (cursor.seen_seqs() if cursor is not None else None) or SeenSeqs(RESET_WINDOW)
+        last_seq = state.seq_cursor
+        source = make_source(cursor)
+        stats.source = source.stats
+        hdrs = event_records.headers(source_id)
+        batch: list[Any] = []
+        due = time.monotonic() + batch_seconds
+
+        async def commit() -> None:
+            nonlocal batch, state, last_seq
+            events = 0
+            async with producer.transaction():
+                for item in batch:
+                    if item.seq >= 0:  # the seqs this ingest has written, as the single process's dispatcher keeps
+                        if item.seq < last_seq:
+                            ring.clear()  # the source followed a relay that restarted its sequence
+                        ring.add(item.seq, item.fingerprint)
+                        last_seq = item.seq
+                    for index, event in enumerate(item.events):
+                        key, value = event_records.encode(item.source_cursor, index, event)
+                        await producer.send(events_topic, value, key=key, headers=hdrs)
+                        events += 1
+                state = IngestCursor(
+                    source_id,
+                    position=source.cursor if source.cursor is not None else -1,
+                    seq_cursor=last_seq,
+                    seen=pack_seen(ring) if last_seq >= 0 else "",
+                    items=state.items + len(batch),
+                    events=state.events + events,
+                    transactions=state.transactions + 1,
+                    committed_at=time.time(),
+                )
+                await producer.send(cursor_topic, state.to_bytes(), key=source_id.encode())
+            stats.transactions += 1
+            stats.items += len(batch)
+            stats.events += events
+            batch = []
+            if on_commit is not None:
+                on_commit(state)
+
+        async def stop_source() -> None:  # a source waiting for its next item (an idle relay) ends at once
+            assert stop is not None
+            await stop.wait()
+            source.stop()
+
+        stopper = asyncio.create_task(stop_source()) if stop is not None else None
+        try:
+            async for item in source:
+                batch.append(item)
+                if len(batch) >= batch_items or time.monotonic() >= due:
+                    await commit()
+                    due = time.monotonic() + batch_seconds
+                if stop is not None and stop.is_set():
+                    break
+            if batch:
+                await commit()
+        finally:
+            if stopper is not None:
+                stopper.cancel()
+            await source.aclose()
+        stats.seconds = time.monotonic() - started
+        return stats
+    finally:
+        await producer.stop()

@@ -1,0 +1,203 @@
+"""``skyattr ingest --to-kafka`` on the real broker: every event once, whatever is killed when.
+
+The oracle is the archive's own events (decoded directly): a read_committed consumer of the events topic must see
+each of them exactly once, keyed by its actor, after an uninterrupted ingest and after one killed with SIGKILL
+several times and restarted, and a second run of a finished ingest must add nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from streamer.core.frames import decode_frame
+from streamer.distributed import event_records
+from streamer.distributed.kafka_ingest import IngestCursor, load_cursor, partitions_of, stop_consumer
+from streamer.sources.archive import read_archive
+from streamer.testing.synth import default_archive, write_synth_archive
+from tests.broker import kafka_bootstrap
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+@pytest.fixture(scope="module")
+def bootstrap() -> str:
+    return kafka_bootstrap()
+
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("ingest") / "ingest.skyarch.zst"
+    write_synth_archive(path, agents=400, hours=10, seed=21)
+    return path
+
+
+def _expected(archive: Path) -> Counter[tuple]:
+    out: Counter[tuple] = Counter()
+    for position, item in enumerate(read_archive(archive), start=1):
+        assert item.frame is not None
+        for index, e in enumerate(decode_frame(item.frame).events):
+            out[(position, index, e.time_us, e.seq, e.kind, e.actor, e.subject, e.rkey, e.operation)] += 1
+    return out
+
+
+def _topics() -> tuple[str, str]:
+    run = uuid.uuid4().hex[:8]
+    return f"test.events.{run}", f"test.cursors.{run}"
+
+
+def _ingest(archive: Path, bootstrap: str, events: str, cursors: str, *extra: str) -> subprocess.Popen[str]:
+    cmd = [sys.executable, "-m", "streamer", "ingest", str(archive), "--to-kafka", "--kafka-bootstrap", bootstrap]
+    cmd += ["--events-topic", events, "--cursor-topic", cursors, "--partitions", "3", *extra]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+
+
+async def _read_all(bootstrap: str, topic: str) -> tuple[Counter[tuple], dict[int, set[str]]]:
+    """Every committed record of ``topic``, and which actors each partition holds."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, isolation_level="read_committed", enable_auto_commit=False)
+    tps = [TopicPartition(topic, p) for p in await partitions_of(bootstrap, topic)]
+    assert tps, f"no topic {topic}"
+    await consumer.start()
+    try:
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        ends = await consumer.end_offsets(tps)
+        got: Counter[tuple] = Counter()
+        actors: dict[int, set[str]] = {tp.partition: set() for tp in tps}
+        for tp in tps:
+            while await consumer.position(tp) < ends[tp]:
+                for record in (await consumer.getmany(tp, timeout_ms=2000)).get(tp, []):
+                    r = event_records.decode(record.value)
+                    e = r.event
+                    assert record.key == e.actor.encode()
+                    assert dict(record.headers)[event_records.SCHEMA_HEADER] == b"skyattr.event/1"
+                    actors[tp.partition].add(e.actor)
+                    got[(r.position, r.index, e.time_us, e.seq, e.kind, e.actor, e.subject, e.rkey, e.operation)] += 1
+        return got, actors
+    finally:
+        await stop_consumer(consumer)
+
+
+def test_an_uninterrupted_ingest_writes_every_event_once_and_a_rerun_adds_nothing(
+    archive: Path, bootstrap: str
+) -> None:
+    events, cursors = _topics()
+    proc = _ingest(archive, bootstrap, events, cursors, "--batch-items", "500")
+    _, err = proc.communicate(timeout=180)
+    assert proc.returncode == 0, err
+    assert "from the start" in err
+    got, actors = asyncio.run(_read_all(bootstrap, events))
+    expected = _expected(archive)
+    assert got == expected
+    assert all(a.isdisjoint(b) for p, a in actors.items() for q, b in actors.items() if p < q), "an actor, a partition"
+    again = _ingest(archive, bootstrap, events, cursors)
+    _, err = again.communicate(timeout=180)
+    assert again.returncode == 0 and "wrote 0 events" in err, err
+    assert asyncio.run(_read_all(bootstrap, events))[0] == expected
+    cursor = asyncio.run(load_cursor(bootstrap, cursors, _source_id(archive)))
+    assert isinstance(cursor, IngestCursor) and cursor.events == sum(expected.values())
+
+
+def _source_id(archive: Path) -> str:
+    from streamer.app.ingest_kafka_command import source_id
+
+    return source_id(archive, "")
+
+
+def test_sigkill_at_any_point_loses_and_doubles_nothing(bootstrap: str) -> None:
+    """The bundled archive (12,000 items), killed five times mid-stream (small transactions, so kills land between
+    and inside them), then run to the end: the committed events are the archive's, each once."""
+    archive = default_archive()
+    events, cursors = _topics()
+    source = _source_id(archive)
+    kills = 0
+    for delay in (2.0, 2.5, 3.0, 3.5, 4.0):
+        proc = _ingest(archive, bootstrap, events, cursors, "--batch-items", "10", "--batch-seconds", "0.05")
+        time.sleep(delay)
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+            kills += 1
+        proc.communicate(timeout=60)
+    before = asyncio.run(load_cursor(bootstrap, cursors, source))
+    assert kills >= 3 and before is not None and 0 < before.items < 11_998, "the kills landed mid-ingest"
+    final = _ingest(archive, bootstrap, events, cursors, "--batch-items", "40")
+    _, err = final.communicate(timeout=240)
+    assert final.returncode == 0, err
+    assert "resumed after" in err
+    assert asyncio.run(_read_all(bootstrap, events))[0] == _expected(archive)
+
+
+def test_a_relay_source_resumes_at_its_committed_seq(bootstrap: str, sample_dir: Path) -> None:
+    """From a live relay (``skyattr relay`` replaying the real sample at 0.1× event time): killed once, restarted,
+    stopped with SIGTERM once everything is in; the events are the sample's, each once, the cursor the last seq."""
+    from tests.net import free_port
+
+    sample = sample_dir / "frames.bin.zst"
+    port = free_port()
+    relay = subprocess.Popen(
+        [sys.executable, "-m", "streamer", "relay", str(sample), "--port", str(port), "--from-start", "--speed", "0.1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert relay.stdout is not None and relay.stdout.readline().strip() == f"ws://127.0.0.1:{port}"
+        events, cursors = _topics()
+        source = f"relay:ws://127.0.0.1:{port}"
+        args = ("--relay", f"ws://127.0.0.1:{port}", "--batch-items", "5", "--batch-seconds", "0.05")
+        first = _ingest_live(bootstrap, events, cursors, *args)
+        _wait_for(lambda: _committed(bootstrap, cursors, source).items >= 20)
+        os.kill(first.pid, signal.SIGKILL)
+        first.communicate(timeout=30)
+        assert _committed(bootstrap, cursors, source).items < 140, "killed mid-stream (the sample takes ~10 s)"
+        second = _ingest_live(bootstrap, events, cursors, *args)
+        last = max(seq for _, seq in _seqs(sample))
+        _wait_for(
+            lambda: (c := asyncio.run(load_cursor(bootstrap, cursors, source))) is not None and c.position >= last
+        )
+        second.send_signal(signal.SIGTERM)
+        _, err = second.communicate(timeout=30)
+        assert second.returncode == 0 and "resumed after" in err, err
+    finally:
+        relay.terminate()
+        relay.wait(10)
+    got = Counter(key[2:] for key in asyncio.run(_read_all(bootstrap, events))[0].elements())
+    expected = Counter(key[2:] for key in _expected(sample).elements())  # positions are seqs here, not item numbers
+    assert got == expected
+
+
+def _ingest_live(bootstrap: str, events: str, cursors: str, *extra: str) -> subprocess.Popen[str]:
+    cmd = [sys.executable, "-m", "streamer", "ingest", "--to-kafka", "--kafka-bootstrap", bootstrap]
+    cmd += ["--events-topic", events, "--cursor-topic", cursors, "--partitions", "2", *extra]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+
+
+def _committed(bootstrap: str, cursors: str, source: str) -> IngestCursor:
+    """The source's committed cursor (an empty one until the topic and a first commit exist)."""
+    try:
+        return asyncio.run(load_cursor(bootstrap, cursors, source)) or IngestCursor(source)
+    except Exception:  # the topic not created yet: the ingest is still starting
+        return IngestCursor(source)
+
+
+def _seqs(archive: Path) -> list[tuple[int, int]]:
+    return [(n, decode_frame(item.frame).seq) for n, item in enumerate(read_archive(archive)) if item.frame]
+
+
+def _wait_for(condition: Any, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.2)
