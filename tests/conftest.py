@@ -1,6 +1,9 @@
-"""Shared fixtures: small heavy-tailed populations built by the library's own generator."""
+"""Shared fixtures: small heavy-tailed populations built by the library's own generator, and synthetic archives."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,3 +23,22 @@ def random_graph(rng: np.random.Generator, n: int, edges: int, heavy: bool = Tru
     att = rng.integers(0, n, size=edges)
     w = rng.choice([0.5, 1.0, 2.0, 3.0], size=edges)
     return kernels.AttentionGraph(att, src, w, n)
+
+
+@pytest.fixture(scope="session")
+def synth_archive_of(tmp_path_factory: pytest.TempPathFactory) -> Callable[[int, float, int], Path]:
+    """``synth_archive_of(agents, hours, seed)``: the synthetic archive of those arguments, written once a session
+    (with its DID documents beside it)."""
+    from streamer.testing.synth import write_synth_archive
+
+    made: dict[tuple[int, float, int], Path] = {}
+
+    def make(agents: int, hours: float, seed: int) -> Path:
+        key = (agents, hours, seed)
+        if key not in made:
+            path = tmp_path_factory.mktemp("synth") / f"synth-{agents}-{hours:g}h-{seed}.skyarch.zst"
+            write_synth_archive(path, agents, hours, seed)
+            made[key] = path
+        return made[key]
+
+    return make

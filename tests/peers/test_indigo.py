@@ -23,7 +23,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -33,7 +33,6 @@ import pytest
 from streamer.sources import did_documents
 from streamer.sources.archive import read_archive
 from streamer.testing import identity
-from streamer.testing.synth import write_synth_archive
 from tests.net import free_port, http_get
 
 REPO = Path(__file__).resolve().parents[2]
@@ -62,11 +61,9 @@ def indigo() -> Path:
 
 
 @pytest.fixture(scope="module")
-def synth_archive(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def synth_archive(synth_archive_of: Callable[[int, float, int], Path]) -> Path:
     """Enough traffic for every kind of commit: deletes, profile updates, multi-op commits, identity changes."""
-    path = tmp_path_factory.mktemp("peer") / "peer.skyarch.zst"
-    write_synth_archive(path, agents=500, hours=8, seed=11)
-    return path
+    return synth_archive_of(500, 8, 11)
 
 
 def _commits(archive: Path) -> list[dict]:

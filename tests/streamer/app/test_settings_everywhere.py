@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,6 @@ from streamer.app.flags import settings_fields, with_settings_options
 from streamer.app.settings import ConfigError, Settings, load_settings
 from streamer.sources.archive import read_archive
 from streamer.sources.relay_server import Relay
-from streamer.testing.synth import write_synth_archive
 
 from ...net import free_port
 
@@ -62,10 +61,8 @@ def _yaml(tmp_path: Path, text: str) -> Path:
 
 
 @pytest.fixture(scope="module")
-def archive(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("synth") / "small.skyarch.zst"
-    write_synth_archive(path, agents=60, hours=2, seed=0)
-    return path
+def archive(synth_archive_of: Callable[[int, float, int], Path]) -> Path:
+    return synth_archive_of(60, 2, 0)
 
 
 # --- attribute -------------------------------------------------------------------------------------------------------

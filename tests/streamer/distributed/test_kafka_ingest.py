@@ -15,6 +15,7 @@ import sys
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ from streamer.core.frames import decode_frame
 from streamer.distributed import event_records
 from streamer.distributed.kafka_ingest import IngestCursor, load_cursor, partitions_of, stop_consumer
 from streamer.sources.archive import read_archive
-from streamer.testing.synth import default_archive, write_synth_archive
+from streamer.testing.synth import default_archive
 from tests.broker import kafka_bootstrap
 
 REPO = Path(__file__).resolve().parents[3]
@@ -36,10 +37,8 @@ def bootstrap() -> str:
 
 
 @pytest.fixture(scope="module")
-def archive(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("ingest") / "ingest.skyarch.zst"
-    write_synth_archive(path, agents=400, hours=10, seed=21)
-    return path
+def archive(synth_archive_of: Callable[[int, float, int], Path]) -> Path:
+    return synth_archive_of(400, 10, 21)
 
 
 def _expected(archive: Path) -> Counter[tuple]:
