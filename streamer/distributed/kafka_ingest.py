@@ -148,6 +148,9 @@ async def load_cursor(
     start to its end as it is now, committed records only."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
+    tps = [TopicPartition(cursor_topic, p) for p in await partitions_of(bootstrap, cursor_topic, security)]
+    if not tps:
+        return None
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap,
         isolation_level="read_committed",
@@ -155,9 +158,6 @@ async def load_cursor(
         auto_offset_reset="earliest",
         **(security or {}),
     )
-    tps = [TopicPartition(cursor_topic, p) for p in await partitions_of(bootstrap, cursor_topic, security)]
-    if not tps:
-        return None
     await consumer.start()
     try:
         consumer.assign(tps)
@@ -196,13 +196,11 @@ async def ingest_to_kafka(
     partitions: int = DEFAULT_PARTITIONS,
     batch_items: int = DEFAULT_BATCH_ITEMS,
     batch_seconds: float = DEFAULT_BATCH_SECONDS,
-    transactional_id: str | None = None,
     security: dict[str, Any] | None = None,
     stop: asyncio.Event | None = None,
-    on_commit: Callable[[IngestCursor], None] | None = None,
 ) -> IngestStats:
     """Ingest until the source ends or ``stop`` is set (see the module doc). ``make_source(cursor)`` builds the
-    source resuming after ``cursor`` (None: from its start). ``on_commit`` sees each committed cursor."""
+    source resuming after ``cursor`` (None: from its start)."""
     from aiokafka import AIOKafkaProducer
 
     if batch_items < 1 or batch_seconds <= 0:
@@ -211,7 +209,7 @@ async def ingest_to_kafka(
     await ensure_topics(bootstrap, events_topic, cursor_topic, partitions, security)
     producer = AIOKafkaProducer(
         bootstrap_servers=bootstrap,
-        transactional_id=transactional_id or f"skyattr-ingest:{source_id}",
+        transactional_id=f"skyattr-ingest:{source_id}",
         enable_idempotence=True,
         acks="all",
         linger_ms=5,
@@ -259,8 +257,6 @@ async def ingest_to_kafka(
             stats.items += len(batch)
             stats.events += events
             batch = []
-            if on_commit is not None:
-                on_commit(state)
 
         async def stop_source() -> None:  # a source waiting for its next item (an idle relay) ends at once
             assert stop is not None
@@ -274,7 +270,7 @@ async def ingest_to_kafka(
                 if len(batch) >= batch_items or time.monotonic() >= due:
                     await commit()
                     due = time.monotonic() + batch_seconds
-                if stop is not None and stop.is_set():
+                if stop is not None and stop.is_set():  # at once: the stopper task may not get a turn before then
                     break
             if batch:
                 await commit()

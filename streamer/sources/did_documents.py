@@ -13,6 +13,7 @@ come from its PDS finds that they do.
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -20,9 +21,10 @@ from typing import Any
 
 import zstandard
 
+from streamer.sources.archive import SUFFIX as ARCHIVE_SUFFIX
+
 SYNTH_PDS = "https://pds.synth.invalid"  # the endpoint written in documents; a serving relay puts its own instead
 DOCUMENTS_SUFFIX = ".dids.jsonl.zst"
-ARCHIVE_SUFFIX = ".skyarch.zst"
 PDS_SERVICE_ID = "#atproto_pds"
 
 
@@ -50,16 +52,8 @@ def read_documents(path: Path) -> Iterator[dict[str, Any]]:
     """The documents of a file written by :func:`write_documents`; a line that is not a document with an ``id``
     raises ValueError naming the file and line."""
     with path.open("rb") as raw, zstandard.ZstdDecompressor().stream_reader(raw) as stream:
-        buffer = b""
-        line_no = 0
-        while chunk := stream.read(1 << 20):
-            buffer += chunk
-            *lines, buffer = buffer.split(b"\n")
-            for line in lines:
-                line_no += 1
-                yield _document(path, line_no, line)
-        if buffer.strip():
-            yield _document(path, line_no + 1, buffer)
+        for line_no, line in enumerate(io.BufferedReader(stream), start=1):
+            yield _document(path, line_no, line)
 
 
 def _document(path: Path, line_no: int, line: bytes) -> dict[str, Any]:

@@ -16,7 +16,6 @@ cbor2 instead (:func:`signed_commit_block`).
 from __future__ import annotations
 
 import base64
-import hashlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -26,8 +25,8 @@ import libipld
 
 from streamer.core.events import rfc3339
 from streamer.testing import identity, mst
+from streamer.testing.mst import cid_of
 
-DAG_CBOR_SHA256_PREFIX = mst.DAG_CBOR_SHA256_PREFIX  # CIDv1, codec dag-cbor (0x71), multihash sha2-256 (0x12), 32 bytes
 S32_ALPHABET = "234567abcdefghijklmnopqrstuvwxyz"  # atproto's base32-sortable alphabet for TIDs
 _SORTABLE = bytes.maketrans(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", S32_ALPHABET.encode())
 
@@ -47,11 +46,6 @@ def varint(n: int) -> bytes:
         else:
             out.append(byte)
             return bytes(out)
-
-
-def cid_of(data: bytes) -> bytes:
-    """Raw CIDv1 (dag-cbor, sha2-256) of DAG-CBOR ``data``, in libipld's representation (bytes, no 0x00 prefix)."""
-    return DAG_CBOR_SHA256_PREFIX + hashlib.sha256(data).digest()
 
 
 def block(value: Any) -> tuple[bytes, bytes]:

@@ -26,6 +26,11 @@ import libipld
 DAG_CBOR_SHA256_PREFIX = b"\x01\x71\x12\x20"  # CIDv1, dag-cbor, sha2-256, 32-byte digest
 
 
+def cid_of(data: bytes) -> bytes:
+    """Raw CIDv1 (dag-cbor, sha2-256) of DAG-CBOR ``data``, in libipld's representation (bytes, no 0x00 prefix)."""
+    return DAG_CBOR_SHA256_PREFIX + hashlib.sha256(data).digest()
+
+
 def layer(key: bytes) -> int:
     """The MST layer of ``key``: leading zero bits of its SHA-256, halved and rounded down (fanout 4)."""
     digest = int.from_bytes(hashlib.sha256(key).digest(), "big")
@@ -65,7 +70,7 @@ class Node:
     @property
     def cid(self) -> bytes:
         if self._cid is None:
-            self._cid = DAG_CBOR_SHA256_PREFIX + hashlib.sha256(self.encode()).digest()
+            self._cid = cid_of(self.encode())
         return self._cid
 
 

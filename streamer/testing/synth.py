@@ -134,7 +134,7 @@ def _text(rng: random.Random) -> str:
 class _Model:
     """The agents and the state the generator keeps while emitting events (what exists, who has been seen)."""
 
-    def __init__(self, agents: int, seed: int) -> None:
+    def __init__(self, agents: int, seed: int, start_us: int = DEFAULT_START_US) -> None:
         rng = random.Random(seed)
         self.rng = rng
         self.n = agents
@@ -171,9 +171,8 @@ class _Model:
         # Each repo's MST (commits carry its proofs); None until the account's first commit, when it starts as the
         # repo of an existing account: its profile record (so a profile change is an update, as on the network).
         self.trees: list[mst.Node | None] = [None] * agents
-        self.histories: dict[int, mst.Node] = {}
         self.seed = seed
-        self.start_us = 0
+        self.start_us = start_us
         # Record details that change no event (via, facets, embeds, gates) come from their own stream, so the events
         # of an archive (kinds, actors, subjects, times) do not depend on how records are dressed.
         self.style = random.Random(f"skyattr-synth-records:{seed}")
@@ -185,14 +184,13 @@ class _Model:
         tree = self.trees[actor]
         if tree is None:
             size = HISTORY_SIZES[min(len(HISTORY_SIZES) - 1, int(math.log10(1 + self.followers[actor])))]
-            if size not in self.histories:
-                self.histories[size] = _history(self.seed, size, self.start_us)
             profile = {
                 "$type": "app.bsky.actor.profile",
                 "displayName": self.handles[actor].split(".")[0].title(),
                 "createdAt": rfc3339(self.start_us),
             }
-            tree = self.trees[actor] = mst.insert(self.histories[size], PROFILE_PATH.encode(), block(profile)[0])
+            history = _history(self.seed, size, self.start_us)
+            tree = self.trees[actor] = mst.insert(history, PROFILE_PATH.encode(), block(profile)[0])
         return tree
 
     def draw(self, cdf: list[float]) -> int:
@@ -250,7 +248,7 @@ def _history(seed: int, size: int, start_us: int) -> mst.Node:
     for k in range(size):
         collection = rng.choices(collections, weights)[0]
         key = f"{collection}/{tid(start_us - span + rng.randrange(span), k)}".encode()
-        items.append((key, mst.DAG_CBOR_SHA256_PREFIX + hashlib.sha256(b"history:" + key).digest()))
+        items.append((key, mst.cid_of(b"history:" + key)))
     return mst.from_items(items)
 
 
@@ -293,8 +291,7 @@ def synth_frames(
         raise ValueError(f"synth needs at least 2 agents, got {agents}")
     if not (hours > 0 and math.isfinite(hours)):
         raise ValueError(f"synth needs a positive duration, got {hours} hours")
-    model = _Model(agents, seed)
-    model.start_us = start_time_us
+    model = _Model(agents, seed, start_time_us)
     rng = model.rng
     duration_us = max(1, round(hours * 3.6e9))
     expected = EVENTS_PER_AGENT_HOUR * agents * hours
@@ -460,7 +457,6 @@ def _dress_post(model: _Model, record: dict[str, Any], seq: int) -> None:
             elif feature_kind == "tag":
                 word = style.choice(WORDS)
                 piece, feature = "#" + word, {"tag": word}
-                feature_kind = "tag"
             else:
                 url = f"https://{style.choice(SITES)}/{style.choice(WORDS)}/{style.randrange(10**6)}"
                 piece, feature = url, {"uri": url}
