@@ -37,7 +37,6 @@ from tests.net import free_port, http_get
 
 REPO = Path(__file__).resolve().parents[2]
 BUILD = REPO / "ops" / "peers" / "build-indigo.sh"
-SAMPLE = REPO.parent / "shared" / "data" / "bluesky-sample" / "frames.bin.zst"
 ADMIN = "peer-test"
 
 
@@ -133,9 +132,10 @@ def test_indigo_inverts_every_synth_commit_to_its_prev_data(indigo: Path, synth_
     assert matched == {c["seq"] for c in commits}
 
 
-def test_indigo_inverts_every_commit_of_the_real_sample(indigo: Path) -> None:
-    commits = _commits(SAMPLE)
-    with _skyattr_relay(SAMPLE) as port:
+def test_indigo_inverts_every_commit_of_the_real_sample(indigo: Path, sample_dir: Path) -> None:
+    sample = sample_dir / "frames.bin.zst"
+    commits = _commits(sample)
+    with _skyattr_relay(sample) as port:
         matched, errors = _verify_firehose(indigo, port, len(commits))
     assert errors == []
     assert matched == {c["seq"] for c in commits}
