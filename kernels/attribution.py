@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from kernels import defaults
-from kernels.graph import AttentionGraph, PaddedGraph, bucket
+from kernels.graph import AttentionGraph, PaddedGraph, bucket, resolve_products
 from kernels.indicators import Indicator, as_indicator
 from kernels.quadrature import RULES, rule_nodes
 from kernels.validation import check_activity, check_dtype, check_positive_int
@@ -61,21 +61,25 @@ class Attribution:
     span: float = 0.0
     device: str = "cpu"
     compiled: bool = False
+    products: str = "xla"
 
     @property
     def total(self) -> float:
         return float(np.sum(self.phi, dtype=np.float64))
 
 
-CPU_CHUNK_UP_TO = 1 << 19  # padded agents up to which 4 nodes at once beat 1 on a CPU
+CPU_CHUNK_UP_TO = 1 << 19  # padded agents up to which several nodes at once beat 1 on a CPU
+HOST_CHUNK = 8
 
 
-def default_chunk(agents: int = 0) -> int:
+def default_chunk(agents: int = 0, products: str = "xla") -> int:
     """Nodes evaluated together. On a CPU 4 while the agent vectors stay in cache (measured with JAX 0.10 on a
     2-core EPYC: 1.4-1.8x faster than one at a time from 10^3 to 6.5*10^4 agents, 10 % at 2.5*10^5, 12 % slower
     at 10^6, where four vectors of n no longer fit), 1 beyond; 8 on accelerators (batching fills the device)."""
     if jax.default_backend() != "cpu":
         return 8
+    if products == "host":
+        return HOST_CHUNK if agents <= CPU_CHUNK_UP_TO else 1
     return 4 if agents <= CPU_CHUNK_UP_TO else 1
 
 
@@ -104,7 +108,7 @@ def _kernel(indicator: Indicator, nodes: int, chunk: int, path: str, rule: str) 
         alphas, weights = node_table(span, x.dtype)
         if path == "linear-stem":
             head = indicator.head
-            grad_head = jax.grad(head, argnums=(0, 1))
+            grad_head = indicator.head_grad or jax.grad(head, argnums=(0, 1))
 
             def body(carry: tuple[jax.Array, jax.Array], aw: tuple[jax.Array, jax.Array]) -> Any:
                 a, w = aw
@@ -139,18 +143,20 @@ def attribute(
     path: str = "auto",
     rule: str = "log-graded",
     chunk: int | None = None,
+    products: str = "auto",
 ) -> Attribution:
     """Aumann–Shapley attribution of ``indicator`` at activity ``x`` on ``graph``.
 
     ``path="auto"`` takes the linear-stem path when the indicator has one. ``dtype="float64"`` runs the whole
-    computation in double precision (JAX x64 enabled for this call only).
+    computation in double precision (JAX x64 enabled for this call only). ``products`` chooses how the sparse
+    products run (:func:`kernels.graph.resolve_products`: threaded host CSR on a CPU, XLA on an accelerator).
     """
     ind = as_indicator(indicator)
     if not isinstance(graph, AttentionGraph):
         raise ValueError(f"graph must be an AttentionGraph, got {type(graph).__name__}")
     if graph.edges == 0:
         raise ValueError("graph has no edges: attribution on an empty attention graph is undefined")
-    return _attribute(ind, x, graph, nodes, dtype, path=path, rule=rule, chunk=chunk)
+    return _attribute(ind, x, graph, nodes, dtype, path=path, rule=rule, chunk=chunk, products=products)
 
 
 def _attribute(
@@ -163,12 +169,14 @@ def _attribute(
     path: str = "auto",
     rule: str = "log-graded",
     chunk: int | None = None,
+    products: str = "auto",
 ) -> Attribution:
     """:func:`attribute` without the non-empty-graph check (a panel's induced subgraph may have no edges)."""
     x64 = check_activity(x, graph.n)
     np_dtype = check_dtype(dtype)
     nodes = check_positive_int(nodes, "nodes")
-    chunk = check_positive_int(chunk, "chunk") if chunk is not None else default_chunk(bucket(graph.n))
+    products = resolve_products(products, graph.edges)
+    chunk = check_positive_int(chunk, "chunk") if chunk is not None else default_chunk(bucket(graph.n), products)
     if path not in PATHS:
         raise ValueError(f"path must be one of {', '.join(PATHS)}, got {path!r}")
     if rule not in RULES:
@@ -180,7 +188,7 @@ def _attribute(
     chunk = min(chunk, nodes)
     fn = _kernel(ind, nodes, chunk, path, rule)
     with jax.enable_x64(np_dtype == np.float64):
-        g = graph.padded(np_dtype)
+        g = graph.padded(np_dtype, products)
         x_pad = np.zeros(g.size, np_dtype)
         x_pad[: graph.n] = x64
         _tracing.traced = False
@@ -204,4 +212,5 @@ def _attribute(
         span=float(span),
         device=str(jax.devices()[0].platform),
         compiled=compiled,
+        products=products,
     )

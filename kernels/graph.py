@@ -22,6 +22,7 @@ either container.
 from __future__ import annotations
 
 import math
+import os
 import threading
 import weakref
 from dataclasses import dataclass
@@ -30,6 +31,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from kernels import host_products
+
+PRODUCTS = ("auto", "host", "xla")
 MIN_BUCKET = 1024  # smallest padded length (agents or edges)
 FINE_FROM = 1 << 16  # sizes above this grow by 2**(1/4) per bucket, below it by 2
 
@@ -49,6 +53,8 @@ class _GraphOps:
     def exposure(self, x: jax.Array) -> jax.Array:
         """e = W x: e_j = sum over edges j->i of w * x_i."""
         x = jnp.asarray(x)
+        if self._host_token is not None:
+            return host_products.exposure(self._host_token, x)
         w = jnp.asarray(self.weight, dtype=x.dtype)
         vals = w * x.at[self.source].get(mode="promise_in_bounds")
         return (
@@ -58,6 +64,8 @@ class _GraphOps:
     def transpose(self, y: jax.Array) -> jax.Array:
         """W^T y: (W^T y)_i = sum over edges j->i of w * y_j."""
         y = jnp.asarray(y)
+        if self._host_token is not None:
+            return host_products.transpose(self._host_token, y)
         w = jnp.asarray(self.weight, dtype=y.dtype)
         vals = w * y.at[self.attender].get(mode="promise_in_bounds", indices_are_sorted=True)
         return jnp.zeros(self.size, y.dtype).at[self.source].add(vals, mode="promise_in_bounds")
@@ -65,6 +73,14 @@ class _GraphOps:
     def total(self, per_agent: jax.Array) -> jax.Array:
         """Sum of a per-agent quantity over the real agents (padding excluded)."""
         return jnp.sum(per_agent)
+
+    def real(self, per_agent: jax.Array) -> jax.Array:
+        """A per-agent quantity with the padding agents set to zero (the gradient of :meth:`total`)."""
+        return per_agent
+
+    @property
+    def _host_token(self) -> jax.Array | None:
+        return None
 
 
 @dataclass(frozen=True, init=False, eq=False, repr=False)
@@ -176,21 +192,26 @@ class AttentionGraph(_GraphOps):
         keep = (a >= 0) & (s >= 0)
         return AttentionGraph(a[keep], s[keep], self.weight[keep], len(agents), allow_empty=True)
 
-    def padded(self, dtype: np.dtype) -> PaddedGraph:
+    def padded(self, dtype: np.dtype, products: str = "auto") -> PaddedGraph:
         """This graph padded to its size bucket, as device arrays of ``dtype`` weights: :func:`padded`."""
-        return padded(self, dtype)
+        return padded(self, dtype, products)
 
 
-@jax.tree_util.register_dataclass
 @dataclass(frozen=True)
 class PaddedGraph(_GraphOps):
-    """Device-side graph padded to a size bucket; a JAX pytree so it passes through ``jit``."""
+    """Device-side graph padded to a size bucket; a JAX pytree so it passes through ``jit``.
+
+    ``products`` says how W·x and Wᵀ·y run: ``"xla"`` as sorted scatter-adds and gathers in XLA (any device),
+    ``"host"`` as threaded scipy CSR products on the host CPU (:mod:`kernels.host_products`), for which ``token``
+    names the registered matrices. It is static: each way is its own compilation."""
 
     attender: jax.Array
     source: jax.Array
     weight: jax.Array
     mask: jax.Array
     n: jax.Array | int
+    token: jax.Array | int = 0
+    products: str = "xla"
 
     @property
     def size(self) -> int:
@@ -198,6 +219,18 @@ class PaddedGraph(_GraphOps):
 
     def total(self, per_agent: jax.Array) -> jax.Array:
         return jnp.sum(jnp.where(self.mask, per_agent, 0))
+
+    def real(self, per_agent: jax.Array) -> jax.Array:
+        return jnp.where(self.mask, per_agent, 0)
+
+    @property
+    def _host_token(self) -> jax.Array | None:
+        return self.token if self.products == "host" else None
+
+
+jax.tree_util.register_dataclass(
+    PaddedGraph, data_fields=["attender", "source", "weight", "mask", "n", "token"], meta_fields=["products"]
+)
 
 
 # graph -> {dtype name: padded copy}. Weak keys (identity hash, AttentionGraph has eq=False): an entry goes when its
@@ -208,22 +241,44 @@ _padded_cache: weakref.WeakKeyDictionary[AttentionGraph, dict[str, PaddedGraph]]
 _padded_lock = threading.Lock()
 
 
-def padded(graph: AttentionGraph, dtype: np.dtype | type | str) -> PaddedGraph:
-    """``graph`` padded to its size bucket, as device arrays with ``dtype`` weights (cached per graph and dtype).
+HOST_FROM_EDGES = 1 << 17
+
+
+def resolve_products(products: str = "auto", edges: int = HOST_FROM_EDGES) -> str:
+    """The way sparse products run: ``"auto"`` is ``SKYATTR_KERNEL_PRODUCTS`` when set, else ``"host"`` when JAX
+    computes on the CPU and the graph has at least :data:`HOST_FROM_EDGES` edges (threaded CSR products: the
+    cascade 2-2.4x faster from 6.5*10^4 agents on a 2-core EPYC, see benchmarks/RESULTS.md), and ``"xla"`` on an
+    accelerator (the products stay on the device) and for small graphs, where a host call costs more than the
+    product and, because a kernel with host calls cannot enter JAX's persistent compilation cache, a restart
+    would recompile."""
+    if products == "auto":
+        products = os.environ.get("SKYATTR_KERNEL_PRODUCTS", "").strip() or "auto"
+    if products not in PRODUCTS:
+        raise ValueError(f"products must be one of {', '.join(PRODUCTS)}, got {products!r}")
+    if products == "auto":
+        return "host" if jax.default_backend() == "cpu" and edges >= HOST_FROM_EDGES else "xla"
+    return products
+
+
+def padded(graph: AttentionGraph, dtype: np.dtype | type | str, products: str = "auto") -> PaddedGraph:
+    """``graph`` padded to its size bucket, as device arrays with ``dtype`` weights (cached per graph, dtype and
+    way of computing products: :func:`resolve_products`).
 
     Padding edges have zero weight (attender: the last index, source 0); padding agents have ``mask`` False.
     The device arrays are made under the caller's JAX x64 setting (callers pad inside ``jax.enable_x64`` for
     float64), and the cached copy is returned as is on later calls.
     """
     dt = np.dtype(dtype)
+    how = resolve_products(products, graph.edges)
     with _padded_lock:
         per_dtype = _padded_cache.setdefault(graph, {})
-        if dt.name not in per_dtype:
-            per_dtype[dt.name] = _pad(graph, dt)
-        return per_dtype[dt.name]
+        key = f"{dt.name}/{how}"
+        if key not in per_dtype:
+            per_dtype[key] = _pad(graph, dt, how)
+        return per_dtype[key]
 
 
-def _pad(graph: AttentionGraph, dtype: np.dtype) -> PaddedGraph:
+def _pad(graph: AttentionGraph, dtype: np.dtype, products: str) -> PaddedGraph:
     n_pad, e_pad = bucket(graph.n), bucket(graph.edges)
     att = np.full(e_pad, n_pad - 1, graph.attender.dtype)
     src = np.zeros(e_pad, graph.source.dtype)
@@ -231,8 +286,17 @@ def _pad(graph: AttentionGraph, dtype: np.dtype) -> PaddedGraph:
     att[: graph.edges], src[: graph.edges], w[: graph.edges] = graph.attender, graph.source, graph.weight
     mask = np.zeros(n_pad, bool)
     mask[: graph.n] = True
+    token = 0
+    if products == "host":
+        token = host_products.register(graph, graph.attender, graph.source, graph.weight, n_pad, dtype)
     return PaddedGraph(
-        jnp.asarray(att), jnp.asarray(src), jnp.asarray(w), jnp.asarray(mask), jnp.asarray(graph.n, jnp.int32)
+        jnp.asarray(att),
+        jnp.asarray(src),
+        jnp.asarray(w),
+        jnp.asarray(mask),
+        jnp.asarray(graph.n, jnp.int32),
+        jnp.asarray(token, jnp.int32),
+        products,
     )
 
 

@@ -62,6 +62,8 @@ ENTRY_POINT_GROUP = "skyattr.indicators"
 
 ValueFn = Callable[["jax.Array", Any], "jax.Array"]
 HeadFn = Callable[["jax.Array", "jax.Array", Any], "jax.Array"]
+# (e, x, graph) -> (dH/de, dH/dx): the head's gradient written out, where jax.grad would make more passes
+HeadGradFn = Callable[["jax.Array", "jax.Array", Any], "tuple[jax.Array, jax.Array]"]
 
 
 class IncrementalEvaluator(Protocol):
@@ -88,6 +90,7 @@ class Indicator:
     head: HeadFn | None = None
     incremental: IncrementalFactory | None = None
     params: Mapping[str, Any] = field(default_factory=dict)
+    head_grad: HeadGradFn | None = None
 
     def __call__(self, x: jax.Array, graph: Any) -> jax.Array:
         return self.value(x, graph)
@@ -179,11 +182,17 @@ def get_indicator(name: str, **params: Any) -> Indicator:
     return ind
 
 
-def _stemmed(name: str, head: HeadFn, params: Mapping[str, Any], incremental: IncrementalFactory) -> Indicator:
+def _stemmed(
+    name: str,
+    head: HeadFn,
+    params: Mapping[str, Any],
+    incremental: IncrementalFactory,
+    head_grad: HeadGradFn | None = None,
+) -> Indicator:
     def value(x: jax.Array, graph: Any) -> jax.Array:
         return head(graph.exposure(x), x, graph)
 
-    return Indicator(name, value, head=head, incremental=incremental, params=dict(params))
+    return Indicator(name, value, head=head, incremental=incremental, params=dict(params), head_grad=head_grad)
 
 
 def _check_names(name: str, factory: Factory, params: Mapping[str, Any]) -> None:
@@ -258,10 +267,37 @@ def cascade(kappa: float = 2.0, theta: float = 3.0, rho: float = 1.0) -> Indicat
         raw0 = graph.total(adopt(e2_0))
         return raw - raw0
 
+    def head_grad(e1: jax.Array, x: jax.Array, graph: Any) -> tuple[jax.Array, jax.Array]:
+        # adopt(e) = sigmoid(kappa (log(1 + e) - theta)) = 1 / (1 + t), t = (e^theta / (1 + e))^kappa: a Hill
+        # function, so one power (products alone for a whole kappa) replaces log1p and the sigmoid's exp, and
+        # adopt'(e) = kappa adopt (1 - adopt) / (1 + e). t overflows to inf exactly where adopt is 0, never to NaN.
+        # dH/de1 = adopt'(u) + rho adopt'(e1) W^T adopt'(u), u = e1 + W (rho adopt(e1)): two products per call,
+        # against the three passes and the extra elementwise work of jax.grad of the head.
+        q = 1.0 + e1
+        s, ds = _hill(q, kappa, theta)
+        r = q + graph.exposure(rho * s)
+        _, du = _hill(r, kappa, theta)
+        du = graph.real(du)
+        return du + rho * ds * graph.transpose(du), jnp.zeros_like(x)
+
     from kernels.incremental import CascadeIncremental
 
     params = {"kappa": kappa, "theta": theta, "rho": rho}
-    return _stemmed("cascade", head, params, lambda x, g: CascadeIncremental(x, g, kappa, theta, rho))
+    return _stemmed(
+        "cascade", head, params, lambda x, g: CascadeIncremental(x, g, kappa, theta, rho), head_grad=head_grad
+    )
+
+
+def _hill(q: jax.Array, kappa: float, theta: float) -> tuple[jax.Array, jax.Array]:
+    """(adopt, d adopt / de) at q = 1 + e for adopt(e) = sigmoid(kappa (log(1 + e) - theta))."""
+    if abs(theta) > 30.0:  # e^theta itself would overflow or underflow float32
+        t = jnp.exp(kappa * (theta - jnp.log(q)))
+    elif float(kappa).is_integer() and 1 <= kappa <= 16:
+        t = jax.lax.integer_pow(math.exp(theta) / q, int(kappa))
+    else:
+        t = jnp.exp(kappa * jnp.log(math.exp(theta) / q))
+    s = 1.0 / (1.0 + t)
+    return s, kappa * s * (1.0 - s) / q
 
 
 @register_indicator("saturation")
