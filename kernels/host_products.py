@@ -53,7 +53,7 @@ class _Operator:
             bounds = [0, *sorted(set(int(c) for c in cuts)), matrix.shape[0]]
             self.blocks = [(lo, matrix[lo:hi]) for lo, hi in itertools.pairwise(bounds) if hi > lo]
 
-    def apply(self, v: np.ndarray, pool: ThreadPoolExecutor | None) -> np.ndarray:
+    def apply(self, v: np.ndarray) -> np.ndarray:
         """The product with each row of ``v`` (shape ``(..., n)``), in ``v``'s dtype. Several rows (quadrature
         nodes batched by ``vmap``) go through one CSR-times-dense product per block, which reads each edge once
         for all of them."""
@@ -66,7 +66,8 @@ class _Operator:
             product = block @ dense
             out[:, lo : lo + block.shape[0]] = product if product.ndim == 1 else product.T
 
-        if pool is None or len(self.blocks) == 1:
+        pool = _thread_pool() if len(self.blocks) > 1 else None
+        if pool is None:
             for task in self.blocks:
                 one(task)
         else:
@@ -86,7 +87,10 @@ _pool: ThreadPoolExecutor | None = None
 
 
 def _thread_pool() -> ThreadPoolExecutor | None:
+    """The shared pool, made on the first threaded product (a product on one block never asks for it)."""
     global _pool
+    if _pool is not None:
+        return _pool
     with _lock:
         if _pool is None and threads() > 1:
             _pool = ThreadPoolExecutor(threads(), thread_name_prefix="skyattr-spmv")
@@ -129,7 +133,7 @@ def _host(direction: str) -> Any:
         op = entry.forward if direction == "forward" else entry.adjoint
         wide = v.dtype == np.uint32  # a float64 vector travels as its bits: see _call
         values = np.ascontiguousarray(v).view(np.float64).reshape(v.shape[:-1]) if wide else np.asarray(v, op.dtype)
-        out = op.apply(values, _thread_pool())
+        out = op.apply(values)
         return out.view(np.uint32).reshape(v.shape) if wide else out
 
     return run
