@@ -214,10 +214,20 @@ def test_rules_have_one_source() -> None:
     assert all(r.get("alert") and r.get("expr") for g in groups for r in g["rules"])
 
 
+@pytest.fixture(scope="session")
+def installed_helms() -> dict[str, Path]:
+    """Both helm releases. With SKYATTR_RUN_DEPLOY_CHECKS=1 (CI) missing ones are installed by a run of
+    ops/ci/check-helm.sh, which must pass, so a fresh machine runs these tests instead of skipping them."""
+    if os.environ.get("SKYATTR_RUN_DEPLOY_CHECKS") == "1" and not all(os.access(h, os.X_OK) for h in HELMS.values()):
+        proc = _check()
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    return HELMS
+
+
 @pytest.mark.parametrize("version", sorted(HELMS))
-def test_helm_follows_the_rules_symlink(version: str, tmp_path: Path) -> None:
+def test_helm_follows_the_rules_symlink(version: str, tmp_path: Path, installed_helms: dict[str, Path]) -> None:
     """helm template renders the linked rules, and helm package stores their content as a regular file."""
-    helm = HELMS[version]
+    helm = installed_helms[version]
     if not os.access(helm, os.X_OK):
         pytest.skip(f"helm {version} not installed at {helm} (ops/ci/check-helm.sh installs it)")
     env = dict(os.environ)
