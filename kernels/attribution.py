@@ -20,6 +20,7 @@ themselves.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import threading
 from dataclasses import dataclass
@@ -85,6 +86,12 @@ def default_chunk(agents: int = 0, products: str = "xla") -> int:
         return HOST_CHUNK if agents <= CPU_CHUNK_UP_TO else 1
     return 4 if agents <= CPU_CHUNK_UP_TO else 1
 
+
+# Kernels with host products run one at a time. Each product already spreads over every core, so two at once gain
+# nothing; and two at once can deadlock: a callback's input is a device array, reading it waits on XLA's CPU
+# thread pool, and with as many kernels blocked in callbacks as that pool has threads (two, on two cores) nothing
+# is left to make it ready.
+_host_kernels = threading.Lock()
 
 # Set by a kernel's Python body, which JAX runs only when it traces (a cache miss, followed by a compilation); read
 # by the caller around one call. Thread-local because tracing runs synchronously in the calling thread, so calls in
@@ -195,7 +202,8 @@ def _attribute(
         x_pad = np.zeros(g.size, np_dtype)
         x_pad[: graph.n] = x64
         _tracing.traced = False
-        phi, value, baseline, span = jax.block_until_ready(fn(jnp.asarray(x_pad), g))
+        with _host_kernels if products == "host" else contextlib.nullcontext():
+            phi, value, baseline, span = jax.block_until_ready(fn(jnp.asarray(x_pad), g))
         compiled = _tracing.traced
     phi = np.asarray(phi, np.float64)[: graph.n]
     value, baseline = float(value), float(baseline)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import time
 
 import jax
 import jax.numpy as jnp
@@ -98,3 +99,27 @@ def test_registration_goes_with_its_graph() -> None:
     del g
     gc.collect()
     assert hp.registered() == before
+
+
+def test_attributions_from_several_threads_at_once_all_finish(large: kernels.Population) -> None:
+    """A daemon attributes in two worker threads; with host products each run's callbacks wait on XLA's CPU pool,
+    and two runs at once used to hang there for good (the 100k-account replay did). They take turns now."""
+    import threading
+
+    ind = get_indicator("cascade")
+    want = attribute(ind, large.x, large.graph, products="host").phi
+    got: list[np.ndarray] = []
+
+    def runs() -> None:
+        for _ in range(25):
+            got.append(attribute(ind, large.x, large.graph, products="host").phi)
+
+    threads = [threading.Thread(target=runs, daemon=True) for _ in range(2)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 90  # ~2 s of work on two cores
+    for t in threads:
+        t.join(max(0.0, deadline - time.monotonic()))
+    assert len(got) == 50, f"a thread is stuck ({len(got)} of 50 runs done)"
+    for phi in got:
+        np.testing.assert_array_equal(phi, want)
