@@ -279,16 +279,21 @@ def padded(graph: AttentionGraph, dtype: np.dtype | type | str, products: str = 
 
 
 def _pad(graph: AttentionGraph, dtype: np.dtype, products: str) -> PaddedGraph:
-    n_pad, e_pad = bucket(graph.n), bucket(graph.edges)
+    """The padded copy. With host products the edges live in the registered CSR matrices and the device copy
+    carries none: the kernel's shapes are then the agent bucket's alone, so a graph whose edge count crosses a
+    bucket recompiles nothing (host kernels cannot come from the persistent cache, so each compilation counts)."""
+    n_pad = bucket(graph.n)
+    e_pad = bucket(graph.edges) if products != "host" else 0
     att = np.full(e_pad, n_pad - 1, graph.attender.dtype)
     src = np.zeros(e_pad, graph.source.dtype)
     w = np.zeros(e_pad, dtype)
-    att[: graph.edges], src[: graph.edges], w[: graph.edges] = graph.attender, graph.source, graph.weight
-    mask = np.zeros(n_pad, bool)
-    mask[: graph.n] = True
     token = 0
     if products == "host":
         token = host_products.register(graph, graph.attender, graph.source, graph.weight, n_pad, dtype)
+    else:
+        att[: graph.edges], src[: graph.edges], w[: graph.edges] = graph.attender, graph.source, graph.weight
+    mask = np.zeros(n_pad, bool)
+    mask[: graph.n] = True
     return PaddedGraph(
         jnp.asarray(att),
         jnp.asarray(src),

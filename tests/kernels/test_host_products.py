@@ -123,3 +123,20 @@ def test_attributions_from_several_threads_at_once_all_finish(large: kernels.Pop
     assert len(got) == 50, f"a thread is stuck ({len(got)} of 50 runs done)"
     for phi in got:
         np.testing.assert_array_equal(phi, want)
+
+
+def test_host_kernels_compile_once_per_agent_bucket_whatever_the_edges() -> None:
+    """With host products the device graph carries no edges, so a population whose edge count crosses a bucket
+    (every few runs of a growing replay) reuses its compilation."""
+    from kernels.graph import bucket
+
+    sparse = kernels.heavy_tailed_population(9_000, edges_per_agent=4.0, seed=8)
+    dense = kernels.heavy_tailed_population(9_000, edges_per_agent=16.0, seed=8)
+    assert bucket(sparse.graph.edges) != bucket(dense.graph.edges) and bucket(sparse.graph.n) == bucket(dense.graph.n)
+    ind = get_indicator("cascade", theta=2.5)  # parameters of its own: a compilation no other test has made
+    first = attribute(ind, sparse.x, sparse.graph, products="host")
+    second = attribute(ind, dense.x, dense.graph, products="host")
+    assert first.compiled and not second.compiled
+    np.testing.assert_allclose(
+        second.phi, attribute(ind, dense.x, dense.graph, products="xla").phi, rtol=2e-4, atol=1e-6
+    )
