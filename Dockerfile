@@ -42,8 +42,8 @@ COPY streamer/ streamer/
 RUN python -m venv /opt/venv \
  && python -m pip wheel --no-cache-dir --no-deps --wheel-dir /wheels . \
  && case "${VARIANT}" in \
-      cpu) extras="" ;; \
-      cuda) extras="[gpu]" ;; \
+      cpu) extras="[distributed]" ;; \
+      cuda) extras="[gpu,distributed]" ;; \
       *) echo "VARIANT must be cpu or cuda, not '${VARIANT}'" >&2; exit 1 ;; \
     esac \
  && set -- /wheels/skyattr-*.whl \

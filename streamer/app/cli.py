@@ -20,6 +20,7 @@ from typer.core import TyperGroup
 import kernels
 from streamer.app import options as opt
 from streamer.app.daemon_commands import replay_command, run_command
+from streamer.app.distributed_commands import attributor_command, worker_command
 from streamer.app.flags import ATTRIBUTION_FIELDS, load_or_exit, with_settings_options
 from streamer.app.help import Command
 from streamer.app.ingest_commands import events_command
@@ -239,6 +240,8 @@ COMMANDS = [
     ("relay", relay_command, "Serve an archive as a local relay."),
     ("events", events_command, "Print an archive's events as JSON lines."),
     ("ingest", ingest_command, "Write a source's events to Kafka, exactly once."),
+    ("worker", worker_command, "Fold Kafka events into partitioned state (distributed mode)."),
+    ("attributor", attributor_command, "Attribute the workers' shards (distributed mode)."),
     ("indicators", indicators, "List the registered macro indicators."),
 ]
 for _name, _fn, _line in COMMANDS:

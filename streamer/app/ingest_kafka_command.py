@@ -37,6 +37,11 @@ INGEST_SETTINGS = {
     "kafka_sasl_mechanism",
     "kafka_sasl_username",
     "kafka_sasl_password",
+    "interval",
+    "bucket_hours",
+    "buckets",
+    "edge_budget",
+    "max_future_skew",
 }
 
 
@@ -76,7 +81,9 @@ def ingest_command(
 
     Each batch of events and the source's cursor after it are committed in one Kafka transaction; a restart
     resumes from the cursor topic alone (no local state), so whatever is killed when, every event is written once.
-    Consumers must read with isolation.level=read_committed. Statistics go to stderr."""
+    The stream-order decisions of the rolling window (late and future times, the window's moves, the due times
+    of --interval) are made here and written with the events, for `skyattr worker`. Consumers must read with
+    isolation.level=read_committed. Statistics go to stderr."""
     if not to_kafka:
         typer.echo("error: ingest writes to Kafka: give --to-kafka (and --kafka-bootstrap)", err=True)
         raise typer.Exit(2)
@@ -113,6 +120,9 @@ def ingest_command(
             batch_seconds=batch_seconds,
             security=settings.kafka_security(),
             stop=stop,
+            state_config=settings.state(),
+            interval_s=settings.interval,
+            live=archive is None,
         )
 
     try:

@@ -45,7 +45,6 @@ counted as ``delete`` events.
 from __future__ import annotations
 
 import threading
-from array import array
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -58,6 +57,17 @@ if TYPE_CHECKING:  # the kernels (and JAX) load when a snapshot is first taken, 
     from kernels import AttentionGraph
 
 from streamer.core.events import FOLLOW, LIKE, POST, QUOTE, REPLY, REPOST, Event
+from streamer.core.watermark import (  # noqa: F401  (re-exported: the rule's constants are the state's)
+    FUTURE_TIME,
+    LATE,
+    LEAD_FACTOR,
+    MAX_TIME_US,
+    WATERMARK_EVERY,
+    WATERMARK_SAMPLES,
+    WATERMARK_WARMUP,
+    Advance,
+    Watermark,
+)
 
 ACTIVITY_KINDS = (POST, REPLY, QUOTE, REPOST, LIKE, FOLLOW)
 UPDATE = "update"  # counter of record updates (edits): accepted, neither activity nor attention
@@ -69,15 +79,10 @@ FLUSH_EVERY = 1 << 16
 
 KIND_BITS = 3  # an activity counter's code is agent << KIND_BITS | kind
 KIND_MASK = (1 << KIND_BITS) - 1
-WATERMARK_SAMPLES = 1001  # K: the watermark is the median of this many recent event times
-WATERMARK_EVERY = 128  # R: recompute cadence once the ring is full (np.partition of K values: ~8 us)
-WATERMARK_WARMUP = 16  # K0: samples before the watermark is trusted
-LEAD_FACTOR = 3  # horizon margin, in units of (upper quartile - median) of the ring
-MAX_TIME_US = 1 << 62  # beyond any calendar; keeps every sample an int64
 MAX_DID_CHARS = 2048  # the atproto limit on a DID's length
 
 # why an event was not applied, as returned by AgentState.apply and counted in AgentState.counters
-LATE, FUTURE_TIME, BAD_DID = "late", "future_time", "bad_did"
+BAD_DID = "bad_did"
 REASONS = (LATE, FUTURE_TIME, BAD_DID)
 
 
@@ -240,16 +245,6 @@ class _Bucket:
         self.src = new_index[self.src].astype(np.int32)
 
 
-def _next_update(seen: int) -> int:
-    """The sample count at which the watermark is next recomputed: every sample during warm-up, every
-    ``WATERMARK_WARMUP``-th while the ring fills, then every ``WATERMARK_EVERY``-th. A pure function of the count,
-    so a resumed state recomputes exactly where an uninterrupted one does."""
-    if seen < WATERMARK_WARMUP:
-        return seen + 1
-    step = WATERMARK_WARMUP if seen < WATERMARK_SAMPLES else WATERMARK_EVERY
-    return (seen // step + 1) * step
-
-
 def _compact(att: np.ndarray, src: np.ndarray, weight: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Merge duplicate (attender, source) pairs, summing weights; result sorted by (attender, source)."""
     return _split(*_summed(_keys(att, src), weight))
@@ -370,30 +365,29 @@ class AgentState:
         self.config = config or StateConfig()
         self.followers = followers
         self._bucket_us = self.config.bucket_us
-        self._window_us = self._bucket_us * self.config.buckets
-        self._skew_us = self.config.skew_us
         self._act_code = {k: ACTIVITY_INDEX[k] for k, w in self.config.activity_weights.items() if w > 0}
         self._att_w = {k: float(w) for k, w in self.config.attention_weights.items() if w > 0}
         self.index: dict[str, int] = {}
         self.dids: list[str] = []
         self.buckets: dict[int, _Bucket] = {}
-        self.head = -1  # the watermark's bucket (provisional during warm-up)
         self.counters: Counter[str] = Counter()
         self.events = 0
         self.last_time_us = 0  # newest accepted event time
         self._pending_act: dict[int, list[int]] = {}
         self._pending_edges: dict[int, tuple[list[int], list[int], list[float]]] = {}
         self._pending = 0
-        # watermark: a ring of recent event times (array: cheap item writes, zero-copy view for np.partition)
-        self._ring = array("q", bytes(8 * WATERMARK_SAMPLES))
-        self._seen = 0  # samples ever written to the ring
-        self._next_update = 1  # the sample count at which the watermark is recomputed next
-        self._oldest = -MAX_TIME_US  # the oldest bucket in the window: older events are late (none before warm-up)
-        self.watermark_us = 0
-        self._lead_us = 0  # upper quartile - median of the ring
-        self._horizon_us = MAX_TIME_US  # newest acceptable event time
-        self._established = False
+        self._wm = Watermark(self._bucket_us, self.config.buckets, self.config.skew_us)
         self._merged = EdgeMerger()
+
+    @property
+    def head(self) -> int:
+        """The watermark's bucket (-1 before any event; provisional during warm-up)."""
+        return self._wm.head
+
+    @property
+    def watermark(self) -> Watermark:
+        """The stream's watermark (read it; the state moves it)."""
+        return self._wm
 
     # ingest ------------------------------------------------------------------------------------------------
     def intern(self, did: str) -> int:
@@ -436,20 +430,17 @@ class AgentState:
             reason = LATE if t < 0 else FUTURE_TIME
             self.counters[reason] += 1
             return reason
-        seen = self._seen
-        self._ring[seen % WATERMARK_SAMPLES] = t
-        self._seen = seen = seen + 1
-        if seen >= self._next_update and self._update_watermark():  # pruned: indices renumbered
+        wm = self._wm
+        moved = wm.observe(t)
+        if moved is not None and self._advance(moved):  # pruned: indices renumbered
             index = self.index
             actor = index.get(actor_did)
             subject = index.get(subject_did) if subject_did else None
-        if t > self._horizon_us or (now_us is not None and t > now_us + self._skew_us):
-            self.counters[FUTURE_TIME] += 1
-            return FUTURE_TIME
+        reason = wm.judge(t, now_us)
+        if reason is not None:
+            self.counters[reason] += 1
+            return reason
         b = t // self._bucket_us
-        if b < self._oldest:
-            self.counters[LATE] += 1
-            return LATE
         if before_fold is not None:
             before_fold(t)
         self.events += 1
@@ -488,40 +479,12 @@ class AgentState:
             self.flush()
         return None
 
-    def _update_watermark(self) -> bool:
-        """Recompute the median and upper quartile of the ring; move the watermark, the head and the horizon.
-        True when agents were pruned (their indices renumbered)."""
-        seen = self._seen
-        self._next_update = _next_update(seen)
-        n = min(seen, WATERMARK_SAMPLES)
-        ring = np.frombuffer(self._ring, np.int64, count=n)
-        mid, upper = (n - 1) // 2, (3 * (n - 1)) // 4
-        part = np.partition(ring, (mid, upper))
-        median, quartile = int(part[mid]), int(part[upper])
-        if n < WATERMARK_WARMUP:  # provisional: judges nothing, expires nothing
-            self.watermark_us = median
-            self.head = median // self._bucket_us
-            return False
-        first = not self._established
-        self._established = True
-        self.watermark_us = median if first else max(self.watermark_us, median)
-        self._lead_us = max(0, quartile - median)
-        self._set_horizon()
-        head = self.watermark_us // self._bucket_us
-        if first or head > self.head:
-            return self._advance(head, drop_beyond=self._horizon_us // self._bucket_us if first else None)
-        return False
-
-    def _set_horizon(self) -> None:
-        self._horizon_us = self.watermark_us + min(LEAD_FACTOR * self._lead_us, self._window_us) + self._skew_us
-
-    def _advance(self, head: int, drop_beyond: int | None = None) -> bool:
-        """Move the head: buckets older than the window expire (and, when the watermark is first established,
+    def _advance(self, moved: Advance) -> bool:
+        """The head moved: buckets older than the window expire (and, when the watermark is first established,
         buckets beyond the horizon, which only warm-up can have made, are dropped); agents left without any
         trace in the window are pruned."""
         self.flush()
-        self.head = head
-        self._oldest = oldest = head - self.config.buckets + 1
+        oldest, drop_beyond = moved.oldest, moved.drop_beyond
         removed = False
         for b in sorted(self.buckets):
             if b < oldest:
@@ -615,7 +578,7 @@ class AgentState:
         arrays: dict[str, np.ndarray] = {
             "dids_offsets": offsets,
             "dids_blob": blob,
-            "watermark_ring": np.array(self._ring, np.int64),
+            "watermark_ring": np.array(self._wm.ring, np.int64),
         }
         for b, bucket in self.buckets.items():
             arrays[f"b{b}_codes"], arrays[f"b{b}_counts"] = bucket.codes, bucket.counts
@@ -628,12 +591,7 @@ class AgentState:
             "events": self.events,
             "last_time_us": self.last_time_us,
             "agents": len(self.dids),
-            "watermark": {
-                "seen": self._seen,
-                "watermark_us": self.watermark_us,
-                "lead_us": self._lead_us,
-                "established": self._established,
-            },
+            "watermark": self._wm.to_dict(),
         }
         return arrays, meta
 
@@ -671,18 +629,11 @@ class AgentState:
             ):
                 raise ValueError(f"checkpoint bucket {b} is inconsistent with its {n} DIDs")
             state.buckets[b] = bucket
-        state.head, state.events = meta["head"], meta["events"]
+        state.events = meta["events"]
         state.last_time_us = meta["last_time_us"]
         state.counters = Counter(meta["counters"])
-        ring = np.asarray(arrays["watermark_ring"], np.int64)
-        if ring.shape != (WATERMARK_SAMPLES,):
-            raise ValueError(f"checkpoint watermark ring has shape {ring.shape}, expected ({WATERMARK_SAMPLES},)")
-        state._ring = array("q", ring.tobytes())
-        wm = meta["watermark"]
-        state._seen, state.watermark_us = int(wm["seen"]), int(wm["watermark_us"])
-        state._lead_us, state._established = int(wm["lead_us"]), bool(wm["established"])
-        state._next_update = _next_update(state._seen)
-        if state._established:
-            state._set_horizon()
-            state._oldest = state.head - state.config.buckets + 1
+        try:
+            state._wm.restore(arrays["watermark_ring"], meta["watermark"], meta["head"])
+        except ValueError as exc:
+            raise ValueError(f"checkpoint {exc}") from None
         return state

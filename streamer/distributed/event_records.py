@@ -10,8 +10,13 @@ attention edge the actor draws, in one partition. Value: compact JSON, one objec
 in an archive) and ``i`` the event's index in that item: ``(source, p, i)`` names an event once, which is what a
 consumer deduplicates on should it ever need to. ``t`` event time (µs), ``s`` relay seq (-1 when none), ``k``
 kind, ``a`` actor, then, when not empty: ``u`` subject, ``c`` collection, ``r`` record key, ``o`` operation,
-``v`` repo rev, ``d`` record CID. The header ``skyattr-schema`` names the layout (``skyattr.event/1``; the JSON
-Schema is ``streamer/schemas/event.schema.json``) and ``skyattr-source`` the source.
+``v`` repo rev, ``d`` record CID; and the sequencer's verdict (:mod:`streamer.distributed.sequencer`): ``n`` the
+event's ordinal among accepted events, or ``x`` why it was refused. The header ``skyattr-schema`` names the layout
+(``skyattr.event/1``; the JSON Schema is ``streamer/schemas/event.schema.json``) and ``skyattr-source`` the source.
+
+The same topic carries the sequencer's control records (``skyattr.control/1`` in the schema header, no key,
+written to every partition): ``config``, ``window`` and ``tick`` (see :func:`encode_control`). A consumer that
+wants events only skips them by the header.
 
 JSON rather than a binary layout: a record is ~250 bytes, Kafka's compression (zstd) takes most of the field names
 back, and any consumer can read it.
@@ -39,9 +44,11 @@ class EventRecord:
     position: int  # the source's cursor after the item
     index: int  # the event's index in that item
     event: Event
+    ordinal: int = -1  # the sequencer's ordinal among accepted events (-1: refused, or not sequenced)
+    refused: str = ""  # why the sequencer refused it ("" when accepted, or not sequenced)
 
 
-def encode(position: int, index: int, event: Event) -> tuple[bytes, bytes]:
+def encode(position: int, index: int, event: Event, *, ordinal: int = -1, refused: str = "") -> tuple[bytes, bytes]:
     """``(key, value)`` of one event (see the module doc)."""
     value: dict[str, Any] = {
         "p": position,
@@ -51,6 +58,10 @@ def encode(position: int, index: int, event: Event) -> tuple[bytes, bytes]:
         "k": event.kind,
         "a": event.actor,
     }
+    if ordinal >= 0:
+        value["n"] = ordinal
+    if refused:
+        value["x"] = refused
     for short, name in _OPTIONAL:
         if field := getattr(event, name):
             value[short] = field
@@ -75,6 +86,67 @@ def decode(value: bytes) -> EventRecord:
     try:
         optional = {name: str(obj.get(short, "")) for short, name in _OPTIONAL}
         event = Event(int(obj["t"]), int(obj["s"]), str(obj["k"]), str(obj["a"]), **optional)
-        return EventRecord(int(obj["p"]), int(obj["i"]), event)
+        return EventRecord(int(obj["p"]), int(obj["i"]), event, int(obj.get("n", -1)), str(obj.get("x", "")))
     except (TypeError, ValueError) as exc:
         raise ValueError(f"not a {SCHEMA} record: {exc}") from None
+
+
+# control records: the sequencer's decisions, written to every partition (see streamer.distributed.sequencer) -------
+CONTROL_SCHEMA = "skyattr.control/1"
+
+
+def encode_control(control: Any) -> bytes:
+    """The value of a control record: ``{"tick": as_of_us, "final": bool}``, ``{"window": {...}}`` or
+    ``{"config": {...}}`` (a dict given as it is)."""
+    from streamer.distributed.sequencer import Tick, WindowMove
+
+    if isinstance(control, Tick):
+        obj: dict[str, Any] = {"tick": control.as_of_us, "final": control.final}
+    elif isinstance(control, WindowMove):
+        obj = {
+            "window": {
+                "head": control.head,
+                "oldest": control.oldest,
+                "drop_beyond": control.drop_beyond,
+                "prune": control.prune,
+            }
+        }
+    elif isinstance(control, dict):
+        obj = {"config": control}
+    else:
+        raise TypeError(f"not a control: {control!r}")
+    return json.dumps(obj, separators=(",", ":"), sort_keys=True).encode()
+
+
+def control_headers(source: str) -> list[tuple[str, bytes]]:
+    return [(SCHEMA_HEADER, CONTROL_SCHEMA.encode()), (SOURCE_HEADER, source.encode())]
+
+
+def decode_control(value: bytes) -> Any:
+    """The :class:`~streamer.distributed.sequencer.Tick`, :class:`~streamer.distributed.sequencer.WindowMove` or
+    config dict of a control record; ValueError naming what is wrong for anything else."""
+    from streamer.distributed.sequencer import Tick, WindowMove
+
+    try:
+        obj = json.loads(value)
+        if "tick" in obj:
+            return Tick(int(obj["tick"]), bool(obj.get("final", False)))
+        if "window" in obj:
+            w = obj["window"]
+            beyond = w.get("drop_beyond")
+            beyond = None if beyond is None else int(beyond)
+            return WindowMove(int(w["head"]), int(w["oldest"]), beyond, bool(w["prune"]))
+        if "config" in obj and isinstance(obj["config"], dict):
+            return obj["config"]
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise ValueError(f"not a {CONTROL_SCHEMA} record: {exc}") from None
+    raise ValueError(f"not a {CONTROL_SCHEMA} record: no tick, window or config")
+
+
+def schema_of(headers: Any) -> str:
+    """The ``skyattr-schema`` header of a record ("" when it has none); ``headers`` as pairs or a mapping."""
+    pairs = headers.items() if hasattr(headers, "items") else headers or ()
+    for k, v in pairs:
+        if k == SCHEMA_HEADER:
+            return v.decode(errors="replace") if isinstance(v, bytes) else str(v)
+    return ""

@@ -17,12 +17,18 @@ resumes from the topic.
 
 One ingest per source: the transactional id is derived from the source, so a second ingest of the same source
 fences the first (which then fails on its next commit) instead of doubling its events.
+
+Every event goes through the :class:`~streamer.distributed.sequencer.Sequencer` on its way: its verdict rides in
+the record, and the control records it makes (``config`` at each start, ``window``, ``tick``, the tail's last
+``tick``) go to every partition in the same transaction, at their place in the stream; the sequencer's state is
+part of the cursor record, so a restart decides on exactly as an uninterrupted ingest would.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import io
 import json
 import logging
@@ -35,7 +41,9 @@ import numpy as np
 import zstandard
 
 from streamer.core.seqs import RESET_WINDOW, SeenSeqs
+from streamer.core.state import StateConfig
 from streamer.distributed import event_records
+from streamer.distributed.sequencer import DEFAULT_INTERVAL_S, Sequencer
 from streamer.sources.base import Source, SourceStats
 
 log = logging.getLogger("skyattr.ingest")
@@ -59,6 +67,7 @@ class IngestCursor:
     events: int = 0  # events written, all transactions together
     transactions: int = 0
     committed_at: float = 0.0  # wall clock of the commit (seconds since the epoch)
+    sequencer: str = ""  # the sequencer's state after the transaction (Sequencer.to_text; "" when none)
 
     def to_bytes(self) -> bytes:
         return json.dumps(asdict(self), separators=(",", ":")).encode()
@@ -127,12 +136,16 @@ async def ensure_topics(
 
 
 async def partitions_of(bootstrap: str, topic: str, security: dict[str, Any] | None = None) -> list[int]:
-    """The partition numbers of ``topic`` ([] when there is no such topic), asked of the cluster now."""
+    """The partition numbers of ``topic`` ([] when there is no such topic), asked of the cluster now. The topic
+    list is asked first: describing a missing topic makes a broker with ``auto.create.topics.enable`` (the
+    default) create it, with one partition, under a worker that started before its ingest."""
     from aiokafka.admin import AIOKafkaAdminClient
 
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **(security or {}))
     await admin.start()
     try:
+        if topic not in set(await admin.list_topics()):
+            return []
         described = await admin.describe_topics([topic])
     finally:
         await admin.close()
@@ -144,11 +157,17 @@ async def partitions_of(bootstrap: str, topic: str, security: dict[str, Any] | N
 async def load_cursor(
     bootstrap: str, cursor_topic: str, source: str, security: dict[str, Any] | None = None
 ) -> IngestCursor | None:
-    """The last committed cursor of ``source`` (None when it never committed): the cursor topic read from its
-    start to its end as it is now, committed records only."""
+    """The last committed cursor of ``source`` (None when it never committed)."""
+    value = await load_latest(bootstrap, cursor_topic, source, security)
+    return IngestCursor.from_bytes(value) if value is not None else None
+
+
+async def load_latest(bootstrap: str, topic: str, key: str, security: dict[str, Any] | None = None) -> bytes | None:
+    """The value of the last committed record of ``key`` in a compacted ``topic`` (None when there is none): the
+    topic read from its start to its end as it is now, committed records only."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
-    tps = [TopicPartition(cursor_topic, p) for p in await partitions_of(bootstrap, cursor_topic, security)]
+    tps = [TopicPartition(topic, p) for p in await partitions_of(bootstrap, topic, security)]
     if not tps:
         return None
     consumer = AIOKafkaConsumer(
@@ -163,16 +182,38 @@ async def load_cursor(
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
         ends = await consumer.end_offsets(tps)  # the last stable offsets under read_committed
-        latest: IngestCursor | None = None
+        latest: bytes | None = None
+        wanted = key.encode()
         for tp in tps:
             while await consumer.position(tp) < ends[tp]:
                 batch = await consumer.getmany(tp, timeout_ms=1000)
                 for record in batch.get(tp, []):
-                    if record.key == source.encode() and record.value is not None:
-                        latest = IngestCursor.from_bytes(record.value)
+                    if record.key == wanted:
+                        latest = record.value
         return latest
     finally:
         await stop_consumer(consumer)
+
+
+async def ensure_topic(
+    bootstrap: str, topic: str, partitions: int, *, compacted: bool = False, security: dict[str, Any] | None = None
+) -> None:
+    """Create ``topic`` when missing (``compacted``: cleanup.policy=compact), replicated on as many brokers as
+    there are, up to 3; an existing one is used as it is."""
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+    from aiokafka.errors import TopicAlreadyExistsError
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **(security or {}))
+    await admin.start()
+    try:
+        if topic in set(await admin.list_topics()):
+            return
+        replicas = max(1, min(3, len((await admin.describe_cluster())["brokers"])))
+        configs = {"cleanup.policy": "compact"} if compacted else {}
+        with contextlib.suppress(TopicAlreadyExistsError):  # made meanwhile by another process
+            await admin.create_topics([NewTopic(topic, partitions, replicas, topic_configs=configs)])
+    finally:
+        await admin.close()
 
 
 async def stop_consumer(consumer: Any) -> None:
@@ -198,9 +239,14 @@ async def ingest_to_kafka(
     batch_seconds: float = DEFAULT_BATCH_SECONDS,
     security: dict[str, Any] | None = None,
     stop: asyncio.Event | None = None,
+    state_config: StateConfig | None = None,
+    interval_s: float = DEFAULT_INTERVAL_S,
+    live: bool = False,
 ) -> IngestStats:
     """Ingest until the source ends or ``stop`` is set (see the module doc). ``make_source(cursor)`` builds the
-    source resuming after ``cursor`` (None: from its start)."""
+    source resuming after ``cursor`` (None: from its start). ``state_config`` and ``interval_s`` are what the
+    sequencer decides with (the window, the weights, the due times); ``live``: the source is a live relay, so its
+    events are judged against the receive clock too, as ``skyattr run`` does."""
     from aiokafka import AIOKafkaProducer
 
     if batch_items < 1 or batch_seconds <= 0:
@@ -222,16 +268,38 @@ async def ingest_to_kafka(
         state = cursor or IngestCursor(source_id)
         ring = (cursor.seen_seqs() if cursor is not None else None) or SeenSeqs(RESET_WINDOW)
         last_seq = state.seq_cursor
+        clock = (lambda: time.time_ns() // 1000) if live else None
+        seq = Sequencer(state_config, interval_s, clock=clock)
+        if cursor is not None and cursor.sequencer:
+            held = Sequencer.from_text(cursor.sequencer, clock=clock)
+            if held.config_dict() != seq.config_dict():
+                raise ValueError(
+                    f"{events_topic} holds the events of {source_id} sequenced with {held.config_dict()}; this "
+                    f"ingest was given {seq.config_dict()}: resume with the same window, weights and interval, or "
+                    "write to another events topic"
+                )
+            seq = held
+        parts = await partitions_of(bootstrap, events_topic, security)
         source = make_source(cursor)
         stats.source = source.stats
         hdrs = event_records.headers(source_id)
+        control_hdrs = event_records.control_headers(source_id)
         batch: list[Any] = []
         due = time.monotonic() + batch_seconds
+        controls: list[Any] = [seq.config_dict()]  # every start says what it decides with (workers keep the first)
 
-        async def commit() -> None:
+        async def broadcast() -> None:
+            for control in controls:
+                value = event_records.encode_control(control)
+                for p in parts:
+                    await producer.send(events_topic, value, partition=p, headers=control_hdrs)
+            controls.clear()
+
+        async def commit(ended: bool = False) -> None:
             nonlocal batch, state, last_seq
             events = 0
             async with producer.transaction():
+                await broadcast()
                 for item in batch:
                     if item.seq >= 0:  # the seqs this ingest has written, as the single process's dispatcher keeps
                         if item.seq < last_seq:
@@ -239,9 +307,19 @@ async def ingest_to_kafka(
                         ring.add(item.seq, item.fingerprint)
                         last_seq = item.seq
                     for index, event in enumerate(item.events):
-                        key, value = event_records.encode(item.source_cursor, index, event)
+                        verdict = seq.decide(event)
+                        if verdict.controls:
+                            controls.extend(verdict.controls)
+                            await broadcast()
+                        key, value = event_records.encode(
+                            item.source_cursor, index, event, ordinal=verdict.ordinal, refused=verdict.reason or ""
+                        )
                         await producer.send(events_topic, value, key=key, headers=hdrs)
                         events += 1
+                tail = seq.finish() if ended else None  # a finite source's tail after its last due time: one more run
+                if tail is not None:
+                    controls.append(tail)
+                    await broadcast()
                 state = IngestCursor(
                     source_id,
                     position=source.cursor if source.cursor is not None else -1,
@@ -251,6 +329,7 @@ async def ingest_to_kafka(
                     events=state.events + events,
                     transactions=state.transactions + 1,
                     committed_at=time.time(),
+                    sequencer=seq.to_text(),
                 )
                 await producer.send(cursor_topic, state.to_bytes(), key=source_id.encode())
             stats.transactions += 1
@@ -272,8 +351,9 @@ async def ingest_to_kafka(
                     due = time.monotonic() + batch_seconds
                 if stop is not None and stop.is_set():  # at once: the stopper task may not get a turn before then
                     break
-            if batch:
-                await commit()
+            ended = not live and not (stop is not None and stop.is_set())
+            if batch or controls or (ended and not seq.finished):
+                await commit(ended)
         finally:
             if stopper is not None:
                 stopper.cancel()

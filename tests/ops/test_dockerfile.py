@@ -258,7 +258,8 @@ def test_variant_selects_existing_extras(df: Dockerfile) -> None:
     assert all("VARIANT" in [a.args.split("=")[0] for a in s.all("ARG")] for s in df.stages), "ARG VARIANT per stage"
     extras = variant_extras(df)
     assert set(extras) == VARIANTS, extras
-    assert extras["cpu"] == [] and extras["cuda"] == ["gpu"], extras
+    # both images run every role, the distributed mode's worker (faust-streaming, rocksdict) included
+    assert extras["cpu"] == ["distributed"] and extras["cuda"] == ["gpu", "distributed"], extras
     known = pyproject()["project"]["optional-dependencies"]
     for variant, names in extras.items():
         for name in names:

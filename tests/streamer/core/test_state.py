@@ -182,10 +182,10 @@ def test_one_item_from_2100_neither_expires_the_window_nor_moves_the_head() -> N
     s = _state()
     steady(s, 0.0, 2.5)
     before = by_did(s.snapshot())
-    head, watermark = s.head, s.watermark_us
+    head, watermark = s.head, s.watermark.watermark_us
     year_2100 = 4_102_444_800 * 1_000_000
     assert s.apply(Event(year_2100, 0, "like", A, B)) == "future_time"
-    assert (s.head, s.watermark_us) == (head, watermark)
+    assert (s.head, s.watermark.watermark_us) == (head, watermark)
     assert by_did(s.snapshot()) == before, "nothing applied, nothing expired"
     assert not any(steady(s, 2.5, 2.6)), "the stream goes on as if nothing happened"
     assert s.counters["future_time"] == 1 and s.counters["buckets_expired"] == 0
@@ -217,8 +217,8 @@ def test_a_poisoned_first_event_is_dropped_when_the_watermark_is_established() -
 def test_warm_up_judges_nothing_then_the_watermark_is_established() -> None:
     s = _state()
     reasons = [s.apply(ev(10 + 0.001 * i, "post", A)) for i in range(WATERMARK_WARMUP - 1)]
-    assert reasons == [None] * (WATERMARK_WARMUP - 1) and not s._established
-    assert s.apply(ev(10 + 0.001 * WATERMARK_WARMUP, "post", A)) is None and s._established
+    assert reasons == [None] * (WATERMARK_WARMUP - 1) and not s.watermark.established
+    assert s.apply(ev(10 + 0.001 * WATERMARK_WARMUP, "post", A)) is None and s.watermark.established
     assert s.head == 10
 
 
@@ -239,10 +239,10 @@ def test_a_genuine_jump_of_the_whole_stream_is_followed_within_a_bounded_number_
 def test_backfill_does_not_widen_the_horizon_and_the_watermark_never_goes_back() -> None:
     s = _state()
     steady(s, 0.0, 2.0)
-    watermark = s.watermark_us
+    watermark = s.watermark.watermark_us
     for i in range(3000):  # 40% of the traffic from an hour ago (a backfill), the rest current
         s.apply(ev(2.0 + i / 3000 if i % 5 > 1 else 1.0 + i / 30000, "post", CLOCK))
-    assert s.watermark_us >= watermark
+    assert s.watermark.watermark_us >= watermark
     assert s.apply(ev(4.0, "like", A, B)) == "future_time", "two hours ahead of the front"
     assert s.apply(ev(3.05, "like", A, B)) is None, "just ahead of the front"
 

@@ -103,9 +103,9 @@ def test_an_unrepresentable_time_is_refused_without_touching_the_watermark(time_
     s = AgentState()
     assert s.apply(Event(time_us, 0, "like", A, B)) == reason, "even as the very first event"
     _warm(s)
-    watermark, head = s.watermark_us, s.head
+    watermark, head = s.watermark.watermark_us, s.head
     assert s.apply(Event(time_us, 0, "like", A, B)) == reason
-    assert (s.watermark_us, s.head) == (watermark, head) and s.counters[reason] == 2
+    assert (s.watermark.watermark_us, s.head) == (watermark, head) and s.counters[reason] == 2
     assert B not in s.index
 
 

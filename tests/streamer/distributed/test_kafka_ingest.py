@@ -24,6 +24,7 @@ import pytest
 from streamer.core.frames import decode_frame
 from streamer.distributed import event_records
 from streamer.distributed.kafka_ingest import IngestCursor, load_cursor, partitions_of, stop_consumer
+from streamer.distributed.sequencer import Tick
 from streamer.sources.archive import read_archive
 from streamer.testing.synth import default_archive
 from tests.broker import kafka_bootstrap
@@ -61,8 +62,9 @@ def _ingest(archive: Path, bootstrap: str, events: str, cursors: str, *extra: st
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
 
 
-async def _read_all(bootstrap: str, topic: str) -> tuple[Counter[tuple], dict[int, set[str]]]:
-    """Every committed record of ``topic``, and which actors each partition holds."""
+async def _read_all(bootstrap: str, topic: str) -> tuple[Counter[tuple], dict[int, set[str]], dict[str, Any]]:
+    """Every committed event of ``topic``, which actors each partition holds, and the sequencer's part: the
+    ordinals of accepted events and the ticks each partition got."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, isolation_level="read_committed", enable_auto_commit=False)
@@ -75,16 +77,24 @@ async def _read_all(bootstrap: str, topic: str) -> tuple[Counter[tuple], dict[in
         ends = await consumer.end_offsets(tps)
         got: Counter[tuple] = Counter()
         actors: dict[int, set[str]] = {tp.partition: set() for tp in tps}
+        seq: dict[str, Any] = {"ordinals": Counter(), "ticks": {tp.partition: [] for tp in tps}}
         for tp in tps:
             while await consumer.position(tp) < ends[tp]:
                 for record in (await consumer.getmany(tp, timeout_ms=2000)).get(tp, []):
+                    if event_records.schema_of(record.headers) == event_records.CONTROL_SCHEMA:
+                        control = event_records.decode_control(record.value)
+                        if isinstance(control, Tick):
+                            seq["ticks"][tp.partition].append(control)
+                        continue
                     r = event_records.decode(record.value)
+                    if r.ordinal >= 0:
+                        seq["ordinals"][r.ordinal] += 1
                     e = r.event
                     assert record.key == e.actor.encode()
                     assert dict(record.headers)[event_records.SCHEMA_HEADER] == b"skyattr.event/1"
                     actors[tp.partition].add(e.actor)
                     got[(r.position, r.index, e.time_us, e.seq, e.kind, e.actor, e.subject, e.rkey, e.operation)] += 1
-        return got, actors
+        return got, actors, seq
     finally:
         await stop_consumer(consumer)
 
@@ -97,9 +107,10 @@ def test_an_uninterrupted_ingest_writes_every_event_once_and_a_rerun_adds_nothin
     _, err = proc.communicate(timeout=180)
     assert proc.returncode == 0, err
     assert "from the start" in err
-    got, actors = asyncio.run(_read_all(bootstrap, events))
+    got, actors, seq = asyncio.run(_read_all(bootstrap, events))
     expected = _expected(archive)
     assert got == expected
+    _assert_sequenced(seq, sum(expected.values()))
     assert all(a.isdisjoint(b) for p, a in actors.items() for q, b in actors.items() if p < q), "an actor, a partition"
     again = _ingest(archive, bootstrap, events, cursors)
     _, err = again.communicate(timeout=180)
@@ -135,7 +146,21 @@ def test_sigkill_at_any_point_loses_and_doubles_nothing(bootstrap: str) -> None:
     _, err = final.communicate(timeout=240)
     assert final.returncode == 0, err
     assert "resumed after" in err
-    assert asyncio.run(_read_all(bootstrap, events))[0] == _expected(archive)
+    got, _, seq = asyncio.run(_read_all(bootstrap, events))
+    assert got == _expected(archive)
+    _assert_sequenced(seq, sum(got.values()), runs=288)
+
+
+def _assert_sequenced(seq: dict[str, Any], events: int, runs: int | None = None) -> None:
+    """Every accepted event has its ordinal once (0, 1, ... with none missing), and every partition got the same
+    ticks (``runs`` of them), each once, in due order, the last one the tail's."""
+    ordinals = seq["ordinals"]
+    assert set(ordinals.values()) == {1} and sorted(ordinals) == list(range(len(ordinals)))
+    assert 0.95 * events < len(ordinals) <= events
+    ticks = list(seq["ticks"].values())
+    assert all(t == ticks[0] for t in ticks) and ticks[0] and len(ticks[0]) == (runs or len(ticks[0]))
+    times = [t.as_of_us for t in ticks[0]]
+    assert times == sorted(set(times)) and ticks[0][-1].final and not any(t.final for t in ticks[0][:-1])
 
 
 def test_a_relay_source_resumes_at_its_committed_seq(bootstrap: str, sample_dir: Path) -> None:

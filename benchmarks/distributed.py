@@ -1,0 +1,176 @@
+"""The distributed mode's throughput: an archive through ``ingest --to-kafka``, N workers and the attributor,
+against ``skyattr replay`` of the same archive, in one run on one machine.
+
+``python -m benchmarks.distributed --bootstrap 127.0.0.1:9092 [--agents 100000 --hours 24 --workers 1 2]``
+writes (once) a synthetic archive, replays it in one process (attribution every ``--interval`` s of event time),
+ingests it into fresh topics, then for each worker count starts the workers and the attributor (``--until-final``)
+on their own groups and times from their start to the attributor's exit: end-to-end events/s, and per run the
+shard bytes and the gather time (first chunk to last shard) the attributor saw. Every figure is printed as a
+markdown table and written as JSON to ``--json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent.parent
+
+
+def _cli(*args: str, log: Path) -> subprocess.Popen[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SKYATTR_")}
+    env["SKYATTR_METRICS_PORT"] = "0"
+    out = log.open("w")
+    return subprocess.Popen(
+        [sys.executable, "-m", "streamer", *args], stdout=out, stderr=subprocess.STDOUT, env=env, text=True, cwd=HERE
+    )
+
+
+def single_process(archive: Path, interval: float, work: Path) -> dict[str, float]:
+    start = time.perf_counter()
+    proc = _cli(
+        "replay", str(archive), "--quiet", "--no-progress", "--interval", str(interval), log=work / "replay.log"
+    )
+    if proc.wait() != 0:
+        raise SystemExit((work / "replay.log").read_text()[-3000:])
+    return {"seconds": time.perf_counter() - start}
+
+
+def distributed(bootstrap: str, archive: Path, interval: float, workers: int, partitions: int, work: Path) -> dict:
+    run = uuid.uuid4().hex[:8]
+    events, cursors = f"bench.events.{run}", f"bench.cursors.{run}"
+    shards, state = f"bench.shards.{run}", f"bench.attributor.{run}"
+    kafka = ("--kafka-bootstrap", bootstrap)
+    start = time.perf_counter()
+    ingest = _cli(
+        "ingest",
+        str(archive),
+        "--to-kafka",
+        *kafka,
+        "--events-topic",
+        events,
+        "--cursor-topic",
+        cursors,
+        "--partitions",
+        str(partitions),
+        "--interval",
+        str(interval),
+        log=work / f"ingest-{run}.log",
+    )
+    if ingest.wait() != 0:
+        raise SystemExit((work / f"ingest-{run}.log").read_text()[-3000:])
+    ingest_s = time.perf_counter() - start
+    start = time.perf_counter()
+    procs = [
+        _cli(
+            "worker",
+            *kafka,
+            "--events-topic",
+            events,
+            "--shards-topic",
+            shards,
+            "--app-id",
+            f"bench-w-{run}",
+            "--store",
+            "memory://",
+            log=work / f"worker{n}-{run}.log",
+        )
+        for n in range(workers)
+    ]
+    out = work / f"results-{run}.jsonl"
+    attributor = _cli(
+        "attributor",
+        *kafka,
+        "--shards-topic",
+        shards,
+        "--state-topic",
+        state,
+        "--name",
+        f"bench-a-{run}",
+        "--kafka-topic-tiers",
+        f"bench.tiers.{run}",
+        "--kafka-topic-alerts",
+        f"bench.alerts.{run}",
+        "--until-final",
+        "--out",
+        str(out),
+        "--log-level",
+        "DEBUG",
+        log=work / f"attributor-{run}.log",
+    )
+    code = attributor.wait()
+    seconds = time.perf_counter() - start
+    for p in procs:
+        p.terminate()
+    for p in procs:
+        p.wait(60)
+    if code != 0:
+        raise SystemExit((work / f"attributor-{run}.log").read_text()[-3000:])
+    text = "".join((work / f"worker{n}-{run}.log").read_text() for n in range(workers))
+    sizes = [int(m) for m in re.findall(r"edges, (\d+) bytes", text)]
+    gathers = [float(m) for m in re.findall(r"gathered in ([0-9.]+) s", (work / f"attributor-{run}.log").read_text())]
+    return {
+        "workers": workers,
+        "ingest_s": ingest_s,
+        "seconds": seconds,
+        "runs": sum(1 for line in out.read_text().splitlines() if '"topic":"tiers"' in line),
+        "shard_bytes_per_run": sum(sizes) / max(1, len(sizes)) * partitions,
+        "gather_s_median": statistics.median(gathers) if gathers else None,
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--bootstrap", default="127.0.0.1:9092")
+    ap.add_argument("--agents", type=int, default=100_000)
+    ap.add_argument("--hours", type=float, default=24.0)
+    ap.add_argument("--interval", type=float, default=300.0)
+    ap.add_argument("--partitions", type=int, default=4)
+    ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--work-dir", type=Path, default=Path(tempfile.gettempdir()) / "skyattr-bench")
+    ap.add_argument("--json", type=Path, default=None)
+    args = ap.parse_args(argv)
+    from benchmarks.replay import large_archive
+
+    archive = large_archive(args.work_dir, args.agents, args.hours)
+    from streamer.sources.archive import read_archive
+
+    frames = sum(1 for _ in read_archive(archive))
+    logs = Path(tempfile.mkdtemp(prefix="skyattr-dist-"))
+    single = single_process(archive, args.interval, logs)
+    rows = [distributed(args.bootstrap, archive, args.interval, w, args.partitions, logs) for w in args.workers]
+    report = {
+        "machine": os.uname().nodename,
+        "cpus": os.cpu_count(),
+        "date": time.ctime(),
+        "frames": frames,
+        "single": single,
+        "distributed": rows,
+        "logs": str(logs),
+    }
+    print(f"\n{args.agents:,}-account archive, {args.hours:g} h ({frames:,} frames), {args.partitions} partitions\n")
+    print("| mode | seconds | frames/s | × single process | shard bytes per run | gather s (median) |")
+    print("|---|---|---|---|---|---|")
+    print(f"| single process (`replay`) | {single['seconds']:.1f} | {frames / single['seconds']:,.0f} | 1.0 | – | – |")
+    for r in rows:
+        gather = f"{r['gather_s_median']:.2f}" if r["gather_s_median"] is not None else "–"
+        print(
+            f"| ingest (once, before) | {r['ingest_s']:.1f} | {frames / r['ingest_s']:,.0f} | – | – | – |\n"
+            f"| {r['workers']} worker(s) + attributor | {r['seconds']:.1f} | {frames / r['seconds']:,.0f} | "
+            f"{single['seconds'] / r['seconds']:.2f} | {r['shard_bytes_per_run']:,.0f} | {gather} |"
+        )
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,176 @@
+"""``skyattr worker`` and ``skyattr attributor``: the distributed mode's two long-running roles.
+
+``ingest --to-kafka`` writes and sequences the events; workers (a faust-streaming app, as many as there are
+partitions at most) fold them into per-partition state and publish a shard at each due time; one attributor merges
+the shards and publishes the results. See :mod:`streamer.distributed.worker` and
+:mod:`streamer.distributed.attributor`, and the README's "Distributed mode" section.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from streamer.app import options as opt
+from streamer.app.flags import ATTRIBUTION_FIELDS, load_or_exit, with_settings_options
+from streamer.distributed.attributor import DEFAULT_GATHER_TIMEOUT_S, STATE_TOPIC
+from streamer.distributed.kafka_ingest import EVENTS_TOPIC
+from streamer.distributed.shards import SHARDS_TOPIC
+
+KAFKA_SETTINGS = {
+    "kafka_bootstrap",
+    "kafka_security_protocol",
+    "kafka_sasl_mechanism",
+    "kafka_sasl_username",
+    "kafka_sasl_password",
+    "log_level",
+}
+
+
+def _bootstrap_or_exit(settings: Any, command: str) -> str:
+    if not settings.kafka_bootstrap:
+        typer.echo(f"error: {command} needs --kafka-bootstrap (or SKYATTR_KAFKA_BOOTSTRAP)", err=True)
+        raise typer.Exit(2)
+    return str(settings.kafka_bootstrap)
+
+
+def _partitions_or_exit(bootstrap: str, topic: str, security: dict[str, Any]) -> int:
+    from streamer.distributed.kafka_ingest import partitions_of
+
+    try:
+        parts = asyncio.run(partitions_of(bootstrap, topic, security))
+    except Exception as exc:
+        typer.echo(f"error: Kafka at {bootstrap}: {type(exc).__name__}: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    if not parts:
+        typer.echo(f"error: no topic {topic} at {bootstrap}: start `skyattr ingest --to-kafka` first", err=True)
+        raise typer.Exit(2)
+    return len(parts)
+
+
+@with_settings_options(include=KAFKA_SETTINGS)
+def worker_command(
+    events_topic: Annotated[str, typer.Option(help="Topic of the sequenced events.")] = EVENTS_TOPIC,
+    shards_topic: Annotated[str, typer.Option(help="Topic the shards go to.")] = SHARDS_TOPIC,
+    store: Annotated[
+        str, typer.Option(help="Where the state table lives: rocksdb:// (under --data-dir) or memory://.")
+    ] = "rocksdb://",
+    data_dir: Annotated[Path, typer.Option(help="Directory of the RocksDB table.")] = Path("skyattr-worker-data"),
+    app_id: Annotated[str, typer.Option(help="Consumer group, and prefix of the changelog topic.")] = "skyattr-worker",
+    instance: Annotated[
+        str, typer.Option(help="Static group membership id (a pod's name): a restart keeps its partitions.")
+    ] = "",
+    session_timeout: Annotated[
+        float, typer.Option(min=6.0, help="Seconds without a heartbeat before a worker's partitions move.")
+    ] = 30.0,
+    config: opt.Config = None,
+    **flags: Any,
+) -> None:
+    """Fold the sequenced events into per-partition state and publish a shard of it at every due time.
+
+    A faust-streaming app: the state is a changelog-backed table, so a partition moved to another worker, or a
+    worker restarted without its disk, recovers it from Kafka. Runs until SIGTERM."""
+    from streamer.distributed.worker import WorkerConfig, run_worker
+
+    settings = load_or_exit(config, flags)
+    bootstrap = _bootstrap_or_exit(settings, "worker")
+    if store not in ("rocksdb://", "memory://"):
+        typer.echo(f"error: --store must be rocksdb:// or memory://, got {store!r}", err=True)
+        raise typer.Exit(2)
+    partitions = _partitions_or_exit(bootstrap, events_topic, settings.kafka_security())
+    cfg = WorkerConfig(
+        bootstrap=bootstrap,
+        events_topic=events_topic,
+        shards_topic=shards_topic,
+        app_id=app_id,
+        store=store,
+        data_dir=data_dir,
+        instance=instance,
+        session_timeout_s=session_timeout,
+    )
+    run_worker(cfg, partitions, loglevel=settings.log_level.lower())
+
+
+@with_settings_options(
+    include=KAFKA_SETTINGS | ATTRIBUTION_FIELDS | {"followers", "kafka_topic_tiers", "kafka_topic_alerts"}
+)
+def attributor_command(
+    shards_topic: Annotated[str, typer.Option(help="Topic of the workers' shards.")] = SHARDS_TOPIC,
+    state_topic: Annotated[str, typer.Option(help="Compacted topic of the attributor's state.")] = STATE_TOPIC,
+    name: Annotated[
+        str, typer.Option(help="Names the consumer group, the transactional id and the state record.")
+    ] = "skyattr-attributor",
+    gather_timeout: Annotated[
+        float, typer.Option(min=0.1, help="Seconds a run may wait for its last shard before it is given up.")
+    ] = DEFAULT_GATHER_TIMEOUT_S,
+    out: Annotated[Path | None, typer.Option(help="Also append the results to this JSON lines file.")] = None,
+    until_final: Annotated[
+        bool, typer.Option("--until-final", help="Exit after the tail run of a finite source (a replayed archive).")
+    ] = False,
+    config: opt.Config = None,
+    **flags: Any,
+) -> None:
+    """Gather the shards of each run, attribute the merged state, publish the results exactly once.
+
+    The results (skyattr.tiers, skyattr.alerts) are the single process's for the same events; each run's messages,
+    the attributor's state and its position in the shards topic are committed in one Kafka transaction. Runs until
+    SIGTERM (or --until-final)."""
+    from streamer.core.followers import load_followers
+    from streamer.distributed.attributor import AttributorConfig, run_attributor
+
+    settings = load_or_exit(config, flags)
+    bootstrap = _bootstrap_or_exit(settings, "attributor")
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    attribution = settings.attribution()
+    followers = load_followers(settings.followers) if settings.followers else None
+    sink = None
+    if out is not None:
+        from streamer.sinks.jsonl import JsonlSink
+
+        sink = JsonlSink(out)
+    cfg = AttributorConfig(
+        bootstrap=bootstrap,
+        shards_topic=shards_topic,
+        state_topic=state_topic,
+        name=name,
+        gather_timeout_s=gather_timeout,
+        security=settings.kafka_security(),
+        topics={"tiers": settings.kafka_topic_tiers, "alerts": settings.kafka_topic_alerts},
+    )
+
+    def deliver(result: Any) -> None:
+        if sink is not None:
+            sink.publish(result)
+        if result.topic == "tiers":
+            print(f"run {result.run} at {result.as_of_us}: value {result.value:.4g}, TVD {result.scale_bias.tvd:.3f}")
+            sys.stdout.flush()
+
+    async def main() -> Any:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        return await run_attributor(
+            cfg, attribution, followers=followers, deliver=deliver, stop=stop, until_final=until_final
+        )
+
+    try:
+        stats = asyncio.run(main())
+    except (OSError, ValueError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    finally:
+        if sink is not None:
+            sink.close_now()
+    resumed = stats.resumed_from
+    start = "from the start" if resumed is None else f"resumed after the run at {resumed.done_through_us}"
+    typer.echo(
+        f"attributor: {start}; {stats.runs} runs published, {stats.skipped} skipped, {stats.incomplete} incomplete",
+        err=True,
+    )

@@ -1,0 +1,212 @@
+"""``skyattr attributor``: the shards of each run gathered, merged and attributed, the results published once.
+
+It reads ``skyattr.shards`` (``read_committed``), puts each run together with :class:`~streamer.distributed.gather.
+Gatherer` (a run incomplete after ``--gather-timeout`` is given up, logged with the partitions missing and counted
+in ``skyattr_attributor_runs_total{outcome="incomplete"}``), merges the shards into the snapshot a single process
+would hold (:func:`~streamer.distributed.shards.merge`) and runs the single process's own attribution on it
+(:func:`~streamer.core.attribution.measure`, :func:`~streamer.core.attribution.finish`): the run numbers, the
+alert's hysteresis and the messages are the same as ``skyattr replay``'s on the same events.
+
+Each run's messages (``skyattr.tiers``, and ``skyattr.alerts`` when the alert changes state), the attributor's own
+state (the last due time done, the run count, the alert state: a compacted ``skyattr.attributor-state`` record)
+and the shards topic offset it has consumed up to are committed in **one Kafka transaction**. Killed at any point,
+a restarted attributor reads its state back, resumes reading the shards where the last committed run left them,
+and skips every run at or before the last one done: no run is published twice, none is lost (its shards are read
+again). The JSON lines file and the Prometheus metrics are written after the commit (they are this process's
+view; Kafka is the record).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from streamer.core.attribution import AttributionConfig, finish, measure
+from streamer.core.results import Result
+from streamer.core.state import StateConfig
+from streamer.distributed.gather import Complete, Gatherer, Incomplete
+from streamer.distributed.kafka_ingest import ensure_topic, load_latest, stop_consumer
+from streamer.distributed.shards import SHARDS_TOPIC, chunk_meta, merge
+
+log = logging.getLogger("skyattr.attributor")
+
+STATE_TOPIC = "skyattr.attributor-state"
+DEFAULT_GATHER_TIMEOUT_S = 120.0
+
+
+@dataclass
+class AttributorState:
+    """Where the attributor stands after its last committed run."""
+
+    done_through_us: int = -1  # due time of the last run done (published, skipped or given up)
+    run: int = 0  # runs that produced a result, as the single process counts them
+    alert_active: bool = False
+    incomplete: int = 0
+    skipped: int = 0
+
+    def to_bytes(self) -> bytes:
+        return json.dumps(asdict(self), separators=(",", ":")).encode()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> AttributorState:
+        try:
+            return cls(**json.loads(data))
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"not an attributor state record: {exc}") from None
+
+
+@dataclass(frozen=True)
+class AttributorConfig:
+    bootstrap: str = "127.0.0.1:9092"
+    shards_topic: str = SHARDS_TOPIC
+    state_topic: str = STATE_TOPIC
+    name: str = "skyattr-attributor"  # names the group, the transactional id and the state record
+    topics: dict[str, str] = field(default_factory=lambda: {"tiers": "skyattr.tiers", "alerts": "skyattr.alerts"})
+    gather_timeout_s: float = DEFAULT_GATHER_TIMEOUT_S
+    security: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class AttributorStats:
+    runs: int = 0
+    incomplete: int = 0
+    skipped: int = 0
+    undecodable: int = 0
+    gather_s: list[float] = field(default_factory=list)
+    resumed_from: AttributorState | None = None
+
+
+async def run_attributor(
+    config: AttributorConfig,
+    attribution: AttributionConfig,
+    *,
+    followers: dict[str, float] | None = None,
+    deliver: Callable[[Result], None] | None = None,
+    stop: asyncio.Event | None = None,
+    until_final: bool = False,
+    on_outcome: Callable[[str, float], None] | None = None,
+) -> AttributorStats:
+    """Attribute runs until ``stop`` is set (or, ``until_final``, until the tail run of a finite source is done).
+    ``deliver(result)`` gets every published result after its transaction committed; ``on_outcome(outcome,
+    gather_s)`` each run's outcome (``ok``, ``skipped``, ``incomplete``) for the metrics."""
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+    from streamer.sinks.kafka import encode
+    from streamer.sinks.kafka_sender import ID_HEADER
+
+    stop = stop if stop is not None else asyncio.Event()
+    sec = dict(config.security)
+    await ensure_topic(config.bootstrap, config.shards_topic, 1, security=sec)
+    await ensure_topic(config.bootstrap, config.state_topic, 1, compacted=True, security=sec)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=config.bootstrap,
+        transactional_id=f"{config.name}:results",
+        enable_idempotence=True,
+        acks="all",
+        **sec,
+    )
+    await producer.start()  # fences an earlier attributor of the same name; its open transaction is aborted
+    consumer = None
+    try:
+        held = await load_latest(config.bootstrap, config.state_topic, config.name, security=sec)
+        state = AttributorState.from_bytes(held) if held is not None else AttributorState()
+        stats = AttributorStats(resumed_from=state if held is not None else None)
+        gatherer = Gatherer(state.done_through_us, config.gather_timeout_s)
+        tp = TopicPartition(config.shards_topic, 0)
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=config.bootstrap,
+            group_id=config.name,
+            isolation_level="read_committed",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_partition_fetch_bytes=4 << 20,
+            **sec,
+        )
+        await consumer.start()
+        consumer.assign([tp])
+        done = False
+        while not stop.is_set() and not done:
+            batch = await consumer.getmany(tp, timeout_ms=500)
+            for record in batch.get(tp, []):
+                try:
+                    meta = chunk_meta(record.headers)
+                    gatherer.add(record.offset, meta, record.value or b"")
+                except ValueError as exc:
+                    stats.undecodable += 1
+                    log.warning("%s offset %d skipped: %s", config.shards_topic, record.offset, exc)
+            while (ready := gatherer.next_ready()) is not None:
+                results: list[Result] = []
+                if isinstance(ready, Incomplete):
+                    state.incomplete += 1
+                    stats.incomplete += 1
+                    outcome, gather_s = "incomplete", config.gather_timeout_s
+                    log.warning(
+                        "run at %d given up after %.0f s: no shard from partition(s) %s of %d",
+                        ready.as_of_us,
+                        config.gather_timeout_s,
+                        ", ".join(map(str, ready.missing)),
+                        ready.partitions,
+                    )
+                else:
+                    out = await asyncio.to_thread(_attribute, ready, attribution, followers, state)
+                    if out.result is None:
+                        state.skipped += 1
+                        stats.skipped += 1
+                        outcome = "skipped"
+                        log.info("run at %d skipped: %s", ready.as_of_us, out.skipped)
+                    else:
+                        state.run += 1
+                        state.alert_active = out.alert_active
+                        results = [r for r in (out.result, out.alert) if r is not None]
+                        stats.runs += 1
+                        outcome = "ok"
+                    gather_s = ready.gather_s
+                    stats.gather_s.append(gather_s)
+                    log.info(
+                        "run at %d: %d shards gathered in %.2f s (%s)",
+                        ready.as_of_us,
+                        len(ready.shards),
+                        gather_s,
+                        outcome,
+                    )
+                    done = until_final and ready.final
+                state.done_through_us = ready.as_of_us
+                low = gatherer.low_offset()
+                resume_at = low if low is not None else await consumer.position(tp)
+                async with producer.transaction():
+                    for r in results:
+                        msg = encode(r.topic, config.topics[r.topic], r.to_message())
+                        await producer.send(msg.topic, msg.value, key=msg.key, headers=[(ID_HEADER, msg.id.encode())])
+                    await producer.send(config.state_topic, state.to_bytes(), key=config.name.encode())
+                    await producer.send_offsets_to_transaction({tp: resume_at}, config.name)
+                for r in results:
+                    if deliver is not None:
+                        deliver(r)
+                if on_outcome is not None:
+                    on_outcome(outcome, gather_s)
+                if done:
+                    break
+        return stats
+    finally:
+        if consumer is not None:
+            await stop_consumer(consumer)
+        await producer.stop()
+
+
+def _attribute(ready: Complete, attribution: AttributionConfig, followers: Any, state: AttributorState) -> Any:
+    """The run of one complete set of shards (in a worker thread: the kernels release the GIL)."""
+    configs = {json.dumps(s.config, sort_keys=True) for s in ready.shards}
+    if len(configs) != 1:
+        raise ValueError(f"the shards of the run at {ready.as_of_us} were made with different configurations")
+    state_config = StateConfig(**ready.shards[0].config["state"])
+    snap = merge(ready.shards, state_config, followers)
+    started = time.perf_counter()
+    m = measure(snap, attribution)
+    out = finish(m, attribution, run=state.run + 1, as_of_us=ready.as_of_us, alert_active=state.alert_active)
+    log.debug("run at %d: %.0f ms", ready.as_of_us, 1000 * (time.perf_counter() - started))
+    return out

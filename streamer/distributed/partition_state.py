@@ -1,0 +1,277 @@
+"""One partition's share of the rolling state, on a key-value store: what a worker folds and publishes.
+
+The events of an account all land in one partition (the key is the actor's DID), and with them every attention
+edge the account draws. So a partition can hold, per time bucket, its actors' activity counters and their
+outgoing edges, and the union over partitions is exactly the single process's state. The decisions that need the
+whole stream (verdicts, window moves, due times) come made, from :mod:`streamer.distributed.sequencer`.
+
+The store is a mapping from string keys to small JSON-able lists, so it can be a faust Table (changelog-backed,
+in RocksDB or memory) in the worker and a dict in tests. Keys start with the partition number, so one table holds
+every partition a worker owns, and the key names what the value is (``\\x1f`` separates the parts: it is not
+printable, so no DID holds it):
+
+* ``P a b actor`` → ``[count per activity kind ..., n, off]``: the actor's activity in bucket ``b``;
+* ``P e b actor subject`` → ``[weight, n, off]``: the actor's attention to ``subject`` in bucket ``b``;
+* ``P d actor`` → ``[n, off]``: an actor whose events left neither activity nor an edge (an edit, a profile
+  change): a single process holds such an account until its next prune;
+* ``P n`` → ``[events, off]`` accepted events ever, ``P w`` → ``[head, off]`` the window's head,
+  ``P c`` → the ``config`` control record's contents.
+
+``n`` is the sequencer's ordinal of the event that made the key (the first appearance, which orders the DIDs);
+``off`` is the Kafka offset of the last record folded into the key. A record whose offset is not above a key's
+``off`` is not folded into it again, so re-reading records after a crash (at-least-once delivery, or a table
+recovered from a changelog that ran ahead of the committed offsets) changes nothing it already changed. A
+``tick`` read again once the state has moved past it gives no shard (:meth:`changed_after`): its shard was
+published before any later record was folded, and one made now would hold events after the tick.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator, MutableMapping
+from typing import Any
+
+import numpy as np
+
+from streamer.core.events import Event
+from streamer.core.state import ACTIVITY_INDEX, ACTIVITY_KINDS, StateConfig
+from streamer.distributed import event_records
+from streamer.distributed.sequencer import Tick, WindowMove
+from streamer.distributed.shards import Shard
+
+SEP = "\x1f"
+KINDS = len(ACTIVITY_KINDS)
+
+
+class PartitionState:
+    """See the module doc. ``config`` is taken from the store when the partition has one (the ``config`` control
+    record, see :meth:`configure`)."""
+
+    def __init__(self, partition: int, store: MutableMapping[str, Any]) -> None:
+        self.partition = partition
+        self.store = store
+        self.prefix = f"{partition}{SEP}"
+        self.config: StateConfig | None = None
+        self.interval_s = 0.0
+        self._by_bucket: dict[int, set[str]] = {}  # the a and e keys of each bucket
+        self._dangling: set[str] = set()
+        self.skipped: Counter[str] = Counter()  # records not folded, by reason (this process's, not durable)
+        self._rebuild()
+
+    # the keys --------------------------------------------------------------------------------------------------
+    def _key(self, *parts: object) -> str:
+        return self.prefix + SEP.join(map(str, parts))
+
+    def _own_keys(self) -> Iterator[str]:
+        prefix = self.prefix
+        return (k for k in list(self.store.keys()) if isinstance(k, str) and k.startswith(prefix))
+
+    def _rebuild(self) -> None:
+        """The in-memory index of the partition's keys, from the store (after a recovery)."""
+        self._by_bucket.clear()
+        self._dangling.clear()
+        for key in self._own_keys():
+            parts = key.split(SEP)
+            if parts[1] in ("a", "e"):
+                self._by_bucket.setdefault(int(parts[2]), set()).add(key)
+            elif parts[1] == "d":
+                self._dangling.add(key)
+        cfg = self.store.get(self._key("c"))
+        if cfg is not None:
+            self._adopt(cfg)
+
+    def _adopt(self, cfg: dict[str, Any]) -> None:
+        self.config = StateConfig(**cfg["state"])
+        self.interval_s = float(cfg["interval_s"])
+        self._act = {k: ACTIVITY_INDEX[k] for k, w in self.config.activity_weights.items() if w > 0}
+        self._att = {k: float(w) for k, w in self.config.attention_weights.items() if w > 0}
+        self._bucket_us = self.config.bucket_us
+
+    # folding ---------------------------------------------------------------------------------------------------
+    def fold(self, offset: int, value: bytes, headers: Any) -> Tick | None:
+        """One record of ``skyattr.events`` at ``offset``: an event is folded in (a refused one counted), a
+        control record applied; a ``tick`` is returned, for the caller to publish :meth:`shard`. ``ValueError``
+        names a record that is neither."""
+        schema = event_records.schema_of(headers)
+        if schema == event_records.CONTROL_SCHEMA:
+            control = event_records.decode_control(value)
+            if isinstance(control, Tick):
+                if self.changed_after(offset):  # read again after a crash: the shard went out before the state
+                    self.skipped["tick_read_again"] += 1  # moved on, and the state now is not the tick's
+                    return None
+                return control
+            if isinstance(control, WindowMove):
+                self.move(offset, control)
+            else:
+                self.configure(control)
+            return None
+        if schema not in (event_records.SCHEMA, ""):
+            raise ValueError(f"record at offset {offset} of partition {self.partition} has schema {schema!r}")
+        record = event_records.decode(value)
+        if record.refused:
+            self.skipped[record.refused] += 1
+        elif record.ordinal < 0:
+            self.skipped["unsequenced"] += 1  # written by an ingest without a sequencer: nothing to fold it by
+        else:
+            self.apply(offset, record.ordinal, record.event)
+        return None
+
+    def configure(self, cfg: dict[str, Any]) -> None:
+        """The ``config`` control record: the window and weights the sequencer decided with. A partition keeps
+        the first it got; another one later is refused (``ValueError``), as a single process refuses to resume a
+        checkpoint with other options."""
+        key = self._key("c")
+        held = self.store.get(key)
+        if held is None:
+            self.store[key] = cfg
+            self._adopt(cfg)
+        elif held != cfg:
+            raise ValueError(
+                f"partition {self.partition} was filled with configuration {held}; its events topic now says {cfg}"
+            )
+
+    def apply(self, offset: int, ordinal: int, event: Event) -> None:
+        """Fold one accepted event (record ``offset``, sequencer ordinal ``ordinal``)."""
+        if self.config is None:
+            raise ValueError(f"partition {self.partition}: an event before any config control record")
+        store = self.store
+        key = self._key("n")
+        held = store.get(key)
+        if held is None or offset > held[1]:
+            store[key] = [(held[0] if held else 0) + 1, offset]
+        actor = event.actor
+        if event.operation == "update":  # an edit: no activity, no attention, the account held
+            self._dangle(actor, ordinal, offset)
+            return
+        b = event.time_us // self._bucket_us
+        left_trace = False
+        code = self._act.get(event.kind)
+        if code is not None:
+            key = self._key("a", b, actor)
+            held = store.get(key)
+            if held is None:
+                counts = [0] * KINDS
+                counts[code] = 1
+                store[key] = [*counts, ordinal, offset]
+                self._by_bucket.setdefault(b, set()).add(key)
+            elif offset > held[-1]:
+                held = list(held)
+                held[code] += 1
+                held[-1] = offset
+                store[key] = held
+            left_trace = True
+        w = self._att.get(event.kind)
+        subject = event.subject
+        if w is not None and subject and subject != actor:
+            key = self._key("e", b, actor, subject)
+            held = store.get(key)
+            if held is None:
+                store[key] = [w, ordinal, offset]
+                self._by_bucket.setdefault(b, set()).add(key)
+            elif offset > held[2]:
+                store[key] = [held[0] + w, held[1], offset]
+            left_trace = True
+        if not left_trace:
+            self._dangle(actor, ordinal, offset)
+
+    def _dangle(self, actor: str, ordinal: int, offset: int) -> None:
+        key = self._key("d", actor)
+        if key not in self.store:
+            self.store[key] = [ordinal, offset]
+            self._dangling.add(key)
+
+    def move(self, offset: int, moved: WindowMove) -> None:
+        """The ``window`` control record: drop the buckets that left the window (and, on a prune, the accounts
+        held without a trace)."""
+        store = self.store
+        key = self._key("w")
+        held = store.get(key)
+        if held is None or offset > held[1]:
+            store[key] = [moved.head, offset]
+        for b in sorted(self._by_bucket):
+            if b < moved.oldest or (moved.drop_beyond is not None and b > moved.drop_beyond):
+                for k in self._by_bucket.pop(b):
+                    store.pop(k, None)
+        if moved.prune:
+            for k in self._dangling:
+                store.pop(k, None)
+            self._dangling.clear()
+
+    # reading ---------------------------------------------------------------------------------------------------
+    def changed_after(self, offset: int) -> bool:
+        """Whether a record after ``offset`` changed the state already (accepted events move ``P n``, window
+        moves ``P w``; nothing else changes it): then a record at ``offset`` is being read again."""
+        n, w = self.store.get(self._key("n")), self.store.get(self._key("w"))
+        return max(n[1] if n else -1, w[1] if w else -1) > offset
+
+    @property
+    def events(self) -> int:
+        held = self.store.get(self._key("n"))
+        return int(held[0]) if held else 0
+
+    @property
+    def head(self) -> int:
+        held = self.store.get(self._key("w"))
+        return int(held[0]) if held else -1
+
+    @property
+    def buckets(self) -> list[int]:
+        return sorted(b for b, keys in self._by_bucket.items() if keys)
+
+    def arrays(self) -> dict[str, Any]:
+        """The partition's window as arrays: DIDs with the position of their first appearance (``2 n + role``,
+        role 0 as actor, 1 as subject: a single process interns the actor of an event before its subject), each
+        DID's activity, and the attention edges summed over the buckets, sorted by (attender, source)."""
+        assert self.config is not None
+        weights = np.array([self.config.activity_weights.get(k, 0.0) for k in ACTIVITY_KINDS])
+        first: dict[str, int] = {}
+        activity: dict[str, float] = {}
+        edges: dict[tuple[str, str], float] = {}
+        store = self.store
+
+        def seen(did: str, pos: int) -> None:
+            held = first.get(did)
+            if held is None or pos < held:
+                first[did] = pos
+
+        for b in sorted(self._by_bucket):
+            for key in self._by_bucket[b]:
+                parts = key.split(SEP)
+                value = store[key]
+                if parts[1] == "a":
+                    actor = parts[3]
+                    seen(actor, 2 * value[KINDS])
+                    activity[actor] = activity.get(actor, 0.0) + float(np.dot(value[:KINDS], weights))
+                else:
+                    actor, subject = parts[3], parts[4]
+                    seen(actor, 2 * value[1])
+                    seen(subject, 2 * value[1] + 1)
+                    edges[(actor, subject)] = edges.get((actor, subject), 0.0) + float(value[0])
+        for key in self._dangling:
+            seen(key.split(SEP)[2], 2 * store[key][0])
+        dids = sorted(first, key=first.__getitem__)
+        index = {d: i for i, d in enumerate(dids)}
+        pairs = sorted(edges, key=lambda p: (index[p[0]], index[p[1]]))
+        return {
+            "dids": dids,
+            "first": np.array([first[d] for d in dids], np.int64),
+            "x": np.array([activity.get(d, 0.0) for d in dids], np.float64),
+            "att": np.array([index[a] for a, _ in pairs], np.int64),
+            "src": np.array([index[s] for _, s in pairs], np.int64),
+            "w": np.array([edges[p] for p in pairs], np.float64),
+        }
+
+    def shard(self, tick: Tick, partitions: int) -> Shard:
+        """The partition's shard for ``tick`` (the state as it stands at the tick's record)."""
+        buckets = self.buckets
+        return Shard(
+            as_of_us=tick.as_of_us,
+            final=tick.final,
+            partition=self.partition,
+            partitions=partitions,
+            events=self.events,
+            head=self.head,
+            newest_bucket=buckets[-1] if buckets else -1,
+            arrays=self.arrays(),
+            config=dict(self.store[self._key("c")]),
+        )

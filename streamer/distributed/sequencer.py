@@ -1,0 +1,200 @@
+"""The decisions that need the whole stream in order, made once at ingest so that partitioned workers need none.
+
+A single process decides, event by event: is this DID storable, is this time late or too far ahead (the
+watermark), has the window's head moved (and with it, which buckets expire), is a run due before this event. Each
+of these depends on every event before it, across all accounts, so a worker that sees one partition cannot make
+them. The ingest sees the stream in order, so :class:`Sequencer` makes them there, with the same
+:class:`~streamer.core.watermark.Watermark` and :func:`~streamer.core.schedule.step` the single process uses, and
+writes them into ``skyattr.events``:
+
+* each event record carries its verdict: the reason it is refused (``late``, ``future_time``, ``bad_did``), or,
+  accepted, its ordinal ``n`` among accepted events (the order in which a single process interns DIDs);
+* control records, written to **every** partition at the point of the stream where they happen: ``config`` (the
+  window and weights the decisions were made with, at each ingest start), ``window`` (the head moved; ``prune``
+  says whether a bucket that holds events left the window, which is when a single process forgets accounts left
+  without a trace) and ``tick`` (a run is due: every worker publishes its shard of the state as it stands there).
+  The tail of a finite source gets one last ``tick`` with ``final`` set.
+
+Kafka keeps the order within a partition, so at a ``tick`` each partition's worker holds exactly its share of what
+the single process holds at the same due time, and the attributor's merge of the shards is that state.
+
+The sequencer's own state (the watermark, the schedule, the buckets that hold events, the counters) travels in
+the ingest's cursor record, in the same transaction as the records it decided, so a restarted ingest decides on
+exactly as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import zstandard
+
+from streamer.core.events import Event
+from streamer.core.schedule import ScheduleState, align, interval_us, step
+from streamer.core.state import BAD_DID, StateConfig, storable_did
+from streamer.core.watermark import FUTURE_TIME, LATE, MAX_TIME_US, Watermark
+
+DEFAULT_INTERVAL_S = 300.0
+
+
+@dataclass(frozen=True)
+class Tick:
+    """A run is due at ``as_of_us`` (``final``: the tail of a finite source, after its last due time)."""
+
+    as_of_us: int
+    final: bool = False
+
+
+@dataclass(frozen=True)
+class WindowMove:
+    """The window's head moved to ``head``: buckets before ``oldest`` (and, once, after ``drop_beyond``) leave it;
+    ``prune``: one of them held events, so accounts left without any trace in the window are forgotten."""
+
+    head: int
+    oldest: int
+    drop_beyond: int | None
+    prune: bool
+
+
+Control = Tick | WindowMove
+
+
+@dataclass
+class Verdict:
+    """What the sequencer decided about one event: the controls that come before it, and the event's own fate:
+    ``reason`` when refused, else its ordinal among accepted events."""
+
+    controls: list[Control] = field(default_factory=list)
+    reason: str | None = None
+    ordinal: int = -1
+
+
+class Sequencer:
+    """See the module doc. ``interval_s`` is the attribution interval the ticks fall on; ``clock`` (µs) the
+    receive clock of a live source (None for an archive, as in a single-process replay)."""
+
+    def __init__(
+        self,
+        config: StateConfig | None = None,
+        interval_s: float = DEFAULT_INTERVAL_S,
+        *,
+        clock: Callable[[], int] | None = None,
+    ) -> None:
+        self.config = config or StateConfig()
+        self.interval_s = float(interval_s)
+        self.every_us = interval_us(interval_s)
+        self.clock = clock
+        self._bucket_us = self.config.bucket_us
+        self._att_w = {k for k, w in self.config.attention_weights.items() if w > 0}
+        self.watermark = Watermark(self._bucket_us, self.config.buckets, self.config.skew_us)
+        self.schedule = ScheduleState()
+        self.buckets: set[int] = set()  # buckets holding accepted events, as the single process's state has them
+        self.accepted = 0
+        self.last_time_us = 0
+        self.refused: Counter[str] = Counter()
+        self.finished = False
+
+    def decide(self, event: Event) -> Verdict:
+        """The verdict on ``event``, in stream order (the same steps, in the same order, as
+        :meth:`streamer.core.state.AgentState.apply`)."""
+        verdict = Verdict()
+        if not storable_did(event.actor) or (
+            event.kind in self._att_w and event.subject and not storable_did(event.subject)
+        ):
+            return self._refuse(verdict, BAD_DID)
+        t = event.time_us
+        if not 0 <= t < MAX_TIME_US:
+            return self._refuse(verdict, LATE if t < 0 else FUTURE_TIME)
+        moved = self.watermark.observe(t)
+        if moved is not None:
+            beyond = moved.drop_beyond
+            gone = {b for b in self.buckets if b < moved.oldest or (beyond is not None and b > beyond)}
+            self.buckets -= gone
+            verdict.controls.append(WindowMove(moved.head, moved.oldest, beyond, bool(gone)))
+        reason = self.watermark.judge(t, self.clock() if self.clock is not None else None)
+        if reason is not None:
+            return self._refuse(verdict, reason)
+        self.schedule, due = step(self.schedule, t, self.every_us)
+        if due is not None:
+            verdict.controls.append(Tick(due))
+        self.buckets.add(t // self._bucket_us)
+        self.last_time_us = max(self.last_time_us, t)
+        verdict.ordinal = self.accepted
+        self.accepted += 1
+        return verdict
+
+    def _refuse(self, verdict: Verdict, reason: str) -> Verdict:
+        self.refused[reason] += 1
+        verdict.reason = reason
+        return verdict
+
+    def finish(self) -> Tick | None:
+        """The tail's run of a finite source that has ended: once, and only when an accepted event had a time
+        after the epoch (as a single-process replay decides)."""
+        if self.finished or not self.last_time_us:
+            return None
+        self.finished = True
+        self.schedule = ScheduleState(self.schedule.run, align(self.last_time_us, self.every_us))
+        return Tick(self.last_time_us, final=True)
+
+    # the ingest cursor carries this -----------------------------------------------------------------------------
+    def config_dict(self) -> dict[str, Any]:
+        """What the decisions depend on: the state's window and weights and the interval (the ``config`` control
+        record, and what a resumed ingest must match)."""
+        return {"state": self.config.as_dict(), "interval_s": self.interval_s}
+
+    def to_text(self) -> str:
+        """The whole sequencer state, zstd-compressed npz in base64 (for a JSON cursor record)."""
+        wm = self.watermark
+        meta = {
+            "config": self.config_dict(),
+            "watermark": wm.to_dict(),
+            "head": wm.head,
+            "next_due_us": self.schedule.next_due_us,
+            "accepted": self.accepted,
+            "last_time_us": self.last_time_us,
+            "refused": dict(self.refused),
+            "finished": self.finished,
+        }
+        buffer = io.BytesIO()
+        np.savez(
+            buffer,
+            ring=np.array(wm.ring, np.int64),
+            buckets=np.array(sorted(self.buckets), np.int64),
+            meta=np.frombuffer(_json(meta), np.uint8),
+        )
+        return base64.b64encode(zstandard.ZstdCompressor(level=3).compress(buffer.getvalue())).decode()
+
+    @classmethod
+    def from_text(cls, text: str, *, clock: Callable[[], int] | None = None) -> Sequencer:
+        """The sequencer :meth:`to_text` saved; ``ValueError`` naming what is wrong for anything else."""
+        import json
+
+        try:
+            raw = zstandard.ZstdDecompressor().decompress(base64.b64decode(text))
+            with np.load(io.BytesIO(raw)) as arrays:
+                ring, buckets = arrays["ring"], arrays["buckets"]
+                meta = json.loads(arrays["meta"].tobytes())
+            cfg = meta["config"]
+            seq = cls(StateConfig(**cfg["state"]), cfg["interval_s"], clock=clock)
+            seq.watermark.restore(ring, meta["watermark"], meta["head"])
+        except (ValueError, KeyError, TypeError, OSError, zstandard.ZstdError) as exc:
+            raise ValueError(f"not a saved sequencer state: {exc}") from None
+        seq.buckets = {int(b) for b in buckets}
+        seq.schedule = ScheduleState(0, int(meta["next_due_us"]))
+        seq.accepted, seq.last_time_us = int(meta["accepted"]), int(meta["last_time_us"])
+        seq.refused = Counter(meta["refused"])
+        seq.finished = bool(meta["finished"])
+        return seq
+
+
+def _json(obj: Any) -> bytes:
+    import json
+
+    return json.dumps(obj, separators=(",", ":"), sort_keys=True).encode()

@@ -1,0 +1,202 @@
+"""``skyattr worker``: a faust-streaming app that folds ``skyattr.events`` into per-partition state and publishes
+a shard of it at every due time.
+
+One agent, ``concurrency=1`` (with more, faust-streaming can commit an offset past a message still being processed,
+faust-streaming issue #606), consumes the events topic; each record goes to its partition's
+:class:`~streamer.distributed.partition_state.PartitionState`, whose store is one faust Table (``state``): every
+change is written to the table's changelog topic in the partition of the record that made it, so a partition that
+moves to another worker, or a worker restarted without its disk, gets its state back from the changelog. With
+``--store rocksdb://`` the table lives in RocksDB (rocksdict) under ``--data-dir`` and a restarted worker only reads
+the changelog past what its disk already holds; ``memory://`` keeps it in memory (tests, small runs).
+
+At a ``tick`` control record the worker publishes the partition's shard to ``skyattr.shards`` and waits for the
+broker to acknowledge it before folding the next record, so a shard is never behind the state the worker goes on
+to change.
+
+Delivery is at least once (faust-streaming's exactly-once mode loses and duplicates records when a worker is
+killed: its issues #517 and #440), and the state is made exact on top of it: every key remembers the offset of the
+last record folded into it, so a record read again after a crash changes nothing twice; a shard published again
+is the same shard and the attributor keeps the first of each (due time, partition). The events are read with
+``read_committed`` (faust's at-least-once consumer would read ``read_uncommitted`` and so see the records of an
+ingest transaction that was aborted and then written again): :class:`ReadCommittedTransport` is faust's aiokafka
+transport with that one setting changed, registered as the ``kafka+rc://`` broker scheme.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from streamer.distributed.kafka_ingest import EVENTS_TOPIC
+from streamer.distributed.partition_state import PartitionState
+from streamer.distributed.shards import CHUNK_BYTES, SHARDS_TOPIC
+
+log = logging.getLogger("skyattr.worker")
+
+APP_ID = "skyattr-worker"
+TABLE = "state"
+PRODUCER_BUFFER = 10_000  # table changes buffered before the stream waits for them to be sent
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """Where the worker reads and writes, and how it keeps its table."""
+
+    bootstrap: str = "127.0.0.1:9092"
+    events_topic: str = EVENTS_TOPIC
+    shards_topic: str = SHARDS_TOPIC
+    app_id: str = APP_ID
+    store: str = "memory://"
+    data_dir: Path = Path("skyattr-worker-data")
+    instance: str = ""  # static group membership (``group.instance.id``): a restarted pod keeps its partitions
+    chunk_bytes: int = CHUNK_BYTES
+    session_timeout_s: float = 30.0  # a worker silent this long leaves the group and its partitions move
+
+
+def _transport() -> Any:
+    """Faust's aiokafka transport reading ``read_committed`` (see the module doc)."""
+    from faust.transport.drivers import aiokafka as driver
+
+    class ReadCommittedThread(driver.AIOKafkaConsumerThread):
+        def _create_worker_consumer(self, transport: Any) -> Any:
+            consumer = super()._create_worker_consumer(transport)
+            consumer._isolation_level = "read_committed"  # read by AIOKafkaConsumer.start() to build its fetcher
+            return consumer
+
+        async def seek_to_committed(self) -> Any:
+            committed = await super().seek_to_committed()
+            fresh = [tp for tp, offset in committed.items() if not offset and tp.topic in _FROM_START]
+            if fresh:
+                await self.call_thread(self._ensure_consumer().seek_to_beginning, *fresh)
+            return committed
+
+    class ReadCommittedConsumer(driver.Consumer):
+        def _new_consumer_thread(self) -> Any:
+            return ReadCommittedThread(self, loop=self.loop, beacon=self.beacon)
+
+    class ReadCommittedTransport(driver.Transport):
+        Consumer = ReadCommittedConsumer
+
+    return ReadCommittedTransport
+
+
+# Event topics whose partitions with no committed offset are read from their start after every rebalance. Faust
+# fetches while it recovers the tables, and aiokafka's seek to the committed offset does nothing for a partition
+# that has none (nor for offset 0), so such a partition went on from wherever that fetch had got to, skipping
+# records (seen here: a worker taking over two partitions from a killed one began at their ends).
+_FROM_START: set[str] = set()
+
+
+def _register_transport() -> None:
+    from faust.transport import drivers
+
+    drivers.TRANSPORTS.aliases.setdefault("kafka+rc", f"{__name__}:ReadCommittedTransport")
+
+
+def __getattr__(name: str) -> Any:  # the transport class, built when faust asks for it by name
+    if name == "ReadCommittedTransport":
+        return _transport()
+    raise AttributeError(name)
+
+
+def make_app(config: WorkerConfig, partitions: int) -> Any:
+    """The faust app (see the module doc) for an events topic of ``partitions`` partitions."""
+    import faust
+
+    _register_transport()
+    _FROM_START.add(config.events_topic)
+    app = faust.App(
+        config.app_id,
+        broker=f"kafka+rc://{config.bootstrap}",
+        store=config.store,
+        datadir=str(config.data_dir),
+        topic_partitions=partitions,
+        processing_guarantee="at_least_once",
+        consumer_auto_offset_reset="earliest",
+        consumer_group_instance_id=config.instance or None,
+        broker_session_timeout=config.session_timeout_s,
+        web_enabled=False,
+        key_serializer="raw",
+        value_serializer="raw",
+        producer_max_request_size=max(config.chunk_bytes * 2, 1 << 20),
+        table_cleanup_interval=3600.0,
+    )
+    events = app.topic(config.events_topic, key_serializer="raw", value_serializer="raw", partitions=partitions)
+    shards = app.topic(config.shards_topic, key_serializer="raw", value_serializer="raw", partitions=1)
+    schema = faust.Schema(key_type=str, key_serializer="json", value_serializer="json")
+    table = app.Table(TABLE, partitions=partitions, schema=schema)
+    states: dict[int, PartitionState] = {}
+    counts = {"records": 0, "shards": 0, "shard_bytes": 0}
+
+    @app.on_partitions_revoked.connect
+    async def _forget(sender: Any, revoked: Any, **kwargs: Any) -> None:
+        states.clear()  # partitions may move: each index is rebuilt from the (recovered) table when next used
+
+    @app.agent(events, concurrency=1)
+    async def fold(stream: Any) -> None:
+        async for event in stream.events():
+            msg = event.message
+            state = states.get(msg.partition)
+            if state is None:
+                state = states[msg.partition] = PartitionState(msg.partition, table)
+                log.info(
+                    "partition %d: folding from offset %d (%d events held)", msg.partition, msg.offset, state.events
+                )
+            again = state.skipped["tick_read_again"]
+            try:
+                tick = state.fold(msg.offset, msg.value, msg.headers)
+            except ValueError as exc:
+                log.warning("partition %d offset %d skipped: %s", msg.partition, msg.offset, exc)
+                state.skipped["undecodable"] += 1
+                continue
+            counts["records"] += 1
+            if state.skipped["tick_read_again"] != again:
+                log.info(
+                    "partition %d offset %d: a tick read again, its shard went out before", msg.partition, msg.offset
+                )
+            if tick is None:
+                continue
+            started = time.monotonic()
+            shard = state.shard(tick, partitions)
+            chunks = shard.to_chunks(config.chunk_bytes)
+            for value, headers in chunks:
+                fut = await shards.send(key=str(msg.partition).encode(), value=value, headers=headers, partition=0)
+                await fut
+            counts["shards"] += 1
+            counts["shard_bytes"] += sum(len(v) for v, _ in chunks)
+            log.info(
+                "partition %d: shard at %d published (%d accounts, %d edges, %d bytes, %.0f ms)",
+                msg.partition,
+                tick.as_of_us,
+                len(shard.arrays["dids"]),
+                len(shard.arrays["att"]),
+                sum(len(v) for v, _ in chunks),
+                1000 * (time.monotonic() - started),
+            )
+
+    @app.task
+    async def _larger_producer_buffer() -> None:
+        # faust makes a stream wait for a flush whenever more than 100 table changes are buffered (and warns each
+        # time): with two changelog writes per event that caps a worker at a few thousand events/s
+        app.producer.buffer.max_messages = PRODUCER_BUFFER
+
+    app.skyattr_counts = counts  # type: ignore[attr-defined]
+    return app
+
+
+def run_worker(config: WorkerConfig, partitions: int, loglevel: str = "info") -> None:
+    """Run the worker until SIGTERM/SIGINT (faust's worker handles both: it commits and leaves the group)."""
+    import asyncio
+
+    import faust
+
+    from streamer.distributed.kafka_ingest import ensure_topic
+
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    asyncio.run(ensure_topic(config.bootstrap, config.shards_topic, 1))
+    app = make_app(config, partitions)
+    worker = faust.Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
+    worker.execute_from_commandline()

@@ -1,0 +1,181 @@
+"""The distributed mode end to end on the real broker: ``ingest --to-kafka`` + ``worker`` × 2 + ``attributor``
+give the results of ``skyattr replay`` on the same archive (the golden file: 24 hourly runs of the bundled
+archive), and keep giving them when a worker or the attributor is killed with SIGKILL."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from streamer.testing.synth import default_archive
+from tests.broker import kafka_bootstrap
+from tests.compare import VOLATILE, assert_close
+
+REPO = Path(__file__).resolve().parents[3]
+GOLDEN = REPO / "tests" / "golden" / "default_replay.jsonl"
+
+
+@pytest.fixture(scope="module")
+def bootstrap() -> str:
+    return kafka_bootstrap()
+
+
+class Deployment:
+    """One distributed deployment on its own topics and groups (so tests never see each other's records)."""
+
+    def __init__(self, bootstrap: str, tmp: Path, partitions: int = 4) -> None:
+        run = uuid.uuid4().hex[:8]
+        self.bootstrap, self.tmp, self.partitions = bootstrap, tmp, partitions
+        self.events, self.cursors = f"test.events.{run}", f"test.cursors.{run}"
+        self.shards, self.state = f"test.shards.{run}", f"test.attributor.{run}"
+        self.app_id, self.name = f"test-worker-{run}", f"test-attributor-{run}"
+        self.tiers, self.alerts = f"test.tiers.{run}", f"test.alerts.{run}"
+        self.procs: list[subprocess.Popen[str]] = []
+
+    def _cli(self, *args: str, log: str) -> subprocess.Popen[str]:
+        cmd = [sys.executable, "-m", "streamer", *args, "--kafka-bootstrap", self.bootstrap]
+        out = (self.tmp / f"{log}.log").open("a")
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, text=True, cwd=REPO)
+        self.procs.append(proc)
+        return proc
+
+    def ingest(self, *, wait: bool = True, batch_items: int = 500) -> subprocess.Popen[str]:
+        proc = self._cli(
+            "ingest", str(default_archive()), "--to-kafka", "--events-topic", self.events, "--cursor-topic",
+            self.cursors, "--partitions", str(self.partitions), "--interval", "3600", "--batch-items",
+            str(batch_items), log="ingest",
+        )  # fmt: skip
+        if wait:
+            assert proc.wait(300) == 0, self.log("ingest")
+        return proc
+
+    def worker(self, n: int, store: str = "memory://") -> subprocess.Popen[str]:
+        return self._cli(
+            "worker", "--store", store, "--events-topic", self.events, "--shards-topic", self.shards,
+            "--app-id", self.app_id, "--data-dir", str(self.tmp / f"worker{n}"), "--session-timeout", "8",
+            log=f"worker{n}",
+        )  # fmt: skip
+
+    def attributor(self, out: Path, *extra: str) -> subprocess.Popen[str]:
+        return self._cli(
+            "attributor", "--shards-topic", self.shards, "--state-topic", self.state, "--name", self.name,
+            "--kafka-topic-tiers", self.tiers, "--kafka-topic-alerts", self.alerts, "--out", str(out),
+            "--gather-timeout", "120", *extra, log="attributor",
+        )  # fmt: skip
+
+    def finish(self, proc: subprocess.Popen[str], timeout: float, workers: list[subprocess.Popen[str]]) -> None:
+        """Wait for ``proc`` (the attributor) to exit 0; fail at once, with their logs, if a worker dies first."""
+        deadline = time.monotonic() + timeout
+        while proc.poll() is None:
+            dead = [n for n, w in enumerate(workers, 1) if w.poll() is not None]
+            if dead:
+                pytest.fail(f"worker {dead[0]} exited:\n{self.log(f'worker{dead[0]}')}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"attributor did not finish:\n{self.log('attributor')}\n{self.log('worker1')}")
+            time.sleep(0.5)
+        assert proc.returncode == 0, self.log("attributor")
+
+    def events_exist(self) -> bool:
+        import asyncio
+
+        from streamer.distributed.kafka_ingest import partitions_of
+
+        return len(asyncio.run(partitions_of(self.bootstrap, self.events))) == self.partitions
+
+    def log(self, name: str) -> str:
+        return (self.tmp / f"{name}.log").read_text()[-4000:]
+
+    def close(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.procs:
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def _stable(line: str) -> dict[str, Any]:
+    message = json.loads(line)
+    for key in VOLATILE:
+        message.pop(key, None)
+    return message
+
+
+def _assert_golden(out: Path) -> None:
+    got = [_stable(x) for x in out.read_text().splitlines()]
+    want = [_stable(x) for x in GOLDEN.read_text().splitlines()]
+    assert [(m["topic"], m["run"]) for m in got] == [(m["topic"], m["run"]) for m in want]
+    for g, w in zip(got, want, strict=True):
+        assert_close(g, w, f"{g['topic']}#{g['run']}")
+
+
+def test_two_workers_and_the_attributor_give_the_single_process_results(bootstrap: str, tmp_path: Path) -> None:
+    dep = Deployment(bootstrap, tmp_path)
+    try:
+        dep.ingest()
+        workers = [dep.worker(1), dep.worker(2)]
+        out = tmp_path / "results.jsonl"
+        dep.finish(dep.attributor(out, "--until-final"), 400, workers)
+        _assert_golden(out)
+        assert "24 runs published, 0 skipped, 0 incomplete" in dep.log("attributor")
+    finally:
+        dep.close()
+
+
+def _wait_lines(path: Path, n: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists() and sum(1 for _ in path.open()) >= n:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"{path} has fewer than {n} lines after {timeout} s")
+
+
+def test_a_killed_worker_and_a_killed_attributor_lose_and_double_nothing(bootstrap: str, tmp_path: Path) -> None:
+    """Workers on RocksDB; while the ingest is still writing, a worker that holds partitions is killed with
+    SIGKILL, its volume deleted, and a new one started on an empty disk (it recovers the partitions it gets from
+    the changelog alone); the attributor is killed between runs and restarted. The results are still the golden
+    ones, each run once."""
+    import shutil
+
+    dep = Deployment(bootstrap, tmp_path)
+    try:
+        ingest = dep.ingest(wait=False, batch_items=10)
+        _wait_for(dep.events_exist, 60)
+        workers = {n: dep.worker(n, store="rocksdb://") for n in (1, 2)}
+        out = tmp_path / "results.jsonl"
+        attributor = dep.attributor(out)
+        _wait_for(lambda: any("published" in dep.log(f"worker{n}") for n in workers), 240)
+        busy = max(workers, key=lambda n: dep.log(f"worker{n}").count("published"))
+        assert ingest.poll() is None, "the worker is killed mid-stream"
+        os.kill(workers[busy].pid, signal.SIGKILL)
+        workers.pop(busy).wait(30)
+        shutil.rmtree(tmp_path / f"worker{busy}")
+        workers[3] = dep.worker(3, store="rocksdb://")
+        assert ingest.wait(300) == 0, dep.log("ingest")
+        _wait_lines(out, 6, 240)
+        os.kill(attributor.pid, signal.SIGKILL)
+        attributor.wait(30)
+        dep.finish(dep.attributor(out, "--until-final"), 400, list(workers.values()))
+        assert "resumed after the run at" in dep.log("attributor")
+        _assert_golden(out)
+    finally:
+        dep.close()
+
+
+def _wait_for(condition: Any, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.2)

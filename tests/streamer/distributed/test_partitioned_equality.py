@@ -1,0 +1,222 @@
+"""The partitioned state adds up to the single process's: sequencer → records → partitions → shards → merge.
+
+No broker here: the records go through their real encodings, partitioned by actor DID, folded by
+:class:`PartitionState` on plain dicts, and at every tick the shards (through their chunked encoding) are merged
+and attributed with the single process's own functions. The runs must be the runs of ``replay`` on the same
+archive: same due times, same agents, edges and events, same tier shares, TVD, r* and top accounts.
+"""
+
+from __future__ import annotations
+
+import zlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from streamer.core.attribution import AttributionConfig, finish, measure
+from streamer.core.replay import replay
+from streamer.core.results import RunResult
+from streamer.core.schedule import ScheduleState, accepted
+from streamer.core.state import StateConfig
+from streamer.distributed import event_records
+from streamer.distributed.partition_state import PartitionState
+from streamer.distributed.sequencer import Sequencer, Tick
+from streamer.distributed.shards import chunk_meta, from_chunks, merge
+from streamer.sources.archive import ArchiveSource
+from tests.compare import VOLATILE, assert_close
+
+ARCHIVE = Path(__file__).resolve().parents[3] / "streamer" / "data" / "default.skyarch.zst"
+
+
+def partition_of(did: str, partitions: int) -> int:
+    return zlib.crc32(did.encode()) % partitions
+
+
+class Partitioned:
+    """Ingest, workers and attributor of the distributed mode in one process, on dicts."""
+
+    def __init__(self, partitions: int, config: StateConfig, attribution: AttributionConfig, chunk: int) -> None:
+        self.partitions, self.config, self.attribution, self.chunk = partitions, config, attribution, chunk
+        self.store: dict[str, Any] = {}  # one table for all partitions, as one worker holding them all has
+        self.states = [PartitionState(p, self.store) for p in range(partitions)]
+        self.offsets = [0] * partitions
+        self.schedule = ScheduleState()
+        self.results: list[RunResult] = []
+
+    def send(self, partition: int, value: bytes, headers: list[tuple[str, bytes]]) -> None:
+        offset = self.offsets[partition]
+        self.offsets[partition] += 1
+        tick = self.states[partition].fold(offset, value, headers)
+        if tick is not None:
+            self.shard(partition, tick)
+
+    def broadcast(self, control: Any) -> None:
+        for p in range(self.partitions):
+            self.send(p, event_records.encode_control(control), event_records.control_headers("test"))
+
+    def shard(self, partition: int, tick: Tick) -> None:
+        chunks = self.states[partition].shard(tick, self.partitions).to_chunks(self.chunk)
+        self.pending.setdefault(tick.as_of_us, []).append(chunks)
+        if len(self.pending[tick.as_of_us]) == self.partitions:
+            shards = []
+            for chunk_list in self.pending.pop(tick.as_of_us):
+                meta = chunk_meta(chunk_list[0][1])
+                shards.append(from_chunks(meta, [v for v, _ in chunk_list]))
+            snap = merge(shards, self.config)
+            s = self.schedule
+            out = finish(
+                measure(snap, self.attribution),
+                self.attribution,
+                run=s.run + 1,
+                as_of_us=tick.as_of_us,
+                alert_active=s.alert_active,
+            )
+            if out.result is not None:
+                self.schedule = accepted(s, out.alert_active)
+                self.results.append(out.result)
+
+    def run(self, path: Path, sequencer: Sequencer) -> None:
+        self.pending: dict[int, list[Any]] = {}
+        self.broadcast(sequencer.config_dict())
+        for item in _items(path):
+            for index, event in enumerate(item.events):
+                verdict = sequencer.decide(event)
+                for control in verdict.controls:
+                    self.broadcast(control)
+                _, value = event_records.encode(
+                    item.source_cursor, index, event, ordinal=verdict.ordinal, refused=verdict.reason or ""
+                )
+                self.send(partition_of(event.actor, self.partitions), value, event_records.headers("test"))
+        tail = sequencer.finish()
+        if tail is not None:
+            self.broadcast(tail)
+
+
+def _items(path: Path) -> list[Any]:
+    import asyncio
+
+    async def read() -> list[Any]:
+        return [item async for item in ArchiveSource(path)]
+
+    return asyncio.run(read())
+
+
+@pytest.fixture(scope="module")
+def single() -> list[RunResult]:
+    out: list[Any] = []
+    replay(ARCHIVE, attribution=AttributionConfig(), interval_s=300.0, deliver=out.append)
+    return [r for r in out if isinstance(r, RunResult)]
+
+
+@pytest.mark.parametrize("partitions,chunk", [(1, 1 << 20), (3, 4096)])
+def test_partitions_add_up_to_the_single_process(single: list[RunResult], partitions: int, chunk: int) -> None:
+    config, attribution = StateConfig(), AttributionConfig()
+    dist = Partitioned(partitions, config, attribution, chunk)
+    dist.run(ARCHIVE, Sequencer(config, 300.0))
+    assert [r.as_of_us for r in dist.results] == [r.as_of_us for r in single]
+    for a, b in zip(dist.results, single, strict=True):
+        assert (a.agents, a.edges, a.events, a.active_agents) == (b.agents, b.edges, b.events, b.active_agents)
+        ma, mb = a.to_message(), b.to_message()
+        for k in VOLATILE:
+            ma.pop(k), mb.pop(k)
+        assert_close(ma, mb, f"run {a.run}")
+    assert len(single) == 288 and np.isfinite(single[-1].value)
+
+
+def _edges(snap: Any) -> tuple[Any, Any, Any]:
+    return snap.graph.attender, snap.graph.source, snap.graph.weight
+
+
+def hostile_stream(seed: int, hours: float = 9.0, per_hour: int = 600) -> list[Any]:
+    """Events over several 1-hour buckets: every kind, edits, self-attention, unstorable DIDs, stragglers from
+    hours back, times from the far future and before the epoch, and a jump of the whole stream."""
+    from streamer.core.events import Event
+
+    rng = np.random.default_rng(seed)
+    hour = 3_600_000_000
+    dids = [f"did:plc:{i:024d}" for i in range(60)] + ["did:plc:bad\x00did"]
+    kinds = ["post", "reply", "quote", "repost", "like", "follow", "profile", "block"]
+    events = []
+    n = int(hours * per_hour)
+    for i in range(n):
+        t = int((1000 + hours * i / n) * hour) + (5 * hour if i > n * 0.8 else 0)  # the stream jumps late on
+        r = rng.random() if i > 50 else 1.0  # a clean start: warm-up judges nothing (one far-future time there
+        # moves the schedule past every later due time, in the single process as here)
+        if r < 0.03:
+            t -= int(rng.integers(1, 6)) * hour  # a straggler, late once the window has moved past it
+        elif r < 0.04:
+            t += int(rng.integers(1, 40)) * hour * 24  # a clock far ahead
+        elif r < 0.045:
+            t = -int(rng.integers(1, 10))
+        actor = dids[min(int(rng.pareto(1.2)), 59)] if rng.random() > 0.01 else dids[-1]
+        subject = dids[int(rng.integers(0, len(dids)))] if rng.random() > 0.1 else actor
+        kind = kinds[int(rng.integers(0, len(kinds)))]
+        op = "update" if rng.random() < 0.05 else "create"
+        events.append(Event(t, i, kind, actor, subject if kind not in ("post", "profile") else "", operation=op))
+    return events
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_shards_merge_to_the_single_process_snapshot_through_expiry_prunes_and_hostile_times(seed: int) -> None:
+    from streamer.core.schedule import interval_us, step
+    from streamer.core.state import AgentState
+
+    config = StateConfig(bucket_hours=1.0, buckets=2)
+    every = interval_us(600.0)
+    state = AgentState(config)
+    schedule = ScheduleState()
+    single: list[tuple[int, Any]] = []
+
+    def before_fold(t: int) -> None:
+        nonlocal schedule
+        schedule, due = step(schedule, t, every)
+        if due is not None:
+            single.append((due, state.snapshot()))
+
+    seq = Sequencer(config, 600.0)
+    partitions = 3
+    store: dict[str, Any] = {}
+    parts = [PartitionState(p, store) for p in range(partitions)]
+    offsets = [0] * partitions
+    merged: list[tuple[int, Any]] = []
+
+    def send(p: int, value: bytes, headers: Any) -> Tick | None:
+        offsets[p] += 1
+        return parts[p].fold(offsets[p], value, headers)
+
+    def broadcast(control: Any) -> None:
+        ticks = [send(p, event_records.encode_control(control), event_records.control_headers("t")) for p in range(3)]
+        if ticks[0] is not None:
+            merged.append((ticks[0].as_of_us, merge([s.shard(ticks[0], partitions) for s in parts], config)))
+
+    broadcast(seq.config_dict())
+    verdicts = []
+    for i, event in enumerate(hostile_stream(seed)):
+        verdict = seq.decide(event)
+        verdicts.append(verdict.reason)
+        assert state.apply(event, before_fold=before_fold) == verdict.reason, f"event {i}"
+        for control in verdict.controls:
+            broadcast(control)
+        _, value = event_records.encode(i, 0, event, ordinal=verdict.ordinal, refused=verdict.reason or "")
+        send(partition_of(event.actor, partitions), value, event_records.headers("t"))
+    assert {"late", "future_time", "bad_did"} <= set(verdicts), "the stream exercises every refusal"
+    assert state.counters["buckets_expired"] > 0 and state.counters["agents_pruned"] > 0
+    assert [t for t, _ in merged] == [t for t, _ in single] and len(single) > 20
+    for (t, a), (_, b) in zip(merged, single, strict=True):
+        assert (a.events, a.window_start_us, a.window_end_us) == (b.events, b.window_start_us, b.window_end_us), t
+        # the same accounts; their order (first appearance) can differ once buckets expired: a partition orders
+        # an account by its earliest event still in the window, a single process by its first since it was
+        # last pruned
+        assert sorted(a.dids) == sorted(b.dids), t
+        ib = {d: i for i, d in enumerate(b.dids)}
+        order = [ib[d] for d in a.dids]
+        np.testing.assert_allclose(a.x, b.x[order], err_msg=str(t))
+        np.testing.assert_allclose(a.visibility, b.visibility[order], err_msg=str(t))
+        if b.graph is None:
+            assert a.graph is None
+            continue
+        ea, eb = ({(s.dids[i], s.dids[j]): w for i, j, w in zip(*_edges(s), strict=True)} for s in (a, b))
+        assert ea.keys() == eb.keys(), t
+        np.testing.assert_allclose([ea[k] for k in eb], list(eb.values()), rtol=1e-6)
