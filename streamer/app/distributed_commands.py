@@ -97,9 +97,12 @@ def worker_command(
     run_worker(cfg, partitions, loglevel=settings.log_level.lower())
 
 
-@with_settings_options(
-    include=KAFKA_SETTINGS | ATTRIBUTION_FIELDS | {"followers", "kafka_topic_tiers", "kafka_topic_alerts"}
-)
+ATTRIBUTOR_SETTINGS = KAFKA_SETTINGS | ATTRIBUTION_FIELDS | {"followers", "kafka_topic_tiers", "kafka_topic_alerts"}
+ATTRIBUTOR_SETTINGS |= {"metrics_port", "metrics_host"}
+GATHER_BUCKETS = (0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300)
+
+
+@with_settings_options(include=ATTRIBUTOR_SETTINGS)
 def attributor_command(
     shards_topic: Annotated[str, typer.Option(help="Topic of the workers' shards.")] = SHARDS_TOPIC,
     state_topic: Annotated[str, typer.Option(help="Compacted topic of the attributor's state.")] = STATE_TOPIC,
@@ -144,7 +147,11 @@ def attributor_command(
         topics={"tiers": settings.kafka_topic_tiers, "alerts": settings.kafka_topic_alerts},
     )
 
+    metrics, on_outcome = _attributor_metrics(settings)
+
     def deliver(result: Any) -> None:
+        if metrics is not None:
+            metrics.publish(result)
         if sink is not None:
             sink.publish(result)
         if result.topic == "tiers":
@@ -157,7 +164,13 @@ def attributor_command(
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         return await run_attributor(
-            cfg, attribution, followers=followers, deliver=deliver, stop=stop, until_final=until_final
+            cfg,
+            attribution,
+            followers=followers,
+            deliver=deliver,
+            stop=stop,
+            until_final=until_final,
+            on_outcome=on_outcome,
         )
 
     try:
@@ -168,9 +181,45 @@ def attributor_command(
     finally:
         if sink is not None:
             sink.close_now()
+        if metrics is not None:
+            metrics.close()
     resumed = stats.resumed_from
     start = "from the start" if resumed is None else f"resumed after the run at {resumed.done_through_us}"
     typer.echo(
         f"attributor: {start}; {stats.runs} runs published, {stats.skipped} skipped, {stats.incomplete} incomplete",
         err=True,
     )
+
+
+def _attributor_metrics(settings: Any) -> tuple[Any, Any]:
+    """The attributor's endpoint (``--metrics-port``): the result gauges every run feeds, as the single process's,
+    and ``skyattr_attributor_runs_total{outcome}`` (ok, skipped, incomplete) and
+    ``skyattr_attributor_gather_seconds`` (first chunk of a run to its last shard)."""
+    if settings.metrics_port is None:
+        return None, None
+    from prometheus_client import Counter, Histogram
+
+    from streamer.sinks.prometheus import Metrics
+
+    metrics = Metrics()
+    runs = Counter(
+        "skyattr_attributor_runs", "Runs of the attributor, by outcome.", ["outcome"], registry=metrics.registry
+    )
+    gather = Histogram(
+        "skyattr_attributor_gather_seconds",
+        "From the first chunk of a run to its last shard.",
+        buckets=GATHER_BUCKETS,
+        registry=metrics.registry,
+    )
+    for outcome in ("ok", "skipped", "incomplete"):
+        runs.labels(outcome)
+
+    def on_outcome(outcome: str, gather_s: float) -> None:
+        runs.labels(outcome).inc()
+        if outcome != "incomplete":
+            gather.observe(gather_s)
+
+    port = metrics.serve(settings.metrics_port, settings.metrics_host)
+    metrics.ready = True
+    logging.getLogger("skyattr.attributor").info("metrics on http://%s:%d/metrics", settings.metrics_host, port)
+    return metrics, on_outcome

@@ -19,6 +19,7 @@ import pytest
 from streamer.testing.synth import default_archive
 from tests.broker import kafka_bootstrap
 from tests.compare import VOLATILE, assert_close
+from tests.net import free_port
 
 REPO = Path(__file__).resolve().parents[3]
 GOLDEN = REPO / "tests" / "golden" / "default_replay.jsonl"
@@ -155,7 +156,8 @@ def test_a_killed_worker_and_a_killed_attributor_lose_and_double_nothing(bootstr
         _wait_for(dep.events_exist, 60)
         workers = {n: dep.worker(n, store="rocksdb://") for n in (1, 2)}
         out = tmp_path / "results.jsonl"
-        attributor = dep.attributor(out)
+        port = free_port()
+        attributor = dep.attributor(out, "--metrics-port", str(port))
         _wait_for(lambda: any("published" in dep.log(f"worker{n}") for n in workers), 240)
         busy = max(workers, key=lambda n: dep.log(f"worker{n}").count("published"))
         assert ingest.poll() is None, "the worker is killed mid-stream"
@@ -165,6 +167,11 @@ def test_a_killed_worker_and_a_killed_attributor_lose_and_double_nothing(bootstr
         workers[3] = dep.worker(3, store="rocksdb://")
         assert ingest.wait(300) == 0, dep.log("ingest")
         _wait_lines(out, 6, 240)
+        scraped = _metrics(port)
+        assert scraped['skyattr_attributor_runs_total{outcome="ok"}'] >= 5
+        assert scraped['skyattr_attributor_runs_total{outcome="incomplete"}'] == 0
+        assert scraped["skyattr_attributor_gather_seconds_count"] >= 5
+        assert 0.999 < sum(v for k, v in scraped.items() if k.startswith("skyattr_tier_share") and "full" in k) < 1.001
         os.kill(attributor.pid, signal.SIGKILL)
         attributor.wait(30)
         dep.finish(dep.attributor(out, "--until-final"), 400, list(workers.values()))
@@ -172,6 +179,21 @@ def test_a_killed_worker_and_a_killed_attributor_lose_and_double_nothing(bootstr
         _assert_golden(out)
     finally:
         dep.close()
+
+
+def _metrics(port: int) -> dict[str, float]:
+    """The samples of the attributor's /metrics, by name with labels (the real prometheus-client exposition)."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
+            out[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
+    return out
 
 
 def _wait_for(condition: Any, timeout: float) -> None:
