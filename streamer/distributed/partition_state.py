@@ -96,6 +96,8 @@ class PartitionState:
         if schema == event_records.CONTROL_SCHEMA:
             control = event_records.decode_control(value)
             if isinstance(control, Tick):
+                if self.config is None:
+                    raise ValueError(f"partition {self.partition}: a tick at offset {offset} before any config record")
                 if self.changed_after(offset):  # read again after a crash: the shard went out before the state
                     self.skipped["tick_read_again"] += 1  # moved on, and the state now is not the tick's
                     return None

@@ -150,7 +150,7 @@ def make_app(config: WorkerConfig, partitions: int) -> Any:
                 tick = state.fold(msg.offset, msg.value, msg.headers)
             except ValueError as exc:
                 log.warning("partition %d offset %d skipped: %s", msg.partition, msg.offset, exc)
-                state.skipped["undecodable"] += 1
+                state.skipped["refused"] += 1
                 continue
             counts["records"] += 1
             if state.skipped["tick_read_again"] != again:

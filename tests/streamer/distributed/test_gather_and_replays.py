@@ -92,3 +92,31 @@ def test_the_gatherer_hands_out_runs_in_order_first_copy_wins_and_gives_up_after
     assert g.next_ready() is None and g.low_offset() is None
     add(1, ticks[0])  # too late: that run is given up
     assert not g.runs
+
+
+def test_records_out_of_place_are_refused_by_name_and_the_partition_goes_on() -> None:
+    """A tick or an event before any config record (a topic not written by this ingest), a second config that
+    differs, a record of another schema and one that is not JSON: each a ValueError naming it; the state folds
+    the next good record as if they had not been there."""
+    import pytest
+
+    records = _records(60)
+    state = PartitionState(0, {})
+    tick = event_records.encode_control(Tick(5)), event_records.control_headers("t")
+    with pytest.raises(ValueError, match="before any config"):
+        state.fold(0, *tick)
+    with pytest.raises(ValueError, match="before any config"):
+        state.fold(1, *records[-1])
+    state.fold(2, *records[0])
+    other = Sequencer(interval_s=60.0).config_dict()
+    with pytest.raises(ValueError, match="was filled with configuration"):
+        state.fold(3, event_records.encode_control(other), event_records.control_headers("t"))
+    with pytest.raises(ValueError, match="has schema 'other/1'"):
+        state.fold(4, b"{}", [("skyattr-schema", b"other/1")])
+    with pytest.raises(ValueError, match=r"not a skyattr\.event/1 record"):
+        state.fold(5, b"\xff not json", event_records.headers("t"))
+    good: dict[str, Any] = {}
+    _fold(PartitionState(0, good), records)
+    for offset, record in enumerate(records[1:], start=6):
+        state.fold(offset, *record)
+    assert state.events == PartitionState(0, good).events == 60
