@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from itertools import pairwise
 from typing import TYPE_CHECKING, Any
@@ -158,6 +158,23 @@ class Snapshot:
     @property
     def edges(self) -> int:
         return 0 if self.graph is None else self.graph.edges
+
+
+def window_bounds(config: StateConfig, head: int, buckets: Iterable[int]) -> tuple[int, int]:
+    """(start, end) µs of the window whose head bucket is ``head`` and which holds ``buckets``: from the oldest
+    bucket the window keeps to the end of the newest one held (accepted events just ahead of the head included);
+    (0, 0) before the head is known. The single process's snapshot and the distributed merge both use it."""
+    if head < 0:
+        return 0, 0
+    return (head - config.buckets + 1) * config.bucket_us, (max([head, *buckets]) + 1) * config.bucket_us
+
+
+def visibility_of(dids: list[str], source: np.ndarray, followers: dict[str, float] | None) -> np.ndarray:
+    """Each account's visibility: its followers when a table is given, else its distinct attenders (``source``:
+    the source of each distinct attention pair)."""
+    if followers is not None:
+        return np.array([float(followers.get(d, 0.0)) for d in dids])
+    return np.bincount(source, minlength=len(dids)).astype(np.float64)
 
 
 def storable_did(did: object) -> bool:
@@ -344,17 +361,13 @@ class FrozenState:
             if len(codes):
                 x += np.bincount(codes >> KIND_BITS, weights=counts * weights[codes & KIND_MASK], minlength=n)
         graph = None
-        distinct = np.zeros(n)
+        src = np.zeros(0, np.int64)
         if sum(len(b[2]) for b in self.buckets):
             att, src, w = self.merged.edges([b[2:] for b in self.buckets])
             from kernels import AttentionGraph
 
             graph = AttentionGraph(att, src, w.astype(np.float64), max(n, 1))
-            distinct = np.bincount(src, minlength=n).astype(np.float64)
-        if self.followers is not None:
-            visibility = np.array([float(self.followers.get(d, 0.0)) for d in self.dids])
-        else:
-            visibility = distinct
+        visibility = visibility_of(self.dids, src, self.followers)
         return Snapshot(x, visibility, graph, self.dids, self.window_start_us, self.window_end_us, self.events)
 
 
@@ -562,10 +575,7 @@ class AgentState:
         thread while ingest goes on."""
         self.flush()
         buckets = tuple((b.codes, b.counts.copy(), b.att, b.src, b.weight) for _, b in sorted(self.buckets.items()))
-        start = end = 0
-        if self.head >= 0:
-            start = (self.head - self.config.buckets + 1) * self._bucket_us
-            end = (max([self.head, *self.buckets]) + 1) * self._bucket_us  # accepted events just ahead included
+        start, end = window_bounds(self.config, self.head, self.buckets)
         dids = self.dids.copy()  # a list of references: ~1 ms per 10^5 accounts
         return FrozenState(self.config, self.followers, dids, buckets, start, end, self.events, self._merged)
 

@@ -30,7 +30,7 @@ from streamer.core.attribution import AttributionConfig, finish, measure
 from streamer.core.results import Result
 from streamer.core.state import StateConfig
 from streamer.distributed.gather import Complete, Gatherer, Incomplete
-from streamer.distributed.kafka_ingest import ensure_topic, load_latest, stop_consumer
+from streamer.distributed.kafka_ingest import ensure_topics, load_latest, stop_consumer
 from streamer.distributed.shards import SHARDS_TOPIC, chunk_meta, merge
 
 log = logging.getLogger("skyattr.attributor")
@@ -77,7 +77,6 @@ class AttributorStats:
     incomplete: int = 0
     skipped: int = 0
     undecodable: int = 0
-    gather_s: list[float] = field(default_factory=list)
     resumed_from: AttributorState | None = None
 
 
@@ -101,8 +100,7 @@ async def run_attributor(
 
     stop = stop if stop is not None else asyncio.Event()
     sec = dict(config.security)
-    await ensure_topic(config.bootstrap, config.shards_topic, 1, security=sec)
-    await ensure_topic(config.bootstrap, config.state_topic, 1, compacted=True, security=sec)
+    await ensure_topics(config.bootstrap, {config.shards_topic: (1, False), config.state_topic: (1, True)}, sec)
     producer = AIOKafkaProducer(
         bootstrap_servers=config.bootstrap,
         transactional_id=f"{config.name}:results",
@@ -166,7 +164,6 @@ async def run_attributor(
                         stats.runs += 1
                         outcome = "ok"
                     gather_s = ready.gather_s
-                    stats.gather_s.append(gather_s)
                     log.info(
                         "run at %d: %d shards gathered in %.2f s (%s)",
                         ready.as_of_us,

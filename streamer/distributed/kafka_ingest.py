@@ -27,9 +27,7 @@ part of the cursor record, so a restart decides on exactly as an uninterrupted i
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
-import io
 import json
 import logging
 import time
@@ -37,12 +35,9 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import numpy as np
-import zstandard
-
 from streamer.core.seqs import RESET_WINDOW, SeenSeqs
 from streamer.core.state import StateConfig
-from streamer.distributed import event_records
+from streamer.distributed import event_records, packed
 from streamer.distributed.sequencer import DEFAULT_INTERVAL_S, Sequencer
 from streamer.sources.base import Source, SourceStats
 
@@ -82,17 +77,12 @@ class IngestCursor:
     def seen_seqs(self) -> SeenSeqs | None:
         if not self.seen:
             return None
-        raw = zstandard.ZstdDecompressor().decompress(base64.b64decode(self.seen))
-        with np.load(io.BytesIO(raw)) as arrays:
-            return SeenSeqs.from_arrays(arrays["seen_seqs"], arrays["seen_prints"])
+        arrays = packed.unpack(self.seen)
+        return SeenSeqs.from_arrays(arrays["seen_seqs"], arrays["seen_prints"])
 
 
 def pack_seen(seen: SeenSeqs | None) -> str:
-    if seen is None:
-        return ""
-    buffer = io.BytesIO()
-    np.savez(buffer, **seen.to_arrays())
-    return base64.b64encode(zstandard.ZstdCompressor(level=3).compress(buffer.getvalue())).decode()
+    return packed.pack(seen.to_arrays()) if seen is not None else ""
 
 
 @dataclass
@@ -106,31 +96,29 @@ class IngestStats:
 
 
 async def ensure_topics(
-    bootstrap: str, events_topic: str, cursor_topic: str, partitions: int, security: dict[str, Any] | None = None
-) -> None:
-    """Create the events topic (``partitions``) and the compacted cursor topic when missing, replicated on as many
-    brokers as there are, up to 3; an existing events topic with another partition count is used as it is, with a
-    warning (Kafka cannot shrink a topic)."""
+    bootstrap: str, wanted: dict[str, tuple[int, bool]], security: dict[str, Any] | None = None
+) -> dict[str, int]:
+    """Create each missing topic of ``wanted`` (name → (partitions, compacted)), replicated on as many brokers as
+    there are, up to 3; a topic that exists, or that another process makes meanwhile, is used as it is. Returns
+    the partition count of each topic that existed before."""
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+    from aiokafka.errors import TopicAlreadyExistsError
 
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **(security or {}))
     await admin.start()
     try:
         existing = set(await admin.list_topics())
-        replicas = max(1, min(3, len((await admin.describe_cluster())["brokers"])))
-        wanted = []
-        if events_topic not in existing:
-            wanted.append(NewTopic(events_topic, num_partitions=partitions, replication_factor=replicas))
-        if cursor_topic not in existing:
-            compacted = {"cleanup.policy": "compact"}
-            wanted.append(NewTopic(cursor_topic, 1, replicas, topic_configs=compacted))
-        if wanted:
-            await admin.create_topics(wanted)
-        if events_topic in existing:
-            described = await admin.describe_topics([events_topic])
-            count = len(described[0]["partitions"])
-            if count != partitions:
-                log.warning("%s has %d partitions (not %d): used as it is", events_topic, count, partitions)
+        missing = [name for name in wanted if name not in existing]
+        if missing:
+            replicas = max(1, min(3, len((await admin.describe_cluster())["brokers"])))
+            for name in missing:
+                partitions, compacted = wanted[name]
+                configs = {"cleanup.policy": "compact"} if compacted else {}
+                with contextlib.suppress(TopicAlreadyExistsError):
+                    await admin.create_topics([NewTopic(name, partitions, replicas, topic_configs=configs)])
+        held = [name for name in wanted if name in existing]
+        described = await admin.describe_topics(held) if held else []
+        return {d["topic"]: len(d["partitions"]) for d in described}
     finally:
         await admin.close()
 
@@ -195,27 +183,6 @@ async def load_latest(bootstrap: str, topic: str, key: str, security: dict[str, 
         await stop_consumer(consumer)
 
 
-async def ensure_topic(
-    bootstrap: str, topic: str, partitions: int, *, compacted: bool = False, security: dict[str, Any] | None = None
-) -> None:
-    """Create ``topic`` when missing (``compacted``: cleanup.policy=compact), replicated on as many brokers as
-    there are, up to 3; an existing one is used as it is."""
-    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-    from aiokafka.errors import TopicAlreadyExistsError
-
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **(security or {}))
-    await admin.start()
-    try:
-        if topic in set(await admin.list_topics()):
-            return
-        replicas = max(1, min(3, len((await admin.describe_cluster())["brokers"])))
-        configs = {"cleanup.policy": "compact"} if compacted else {}
-        with contextlib.suppress(TopicAlreadyExistsError):  # made meanwhile by another process
-            await admin.create_topics([NewTopic(topic, partitions, replicas, topic_configs=configs)])
-    finally:
-        await admin.close()
-
-
 async def stop_consumer(consumer: Any) -> None:
     """Stop an aiokafka consumer. Its coordinator task can end in CancelledError when the consumer stops soon
     after it started; that one is not ours and is dropped, a cancellation of this task is passed on."""
@@ -252,7 +219,9 @@ async def ingest_to_kafka(
     if batch_items < 1 or batch_seconds <= 0:
         raise ValueError("batch_items must be at least 1 and batch_seconds positive")
     started = time.monotonic()
-    await ensure_topics(bootstrap, events_topic, cursor_topic, partitions, security)
+    held = await ensure_topics(bootstrap, {events_topic: (partitions, False), cursor_topic: (1, True)}, security)
+    if held.get(events_topic, partitions) != partitions:  # Kafka cannot shrink a topic
+        log.warning("%s has %d partitions (not %d): used as it is", events_topic, held[events_topic], partitions)
     producer = AIOKafkaProducer(
         bootstrap_servers=bootstrap,
         transactional_id=f"skyattr-ingest:{source_id}",

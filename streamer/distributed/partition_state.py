@@ -52,7 +52,6 @@ class PartitionState:
         self.store = store
         self.prefix = f"{partition}{SEP}"
         self.config: StateConfig | None = None
-        self.interval_s = 0.0
         self._by_bucket: dict[int, set[str]] = {}  # the a and e keys of each bucket
         self._dangling: set[str] = set()
         self.skipped: Counter[str] = Counter()  # records not folded, by reason (this process's, not durable)
@@ -82,7 +81,6 @@ class PartitionState:
 
     def _adopt(self, cfg: dict[str, Any]) -> None:
         self.config = StateConfig(**cfg["state"])
-        self.interval_s = float(cfg["interval_s"])
         self._act = {k: ACTIVITY_INDEX[k] for k, w in self.config.activity_weights.items() if w > 0}
         self._att = {k: float(w) for k, w in self.config.attention_weights.items() if w > 0}
         self._bucket_us = self.config.bucket_us

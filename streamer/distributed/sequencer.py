@@ -25,20 +25,19 @@ exactly as an uninterrupted one.
 
 from __future__ import annotations
 
-import base64
-import io
+import json
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import zstandard
 
 from streamer.core.events import Event
 from streamer.core.schedule import ScheduleState, align, interval_us, step
 from streamer.core.state import BAD_DID, StateConfig, storable_did
 from streamer.core.watermark import FUTURE_TIME, LATE, MAX_TIME_US, Watermark
+from streamer.distributed import packed
 
 DEFAULT_INTERVAL_S = 300.0
 
@@ -150,7 +149,7 @@ class Sequencer:
         return {"state": self.config.as_dict(), "interval_s": self.interval_s}
 
     def to_text(self) -> str:
-        """The whole sequencer state, zstd-compressed npz in base64 (for a JSON cursor record)."""
+        """The whole sequencer state as text (:mod:`streamer.distributed.packed`, for a JSON cursor record)."""
         wm = self.watermark
         meta = {
             "config": self.config_dict(),
@@ -162,39 +161,28 @@ class Sequencer:
             "refused": dict(self.refused),
             "finished": self.finished,
         }
-        buffer = io.BytesIO()
-        np.savez(
-            buffer,
-            ring=np.array(wm.ring, np.int64),
-            buckets=np.array(sorted(self.buckets), np.int64),
-            meta=np.frombuffer(_json(meta), np.uint8),
+        return packed.pack(
+            {
+                "ring": np.array(wm.ring, np.int64),
+                "buckets": np.array(sorted(self.buckets), np.int64),
+                "meta": np.frombuffer(json.dumps(meta, separators=(",", ":"), sort_keys=True).encode(), np.uint8),
+            }
         )
-        return base64.b64encode(zstandard.ZstdCompressor(level=3).compress(buffer.getvalue())).decode()
 
     @classmethod
     def from_text(cls, text: str, *, clock: Callable[[], int] | None = None) -> Sequencer:
         """The sequencer :meth:`to_text` saved; ``ValueError`` naming what is wrong for anything else."""
-        import json
-
         try:
-            raw = zstandard.ZstdDecompressor().decompress(base64.b64decode(text))
-            with np.load(io.BytesIO(raw)) as arrays:
-                ring, buckets = arrays["ring"], arrays["buckets"]
-                meta = json.loads(arrays["meta"].tobytes())
+            arrays = packed.unpack(text)
+            meta = json.loads(arrays["meta"].tobytes())
             cfg = meta["config"]
             seq = cls(StateConfig(**cfg["state"]), cfg["interval_s"], clock=clock)
-            seq.watermark.restore(ring, meta["watermark"], meta["head"])
-        except (ValueError, KeyError, TypeError, OSError, zstandard.ZstdError) as exc:
+            seq.watermark.restore(arrays["ring"], meta["watermark"], meta["head"])
+        except (ValueError, KeyError, TypeError) as exc:
             raise ValueError(f"not a saved sequencer state: {exc}") from None
-        seq.buckets = {int(b) for b in buckets}
+        seq.buckets = {int(b) for b in arrays["buckets"]}
         seq.schedule = ScheduleState(0, int(meta["next_due_us"]))
         seq.accepted, seq.last_time_us = int(meta["accepted"]), int(meta["last_time_us"])
         seq.refused = Counter(meta["refused"])
         seq.finished = bool(meta["finished"])
         return seq
-
-
-def _json(obj: Any) -> bytes:
-    import json
-
-    return json.dumps(obj, separators=(",", ":"), sort_keys=True).encode()

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import zstandard
 
-from streamer.core.state import Snapshot, StateConfig, decode_strings, encode_strings
+from streamer.core.state import Snapshot, StateConfig, decode_strings, encode_strings, visibility_of, window_bounds
 
 SHARDS_TOPIC = "skyattr.shards"
 SCHEMA = "skyattr.shard/1"
@@ -144,19 +144,13 @@ def merge(shards: Sequence[Shard], config: StateConfig, followers: dict[str, flo
     src = np.concatenate(src_parts) if src_parts else np.zeros(0, np.int64)
     w = np.concatenate(w_parts) if w_parts else np.zeros(0)
     graph = None
-    distinct = np.zeros(n)
     if len(att):
         from kernels import AttentionGraph
 
         by_pair = np.lexsort((src, att))
         att, src, w = att[by_pair], src[by_pair], w[by_pair]
         graph = AttentionGraph(att.astype(np.int32), src.astype(np.int32), w, max(n, 1))
-        distinct = np.bincount(src, minlength=n).astype(np.float64)
-    visibility = np.array([float(followers.get(d, 0.0)) for d in dids]) if followers is not None else distinct
-    head = max(s.head for s in shards)
-    start = end = 0
-    if head >= 0:
-        start = (head - config.buckets + 1) * config.bucket_us
-        end = (max([head, *(s.newest_bucket for s in shards)]) + 1) * config.bucket_us
+    visibility = visibility_of(dids, src, followers)
+    start, end = window_bounds(config, max(s.head for s in shards), (s.newest_bucket for s in shards))
     events = sum(s.events for s in shards)
     return Snapshot(x, visibility, graph, dids, start, end, events)

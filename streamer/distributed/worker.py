@@ -129,7 +129,6 @@ def make_app(config: WorkerConfig, partitions: int) -> Any:
     schema = faust.Schema(key_type=str, key_serializer="json", value_serializer="json")
     table = app.Table(TABLE, partitions=partitions, schema=schema)
     states: dict[int, PartitionState] = {}
-    counts = {"records": 0, "shards": 0, "shard_bytes": 0}
 
     @app.on_partitions_revoked.connect
     async def _forget(sender: Any, revoked: Any, **kwargs: Any) -> None:
@@ -152,7 +151,6 @@ def make_app(config: WorkerConfig, partitions: int) -> Any:
                 log.warning("partition %d offset %d skipped: %s", msg.partition, msg.offset, exc)
                 state.skipped["refused"] += 1
                 continue
-            counts["records"] += 1
             if state.skipped["tick_read_again"] != again:
                 log.info(
                     "partition %d offset %d: a tick read again, its shard went out before", msg.partition, msg.offset
@@ -165,8 +163,6 @@ def make_app(config: WorkerConfig, partitions: int) -> Any:
             for value, headers in chunks:
                 fut = await shards.send(key=str(msg.partition).encode(), value=value, headers=headers, partition=0)
                 await fut
-            counts["shards"] += 1
-            counts["shard_bytes"] += sum(len(v) for v, _ in chunks)
             log.info(
                 "partition %d: shard at %d published (%d accounts, %d edges, %d bytes, %.0f ms)",
                 msg.partition,
@@ -183,7 +179,6 @@ def make_app(config: WorkerConfig, partitions: int) -> Any:
         # time): with two changelog writes per event that caps a worker at a few thousand events/s
         app.producer.buffer.max_messages = PRODUCER_BUFFER
 
-    app.skyattr_counts = counts  # type: ignore[attr-defined]
     return app
 
 
@@ -193,10 +188,10 @@ def run_worker(config: WorkerConfig, partitions: int, loglevel: str = "info") ->
 
     import faust
 
-    from streamer.distributed.kafka_ingest import ensure_topic
+    from streamer.distributed.kafka_ingest import ensure_topics
 
     config.data_dir.mkdir(parents=True, exist_ok=True)
-    asyncio.run(ensure_topic(config.bootstrap, config.shards_topic, 1))
+    asyncio.run(ensure_topics(config.bootstrap, {config.shards_topic: (1, False)}))
     app = make_app(config, partitions)
     worker = faust.Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
     worker.execute_from_commandline()
