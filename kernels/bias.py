@@ -75,7 +75,8 @@ def _top_share(phi: np.ndarray, k: int = 10) -> float:
     total = phi.sum()
     if total == 0:
         return math.nan
-    return float(np.sort(phi)[::-1][:k].sum() / total)
+    top = np.partition(phi, len(phi) - k)[len(phi) - k :] if len(phi) > k else phi
+    return float(np.sort(top)[::-1].sum() / total)  # summed largest first, as a full sort's first k
 
 
 def average_ranks(a: np.ndarray) -> np.ndarray:

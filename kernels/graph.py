@@ -184,13 +184,20 @@ class AttentionGraph(_GraphOps):
         return indptr, self.attender[order].astype(np.int64), self.weight[order]
 
     def subgraph(self, agents: np.ndarray) -> AttentionGraph:
-        """Induced subgraph on ``agents`` (re-indexed 0..len(agents)-1 in the given order)."""
+        """Induced subgraph on ``agents`` (re-indexed 0..len(agents)-1 in the given order).
+
+        Reads only the agents' own rows of the attender-sorted edges (a panel of 100 in a graph of 5*10^5 edges
+        touches a few thousand, not all of them), in the agents' order: already sorted by the new attender index."""
         agents = np.asarray(agents, dtype=np.int64)
         remap = np.full(self.n, -1, np.int64)
         remap[agents] = np.arange(len(agents))
-        a, s = remap[self.attender], remap[self.source]
-        keep = (a >= 0) & (s >= 0)
-        return AttentionGraph(a[keep], s[keep], self.weight[keep], len(agents), allow_empty=True)
+        starts = np.searchsorted(self.attender, agents, "left")
+        counts = np.searchsorted(self.attender, agents, "right") - starts
+        rows = np.repeat(np.arange(len(agents)), counts)
+        edge = np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts) + np.repeat(starts, counts)
+        s = remap[self.source[edge]]
+        keep = s >= 0
+        return AttentionGraph(rows[keep], s[keep], self.weight[edge[keep]], len(agents), allow_empty=True)
 
     def padded(self, dtype: np.dtype, products: str = "auto") -> PaddedGraph:
         """This graph padded to its size bucket, as device arrays of ``dtype`` weights: :func:`padded`."""
@@ -241,13 +248,17 @@ _padded_cache: weakref.WeakKeyDictionary[AttentionGraph, dict[str, PaddedGraph]]
 _padded_lock = threading.Lock()
 
 
-HOST_FROM_EDGES = 1 << 17
+# Host products from 2^20 edges. Measured on a 2-core EPYC (cascade, 32 nodes, alone): 1.24x faster than XLA's at
+# 5.2*10^5 edges, 2.1x at 2*10^6, 1.8x at 8*10^6. Below 10^6 edges the small gain alone turns into a loss in a
+# daemon replaying an archive: each product's callback waits for the GIL that the ingest thread holds (the
+# 100k-account archive's attributed replay 47.8 s with host products, 38.8 s with XLA's).
+HOST_FROM_EDGES = 1 << 20
 
 
 def resolve_products(products: str = "auto", edges: int = HOST_FROM_EDGES) -> str:
     """The way sparse products run: ``"auto"`` is ``SKYATTR_KERNEL_PRODUCTS`` when set, else ``"host"`` when JAX
     computes on the CPU and the graph has at least :data:`HOST_FROM_EDGES` edges (threaded CSR products: the
-    cascade 2-2.4x faster from 6.5*10^4 agents on a 2-core EPYC, see benchmarks/RESULTS.md), and ``"xla"`` on an
+    cascade ~2x faster from 2.5*10^5 agents on a 2-core EPYC, see benchmarks/RESULTS.md), and ``"xla"`` on an
     accelerator (the products stay on the device) and for small graphs, where a host call costs more than the
     product and, because a kernel with host calls cannot enter JAX's persistent compilation cache, a restart
     would recompile."""

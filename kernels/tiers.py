@@ -25,7 +25,7 @@ def visibility_order(visibility: Any) -> np.ndarray:
         raise ValueError(f"visibility must be a 1-D array, got shape {vis.shape}")
     if not np.all(np.isfinite(vis)):
         raise ValueError("visibility has non-finite entries (NaN or inf)")
-    return np.lexsort((np.arange(len(vis)), -vis))
+    return np.argsort(-vis, kind="stable")  # stable: equal visibilities keep index order (a lexsort's result)
 
 
 def _count(fraction: float, n: int) -> int:

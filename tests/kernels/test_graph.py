@@ -57,6 +57,26 @@ def test_subgraph_is_induced_and_reindexed() -> None:
     assert (int(sub.attender[0]), int(sub.source[0]), float(sub.weight[0])) == (1, 0, 2.0)
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_subgraph_equals_the_mask_of_every_edge(seed: int) -> None:
+    """The induced subgraph read from the attender-sorted rows is the one a mask over every edge gives, edge for
+    edge and in the same order (agents in any order, with and without self-loops and repeated pairs)."""
+    rng = np.random.default_rng(seed)
+    n, e = int(rng.integers(1, 300)), int(rng.integers(1, 3000))
+    g = AttentionGraph(rng.integers(0, n, e), rng.integers(0, n, e), rng.random(e), n)
+    agents = rng.permutation(n)[: int(rng.integers(1, n + 1))]
+    remap = np.full(n, -1)
+    remap[agents] = np.arange(len(agents))
+    a, s = remap[g.attender], remap[g.source]
+    keep = (a >= 0) & (s >= 0)
+    order = np.argsort(a[keep], kind="stable")
+    sub = g.subgraph(agents)
+    assert sub.n == len(agents)
+    np.testing.assert_array_equal(sub.attender, a[keep][order])
+    np.testing.assert_array_equal(sub.source, s[keep][order])
+    np.testing.assert_array_equal(sub.weight, g.weight[keep][order])
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

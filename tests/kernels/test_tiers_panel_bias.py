@@ -198,3 +198,19 @@ def test_a_run_does_not_import_scipy() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split() == ["True", "False"], "scipy.stats costs ~0.7 s to import: a run needs none of it"
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_orders_and_top_shares_equal_their_definitions(seed: int) -> None:
+    """Visibility order (descending, ties by index), tiers and the top-10 share equal what a full lexsort and a
+    full sort give, bit for bit, with many ties."""
+    from kernels.bias import _top_share
+    from kernels.tiers import visibility_order
+
+    rng = np.random.default_rng(seed)
+    vis = rng.integers(0, 20, 5000).astype(np.float64)
+    np.testing.assert_array_equal(visibility_order(vis), np.lexsort((np.arange(len(vis)), -vis)))
+    phi = rng.standard_normal(5000) ** 2
+    phi[:100] = phi[0]  # ties at the top
+    assert _top_share(phi) == float(np.sort(phi)[::-1][:10].sum() / phi.sum())
+    assert _top_share(phi[:7]) == float(np.sort(phi[:7])[::-1][:10].sum() / phi[:7].sum())
