@@ -547,6 +547,81 @@ def kafka() -> list[Any]:
     ]
 
 
+def distributed() -> list[Any]:
+    """The roles of the distributed mode (skyattr worker / attributor, their --metrics-port)."""
+    rate = "[$__rate_interval]"
+    return [
+        ts(
+            "Workers: consumer lag per partition",
+            "Records of each events partition not folded yet (high watermark minus the next offset to fold; a "
+            "caught-up partition shows 1, the commit marker of ingest's last transaction). Alert: "
+            "WorkerConsumerLagHigh. skyattr_worker_consumer_lag.",
+            q(f"max by (partition) (skyattr_worker_consumer_lag{{{SEL}}})", "partition {{partition}}"),
+        ),
+        ts(
+            "Workers: changelog recovery",
+            "Changelog records still to read per partition while a worker recovers its state table (after a "
+            "rebalance or a start without its disk), and the workers in recovery. Alert: WorkerStuckInRecovery. "
+            "skyattr_worker_recovery_remaining, skyattr_worker_in_recovery.",
+            q(f"max by (partition) (skyattr_worker_recovery_remaining{{{SEL}}})", "remaining, partition {{partition}}"),
+            q(f"sum(skyattr_worker_in_recovery{{{SEL}}})", "workers in recovery", "B"),
+        ).overrides([db.DashboardFieldConfigSourceOverrides().matcher(m).properties(p) for m, p in [right_axis("B")]]),
+        ts(
+            "Workers: records folded and partitions held",
+            "Records read per second by each worker (folded or refused; refused ones are named in its log) and the "
+            "partitions each holds. skyattr_worker_events_total, skyattr_worker_refused_total, "
+            "skyattr_worker_assigned_partitions.",
+            q(f"sum by (instance) (rate(skyattr_worker_events_total{{{SEL}}}{rate}))", "read/s {{instance}}"),
+            q(f"sum by (instance) (rate(skyattr_worker_refused_total{{{SEL}}}{rate}))", "refused/s {{instance}}", "B"),
+            q(f"skyattr_worker_assigned_partitions{{{SEL}}}", "partitions {{instance}}", "C"),
+        ).overrides([db.DashboardFieldConfigSourceOverrides().matcher(m).properties(p) for m, p in [right_axis("C")]]),
+        ts(
+            "Workers: shards published",
+            "Shards per second and their compressed bytes per second (one shard per partition and run), and the "
+            "90th percentile of a shard's publish time (tick to the broker's acknowledgement). "
+            "skyattr_worker_shards_total, skyattr_worker_shard_bytes_total, skyattr_worker_shard_publish_seconds.",
+            q(f"sum(rate(skyattr_worker_shards_total{{{SEL}}}{rate}))", "shards/s"),
+            q(f"sum(rate(skyattr_worker_shard_bytes_total{{{SEL}}}{rate}))", "bytes/s", "B"),
+            q(
+                "histogram_quantile(0.9, sum by (le) "
+                f"(rate(skyattr_worker_shard_publish_seconds_bucket{{{SEL}}}[30m])))",
+                "publish p90 (s)",
+                "C",
+            ),
+        ).overrides([db.DashboardFieldConfigSourceOverrides().matcher(m).properties(p) for m, p in [right_axis("B")]]),
+        ts(
+            "Attributor: runs by outcome",
+            "Runs the attributor published (ok), had nothing to attribute (skipped), or gave up after "
+            "--gather-timeout because a partition's shard never came (incomplete, named in its log). Alert: "
+            "AttributorRunsIncomplete. skyattr_attributor_runs_total.",
+            q(
+                f"sum by (outcome) (increase(skyattr_attributor_runs_total{{{SEL}}}[30m]))",
+                "{{outcome}}",
+            ),
+        ).overrides(
+            [
+                db.DashboardFieldConfigSourceOverrides().matcher(m).properties(p)
+                for m, p in [color("ok", "green"), color("skipped", "yellow"), color("incomplete", "red")]
+            ]
+        ),
+        ts(
+            "Attributor: shard gather time",
+            "From the first chunk of a run's shards to its last (the slowest worker sets it), median and 90th "
+            "percentile over 30 minutes. skyattr_attributor_gather_seconds.",
+            *[
+                q(
+                    f"histogram_quantile({p}, sum by (le) "
+                    f"(rate(skyattr_attributor_gather_seconds_bucket{{{SEL}}}[30m])))",
+                    f"p{round(p * 100)}",
+                    ref,
+                )
+                for p, ref in ((0.5, "A"), (0.9, "B"))
+            ],
+            unit="s",
+        ),
+    ]
+
+
 def build() -> dict[str, Any]:
     """The dashboard as Grafana's JSON model."""
     dash = (
@@ -571,6 +646,7 @@ def build() -> dict[str, Any]:
         ("State", state()),
         ("Attribution and scale bias", attribution()),
         ("Kafka", kafka()),
+        ("Distributed mode: workers and attributor", distributed()),
     ):
         dash = dash.with_row(db.Row(title))
         for panel in panels:

@@ -54,7 +54,7 @@ def _partitions_or_exit(bootstrap: str, topic: str, security: dict[str, Any]) ->
     return len(parts)
 
 
-@with_settings_options(include=KAFKA_SETTINGS)
+@with_settings_options(include=KAFKA_SETTINGS | {"metrics_port", "metrics_host"})
 def worker_command(
     events_topic: Annotated[str, typer.Option(help="Topic of the sequenced events.")] = EVENTS_TOPIC,
     shards_topic: Annotated[str, typer.Option(help="Topic the shards go to.")] = SHARDS_TOPIC,
@@ -93,8 +93,14 @@ def worker_command(
         data_dir=data_dir,
         instance=instance,
         session_timeout_s=session_timeout,
+        metrics_port=settings.metrics_port,
+        metrics_host=settings.metrics_host,
     )
-    run_worker(cfg, partitions, loglevel=settings.log_level.lower())
+    try:
+        run_worker(cfg, partitions, loglevel=settings.log_level.lower())
+    except OSError as exc:  # the metrics port taken, the data directory not writable
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
 
 
 ATTRIBUTOR_SETTINGS = KAFKA_SETTINGS | ATTRIBUTION_FIELDS | {"followers", "kafka_topic_tiers", "kafka_topic_alerts"}

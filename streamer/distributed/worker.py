@@ -28,11 +28,14 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from streamer.distributed.kafka_ingest import EVENTS_TOPIC
 from streamer.distributed.partition_state import PartitionState
 from streamer.distributed.shards import CHUNK_BYTES, SHARDS_TOPIC
+
+if TYPE_CHECKING:
+    from streamer.distributed.worker_metrics import WorkerMetrics
 
 log = logging.getLogger("skyattr.worker")
 
@@ -54,6 +57,8 @@ class WorkerConfig:
     instance: str = ""  # static group membership (``group.instance.id``): a restarted pod keeps its partitions
     chunk_bytes: int = CHUNK_BYTES
     session_timeout_s: float = 30.0  # a worker silent this long leaves the group and its partitions move
+    metrics_port: int | None = None  # /metrics, /healthz, /readyz (streamer.distributed.worker_metrics)
+    metrics_host: str = "127.0.0.1"
 
 
 def _transport() -> Any:
@@ -102,8 +107,9 @@ def __getattr__(name: str) -> Any:  # the transport class, built when faust asks
     raise AttributeError(name)
 
 
-def make_app(config: WorkerConfig, partitions: int) -> Any:
-    """The faust app (see the module doc) for an events topic of ``partitions`` partitions."""
+def make_app(config: WorkerConfig, partitions: int, metrics: WorkerMetrics | None = None) -> Any:
+    """The faust app (see the module doc) for an events topic of ``partitions`` partitions; ``metrics`` (if
+    given) is fed by the fold loop and reads the app when scraped."""
     import faust
 
     _register_transport()
@@ -129,10 +135,19 @@ def make_app(config: WorkerConfig, partitions: int) -> Any:
     schema = faust.Schema(key_type=str, key_serializer="json", value_serializer="json")
     table = app.Table(TABLE, partitions=partitions, schema=schema)
     states: dict[int, PartitionState] = {}
+    if metrics is not None:
+        metrics.bind(app)
 
     @app.on_partitions_revoked.connect
     async def _forget(sender: Any, revoked: Any, **kwargs: Any) -> None:
         states.clear()  # partitions may move: each index is rebuilt from the (recovered) table when next used
+        if metrics is not None:
+            metrics.forget()
+
+    @app.on_partitions_assigned.connect
+    async def _assigned(sender: Any, assigned: Any, **kwargs: Any) -> None:
+        if metrics is not None:
+            metrics.assigned_once = True
 
     @app.agent(events, concurrency=1)
     async def fold(stream: Any) -> None:
@@ -150,7 +165,12 @@ def make_app(config: WorkerConfig, partitions: int) -> Any:
             except ValueError as exc:
                 log.warning("partition %d offset %d skipped: %s", msg.partition, msg.offset, exc)
                 state.skipped["refused"] += 1
+                if metrics is not None:
+                    metrics.refused.inc()
+                    metrics.folded(msg.partition, msg.offset)
                 continue
+            if metrics is not None:
+                metrics.folded(msg.partition, msg.offset)
             if state.skipped["tick_read_again"] != again:
                 log.info(
                     "partition %d offset %d: a tick read again, its shard went out before", msg.partition, msg.offset
@@ -163,13 +183,18 @@ def make_app(config: WorkerConfig, partitions: int) -> Any:
             for value, headers in chunks:
                 fut = await shards.send(key=str(msg.partition).encode(), value=value, headers=headers, partition=0)
                 await fut
+            size = sum(len(v) for v, _ in chunks)
+            if metrics is not None:
+                metrics.shards.inc()
+                metrics.shard_bytes.inc(size)
+                metrics.publish.observe(time.monotonic() - started)
             log.info(
                 "partition %d: shard at %d published (%d accounts, %d edges, %d bytes, %.0f ms)",
                 msg.partition,
                 tick.as_of_us,
                 len(shard.arrays["dids"]),
                 len(shard.arrays["att"]),
-                sum(len(v) for v, _ in chunks),
+                size,
                 1000 * (time.monotonic() - started),
             )
 
@@ -192,6 +217,13 @@ def run_worker(config: WorkerConfig, partitions: int, loglevel: str = "info") ->
 
     config.data_dir.mkdir(parents=True, exist_ok=True)
     asyncio.run(ensure_topics(config.bootstrap, {config.shards_topic: (1, False)}))
-    app = make_app(config, partitions)
+    metrics = None
+    if config.metrics_port is not None:
+        from streamer.distributed.worker_metrics import WorkerMetrics
+
+        metrics = WorkerMetrics(config.events_topic)
+        port = metrics.serve(config.metrics_port, config.metrics_host)
+        log.info("metrics on http://%s:%d/metrics", config.metrics_host, port)
+    app = make_app(config, partitions, metrics)
     worker = faust.Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
     worker.execute_from_commandline()

@@ -30,11 +30,93 @@ CONNECTION_TIMEOUT_S = 10.0  # for a connection's whole request and reply (Prome
 log = logging.getLogger(__name__)
 
 
-class Metrics:
+class Endpoint:
+    """A registry served over HTTP (:meth:`serve`): ``/metrics``, ``/healthz`` (alive) and ``/readyz`` (what
+    :meth:`readiness` says). The single process's :class:`Metrics` and each distributed role's metrics are one."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.ready = False
+        self.not_ready_reason = "starting"
+        self.port: int | None = None
+        self._server: ThreadingHTTPServer | None = None
+
+    def readiness(self) -> tuple[bool, str]:
+        """(ready, why not): ``/readyz`` answers 200 when ready, else 503 with the reason."""
+        return self.ready, self.not_ready_reason
+
+    # HTTP ----------------------------------------------------------------------------------------------------
+    def serve(
+        self,
+        port: int,
+        host: str = "127.0.0.1",
+        *,
+        max_connections: int = MAX_CONNECTIONS,
+        timeout: float = CONNECTION_TIMEOUT_S,
+    ) -> int:
+        """Start the endpoints in a daemon thread; returns the bound port (0 picks a free one).
+
+        ``host`` is loopback unless told otherwise (``--metrics-host``): the endpoints carry no authentication. A
+        bind failure is an ``OSError`` naming the address."""
+        metrics = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def setup(self) -> None:
+                super().setup()
+                # one deadline for the whole request: a per-read timeout alone lets a client that sends a byte
+                # every few seconds hold its thread (and pool slot) forever
+                self.rfile.close()
+                self.rfile = io.BufferedReader(_DeadlineReader(self.connection, time.monotonic() + timeout))
+
+            def do_GET(self) -> None:
+                path = self.path.split("?", 1)[0]
+                if path == "/metrics":
+                    self._reply(200, generate_latest(metrics.registry), CONTENT_TYPE_LATEST)
+                elif path == "/healthz":
+                    self._reply(200, b"ok\n")
+                elif path == "/readyz":
+                    ready, reason = metrics.readiness()
+                    if ready:
+                        self._reply(200, b"ready\n")
+                    else:
+                        self._reply(503, f"not ready: {reason}\n".encode())
+                else:
+                    self._reply(404, b"not found\n")
+
+            def _reply(self, code: int, body: bytes, ctype: str = "text/plain; charset=utf-8") -> None:
+                self.send_response(code)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:  # scrapes (and timed-out idlers) are not worth a log line
+                return
+
+        Handler.timeout = timeout  # socket timeout of each read and write, under the deadline above
+        server_class = _BoundedHTTPServer6 if ":" in host else _BoundedHTTPServer
+        try:
+            self._server = server_class((host, port), Handler, max_connections)
+        except OSError as exc:
+            raise OSError(exc.errno, f"cannot serve /metrics on {host}:{port}: {exc.strerror or exc}") from None
+        self.port = int(self._server.server_address[1])
+        threading.Thread(target=self._server.serve_forever, name="skyattr-metrics", daemon=True).start()
+        return self.port
+
+    def close(self) -> None:
+        """Stop accepting and close the listening socket; connections still open end at their deadline."""
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+
+class Metrics(Endpoint):
     """All of skyattr's metrics (names in the README's metrics table)."""
 
     def __init__(self) -> None:
-        r = self.registry = CollectorRegistry()
+        super().__init__()
+        r = self.registry
         self.active_agents = Gauge("skyattr_active_agents", "Agents with activity in the window.", registry=r)
         self.duration = Histogram(
             "skyattr_attribution_duration_seconds",
@@ -76,10 +158,6 @@ class Metrics:
         )
         self.stream = StreamCollector()
         r.register(self.stream)
-        self.ready = False
-        self.not_ready_reason = "starting"
-        self.port: int | None = None
-        self._server: ThreadingHTTPServer | None = None
 
     def bind(self, stats: Any, dispatcher: Any, source: Any = None) -> None:
         """Export this stream's figures at scrape time: its stats, the state behind the dispatcher, the source."""
@@ -113,70 +191,6 @@ class Metrics:
         self.value.labels(ind).set(result.value)
         self.active_agents.set(result.active_agents)
         self.duration.labels(ind).observe(result.runtime_s)
-
-    # HTTP ----------------------------------------------------------------------------------------------------
-    def serve(
-        self,
-        port: int,
-        host: str = "127.0.0.1",
-        *,
-        max_connections: int = MAX_CONNECTIONS,
-        timeout: float = CONNECTION_TIMEOUT_S,
-    ) -> int:
-        """Start the endpoints in a daemon thread; returns the bound port (0 picks a free one).
-
-        ``host`` is loopback unless told otherwise (``--metrics-host``): the endpoints carry no authentication. A
-        bind failure is an ``OSError`` naming the address."""
-        metrics = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def setup(self) -> None:
-                super().setup()
-                # one deadline for the whole request: a per-read timeout alone lets a client that sends a byte
-                # every few seconds hold its thread (and pool slot) forever
-                self.rfile.close()
-                self.rfile = io.BufferedReader(_DeadlineReader(self.connection, time.monotonic() + timeout))
-
-            def do_GET(self) -> None:
-                path = self.path.split("?", 1)[0]
-                if path == "/metrics":
-                    self._reply(200, generate_latest(metrics.registry), CONTENT_TYPE_LATEST)
-                elif path == "/healthz":
-                    self._reply(200, b"ok\n")
-                elif path == "/readyz":
-                    if metrics.ready:
-                        self._reply(200, b"ready\n")
-                    else:
-                        self._reply(503, f"not ready: {metrics.not_ready_reason}\n".encode())
-                else:
-                    self._reply(404, b"not found\n")
-
-            def _reply(self, code: int, body: bytes, ctype: str = "text/plain; charset=utf-8") -> None:
-                self.send_response(code)
-                self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: Any) -> None:  # scrapes (and timed-out idlers) are not worth a log line
-                return
-
-        Handler.timeout = timeout  # socket timeout of each read and write, under the deadline above
-        server_class = _BoundedHTTPServer6 if ":" in host else _BoundedHTTPServer
-        try:
-            self._server = server_class((host, port), Handler, max_connections)
-        except OSError as exc:
-            raise OSError(exc.errno, f"cannot serve /metrics on {host}:{port}: {exc.strerror or exc}") from None
-        self.port = int(self._server.server_address[1])
-        threading.Thread(target=self._server.serve_forever, name="skyattr-metrics", daemon=True).start()
-        return self.port
-
-    def close(self) -> None:
-        """Stop accepting and close the listening socket; connections still open end at their deadline."""
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
 
 
 class _DeadlineReader(io.RawIOBase):

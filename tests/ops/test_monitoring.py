@@ -194,9 +194,34 @@ def daemon_exposition() -> str:
     return scrapes[-1]
 
 
-def test_rules_and_dashboard_read_only_metrics_the_daemon_exports(daemon_exposition: str) -> None:
-    exported, families = exported_names(daemon_exposition)
+@pytest.fixture(scope="module")
+def role_expositions() -> str:
+    """/metrics of the distributed mode's roles as they serve it before their first record: a worker's endpoint
+    (its gauges come from the faust app, their families are there before it is bound) and the attributor's."""
+    from streamer.app.distributed_commands import _attributor_metrics
+    from streamer.distributed.worker_metrics import WorkerMetrics
+
+    worker = WorkerMetrics("skyattr.events")
+    attributor, _ = _attributor_metrics(load_settings(flags={"metrics_port": free_port()}, env={}))
+    try:
+        texts = []
+        for port in (worker.serve(0), attributor.port):
+            status, body = http_get(f"http://127.0.0.1:{port}/metrics")
+            assert status == 200
+            texts.append(body)
+        status, body = http_get(f"http://127.0.0.1:{worker.port}/readyz")
+        assert (status, body) == (503, "not ready: waiting for the consumer group to assign partitions\n")
+    finally:
+        worker.close()
+        attributor.close()
+    return "\n".join(texts)
+
+
+def test_rules_and_dashboard_read_only_metrics_skyattr_exports(daemon_exposition: str, role_expositions: str) -> None:
+    exported, families = exported_names(daemon_exposition + "\n" + role_expositions)
     assert "skyattr_ingest_events_total" in exported and "skyattr_attribution_duration_seconds_bucket" in exported
+    assert {"skyattr_worker_consumer_lag", "skyattr_worker_recovery_remaining"} <= families
+    assert "skyattr_attributor_gather_seconds_bucket" in exported
     known = exported | PROMETHEUS_BUILTINS
     queries = [(f"rule {r.get('alert') or r.get('record')!r}", r["expr"]) for r in rules()]
     queries += dashboard_queries(committed_dashboard())

@@ -19,7 +19,7 @@ import pytest
 from streamer.testing.synth import default_archive
 from tests.broker import kafka_bootstrap
 from tests.compare import VOLATILE, assert_close
-from tests.net import free_port
+from tests.net import free_port, http_get
 
 REPO = Path(__file__).resolve().parents[3]
 GOLDEN = REPO / "tests" / "golden" / "default_replay.jsonl"
@@ -59,11 +59,12 @@ class Deployment:
             assert proc.wait(300) == 0, self.log("ingest")
         return proc
 
-    def worker(self, n: int, store: str = "memory://") -> subprocess.Popen[str]:
+    def worker(self, n: int, store: str = "memory://", metrics_port: int | None = None) -> subprocess.Popen[str]:
+        extra = ("--metrics-port", str(metrics_port)) if metrics_port is not None else ()
         return self._cli(
             "worker", "--store", store, "--events-topic", self.events, "--shards-topic", self.shards,
             "--app-id", self.app_id, "--data-dir", str(self.tmp / f"worker{n}"), "--session-timeout", "8",
-            log=f"worker{n}",
+            *extra, log=f"worker{n}",
         )  # fmt: skip
 
     def attributor(self, out: Path, *extra: str) -> subprocess.Popen[str]:
@@ -125,11 +126,22 @@ def test_two_workers_and_the_attributor_give_the_single_process_results(bootstra
     dep = Deployment(bootstrap, tmp_path)
     try:
         dep.ingest()
-        workers = [dep.worker(1), dep.worker(2)]
+        ports = [free_port(), free_port()]
+        workers = [dep.worker(1, metrics_port=ports[0]), dep.worker(2, metrics_port=ports[1])]
         out = tmp_path / "results.jsonl"
         dep.finish(dep.attributor(out, "--until-final"), 400, workers)
         _assert_golden(out)
         assert "24 runs published, 0 skipped, 0 incomplete" in dep.log("attributor")
+        # each worker's endpoint: together they fold every partition, each folded to its end, 24 shards each
+        scraped = [_metrics(p) for p in ports]
+        assert sum(m["skyattr_worker_assigned_partitions"] for m in scraped) == dep.partitions
+        lags = {k: v for m in scraped for k, v in m.items() if k.startswith("skyattr_worker_consumer_lag")}
+        assert len(lags) == dep.partitions, lags
+        assert all(v <= 1 for v in lags.values()), f"caught up (1: the last commit marker): {lags}"
+        assert sum(m["skyattr_worker_shards_total"] for m in scraped) == 24 * dep.partitions
+        assert all(m["skyattr_worker_in_recovery"] == 0 and m["skyattr_worker_refused_total"] == 0 for m in scraped)
+        assert sum(m["skyattr_worker_events_total"] for m in scraped) > 10_000
+        assert all(http_get(f"http://127.0.0.1:{p}/readyz") == (200, "ready\n") for p in ports)
     finally:
         dep.close()
 
@@ -164,7 +176,12 @@ def test_a_killed_worker_and_a_killed_attributor_lose_and_double_nothing(bootstr
         os.kill(workers[busy].pid, signal.SIGKILL)
         workers.pop(busy).wait(30)
         shutil.rmtree(tmp_path / f"worker{busy}")
-        workers[3] = dep.worker(3, store="rocksdb://")
+        port3 = free_port()
+        workers[3] = dep.worker(3, store="rocksdb://", metrics_port=port3)
+        # not ready until the group assigns it partitions and their table is read back from the changelog
+        replies = _readiness_until_ready(port3, 240)
+        assert replies[0] == (503, "not ready: waiting for the consumer group to assign partitions\n"), replies
+        assert _metrics(port3)["skyattr_worker_in_recovery"] == 0
         assert ingest.wait(300) == 0, dep.log("ingest")
         _wait_lines(out, 6, 240)
         scraped = _metrics(port)
@@ -182,7 +199,7 @@ def test_a_killed_worker_and_a_killed_attributor_lose_and_double_nothing(bootstr
 
 
 def _metrics(port: int) -> dict[str, float]:
-    """The samples of the attributor's /metrics, by name with labels (the real prometheus-client exposition)."""
+    """The samples of a role's /metrics, by name with labels (the real prometheus-client exposition)."""
     import urllib.request
 
     from prometheus_client.parser import text_string_to_metric_families
@@ -194,6 +211,24 @@ def _metrics(port: int) -> dict[str, float]:
             labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
             out[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
     return out
+
+
+def _readiness_until_ready(port: int, timeout: float) -> list[tuple[int, str]]:
+    """Every distinct /readyz reply of a starting worker, in order, until it is ready."""
+    replies: list[tuple[int, str]] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            reply = http_get(f"http://127.0.0.1:{port}/readyz")
+        except OSError:  # not listening yet
+            time.sleep(0.05)
+            continue
+        if not replies or replies[-1] != reply:
+            replies.append(reply)
+        if reply[0] == 200:
+            return replies
+        time.sleep(0.1)
+    raise AssertionError(f"worker not ready after {timeout} s: {replies}")
 
 
 def _wait_for(condition: Any, timeout: float) -> None:
