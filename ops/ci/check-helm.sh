@@ -123,9 +123,12 @@ cmp -s "$OPS_RULES" "$CHART_RULES" ||
 RULES_NOTE="rules: files/skyattr-rules.yaml -> ops/prometheus/skyattr-rules.yaml, packaged by both helm releases"
 
 # --- lint and render with both helm releases ------------------------------------------------------------------------
-# Three renderings: the defaults, every toggle on, and the rest off (no PVC, no ServiceAccount).
-RENDERINGS=(default full minimal)
-declare -A SETS=([default]="" [full]="$FULL_SET" [minimal]="persistence.enabled=false,serviceAccount.create=false")
+# Four renderings: the defaults, every toggle on, the rest off (no PVC, no ServiceAccount), and the distributed mode
+# (ingest, workers, attributor) with the GPU, the ServiceMonitor and the PrometheusRule on.
+RENDERINGS=(default full minimal distributed)
+DIST_SET="mode=distributed,kafka.bootstrap=kafka:9092,gpu.enabled=true,serviceMonitor.enabled=true,prometheusRule.enabled=true"
+declare -A SETS=([default]="" [full]="$FULL_SET" [minimal]="persistence.enabled=false,serviceAccount.create=false"
+  [distributed]="$DIST_SET")
 for h in "$HELM3" "$HELM4"; do
   v="$("$h" version --template '{{.Version}}')"
   for r in "${RENDERINGS[@]}"; do
@@ -187,6 +190,8 @@ def check_rendering(mode: str) -> str:
     """Check one rendering; write <mode>-core.yaml (Kubernetes objects) and <mode>-crs.json (CRs)."""
     docs = [d for d in yaml.safe_load_all((out / f"{mode}.yaml").read_text()) if d]
     errors: list[str] = []
+    if mode == "distributed":
+        return check_distributed(docs, errors)
 
     def check(cond: object, what: str) -> None:
         if not cond:
@@ -305,6 +310,99 @@ def check_rendering(mode: str) -> str:
     return f"{len(core)}+{len(crs)}"
 
 
+def split(mode: str, docs: list[dict]) -> str:
+    core = [d for d in docs if (d["apiVersion"], d["kind"]) not in CRD]
+    crs = [d for d in docs if (d["apiVersion"], d["kind"]) in CRD]
+    (out / f"{mode}-core.yaml").write_text(yaml.safe_dump_all(core, sort_keys=False))
+    (out / f"{mode}-crs.json").write_text(json.dumps(crs))
+    return f"{len(core)}+{len(crs)}"
+
+
+def check_distributed(docs: list[dict], errors: list[str]) -> str:
+    """mode=distributed: ingest (Deployment), workers (StatefulSet + PVC + PDB, static membership), attributor
+    (Deployment, the GPU), each role's args parsed by the real command line, the ServiceMonitor scraping both
+    endpoints."""
+    import typer
+
+    from streamer.app.cli import app
+
+    def check(cond: object, what: str) -> None:
+        if not cond:
+            errors.append(what)
+
+    by_kind: dict[str, list[dict]] = {}
+    for d in docs:
+        by_kind.setdefault(d["kind"], []).append(d)
+    got = {k: len(v) for k, v in by_kind.items()}
+    expected = {"ServiceAccount": 1, "ConfigMap": 1, "Service": 2, "StatefulSet": 1, "Deployment": 2,
+                "PodDisruptionBudget": 1, "ServiceMonitor": 1, "PrometheusRule": 1}
+    check(got == expected, f"objects {got}, expected {expected}")
+    dist = values["distributed"]
+    cli = typer.main.get_command(app)
+    cfg = yaml.safe_load(by_kind["ConfigMap"][0]["data"]["config.yaml"])
+    check(cfg == values["config"], "config.yaml differs from values.yaml config")
+    workloads = {w["metadata"]["labels"]["app.kubernetes.io/component"]: w
+                 for w in by_kind["Deployment"] + by_kind["StatefulSet"]}
+    check(set(workloads) == {"ingest", "worker", "attributor"}, f"roles {sorted(workloads)}")
+    pods = {}
+    for role, w in workloads.items():
+        pod = w["spec"]["template"]["spec"]
+        pods[role] = w["spec"]["template"]["metadata"]["labels"]
+        sel = w["spec"]["selector"]["matchLabels"]
+        for other, ow in workloads.items():
+            labels = ow["spec"]["template"]["metadata"]["labels"]
+            check((sel.items() <= labels.items()) == (other == role), f"{role} selector and {other} pods")
+        (c,) = pod["containers"]
+        command, *args = c["args"]
+        check(command == role, f"{role} runs {command}")
+        env = {e["name"]: e for e in c.get("env", [])}
+        # Kubernetes expands $(POD_NAME) from the env; the command line then parses exactly these words
+        words = ["worker-0" if a == "$(POD_NAME)" else a for a in args]
+        try:
+            cli.commands[command].make_context(command, list(words))
+        except Exception as exc:  # click's parse and type errors
+            errors.append(f"{role}: `skyattr {command} {' '.join(args)}` is refused: {exc}")
+        for k in env:
+            if k.startswith("SKYATTR_"):
+                check(k.removeprefix("SKYATTR_").lower() in fields, f"{role}: env {k} is not a Settings field")
+        check(env.get("SKYATTR_KAFKA_BOOTSTRAP", {}).get("value") == "kafka:9092", f"{role}: SKYATTR_KAFKA_BOOTSTRAP")
+        sc = c["securityContext"]
+        check(sc.get("readOnlyRootFilesystem") is True and sc.get("capabilities") == {"drop": ["ALL"]}, f"{role}: securityContext")
+        mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
+        check(mounts.get("/tmp") == "tmp" and mounts.get("/etc/skyattr") == "config", f"{role}: /tmp and config mounts")
+        gpu = role == "attributor"
+        check(("nvidia.com/gpu" in c["resources"].get("limits", {})) == gpu, f"{role}: GPU limit only on the attributor")
+        check(c["image"].endswith("-cuda") == gpu, f"{role}: image {c['image']}")
+        check(("nvidia.com/gpu.present" in pod.get("nodeSelector", {})) == gpu, f"{role}: GPU nodeSelector")
+        if role != "ingest":
+            check(c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}, f"{role}: readiness probe")
+            check(c["ports"][0]["containerPort"] == values["config"]["metrics_port"], f"{role}: metrics port")
+    worker = workloads["worker"]
+    check(worker["spec"]["replicas"] == dist["workers"]["replicas"], "worker replicas")
+    wc = worker["spec"]["template"]["spec"]["containers"][0]
+    instance = wc["args"][wc["args"].index("--instance") + 1]
+    pod_name = {e["name"]: e for e in wc["env"]}.get("POD_NAME", {}).get("valueFrom", {}).get("fieldRef", {})
+    check(instance == "$(POD_NAME)" and pod_name.get("fieldPath") == "metadata.name", "static membership from the pod name")
+    claims = [t["metadata"]["name"] for t in worker["spec"].get("volumeClaimTemplates", [])]
+    check(claims == ["data"], f"worker PVC {claims}")
+    check(wc["args"][wc["args"].index("--data-dir") + 1].startswith("/var/lib/skyattr/"), "RocksDB on the PVC")
+    check(worker["spec"]["serviceName"] in {s["metadata"]["name"] for s in by_kind["Service"]}, "worker serviceName")
+    pdb = by_kind["PodDisruptionBudget"][0]["spec"]
+    check(pdb["maxUnavailable"] == dist["workers"]["maxUnavailable"], "PDB maxUnavailable")
+    check(pdb["selector"]["matchLabels"] == worker["spec"]["selector"]["matchLabels"], "PDB selects the workers")
+    for role in ("ingest", "attributor"):
+        check(workloads[role]["spec"]["replicas"] == 1, f"{role}: one replica")
+        check(workloads[role]["spec"]["strategy"] == {"type": "Recreate"}, f"{role}: Recreate (never two at once)")
+    sm = by_kind["ServiceMonitor"][0]
+    sel = sm["spec"]["selector"]["matchLabels"]
+    scraped = {s["metadata"]["labels"]["app.kubernetes.io/component"] for s in by_kind["Service"]
+               if sel.items() <= s["metadata"]["labels"].items()}
+    check(scraped == {"worker", "attributor"}, f"ServiceMonitor scrapes {sorted(scraped)}")
+    if errors:
+        raise SystemExit("\n  ".join(["check-helm: FAIL: distributed rendering:", *errors]))
+    return split("distributed", docs)
+
+
 for mode in modes:
     print(mode, check_rendering(mode))
 EOF
@@ -347,7 +445,7 @@ console.log(n);
 EOF
 CR_N="$(node "$CR_JS" "$WORK"/*-crs.json)" ||
   die "custom resources do not match the prometheus-operator CRD schemas"
-[[ "$CR_N" == 2 ]] || die "expected 2 custom resources, validated $CR_N"
+[[ "$CR_N" == 4 ]] || die "expected 4 custom resources, validated $CR_N"
 lap "ServiceMonitor + PrometheusRule vs CRD schema"
 
 # --- bad values must fail ----------------------------------------------------------------------------------------
@@ -376,8 +474,12 @@ expect_fail "$SCHEMA_MSG" --set gpu.enable=true
 printf 'config:\n  head: 0.5\n  middle: 0.6\n' >"$WORK/tiers.yaml"
 expect_fail "config.head + config.middle must be <= 1" -f "$WORK/tiers.yaml"
 expect_fail "needs kafka.sasl.existingSecret" --set kafka.bootstrap=kafka:9092,kafka.securityProtocol=SASL_SSL
+expect_fail "$SCHEMA_MSG" --set mode=cluster
+expect_fail "$SCHEMA_MSG" --set mode=distributed,kafka.bootstrap=k:9092,distributed.workers.replicas=0
+expect_fail "mode distributed needs kafka.bootstrap" --set mode=distributed
+expect_fail "record.enabled is for mode single" --set mode=distributed,kafka.bootstrap=k:9092,record.enabled=true
 lap "$bad bad values rejected (x2 helm)"
 
 total="$(secs $(($(date +%s%N) - T0)))"
-printf 'check-helm: OK: helm %s+%s lint --strict; defaults (%s objects), all toggles on (%s) and off (%s) render the same with both, fit the daemon, pass kubernetes-validate %s --strict on %s and the CRD schemas; %d bad values rejected; %s; %s s\n' \
-  "$HELM3_V" "$HELM4_V" "${COUNTS[default]}" "${COUNTS[full]}" "${COUNTS[minimal]}" "$KV_V" "${K8S_VERSIONS// /,}" "$bad" "$RULES_NOTE" "$total"
+printf 'check-helm: OK: helm %s+%s lint --strict; defaults (%s objects), all toggles on (%s), off (%s) and the distributed mode (%s) render the same with both, fit the daemon, pass kubernetes-validate %s --strict on %s and the CRD schemas; %d bad values rejected; %s; %s s\n' \
+  "$HELM3_V" "$HELM4_V" "${COUNTS[default]}" "${COUNTS[full]}" "${COUNTS[minimal]}" "${COUNTS[distributed]}" "$KV_V" "${K8S_VERSIONS// /,}" "$bad" "$RULES_NOTE" "$total"

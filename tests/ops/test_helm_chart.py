@@ -323,8 +323,18 @@ def _break_rules(chart: Path) -> None:  # a chart copy whose rules drifted from 
 
 
 def _break_env(chart: Path) -> None:
-    p = chart / "templates" / "statefulset.yaml"
+    p = chart / "templates" / "_helpers.tpl"
     p.write_text(p.read_text().replace("name: SKYATTR_KAFKA_BOOTSTRAP", "name: SKYATTR_KAFKA_SERVERS"))
+
+
+def _break_worker_args(chart: Path) -> None:  # a flag the worker command does not have
+    p = chart / "templates" / "distributed.yaml"
+    p.write_text(p.read_text().replace("- --session-timeout\n", "- --session-timeout-s\n"))
+
+
+def _break_worker_membership(chart: Path) -> None:  # every worker the same static member
+    p = chart / "templates" / "distributed.yaml"
+    p.write_text(p.read_text().replace("- $(POD_NAME)", "- worker"))
 
 
 @deploy
@@ -335,6 +345,8 @@ def _break_env(chart: Path) -> None:
         (_break_schema, "config.interval=-5 succeeded"),
         (_break_servicemonitor, "prometheus-operator CRD schemas"),
         (_break_env, "not a Settings field"),
+        (_break_worker_args, "`skyattr worker --config"),
+        (_break_worker_membership, "static membership from the pod name"),
         (_break_rules, "does not have the content of ops/prometheus/skyattr-rules.yaml"),
     ],
 )

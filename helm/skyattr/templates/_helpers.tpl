@@ -44,11 +44,17 @@ app.kubernetes.io/part-of: skyattr
 
 {{/* The image: <repository>:<tag or appVersion>; with gpu.enabled image.cudaTag or "<tag>-cuda". */}}
 {{- define "skyattr.image" -}}
-{{- $tag := .Values.image.tag | default .Chart.AppVersion -}}
-{{- if .Values.gpu.enabled -}}
-{{- $tag = .Values.image.cudaTag | default (printf "%s-cuda" $tag) -}}
+{{- include "skyattr.imageFor" (dict "root" . "gpu" .Values.gpu.enabled) -}}
 {{- end -}}
-{{- printf "%s:%s" .Values.image.repository $tag -}}
+
+{{/* The image of a container that computes on a GPU or not: (dict "root" $ "gpu" BOOL). */}}
+{{- define "skyattr.imageFor" -}}
+{{- $v := .root.Values -}}
+{{- $tag := $v.image.tag | default .root.Chart.AppVersion -}}
+{{- if .gpu -}}
+{{- $tag = $v.image.cudaTag | default (printf "%s-cuda" $tag) -}}
+{{- end -}}
+{{- printf "%s:%s" $v.image.repository $tag -}}
 {{- end -}}
 
 {{- define "skyattr.metricsPort" -}}
@@ -70,6 +76,136 @@ daemon, reads as a string).
 {{- end }}
 {{- end -}}
 
+{{/*
+The environment every skyattr container shares: caches on the /tmp emptyDir (the root filesystem is read-only), the
+compilation cache at .cache, the Kafka connection (SKYATTR_* variables, SASL credentials from the Secret), extraEnv.
+Called with (dict "root" $ "cache" PATH).
+*/}}
+{{- define "skyattr.env" -}}
+{{- $kafka := .root.Values.kafka -}}
+{{- $protocol := $kafka.securityProtocol | default (ternary "SASL_SSL" "" (ne $kafka.sasl.existingSecret "")) -}}
+# The root filesystem is read-only: caches (matplotlib, JAX, Python) go to the /tmp emptyDir.
+- name: HOME
+  value: /tmp
+- name: MPLCONFIGDIR
+  value: /tmp/matplotlib
+- name: PYTHONDONTWRITEBYTECODE
+  value: "1"
+- name: PYTHONUNBUFFERED
+  value: "1"
+# compiled kernels kept across restarts where the path is on a volume
+- name: SKYATTR_COMPILATION_CACHE
+  value: {{ .cache }}
+{{- with $kafka.bootstrap }}
+- name: SKYATTR_KAFKA_BOOTSTRAP
+  value: {{ . | quote }}
+{{- end }}
+{{- with $protocol }}
+- name: SKYATTR_KAFKA_SECURITY_PROTOCOL
+  value: {{ . | quote }}
+{{- end }}
+{{- with $kafka.sasl.existingSecret }}
+- name: SKYATTR_KAFKA_SASL_MECHANISM
+  value: {{ $kafka.sasl.mechanism | quote }}
+- name: SKYATTR_KAFKA_SASL_USERNAME
+  valueFrom:
+    secretKeyRef:
+      name: {{ . }}
+      key: {{ $kafka.sasl.usernameKey }}
+- name: SKYATTR_KAFKA_SASL_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ . }}
+      key: {{ $kafka.sasl.passwordKey }}
+{{- end }}
+{{- with .root.Values.extraEnv }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/* Selector labels of one role of the distributed mode: (dict "root" $ "role" NAME). */}}
+{{- define "skyattr.roleSelectorLabels" -}}
+{{ include "skyattr.selectorLabels" .root }}
+app.kubernetes.io/component: {{ .role }}
+{{- end -}}
+
+{{/* The pod spec parts every role shares (service account, pull secrets, priority, pod security context). */}}
+{{- define "skyattr.podCommon" -}}
+serviceAccountName: {{ include "skyattr.serviceAccountName" . }}
+automountServiceAccountToken: {{ .Values.serviceAccount.automount }}
+{{- with .Values.imagePullSecrets }}
+imagePullSecrets:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .Values.priorityClassName }}
+priorityClassName: {{ . }}
+{{- end }}
+securityContext:
+  {{- toYaml .Values.podSecurityContext | nindent 2 }}
+{{- end -}}
+
+{{/* Probes of a role's metrics endpoint: startup and liveness on /healthz, readiness on /readyz. */}}
+{{- define "skyattr.probes" -}}
+{{- $p := .Values.probes -}}
+startupProbe:
+  httpGet:
+    path: /healthz
+    port: metrics
+  periodSeconds: {{ $p.startup.periodSeconds }}
+  failureThreshold: {{ $p.startup.failureThreshold }}
+  timeoutSeconds: {{ $p.startup.timeoutSeconds }}
+livenessProbe:
+  httpGet:
+    path: /healthz
+    port: metrics
+  periodSeconds: {{ $p.liveness.periodSeconds }}
+  failureThreshold: {{ $p.liveness.failureThreshold }}
+  timeoutSeconds: {{ $p.liveness.timeoutSeconds }}
+readinessProbe:
+  httpGet:
+    path: /readyz
+    port: metrics
+  periodSeconds: {{ $p.readiness.periodSeconds }}
+  failureThreshold: {{ $p.readiness.failureThreshold }}
+  timeoutSeconds: {{ $p.readiness.timeoutSeconds }}
+{{- end -}}
+
+{{/* A container's resources, with the nvidia.com/gpu limit when "gpu": (dict "root" $ "resources" R "gpu" BOOL). */}}
+{{- define "skyattr.resources" -}}
+{{- $resources := deepCopy (.resources | default dict) -}}
+{{- if .gpu -}}
+{{- $limits := $resources.limits | default dict -}}
+{{- $_ := set $limits "nvidia.com/gpu" (.root.Values.gpu.count | int) -}}
+{{- $_ := set $resources "limits" $limits -}}
+{{- end -}}
+{{- toYaml $resources -}}
+{{- end -}}
+
+{{/* nodeSelector, tolerations and affinity of a pod, with the GPU ones when "gpu": (dict "root" $ "gpu" BOOL). */}}
+{{- define "skyattr.scheduling" -}}
+{{- $v := .root.Values -}}
+{{- $nodeSelector := deepCopy ($v.nodeSelector | default dict) -}}
+{{- if .gpu -}}
+{{- $nodeSelector = merge $nodeSelector ($v.gpu.nodeSelector | default dict) -}}
+{{- end -}}
+{{- with $nodeSelector }}
+nodeSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- $tolerations := $v.tolerations | default list -}}
+{{- if .gpu -}}
+{{- $tolerations = concat $tolerations ($v.gpu.tolerations | default list) -}}
+{{- end -}}
+{{- with $tolerations }}
+tolerations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with $v.affinity }}
+affinity:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end -}}
+
 {{/* Checks across values that the JSON schema cannot express. */}}
 {{- define "skyattr.validate" -}}
 {{- $head := .Values.config.head | default 0.01 | float64 -}}
@@ -86,6 +222,12 @@ daemon, reads as a string).
 {{- end -}}
 {{- if and .Values.kafka.sasl.existingSecret (not .Values.kafka.bootstrap) -}}
 {{- fail "kafka.sasl.existingSecret is set but kafka.bootstrap is empty" -}}
+{{- end -}}
+{{- if and (eq .Values.mode "distributed") (not .Values.kafka.bootstrap) -}}
+{{- fail "mode distributed needs kafka.bootstrap: ingest, workers and attributor talk only through Kafka" -}}
+{{- end -}}
+{{- if and (eq .Values.mode "distributed") .Values.record.enabled -}}
+{{- fail "record.enabled is for mode single (a container beside the daemon); in mode distributed run `skyattr record` apart" -}}
 {{- end -}}
 {{- $host := .Values.config.metrics_host | default "" | toString -}}
 {{- if or (hasPrefix "127." $host) (eq $host "localhost") (eq $host "::1") -}}
