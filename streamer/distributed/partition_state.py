@@ -52,8 +52,11 @@ class PartitionState:
         self.store = store
         self.prefix = f"{partition}{SEP}"
         self.config: StateConfig | None = None
-        self._by_bucket: dict[int, set[str]] = {}  # the a and e keys of each bucket
-        self._dangling: set[str] = set()
+        # The a and e keys of each bucket, with their parsed parts and values: a copy in memory of what this
+        # partition holds in the store (only this object writes those keys), so folding reads no store value and
+        # a shard parses no key; rebuilt from the store after a recovery.
+        self._by_bucket: dict[int, dict[str, tuple[tuple[str, ...], list[Any]]]] = {}
+        self._dangling: dict[str, tuple[str, int]] = {}  # d key -> (actor, ordinal)
         self.skipped: Counter[str] = Counter()  # records not folded, by reason (this process's, not durable)
         self._rebuild()
 
@@ -72,9 +75,9 @@ class PartitionState:
         for key in self._own_keys():
             parts = key.split(SEP)
             if parts[1] in ("a", "e"):
-                self._by_bucket.setdefault(int(parts[2]), set()).add(key)
+                self._by_bucket.setdefault(int(parts[2]), {})[key] = (tuple(parts[3:]), list(self.store[key]))
             elif parts[1] == "d":
-                self._dangling.add(key)
+                self._dangling[key] = (parts[2], int(self.store[key][0]))
         cfg = self.store.get(self._key("c"))
         if cfg is not None:
             self._adopt(cfg)
@@ -146,39 +149,48 @@ class PartitionState:
         b = event.time_us // self._bucket_us
         left_trace = False
         code = self._act.get(event.kind)
+        bucket = self._by_bucket.get(b)
+        if bucket is None:
+            bucket = self._by_bucket[b] = {}
         if code is not None:
             key = self._key("a", b, actor)
-            held = store.get(key)
-            if held is None:
+            entry = bucket.get(key)
+            if entry is None:
                 counts = [0] * KINDS
                 counts[code] = 1
-                store[key] = [*counts, ordinal, offset]
-                self._by_bucket.setdefault(b, set()).add(key)
-            elif offset > held[-1]:
-                held = list(held)
-                held[code] += 1
-                held[-1] = offset
-                store[key] = held
+                value = [*counts, ordinal, offset]
+                store[key] = value
+                bucket[key] = ((actor,), value)
+            elif offset > entry[1][-1]:
+                value = list(entry[1])
+                value[code] += 1
+                value[-1] = offset
+                store[key] = value
+                bucket[key] = (entry[0], value)
             left_trace = True
         w = self._att.get(event.kind)
         subject = event.subject
         if w is not None and subject and subject != actor:
             key = self._key("e", b, actor, subject)
-            held = store.get(key)
-            if held is None:
-                store[key] = [w, ordinal, offset]
-                self._by_bucket.setdefault(b, set()).add(key)
-            elif offset > held[2]:
-                store[key] = [held[0] + w, held[1], offset]
+            entry = bucket.get(key)
+            if entry is None:
+                value = [w, ordinal, offset]
+                store[key] = value
+                bucket[key] = ((actor, subject), value)
+            elif offset > entry[1][2]:
+                held = entry[1]
+                value = [held[0] + w, held[1], offset]
+                store[key] = value
+                bucket[key] = (entry[0], value)
             left_trace = True
         if not left_trace:
             self._dangle(actor, ordinal, offset)
 
     def _dangle(self, actor: str, ordinal: int, offset: int) -> None:
         key = self._key("d", actor)
-        if key not in self.store:
+        if key not in self._dangling:
             self.store[key] = [ordinal, offset]
-            self._dangling.add(key)
+            self._dangling[key] = (actor, ordinal)
 
     def move(self, offset: int, moved: WindowMove) -> None:
         """The ``window`` control record: drop the buckets that left the window (and, on a prune, the accounts
@@ -191,7 +203,7 @@ class PartitionState:
         for b in sorted(self._by_bucket):
             if b < moved.oldest or (moved.drop_beyond is not None and b > moved.drop_beyond):
                 for k in self._by_bucket.pop(b):
-                    store.pop(k, None)
+                    store.pop(k, None)  # (iterating a dict yields its keys: the store keys)
         if moved.prune:
             for k in self._dangling:
                 store.pop(k, None)
@@ -216,49 +228,60 @@ class PartitionState:
 
     @property
     def buckets(self) -> list[int]:
-        return sorted(b for b, keys in self._by_bucket.items() if keys)
+        return sorted(b for b, entries in self._by_bucket.items() if entries)
 
     def arrays(self) -> dict[str, Any]:
         """The partition's window as arrays: DIDs with the position of their first appearance (``2 n + role``,
         role 0 as actor, 1 as subject: a single process interns the actor of an event before its subject), each
-        DID's activity, and the attention edges summed over the buckets, sorted by (attender, source)."""
+        DID's activity, and the attention edges summed over the buckets, sorted by (attender, source). Read from
+        the copy in memory, one pass over the window's entries; the sorting is numpy's."""
         assert self.config is not None
-        weights = np.array([self.config.activity_weights.get(k, 0.0) for k in ACTIVITY_KINDS])
+        weights = [float(self.config.activity_weights.get(k, 0.0)) for k in ACTIVITY_KINDS]
         first: dict[str, int] = {}
         activity: dict[str, float] = {}
-        edges: dict[tuple[str, str], float] = {}
-        store = self.store
-
-        def seen(did: str, pos: int) -> None:
-            held = first.get(did)
-            if held is None or pos < held:
-                first[did] = pos
-
+        edges: dict[tuple[str, ...], float] = {}
         for b in sorted(self._by_bucket):
-            for key in self._by_bucket[b]:
-                parts = key.split(SEP)
-                value = store[key]
-                if parts[1] == "a":
-                    actor = parts[3]
-                    seen(actor, 2 * value[KINDS])
-                    activity[actor] = activity.get(actor, 0.0) + float(np.dot(value[:KINDS], weights))
+            for parts, value in self._by_bucket[b].values():
+                if len(parts) == 1:
+                    actor = parts[0]
+                    pos = 2 * value[KINDS]
+                    if first.get(actor, pos) >= pos:
+                        first[actor] = pos
+                    # count times weight added kind by kind, in float64: the single process's sum, in its order
+                    total = 0.0
+                    for c, wk in zip(value[:KINDS], weights, strict=True):
+                        total += c * wk
+                    activity[actor] = activity.get(actor, 0.0) + total
                 else:
-                    actor, subject = parts[3], parts[4]
-                    seen(actor, 2 * value[1])
-                    seen(subject, 2 * value[1] + 1)
-                    edges[(actor, subject)] = edges.get((actor, subject), 0.0) + float(value[0])
-        for key in self._dangling:
-            seen(key.split(SEP)[2], 2 * store[key][0])
-        dids = sorted(first, key=first.__getitem__)
-        index = {d: i for i, d in enumerate(dids)}
-        pairs = sorted(edges, key=lambda p: (index[p[0]], index[p[1]]))
+                    actor, subject = parts
+                    pos = 2 * value[1]
+                    if first.get(actor, pos) >= pos:
+                        first[actor] = pos
+                    if first.get(subject, pos + 1) >= pos + 1:
+                        first[subject] = pos + 1
+                    edges[parts] = edges.get(parts, 0.0) + float(value[0])
+        for actor, ordinal in self._dangling.values():
+            pos = 2 * ordinal
+            if first.get(actor, pos) >= pos:
+                first[actor] = pos
+        names = list(first)
+        positions = np.fromiter(first.values(), np.int64, len(first))
+        order = np.argsort(positions, kind="stable")  # positions are unique: one DID, one first appearance
+        dids = [names[i] for i in order]
+        rank = np.empty(len(order), np.int64)
+        rank[order] = np.arange(len(order))
+        index = dict(zip(names, rank.tolist(), strict=True))
+        att = np.fromiter((index[a] for a, _ in edges), np.int64, len(edges))
+        src = np.fromiter((index[s] for _, s in edges), np.int64, len(edges))
+        w = np.fromiter(edges.values(), np.float64, len(edges))
+        by_pair = np.lexsort((src, att))
         return {
             "dids": dids,
-            "first": np.array([first[d] for d in dids], np.int64),
-            "x": np.array([activity.get(d, 0.0) for d in dids], np.float64),
-            "att": np.array([index[a] for a, _ in pairs], np.int64),
-            "src": np.array([index[s] for _, s in pairs], np.int64),
-            "w": np.array([edges[p] for p in pairs], np.float64),
+            "first": positions[order],
+            "x": np.fromiter((activity.get(d, 0.0) for d in dids), np.float64, len(dids)),
+            "att": att[by_pair],
+            "src": src[by_pair],
+            "w": w[by_pair],
         }
 
     def shard(self, tick: Tick, partitions: int) -> Shard:
