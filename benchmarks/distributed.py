@@ -117,6 +117,8 @@ def distributed(bootstrap: str, archive: Path, interval: float, workers: int, pa
         raise SystemExit((work / f"attributor-{run}.log").read_text()[-3000:])
     text = "".join((work / f"worker{n}-{run}.log").read_text() for n in range(workers))
     sizes = [int(m) for m in re.findall(r"edges, (\d+) bytes", text)]
+    build_ms = [float(m) for m in re.findall(r"bytes, (\d+) ms\)", text)]
+    accounts = [int(m) for m in re.findall(r"published \((\d+) accounts", text)]
     gathers = [float(m) for m in re.findall(r"gathered in ([0-9.]+) s", (work / f"attributor-{run}.log").read_text())]
     return {
         "workers": workers,
@@ -125,6 +127,10 @@ def distributed(bootstrap: str, archive: Path, interval: float, workers: int, pa
         "runs": sum(1 for line in out.read_text().splitlines() if '"topic":"tiers"' in line),
         "shard_bytes_per_run": sum(sizes) / max(1, len(sizes)) * partitions,
         "gather_s_median": statistics.median(gathers) if gathers else None,
+        "gather_s_p90": statistics.quantiles(gathers, n=10)[-1] if len(gathers) > 1 else None,
+        "shard_ms_median": statistics.median(build_ms) if build_ms else None,
+        "shard_ms_last": build_ms[-partitions:] if build_ms else [],
+        "accounts_last": sum(accounts[-partitions:]),
     }
 
 
