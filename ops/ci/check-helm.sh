@@ -186,20 +186,30 @@ fields = set(Settings.model_fields)
 CRD = {("monitoring.coreos.com/v1", "ServiceMonitor"), ("monitoring.coreos.com/v1", "PrometheusRule")}
 
 
-def check_rendering(mode: str) -> str:
-    """Check one rendering; write <mode>-core.yaml (Kubernetes objects) and <mode>-crs.json (CRs)."""
-    docs = [d for d in yaml.safe_load_all((out / f"{mode}.yaml").read_text()) if d]
-    errors: list[str] = []
-    if mode == "distributed":
-        return check_distributed(docs, errors)
+def checker(errors: list[str]):
+    """check(cond, what): note ``what`` in ``errors`` when ``cond`` is false."""
 
     def check(cond: object, what: str) -> None:
         if not cond:
             errors.append(what)
 
+    return check
+
+
+def grouped(docs: list[dict]) -> dict[str, list[dict]]:
     by_kind: dict[str, list[dict]] = {}
     for d in docs:
         by_kind.setdefault(d["kind"], []).append(d)
+    return by_kind
+
+
+def check_rendering(mode: str) -> str:
+    """Check one rendering; write <mode>-core.yaml (Kubernetes objects) and <mode>-crs.json (CRs)."""
+    docs = [d for d in yaml.safe_load_all((out / f"{mode}.yaml").read_text()) if d]
+    errors: list[str] = []
+    check, by_kind = checker(errors), grouped(docs)
+    if mode == "distributed":
+        return check_distributed(docs, by_kind, errors)
     expected = {"ServiceAccount": 1, "ConfigMap": 1, "Service": 2, "StatefulSet": 1}
     if mode == "minimal":
         del expected["ServiceAccount"]
@@ -303,11 +313,7 @@ def check_rendering(mode: str) -> str:
 
     if errors:
         raise SystemExit("\n  ".join([f"check-helm: FAIL: {mode} rendering:", *errors]))
-    core = [d for d in docs if (d["apiVersion"], d["kind"]) not in CRD]
-    crs = [d for d in docs if (d["apiVersion"], d["kind"]) in CRD]
-    (out / f"{mode}-core.yaml").write_text(yaml.safe_dump_all(core, sort_keys=False))
-    (out / f"{mode}-crs.json").write_text(json.dumps(crs))
-    return f"{len(core)}+{len(crs)}"
+    return split(mode, docs)
 
 
 def split(mode: str, docs: list[dict]) -> str:
@@ -318,7 +324,7 @@ def split(mode: str, docs: list[dict]) -> str:
     return f"{len(core)}+{len(crs)}"
 
 
-def check_distributed(docs: list[dict], errors: list[str]) -> str:
+def check_distributed(docs: list[dict], by_kind: dict[str, list[dict]], errors: list[str]) -> str:
     """mode=distributed: ingest (Deployment), workers (StatefulSet + PVC + PDB, static membership), attributor
     (Deployment, the GPU), each role's args parsed by the real command line, the ServiceMonitor scraping both
     endpoints."""
@@ -326,13 +332,7 @@ def check_distributed(docs: list[dict], errors: list[str]) -> str:
 
     from streamer.app.cli import app
 
-    def check(cond: object, what: str) -> None:
-        if not cond:
-            errors.append(what)
-
-    by_kind: dict[str, list[dict]] = {}
-    for d in docs:
-        by_kind.setdefault(d["kind"], []).append(d)
+    check = checker(errors)
     got = {k: len(v) for k, v in by_kind.items()}
     expected = {"ServiceAccount": 1, "ConfigMap": 1, "Service": 2, "StatefulSet": 1, "Deployment": 2,
                 "PodDisruptionBudget": 1, "ServiceMonitor": 1, "PrometheusRule": 1}

@@ -138,6 +138,11 @@ def color(name_regex: str, fixed: str) -> tuple[dm.MatcherConfig, list[dm.Dynami
     ]
 
 
+def overrides(*rules: tuple[dm.MatcherConfig, list[dm.DynamicConfigValue]]) -> list[Any]:
+    """A panel's field overrides from (matcher, properties) pairs."""
+    return [db.DashboardFieldConfigSourceOverrides().matcher(m).properties(p) for m, p in rules]
+
+
 def right_axis(ref: str) -> tuple[dm.MatcherConfig, list[dm.DynamicConfigValue]]:
     return dm.MatcherConfig(id_val="byFrameRefID", options=ref), [
         dm.DynamicConfigValue(id_val="custom.axisPlacement", value="right")
@@ -326,7 +331,7 @@ def ingest() -> list[Any]:
             ),
             q(f"max by (instance) (skyattr_source_connected{{{SEL}}})", "connected {{instance}}", "C"),
             w=8,
-        ).overrides([db.DashboardFieldConfigSourceOverrides().matcher(m).properties(p) for m, p in [right_axis("B")]]),
+        ).overrides(overrides(right_axis("B"))),
         ts(
             "Decode errors",
             "Items that could not be decoded per second, by reason (skyattr_decode_errors_total).",
@@ -376,7 +381,7 @@ def ingest() -> list[Any]:
             q(f"sum by (instance) (increase(skyattr_seq_resets_total{{{SEL}}}{rate}))", "resets {{instance}}", "D"),
             q(f"max by (instance) (skyattr_source_seq_anomaly{{{SEL}}})", "anomaly {{instance}}", "E"),
             w=8,
-        ).overrides([db.DashboardFieldConfigSourceOverrides().matcher(m).properties(p) for m, p in [right_axis("B")]]),
+        ).overrides(overrides(right_axis("B"))),
     ]
 
 
@@ -388,7 +393,7 @@ def state() -> list[Any]:
             q(f"skyattr_agents{{{SEL}}}", "agents {{instance}}"),
             q(f"skyattr_active_agents{{{SEL}}}", "active agents {{instance}}", "B"),
             q(f"skyattr_edges{{{SEL}}}", "edges {{instance}}", "C"),
-        ).overrides([db.DashboardFieldConfigSourceOverrides().matcher(m).properties(p) for m, p in [right_axis("C")]]),
+        ).overrides(overrides(right_axis("C"))),
         ts(
             "Indicator value v(x)",
             "The macro indicator over the window, at the last run.",
@@ -406,9 +411,7 @@ def state() -> list[Any]:
             "Checkpoints written, by outcome (skyattr_checkpoints_total).",
             q(f"sum by (outcome) (increase(skyattr_checkpoints_total{{{SEL}}}[$__rate_interval]))", "{{outcome}}"),
             w=6,
-        ).overrides(
-            [db.DashboardFieldConfigSourceOverrides().matcher(m).properties(p) for m, p in [color("failed", "red")]]
-        ),
+        ).overrides(overrides(color("failed", "red"))),
     ]
 
 
@@ -433,9 +436,7 @@ def attribution() -> list[Any]:
         )
         .min(0)
         .max(1)
-        .overrides(
-            [db.DashboardFieldConfigSourceOverrides().matcher(m).properties(p) for m, p in [dashed(".*· panel")]]
-        ),
+        .overrides(overrides(dashed(".*· panel"))),
         threshold_line(
             ts(
                 "Tier-share TVD (full vs panel)",
@@ -471,12 +472,7 @@ def attribution() -> list[Any]:
             "Runs by outcome: ok, skipped (empty window), failed (skyattr_attribution_runs_total).",
             q(f"sum by (outcome) (increase(skyattr_attribution_runs_total{{{SEL}}}[{RUN_WINDOW}]))", "{{outcome}}"),
             w=8,
-        ).overrides(
-            [
-                db.DashboardFieldConfigSourceOverrides().matcher(m).properties(p)
-                for m, p in [color("failed", "red"), color("skipped", "orange"), color("ok", "green")]
-            ]
-        ),
+        ).overrides(overrides(color("failed", "red"), color("skipped", "orange"), color("ok", "green"))),
         threshold_line(
             ts(
                 "Since last successful run",
@@ -526,12 +522,7 @@ def kafka() -> list[Any]:
                 f"sum by (topic, outcome) (increase(skyattr_kafka_messages_total{{{SEL}}}[$__rate_interval]))",
                 "{{outcome}} {{topic}}",
             ),
-        ).overrides(
-            [
-                db.DashboardFieldConfigSourceOverrides().matcher(m).properties(p)
-                for m, p in [color("sent.*", "green"), color("failed.*", "orange"), color("dropped.*", "red")]
-            ]
-        ),
+        ).overrides(overrides(color("sent.*", "green"), color("failed.*", "orange"), color("dropped.*", "red"))),
         ts(
             "Kafka buffer and repeated results",
             "Results waiting for the broker (bounded by --kafka-buffer; beyond it the oldest are dropped; with a "
@@ -565,7 +556,7 @@ def distributed() -> list[Any]:
             "skyattr_worker_recovery_remaining, skyattr_worker_in_recovery.",
             q(f"max by (partition) (skyattr_worker_recovery_remaining{{{SEL}}})", "remaining, partition {{partition}}"),
             q(f"sum(skyattr_worker_in_recovery{{{SEL}}})", "workers in recovery", "B"),
-        ).overrides([db.DashboardFieldConfigSourceOverrides().matcher(m).properties(p) for m, p in [right_axis("B")]]),
+        ).overrides(overrides(right_axis("B"))),
         ts(
             "Workers: records folded and partitions held",
             "Records read per second by each worker (folded or refused; refused ones are named in its log) and the "
@@ -574,7 +565,7 @@ def distributed() -> list[Any]:
             q(f"sum by (instance) (rate(skyattr_worker_events_total{{{SEL}}}{rate}))", "read/s {{instance}}"),
             q(f"sum by (instance) (rate(skyattr_worker_refused_total{{{SEL}}}{rate}))", "refused/s {{instance}}", "B"),
             q(f"skyattr_worker_assigned_partitions{{{SEL}}}", "partitions {{instance}}", "C"),
-        ).overrides([db.DashboardFieldConfigSourceOverrides().matcher(m).properties(p) for m, p in [right_axis("C")]]),
+        ).overrides(overrides(right_axis("C"))),
         ts(
             "Workers: shards published",
             "Shards per second and their compressed bytes per second (one shard per partition and run), and the "
@@ -588,7 +579,7 @@ def distributed() -> list[Any]:
                 "publish p90 (s)",
                 "C",
             ),
-        ).overrides([db.DashboardFieldConfigSourceOverrides().matcher(m).properties(p) for m, p in [right_axis("B")]]),
+        ).overrides(overrides(right_axis("B"))),
         ts(
             "Attributor: runs by outcome",
             "Runs the attributor published (ok), had nothing to attribute (skipped), or gave up after "
@@ -598,12 +589,7 @@ def distributed() -> list[Any]:
                 f"sum by (outcome) (increase(skyattr_attributor_runs_total{{{SEL}}}[30m]))",
                 "{{outcome}}",
             ),
-        ).overrides(
-            [
-                db.DashboardFieldConfigSourceOverrides().matcher(m).properties(p)
-                for m, p in [color("ok", "green"), color("skipped", "yellow"), color("incomplete", "red")]
-            ]
-        ),
+        ).overrides(overrides(color("ok", "green"), color("skipped", "yellow"), color("incomplete", "red"))),
         ts(
             "Attributor: shard gather time",
             "From the first chunk of a run's shards to its last (the slowest worker sets it), median and 90th "
