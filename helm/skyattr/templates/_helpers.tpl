@@ -129,6 +129,32 @@ Called with (dict "root" $ "cache" PATH).
 app.kubernetes.io/component: {{ .role }}
 {{- end -}}
 
+{{/* A pod template's labels and annotations (the config checksum rolls pods on a config change):
+(dict "root" $ "component" NAME). */}}
+{{- define "skyattr.podMetadata" -}}
+labels:
+  {{- include "skyattr.labels" .root | nindent 2 }}
+  app.kubernetes.io/component: {{ .component }}
+  {{- with .root.Values.podLabels }}
+  {{- toYaml . | nindent 2 }}
+  {{- end }}
+annotations:
+  checksum/config: {{ include "skyattr.configYaml" .root | sha256sum }}
+  {{- with .root.Values.podAnnotations }}
+  {{- toYaml . | nindent 2 }}
+  {{- end }}
+{{- end -}}
+
+{{/* The volumes every container mounts: the config and the /tmp emptyDir (the root filesystem is read-only). */}}
+{{- define "skyattr.baseVolumes" -}}
+- name: config
+  configMap:
+    name: {{ include "skyattr.fullname" . }}
+- name: tmp
+  emptyDir:
+    sizeLimit: {{ .Values.tmpSizeLimit }}
+{{- end -}}
+
 {{/* The pod spec parts every role shares (service account, pull secrets, priority, pod security context). */}}
 {{- define "skyattr.podCommon" -}}
 serviceAccountName: {{ include "skyattr.serviceAccountName" . }}
