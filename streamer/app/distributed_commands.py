@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -19,6 +18,7 @@ import typer
 
 from streamer.app import options as opt
 from streamer.app.flags import ATTRIBUTION_FIELDS, load_or_exit, with_settings_options
+from streamer.app.signals import stop_event
 from streamer.distributed.attributor import DEFAULT_GATHER_TIMEOUT_S, STATE_TOPIC
 from streamer.distributed.kafka_ingest import EVENTS_TOPIC
 from streamer.distributed.shards import SHARDS_TOPIC
@@ -165,10 +165,7 @@ def attributor_command(
             sys.stdout.flush()
 
     async def main() -> Any:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
+        stop = stop_event()
         return await run_attributor(
             cfg,
             attribution,

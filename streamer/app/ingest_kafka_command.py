@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import signal
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -16,6 +15,7 @@ import typer
 
 from streamer.app import options as opt
 from streamer.app.flags import load_or_exit, with_settings_options
+from streamer.app.signals import stop_event
 from streamer.core.checkpoint import file_identity
 from streamer.distributed.kafka_ingest import (
     CURSOR_TOPIC,
@@ -105,10 +105,7 @@ def ingest_command(
         return FirehoseSource(settings.relay, cursor=cursor.position if cursor and cursor.position >= 0 else None)
 
     async def main() -> Any:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
+        stop = stop_event()
         return await ingest_to_kafka(
             make_source,
             bootstrap=settings.kafka_bootstrap or "",

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import signal
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -16,6 +15,7 @@ import typer
 
 from streamer.app import options as opt
 from streamer.app.flags import load_or_exit, with_settings_options
+from streamer.app.signals import stop_event
 from streamer.sources.relay_server import (
     DEFAULT_MAX_CLIENTS,
     DEFAULT_SEND_TIMEOUT_S,
@@ -52,10 +52,7 @@ def _documents_line(relay: Relay) -> str:
 
 
 async def _serve(relay: Relay) -> None:
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    stop = stop_event()
     async with relay:
         typer.echo(banner(relay), err=True)
         typer.echo(relay.url)
