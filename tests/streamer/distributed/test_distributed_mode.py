@@ -132,13 +132,15 @@ def test_two_workers_and_the_attributor_give_the_single_process_results(bootstra
         dep.finish(dep.attributor(out, "--until-final"), 400, workers)
         _assert_golden(out)
         assert "24 runs published, 0 skipped, 0 incomplete" in dep.log("attributor")
-        # each worker's endpoint: together they fold every partition, each folded to its end, 24 shards each
+        # each worker's endpoint: together they fold every partition, each folded to its end
         scraped = [_metrics(p) for p in ports]
         assert sum(m["skyattr_worker_assigned_partitions"] for m in scraped) == dep.partitions
         lags = {k: v for m in scraped for k, v in m.items() if k.startswith("skyattr_worker_consumer_lag")}
         assert len(lags) == dep.partitions, lags
         assert all(v <= 1 for v in lags.values()), f"caught up (1: the last commit marker): {lags}"
-        assert sum(m["skyattr_worker_shards_total"] for m in scraped) == 24 * dep.partitions
+        # every run's shard from every partition; a partition that moved when the second worker joined is read
+        # again from its committed offset and may publish a shard twice (the attributor keeps the first)
+        assert sum(m["skyattr_worker_shards_total"] for m in scraped) >= 24 * dep.partitions
         assert all(m["skyattr_worker_in_recovery"] == 0 and m["skyattr_worker_refused_total"] == 0 for m in scraped)
         assert sum(m["skyattr_worker_events_total"] for m in scraped) > 10_000
         assert all(http_get(f"http://127.0.0.1:{p}/readyz") == (200, "ready\n") for p in ports)
