@@ -120,7 +120,14 @@ def attributor_command(
     ] = DEFAULT_GATHER_TIMEOUT_S,
     out: Annotated[Path | None, typer.Option(help="Also append the results to this JSON lines file.")] = None,
     until_final: Annotated[
-        bool, typer.Option("--until-final", help="Exit after the tail run of a finite source (a replayed archive).")
+        bool,
+        typer.Option(
+            "--until-final",
+            help=(
+                "Exit after the tail run of a finite source (a replayed archive); at once if its state says that run "
+                "is already done."
+            ),
+        ),
     ] = False,
     config: opt.Config = None,
     **flags: Any,

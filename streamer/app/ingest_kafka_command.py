@@ -32,6 +32,7 @@ from streamer.sources.firehose import FirehoseSource
 
 INGEST_SETTINGS = {
     "relay",
+    "speed",
     "kafka_bootstrap",
     "kafka_security_protocol",
     "kafka_sasl_mechanism",
@@ -120,6 +121,7 @@ def ingest_command(
             state_config=settings.state(),
             interval_s=settings.interval,
             live=archive is None,
+            speed=settings.speed if archive is not None else None,
         )
 
     try:

@@ -185,7 +185,10 @@ class Settings(BaseSettings):
         ge=1e-3,
         le=1e9,
         allow_inf_nan=False,
-        description="Replay (and `relay` serves) at this multiple of event time, 0.001 to 1e9 (default: full speed).",
+        description=(
+            "Replay (and `relay` serves, `ingest --to-kafka` writes an archive) at this multiple of event time, "
+            "0.001 to 1e9 (default: full speed)."
+        ),
     )
     queue_size: int = Field(
         10_000, ge=1, le=10_000_000, description="Frames buffered between the websocket and ingest (run)."

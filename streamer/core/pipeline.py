@@ -24,7 +24,6 @@ source, the real dispatcher and state, and a list as its sink.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import time
@@ -36,14 +35,13 @@ from typing import Any, Literal
 
 from streamer.core.attribution import AttributionConfig, Measured, RunOutput, attribute_snapshot, finish, measure
 from streamer.core.dispatch import SequentialDispatcher, repo_of
+from streamer.core.pace import Pace
 from streamer.core.results import Result
 from streamer.core.schedule import ScheduleState, accepted, align, interval_us, step
 from streamer.core.state import FrozenState, Snapshot
 
 log = logging.getLogger("skyattr.pipeline")
-MAX_PACE_SLEEP_S = 5.0  # longest pause --speed makes for one gap in event time (a day-long gap is not a day)
 FLIGHT_BYTES = 512 << 20  # frozen state held by runs in flight before ingest waits (one run may always fly)
-MAX_PACE_LAG_S = 1.0  # a stall longer than this (a slow run, the first compilation) is not caught up in a burst
 Clock = Literal["event", "wall"]
 
 
@@ -228,7 +226,7 @@ class Pipeline:
         progress_every: int,
     ) -> bool:
         dispatcher, last_ckpt, n = self.dispatcher, time.monotonic(), 0
-        pace = _Pace(speed, self.state)
+        pace = Pace(speed)
         items = aiter(source)
         try:
             async for item in items:
@@ -244,7 +242,7 @@ class Pipeline:
                     await self._drain()
                     await checkpoint()
                     last_ckpt = time.monotonic()
-                if stop.is_set() or (speed and await pace.wait(stop)):
+                if stop.is_set() or (speed and await pace.wait(self.state.last_time_us, stop)):
                     break
             await self._drain()  # every item read is applied: its due runs are delivered before the last checkpoint
         finally:
@@ -315,31 +313,3 @@ class Pipeline:
                 item = queue.get_nowait()
                 dispatcher.add(repo_of(item), item)
         return False
-
-
-class _Pace:
-    """``--speed``: sleep so event time advances at ``speed`` x wall time. A pause is at most
-    :data:`MAX_PACE_SLEEP_S` (a gap in the stream is compressed and the pace re-anchored after it), a stall of more
-    than :data:`MAX_PACE_LAG_S` re-anchors it too (the stream goes on at its pace instead of racing through what
-    the stall held up), and a stop ends a pause at once."""
-
-    def __init__(self, speed: float | None, state: Any) -> None:
-        self.speed, self.state = speed, state
-        self.start_wall, self.start_event = time.monotonic(), None
-
-    async def wait(self, stop: asyncio.Event) -> bool:
-        """Pause as needed after an item; True when stopped meanwhile."""
-        t = self.state.last_time_us
-        if self.start_event is None and t:
-            self.start_event = t
-        if self.start_event is None or not self.speed:
-            return False
-        delay = (t - self.start_event) / 1e6 / self.speed - (time.monotonic() - self.start_wall)
-        if delay > MAX_PACE_SLEEP_S:
-            self.start_wall, self.start_event, delay = time.monotonic() + MAX_PACE_SLEEP_S, t, MAX_PACE_SLEEP_S
-        elif delay < -MAX_PACE_LAG_S:
-            self.start_wall, self.start_event = time.monotonic(), t
-        if delay > 0:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), delay)
-        return stop.is_set()

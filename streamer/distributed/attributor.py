@@ -23,7 +23,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from streamer.core.attribution import AttributionConfig, finish, measure
@@ -48,6 +48,7 @@ class AttributorState:
     alert_active: bool = False
     incomplete: int = 0
     skipped: int = 0
+    final: bool = False  # the tail run of a finite source is done: nothing can follow it
 
     def to_bytes(self) -> bytes:
         return json.dumps(asdict(self), separators=(",", ":")).encode()
@@ -113,7 +114,8 @@ async def run_attributor(
     try:
         held = await load_latest(config.bootstrap, config.state_topic, config.name, security=sec)
         state = AttributorState.from_bytes(held) if held is not None else AttributorState()
-        stats = AttributorStats(resumed_from=state if held is not None else None)
+        # a copy: the state moves on with every run, the stats say where this process started
+        stats = AttributorStats(resumed_from=replace(state) if held is not None else None)
         gatherer = Gatherer(state.done_through_us, config.gather_timeout_s)
         tp = TopicPartition(config.shards_topic, 0)
         consumer = AIOKafkaConsumer(
@@ -127,7 +129,9 @@ async def run_attributor(
         )
         await consumer.start()
         consumer.assign([tp])
-        done = False
+        done = until_final and state.final  # a rerun of a finished job: nothing is left to wait for
+        if done:
+            log.info("the final run (at %d) is already done: nothing to attribute", state.done_through_us)
         while not stop.is_set() and not done:
             batch = await consumer.getmany(tp, timeout_ms=500)
             for record in batch.get(tp, []):
@@ -171,6 +175,7 @@ async def run_attributor(
                         gather_s,
                         outcome,
                     )
+                    state.final = state.final or ready.final
                     done = until_final and ready.final
                 state.done_through_us = ready.as_of_us
                 low = gatherer.low_offset()

@@ -35,6 +35,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from streamer.core.pace import Pace
 from streamer.core.seqs import RESET_WINDOW, SeenSeqs
 from streamer.core.state import StateConfig
 from streamer.distributed import event_records, packed
@@ -209,11 +210,14 @@ async def ingest_to_kafka(
     state_config: StateConfig | None = None,
     interval_s: float = DEFAULT_INTERVAL_S,
     live: bool = False,
+    speed: float | None = None,
 ) -> IngestStats:
     """Ingest until the source ends or ``stop`` is set (see the module doc). ``make_source(cursor)`` builds the
     source resuming after ``cursor`` (None: from its start). ``state_config`` and ``interval_s`` are what the
     sequencer decides with (the window, the weights, the due times); ``live``: the source is a live relay, so its
-    events are judged against the receive clock too, as ``skyattr run`` does."""
+    events are judged against the receive clock too, as ``skyattr run`` does. ``speed``: an archive is written at
+    this multiple of its event time (:class:`~streamer.core.pace.Pace`, after each transaction), as ``replay
+    --speed`` plays it; None: as fast as the broker takes it."""
     from aiokafka import AIOKafkaProducer
 
     if batch_items < 1 or batch_seconds <= 0:
@@ -312,11 +316,14 @@ async def ingest_to_kafka(
             source.stop()
 
         stopper = asyncio.create_task(stop_source()) if stop is not None else None
+        pace = Pace(speed)
         try:
             async for item in source:
                 batch.append(item)
                 if len(batch) >= batch_items or time.monotonic() >= due:
                     await commit()
+                    if speed and await pace.wait(seq.last_time_us, stop or asyncio.Event()):
+                        break
                     due = time.monotonic() + batch_seconds
                 if stop is not None and stop.is_set():  # at once: the stopper task may not get a turn before then
                     break

@@ -117,19 +117,23 @@ def test_a_resumed_replay_says_it_resumed_and_from_where(tmp_path: Path) -> None
 
 
 def test_an_interrupted_replay_without_a_checkpoint_directory_does_not_promise_a_resume() -> None:
+    import os
     import signal
     import subprocess
     import sys
-    import time
+
+    from tests.faults import Stderr, signal_when
 
     proc = subprocess.Popen(
-        [sys.executable, "-m", "streamer", "replay", "--quiet", "--no-progress", "--speed", "100"],
+        [sys.executable, "-m", "streamer", "replay", "--quiet", "--speed", "100"],
         stderr=subprocess.PIPE,
         text=True,
+        env={**os.environ, "SKYATTR_PROGRESS_EVERY": "0.05"},
     )
-    time.sleep(4)
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=60)
+    stderr = Stderr(proc.stderr)
+    signal_when(proc, stderr.past(1), 120, "the replay under way", signal.SIGTERM)  # 24 h at 100x: 14 min to go
+    proc.wait(60)
+    err = stderr.text()
     text = " ".join(err.split())
     assert proc.returncode == 0, err[-2000:]
     assert "interrupted at item" in text and "no --checkpoint-dir, so a rerun starts from the beginning" in text

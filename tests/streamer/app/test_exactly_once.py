@@ -20,13 +20,16 @@ import pytest
 
 from streamer.testing.synth import default_archive
 from tests.broker import SCRIPTS_BOOTSTRAP, ScriptBroker, kafka_bootstrap
+from tests.faults import Stderr, grew, moved, reach, signal_when, wait_until
 
 VOLATILE = {"runtime_s", "device"}
-BASE = ["--no-progress", "--quiet", "--interval", "1800", "--checkpoint-every-items", "400"]
+BASE = ["--quiet", "--interval", "1800", "--checkpoint-every-items", "400"]
 SEED = int(os.environ.get("SKYATTR_FAULT_SEED", "20261201"))
-# event time per wall second while kills land: slow enough that ten kills (each 0-0.5 s after a checkpoint) stay
-# inside the archive's 24 h however fast the replay itself is, fast enough to pass between checkpoints in time
+# event time per wall second while kills land (24 h in 14 s): the progress lines a kill waits for come every 0.05 s,
+# so a kill lands within a few dozen items of the position it was aimed at
 PACE = "6000"
+PROGRESS_EVERY = {"SKYATTR_PROGRESS_EVERY": "0.05"}
+AIM = 500  # a kill is aimed at most this many items past the position seen when the checkpoint moved
 
 
 def _cmd(*args: str) -> list[str]:
@@ -47,36 +50,26 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
     return lines
 
 
-def _mtime(path: Path) -> float:
-    try:
-        return path.stat().st_mtime_ns
-    except FileNotFoundError:
-        return 0
-
-
 def _kill_at_random_points(
     args: list[str], ckpt: Path, kills: int, rng: random.Random, between: Any = None, env: dict[str, str] | None = None
 ) -> int:
-    """Start the replay again and again, each time SIGKILLing it at a random moment once it is replaying (its
-    checkpoint moved); ``between(i)`` runs after kill i. Returns how many kills landed."""
-    landed = 0
+    """Start the replay again and again, each time SIGKILLing it at a random point it is seen to reach: once its
+    checkpoint has moved, at the first progress line at or past a position drawn up to :data:`AIM` items beyond
+    the one it had reached then. A checkpoint is written every 400 items, so each start moves the checkpoint on by
+    less than 1,000 items, and eleven kills land before the archive's end (11,998) by construction.
+    ``between(i)`` runs after kill i. Returns how many kills landed (all, or the test fails)."""
     for i in range(kills):
-        before = _mtime(ckpt / "state.npz")
-        proc = subprocess.Popen(_cmd(*args), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
-        deadline = time.monotonic() + 120
-        while _mtime(ckpt / "state.npz") == before and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.02)
-        time.sleep(rng.uniform(0.0, 0.5))
-        if proc.poll() is not None:  # finished before the kill
-            _, err = proc.communicate()
-            assert proc.returncode in (0, 3), err.decode()
-            break
-        proc.kill()
-        proc.communicate(timeout=60)
-        landed += 1
+        checkpointed = moved(ckpt / "state.npz")
+        env_i = {**(env or os.environ), **PROGRESS_EVERY}
+        proc = subprocess.Popen(_cmd(*args), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env_i)
+        err = Stderr(proc.stderr)
+        reach(proc, checkpointed, 120, "a checkpoint")
+        aim = err.position + rng.randint(1, AIM)
+        signal_when(proc, err.past(aim), 120, f"item {aim}")
+        proc.wait(60)
         if between is not None:
             between(i)
-    return landed
+    return kills
 
 
 def test_kill_9_at_random_points_leaves_the_jsonl_equal_to_an_uninterrupted_run(
@@ -184,13 +177,12 @@ def test_kill_9_broker_outage_and_sigterm_during_it_leave_the_topics_exactly_onc
         broker.stop()
         landed += _kill_at_random_points([*args, "--speed", PACE], ckpt, 3, rng, env=env)
         # SIGTERM while the broker is away: results still unsent are kept, not checkpointed away
+        written = grew(out, 1)  # a result written while the broker is away is kept for it
         proc = subprocess.Popen(_cmd(*args, "--speed", PACE), stderr=subprocess.PIPE, text=True, env=env)
-        before = _mtime(ckpt / "state.npz")
-        while _mtime(ckpt / "state.npz") == before and proc.poll() is None:
-            time.sleep(0.02)
-        time.sleep(0.3)
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=120)
+        stderr = Stderr(proc.stderr)
+        signal_when(proc, written, 120, "a result while the broker is away", signal.SIGTERM)
+        proc.wait(120)
+        err = stderr.text()
         assert proc.returncode == 3, err
         assert "kept in" in err and "results.jsonl" in err
     finally:
@@ -268,26 +260,23 @@ def test_kill_9_of_live_run_never_reuses_a_run_number_nor_loses_or_doubles_an_ev
     rng = random.Random(SEED + 3)
     try:
         for _ in range(10):
-            before = _mtime(ckpt / "state.npz")
-            proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-            deadline = time.monotonic() + 120
-            while _mtime(ckpt / "state.npz") == before and proc.poll() is None and time.monotonic() < deadline:
-                time.sleep(0.02)
-            time.sleep(rng.uniform(0.0, 2.0))
-            assert proc.poll() is None, proc.communicate()[1].decode()
-            proc.kill()
+            checkpointed = moved(ckpt / "state.npz")
+            proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            reach(proc, checkpointed, 120, "a checkpoint")
+            # then killed once a random number of further results are seen written (runs are 1 s apart, the
+            # checkpoint every 0.7 s: the kills fall at every phase between the two)
+            signal_when(proc, grew(out, rng.randint(1, 4)), 120, "more results")
             proc.communicate(timeout=60)
         # the last one runs until the relay has nothing more, then stops gracefully
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        deadline = time.monotonic() + 180
         total = 12_045  # events of the bundled archive (11,998 frames)
-        while time.monotonic() < deadline:
-            time.sleep(1.0)
+
+        def complete() -> bool:
             loaded = load_checkpoint(ckpt)
-            if loaded is not None and loaded[0].events >= total:
-                break
-        time.sleep(1.5)  # a run or two on the complete state
-        proc.send_signal(signal.SIGTERM)
+            return loaded is not None and loaded[0].events >= total
+
+        wait_until(complete, 180, f"a checkpoint of all {total:,} events")
+        signal_when(proc, grew(out, 2), 120, "two runs on the complete state", signal.SIGTERM)
         _, err = proc.communicate(timeout=60)
         assert proc.returncode == 0, err.decode()
     finally:

@@ -7,13 +7,13 @@ import json
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from streamer.testing.synth import default_archive
+from tests.faults import moved, reach, signal_when
 
 
 def _replay(args: list[str]) -> subprocess.Popen[bytes]:
@@ -45,13 +45,12 @@ def test_killed_and_restarted_replay_equals_an_uninterrupted_one(tmp_path: Path,
     reference = tmp_path / "reference.npz"
     assert _replay(["--snapshot-out", str(reference)]).wait(120) == 0
     ckpt, final = tmp_path / "ckpt", tmp_path / "final.npz"
-    # 24 h of event time at 40,000x: about 2 s, so the signal lands mid-replay
+    # 24 h of event time at 40,000x: about 2 s; the signal goes once the second checkpoint (item 1,400) is seen,
+    # so it lands after a checkpoint and long before the end whatever the machine's speed
+    first = moved(ckpt / "state.npz")
     slow = _replay(["--checkpoint-dir", str(ckpt), "--checkpoint-every-items", "700", "--speed", "40000"])
-    deadline = time.monotonic() + 60
-    while not (ckpt / "state.npz").exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    time.sleep(0.3)
-    slow.send_signal(sig)
+    reach(slow, first, 60, "the first checkpoint")
+    signal_when(slow, moved(ckpt / "state.npz"), 60, "the second checkpoint", sig)
     code = slow.wait(60)
     assert code == (0 if sig == signal.SIGTERM else -signal.SIGKILL)
     restart = _replay(

@@ -10,8 +10,9 @@ from typing import Any
 
 import pytest
 
-from streamer.core import pipeline
+from streamer.core import pace as pace_module
 from streamer.core.events import rfc3339
+from streamer.core.pace import Pace
 from streamer.core.replay import replay, replay_archive
 from streamer.sources.archive import ArchiveWriter
 from streamer.testing.encode import commit_frame
@@ -38,7 +39,7 @@ def _archive(tmp_path: Path, gap_us: int) -> Path:
 
 
 def test_a_gap_in_event_time_is_compressed_to_a_bounded_pause(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(pipeline, "MAX_PACE_SLEEP_S", 0.3)
+    monkeypatch.setattr(pace_module, "MAX_PACE_SLEEP_S", 0.3)
     path = _archive(tmp_path, 30 * HOUR)  # 30 hours of silence, replayed at 1,000x: 108 s unbounded
     start = time.monotonic()
     result = replay(path, speed=1000.0)
@@ -63,20 +64,14 @@ def test_a_stop_ends_a_pause_at_once(tmp_path: Path) -> None:
 
 
 def test_a_stall_is_not_caught_up_in_a_burst() -> None:
-    class Clock:
-        last_time_us = 0
-
     async def go() -> float:
-        stop, state = asyncio.Event(), Clock()
-        pace = pipeline._Pace(1000.0, state)  # 1000x event time
-        state.last_time_us = T0
-        await pace.wait(stop)  # anchors the pace
+        stop = asyncio.Event()
+        pace = Pace(1000.0)  # 1000x event time
+        await pace.wait(T0, stop)  # anchors the pace
         time.sleep(1.5)  # a stall: a slow run, the first compilation
-        state.last_time_us = T0 + 100_000
-        await pace.wait(stop)
-        state.last_time_us = T0 + 100_000 + 500_000_000  # 500 s of event time: 0.5 s at 1000x
+        await pace.wait(T0 + 100_000, stop)
         start = time.monotonic()
-        await pace.wait(stop)
+        await pace.wait(T0 + 100_000 + 500_000_000, stop)  # 500 s of event time: 0.5 s at 1000x
         return time.monotonic() - start
 
     assert asyncio.run(go()) >= 0.4, "after the stall the stream goes on at its pace, it does not race"

@@ -5,7 +5,7 @@ archive), and keep giving them when a worker or the attributor is killed with SI
 from __future__ import annotations
 
 import json
-import os
+import re
 import signal
 import subprocess
 import sys
@@ -19,6 +19,7 @@ import pytest
 from streamer.testing.synth import default_archive
 from tests.broker import kafka_bootstrap
 from tests.compare import VOLATILE, assert_close
+from tests.faults import line_count, reach, wait_until
 from tests.net import free_port, http_get
 
 REPO = Path(__file__).resolve().parents[3]
@@ -49,11 +50,12 @@ class Deployment:
         self.procs.append(proc)
         return proc
 
-    def ingest(self, *, wait: bool = True, batch_items: int = 500) -> subprocess.Popen[str]:
+    def ingest(self, *, wait: bool = True, batch_items: int = 500, speed: float | None = None) -> subprocess.Popen[str]:
+        pace = ("--speed", str(speed)) if speed else ()
         proc = self._cli(
             "ingest", str(default_archive()), "--to-kafka", "--events-topic", self.events, "--cursor-topic",
             self.cursors, "--partitions", str(self.partitions), "--interval", "3600", "--batch-items",
-            str(batch_items), log="ingest",
+            str(batch_items), *pace, log="ingest",
         )  # fmt: skip
         if wait:
             assert proc.wait(300) == 0, self.log("ingest")
@@ -148,34 +150,34 @@ def test_two_workers_and_the_attributor_give_the_single_process_results(bootstra
         dep.close()
 
 
-def _wait_lines(path: Path, n: int, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if path.exists() and sum(1 for _ in path.open()) >= n:
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"{path} has fewer than {n} lines after {timeout} s")
-
-
 def test_a_killed_worker_and_a_killed_attributor_lose_and_double_nothing(bootstrap: str, tmp_path: Path) -> None:
-    """Workers on RocksDB; while the ingest is still writing, a worker that holds partitions is killed with
-    SIGKILL, its volume deleted, and a new one started on an empty disk (it recovers the partitions it gets from
-    the changelog alone); the attributor is killed between runs and restarted. The results are still the golden
-    ones, each run once."""
+    """Workers on RocksDB, while the ingest is still writing (it writes the 24 h archive at 1,000x its event time,
+    so for 86 s, a run every 3.6 s): the attributor is killed between runs once six results are seen, and
+    restarted; then a worker that holds partitions is killed with SIGKILL, its volume deleted, and a new one
+    started on an empty disk (it recovers the partitions it gets from the changelog alone). Both kills are seen to
+    land while the ingest still runs. The results are still the golden ones, each run once."""
     import shutil
 
     dep = Deployment(bootstrap, tmp_path)
     try:
-        ingest = dep.ingest(wait=False, batch_items=10)
-        _wait_for(dep.events_exist, 60)
+        ingest = dep.ingest(wait=False, batch_items=10, speed=1000)
+        wait_until(dep.events_exist, 60, "the events topic")
         workers = {n: dep.worker(n, store="rocksdb://") for n in (1, 2)}
         out = tmp_path / "results.jsonl"
         port = free_port()
         attributor = dep.attributor(out, "--metrics-port", str(port))
-        _wait_for(lambda: any("published" in dep.log(f"worker{n}") for n in workers), 240)
+        reach(ingest, lambda: line_count(out) >= 6, 240, "six results")
+        scraped = _metrics(port)
+        assert scraped['skyattr_attributor_runs_total{outcome="ok"}'] >= 5
+        assert scraped['skyattr_attributor_runs_total{outcome="incomplete"}'] == 0
+        assert scraped["skyattr_attributor_gather_seconds_count"] >= 5
+        assert 0.999 < sum(v for k, v in scraped.items() if k.startswith("skyattr_tier_share") and "full" in k) < 1.001
+        attributor.kill()
+        attributor.wait(30)
+        final = dep.attributor(out, "--until-final")
         busy = max(workers, key=lambda n: dep.log(f"worker{n}").count("published"))
         assert ingest.poll() is None, "the worker is killed mid-stream"
-        os.kill(workers[busy].pid, signal.SIGKILL)
+        workers[busy].kill()
         workers.pop(busy).wait(30)
         shutil.rmtree(tmp_path / f"worker{busy}")
         port3 = free_port()
@@ -184,19 +186,19 @@ def test_a_killed_worker_and_a_killed_attributor_lose_and_double_nothing(bootstr
         replies = _readiness_until_ready(port3, 240)
         assert replies[0] == (503, "not ready: waiting for the consumer group to assign partitions\n"), replies
         # (ready once; a later rebalance may put it back in recovery for a while: it must come out of it)
-        _wait_for(lambda: _metrics(port3)["skyattr_worker_in_recovery"] == 0, 240)
+        wait_until(lambda: _metrics(port3)["skyattr_worker_in_recovery"] == 0, 240, "the end of recovery")
         assert ingest.wait(300) == 0, dep.log("ingest")
-        _wait_lines(out, 6, 240)
-        scraped = _metrics(port)
-        assert scraped['skyattr_attributor_runs_total{outcome="ok"}'] >= 5
-        assert scraped['skyattr_attributor_runs_total{outcome="incomplete"}'] == 0
-        assert scraped["skyattr_attributor_gather_seconds_count"] >= 5
-        assert 0.999 < sum(v for k, v in scraped.items() if k.startswith("skyattr_tier_share") and "full" in k) < 1.001
-        os.kill(attributor.pid, signal.SIGKILL)
-        attributor.wait(30)
-        dep.finish(dep.attributor(out, "--until-final"), 400, list(workers.values()))
-        assert "resumed after the run at" in dep.log("attributor")
+        dep.finish(final, 400, list(workers.values()))
         _assert_golden(out)
+        # a rerun of the finished job (a Kubernetes Job retried) ends at once and publishes nothing
+        dep.finish(dep.attributor(out, "--until-final"), 120, list(workers.values()))
+        assert "already done: nothing to attribute" in dep.log("attributor")
+        _assert_golden(out)
+        last = max(json.loads(line)["as_of_us"] for line in out.read_text().splitlines())
+        whole_log = (tmp_path / "attributor.log").read_text()
+        resumed = re.findall(r"resumed after the run at (\d+); (\d+) runs published", whole_log)
+        (at, runs), (at_end, none) = [(int(a), int(n)) for a, n in resumed]
+        assert at < last and runs + 6 >= 24 and (at_end, none) == (last, 0), resumed
     finally:
         dep.close()
 
@@ -232,10 +234,3 @@ def _readiness_until_ready(port: int, timeout: float) -> list[tuple[int, str]]:
             return replies
         time.sleep(0.1)
     raise AssertionError(f"worker not ready after {timeout} s: {replies}")
-
-
-def _wait_for(condition: Any, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.2)

@@ -8,11 +8,9 @@ several times and restarted, and a second run of a finished ingest must add noth
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from collections import Counter
 from collections.abc import Callable
@@ -28,6 +26,7 @@ from streamer.distributed.sequencer import Tick
 from streamer.sources.archive import read_archive
 from streamer.testing.synth import default_archive
 from tests.broker import kafka_bootstrap
+from tests.faults import Stderr, signal_when, wait_until
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -127,21 +126,22 @@ def _source_id(archive: Path) -> str:
 
 
 def test_sigkill_at_any_point_loses_and_doubles_nothing(bootstrap: str) -> None:
-    """The bundled archive (12,000 items), killed five times mid-stream (small transactions, so kills land between
-    and inside them), then run to the end: the committed events are the archive's, each once."""
+    """The bundled archive (12,000 items over 24 h), written at 6,000x its event time in small transactions and
+    killed five times, each once its committed cursor is seen past the next of five marks (so the kills land
+    between and inside transactions, and before the end: at that pace the archive takes 14 s), then run to the
+    end: the committed events are the archive's, each once."""
     archive = default_archive()
     events, cursors = _topics()
     source = _source_id(archive)
-    kills = 0
-    for delay in (2.0, 2.5, 3.0, 3.5, 4.0):
-        proc = _ingest(archive, bootstrap, events, cursors, "--batch-items", "10", "--batch-seconds", "0.05")
-        time.sleep(delay)
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGKILL)
-            kills += 1
-        proc.communicate(timeout=60)
-    before = asyncio.run(load_cursor(bootstrap, cursors, source))
-    assert kills >= 3 and before is not None and 0 < before.items < 11_998, "the kills landed mid-ingest"
+    pace = ("--speed", "6000", "--batch-items", "10", "--batch-seconds", "0.05")
+    for mark in (1_500, 3_000, 4_500, 6_000, 7_500):
+        proc = _ingest(archive, bootstrap, events, cursors, *pace)
+        err = Stderr(proc.stderr)
+        signal_when(proc, lambda m=mark: _committed(bootstrap, cursors, source).position >= m, 120, f"item {mark}")
+        proc.wait(60)
+        killed_at = _committed(bootstrap, cursors, source).position
+        assert mark <= killed_at < 11_998, f"killed at {killed_at}, past the mark {mark} and before the end"
+        assert "Traceback" not in err.text()
     final = _ingest(archive, bootstrap, events, cursors, "--batch-items", "40")
     _, err = final.communicate(timeout=240)
     assert final.returncode == 0, err
@@ -182,15 +182,12 @@ def test_a_relay_source_resumes_at_its_committed_seq(bootstrap: str, sample_dir:
         source = f"relay:ws://127.0.0.1:{port}"
         args = ("--relay", f"ws://127.0.0.1:{port}", "--batch-items", "5", "--batch-seconds", "0.05")
         first = _ingest_live(bootstrap, events, cursors, *args)
-        _wait_for(lambda: _committed(bootstrap, cursors, source).items >= 20)
-        os.kill(first.pid, signal.SIGKILL)
+        signal_when(first, lambda: _committed(bootstrap, cursors, source).items >= 20, 60, "20 items committed")
         first.communicate(timeout=30)
         assert _committed(bootstrap, cursors, source).items < 140, "killed mid-stream (the sample takes ~10 s)"
         second = _ingest_live(bootstrap, events, cursors, *args)
         last = max(seq for _, seq in _seqs(sample))
-        _wait_for(
-            lambda: (c := asyncio.run(load_cursor(bootstrap, cursors, source))) is not None and c.position >= last
-        )
+        wait_until(lambda: _committed(bootstrap, cursors, source).position >= last, 60, f"the cursor at seq {last}")
         second.send_signal(signal.SIGTERM)
         _, err = second.communicate(timeout=30)
         assert second.returncode == 0 and "resumed after" in err, err
@@ -218,10 +215,3 @@ def _committed(bootstrap: str, cursors: str, source: str) -> IngestCursor:
 
 def _seqs(archive: Path) -> list[tuple[int, int]]:
     return [(n, decode_frame(item.frame).seq) for n, item in enumerate(read_archive(archive)) if item.frame]
-
-
-def _wait_for(condition: Any, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.2)

@@ -31,6 +31,7 @@ from streamer.sources.firehose import (
     subscribe_url,
 )
 from streamer.sources.relay_server import Relay, error_frame, peek
+from tests.faults import Stderr, signal_when
 
 FAST = {"backoff_base": 0.005, "backoff_max": 0.02}
 ROOT = Path(__file__).resolve().parents[3]
@@ -223,7 +224,7 @@ async def test_record_command_closes_the_archive_on_ctrl_c(
     out = tmp_path / "rec"
     code = "import typer; from streamer.app.record import record_command; typer.run(record_command)"
     async with Relay(archive) as relay:
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "SKYATTR_PROGRESS_EVERY": "0.05"}
         proc = subprocess.Popen(
             [sys.executable, "-c", code, "--relay", relay.url, "--out", str(out)],
             cwd=ROOT,
@@ -231,13 +232,13 @@ async def test_record_command_closes_the_archive_on_ctrl_c(
             stderr=subprocess.PIPE,
             text=True,
         )
+        err = Stderr(proc.stderr)
         try:
-            deadline = time.monotonic() + 10
-            while relay.frames_sent < len(sample_frames) and time.monotonic() < deadline:
-                await asyncio.sleep(0.02)
-            await asyncio.sleep(0.3)  # let the recorder take the last frames off the socket
-            proc.send_signal(signal.SIGINT)
-            _, stderr = await asyncio.to_thread(proc.communicate, timeout=10)
+            # interrupted once its progress line says it has every frame the relay sent
+            every = err.past(len(sample_frames))
+            await asyncio.to_thread(signal_when, proc, every, 30, "every frame recorded", signal.SIGINT)
+            await asyncio.to_thread(proc.wait, 10)
+            stderr = err.text()
         finally:
             if proc.poll() is None:
                 proc.kill()
