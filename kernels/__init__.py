@@ -22,13 +22,15 @@ if TYPE_CHECKING:
         Indicator,
         available_indicators,
         get_indicator,
+        linear_closed_form,
         reach_closed_form,
         register_indicator,
     )
     from kernels.inequality import gini, lorenz
-    from kernels.panel import panel_attribution, select_panel
+    from kernels.panel import GAMES, panel_attribution, select_panel
     from kernels.quadrature import gauss_legendre
     from kernels.shapley import ShapleyEstimate, exact_shapley, sampled_shapley
+    from kernels.study import Study, scale_study
     from kernels.synthetic import Population, heavy_tailed_population
     from kernels.tiers import TIER_NAMES, assign_tiers, tier_shares
 
@@ -57,11 +59,15 @@ _WHERE: dict[str, str] = {
     "get_indicator": "kernels.indicators",
     "gini": "kernels.inequality",
     "heavy_tailed_population": "kernels.synthetic",
+    "linear_closed_form": "kernels.indicators",
     "lorenz": "kernels.inequality",
     "panel_attribution": "kernels.panel",
+    "GAMES": "kernels.panel",
     "reach_closed_form": "kernels.indicators",
     "register_indicator": "kernels.indicators",
     "sampled_shapley": "kernels.shapley",
+    "Study": "kernels.study",
+    "scale_study": "kernels.study",
     "scale_bias": "kernels.bias",
     "select_panel": "kernels.panel",
     "tier_shares": "kernels.tiers",
@@ -85,6 +91,7 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "ENTRY_POINT_GROUP",
+    "GAMES",
     "TIER_NAMES",
     "AlertThresholds",
     "AttentionGraph",
@@ -95,6 +102,7 @@ __all__ = [
     "Population",
     "ScaleBias",
     "ShapleyEstimate",
+    "Study",
     "assign_tiers",
     "attribute",
     "available_indicators",
@@ -106,12 +114,14 @@ __all__ = [
     "get_indicator",
     "gini",
     "heavy_tailed_population",
+    "linear_closed_form",
     "lorenz",
     "panel_attribution",
     "reach_closed_form",
     "register_indicator",
     "sampled_shapley",
     "scale_bias",
+    "scale_study",
     "select_panel",
     "tier_shares",
     "use_compilation_cache",

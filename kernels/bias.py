@@ -12,6 +12,39 @@ study computes):
 
 ``alert`` fires when tvd > tau_tvd or r* > tau_res, and with hysteresis resolves only when both fall below
 ``clear`` times their thresholds.
+
+A panel that sees nothing (its attribution all zero: v of the panel is constant) while the full population shows a
+phenomenon is a finding, not a gap in the figures: ``panel_sees_nothing`` is set, its tier shares and the TVD are
+NaN (there are no shares to compare), c* = 0 and r* = 1 (no rescaling of nothing recovers any of it), so the alert
+fires on r*.
+
+The panel's attribution b comes from one of two games (:mod:`kernels.panel`): ``restricted`` (the indicator on the
+panel alone, as a small study computes it) or ``same_game`` (the full game, only the panel active). The figures of
+the two are kept apart: their difference is the effect of the restriction, and what the same game leaves is the
+effect of the indicator's nonlinearity. When is the same game's r* zero?
+
+**Theorem.** Write x^P for x with every agent outside the panel P set to 0, and
+g_i(y) = ∫₀¹ ∂v/∂x_i(a y) da, so that phi_i(y) = y_i g_i(y). In the same game a_i = x_i g_i(x) and
+b_i = x_i g_i(x^P) for i in P, hence
+
+    r* = 0  ⇔  g_i(x) / g_i(x^P) is the same for every panel member with x_i g_i(x^P) ≠ 0.
+
+(r* = 0 iff a is a multiple of b.) In particular:
+
+1. *v linear*, v = c·x: g_i ≡ c_i, the ratio is 1 and a = b (``exposure``, ``activity``).
+2. *v = f(c·x) for any differentiable f* (a function of one linear aggregate, e.g. a saturating response to the
+   total exposure): g_i(y) = c_i (f(c·y) − f(0)) / c·y, so the ratio (f(c·x) − f(0)) c·x^P / ((f(c·x^P) − f(0)) c·x)
+   is common to all i. Nonlinearity alone does not make r* > 0; and the same holds for the quadrature sum, whose
+   error is in that common factor only.
+3. *No interaction between the panel and the rest*, v(x) = h(x_P) + k(x_{−P}): ∂v/∂x_i for i in P does not read
+   x_{−P}, so g_i(x) = g_i(x^P) and the ratio is 1.
+
+r* > 0 exactly when switching the rest of the population off changes the panel members' path-averaged marginals
+by different factors: for ``reach`` (v = Σ_j log(1 + e_j)), ∂v/∂x_i = Σ_j W_ji / (1 + e_j) reads the exposure of
+i's own attenders, so a panel member whose attenders also attend active non-panel accounts loses less marginal
+value at full scale than one whose attenders attend only it (tests/kernels/test_panel_games.py builds both). The
+same holds for ``cascade`` and ``saturation`` (log1p of each exposure, not of one aggregate) on any graph where
+the panel's attenders see different amounts of non-panel activity.
 """
 
 from __future__ import annotations
@@ -59,13 +92,15 @@ class ScaleBias:
     top10_full: float
     top10_panel: float
     panel_size: int
+    panel_sees_nothing: bool = False
 
     def alert(self, thresholds: AlertThresholds | None = None, active: bool = False) -> bool:
         """Alert state after this run. ``active`` is the state after the previous run (hysteresis)."""
         t = thresholds or AlertThresholds()
+        tvd = 0.0 if math.isnan(self.tvd) else self.tvd  # no shares to compare: r* alone decides
         if active:
-            return not (self.tvd <= t.tvd * t.clear and self.residual <= t.residual * t.clear)
-        return self.tvd > t.tvd or self.residual > t.residual
+            return not (tvd <= t.tvd * t.clear and self.residual <= t.residual * t.clear)
+        return tvd > t.tvd or self.residual > t.residual
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -134,4 +169,5 @@ def scale_bias(full: Attribution, panel: Any, panel_attr: Attribution, tiers: An
         top10_full=_top_share(phi),
         top10_panel=_top_share(b),
         panel_size=int(panel.size),
+        panel_sees_nothing=bool(panel.size and not np.any(b)),
     )

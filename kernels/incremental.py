@@ -103,3 +103,18 @@ class CascadeIncremental(_Sequential):
         da = np.repeat(self.a[hop1] - a_old, counts2)
         np.add.at(self.e2, att2, w2 * self.rho * da)
         return float(self._adopt(self.e1[touched] + self.e2[touched]).sum() - before)
+
+
+class LinearIncremental(_Sequential):
+    """v = sum_i c_i x_i, a linear indicator (``exposure``: c = W^T 1; ``activity``: c = 1): a joining agent
+    adds c_i x_i whoever joined before it."""
+
+    def __init__(self, x: np.ndarray, graph: Any, coefficients: np.ndarray) -> None:
+        super().__init__(x, graph)
+        self.c = np.asarray(coefficients, np.float64)
+
+    def reset(self) -> None:
+        pass
+
+    def add(self, i: int) -> float:
+        return float(self.c[i] * self.x[i])

@@ -18,7 +18,17 @@ Built-in indicators (DESIGN §4), parameters with their defaults:
     (exp(3) - 1 ~ 19 units of attended activity), ``rho`` the resharing propensity.
 ``saturation`` (capacity_per_agent=1.0, capacity=None)
     v = K (1 - exp(-S / K)) with S = sum_j log(1 + e_j): a global response that saturates at K. K is ``capacity``
-    if given, else ``capacity_per_agent * n`` so the saturation point scales with the population.
+    if given, else ``capacity_per_agent * n`` so the saturation point scales with the population; a panel study
+    of it keeps the full population's K (:meth:`Indicator.at_scale`), or it would study another function.
+``exposure`` (linear)
+    v = sum_j e_j = sum_j (W x)_j: the total attended activity. Exact attribution phi_i = x_i (W^T 1)_i
+    (:func:`linear_closed_form`).
+``activity`` (linear)
+    v = sum_i x_i: the total activity, attention aside. Exact attribution phi_i = x_i.
+
+The linear ones are the reference of the scale-bias figures: with a linear v every coalition's attribution is the
+restriction of the full one, so a panel study in the same game (:func:`kernels.panel.panel_attribution`) differs
+from the full-scale attribution on the panel by nothing (r* = 0); see :mod:`kernels.bias`.
 
 User indicators: decorate a factory with :func:`register_indicator`, or publish it under the entry-point group
 ``skyattr.indicators`` (``name = "package.module:factory"``). A factory takes keyword parameters and returns an
@@ -91,6 +101,14 @@ class Indicator:
     incremental: IncrementalFactory | None = None
     params: Mapping[str, Any] = field(default_factory=dict)
     head_grad: HeadGradFn | None = None
+    linear: bool = False  # v(x) = c . x for a c that depends on the graph only: attribution phi_i = c_i x_i
+    scaled: Callable[[int], Indicator] | None = None  # see at_scale
+
+    def at_scale(self, n: int) -> Indicator:
+        """This indicator with every parameter that grows with the population fixed at its value for ``n``
+        agents (``saturation``'s K = capacity_per_agent * n): what a panel study of the n-agent population must
+        run on its few agents to study the same function. Itself when nothing depends on n."""
+        return self.scaled(n) if self.scaled is not None else self
 
     def __call__(self, x: jax.Array, graph: Any) -> jax.Array:
         return self.value(x, graph)
@@ -188,11 +206,12 @@ def _stemmed(
     params: Mapping[str, Any],
     incremental: IncrementalFactory,
     head_grad: HeadGradFn | None = None,
+    **extra: Any,
 ) -> Indicator:
     def value(x: jax.Array, graph: Any) -> jax.Array:
         return head(graph.exposure(x), x, graph)
 
-    return Indicator(name, value, head=head, incremental=incremental, params=dict(params), head_grad=head_grad)
+    return Indicator(name, value, head=head, incremental=incremental, params=dict(params), head_grad=head_grad, **extra)
 
 
 def _check_names(name: str, factory: Factory, params: Mapping[str, Any]) -> None:
@@ -316,7 +335,57 @@ def saturation(capacity_per_agent: float = 1.0, capacity: float | None = None) -
         return SaturationIncremental(x, g, k)
 
     params = {"capacity_per_agent": capacity_per_agent, "capacity": capacity}
-    return _stemmed("saturation", head, params, incremental)
+    scaled = None if capacity is not None else (lambda n: saturation(capacity_per_agent, capacity_per_agent * n))
+    return _stemmed("saturation", head, params, incremental, scaled=scaled)
+
+
+@register_indicator("exposure")
+def exposure() -> Indicator:
+    def head(e: jax.Array, x: jax.Array, graph: Any) -> jax.Array:
+        return graph.total(e)
+
+    def head_grad(e: jax.Array, x: jax.Array, graph: Any) -> tuple[jax.Array, jax.Array]:
+        return graph.real(jnp.ones_like(e)), jnp.zeros_like(x)
+
+    from kernels.incremental import LinearIncremental
+
+    def incremental(x: np.ndarray, g: Any) -> IncrementalEvaluator:
+        return LinearIncremental(x, g, attention_received(g))
+
+    return _stemmed("exposure", head, {}, incremental, head_grad=head_grad, linear=True)
+
+
+@register_indicator("activity")
+def activity() -> Indicator:
+    def head(e: jax.Array, x: jax.Array, graph: Any) -> jax.Array:
+        return graph.total(x)
+
+    def head_grad(e: jax.Array, x: jax.Array, graph: Any) -> tuple[jax.Array, jax.Array]:
+        return jnp.zeros_like(e), graph.real(jnp.ones_like(x))
+
+    from kernels.incremental import LinearIncremental
+
+    def incremental(x: np.ndarray, g: Any) -> IncrementalEvaluator:
+        return LinearIncremental(x, g, np.ones(g.n))
+
+    return _stemmed("activity", head, {}, incremental, head_grad=head_grad, linear=True)
+
+
+def attention_received(graph: Any) -> np.ndarray:
+    """(W^T 1)_i = sum_j W_ji: the attention agent i receives per unit of its activity (float64, numpy)."""
+    return np.bincount(graph.source, weights=np.asarray(graph.weight, np.float64), minlength=graph.n)
+
+
+def linear_closed_form(indicator: Indicator | str, x: np.ndarray, graph: Any) -> np.ndarray:
+    """Exact Aumann–Shapley attribution of a built-in linear indicator (float64, numpy): phi_i = c_i x_i, the
+    test oracle at any N."""
+    name = indicator if isinstance(indicator, str) else indicator.name
+    x = np.asarray(x, np.float64)
+    if name == "exposure":
+        return x * attention_received(graph)
+    if name == "activity":
+        return x.copy()
+    raise ValueError(f"no closed form for indicator {name!r} (exposure and activity have one)")
 
 
 def reach_closed_form(x: np.ndarray, graph: Any) -> np.ndarray:

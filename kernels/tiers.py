@@ -53,8 +53,9 @@ def tier_shares(phi: Any, tiers: Any) -> np.ndarray:
       exceed their positive part; shares are sum_{i in tier} phi_i / sum_i phi_i.
     * If sum phi is zero relative to sum |phi| (within 1e-12) the signed ratio is meaningless, so shares of
       |phi| are returned instead.
-    * If every phi is zero (v(x) = v(0): nothing to attribute), the shares are the tiers' population fractions,
-      i.e. the attribution of a uniform split.
+    * If every phi is zero (v(x) = v(0): nothing to attribute) there is nothing to share: all three are NaN. (A
+      fallback such as the tiers' population fractions would be a figure about nothing, and a panel that sees
+      nothing of a phenomenon the population shows would get a TVD from it.)
     """
     phi = np.asarray(phi, np.float64)
     tiers = np.asarray(tiers)
@@ -67,8 +68,7 @@ def tier_shares(phi: Any, tiers: Any) -> np.ndarray:
     idx = tiers.astype(np.int64)
     total, mass = phi.sum(), np.abs(phi).sum()
     if mass == 0:
-        counts = np.bincount(idx, minlength=3).astype(np.float64)
-        return counts / counts.sum() if counts.sum() else np.full(3, 1 / 3)
+        return np.full(3, np.nan)
     if abs(total) <= 1e-12 * mass:
         return np.bincount(idx, weights=np.abs(phi), minlength=3) / mass
     return np.bincount(idx, weights=phi, minlength=3) / total

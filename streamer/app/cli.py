@@ -4,6 +4,7 @@ a newcomer meets them (``replay`` first)."""
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 from collections.abc import Sequence
@@ -160,33 +161,38 @@ def attribute(
             pop = load_npz(population) if population else synthetic(agents, edges_per_agent, seed)
             if save:
                 save_npz(pop, save)
-            steps.update(1, detail=f"full attribution ({pop.graph.n:,} agents, {pop.graph.edges:,} edges)")
+            steps.update(1, detail=f"attribution, full and panel ({pop.graph.n:,} agents, {pop.graph.edges:,} edges)")
             start = time.perf_counter()
-            full = kernels.attribute(ind, pop.x, pop.graph, nodes=nodes, dtype=dtype)
-            seconds = time.perf_counter() - start  # the full-population attribution only, as before
-            tiers = kernels.assign_tiers(pop.visibility, head=cfg.head, middle=cfg.middle)
-            panel = kernels.select_panel(pop.visibility, pop.x, size=cfg.panel_size)
-            if panel.size == 0:
-                _fail("no active agents: the panel is empty")
-            steps.update(2, detail=f"panel attribution ({panel.size:,} agents)")
-            panel_attr = kernels.panel_attribution(ind, pop.x, pop.graph, panel, nodes=nodes, dtype=dtype)
-            bias = kernels.scale_bias(full, panel, panel_attr, tiers)
+            st = kernels.scale_study(
+                ind, pop.x, pop.graph, pop.visibility, nodes=nodes, dtype=dtype, head=cfg.head, middle=cfg.middle,
+                panel_size=cfg.panel_size, games=("restricted",),
+            )  # fmt: skip
+            seconds = time.perf_counter() - start  # the study: the full population and the panel
             steps.update(3)
     except ValueError as exc:
         _fail(str(exc))
         return
-    alert = bias.alert(thresholds)
+    full, tiers = st.full, st.tiers
+    game = st.games.get("restricted")
+    bias = game.bias if game is not None else None
+    alert = bias.alert(thresholds) if bias is not None else False
     if json_out:
         # the field names and shapes of the skyattr.tiers message (streamer/schemas/tiers.schema.json), so one
         # reader serves both
-        figures = bias.as_dict()
-        shares = {
-            scale: dict(zip(kernels.TIER_NAMES, figures.pop(f"tiers_{scale}"), strict=True))
-            for scale in ("full", "panel")
-        }
+        shares: dict[str, Any] | None = None
+        figures: dict[str, Any] | None = None
+        if bias is not None:
+            figures = {k: _finite(v) for k, v in bias.as_dict().items()}
+            shares = {
+                scale: None if bias.panel_sees_nothing and scale == "panel" else
+                dict(zip(kernels.TIER_NAMES, figures.pop(f"tiers_{scale}"), strict=True))
+                for scale in ("full", "panel")
+            }  # fmt: skip
+            figures.pop("tiers_panel", None)
         out = {
             "indicator": ind.name,
             "params": dict(ind.params),
+            "outcome": "attributed" if bias is not None else "nothing_to_attribute",
             "agents": pop.graph.n,
             "active_agents": int(np.count_nonzero(pop.x)),
             "edges": pop.graph.edges,
@@ -205,27 +211,46 @@ def attribute(
         }
         sys.stdout.write(json.dumps(out) + "\n")
         return
+    out = Console(soft_wrap=True)  # stdout: the table is the result asked for
+    if bias is None:
+        out.print(
+            f"{ind.name}: {pop.graph.n:,} agents, {pop.graph.edges:,} edges: {st.nothing} (no tier shares, no "
+            f"scale-bias figures, no alert)"
+        )
+        return
     table = Table(title=f"{ind.name}: {pop.graph.n:,} agents, {pop.graph.edges:,} edges")
     table.add_column("tier")
     table.add_column("full", justify="right")
     table.add_column(f"panel ({bias.panel_size})", justify="right")
     for name, f, p in zip(kernels.TIER_NAMES, bias.tiers_full, bias.tiers_panel, strict=True):
-        table.add_row(name, f"{f:.3f}", f"{p:.3f}")
-    out = Console(soft_wrap=True)  # stdout: the table is the result asked for
+        table.add_row(name, f"{f:.3f}", "n/a" if bias.panel_sees_nothing else f"{p:.3f}")
     out.print(table)
     out.print(
         f"v(x)={full.value:.6g}  residual={full.residual:.1e}  {seconds:.2f}s on {full.device}\n"
-        f"TVD={bias.tvd:.3f}  r*={bias.residual:.3f}  c*={bias.rescale:.3g}  panel share={bias.panel_share:.3f}  "
-        f"spearman={bias.spearman:.2f}  top10 full/panel={bias.top10_full:.2f}/{bias.top10_panel:.2f}  "
-        f"alert={'FIRING' if alert else 'ok'}"
+        f"TVD={_shown(bias.tvd)}  r*={bias.residual:.3f}  c*={bias.rescale:.3g}  panel share="
+        f"{_shown(bias.panel_share)}  spearman={_shown(bias.spearman, '.2f')}  top10 full/panel="
+        f"{_shown(bias.top10_full, '.2f')}/{_shown(bias.top10_panel, '.2f')}  alert={'FIRING' if alert else 'ok'}"
+        + ("\nthe panel sees nothing of it: its own attribution is zero" if bias.panel_sees_nothing else "")
     )
 
 
+def _finite(value: Any) -> Any:
+    """A figure for JSON: NaN (undefined) as null, tuples as lists."""
+    if isinstance(value, tuple):
+        return [_finite(v) for v in value]
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
+def _shown(value: float, spec: str = ".3f") -> str:
+    return "n/a" if not math.isfinite(value) else format(value, spec)
+
+
 def indicators() -> None:
-    """List the registered indicators (built-in and entry points)."""
+    """List the registered indicators (built-in and entry points): name, structure (linear: v = c . x, the
+    scale-bias reference; linear stem: a function of W x; generic) and default parameters."""
     for name in kernels.available_indicators():
         ind = kernels.get_indicator(name)
-        stem = "linear stem" if ind.linear_stem else "generic"
+        stem = "linear" if ind.linear else "linear stem" if ind.linear_stem else "generic"
         typer.echo(f"{name}\t{stem}\t{json.dumps(dict(ind.params))}")
 
 

@@ -168,7 +168,7 @@ def attributor_command(
         if sink is not None:
             sink.publish(result)
         if result.topic == "tiers":
-            print(f"run {result.run} at {result.as_of_us}: value {result.value:.4g}, TVD {result.scale_bias.tvd:.3f}")
+            print(f"run {result.run} at {result.as_of_us}: value {result.value:.4g}, {_figure(result)}")
             sys.stdout.flush()
 
     async def main() -> Any:
@@ -233,3 +233,11 @@ def _attributor_metrics(settings: Any) -> tuple[Any, Any]:
     metrics.ready = True
     logging.getLogger("skyattr.attributor").info("metrics on http://%s:%d/metrics", settings.metrics_host, port)
     return metrics, on_outcome
+
+
+def _figure(result: Any) -> str:
+    """The run's line's last part: its TVD, or why it has none."""
+    sb = result.scale_bias
+    if sb is None:
+        return "nothing to attribute"
+    return "the panel sees nothing" if sb.tvd is None else f"TVD {sb.tvd:.3f}"

@@ -122,6 +122,11 @@ def build_report(
     out = attribute_snapshot(snap, config, run=1, as_of_us=state.last_time_us, alert_active=False)
     if out.result is None:
         raise ReportError(f"nothing to attribute in {archive}: {out.skipped}")
+    if not out.result.attributed:
+        raise ReportError(
+            f"nothing to attribute in {archive}: v(x) = v(0) = {out.result.value:.6g} at the end of its window, so "
+            "there are no tier shares and no scale-bias figures to report"
+        )
     assert out.arrays is not None  # set whenever a result is
     return ReportData(
         archive=str(archive),
@@ -193,13 +198,22 @@ def _count(value: float) -> str:
 def _reading(r: RunResult, cfg: AttributionConfig) -> list[Inline]:
     """Plain-language sentences: what a reader should take from the figures."""
     full, panel, sb = r.full, r.panel, r.scale_bias
+    assert full is not None and sb is not None  # a report is only made of an attributed run
     n_panel = sb.panel_size
-    lines: list[Inline] = [
-        f"The panel of the {n_panel} most visible active accounts attributes {_pct(panel.head)} of the "
-        f"indicator to the head (the top {_frac(cfg.head)} by visibility, {r.tier_sizes['head']:,} accounts) "
-        f"where the full population gives {_pct(full.head)}; to the tail it attributes {_pct(panel.tail)} where "
-        f"the full population gives {_pct(full.tail)}.",
-    ]
+    if panel is None:
+        lines: list[Inline] = [
+            f"The panel of the {n_panel} most visible active accounts sees nothing of this phenomenon: on its own "
+            f"the indicator does not move, so a study of it attributes nothing to anyone, while the full "
+            f"population gives the head (the top {_frac(cfg.head)} by visibility) {_pct(full.head)} and the tail "
+            f"{_pct(full.tail)}."
+        ]
+    else:
+        lines = [
+            f"The panel of the {n_panel} most visible active accounts attributes {_pct(panel.head)} of the "
+            f"indicator to the head (the top {_frac(cfg.head)} by visibility, {r.tier_sizes['head']:,} accounts) "
+            f"where the full population gives {_pct(full.head)}; to the tail it attributes {_pct(panel.tail)} "
+            f"where the full population gives {_pct(full.tail)}.",
+        ]
     if sb.panel_share is not None:
         lines.append(
             f"The panel's accounts hold {_pct(sb.panel_share)} of the full-scale attribution; the other "
@@ -266,7 +280,7 @@ def document(data: ReportData) -> list[Block]:
         Block(
             "table",
             [
-                [name, f"{r.tier_sizes[name]:,}", _fmt(getattr(r.full, name)), _fmt(getattr(r.panel, name))]
+                [name, f"{r.tier_sizes[name]:,}", _fmt(getattr(r.full, name)), _fmt(getattr(r.panel, name, None))]
                 for name in kernels.TIER_NAMES
             ],
             header=("tier", "accounts", "full", f"panel ({sb.panel_size})"),
@@ -451,6 +465,9 @@ def plot_tier_shares(data: ReportData, path: Path) -> None:
         (-width / 2, r.full, "full population", "#4c72b0"),
         (width / 2, r.panel, f"panel ({r.scale_bias.panel_size} most visible)", "#dd8452"),
     ):
+        if shares is None:  # the panel sees nothing: no bars, the legend says so
+            ax.bar(x + offset, [0.0] * len(x), width, label=f"{label}: sees nothing", color=colour)
+            continue
         values = list(shares)
         bars = ax.bar(x + offset, values, width, label=label, color=colour)
         ax.bar_label(bars, labels=[f"{v:.1%}" for v in values], padding=2, fontsize=8)
@@ -458,7 +475,7 @@ def plot_tier_shares(data: ReportData, path: Path) -> None:
     sizes = r.tier_sizes
     ax.set_xticks(x, [f"{name}\n({sizes[name]:,} accounts)" for name in kernels.TIER_NAMES])
     ax.set_ylabel("share of total attribution")
-    ax.set_title(f"{r.indicator}: tier shares (TVD {r.scale_bias.tvd:.3f})")
+    ax.set_title(f"{r.indicator}: tier shares (TVD {_fmt(r.scale_bias.tvd, '.3f')})")
     ax.legend()
     fig.savefig(path)
 

@@ -11,23 +11,41 @@ from streamer.core.results import AlertTransition, Result, RunResult
 
 
 def tier_table(result: RunResult) -> Table:
-    """Tiers x {full, panel} with the scale-bias figures in the caption."""
+    """Tiers x {full, panel} with the scale-bias figures in the caption; in words when there is nothing to
+    attribute or the panel sees nothing."""
     sb = result.scale_bias
     state = "FIRING" if result.alert_active else "ok"
+    title = (
+        f"run {result.run} · {result.indicator} · as of {rfc3339(result.as_of_us)} · "
+        f"{result.agents:,} agents, {result.edges:,} edges"
+    )
+    if sb is None or result.full is None:
+        table = Table(title=title, caption=f"{nothing(result)} · alert {state} (unchanged)")
+        table.add_column("tier")
+        table.add_column("accounts", justify="right")
+        for name in kernels.TIER_NAMES:
+            table.add_row(name, f"{result.tier_sizes[name]:,}")
+        return table
     table = Table(
-        title=f"run {result.run} · {result.indicator} · as of {rfc3339(result.as_of_us)} · "
-        f"{result.agents:,} agents, {result.edges:,} edges",
-        caption=f"TVD {sb.tvd:.3f} · r* {sb.residual:.3f} · c* {sb.rescale:.3g} · "
-        f"panel share {_fmt(sb.panel_share)} · Spearman {_fmt(sb.spearman)} · alert {state}",
+        title=title,
+        caption=f"TVD {_fmt(sb.tvd)} · r* {sb.residual:.3f} · c* {sb.rescale:.3g} · "
+        f"panel share {_fmt(sb.panel_share)} · Spearman {_fmt(sb.spearman)} · alert {state}"
+        + (" · the panel sees nothing of it" if sb.panel_sees_nothing else ""),
     )
     table.add_column("tier")
     table.add_column("accounts", justify="right")
     table.add_column("full", justify="right")
     table.add_column(f"panel ({sb.panel_size})", justify="right")
-    full, panel = result.full.as_dict(), result.panel.as_dict()
+    full = result.full.as_dict()
+    panel = result.panel.as_dict() if result.panel is not None else dict.fromkeys(kernels.TIER_NAMES)
     for name in kernels.TIER_NAMES:
-        table.add_row(name, f"{result.tier_sizes[name]:,}", f"{full[name]:.3f}", f"{panel[name]:.3f}")
+        table.add_row(name, f"{result.tier_sizes[name]:,}", f"{full[name]:.3f}", _fmt(panel[name]))
     return table
+
+
+def nothing(result: RunResult) -> str:
+    """The words for a run with nothing to attribute."""
+    return f"nothing to attribute: v(x) = v(0) = {result.value:.4g}, no tier shares, no scale-bias figures"
 
 
 def _fmt(value: float | None) -> str:
@@ -56,7 +74,7 @@ class TerminalSink:
             t = result.thresholds
             self.console.print(
                 f"[{colour}]scale-bias alert {result.state}[/{colour}] ({result.severity}): "
-                f"TVD {result.tvd:.3f} (τ {t.tvd}), r* {result.residual:.3f} (τ {t.residual})"
+                f"TVD {_fmt(result.tvd)} (τ {t.tvd}), r* {result.residual:.3f} (τ {t.residual})"
             )
             return
         self.last = result
@@ -64,11 +82,14 @@ class TerminalSink:
             self._table(result)
             return
         sb, full, panel = result.scale_bias, result.full, result.panel
+        if sb is None or full is None:
+            self.console.print(f"run {result.run:>4} @ {rfc3339(result.as_of_us)}  {nothing(result)}")
+            return
+        shown = f"{panel.head:.2f}/{panel.middle:.2f}/{panel.tail:.2f}" if panel is not None else "sees nothing"
         self.console.print(
             f"run {result.run:>4} @ {rfc3339(result.as_of_us)}  v={result.value:.4g}  "
             f"head/middle/tail full {full.head:.2f}/{full.middle:.2f}/{full.tail:.2f}  "
-            f"panel {panel.head:.2f}/{panel.middle:.2f}/{panel.tail:.2f}  "
-            f"TVD {sb.tvd:.3f}  r* {sb.residual:.3f}  {result.runtime_s:.2f}s"
+            f"panel {shown}  TVD {_fmt(sb.tvd)}  r* {sb.residual:.3f}  {result.runtime_s:.2f}s"
         )
         if self.tables and result.alert_changed:
             self._table(result)

@@ -110,8 +110,10 @@ def _finite(value: float) -> float | None:
 @dataclass(frozen=True)
 class Measured:
     """The heavy, order-free part of a run (:func:`measure`): the full-scale and panel attributions and the
-    scale-bias figures of one snapshot, or why there is nothing to attribute. What depends on the runs before it
-    (the run number, the alert's hysteresis) is added by :func:`finish`, in order."""
+    scale-bias figures of one snapshot; or why there is nothing to attribute (``nothing``: the full attribution
+    alone, published as that outcome); or why the run is skipped (``skipped``: no edges or no active agent, nothing
+    published). What depends on the runs before it (the run number, the alert's hysteresis) is added by
+    :func:`finish`, in order."""
 
     snap: Snapshot
     skipped: str = ""
@@ -121,25 +123,31 @@ class Measured:
     panel_attr: Any = None
     bias: Any = None
     seconds: float = 0.0
+    nothing: str = ""
 
 
 def measure(snap: Snapshot, config: AttributionConfig) -> Measured:
-    """The kernels on ``snap``: pure, so a pipeline runs it in a worker thread while ingest goes on."""
+    """The kernels on ``snap`` (:func:`kernels.study.scale_study`, as ``skyattr attribute`` runs them): pure, so a
+    pipeline runs it in a worker thread while ingest goes on."""
     if snap.graph is None or snap.edges == 0:
         return Measured(snap, skipped="no attention edges in the window")
     if not np.any(snap.x > 0):
         return Measured(snap, skipped="no active agents in the window")
     start = time.perf_counter()
     ind = kernels.get_indicator(config.indicator, **config.params)
-    full = kernels.attribute(ind, snap.x, snap.graph, nodes=config.nodes, dtype=config.dtype)
-    tiers = kernels.assign_tiers(snap.visibility, head=config.head, middle=config.middle)
-    panel = kernels.select_panel(snap.visibility, snap.x, size=config.panel_size)
-    panel_attr = kernels.panel_attribution(ind, snap.x, snap.graph, panel, nodes=config.nodes, dtype=config.dtype)
-    bias = kernels.scale_bias(full, panel, panel_attr, tiers)
-    figures_needed = (full.value, full.baseline, full.residual, bias.tvd, bias.rescale, bias.residual)
+    st = kernels.scale_study(
+        ind, snap.x, snap.graph, snap.visibility, nodes=config.nodes, dtype=config.dtype, head=config.head,
+        middle=config.middle, panel_size=config.panel_size, games=("restricted",),
+    )  # fmt: skip
+    full = st.full
+    if st.nothing:
+        return Measured(snap, "", full, st.tiers, seconds=time.perf_counter() - start, nothing=st.nothing)
+    game = st.games["restricted"]
+    bias = game.bias
+    figures_needed = (full.value, full.baseline, full.residual, bias.rescale, bias.residual)
     if not all(np.isfinite(v) for v in figures_needed):
         return Measured(snap, skipped=f"non-finite result {figures_needed}")
-    return Measured(snap, "", full, tiers, panel, panel_attr, bias, time.perf_counter() - start)
+    return Measured(snap, "", full, st.tiers, st.panel, game.attribution, bias, time.perf_counter() - start)
 
 
 def attribute_snapshot(
@@ -155,10 +163,39 @@ def finish(m: Measured, config: AttributionConfig, *, run: int, as_of_us: int, a
     previous run (``alert_active``). Cheap; called in run order."""
     if m.skipped:
         return RunOutput(None, None, alert_active, skipped=m.skipped)
-    snap, full, tiers, panel, panel_attr, bias = m.snap, m.full, m.tiers, m.panel, m.panel_attr, m.bias
+    snap, full, tiers = m.snap, m.full, m.tiers
     ind = kernels.get_indicator(config.indicator, **config.params)
+    t = config.thresholds
+    thresholds = Thresholds(tvd=t.tvd, residual=t.residual, clear=t.clear)
+    window = Window(snap.window_start_us, snap.window_end_us)
+    common = {
+        "run": run,
+        "indicator": ind.name,
+        "params": dict(ind.params.items()),
+        "window": window,
+        "as_of_us": int(as_of_us),
+        "agents": snap.agents,
+        "active_agents": int(np.count_nonzero(snap.x)),
+        "edges": snap.edges,
+        "events": snap.events,
+        "value": float(full.value),
+        "baseline": float(full.baseline),
+        "residual": float(full.residual),
+        "nodes": full.nodes,
+        "dtype": full.dtype,
+        "tier_sizes": {name: int(np.sum(tiers == k)) for k, name in enumerate(kernels.TIER_NAMES)},
+        "thresholds": thresholds,
+        "runtime_s": m.seconds,
+        "device": full.device,
+    }
+    if m.nothing:  # published as such: no shares, no figures, the alert as it was
+        result = RunResult(
+            **common, full=None, panel=None, scale_bias=None, alert_active=alert_active, alert_changed=False,
+            top=(), outcome="nothing_to_attribute",
+        )  # fmt: skip
+        return RunOutput(result, None, alert_active)
+    panel, panel_attr, bias = m.panel, m.panel_attr, m.bias
     firing = bias.alert(config.thresholds, active=alert_active)
-    runtime = m.seconds
     order = top_indices(full.phi, config.top_k)
     top = [
         {
@@ -172,7 +209,7 @@ def finish(m: Measured, config: AttributionConfig, *, run: int, as_of_us: int, a
         for i in order
     ]
     figures = ScaleBias(
-        tvd=float(bias.tvd),
+        tvd=_finite(bias.tvd),
         panel_share=_finite(bias.panel_share),
         rescale=float(bias.rescale),
         residual=float(bias.residual),
@@ -180,46 +217,27 @@ def finish(m: Measured, config: AttributionConfig, *, run: int, as_of_us: int, a
         top10_full=_finite(bias.top10_full),
         top10_panel=_finite(bias.top10_panel),
         panel_size=int(bias.panel_size),
+        panel_sees_nothing=bool(bias.panel_sees_nothing),
     )
-    t = config.thresholds
-    thresholds = Thresholds(tvd=t.tvd, residual=t.residual, clear=t.clear)
-    window = Window(snap.window_start_us, snap.window_end_us)
     result = RunResult(
-        run=run,
-        indicator=ind.name,
-        params=dict(ind.params.items()),
-        window=window,
-        as_of_us=int(as_of_us),
-        agents=snap.agents,
-        active_agents=int(np.count_nonzero(snap.x)),
-        edges=snap.edges,
-        events=snap.events,
-        value=float(full.value),
-        baseline=float(full.baseline),
-        residual=float(full.residual),
-        nodes=full.nodes,
-        dtype=full.dtype,
-        tier_sizes={name: int(np.sum(tiers == k)) for k, name in enumerate(kernels.TIER_NAMES)},
+        **common,
         full=TierShares(*(float(v) for v in bias.tiers_full)),
-        panel=TierShares(*(float(v) for v in bias.tiers_panel)),
+        panel=None if bias.panel_sees_nothing else TierShares(*(float(v) for v in bias.tiers_panel)),
         scale_bias=figures,
         alert_active=firing,
         alert_changed=firing != alert_active,
-        thresholds=thresholds,
         top=tuple(TopAccount(**a) for a in top),
-        runtime_s=runtime,
-        device=full.device,
     )
     alert = None
     if firing != alert_active:
-        critical = bias.tvd > 2 * t.tvd or bias.residual > 2 * t.residual
+        critical = (figures.tvd or 0.0) > 2 * t.tvd or bias.residual > 2 * t.residual
         severity = "critical" if critical else "warning"
         alert = AlertTransition(
             run=run,
             indicator=ind.name,
             state="firing" if firing else "resolved",
             severity=severity if firing else "info",
-            tvd=float(bias.tvd),
+            tvd=figures.tvd,
             residual=float(bias.residual),
             panel_share=_finite(bias.panel_share),
             thresholds=thresholds,

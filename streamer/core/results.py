@@ -28,6 +28,7 @@ TIERS_SCHEMA = "skyattr.tiers/1"
 ALERTS_SCHEMA = "skyattr.alerts/1"
 TIER_NAMES = ("head", "middle", "tail")
 Topic = Literal["tiers", "alerts"]
+Outcome = Literal["attributed", "nothing_to_attribute"]
 
 
 def _schema(topic: str) -> dict[str, Any]:
@@ -118,9 +119,10 @@ class Thresholds:
 @dataclass(frozen=True, slots=True)
 class ScaleBias:
     """Full scale against the panel: TVD of tier shares, the panel's share, best rescaling c* and what it leaves
-    (r*), Spearman, top-10 concentration. None where a figure is undefined (not finite)."""
+    (r*), Spearman, top-10 concentration. None where a figure is undefined (not finite); ``panel_sees_nothing``
+    when the panel's attribution is all zero (no panel shares, so no TVD; r* = 1)."""
 
-    tvd: float
+    tvd: float | None
     panel_share: float | None
     rescale: float
     residual: float
@@ -128,6 +130,7 @@ class ScaleBias:
     top10_full: float | None
     top10_panel: float | None
     panel_size: int
+    panel_sees_nothing: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -139,6 +142,7 @@ class ScaleBias:
             "top10_full": self.top10_full,
             "top10_panel": self.top10_panel,
             "panel_size": self.panel_size,
+            "panel_sees_nothing": self.panel_sees_nothing,
         }
 
 
@@ -194,7 +198,11 @@ class _Sealed:
 
 @dataclass(frozen=True)
 class RunResult(_Sealed):
-    """One attribution run (topic ``tiers``). Identity: ``id = "<indicator>@<as_of_us>"``."""
+    """One attribution run (topic ``tiers``). Identity: ``id = "<indicator>@<as_of_us>"``.
+
+    ``outcome`` is ``"attributed"``, or ``"nothing_to_attribute"`` when v(x) − v(0) is at rounding noise: then
+    ``full``, ``panel`` and ``scale_bias`` are None, ``top`` is empty and the alert keeps its state. ``panel`` alone
+    is None when the panel sees nothing of what the population shows."""
 
     topic: ClassVar[Topic] = "tiers"
 
@@ -213,16 +221,21 @@ class RunResult(_Sealed):
     nodes: int
     dtype: str
     tier_sizes: Mapping[str, int]
-    full: TierShares
-    panel: TierShares
-    scale_bias: ScaleBias
+    full: TierShares | None
+    panel: TierShares | None
+    scale_bias: ScaleBias | None
     alert_active: bool
     alert_changed: bool
     thresholds: Thresholds
     top: tuple[TopAccount, ...]
     runtime_s: float
     device: str
+    outcome: Outcome = "attributed"
     _message: Mapping[str, Any] = field(init=False, repr=False, compare=False)
+
+    @property
+    def attributed(self) -> bool:
+        return self.outcome == "attributed"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "params", _frozen(self.params))
@@ -249,8 +262,11 @@ class RunResult(_Sealed):
             "nodes": self.nodes,
             "dtype": self.dtype,
             "tier_sizes": dict(self.tier_sizes),
-            "tiers": {"full": self.full.as_dict(), "panel": self.panel.as_dict()},
-            "scale_bias": self.scale_bias.as_dict(),
+            "outcome": self.outcome,
+            "tiers": None
+            if self.full is None
+            else {"full": self.full.as_dict(), "panel": None if self.panel is None else self.panel.as_dict()},
+            "scale_bias": None if self.scale_bias is None else self.scale_bias.as_dict(),
             "alert": {
                 "active": self.alert_active,
                 "changed": self.alert_changed,
@@ -281,16 +297,22 @@ class RunResult(_Sealed):
             nodes=m["nodes"],
             dtype=m["dtype"],
             tier_sizes=m["tier_sizes"],
-            full=TierShares(**m["tiers"]["full"]),
-            panel=TierShares(**m["tiers"]["panel"]),
-            scale_bias=ScaleBias(**m["scale_bias"]),
+            full=_shares(m["tiers"], "full"),
+            panel=_shares(m["tiers"], "panel"),
+            scale_bias=None if m["scale_bias"] is None else ScaleBias(**m["scale_bias"]),
             alert_active=a["active"],
             alert_changed=a["changed"],
             thresholds=Thresholds(**a["thresholds"]),
             top=tuple(TopAccount(**t) for t in m["top"]),
             runtime_s=m["runtime_s"],
             device=m["device"],
+            outcome=m.get("outcome", "attributed"),
         )
+
+
+def _shares(tiers: Mapping[str, Any] | None, scale: str) -> TierShares | None:
+    shares = None if tiers is None else tiers[scale]
+    return None if shares is None else TierShares(**shares)
 
 
 @dataclass(frozen=True)
@@ -303,7 +325,7 @@ class AlertTransition(_Sealed):
     indicator: str
     state: Literal["firing", "resolved"]
     severity: Literal["info", "warning", "critical"]
-    tvd: float
+    tvd: float | None
     residual: float
     panel_share: float | None
     thresholds: Thresholds

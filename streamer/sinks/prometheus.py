@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 import socket
 import socketserver
 import threading
@@ -23,6 +24,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
+
+from streamer.core.results import TIER_NAMES
 
 DURATION_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300)
 MAX_CONNECTIONS = 32  # served at once; one more is closed at once (a scrape needs one, a probe one)
@@ -169,7 +172,7 @@ class Metrics(Endpoint):
         """The Sink protocol: a run's figures become the result gauges (alert transitions show in them too)."""
         if getattr(result, "topic", "") == "tiers":
             self.record_run(result)
-            self.runs.labels("ok").inc()
+            self.runs.labels("ok" if result.attributed else result.outcome).inc()
             self.last_success.set(time.time())
 
     async def start(self) -> None:
@@ -178,14 +181,17 @@ class Metrics(Endpoint):
     def record_run(self, result: Any) -> None:
         """Update the result gauges from a :class:`~streamer.core.results.RunResult`."""
         ind = result.indicator
+        # a figure that this run does not have (nothing to attribute, a panel that sees nothing) is NaN, not the
+        # last run's value: a dashboard shows a gap, and no rule compares it with a threshold
         for scale, shares in (("full", result.full), ("panel", result.panel)):
-            for tier, share in shares.as_dict().items():
+            values = shares.as_dict() if shares is not None else dict.fromkeys(TIER_NAMES, math.nan)
+            for tier, share in values.items():
                 self.tier_share.labels(ind, tier, scale).set(share)
         sb = result.scale_bias
-        self.tvd.labels(ind).set(sb.tvd)
-        self.rstar.labels(ind).set(sb.residual)
-        if sb.panel_share is not None:
-            self.panel_share.labels(ind).set(sb.panel_share)
+        nan = math.nan
+        self.tvd.labels(ind).set(nan if sb is None or sb.tvd is None else sb.tvd)
+        self.rstar.labels(ind).set(nan if sb is None else sb.residual)
+        self.panel_share.labels(ind).set(nan if sb is None or sb.panel_share is None else sb.panel_share)
         self.alert.labels(ind).set(1 if result.alert_active else 0)
         self.completeness.labels(ind).set(result.residual)
         self.value.labels(ind).set(result.value)

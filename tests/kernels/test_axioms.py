@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 import kernels
 from kernels import AttentionGraph, attribute, get_indicator
 
-INDICATORS = st.sampled_from(["reach", "cascade", "saturation"])
+INDICATORS = st.sampled_from(["reach", "cascade", "saturation", "exposure"])
 SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 

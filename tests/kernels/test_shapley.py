@@ -74,6 +74,19 @@ def test_sampled_shapley_converges_to_exact(mode: str, name: str) -> None:
     assert errors[2] < 0.05, errors
 
 
+@pytest.mark.parametrize("name", ["exposure", "activity"])
+def test_a_linear_indicator_is_its_closed_form_for_exact_sampled_and_path_shapley(name: str) -> None:
+    """v = c . x: every marginal is c_i x_i whoever joined before, so one permutation is exact."""
+    from kernels.indicators import linear_closed_form
+
+    x, g = _small(5, n=10, edges=35)
+    want = linear_closed_form(name, x, g)
+    np.testing.assert_allclose(exact_shapley(name, x, g), want, rtol=1e-10)
+    for mode in ("blackbox", "incremental"):
+        np.testing.assert_allclose(sampled_shapley(name, x, g, permutations=1, mode=mode).phi, want, rtol=1e-6)
+    np.testing.assert_allclose(attribute(name, x, g, nodes=2, dtype="float64").phi, want, rtol=1e-12)
+
+
 def test_incremental_and_blackbox_agree_permutation_by_permutation() -> None:
     x, g = _small(4, n=12, edges=50)
     for name in ("reach", "cascade", "saturation"):

@@ -58,8 +58,8 @@ def test_tier_shares_signed_cancelled_and_zero() -> None:
     np.testing.assert_allclose(tier_shares([3.0, -1.0, 0.0, 0.0], tiers), [1.5, -0.5, 0.0])
     # total cancels: fall back to shares of |phi|
     np.testing.assert_allclose(tier_shares([1.0, -1.0, 0.0, 0.0], tiers), [0.5, 0.5, 0.0])
-    # nothing to attribute: population fractions
-    np.testing.assert_allclose(tier_shares(np.zeros(4), tiers), [0.25, 0.25, 0.5])
+    # nothing to attribute: no shares at all (not the tiers' population fractions, a figure about nothing)
+    assert np.isnan(tier_shares(np.zeros(4), tiers)).all()
     with pytest.raises(ValueError, match="equal length"):
         tier_shares([1.0, 2.0], tiers)
     with pytest.raises(ValueError, match="non-finite"):

@@ -84,8 +84,9 @@ def test_bad_population_file_exit_2(tmp_path: Path) -> None:
 def test_indicators_command_lists_builtins() -> None:
     result = runner.invoke(app, ["indicators"])
     assert result.exit_code == 0
-    names = [line.split("\t")[0] for line in result.stdout.splitlines()]
-    assert {"reach", "cascade", "saturation"} <= set(names)
+    rows = {line.split("\t")[0]: line.split("\t")[1] for line in result.stdout.splitlines()}
+    assert {"reach", "cascade", "saturation", "exposure", "activity"} <= set(rows)
+    assert rows["exposure"] == rows["activity"] == "linear" and rows["cascade"] == "linear stem"
 
 
 @pytest.mark.parametrize(("content", "why"), [(b"", "(empty)"), (bytes(range(256)) * 8, "(not a zip archive)")])
