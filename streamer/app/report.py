@@ -45,7 +45,9 @@ from streamer.testing.synth import default_archive
 
 console = Console(stderr=True, soft_wrap=True)
 
-TIER_COLOURS = {"head": "#d62728", "middle": "#ff7f0e", "tail": "#1f77b4"}
+# Okabe & Ito's colour-blind-safe palette: tiers apart in hue and lightness alike, full vs panel likewise
+TIER_COLOURS = {"head": "#E69F00", "middle": "#009E73", "tail": "#CC79A7"}
+FULL_COLOUR, PANEL_COLOUR = "#0072B2", "#D55E00"
 FIGURES = {
     "tier_shares": "tier_shares.png",
     "lorenz": "lorenz.png",
@@ -82,11 +84,18 @@ class ReportData:
         return self.result.to_message()
 
     @property
-    def gini_full(self) -> float:
+    def gini_population(self) -> float:
+        """Gini of the full-scale attribution over every account (context: not comparable with the panel's)."""
         return gini(self.phi)
 
     @property
+    def gini_full(self) -> float:
+        """Gini of the full-scale attribution of the panel's accounts: the same accounts as :attr:`gini_panel`."""
+        return gini(self.phi[self.panel])
+
+    @property
     def gini_panel(self) -> float:
+        """Gini of the panel study's attribution of its accounts."""
         return gini(self.panel_phi)
 
 
@@ -326,8 +335,10 @@ def document(data: ReportData) -> list[Block]:
         Block("h2", "Concentration"),
         Block(
             "p",
-            f"Gini coefficient of the attribution: full population {data.gini_full:.4f}, panel study "
-            f"{data.gini_panel:.4f} (0 = every account contributes equally, 1 = one account causes everything).",
+            f"Gini coefficient of the attribution of the panel's {len(data.panel):,} accounts: at full scale "
+            f"{data.gini_full:.4f}, in the panel study {data.gini_panel:.4f} (0 = every account contributes "
+            f"equally, 1 = one account causes everything); the same accounts on both sides, so the two compare. "
+            f"Over all {len(data.phi):,} accounts the full-scale attribution has Gini {data.gini_population:.4f}.",
         ),
         Block("img", (FIGURES["lorenz"], "Lorenz curve of the attribution")),
         Block("img", (FIGURES["scatter"], "Attribution against visibility, by tier, panel members marked")),
@@ -462,8 +473,8 @@ def plot_tier_shares(data: ReportData, path: Path) -> None:
     x = np.arange(len(kernels.TIER_NAMES))
     width = 0.38
     for offset, shares, label, colour in (
-        (-width / 2, r.full, "full population", "#4c72b0"),
-        (width / 2, r.panel, f"panel ({r.scale_bias.panel_size} most visible)", "#dd8452"),
+        (-width / 2, r.full, "full population", FULL_COLOUR),
+        (width / 2, r.panel, f"panel ({r.scale_bias.panel_size} most visible)", PANEL_COLOUR),
     ):
         if shares is None:  # the panel sees nothing: no bars, the legend says so
             ax.bar(x + offset, [0.0] * len(x), width, label=f"{label}: sees nothing", color=colour)
@@ -475,44 +486,45 @@ def plot_tier_shares(data: ReportData, path: Path) -> None:
     sizes = r.tier_sizes
     ax.set_xticks(x, [f"{name}\n({sizes[name]:,} accounts)" for name in kernels.TIER_NAMES])
     ax.set_ylabel("share of total attribution")
-    ax.set_title(f"{r.indicator}: tier shares (TVD {_fmt(r.scale_bias.tvd, '.3f')})")
+    # the title carries what the alert reads: both its figures against their thresholds, and its state
+    sb, t = r.scale_bias, r.thresholds
+    state = "fires" if r.alert_active else "does not fire"
+    ax.set_title(
+        f"{r.indicator}: tier shares · TVD {_fmt(sb.tvd, '.3f')} (τ {t.tvd:g}) · r* {sb.residual:.3f} "
+        f"(τ {t.residual:g}) · alert {state}",
+        fontsize=10,
+    )
     ax.legend()
     fig.savefig(path)
 
 
 def plot_lorenz(data: ReportData, path: Path) -> None:
-    """Lorenz curves of the full-scale attribution and of the panel study's, with their Gini coefficients."""
+    """Lorenz curves of the panel's accounts: their full-scale attribution and the panel study's (the same accounts
+    on both sides), with their Gini coefficients."""
     fig = _figure(5.5, 5.0)
     ax = fig.add_subplot()
     ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1, label="equal split")
-    xs, ys = lorenz(data.phi)
-    ax.plot(xs, ys, color="#4c72b0", linewidth=2, label=f"full population (Gini {data.gini_full:.3f})")
     if len(data.panel_phi):
+        xs, ys = lorenz(data.phi[data.panel])
+        ax.plot(xs, ys, color=FULL_COLOUR, linewidth=2, label=f"at full scale (Gini {data.gini_full:.3f})")
         px, py = lorenz(data.panel_phi)
-        ax.plot(
-            px,
-            py,
-            color="#dd8452",
-            linewidth=1.5,
-            label=f"panel study (Gini {data.gini_panel:.3f})",
-        )
+        ax.plot(px, py, color=PANEL_COLOUR, linewidth=1.5, label=f"in the panel study (Gini {data.gini_panel:.3f})")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
     ax.set_xlabel("fraction of accounts, by ascending attribution")
     ax.set_ylabel("fraction of total attribution")
-    ax.set_title("Lorenz curve of the attribution")
+    ax.set_title(f"Lorenz curve of the attribution of the panel's {len(data.panel):,} accounts", fontsize=10)
     ax.legend(loc="upper left")
     fig.savefig(path)
 
 
 def plot_attribution_vs_visibility(data: ReportData, path: Path) -> None:
-    """phi against visibility on log–log axes, coloured by tier, panel members ringed. Log axes cannot show
-    zero, so accounts with phi <= 0 or no visibility are left out and counted in the title."""
+    """phi against visibility, coloured by tier, panel members ringed: every account, on symmetric-log axes (linear
+    near zero, logarithmic beyond), so accounts with phi <= 0 or no visibility are shown too, not left out."""
     fig = _figure()
     ax = fig.add_subplot()
-    shown = (data.phi > 0) & (data.visibility > 0)
     for k, name in enumerate(kernels.TIER_NAMES):
-        sel = shown & (data.tiers == k)
+        sel = data.tiers == k
         ax.scatter(
             data.visibility[sel],
             data.phi[sel],
@@ -524,29 +536,30 @@ def plot_attribution_vs_visibility(data: ReportData, path: Path) -> None:
         )
     in_panel = np.zeros(len(data.phi), bool)
     in_panel[data.panel] = True
-    sel = shown & in_panel
     ax.scatter(
-        data.visibility[sel],
-        data.phi[sel],
+        data.visibility[in_panel],
+        data.phi[in_panel],
         s=40,
         facecolors="none",
         edgecolors="black",
         linewidths=0.8,
-        label=f"panel member ({int(sel.sum()):,})",
+        label=f"panel member ({int(in_panel.sum()):,})",
     )
-    if shown.any():
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-    hidden = len(data.phi) - int(shown.sum())
-    if not shown.any():
-        ax.text(0.5, 0.5, "no account has φ > 0 and visibility > 0", ha="center", va="center", transform=ax.transAxes)
-        ax.set_xticks([])
-        ax.set_yticks([])
-    ax.set_xlabel("visibility")
-    ax.set_ylabel("attribution φ (full population)")
-    ax.set_title(f"Attribution vs visibility ({hidden:,} accounts with φ ≤ 0 or no visibility not shown)", fontsize=10)
+    ax.set_xscale("symlog", linthresh=1.0)
+    ax.set_yscale("symlog", linthresh=_linthresh(data.phi))
+    ax.axhline(0, color="grey", linewidth=0.6)
+    nonpositive = int(np.sum(data.phi <= 0))
+    ax.set_xlabel("visibility (symmetric log)")
+    ax.set_ylabel("attribution φ, full population (symmetric log)")
+    ax.set_title(f"Attribution vs visibility: all {len(data.phi):,} accounts ({nonpositive:,} with φ ≤ 0)", fontsize=10)
     ax.legend(loc="best", fontsize=8)
     fig.savefig(path)
+
+
+def _linthresh(phi: np.ndarray) -> float:
+    """Where the symmetric-log axis turns linear: the smallest |phi| > 0 (so no non-zero value is flattened), or 1."""
+    nonzero = np.abs(phi[phi != 0])
+    return float(nonzero.min()) if nonzero.size else 1.0
 
 
 # ------------------------------------------------------------------------------------------------ output

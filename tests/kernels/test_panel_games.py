@@ -127,21 +127,21 @@ def test_the_same_game_is_the_full_game_with_everyone_else_switched_off(data, na
 
 
 def test_the_restricted_game_loses_the_attention_from_outside_the_panel() -> None:
-    """exposure restricted to the panel: phi_i = x_i (W_PP^T 1)_i. Agents 0 and 1 get equal attention inside the
-    panel but 0 also gets 5 units from outside: r* > 0 where the same game gives 0. A panel whose phi were its
-    activity would fail the first assertion."""
+    """exposure restricted to the panel: phi_i = x_i (W_PP^T 1)_i. Inside the panel 1 attends 0 with weight 2 and 0
+    attends 1 with weight 1; 0 also gets 5 units from agent 2, outside the panel: r* > 0 where the same game gives
+    0. A panel whose phi were its activity (2, 3) would fail the first assertion."""
     att = np.array([1, 0, 2, 2, 2, 2, 2])
     src = np.array([0, 1, 0, 0, 0, 0, 0])
-    g = AttentionGraph(att, src, np.ones(7), 3)
+    g = AttentionGraph(att, src, np.array([2.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0]), 3)
     x, panel = np.array([2.0, 3.0, 1.0]), np.array([0, 1])
     restricted = panel_attribution("exposure", x, g, panel, nodes=4, dtype="float64")
-    np.testing.assert_allclose(restricted.phi, [2.0 * 1, 3.0 * 1], rtol=1e-12)
+    np.testing.assert_allclose(restricted.phi, [2.0 * 2, 3.0 * 1], rtol=1e-12)
     full = linear_closed_form("exposure", x, g)
-    np.testing.assert_allclose(full[panel], [2.0 * 6, 3.0 * 1])
+    np.testing.assert_allclose(full[panel], [2.0 * 7, 3.0 * 1])
     same = panel_attribution("exposure", x, g, panel, nodes=4, dtype="float64", game="same_game")
     assert r_star(full[panel], same.phi) <= 1e-15
-    assert r_star(full[panel], restricted.phi) == pytest.approx(r_star(np.array([12.0, 3.0]), np.array([2.0, 3.0])))
-    assert r_star(full[panel], restricted.phi) > 0.3
+    assert r_star(full[panel], restricted.phi) == pytest.approx(r_star(np.array([14.0, 3.0]), np.array([4.0, 3.0])))
+    assert r_star(full[panel], restricted.phi) > 0.2
 
 
 def test_a_restricted_saturation_keeps_the_full_populations_capacity() -> None:
