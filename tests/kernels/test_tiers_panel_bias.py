@@ -214,3 +214,21 @@ def test_orders_and_top_shares_equal_their_definitions(seed: int) -> None:
     phi[:100] = phi[0]  # ties at the top
     assert _top_share(phi) == float(np.sort(phi)[::-1][:10].sum() / phi.sum())
     assert _top_share(phi[:7]) == float(np.sort(phi[:7])[::-1][:10].sum() / phi[:7].sum())
+
+
+def test_tvd_is_mechanical_once_the_panel_lies_inside_the_head_tier() -> None:
+    """At 2*10^4 agents the 100 most visible active accounts are all in the head tier (the top 1 %: 200 accounts),
+    so the panel's shares are (1, 0, 0) whatever it computes and TVD = 1 - the full head share: a figure about the
+    tiers' sizes, which is why it is published but documented as no measure of the panel study's error."""
+    import kernels
+
+    pop = kernels.heavy_tailed_population(20_000, seed=5)
+    tiers = kernels.assign_tiers(pop.visibility)
+    panel = kernels.select_panel(pop.visibility, pop.x)
+    assert len(panel) == 100 and np.all(tiers[panel] == 0)
+    full = kernels.attribute("cascade", pop.x, pop.graph)
+    bias = kernels.scale_bias(full, panel, kernels.panel_attribution("cascade", pop.x, pop.graph, panel), tiers)
+    assert bias.tiers_panel == (1.0, 0.0, 0.0)
+    assert bias.tvd == pytest.approx(1.0 - bias.tiers_full[0], abs=1e-12)
+    fake = kernels.panel_attribution("activity", pop.x, pop.graph, panel)  # any positive phi at all: the same TVD
+    assert kernels.scale_bias(full, panel, fake, tiers).tvd == pytest.approx(bias.tvd, abs=1e-12)
