@@ -23,7 +23,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import jax
@@ -48,6 +48,12 @@ class Attribution:
     sets the graded quadrature rule. ``device`` is the platform the computation ran on; ``compiled`` says whether
     this call had to trace (and so compile) the kernel, i.e. it was the first for its indicator, node count, path,
     rule, dtype and size bucket. No wall-clock time: a caller that wants it times the call.
+
+    The residual is no error bar: quadrature errors cancel in the sum. With ``estimate_error`` the attribution is
+    computed again at twice the nodes: ``error_estimate`` is ‖phi_m − phi_2m‖ / ‖phi_2m‖ (relative L2) and
+    ``error_max`` the largest |phi_m,i − phi_2m,i| (in phi's units), estimates of phi's own error that bound the
+    true one within a factor of 2 against a 2,048-node oracle for the built-in indicators, κ = 32 included
+    (tests/kernels/test_error_estimate.py). None when not asked for.
     """
 
     phi: np.ndarray
@@ -63,6 +69,8 @@ class Attribution:
     device: str = "cpu"
     compiled: bool = False
     products: str = "xla"
+    error_estimate: float | None = None
+    error_max: float | None = None
 
     @property
     def total(self) -> float:
@@ -154,6 +162,7 @@ def attribute(
     rule: str = "log-graded",
     chunk: int | None = None,
     products: str = "auto",
+    estimate_error: bool = False,
 ) -> Attribution:
     """Aumann–Shapley attribution of ``indicator`` at activity ``x`` on ``graph``.
 
@@ -166,7 +175,14 @@ def attribute(
         raise ValueError(f"graph must be an AttentionGraph, got {type(graph).__name__}")
     if graph.edges == 0:
         raise ValueError("graph has no edges: attribution on an empty attention graph is undefined")
-    return _attribute(ind, x, graph, nodes, dtype, path=path, rule=rule, chunk=chunk, products=products)
+    a = _attribute(ind, x, graph, nodes, dtype, path=path, rule=rule, chunk=chunk, products=products)
+    if not estimate_error:
+        return a
+    b = _attribute(ind, x, graph, 2 * a.nodes, dtype, path=path, rule=rule, chunk=chunk, products=products)
+    diff = a.phi - b.phi
+    norm = float(np.linalg.norm(b.phi))
+    relative = float(np.linalg.norm(diff)) / norm if norm > 0 else float(np.linalg.norm(diff))
+    return replace(a, error_estimate=relative, error_max=float(np.max(np.abs(diff))) if diff.size else 0.0)
 
 
 def _attribute(
