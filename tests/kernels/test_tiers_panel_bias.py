@@ -160,11 +160,22 @@ def test_visibility_biased_panel_overstates_the_head(population: kernels.Populat
     full = kernels.attribute("cascade", pop.x, pop.graph, nodes=32)
     tiers = assign_tiers(pop.visibility)
     panel = select_panel(pop.visibility, pop.x, size=50)
-    bias = scale_bias(full, panel, kernels.panel_attribution("cascade", pop.x, pop.graph, panel), tiers)
+    panel_attr = kernels.panel_attribution("cascade", pop.x, pop.graph, panel)
+    bias = scale_bias(full, panel, panel_attr, tiers)
     assert bias.tiers_full[1] + bias.tiers_full[2] > 0.5
     assert bias.tiers_panel[0] > 0.5
     assert bias.tvd > 0.3
     assert bias.alert()
+    # what the panel computes is the cascade on its induced subgraph, by the independent oracle (a panel whose phi
+    # were its activity, or anything but that game, fails here), and r* is the figure of those numbers
+    from tests.kernels.test_oracle import cascade, path_integral
+
+    sub = pop.graph.subgraph(panel)
+    want = path_integral(cascade(sub)[1], pop.x[panel].astype(np.float64))
+    assert np.linalg.norm(panel_attr.phi - want) < 1e-3 * np.linalg.norm(want)
+    a = full.phi[panel]
+    c = float(a @ want) / float(want @ want)
+    assert bias.residual == pytest.approx(np.linalg.norm(a - c * want) / np.linalg.norm(a), abs=1e-3)
 
 
 def test_the_rank_correlation_is_scipys() -> None:
