@@ -32,8 +32,9 @@ class SourceStats:
     ``errors`` (undecodable, by reason), ``duplicates`` (re-sends, dropped), ``gaps``/``gap_frames`` (seq jumps
     and the seqs jumped over), ``out_of_order`` (late, kept), ``resets`` (relay sequence restarts followed),
     ``info`` (``#info`` frames by name), ``relay_errors`` (error frames by name), ``connects``, ``reconnects``,
-    ``disconnects`` (by reason), ``yielded``. State side (the dispatcher): ``events`` applied by kind,
-    ``skipped`` operations and events by reason."""
+    ``disconnects`` (of connections that opened, by reason), ``connect_failures`` (attempts that never opened, by
+    reason: they end no connection, so they must not make an open one look closed), ``yielded``. State side (the
+    dispatcher): ``events`` applied by kind, ``skipped`` operations and events by reason."""
 
     items: int = 0
     yielded: int = 0
@@ -49,6 +50,7 @@ class SourceStats:
     info: Counter[str] = field(default_factory=Counter)
     relay_errors: Counter[str] = field(default_factory=Counter)
     disconnects: Counter[str] = field(default_factory=Counter)
+    connect_failures: Counter[str] = field(default_factory=Counter)
     events: Counter[str] = field(default_factory=Counter)
     skipped: Counter[str] = field(default_factory=Counter)
 

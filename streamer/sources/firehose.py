@@ -277,7 +277,7 @@ class FirehoseSource(StoppableStream):
                 progressed = True
                 self.stats.yielded += 1
                 yield item
-            self.stats.disconnects[reason] += 1
+            (self.stats.disconnects if opened else self.stats.connect_failures)[reason] += 1
             streak = 0 if progressed else streak + 1
 
     async def _recv(self, ws: ClientConnection) -> bytes | str | None:

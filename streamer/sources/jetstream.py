@@ -332,14 +332,18 @@ class JetstreamSource(StoppableStream):
                     reason = "message_too_big"
                     self._server_max = self.max_size
                     self._count_error("too_big", f"a message over the websocket limit of {self.max_size} bytes")
-                else:
+                elif connected:
                     log.warning("connection to %s lost: %s: %s", self.url, reason, exc)
+                else:  # never connected: say so, and what the error was, not "lost"
+                    log.warning("cannot connect to %s: %s: %s", self.url, reason, exc)
             except (GeneratorExit, asyncio.CancelledError):
                 reason = "stopped"
                 raise
             finally:
                 if connected:
                     self.stats.disconnects["stopped" if self._stop.is_set() else reason] += 1
+                elif reason != "closed":
+                    self.stats.connect_failures[reason] += 1
             if self._stop.is_set():
                 return
             streak = 0 if progressed else streak + 1

@@ -336,3 +336,36 @@ async def test_a_consumer_that_is_done_closes_normally(sample_frames: list[bytes
             while not codes:
                 await asyncio.sleep(0.01)
     assert len(got) == 5 and codes == [1000]
+
+
+async def test_a_relay_that_comes_up_after_the_source_makes_it_connected(
+    archive: Path, sample_frames: list[bytes]
+) -> None:
+    """A pod that starts before its relay: the refused attempts are counted as failed connects, not disconnects,
+    so once the relay answers the source is connected (``/readyz`` and ``skyattr_source_connected`` read this)."""
+    from tests.net import free_port
+
+    port = free_port()
+    source = FirehoseSource(f"ws://127.0.0.1:{port}", **FAST)
+    got: list[bytes] = []
+
+    async def read() -> None:
+        async for frame in source.frames():
+            got.append(frame)
+
+    reader = asyncio.create_task(read())
+    try:
+        async with asyncio.timeout(10):
+            while source.stats.reconnects < 2:
+                await asyncio.sleep(0.01)
+        assert not source.stats.connected and source.stats.connects == 0 and not source.stats.disconnects
+        assert sum(source.stats.connect_failures.values()) >= 2
+        async with Relay(archive, port=port):
+            async with asyncio.timeout(10):
+                while len(got) < len(sample_frames):
+                    await asyncio.sleep(0.01)
+            assert source.stats.connected and source.stats.connects == 1
+    finally:
+        source.stop()
+        await asyncio.wait_for(reader, 10)
+    assert got == sample_frames
