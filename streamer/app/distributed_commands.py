@@ -18,6 +18,7 @@ import typer
 
 from streamer.app import options as opt
 from streamer.app.flags import ATTRIBUTION_FIELDS, load_or_exit, with_settings_options
+from streamer.app.kafka_errors import exit_for, kafka_errors_named
 from streamer.app.signals import stop_event
 from streamer.distributed.attributor import DEFAULT_GATHER_TIMEOUT_S, STATE_TOPIC
 from streamer.distributed.kafka_ingest import EVENTS_TOPIC
@@ -45,9 +46,8 @@ def _partitions_or_exit(bootstrap: str, topic: str, security: dict[str, Any]) ->
 
     try:
         parts = asyncio.run(partitions_of(bootstrap, topic, security))
-    except Exception as exc:
-        typer.echo(f"error: Kafka at {bootstrap}: {type(exc).__name__}: {exc}", err=True)
-        raise typer.Exit(1) from exc
+    except Exception as exc:  # whatever stops the listing (a broker away, a timeout) is named in one line
+        raise exit_for(exc, bootstrap) from exc
     if not parts:
         typer.echo(f"error: no topic {topic} at {bootstrap}: start `skyattr ingest --to-kafka` first", err=True)
         raise typer.Exit(2)
@@ -184,7 +184,8 @@ def attributor_command(
         )
 
     try:
-        stats = asyncio.run(main())
+        with kafka_errors_named(bootstrap):
+            stats = asyncio.run(main())
     except (OSError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc

@@ -15,6 +15,7 @@ import typer
 
 from streamer.app import options as opt
 from streamer.app.flags import load_or_exit, with_settings_options
+from streamer.app.kafka_errors import kafka_errors_named
 from streamer.app.signals import stop_event
 from streamer.core.checkpoint import file_identity
 from streamer.distributed.kafka_ingest import (
@@ -125,15 +126,11 @@ def ingest_command(
         )
 
     try:
-        stats = asyncio.run(main())
+        with kafka_errors_named(settings.kafka_bootstrap or ""):
+            stats = asyncio.run(main())
     except (OSError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
-    except Exception as exc:  # a broker that cannot be reached, a fenced producer: named, not a traceback
-        if type(exc).__module__.startswith("aiokafka"):
-            typer.echo(f"error: Kafka at {settings.kafka_bootstrap}: {type(exc).__name__}: {exc}", err=True)
-            raise typer.Exit(1) from exc
-        raise
     resumed = stats.resumed_from
     start = "from the start"
     if resumed is not None:

@@ -274,3 +274,29 @@ def test_a_relay_port_in_use_is_named_with_what_to_do(archive: Path) -> None:
         f"error: cannot listen on 127.0.0.1:{port}: the address is already in use (another `skyattr relay`, "
         "or another server); stop it or choose another --port"
     )
+
+
+@pytest.mark.parametrize(
+    "role",
+    [
+        ["attributor"],
+        ["worker", "--data-dir", "{tmp}/worker"],
+        ["ingest", "--to-kafka"],
+    ],
+)
+def test_every_role_names_an_unreachable_broker_in_one_line(role: list[str], tmp_path: Path) -> None:
+    """The real client against a port nothing listens on: exit 1 and one line naming the broker, never a traceback."""
+    args = [a.replace("{tmp}", str(tmp_path)) for a in role]
+    proc = subprocess.run(
+        [sys.executable, "-m", "streamer", *args, "--kafka-bootstrap", "127.0.0.1:1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr and "Traceback" not in proc.stdout
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [
+        "error: Kafka at 127.0.0.1:1: KafkaConnectionError: Unable to bootstrap from "
+        "[('127.0.0.1', 1, <AddressFamily.AF_INET: 2>)]"
+    ], proc.stderr[-2000:]
