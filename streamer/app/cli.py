@@ -160,7 +160,10 @@ def attribute(
             thresholds = cfg.thresholds
             pop = load_npz(population) if population else synthetic(agents, edges_per_agent, seed)
             if save:
-                save_npz(pop, save)
+                try:
+                    save_npz(pop, save)
+                except OSError as exc:  # a missing directory, a parent that is a file: one line, not a traceback
+                    _fail(f"cannot write the population to {save}: {exc.strerror or exc}")
             steps.update(1, detail=f"attribution, full and panel ({pop.graph.n:,} agents, {pop.graph.edges:,} edges)")
             start = time.perf_counter()
             st = kernels.scale_study(

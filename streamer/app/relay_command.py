@@ -71,7 +71,7 @@ RELAY_SETTINGS = {"speed"}
 @with_settings_options(include=RELAY_SETTINGS)
 def relay_command(
     archive: Annotated[Path, typer.Argument(help="Archive file or directory of raw relay frames.")],
-    port: Annotated[int, typer.Option(help="TCP port (0 picks a free one).")] = 8765,
+    port: Annotated[int, typer.Option(min=0, max=65535, help="TCP port (0 picks a free one).")] = 8765,
     config: opt.Config = None,
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     max_clients: Annotated[

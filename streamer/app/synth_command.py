@@ -38,11 +38,15 @@ def synth_command(
     if not out.parent.is_dir():
         typer.echo(f"error: directory {out.parent} does not exist", err=True)
         raise typer.Exit(2)
-    with JobProgress(progress) as bar:
-        task = bar.task("synth", unit="events", detail=out.name)
-        result = write_synth_archive(
-            out, agents, hours, seed, progress=lambda done, total: task.update(done, total=total)
-        )
+    try:
+        with JobProgress(progress) as bar:
+            task = bar.task("synth", unit="events", detail=out.name)
+            result = write_synth_archive(
+                out, agents, hours, seed, progress=lambda done, total: task.update(done, total=total)
+            )
+    except OSError as exc:  # a read-only or special file system, a full disk: where and why, not a traceback
+        typer.echo(f"error: cannot write {out}: {exc.strerror or exc}", err=True)
+        raise typer.Exit(2) from exc
     kinds = " ".join(f"{k}={v}" for k, v in sorted(result.counts.items(), key=lambda kv: -kv[1]))
     typer.echo(
         f"wrote {result.path}: {result.frames} frames (seq {result.first_seq}..{result.last_seq}), {kinds}; "

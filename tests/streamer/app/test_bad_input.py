@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 import kernels
 from streamer.app.cli import app
 from streamer.app.settings import NUMERIC_FIELDS, Settings
-from streamer.testing.synth import synth_frames
+from streamer.testing.synth import default_archive, synth_frames
 
 runner = CliRunner()
 ROOT = Path(__file__).resolve().parents[3]
@@ -300,3 +300,29 @@ def test_every_role_names_an_unreachable_broker_in_one_line(role: list[str], tmp
         "error: Kafka at 127.0.0.1:1: KafkaConnectionError: Unable to bootstrap from "
         "[('127.0.0.1', 1, <AddressFamily.AF_INET: 2>)]"
     ], proc.stderr[-2000:]
+
+
+SAVE = ["attribute", "--agents", "200", "--no-progress", "--save"]
+PORT = "Invalid value for '--port': Input should be"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            [*SAVE, "{tmp}/missing/x.npz"],
+            "cannot write the population to {tmp}/missing/x.npz: No such file or directory",
+        ),
+        ([*SAVE, "{tmp}/file/x.npz"], "cannot write the population to {tmp}/file/x.npz: Not a directory"),
+        (["synth", "--agents", "20", "--hours", "1", "--out", "/proc/x.skyarch.zst"], "cannot write /proc/x.skyarch"),
+        (["relay", str(default_archive()), "--port", "70000"], f"{PORT} less than or equal to 65535"),
+        (["relay", str(default_archive()), "--port", "-5"], f"{PORT} greater than or equal to 0"),
+    ],
+)
+def test_unwritable_outputs_and_impossible_ports_are_one_line(args: list[str], message: str, tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("a file, not a directory")
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    proc = subprocess.run([sys.executable, "-m", "streamer", *args], capture_output=True, text=True, timeout=120)
+    text = " ".join(proc.stderr.split())
+    assert proc.returncode == 2 and "Traceback" not in text, text[-2000:]
+    assert message.replace("{tmp}", str(tmp_path)) in text, text[-2000:]
