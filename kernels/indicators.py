@@ -103,6 +103,7 @@ class Indicator:
     head_grad: HeadGradFn | None = None
     linear: bool = False  # v(x) = c . x for a c that depends on the graph only: attribution phi_i = c_i x_i
     scaled: Callable[[int], Indicator] | None = None  # see at_scale
+    about: str = ""  # what it measures, in a line (``skyattr indicators`` shows it)
 
     def at_scale(self, n: int) -> Indicator:
         """This indicator with every parameter that grows with the population fixed at its value for ``n``
@@ -193,7 +194,8 @@ def get_indicator(name: str, **params: Any) -> Indicator:
         made = factory(**params)
     except TypeError as exc:
         raise ValueError(f"bad parameters for indicator {name!r}: {exc}") from exc
-    ind = made if isinstance(made, Indicator) else Indicator(name, made, params=dict(params))
+    about = (inspect.getdoc(factory) or "").split("\n", 1)[0]  # a user factory's docstring says what it measures
+    ind = made if isinstance(made, Indicator) else Indicator(name, made, params=dict(params), about=about)
     if key is not None:
         with _LOCK:
             ind = _INSTANCES.setdefault(key, ind)
@@ -267,7 +269,8 @@ def reach() -> Indicator:
 
     from kernels.incremental import ReachIncremental
 
-    return _stemmed("reach", head, {}, ReachIncremental)
+    about = "how widely attended activity reaches accounts: sum of log(1 + exposure) over accounts"
+    return _stemmed("reach", head, {}, ReachIncremental, about=about)
 
 
 @register_indicator("cascade")
@@ -303,8 +306,9 @@ def cascade(kappa: float = 2.0, theta: float = 3.0, rho: float = 1.0) -> Indicat
 
     params = {"kappa": kappa, "theta": theta, "rho": rho}
     return _stemmed(
-        "cascade", head, params, lambda x, g: CascadeIncremental(x, g, kappa, theta, rho), head_grad=head_grad
-    )
+        "cascade", head, params, lambda x, g: CascadeIncremental(x, g, kappa, theta, rho), head_grad=head_grad,
+        about="accounts that adopt once exposed past a threshold, directly or one reshare away (two-hop cascade)",
+    )  # fmt: skip
 
 
 def _hill(q: jax.Array, kappa: float, theta: float) -> tuple[jax.Array, jax.Array]:
@@ -336,7 +340,8 @@ def saturation(capacity_per_agent: float = 1.0, capacity: float | None = None) -
 
     params = {"capacity_per_agent": capacity_per_agent, "capacity": capacity}
     scaled = None if capacity is not None else (lambda n: saturation(capacity_per_agent, capacity_per_agent * n))
-    return _stemmed("saturation", head, params, incremental, scaled=scaled)
+    about = "a population-wide response to reach that saturates at capacity K"
+    return _stemmed("saturation", head, params, incremental, scaled=scaled, about=about)
 
 
 @register_indicator("exposure")
@@ -352,7 +357,8 @@ def exposure() -> Indicator:
     def incremental(x: np.ndarray, g: Any) -> IncrementalEvaluator:
         return LinearIncremental(x, g, attention_received(g))
 
-    return _stemmed("exposure", head, {}, incremental, head_grad=head_grad, linear=True)
+    about = "total attended activity: every unit of activity times the attention it receives"
+    return _stemmed("exposure", head, {}, incremental, head_grad=head_grad, linear=True, about=about)
 
 
 @register_indicator("activity")
@@ -368,7 +374,8 @@ def activity() -> Indicator:
     def incremental(x: np.ndarray, g: Any) -> IncrementalEvaluator:
         return LinearIncremental(x, g, np.ones(g.n))
 
-    return _stemmed("activity", head, {}, incremental, head_grad=head_grad, linear=True)
+    about = "total activity, attention aside"
+    return _stemmed("activity", head, {}, incremental, head_grad=head_grad, linear=True, about=about)
 
 
 def attention_received(graph: Any) -> np.ndarray:

@@ -248,13 +248,22 @@ def _shown(value: float, spec: str = ".3f") -> str:
     return "n/a" if not math.isfinite(value) else format(value, spec)
 
 
+STRUCTURES = (
+    "structure: linear = v is c·x (exact attribution c_i x_i, the scale-bias reference); linear stem = v is a "
+    "function of the exposures W x and of x (one Wᵀ product per quadrature node); generic = any JAX function of x "
+    "(jax.grad at every node)"
+)
+
+
 def indicators() -> None:
-    """List the registered indicators (built-in and entry points): name, structure (linear: v = c . x, the
-    scale-bias reference; linear stem: a function of W x; generic) and default parameters."""
+    """List the registered indicators (built-in and entry points), one per line, tab-separated: name, structure
+    (linear, linear stem or generic: a line on stderr says what each means), default parameters as JSON, and what
+    the indicator measures."""
     for name in kernels.available_indicators():
         ind = kernels.get_indicator(name)
         stem = "linear" if ind.linear else "linear stem" if ind.linear_stem else "generic"
-        typer.echo(f"{name}\t{stem}\t{json.dumps(dict(ind.params))}")
+        typer.echo(f"{name}\t{stem}\t{json.dumps(dict(ind.params))}\t{ind.about or '(no description)'}")
+    typer.echo(STRUCTURES, err=True)
 
 
 # (name, function, the one line the command list shows), in the order a newcomer meets them.

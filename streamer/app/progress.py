@@ -43,13 +43,23 @@ _TRAILER_PROBE = 4096  # bytes read from the end of an archive file to find its 
 
 
 def log_every(env: dict[str, str] | None = None) -> float:
-    """Seconds between log lines off a terminal: ``SKYATTR_PROGRESS_EVERY`` if it is a positive number, else 10."""
-    raw = (os.environ if env is None else env).get(EVERY_ENV, "")
+    """Seconds between log lines off a terminal: ``SKYATTR_PROGRESS_EVERY`` if it is a positive number, else 10
+    (a value that is not one is named in a warning on stderr, not ignored in silence)."""
+    raw = (os.environ if env is None else env).get(EVERY_ENV, "").strip()
+    if not raw:
+        return DEFAULT_EVERY_S
     try:
         value = float(raw)
     except ValueError:
-        return DEFAULT_EVERY_S
-    return value if math.isfinite(value) and value > 0 else DEFAULT_EVERY_S
+        value = math.nan
+    if math.isfinite(value) and value > 0:
+        return value
+    print(
+        f"warning: {EVERY_ENV}={visible(raw)} is not a positive number of seconds: a progress line every "
+        f"{DEFAULT_EVERY_S:g} s",
+        file=sys.stderr,
+    )
+    return DEFAULT_EVERY_S
 
 
 def duration(seconds: float) -> str:

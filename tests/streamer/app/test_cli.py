@@ -84,9 +84,12 @@ def test_bad_population_file_exit_2(tmp_path: Path) -> None:
 def test_indicators_command_lists_builtins() -> None:
     result = runner.invoke(app, ["indicators"])
     assert result.exit_code == 0
-    rows = {line.split("\t")[0]: line.split("\t")[1] for line in result.stdout.splitlines()}
+    rows = {line.split("\t")[0]: line.split("\t")[1:] for line in result.stdout.splitlines()}
     assert {"reach", "cascade", "saturation", "exposure", "activity"} <= set(rows)
-    assert rows["exposure"] == rows["activity"] == "linear" and rows["cascade"] == "linear stem"
+    assert all(len(row) == 3 for row in rows.values()), "structure, parameters, what it measures"
+    assert rows["exposure"][0] == rows["activity"][0] == "linear" and rows["cascade"][0] == "linear stem"
+    assert "total attended activity" in rows["exposure"][2] and "two-hop cascade" in rows["cascade"][2]
+    assert "linear stem = v is a function of the exposures W x" in result.stderr
 
 
 @pytest.mark.parametrize(("content", "why"), [(b"", "(empty)"), (bytes(range(256)) * 8, "(not a zip archive)")])

@@ -262,3 +262,15 @@ async def test_record_shows_its_count_against_the_limit(
     assert f"record: wrote 100 frames from {relay.url} to " in captured.out, captured
     assert re.search(r"^record: [\d,]+/100 frames \(\d+%\)", captured.err, re.M), captured.err
     assert "resume with --cursor" in captured.err
+
+
+@pytest.mark.parametrize("raw", ["abc", "-1", "0", "nan", "inf"])
+def test_a_progress_interval_that_is_not_a_positive_number_is_named_not_ignored(
+    raw: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from streamer.app.progress import DEFAULT_EVERY_S, log_every
+
+    assert log_every({EVERY_ENV: raw}) == DEFAULT_EVERY_S
+    assert f"warning: {EVERY_ENV}={raw} is not a positive number of seconds" in capsys.readouterr().err
+    assert log_every({EVERY_ENV: "0.5"}) == 0.5 and log_every({}) == DEFAULT_EVERY_S
+    assert capsys.readouterr().err == ""
