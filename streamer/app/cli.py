@@ -27,6 +27,7 @@ from streamer.app.help import Command
 from streamer.app.ingest_commands import events_command
 from streamer.app.ingest_kafka_command import ingest_command
 from streamer.app.options import plain
+from streamer.app.pipes import StdoutConsole, reader_gone
 from streamer.app.progress import JobProgress
 from streamer.app.record import record_command
 from streamer.app.relay_command import relay_command
@@ -214,7 +215,7 @@ def attribute(
         }
         sys.stdout.write(json.dumps(out) + "\n")
         return
-    out = Console(soft_wrap=True)  # stdout: the table is the result asked for
+    out = StdoutConsole(soft_wrap=True)  # stdout: the table is the result asked for
     if bias is None:
         out.print(
             f"{ind.name}: {pop.graph.n:,} agents, {pop.graph.edges:,} edges: {st.nothing} (no tier shares, no "
@@ -287,4 +288,9 @@ for _name, _fn, _line in COMMANDS:
 
 def main() -> None:
     np.seterr(all="ignore")
-    app()
+    try:
+        app()
+    except SystemExit as done:
+        if done.code and reader_gone():  # `skyattr replay | head -1`: the reader has what it wanted
+            raise SystemExit(0) from None
+        raise

@@ -20,6 +20,7 @@ from streamer.app.daemon import configure_logging, live_pipeline, replay_pipelin
 from streamer.app.flags import with_settings_options as _with_settings_options
 from streamer.app.ingest_commands import nothing_readable, save_snapshot
 from streamer.app.options import plain
+from streamer.app.pipes import StdoutConsole
 from streamer.app.settings import ConfigError, Settings, load_settings, parse_json_object
 
 console = Console(stderr=True, soft_wrap=True)  # logs, warnings, errors, the closing statistics
@@ -28,7 +29,7 @@ console = Console(stderr=True, soft_wrap=True)  # logs, warnings, errors, the cl
 def results_console(*, stdout_taken: bool) -> Console:
     """Where the per-run lines, the tier tables and the alert lines go: stdout, unless stdout already carries
     machine-readable output (``--json``, ``--out -``), which one human line would break for ``jq``."""
-    return console if stdout_taken else Console(soft_wrap=True)
+    return console if stdout_taken else StdoutConsole(soft_wrap=True)
 
 
 REPLAY_ONLY = {"speed"}

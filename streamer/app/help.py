@@ -14,6 +14,8 @@ from typing import Any
 
 from typer.core import TyperArgument, TyperCommand
 
+from streamer.app.pipes import quiet_stdout
+
 _BY_TYPE = {int: "INTEGER", float: "FLOAT", str: "TEXT", bool: "BOOLEAN"}
 
 
@@ -36,7 +38,16 @@ def metavar(param: Any) -> str | None:
 
 
 class Command(TyperCommand):
-    """A typer command whose help reads like click's (see the module doc)."""
+    """A typer command whose help reads like click's (see the module doc), and that ends quietly with exit 0 when
+    the reader of its output goes away (``skyattr events A | head -1``), as Unix tools do, instead of click's
+    exit 1 or an error line."""
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except BrokenPipeError:
+            quiet_stdout()
+            ctx.exit(0)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

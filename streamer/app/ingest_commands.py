@@ -72,6 +72,8 @@ def events_command(
                 count += 1
                 if limit is not None and count >= limit:
                     return
+    except BrokenPipeError:
+        raise  # the reader went away (`| head`): the command ends quietly (streamer.app.help.Command)
     except (FileNotFoundError, OSError) as exc:
         _fail(str(exc))
     if not report.readable:

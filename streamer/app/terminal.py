@@ -6,6 +6,7 @@ from rich.console import Console
 from rich.table import Table
 
 import kernels
+from streamer.app.pipes import StdoutConsole
 from streamer.core.events import rfc3339
 from streamer.core.results import AlertTransition, Result, RunResult
 
@@ -62,7 +63,7 @@ class TerminalSink:
     name = "terminal"
 
     def __init__(self, console: Console | None = None, *, tables: bool = True, every_run: bool = False) -> None:
-        self.console = console or Console(soft_wrap=True)
+        self.console = console or StdoutConsole(soft_wrap=True)
         self.tables = tables
         self.every_run = every_run
         self.last: RunResult | None = None

@@ -326,3 +326,19 @@ def test_unwritable_outputs_and_impossible_ports_are_one_line(args: list[str], m
     text = " ".join(proc.stderr.split())
     assert proc.returncode == 2 and "Traceback" not in text, text[-2000:]
     assert message.replace("{tmp}", str(tmp_path)) in text, text[-2000:]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["events", str(default_archive())], ["replay", "--quiet"], ["attribute", "--agents", "300", "--no-progress"]],
+)
+def test_a_reader_that_goes_away_ends_the_command_quietly_with_0(args: list[str]) -> None:
+    """``skyattr ... | head -1``: the first line arrives, then the pipe closes; exit 0 and nothing on stderr."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamer", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None and proc.stdout.readline()
+    proc.stdout.close()
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err[-2000:]
+    assert "error" not in err.lower() and "Traceback" not in err and "Exception ignored" not in err, err[-2000:]
