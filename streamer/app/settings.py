@@ -223,6 +223,12 @@ class Settings(BaseSettings):
             raise ValueError(f"must be a number, not {str(value).lower()}")
         return value
 
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _level_in_any_case(cls, value: Any) -> Any:
+        """``debug`` is ``DEBUG``: log levels are case-insensitive wherever operators meet them."""
+        return value.strip().upper() if isinstance(value, str) else value
+
     @field_validator("indicator")
     @classmethod
     def _known_indicator(cls, value: str) -> str:
@@ -465,7 +471,19 @@ def _read_text(path: Path) -> str:
 
 class _Loader(yaml.SafeLoader):
     """PyYAML's safe loader, reading ``1e3`` and ``2.5e-3`` as numbers the way JSON and YAML 1.2 do (YAML 1.1 wants
-    a dot and a signed exponent, and would hand ``{kappa: 1e3}`` on as the string ``'1e3'``)."""
+    a dot and a signed exponent, and would hand ``{kappa: 1e3}`` on as the string ``'1e3'``), and refusing a key
+    given twice in one mapping (PyYAML keeps the last in silence; YAML 1.2 says keys are unique)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, str | int | float | bool) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    "while reading a mapping", node.start_mark, f"found the key {key!r} twice", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 _Loader.add_implicit_resolver(

@@ -342,3 +342,18 @@ def test_a_reader_that_goes_away_ends_the_command_quietly_with_0(args: list[str]
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err[-2000:]
     assert "error" not in err.lower() and "Traceback" not in err and "Exception ignored" not in err, err[-2000:]
+
+
+def test_a_key_given_twice_in_the_config_file_is_refused_naming_it(tmp_path: Path) -> None:
+    config = tmp_path / "skyattr.yaml"
+    config.write_text("tau_res: 0.2\ninterval: 60\nindicator_params: {kappa: 2, kappa: 3}\n")
+    result = CliRunner().invoke(app, ["replay", "--config", str(config)])
+    text = " ".join(result.output.split())
+    assert result.exit_code == 2 and "found the key 'kappa' twice" in text and "line 3" in text, text
+
+
+def test_log_levels_are_taken_in_any_case(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SKYATTR_LOG_LEVEL", "debug")
+    from streamer.app.settings import load_settings
+
+    assert load_settings().log_level == "DEBUG"
