@@ -151,6 +151,8 @@ def attribute(
 
     The table (or, with --json, one JSON object) goes to stdout. A million agents take a while to build and to
     attribute, so the steps (population, full attribution, panel attribution) show on stderr as they go."""
+    if population is not None and (agents, edges_per_agent, seed) != (100_000, 8.0, 0):
+        _fail("--agents, --edges-per-agent and --seed make a synthetic population: not with a population file")
     cfg = load_or_exit(config, flags).attribution()
     nodes, dtype = cfg.nodes, cfg.dtype
     made = f"loading {population.name}" if population else f"building {agents:,} synthetic agents"

@@ -80,7 +80,8 @@ async def _record_main(
         st = source.stats
         task.update(
             count,
-            detail=f"cursor {source.cursor}, {st.reconnects} reconnects, {sum(st.errors.values()):,} undecodable",
+            detail=f"cursor {source.cursor if source.cursor is not None else 'none yet'}, {st.reconnects} reconnects, "
+            f"{sum(st.errors.values()):,} undecodable",
         )
 
     try:

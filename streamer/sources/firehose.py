@@ -312,4 +312,6 @@ class FirehoseSource(StoppableStream):
                 asked,
             )
             return
-        log.warning("relay sent an error frame: %s (cursor %s)", detail, self.cursor)
+        log.warning(
+            "relay sent an error frame: %s (cursor %s)", detail, "none yet" if self.cursor is None else self.cursor
+        )

@@ -69,7 +69,8 @@ class StoppableStream:
         if max_retries is not None and streak > max_retries:
             raise unavailable(f"{url}: {streak} connection(s) in a row delivered nothing new")
         delay = backoff_delay(streak, base, maximum, rng)
-        logging.getLogger(type(self).__module__).info("reconnecting to %s in %.2fs (cursor %s)", url, delay, cursor)
+        at = f"cursor {cursor}" if cursor is not None else "no cursor yet: from the relay's head"
+        logging.getLogger(type(self).__module__).info("reconnecting to %s in %.2fs (%s)", url, delay, at)
         if await self._sleep_unless_stopped(delay):
             return True
         stats.reconnects += 1

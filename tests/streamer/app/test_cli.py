@@ -142,3 +142,11 @@ def test_an_interrupted_replay_without_a_checkpoint_directory_does_not_promise_a
     assert proc.returncode == 0, err[-2000:]
     assert "interrupted at item" in text and "no --checkpoint-dir, so a rerun starts from the beginning" in text
     assert "rerun to resume" not in text
+
+
+def test_synthetic_options_with_a_population_file_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "pop.npz"
+    assert runner.invoke(app, ["attribute", "--agents", "300", "--save", str(path), "--json"]).exit_code == 0
+    result = runner.invoke(app, ["attribute", str(path), "--agents", "50"])
+    assert result.exit_code == 2
+    assert "--agents, --edges-per-agent and --seed make a synthetic population" in " ".join(result.output.split())
