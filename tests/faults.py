@@ -61,10 +61,11 @@ def grew(path: Path, lines: int) -> Callable[[], bool]:
 PROGRESS = re.compile(r"^\w+: ([\d,]+)(?:/[\d,]+)? (?:items|frames)\b")
 
 
-class Stderr:
-    """Reads a process's stderr on a thread (so its pipe never fills) and keeps the text and the last position
-    its progress lines (``replay: 6,000/11,998 items ...``, ``record: 120 frames ...``; see
-    ``streamer/app/progress.py``) reported; ``SKYATTR_PROGRESS_EVERY`` in the process's environment sets how often."""
+class Lines:
+    """Reads one of a process's output streams on a thread (so its pipe never fills) and keeps its lines and the
+    last position its progress lines (``replay: 6,000/11,998 items ...``, ``record: 120 frames ...``; see
+    ``streamer/app/progress.py``) reported; ``SKYATTR_PROGRESS_EVERY`` in the process's environment sets how
+    often."""
 
     def __init__(self, stream: IO[str] | IO[bytes] | None) -> None:
         assert stream is not None, "start the process with stderr=subprocess.PIPE"
@@ -80,6 +81,10 @@ class Stderr:
             match = PROGRESS.match(line)
             if match:
                 self.position = int(match.group(1).replace(",", ""))
+
+    def seen(self, text: str) -> Callable[[], bool]:
+        """A condition: a line holding ``text`` was written."""
+        return lambda: any(text in line for line in self.lines)
 
     def past(self, position: int) -> Callable[[], bool]:
         """A condition: a progress line reported ``position`` or beyond."""

@@ -249,15 +249,21 @@ class Daemon:
         self.metrics.runs.labels("failed").inc()
 
 
-def _install_signals(loop: asyncio.AbstractEventLoop, callback: Any) -> None:
+def _install_signals(loop: asyncio.AbstractEventLoop, callback: Any, checkpointing: bool) -> None:
     """SIGTERM/SIGINT stop the pipeline gracefully; the first one says so in the log (a stop must never be
-    silent: an operator watching a pod's log sees why it is finishing)."""
+    silent: an operator watching a pod's log sees why it is finishing), promising a checkpoint only where one is
+    written (``checkpointing``: a --checkpoint-dir was given)."""
 
     said: list[signal.Signals] = []
+    steps = (
+        "applying what was read, final checkpoint, flushing sinks"
+        if checkpointing
+        else ("applying what was read, flushing sinks; no --checkpoint-dir, so no checkpoint")
+    )
 
     def on_signal(sig: signal.Signals) -> None:
         if not said:
-            log.info("%s received: stopping (applying what was read, final checkpoint, flushing sinks)", sig.name)
+            log.info("%s received: stopping (%s)", sig.name, steps)
         said.append(sig)
         callback()
 
@@ -287,7 +293,7 @@ async def replay_pipeline(
     )
     await daemon.start(settings.metrics_port)
     stop = asyncio.Event()
-    _install_signals(asyncio.get_running_loop(), stop.set)
+    _install_signals(asyncio.get_running_loop(), stop.set, settings.checkpoint_dir is not None)
 
     def on_start(extra: dict[str, Any], pipe: Pipeline) -> None:
         daemon.pipeline = pipe
@@ -375,7 +381,7 @@ async def live_pipeline(
 
     daemon = Daemon(settings, console=console, tables=tables, every_run=True)
     stop = stop if stop is not None else asyncio.Event()
-    _install_signals(asyncio.get_running_loop(), stop.set)
+    _install_signals(asyncio.get_running_loop(), stop.set, settings.checkpoint_dir is not None)
     where = settings.jetstream_url if settings.source == "jetstream" else settings.relay
     deps = {**daemon.dependencies(), "relay": where}
     loaded = load_checkpoint(settings.checkpoint_dir, daemon.followers) if settings.checkpoint_dir else None

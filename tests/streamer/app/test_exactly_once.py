@@ -20,7 +20,7 @@ import pytest
 
 from streamer.testing.synth import default_archive
 from tests.broker import SCRIPTS_BOOTSTRAP, ScriptBroker, kafka_bootstrap
-from tests.faults import Stderr, grew, moved, reach, signal_when, wait_until
+from tests.faults import Lines, grew, moved, reach, signal_when, wait_until
 
 VOLATILE = {"runtime_s", "device"}
 BASE = ["--quiet", "--interval", "1800", "--checkpoint-every-items", "400"]
@@ -62,7 +62,7 @@ def _kill_at_random_points(
         checkpointed = moved(ckpt / "state.npz")
         env_i = {**(env or os.environ), **PROGRESS_EVERY}
         proc = subprocess.Popen(_cmd(*args), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env_i)
-        err = Stderr(proc.stderr)
+        err = Lines(proc.stderr)
         reach(proc, checkpointed, 120, "a checkpoint")
         aim = err.position + rng.randint(1, AIM)
         signal_when(proc, err.past(aim), 120, f"item {aim}")
@@ -179,7 +179,7 @@ def test_kill_9_broker_outage_and_sigterm_during_it_leave_the_topics_exactly_onc
         # SIGTERM while the broker is away: results still unsent are kept, not checkpointed away
         written = grew(out, 1)  # a result written while the broker is away is kept for it
         proc = subprocess.Popen(_cmd(*args, "--speed", PACE), stderr=subprocess.PIPE, text=True, env=env)
-        stderr = Stderr(proc.stderr)
+        stderr = Lines(proc.stderr)
         signal_when(proc, written, 120, "a result while the broker is away", signal.SIGTERM)
         proc.wait(120)
         err = stderr.text()

@@ -26,7 +26,7 @@ from streamer.distributed.sequencer import Tick
 from streamer.sources.archive import read_archive
 from streamer.testing.synth import default_archive
 from tests.broker import kafka_bootstrap
-from tests.faults import Stderr, signal_when, wait_until
+from tests.faults import Lines, signal_when, wait_until
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -136,7 +136,7 @@ def test_sigkill_at_any_point_loses_and_doubles_nothing(bootstrap: str) -> None:
     pace = ("--speed", "6000", "--batch-items", "10", "--batch-seconds", "0.05")
     for mark in (1_500, 3_000, 4_500, 6_000, 7_500):
         proc = _ingest(archive, bootstrap, events, cursors, *pace)
-        err = Stderr(proc.stderr)
+        err = Lines(proc.stderr)
         signal_when(proc, lambda m=mark: _committed(bootstrap, cursors, source).position >= m, 120, f"item {mark}")
         proc.wait(60)
         killed_at = _committed(bootstrap, cursors, source).position

@@ -31,7 +31,7 @@ from streamer.sources.firehose import (
     subscribe_url,
 )
 from streamer.sources.relay_server import Relay, error_frame, peek
-from tests.faults import Stderr, signal_when
+from tests.faults import Lines, signal_when
 
 FAST = {"backoff_base": 0.005, "backoff_max": 0.02}
 ROOT = Path(__file__).resolve().parents[3]
@@ -232,7 +232,7 @@ async def test_record_command_closes_the_archive_on_ctrl_c(
             stderr=subprocess.PIPE,
             text=True,
         )
-        err = Stderr(proc.stderr)
+        err = Lines(proc.stderr)
         try:
             # interrupted once its progress line says it has every frame the relay sent
             every = err.past(len(sample_frames))
