@@ -58,7 +58,7 @@ def grew(path: Path, lines: int) -> Callable[[], bool]:
     return lambda: line_count(path) >= aim
 
 
-PROGRESS = re.compile(r"^\w+: ([\d,]+)(?:/[\d,]+)? (?:items|frames)\b")
+PROGRESS = re.compile(r"^\w+: ([\d,]+)(?:/[\d,]+)? (?:items|frames|events)\b")
 
 
 class Lines:

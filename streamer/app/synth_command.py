@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import signal
 from pathlib import Path
 from typing import Annotated
 
@@ -10,6 +11,7 @@ import typer
 
 from streamer.app.progress import JobProgress
 from streamer.sources.archive import SUFFIX
+from streamer.sources.did_documents import documents_path
 from streamer.testing.synth import write_synth_archive
 
 
@@ -38,6 +40,7 @@ def synth_command(
     if not out.parent.is_dir():
         typer.echo(f"error: directory {out.parent} does not exist", err=True)
         raise typer.Exit(2)
+    previous = signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM unwinds like Ctrl-C: no temporary file left
     try:
         with JobProgress(progress) as bar:
             task = bar.task("synth", unit="events", detail=out.name)
@@ -47,9 +50,20 @@ def synth_command(
     except OSError as exc:  # a read-only or special file system, a full disk: where and why, not a traceback
         typer.echo(f"error: cannot write {out}: {exc.strerror or exc}", err=True)
         raise typer.Exit(2) from exc
+    except KeyboardInterrupt:
+        if not documents_path(out).exists():  # an archive whose DID documents were cut short goes too
+            out.unlink(missing_ok=True)
+        typer.echo(f"synth: interrupted; {out} not written", err=True)
+        raise typer.Exit(130) from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     kinds = " ".join(f"{k}={v}" for k, v in sorted(result.counts.items(), key=lambda kv: -kv[1]))
     typer.echo(
         f"wrote {result.path}: {result.frames} frames (seq {result.first_seq}..{result.last_seq}), {kinds}; "
         f"{result.bytes:,} bytes ({result.raw_bytes:,} uncompressed)"
     )
     typer.echo(f"wrote {result.documents}: DID documents of {result.accounts} accounts (signing keys, handles)")
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt

@@ -40,10 +40,14 @@ def write_documents(path: Path, documents: Iterable[dict[str, Any]]) -> int:
     never sees half a file). Returns the number written."""
     tmp = path.with_name(path.name + ".tmp")
     count = 0
-    with tmp.open("wb") as raw, zstandard.ZstdCompressor(level=3).stream_writer(raw) as out:
-        for doc in documents:
-            out.write(json.dumps(doc, separators=(",", ":"), sort_keys=True).encode() + b"\n")
-            count += 1
+    try:
+        with tmp.open("wb") as raw, zstandard.ZstdCompressor(level=3).stream_writer(raw) as out:
+            for doc in documents:
+                out.write(json.dumps(doc, separators=(",", ":"), sort_keys=True).encode() + b"\n")
+                count += 1
+    except BaseException:  # an error or an interrupt: no half file left behind
+        tmp.unlink(missing_ok=True)
+        raise
     tmp.replace(path)
     return count
 

@@ -357,3 +357,24 @@ def test_log_levels_are_taken_in_any_case(monkeypatch: pytest.MonkeyPatch) -> No
     from streamer.app.settings import load_settings
 
     assert load_settings().log_level == "DEBUG"
+
+
+def test_sigterm_on_synth_leaves_no_file_behind(tmp_path: Path) -> None:
+    """Interrupted mid-write (seen writing by its progress line): exit 130, one line, and no file, hidden or not."""
+    import os
+    import signal
+
+    from tests.faults import Lines, signal_when
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamer", "synth", "--agents", "20000", "--hours", "48", "--out", str(tmp_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "SKYATTR_PROGRESS_EVERY": "0.05"},
+    )
+    err = Lines(proc.stderr)
+    signal_when(proc, err.past(1), 120, "the first events written", signal.SIGTERM)
+    assert proc.wait(60) == 130
+    assert "synth: interrupted;" in err.text() and "Traceback" not in err.text()
+    assert list(tmp_path.iterdir()) == []
