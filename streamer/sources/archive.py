@@ -240,13 +240,25 @@ def archive_bytes(path: str | Path) -> int:
     return sum(f.stat().st_size for f in archive_files(path))
 
 
+ARCHIVE_SUFFIXES = (SUFFIX, ".bin.zst", ".bin", ".jsonl.zst", ".jsonl")  # what a directory's archive files end in
+
+
 def archive_files(path: str | Path) -> list[Path]:
-    """The files an archive path stands for: the file itself, or a directory's archive files in name order."""
+    """The files an archive path stands for: the file itself, or a directory's archive files in name order — those
+    ending in one of :data:`ARCHIVE_SUFFIXES` (recorded frames or Jetstream JSON lines), DID documents, hidden files
+    and anything else (a README, a manifest) left aside. A directory with none is an error naming what it holds."""
     p = Path(path)
     if p.is_dir():
-        files = sorted(f for f in p.iterdir() if f.is_file() and not f.name.startswith("."))
+        from streamer.sources.did_documents import DOCUMENTS_SUFFIX
+
+        held = sorted(f for f in p.iterdir() if f.is_file() and not f.name.startswith("."))
+        files = [f for f in held if f.name.endswith(ARCHIVE_SUFFIXES) and not f.name.endswith(DOCUMENTS_SUFFIX)]
         if not files:
-            raise FileNotFoundError(f"archive directory {p} holds no files")
+            others = ", ".join(f.name for f in held[:5]) + (", ..." if len(held) > 5 else "")
+            what = f"only {others}" if held else "no files"
+            raise FileNotFoundError(
+                f"archive directory {p} holds no archive files ({', '.join(ARCHIVE_SUFFIXES)}; it holds {what})"
+            )
         return files
     if not p.exists():
         raise FileNotFoundError(f"archive {p} does not exist")

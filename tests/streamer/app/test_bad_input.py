@@ -378,3 +378,19 @@ def test_sigterm_on_synth_leaves_no_file_behind(tmp_path: Path) -> None:
     assert proc.wait(60) == 130
     assert "synth: interrupted;" in err.text() and "Traceback" not in err.text()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_directory_replays_its_archive_files_only(tmp_path: Path) -> None:
+    """A synth's DID documents beside its archive are not frames; a folder of other files is an error, not ~95
+    warnings and exit 0."""
+    runner = CliRunner()
+    assert runner.invoke(app, ["synth", "--agents", "20", "--hours", "1", "--out", str(tmp_path)]).exit_code == 0
+    (tmp_path / "README.md").write_text("# notes\\n" * 50)
+    result = runner.invoke(app, ["replay", str(tmp_path), "--quiet", "--no-progress"])
+    assert result.exit_code == 0 and "undecodable none" in result.output, result.output
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("x" * 5000)
+    result = runner.invoke(app, ["replay", str(other), "--no-progress"])
+    text = " ".join(result.output.split())
+    assert result.exit_code == 2 and "holds no archive files" in text and "it holds only notes.txt" in text, text
