@@ -536,8 +536,8 @@ class Relay:
                 if clock is None:
                     clock = (time.monotonic(), time_us)
                 delay = clock[0] + (time_us - clock[1]) / 1e6 / self.speed - time.monotonic()
-                if delay > 0:
-                    await asyncio.sleep(delay)
+                if delay > 0 and not await self._pause(ws, delay):
+                    return False
             passed += 1
             if m.swap_every is not None and held is None and passed % m.swap_every == 0:
                 held = frame
@@ -567,11 +567,22 @@ class Relay:
                 continue
             if time_us is not None and self.speed is not None and self.range and self.range.first_time_us:
                 delay = self._t0 + (time_us - self.range.first_time_us) / 1e6 / self.speed - time.monotonic()
-                if delay > 0:
-                    await asyncio.sleep(delay)
+                if delay > 0 and not await self._pause(ws, delay):
+                    return False
             if (sent := await self._deliver(ws, frame, sent)) < 0:
                 return False
         return True
+
+    @staticmethod
+    async def _pause(ws: ServerConnection, seconds: float) -> bool:
+        """Wait ``seconds`` for the next frame's time, or stop waiting at once when the connection closes (the
+        client left, or the relay is shutting down): True to go on, False when it is gone. A paced relay at 0.001x
+        event time waits minutes between frames, and a handler asleep that long held its shutdown up."""
+        try:
+            await asyncio.wait_for(ws.wait_closed(), seconds)
+        except TimeoutError:
+            return True
+        return False
 
     async def _deliver(self, ws: ServerConnection, frame: bytes, sent: int) -> int:
         """Send one frame after ``sent`` others on this connection: the new count, or -1 when the connection is cut

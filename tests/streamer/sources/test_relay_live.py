@@ -369,3 +369,40 @@ async def test_a_relay_that_comes_up_after_the_source_makes_it_connected(
         source.stop()
         await asyncio.wait_for(reader, 10)
     assert got == sample_frames
+
+
+def test_a_slow_relay_stops_at_once_after_a_client_came_and_left() -> None:
+    """At 0.001x event time a handler waits minutes for its next frame; SIGTERM must not wait for it (it took
+    11-12 s): the pause ends as soon as the connection closes."""
+    import signal
+    import subprocess
+    import sys
+
+    from streamer.testing.synth import default_archive
+    from tests.faults import Lines, wait_until
+    from tests.net import free_port
+
+    port = free_port()
+    relay = subprocess.Popen(
+        [sys.executable, "-m", "streamer", "relay", str(default_archive()), "--port", str(port), "--speed", "0.001"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        out = Lines(relay.stdout)
+        wait_until(out.seen(f"ws://127.0.0.1:{port}"), 60, "the relay's address")
+
+        async def visit() -> None:
+            async with connect(f"ws://127.0.0.1:{port}/xrpc/com.atproto.sync.subscribeRepos?cursor=0") as ws:
+                await asyncio.wait_for(ws.recv(), 10)  # the first frame; the next is minutes away
+
+        asyncio.run(visit())
+        start = time.monotonic()
+        relay.send_signal(signal.SIGTERM)
+        assert relay.wait(30) == 0
+        assert time.monotonic() - start < 5, f"stopped after {time.monotonic() - start:.1f} s"
+    finally:
+        if relay.poll() is None:
+            relay.kill()
+            relay.wait(10)
