@@ -24,6 +24,7 @@ from streamer.app.settings import load_settings
 from streamer.sources.relay_server import Relay
 from streamer.testing.synth import default_archive
 from tests.compare import VOLATILE, assert_close
+from tests.faults import line_count, signal_when
 from tests.net import free_port, http_get
 
 GOLDEN = Path(__file__).resolve().parents[2] / "golden" / "default_replay.jsonl"
@@ -134,10 +135,8 @@ def test_sigterm_checkpoints_and_the_restart_finishes_the_same_results(tmp_path:
         "replay", "--interval", "3600", "--quiet", "--out", str(first), "--checkpoint-dir", str(ckpt),
         "--speed", "20000",
     )  # fmt: skip
-    deadline = time.monotonic() + 60
-    while (not first.exists() or len(first.read_text().splitlines()) < 5) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    slow.send_signal(signal.SIGTERM)
+    # SIGTERM once five results are seen written (24 h at 20,000x: 4 s, so 19 runs are still to come)
+    signal_when(slow, lambda: line_count(first) >= 5, 60, "five results", signal.SIGTERM)
     _, err = slow.communicate(timeout=60)
     assert slow.returncode == 0, err
     assert "interrupted" in err
