@@ -22,6 +22,7 @@ from streamer.app.ingest_commands import nothing_readable, save_snapshot
 from streamer.app.options import plain
 from streamer.app.pipes import StdoutConsole
 from streamer.app.settings import ConfigError, Settings, load_settings, parse_json_object
+from streamer.core.durable import why_no_directory
 
 console = Console(stderr=True, soft_wrap=True)  # logs, warnings, errors, the closing statistics
 
@@ -87,7 +88,7 @@ def replay_command(
 
     settings = _load(config, flags)
     if snapshot_out is not None and not snapshot_out.parent.is_dir():  # found out now, not after the whole replay
-        _fail(f"--snapshot-out {snapshot_out}: directory {snapshot_out.parent} does not exist")
+        _fail(f"--snapshot-out {snapshot_out}: {why_no_directory(snapshot_out.parent)}")
     path = archive or default_archive()
     try:
         result, pipe = asyncio.run(

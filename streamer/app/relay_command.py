@@ -75,10 +75,11 @@ def relay_command(
     config: opt.Config = None,
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     max_clients: Annotated[
-        int, typer.Option(help="Connections served at once; more get HTTP 503 (0: no cap).")
+        int, typer.Option(min=0, help="Connections served at once; more get HTTP 503 (0: no cap).")
     ] = DEFAULT_MAX_CLIENTS,
     send_timeout: Annotated[
-        float, typer.Option(help="Seconds a client may leave a frame unread before it is dropped (0: never).")
+        float,
+        typer.Option(min=0, help="Seconds a client may leave a frame unread before it is dropped (0: never)."),
     ] = DEFAULT_SEND_TIMEOUT_S,
     from_start: Annotated[
         bool,
@@ -90,14 +91,19 @@ def relay_command(
     ] = False,
     restart_at: Annotated[
         int | None,
-        typer.Option(help="Test mode: restart the relay's sequence before this archive frame (0-based)."),
+        typer.Option(
+            min=1, help="Test mode: restart the relay's sequence before this archive frame (0-based, so at least 1)."
+        ),
     ] = None,
     restart_head: Annotated[
-        int, typer.Option(help="Test mode: after --restart-at keep frames up to this seq, number on from it.")
+        int,
+        typer.Option(min=0, help="Test mode: after --restart-at keep frames up to this seq, number on from it."),
     ] = 0,
-    skip_every: Annotated[int | None, typer.Option(help="Test mode: never send every n-th frame (seq gaps).")] = None,
+    skip_every: Annotated[
+        int | None, typer.Option(min=2, help="Test mode: never send every n-th frame (seq gaps).")
+    ] = None,
     swap_every: Annotated[
-        int | None, typer.Option(help="Test mode: send every n-th frame after the next one (out of order).")
+        int | None, typer.Option(min=2, help="Test mode: send every n-th frame after the next one (out of order).")
     ] = None,
     **flags: Any,
 ) -> None:

@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from streamer.app.progress import JobProgress
+from streamer.core.durable import why_no_directory
 from streamer.sources.archive import SUFFIX
 from streamer.sources.did_documents import documents_path
 from streamer.testing.synth import write_synth_archive
@@ -38,7 +39,7 @@ def synth_command(
     if out.is_dir():
         out = out / f"synth-{agents}-{hours:g}h-{seed}{SUFFIX}"
     if not out.parent.is_dir():
-        typer.echo(f"error: directory {out.parent} does not exist", err=True)
+        typer.echo(f"error: cannot write {out}: {why_no_directory(out.parent)}", err=True)
         raise typer.Exit(2)
     previous = signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM unwinds like Ctrl-C: no temporary file left
     try:

@@ -64,3 +64,15 @@ def cut_torn_tail(path: Path) -> int:
         fh.flush()
         os.fsync(fh.fileno())
     return size - keep
+
+
+def why_no_directory(directory: Path) -> str:
+    """Why files cannot be made in ``directory``, in the words a user can act on: the first of its ancestors that
+    is a file ("x is a file, not a directory"), or that it does not exist (where ``mkdir`` would say only "File
+    exists" or "Not a directory")."""
+    for candidate in (directory, *directory.parents):
+        if candidate.exists():
+            if candidate.is_dir():
+                break
+            return f"{candidate} is a file, not a directory"
+    return f"directory {directory} does not exist"

@@ -40,7 +40,10 @@ COMPACT_ABOVE = 256  # entries kept before a checkpoint bothers to rewrite the j
 
 class ResultWriteError(OSError):
     """A result could not be made durable (disk full, read-only, gone): the daemon must stop before it marks
-    anything done. The message names the file."""
+    anything done. The message names the file (and is all that is shown: no ``[Errno n]`` before it)."""
+
+    def __str__(self) -> str:
+        return self.strerror or super().__str__()
 
 
 def result_id(message: dict[str, Any]) -> str:

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
-from streamer.core.durable import cut_torn_tail
+from streamer.core.durable import cut_torn_tail, why_no_directory
 from streamer.core.journal import ResultWriteError, dumps
 from streamer.core.results import Result
 
@@ -44,9 +44,10 @@ class JsonlSink:
             self._fh = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - lives as long as the daemon
             self._regular = target.is_file()  # not a pipe or a device: it can be read back and deduplicated
         except OSError as exc:
-            raise ResultWriteError(
-                exc.errno, f"cannot open the results file {self.path}: {exc.strerror or exc}"
-            ) from exc
+            why = exc.strerror or str(exc)
+            if isinstance(exc, FileExistsError | NotADirectoryError):  # a parent on the way is a file
+                why = why_no_directory(target.parent)
+            raise ResultWriteError(exc.errno, f"cannot open the results file {self.path}: {why}") from exc
 
     @property
     def offset(self) -> int:

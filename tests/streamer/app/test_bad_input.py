@@ -394,3 +394,29 @@ def test_a_directory_replays_its_archive_files_only(tmp_path: Path) -> None:
     result = runner.invoke(app, ["replay", str(other), "--no-progress"])
     text = " ".join(result.output.split())
     assert result.exit_code == 2 and "holds no archive files" in text and "it holds only notes.txt" in text, text
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["replay", "--quiet", "--out", "{file}/x.jsonl"], "the results file {file}/x.jsonl: {file} is a file"),
+        (["replay", "--quiet", "--snapshot-out", "{file}/x.npz"], "--snapshot-out {file}/x.npz: {file} is a file"),
+        (["synth", "--out", "{file}/x.skyarch.zst"], "cannot write {file}/x.skyarch.zst: {file} is a file"),
+        (["synth", "--out", "{tmp}/no/x.skyarch.zst"], "cannot write {tmp}/no/x.skyarch.zst: directory {tmp}/no does"),
+        (["relay", str(default_archive()), "--max-clients", "-1"], "'--max-clients': Input should be greater than or"),
+        (["relay", str(default_archive()), "--restart-at", "0"], "'--restart-at': Input should be greater than or"),
+        (["relay", str(default_archive()), "--send-timeout", "-1"], "'--send-timeout': Input should be greater than"),
+    ],
+)  # fmt: skip
+def test_a_parent_that_is_a_file_and_flag_ranges_are_said_as_the_user_wrote_them(
+    args: list[str], message: str, tmp_path: Path
+) -> None:
+    """Not "File exists", not "directory does not exist" for a file, not Python's names (max_clients, None)."""
+    file = tmp_path / "plain-file"
+    file.write_text("not a directory")
+    args = [a.replace("{file}", str(file)).replace("{tmp}", str(tmp_path)) for a in args]
+    result = CliRunner().invoke(app, args)
+    text = " ".join(result.output.split())
+    assert result.exit_code == 2 and "Traceback" not in text, text
+    assert message.replace("{file}", str(file)).replace("{tmp}", str(tmp_path)) in text, text
+    assert "None" not in text and "Errno" not in text and "File exists" not in text
