@@ -48,8 +48,9 @@ INGEST_SETTINGS = {
 
 
 def source_id(archive: Path | None, relay: str) -> str:
-    """What names a source in the cursor topic (and its transactional id): an archive by its name, size and the
-    hash of its head (renaming it keeps its cursor, another file does not get it); a relay by its URL."""
+    """What names a source (in its cursor's key and its transactional id, with the events topic): an archive by
+    its name, size and the hash of its head (renaming it keeps its cursor, another file does not get it); a relay
+    by its URL."""
     if archive is None:
         return f"relay:{relay}"
     identity = file_identity(archive)
@@ -76,6 +77,13 @@ def ingest_command(
     batch_seconds: Annotated[
         float, typer.Option(min=0.001, help="Seconds a transaction stays open (at most).")
     ] = DEFAULT_BATCH_SECONDS,
+    transactional_id: Annotated[
+        str | None,
+        typer.Option(
+            help="The producer's transactional id (default: skyattr-ingest:SOURCE@EVENTS_TOPIC): one per ingest; "
+            "a second ingest with the same id fences the first."
+        ),
+    ] = None,
     config: opt.Config = None,
     **flags: Any,
 ) -> None:
@@ -123,6 +131,7 @@ def ingest_command(
             interval_s=settings.interval,
             live=archive is None,
             speed=settings.speed if archive is not None else None,
+            transactional_id=transactional_id,
         )
 
     try:

@@ -15,8 +15,11 @@ relay seq, a Jetstream ``time_us``) and, for relay frames, the seq judge's curso
 (zstd-compressed arrays), as the single-process checkpoint does. No local volume is involved: a rescheduled pod
 resumes from the topic.
 
-One ingest per source: the transactional id is derived from the source, so a second ingest of the same source
-fences the first (which then fails on its next commit) instead of doubling its events.
+One ingest per source and events topic (:func:`ingest_key`): the transactional id and the cursor's key are
+derived from both, so a second ingest of the same source into the same topic fences the first (which then fails
+on its next commit) instead of doubling its events, while ingests of one source into two topics neither fence each
+other nor share a cursor. A cursor written before cursors were keyed by topic (the bare source) is still found, by
+an ingest whose events topic already holds records.
 
 Every event goes through the :class:`~streamer.distributed.sequencer.Sequencer` on its way: its verdict rides in
 the record, and the control records it makes (``config`` at each start, ``window``, ``tick``, the tail's last
@@ -143,12 +146,33 @@ async def partitions_of(bootstrap: str, topic: str, security: dict[str, Any] | N
     return sorted(p["partition"] for p in described[0]["partitions"])
 
 
+def ingest_key(source_id: str, events_topic: str) -> str:
+    """What names one ingest, a source into an events topic: its cursor's key in the cursor topic and, after
+    ``skyattr-ingest:``, its default transactional id."""
+    return f"{source_id}@{events_topic}"
+
+
 async def load_cursor(
-    bootstrap: str, cursor_topic: str, source: str, security: dict[str, Any] | None = None
+    bootstrap: str, cursor_topic: str, key: str, security: dict[str, Any] | None = None
 ) -> IngestCursor | None:
-    """The last committed cursor of ``source`` (None when it never committed)."""
-    value = await load_latest(bootstrap, cursor_topic, source, security)
+    """The last committed cursor under ``key`` (:func:`ingest_key`; None when it never committed)."""
+    value = await load_latest(bootstrap, cursor_topic, key, security)
     return IngestCursor.from_bytes(value) if value is not None else None
+
+
+async def holds_records(bootstrap: str, topic: str, security: dict[str, Any] | None = None) -> bool:
+    """Whether ``topic`` has ever been written to (any partition's end offset above 0)."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    tps = [TopicPartition(topic, p) for p in await partitions_of(bootstrap, topic, security)]
+    if not tps:
+        return False
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, **(security or {}))
+    await consumer.start()
+    try:
+        return any(offset > 0 for offset in (await consumer.end_offsets(tps)).values())
+    finally:
+        await stop_consumer(consumer)
 
 
 async def load_latest(bootstrap: str, topic: str, key: str, security: dict[str, Any] | None = None) -> bytes | None:
@@ -211,24 +235,27 @@ async def ingest_to_kafka(
     interval_s: float = DEFAULT_INTERVAL_S,
     live: bool = False,
     speed: float | None = None,
+    transactional_id: str | None = None,
 ) -> IngestStats:
     """Ingest until the source ends or ``stop`` is set (see the module doc). ``make_source(cursor)`` builds the
     source resuming after ``cursor`` (None: from its start). ``state_config`` and ``interval_s`` are what the
     sequencer decides with (the window, the weights, the due times); ``live``: the source is a live relay, so its
     events are judged against the receive clock too, as ``skyattr run`` does. ``speed``: an archive is written at
     this multiple of its event time (:class:`~streamer.core.pace.Pace`, after each transaction), as ``replay
-    --speed`` plays it; None: as fast as the broker takes it."""
+    --speed`` plays it; None: as fast as the broker takes it. ``transactional_id``: the producer's (default
+    ``skyattr-ingest:`` and the :func:`ingest_key`)."""
     from aiokafka import AIOKafkaProducer
 
     if batch_items < 1 or batch_seconds <= 0:
         raise ValueError("batch_items must be at least 1 and batch_seconds positive")
     started = time.monotonic()
+    name = ingest_key(source_id, events_topic)  # (``key`` is each event record's, below)
     held = await ensure_topics(bootstrap, {events_topic: (partitions, False), cursor_topic: (1, True)}, security)
     if held.get(events_topic, partitions) != partitions:  # Kafka cannot shrink a topic
         log.warning("%s has %d partitions (not %d): used as it is", events_topic, held[events_topic], partitions)
     producer = AIOKafkaProducer(
         bootstrap_servers=bootstrap,
-        transactional_id=f"skyattr-ingest:{source_id}",
+        transactional_id=transactional_id or f"skyattr-ingest:{name}",
         enable_idempotence=True,
         acks="all",
         linger_ms=5,
@@ -236,7 +263,11 @@ async def ingest_to_kafka(
     )
     await producer.start()  # registers the transactional id: an earlier ingest's open transaction is aborted
     try:
-        cursor = await load_cursor(bootstrap, cursor_topic, source_id, security)
+        cursor = await load_cursor(bootstrap, cursor_topic, name, security)
+        if cursor is None and await holds_records(bootstrap, events_topic, security):
+            cursor = await load_cursor(bootstrap, cursor_topic, source_id, security)  # keyed by the source alone
+            if cursor is not None:
+                log.info("%s: resuming from its cursor written before cursors were keyed by topic", name)
         stats = IngestStats(resumed_from=cursor)
         state = cursor or IngestCursor(source_id)
         ring = (cursor.seen_seqs() if cursor is not None else None) or SeenSeqs(RESET_WINDOW)
@@ -304,7 +335,7 @@ async def ingest_to_kafka(
                     committed_at=time.time(),
                     sequencer=seq.to_text(),
                 )
-                await producer.send(cursor_topic, state.to_bytes(), key=source_id.encode())
+                await producer.send(cursor_topic, state.to_bytes(), key=name.encode())
             stats.transactions += 1
             stats.items += len(batch)
             stats.events += events

@@ -21,7 +21,7 @@ import pytest
 
 from streamer.core.frames import decode_frame
 from streamer.distributed import event_records
-from streamer.distributed.kafka_ingest import IngestCursor, load_cursor, partitions_of, stop_consumer
+from streamer.distributed.kafka_ingest import IngestCursor, ingest_key, load_cursor, partitions_of, stop_consumer
 from streamer.distributed.sequencer import Tick
 from streamer.sources.archive import read_archive
 from streamer.testing.synth import default_archive
@@ -115,7 +115,7 @@ def test_an_uninterrupted_ingest_writes_every_event_once_and_a_rerun_adds_nothin
     _, err = again.communicate(timeout=180)
     assert again.returncode == 0 and "wrote 0 events" in err, err
     assert asyncio.run(_read_all(bootstrap, events))[0] == expected
-    cursor = asyncio.run(load_cursor(bootstrap, cursors, _source_id(archive)))
+    cursor = asyncio.run(load_cursor(bootstrap, cursors, ingest_key(_source_id(archive), events)))
     assert isinstance(cursor, IngestCursor) and cursor.events == sum(expected.values())
 
 
@@ -132,7 +132,7 @@ def test_sigkill_at_any_point_loses_and_doubles_nothing(bootstrap: str) -> None:
     end: the committed events are the archive's, each once."""
     archive = default_archive()
     events, cursors = _topics()
-    source = _source_id(archive)
+    source = ingest_key(_source_id(archive), events)
     pace = ("--speed", "6000", "--batch-items", "10", "--batch-seconds", "0.05")
     for mark in (1_500, 3_000, 4_500, 6_000, 7_500):
         proc = _ingest(archive, bootstrap, events, cursors, *pace)
@@ -163,6 +163,61 @@ def _assert_sequenced(seq: dict[str, Any], events: int, runs: int | None = None)
     assert times == sorted(set(times)) and ticks[0][-1].final and not any(t.final for t in ticks[0][:-1])
 
 
+def test_two_ingests_of_one_archive_into_two_topics_neither_fence_nor_share_a_cursor(
+    archive: Path, bootstrap: str
+) -> None:
+    """At once, with one cursor topic: each topic gets every event once, each ingest its own cursor; a rerun of
+    one adds nothing to either."""
+    first, cursors = _topics()
+    second = f"{first}.copy"
+    procs = [_ingest(archive, bootstrap, topic, cursors, "--batch-items", "50") for topic in (first, second)]
+    errs = [proc.communicate(timeout=240)[1] for proc in procs]
+    assert [p.returncode for p in procs] == [0, 0], errs
+    expected = _expected(archive)
+    for topic in (first, second):
+        assert asyncio.run(_read_all(bootstrap, topic))[0] == expected, topic
+        cursor = asyncio.run(load_cursor(bootstrap, cursors, ingest_key(_source_id(archive), topic)))
+        assert cursor is not None and cursor.events == sum(expected.values())
+    again = _ingest(archive, bootstrap, second, cursors)
+    _, err = again.communicate(timeout=180)
+    assert again.returncode == 0 and "wrote 0 events" in err, err
+    assert asyncio.run(_read_all(bootstrap, first))[0] == expected
+
+
+def test_a_cursor_keyed_by_the_source_alone_is_found_where_its_topic_holds_records(
+    archive: Path, bootstrap: str
+) -> None:
+    """A cursor left by a release that keyed cursors by the source alone: an ingest into the topic that holds the
+    events resumes from it (adds nothing), one into a fresh topic does not (writes everything)."""
+    from aiokafka import AIOKafkaProducer
+
+    events, cursors = _topics()
+    proc = _ingest(archive, bootstrap, events, cursors)
+    assert proc.communicate(timeout=240)[0] is not None and proc.returncode == 0
+    source = _source_id(archive)
+    cursor = asyncio.run(load_cursor(bootstrap, cursors, ingest_key(source, events)))
+    assert cursor is not None
+
+    async def as_before() -> None:  # the cursor under the bare source, the new key's record removed (tombstone)
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+        await producer.start()
+        try:
+            await producer.send_and_wait(cursors, cursor.to_bytes(), key=source.encode())
+            await producer.send_and_wait(cursors, None, key=ingest_key(source, events).encode())
+        finally:
+            await producer.stop()
+
+    asyncio.run(as_before())
+    again = _ingest(archive, bootstrap, events, cursors)
+    _, err = again.communicate(timeout=180)
+    assert again.returncode == 0 and "wrote 0 events" in err, err
+    fresh = f"{events}.fresh"
+    other = _ingest(archive, bootstrap, fresh, cursors)
+    _, err = other.communicate(timeout=240)
+    assert other.returncode == 0 and "from the start" in err, err
+    assert asyncio.run(_read_all(bootstrap, fresh))[0] == _expected(archive)
+
+
 def test_a_relay_source_resumes_at_its_committed_seq(bootstrap: str, sample_dir: Path) -> None:
     """From a live relay (``skyattr relay`` replaying the real sample at 0.1× event time): killed once, restarted,
     stopped with SIGTERM once everything is in; the events are the sample's, each once, the cursor the last seq."""
@@ -179,7 +234,7 @@ def test_a_relay_source_resumes_at_its_committed_seq(bootstrap: str, sample_dir:
     try:
         assert relay.stdout is not None and relay.stdout.readline().strip() == f"ws://127.0.0.1:{port}"
         events, cursors = _topics()
-        source = f"relay:ws://127.0.0.1:{port}"
+        source = ingest_key(f"relay:ws://127.0.0.1:{port}", events)
         args = ("--relay", f"ws://127.0.0.1:{port}", "--batch-items", "5", "--batch-seconds", "0.05")
         first = _ingest_live(bootstrap, events, cursors, *args)
         signal_when(first, lambda: _committed(bootstrap, cursors, source).items >= 20, 60, "20 items committed")
@@ -206,7 +261,8 @@ def _ingest_live(bootstrap: str, events: str, cursors: str, *extra: str) -> subp
 
 
 def _committed(bootstrap: str, cursors: str, source: str) -> IngestCursor:
-    """The source's committed cursor (an empty one until the topic and a first commit exist)."""
+    """The committed cursor of an ingest (``source``: its :func:`ingest_key`; an empty one until the topic and a
+    first commit exist)."""
     try:
         return asyncio.run(load_cursor(bootstrap, cursors, source)) or IngestCursor(source)
     except Exception:  # the topic not created yet: the ingest is still starting
