@@ -4,7 +4,6 @@ a newcomer meets them (``replay`` first)."""
 from __future__ import annotations
 
 import json
-import math
 import sys
 import time
 from collections.abc import Sequence
@@ -26,7 +25,7 @@ from streamer.app.flags import ATTRIBUTION_FIELDS, load_or_exit, with_settings_o
 from streamer.app.help import Command
 from streamer.app.ingest_commands import events_command
 from streamer.app.ingest_kafka_command import ingest_command
-from streamer.app.options import plain
+from streamer.app.options import figure, plain
 from streamer.app.pipes import StdoutConsole, reader_gone
 from streamer.app.progress import JobProgress
 from streamer.app.record import record_command
@@ -188,13 +187,11 @@ def attribute(
         shares: dict[str, Any] | None = None
         figures: dict[str, Any] | None = None
         if bias is not None:
-            figures = {k: _finite(v) for k, v in bias.as_dict().items()}
-            shares = {
-                scale: None if bias.panel_sees_nothing and scale == "panel" else
-                dict(zip(kernels.TIER_NAMES, figures.pop(f"tiers_{scale}"), strict=True))
-                for scale in ("full", "panel")
-            }  # fmt: skip
-            figures.pop("tiers_panel", None)
+            from streamer.core.attribution import published_figures
+
+            published, full_shares, panel_shares = published_figures(bias)
+            figures = published.as_dict()
+            shares = {"full": full_shares.as_dict(), "panel": panel_shares.as_dict() if panel_shares else None}
         out = {
             "indicator": ind.name,
             "params": dict(ind.params),
@@ -233,22 +230,11 @@ def attribute(
     out.print(table)
     out.print(
         f"v(x)={full.value:.6g}  residual={full.residual:.1e}  {seconds:.2f}s on {full.device}\n"
-        f"TVD={_shown(bias.tvd)}  r*={bias.residual:.3f}  c*={bias.rescale:.3g}  panel share="
-        f"{_shown(bias.panel_share)}  spearman={_shown(bias.spearman, '.2f')}  top10 full/panel="
-        f"{_shown(bias.top10_full, '.2f')}/{_shown(bias.top10_panel, '.2f')}  alert={'FIRING' if alert else 'ok'}"
+        f"TVD={figure(bias.tvd)}  r*={bias.residual:.3f}  c*={bias.rescale:.3g}  panel share="
+        f"{figure(bias.panel_share)}  spearman={figure(bias.spearman, '.2f')}  top10 full/panel="
+        f"{figure(bias.top10_full, '.2f')}/{figure(bias.top10_panel, '.2f')}  alert={'FIRING' if alert else 'ok'}"
         + ("\nthe panel sees nothing of it: its own attribution is zero" if bias.panel_sees_nothing else "")
     )
-
-
-def _finite(value: Any) -> Any:
-    """A figure for JSON: NaN (undefined) as null, tuples as lists."""
-    if isinstance(value, tuple):
-        return [_finite(v) for v in value]
-    return None if isinstance(value, float) and not math.isfinite(value) else value
-
-
-def _shown(value: float, spec: str = ".3f") -> str:
-    return "n/a" if not math.isfinite(value) else format(value, spec)
 
 
 STRUCTURES = (

@@ -36,6 +36,11 @@ def finite(value: float | None) -> float | None:
     return value
 
 
+def figure(value: float | None, spec: str = ".3f") -> str:
+    """A figure for people: one that is undefined (None, or not finite) prints as ``n/a``."""
+    return "n/a" if value is None or not math.isfinite(value) else format(value, spec)
+
+
 Config = Annotated[
     Path | None,
     typer.Option(help="YAML file of options (keys as the flags below, with _ for -; see the README's configuration)."),

@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import html
 import json
-import math
 import re
 import tempfile
 from collections.abc import Callable
@@ -34,7 +33,7 @@ import kernels
 from kernels.inequality import gini, lorenz  # also importable from here, as before they moved to kernels
 from streamer.app import options as opt
 from streamer.app.flags import ATTRIBUTION_FIELDS, WINDOW_FIELDS, load_or_exit, with_settings_options
-from streamer.app.options import visible
+from streamer.app.options import figure, visible
 from streamer.app.progress import JobProgress, archive_frames
 from streamer.core.attribution import AttributionConfig, attribute_snapshot
 from streamer.core.followers import load_followers
@@ -185,10 +184,8 @@ class Block:
 
 
 def _fmt(value: Any, spec: str = ".4f") -> str:
-    """A number for the tables; missing (None) or non-finite figures print as n/a."""
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "n/a"
-    return format(value, spec)
+    """A number for the report (four decimals unless said otherwise): :func:`~streamer.app.options.figure`."""
+    return figure(value, spec)
 
 
 def _pct(value: Any) -> str:

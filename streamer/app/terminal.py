@@ -6,6 +6,7 @@ from rich.console import Console
 from rich.table import Table
 
 import kernels
+from streamer.app.options import figure
 from streamer.app.pipes import StdoutConsole
 from streamer.core.events import rfc3339
 from streamer.core.results import AlertTransition, Result, RunResult
@@ -29,8 +30,8 @@ def tier_table(result: RunResult) -> Table:
         return table
     table = Table(
         title=title,
-        caption=f"TVD {_fmt(sb.tvd)} · r* {sb.residual:.3f} · c* {sb.rescale:.3g} · "
-        f"panel share {_fmt(sb.panel_share)} · Spearman {_fmt(sb.spearman)} · alert {state}"
+        caption=f"TVD {figure(sb.tvd)} · r* {sb.residual:.3f} · c* {sb.rescale:.3g} · "
+        f"panel share {figure(sb.panel_share)} · Spearman {figure(sb.spearman)} · alert {state}"
         + (" · the panel sees nothing of it" if sb.panel_sees_nothing else ""),
     )
     table.add_column("tier")
@@ -40,17 +41,13 @@ def tier_table(result: RunResult) -> Table:
     full = result.full.as_dict()
     panel = result.panel.as_dict() if result.panel is not None else dict.fromkeys(kernels.TIER_NAMES)
     for name in kernels.TIER_NAMES:
-        table.add_row(name, f"{result.tier_sizes[name]:,}", f"{full[name]:.3f}", _fmt(panel[name]))
+        table.add_row(name, f"{result.tier_sizes[name]:,}", f"{full[name]:.3f}", figure(panel[name]))
     return table
 
 
 def nothing(result: RunResult) -> str:
     """The words for a run with nothing to attribute."""
     return f"nothing to attribute: v(x) = v(0) = {result.value:.4g}, no tier shares, no scale-bias figures"
-
-
-def _fmt(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.3f}"
 
 
 class TerminalSink:
@@ -75,7 +72,7 @@ class TerminalSink:
             t = result.thresholds
             self.console.print(
                 f"[{colour}]scale-bias alert {result.state}[/{colour}] ({result.severity}): "
-                f"TVD {_fmt(result.tvd)} (τ {t.tvd}), r* {result.residual:.3f} (τ {t.residual})"
+                f"TVD {figure(result.tvd)} (τ {t.tvd}), r* {result.residual:.3f} (τ {t.residual})"
             )
             return
         self.last = result
@@ -90,7 +87,7 @@ class TerminalSink:
         self.console.print(
             f"run {result.run:>4} @ {rfc3339(result.as_of_us)}  v={result.value:.4g}  "
             f"head/middle/tail full {full.head:.2f}/{full.middle:.2f}/{full.tail:.2f}  "
-            f"panel {shown}  TVD {_fmt(sb.tvd)}  r* {sb.residual:.3f}  {result.runtime_s:.2f}s"
+            f"panel {shown}  TVD {figure(sb.tvd)}  r* {sb.residual:.3f}  {result.runtime_s:.2f}s"
         )
         if self.tables and result.alert_changed:
             self._table(result)

@@ -150,6 +150,26 @@ def measure(snap: Snapshot, config: AttributionConfig) -> Measured:
     return Measured(snap, "", full, st.tiers, st.panel, game.attribution, bias, time.perf_counter() - start)
 
 
+def published_figures(bias: kernels.ScaleBias) -> tuple[ScaleBias, TierShares, TierShares | None]:
+    """The kernels' scale-bias figures as every result publishes them (a daemon's run and ``skyattr attribute
+    --json`` alike): the figures with the undefined ones None, the full population's tier shares, and the panel's
+    (None when the panel sees nothing)."""
+    figures = ScaleBias(
+        tvd=_finite(bias.tvd),
+        panel_share=_finite(bias.panel_share),
+        rescale=float(bias.rescale),
+        residual=float(bias.residual),
+        spearman=_finite(bias.spearman),
+        top10_full=_finite(bias.top10_full),
+        top10_panel=_finite(bias.top10_panel),
+        panel_size=int(bias.panel_size),
+        panel_sees_nothing=bool(bias.panel_sees_nothing),
+    )
+    full = TierShares(*(float(v) for v in bias.tiers_full))
+    panel = None if bias.panel_sees_nothing else TierShares(*(float(v) for v in bias.tiers_panel))
+    return figures, full, panel
+
+
 def attribute_snapshot(
     snap: Snapshot, config: AttributionConfig, *, run: int, as_of_us: int, alert_active: bool
 ) -> RunOutput:
@@ -208,21 +228,11 @@ def finish(m: Measured, config: AttributionConfig, *, run: int, as_of_us: int, a
         }
         for i in order
     ]
-    figures = ScaleBias(
-        tvd=_finite(bias.tvd),
-        panel_share=_finite(bias.panel_share),
-        rescale=float(bias.rescale),
-        residual=float(bias.residual),
-        spearman=_finite(bias.spearman),
-        top10_full=_finite(bias.top10_full),
-        top10_panel=_finite(bias.top10_panel),
-        panel_size=int(bias.panel_size),
-        panel_sees_nothing=bool(bias.panel_sees_nothing),
-    )
+    figures, full_shares, panel_shares = published_figures(bias)
     result = RunResult(
         **common,
-        full=TierShares(*(float(v) for v in bias.tiers_full)),
-        panel=None if bias.panel_sees_nothing else TierShares(*(float(v) for v in bias.tiers_panel)),
+        full=full_shares,
+        panel=panel_shares,
         scale_bias=figures,
         alert_active=firing,
         alert_changed=firing != alert_active,
