@@ -347,13 +347,13 @@ async def ingest_to_kafka(
             source.stop()
 
         stopper = asyncio.create_task(stop_source()) if stop is not None else None
-        pace = Pace(speed)
+        pace, paused = Pace(speed), stop if stop is not None else asyncio.Event()  # a pause ends with the stop
         try:
             async for item in source:
                 batch.append(item)
                 if len(batch) >= batch_items or time.monotonic() >= due:
                     await commit()
-                    if speed and await pace.wait(seq.last_time_us, stop or asyncio.Event()):
+                    if speed and await pace.wait(seq.last_time_us, paused):
                         break
                     due = time.monotonic() + batch_seconds
                 if stop is not None and stop.is_set():  # at once: the stopper task may not get a turn before then
