@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from kernels import defaults
     from kernels.attribution import Attribution, attribute
-    from kernels.bias import AlertThresholds, ScaleBias, scale_bias
+    from kernels.bias import AlertDecision, AlertThresholds, ScaleBias, decide_alert, scale_bias
     from kernels.compile_cache import default_cache_dir, use_compilation_cache
     from kernels.graph import AttentionGraph, PaddedGraph, bucket
     from kernels.indicators import (
@@ -37,7 +37,9 @@ if TYPE_CHECKING:
 # public name -> the module defining it, imported on first use: `import kernels` alone costs nothing, so a
 # command that never computes (`skyattr --help`) never loads JAX
 _WHERE: dict[str, str] = {
+    "AlertDecision": "kernels.bias",
     "AlertThresholds": "kernels.bias",
+    "decide_alert": "kernels.bias",
     "AttentionGraph": "kernels.graph",
     "Attribution": "kernels.attribution",
     "ENTRY_POINT_GROUP": "kernels.indicators",
@@ -93,6 +95,7 @@ __all__ = [
     "ENTRY_POINT_GROUP",
     "GAMES",
     "TIER_NAMES",
+    "AlertDecision",
     "AlertThresholds",
     "AttentionGraph",
     "Attribution",
@@ -107,6 +110,7 @@ __all__ = [
     "attribute",
     "available_indicators",
     "bucket",
+    "decide_alert",
     "default_cache_dir",
     "defaults",
     "exact_shapley",

@@ -10,8 +10,15 @@ study computes):
 * ``spearman``: rank correlation of a and b (NaN if either is constant).
 * ``top10_full`` / ``top10_panel``: share of the total held by the 10 largest attributions in each.
 
-``alert`` fires when tvd > tau_tvd or r* > tau_res, and with hysteresis resolves only when both fall below
-``clear`` times their thresholds.
+The alert (:func:`decide_alert`) reads two figures that are not true by construction, both of the ``same_game``
+study (see below): **residual**, r* > tau_res (the panel's attribution is not proportional to its members'
+full-scale attribution: a panel study ranks and weighs its own accounts wrongly, whatever constant it rescales by),
+and **coverage**, panel_share < tau_cov (the panel's accounts hold less than that share of the full-scale
+attribution: most of the phenomenon is caused by accounts the panel never sees, so even an exact panel study
+describes a minority of it). An active alert resolves only when r* <= clear · tau_res and
+1 − panel_share <= clear · (1 − tau_cov). The TVD of tier shares is published but decides nothing: once the panel
+lies inside the head tier (every panel member is among the top 1 % by visibility, N >~ 10^4) the panel's shares
+are (1, 0, 0) and the TVD is 1 − the full head share, whatever the panel computes.
 
 A panel that sees nothing (its attribution all zero: v of the panel is constant) while the full population shows a
 phenomenon is a finding, not a gap in the figures: ``panel_sees_nothing`` is set, its tier shares and the TVD are
@@ -55,29 +62,67 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from kernels.defaults import ALERT_CLEAR, TAU_RES, TAU_TVD
+from kernels.defaults import ALERT_CLEAR, TAU_COVERAGE, TAU_RES
 from kernels.tiers import tier_shares
 
 if TYPE_CHECKING:  # the thresholds and figures load without JAX or scipy
     from kernels.attribution import Attribution
 
 
+CRITERIA = ("residual", "coverage")  # what the alert can fire on, in the order it names them
+
+
 @dataclass(frozen=True)
 class AlertThresholds:
-    """tau_tvd, tau_res (DESIGN defaults 0.3 and 0.2) and the fraction of them below which an active alert
-    resolves."""
+    """tau_res (0.2: a fifth of the panel's full-scale attribution, in L2, that no rescaling recovers), tau_cov (0.5:
+    the panel must hold the majority of the full-scale attribution) and the fraction of each allowance within which
+    an active alert resolves (hysteresis)."""
 
-    tvd: float = TAU_TVD
     residual: float = TAU_RES
+    coverage: float = TAU_COVERAGE
     clear: float = ALERT_CLEAR
 
     def __post_init__(self) -> None:
-        for name in ("tvd", "residual"):
-            v = getattr(self, name)
-            if not (np.isfinite(v) and v >= 0):
-                raise ValueError(f"alert threshold {name} must be a finite number >= 0, got {v!r}")
+        if not (np.isfinite(self.residual) and self.residual >= 0):
+            raise ValueError(f"alert threshold residual must be a finite number >= 0, got {self.residual!r}")
+        if not (np.isfinite(self.coverage) and 0 <= self.coverage <= 1):
+            raise ValueError(f"alert threshold coverage must be in [0, 1], got {self.coverage!r}")
         if not (0 < self.clear <= 1):
             raise ValueError(f"alert clear ratio must be in (0, 1], got {self.clear!r}")
+
+
+@dataclass(frozen=True)
+class AlertDecision:
+    """The alert after one run: ``firing``; ``criteria`` that are past their thresholds at this run (named in
+    :data:`CRITERIA` order; empty while a firing alert waits inside its hysteresis band, and when it resolves);
+    ``severity``: ``critical`` when a figure is twice as far past its threshold (r* > 2 tau_res, or the panel's
+    share below tau_cov / 2), else ``warning``; ``info`` when not firing."""
+
+    firing: bool
+    criteria: tuple[str, ...]
+    severity: str
+
+
+def decide_alert(bias: ScaleBias, thresholds: AlertThresholds | None = None, active: bool = False) -> AlertDecision:
+    """The alert from the ``same_game`` figures ``bias``, given the state after the previous run (``active``).
+    An undefined panel share (the full attribution sums to 0) fires nothing on coverage."""
+    t = thresholds or AlertThresholds()
+    share = bias.panel_share
+    covered = math.isnan(share)
+    over = {
+        "residual": bias.residual > t.residual,
+        "coverage": not covered and share < t.coverage,
+    }
+    criteria = tuple(name for name in CRITERIA if over[name])
+    if active:
+        cleared = bias.residual <= t.residual * t.clear and (covered or 1.0 - share <= t.clear * (1.0 - t.coverage))
+        firing = not cleared
+    else:
+        firing = bool(criteria)
+    if not firing:
+        return AlertDecision(False, criteria, "info")
+    critical = bias.residual > 2 * t.residual or (not covered and share < t.coverage / 2)
+    return AlertDecision(True, criteria, "critical" if critical else "warning")
 
 
 @dataclass(frozen=True)
@@ -93,14 +138,6 @@ class ScaleBias:
     top10_panel: float
     panel_size: int
     panel_sees_nothing: bool = False
-
-    def alert(self, thresholds: AlertThresholds | None = None, active: bool = False) -> bool:
-        """Alert state after this run. ``active`` is the state after the previous run (hysteresis)."""
-        t = thresholds or AlertThresholds()
-        tvd = 0.0 if math.isnan(self.tvd) else self.tvd  # no shares to compare: r* alone decides
-        if active:
-            return not (tvd <= t.tvd * t.clear and self.residual <= t.residual * t.clear)
-        return tvd > t.tvd or self.residual > t.residual
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

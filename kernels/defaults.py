@@ -14,9 +14,9 @@ HEAD = 0.01  # head tier: top fraction of accounts by visibility
 MIDDLE = 0.10  # middle tier: the next fraction by visibility
 PANEL_SIZE = 100  # accounts in the visibility-biased panel study
 TOP_K = 10  # top accounts listed in each result
-TAU_TVD = 0.3  # alert when the tier-share TVD exceeds this
-TAU_RES = 0.2  # alert when the rescaling residual r* exceeds this
-ALERT_CLEAR = 0.8  # an active alert resolves below this fraction of both thresholds
+TAU_RES = 0.2  # alert when the same-game rescaling residual r* exceeds this
+TAU_COVERAGE = 0.5  # alert when the panel holds less than this share of the full-scale attribution
+ALERT_CLEAR = 0.8  # an active alert resolves once each figure is within this fraction of its threshold
 INTERVAL_S = 300.0  # seconds between the daemon's attribution runs (the dashboard's staleness lines too)
 
 __all__ = [
@@ -28,7 +28,7 @@ __all__ = [
     "MIDDLE",
     "NODES",
     "PANEL_SIZE",
+    "TAU_COVERAGE",
     "TAU_RES",
-    "TAU_TVD",
     "TOP_K",
 ]

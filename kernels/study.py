@@ -64,11 +64,14 @@ def scale_study(
     middle: float = defaults.MIDDLE,
     panel_size: int = defaults.PANEL_SIZE,
     games: tuple[str, ...] = GAMES,
+    estimate_error: bool = False,
 ) -> Study:
     """Attribute ``indicator`` over the population, tier it by ``visibility``, select the panel and attribute it in
-    each of ``games``. Raises ``ValueError`` when no agent is active (there is no panel to speak of)."""
+    each of ``games`` (with ``estimate_error`` the full attribution carries its error estimate, see
+    :class:`~kernels.attribution.Attribution`). Raises ``ValueError`` when no agent is active (there is no panel to
+    speak of)."""
     ind = as_indicator(indicator)
-    full = attribute(ind, x, graph, nodes=nodes, dtype=dtype)
+    full = attribute(ind, x, graph, nodes=nodes, dtype=dtype, estimate_error=estimate_error)
     tiers = assign_tiers(visibility, head=head, middle=middle)
     if negligible(full.value, full.baseline, dtype):
         return Study(full, tiers, nothing=f"v(x) = v(0) = {full.value:.6g}: nothing to attribute")

@@ -7,11 +7,16 @@ import math
 from typing import Any
 
 VOLATILE = {"runtime_s", "device"}  # the two fields of a result that depend on the machine, not the data
+# Estimates of phi's quadrature error: in float32 at rounding level (1e-7 relative), where two machines' summation
+# orders differ by as much as the estimate itself; compared absolutely.
+ROUNDING = {"error_estimate", "error_max"}
 
 
 def assert_close(a: Any, b: Any, path: str = "") -> None:
     """Equal, with floats to 1e-4 relative; ``path`` names where a difference is in the failure."""
-    if isinstance(a, float) or isinstance(b, float):
+    if path.rsplit(".", 1)[-1] in ROUNDING and a is not None and b is not None:
+        assert math.isclose(a, b, rel_tol=0.5, abs_tol=1e-5), f"{path}: {a} != {b}"
+    elif isinstance(a, float) or isinstance(b, float):
         assert math.isclose(a, b, rel_tol=1e-4, abs_tol=1e-6), f"{path}: {a} != {b}"
     elif isinstance(a, dict):
         assert a.keys() == b.keys(), path

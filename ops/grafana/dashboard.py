@@ -39,8 +39,8 @@ OUT = Path(__file__).resolve().parent / "skyattr-dashboard.json"
 UID = "skyattr"
 
 # The daemon's defaults (README "Configuration"), also used by the alert rules.
-TAU_TVD = defaults.TAU_TVD  # --tau-tvd
 TAU_RES = defaults.TAU_RES  # --tau-res
+TAU_COVERAGE = defaults.TAU_COVERAGE  # --tau-coverage
 INTERVAL_S = round(defaults.INTERVAL_S)  # --interval: attribution every 5 minutes (whole seconds on the dashboard)
 LAG_WARN_S = 120  # FirehoseLagHigh
 DECODE_ERROR_RATIO = 0.01  # DecodeErrorsHigh
@@ -250,16 +250,16 @@ def overview() -> list[Any]:
             ]
         ),
         single(
-            "Tier-share TVD",
-            f"Total variation distance of the tier shares, full vs panel. Alert above {TAU_TVD}.",
-            f"max(skyattr_scale_bias_tvd{{{SEL_IND}}})",
+            "Panel share (coverage)",
+            f"The panel's accounts' share of the full-scale attribution. Alert below {TAU_COVERAGE}.",
+            f"min(skyattr_scale_bias_panel_share{{{SEL_IND}}})",
             unit="none",
-            steps=((None, "green"), (TAU_TVD, "red")),
+            steps=((None, "red"), (TAU_COVERAGE, "green")),
         ).decimals(3),
         single(
-            "Residual r*",
-            f"The part of the panel's error no global rescaling removes. Alert above {TAU_RES}.",
-            f"max(skyattr_scale_bias_residual{{{SEL_IND}}})",
+            "Same-game residual r*",
+            f"What no rescaling of the panel study (same game, only the panel active) removes. Alert above {TAU_RES}.",
+            f'max(skyattr_scale_bias_residual{{{SEL_IND}, game="same_game"}})',
             unit="none",
             steps=((None, "green"), (TAU_RES, "red")),
         ).decimals(3),
@@ -429,30 +429,33 @@ def attribution() -> list[Any]:
         ts(
             "Tier shares: full population vs panel study",
             "Share of the attribution per tier (head/middle/tail). Solid: the full population; dashed: the "
-            "visibility-biased panel of the most-followed accounts. Their gap is the scale bias.",
+            "visibility-biased panel of the most-followed accounts, in the restricted game (the panel alone) and the "
+            "same game (the full game, only the panel active).",
             q(f"skyattr_tier_share{{{SEL_IND}}}", "{{tier}} · {{scale}}"),
             unit="percentunit",
             h=9,
         )
         .min(0)
         .max(1)
-        .overrides(overrides(dashed(".*· panel"))),
+        .overrides(overrides(dashed(".*· (restricted|same_game)"))),
         threshold_line(
             ts(
-                "Tier-share TVD (full vs panel)",
-                f"Total variation distance of the tier shares. The daemon alerts above {TAU_TVD} (--tau-tvd).",
-                q(f"skyattr_scale_bias_tvd{{{SEL_IND}}}", "TVD {{indicator}}"),
+                "Panel share of the attribution (coverage)",
+                f"The panel's accounts' share of the full-scale attribution. The daemon alerts below {TAU_COVERAGE} "
+                "(--tau-coverage).",
+                q(f"skyattr_scale_bias_panel_share{{{SEL_IND}}}", "panel share {{indicator}}"),
                 unit="none",
                 w=6,
                 h=9,
-            ).min(0),
-            TAU_TVD,
+            ),
+            TAU_COVERAGE,
         ),
         threshold_line(
             ts(
-                "Residual r*",
-                f"The gap no global rescaling of the panel removes. The daemon alerts above {TAU_RES} (--tau-res).",
-                q(f"skyattr_scale_bias_residual{{{SEL_IND}}}", "r* {{indicator}}"),
+                "Residual r* per panel game",
+                f"The gap no rescaling of the panel study removes. The daemon alerts when the same game's is above "
+                f"{TAU_RES} (--tau-res); the restricted game's adds the attention the rest pays the panel.",
+                q(f"skyattr_scale_bias_residual{{{SEL_IND}}}", "r* {{game}} {{indicator}}"),
                 unit="none",
                 w=6,
                 h=9,

@@ -14,7 +14,6 @@ from typing import Annotated, Any
 import numpy as np
 import typer
 from rich.console import Console
-from rich.table import Table
 from typer.core import TyperGroup
 
 import kernels
@@ -25,13 +24,14 @@ from streamer.app.flags import ATTRIBUTION_FIELDS, load_or_exit, with_settings_o
 from streamer.app.help import Command
 from streamer.app.ingest_commands import events_command
 from streamer.app.ingest_kafka_command import ingest_command
-from streamer.app.options import figure, plain
+from streamer.app.options import plain
 from streamer.app.pipes import StdoutConsole, reader_gone
 from streamer.app.progress import JobProgress
 from streamer.app.record import record_command
 from streamer.app.relay_command import relay_command
 from streamer.app.report import report_command
 from streamer.app.synth_command import synth_command
+from streamer.app.terminal import figures_line, scale_table
 from streamer.core.population import load_npz, save_npz, synthetic
 
 console = Console(stderr=True, soft_wrap=True)
@@ -170,44 +170,46 @@ def attribute(
             start = time.perf_counter()
             st = kernels.scale_study(
                 ind, pop.x, pop.graph, pop.visibility, nodes=nodes, dtype=dtype, head=cfg.head, middle=cfg.middle,
-                panel_size=cfg.panel_size, games=("restricted",),
+                panel_size=cfg.panel_size, estimate_error=cfg.estimate_error,
             )  # fmt: skip
-            seconds = time.perf_counter() - start  # the study: the full population and the panel
+            seconds = time.perf_counter() - start  # the study: the full population and the panel in both games
             steps.update(3)
     except ValueError as exc:
         _fail(str(exc))
         return
+    from streamer.core.attribution import published_figures
+    from streamer.core.results import tiers_message
+
     full, tiers = st.full, st.tiers
-    game = st.games.get("restricted")
-    bias = game.bias if game is not None else None
-    alert = bias.alert(thresholds) if bias is not None else False
+    figures = shares = decision = None
+    if not st.nothing:
+        figures, shares = published_figures({name: game.bias for name, game in st.games.items()})
+        decision = kernels.decide_alert(st.games["same_game"].bias, thresholds)
     if json_out:
         # the field names and shapes of the skyattr.tiers message (streamer/schemas/tiers.schema.json), so one
         # reader serves both
-        shares: dict[str, Any] | None = None
-        figures: dict[str, Any] | None = None
-        if bias is not None:
-            from streamer.core.attribution import published_figures
-
-            published, full_shares, panel_shares = published_figures(bias)
-            figures = published.as_dict()
-            shares = {"full": full_shares.as_dict(), "panel": panel_shares.as_dict() if panel_shares else None}
         out = {
             "indicator": ind.name,
             "params": dict(ind.params),
-            "outcome": "attributed" if bias is not None else "nothing_to_attribute",
+            "outcome": "nothing_to_attribute" if st.nothing else "attributed",
             "agents": pop.graph.n,
             "active_agents": int(np.count_nonzero(pop.x)),
             "edges": pop.graph.edges,
             "value": full.value,
             "baseline": full.baseline,
             "residual": full.residual,
+            "error_estimate": None if st.nothing else full.error_estimate,
+            "error_max": None if st.nothing else full.error_max,
             "nodes": full.nodes,
             "dtype": full.dtype,
             "tier_sizes": {name: int(np.sum(tiers == k)) for k, name in enumerate(kernels.TIER_NAMES)},
-            "tiers": shares,
-            "scale_bias": figures,
-            "alert": {"active": bool(alert), "thresholds": cfg.as_dict()["thresholds"]},
+            "tiers": tiers_message(shares, figures),
+            "scale_bias": None if figures is None else figures.as_dict(),
+            "alert": {
+                "active": bool(decision and decision.firing),
+                "criteria": list(decision.criteria) if decision else [],
+                "thresholds": cfg.as_dict()["thresholds"],
+            },
             "runtime_s": seconds,
             "device": full.device,
             "config": {k: v for k, v in cfg.as_dict().items() if k != "top_k"},
@@ -215,25 +217,17 @@ def attribute(
         sys.stdout.write(json.dumps(out) + "\n")
         return
     out = StdoutConsole(soft_wrap=True)  # stdout: the table is the result asked for
-    if bias is None:
+    if figures is None or shares is None or decision is None:
         out.print(
             f"{ind.name}: {pop.graph.n:,} agents, {pop.graph.edges:,} edges: {st.nothing} (no tier shares, no "
             f"scale-bias figures, no alert)"
         )
         return
-    table = Table(title=f"{ind.name}: {pop.graph.n:,} agents, {pop.graph.edges:,} edges")
-    table.add_column("tier")
-    table.add_column("full", justify="right")
-    table.add_column(f"panel ({bias.panel_size})", justify="right")
-    for name, f, p in zip(kernels.TIER_NAMES, bias.tiers_full, bias.tiers_panel, strict=True):
-        table.add_row(name, f"{f:.3f}", "n/a" if bias.panel_sees_nothing else f"{p:.3f}")
-    out.print(table)
+    out.print(scale_table(f"{ind.name}: {pop.graph.n:,} agents, {pop.graph.edges:,} edges", None, shares, figures))
+    error = "" if full.error_estimate is None else f"  error estimate={full.error_estimate:.1e}"
     out.print(
-        f"v(x)={full.value:.6g}  residual={full.residual:.1e}  {seconds:.2f}s on {full.device}\n"
-        f"TVD={figure(bias.tvd)}  r*={bias.residual:.3f}  c*={bias.rescale:.3g}  panel share="
-        f"{figure(bias.panel_share)}  spearman={figure(bias.spearman, '.2f')}  top10 full/panel="
-        f"{figure(bias.top10_full, '.2f')}/{figure(bias.top10_panel, '.2f')}  alert={'FIRING' if alert else 'ok'}"
-        + ("\nthe panel sees nothing of it: its own attribution is zero" if bias.panel_sees_nothing else "")
+        f"v(x)={full.value:.6g}  residual={full.residual:.1e}{error}  {seconds:.2f}s on {full.device}\n"
+        f"{figures_line(figures)}\nalert={'FIRING: ' + ', '.join(decision.criteria) if decision.firing else 'ok'}"
     )
 
 

@@ -237,8 +237,8 @@ def _attributor_metrics(settings: Any) -> tuple[Any, Any]:
 
 
 def _figure(result: Any) -> str:
-    """The run's line's last part: its TVD, or why it has none."""
+    """The run's line's last part: the figure the alert reads, or why it has none."""
     sb = result.scale_bias
     if sb is None:
         return "nothing to attribute"
-    return "the panel sees nothing" if sb.tvd is None else f"TVD {sb.tvd:.3f}"
+    return f"same-game r* {sb.same_game.residual:.3f}"

@@ -39,9 +39,10 @@ ATTRIBUTION_FIELDS = frozenset(
         "middle",
         "panel_size",
         "top_k",
-        "tau_tvd",
         "tau_res",
+        "tau_coverage",
         "alert_clear",
+        "error_estimate",
         "compilation_cache",
     }
 )

@@ -46,7 +46,9 @@ console = Console(stderr=True, soft_wrap=True)
 
 # Okabe & Ito's colour-blind-safe palette: tiers apart in hue and lightness alike, full vs panel likewise
 TIER_COLOURS = {"head": "#E69F00", "middle": "#009E73", "tail": "#CC79A7"}
-FULL_COLOUR, PANEL_COLOUR = "#0072B2", "#D55E00"
+FULL_COLOUR = "#0072B2"
+GAME_COLOURS = {"same_game": "#D55E00", "restricted": "#56B4E9"}  # Okabe-Ito vermillion, sky blue
+GAME_LABELS = {"same_game": "same game", "restricted": "restricted"}
 FIGURES = {
     "tier_shares": "tier_shares.png",
     "lorenz": "lorenz.png",
@@ -71,7 +73,7 @@ class ReportData:
     tiers: np.ndarray  # int8 tier per agent (0 head, 1 middle, 2 tail)
     visibility: np.ndarray
     panel: np.ndarray  # panel agent indices, most visible first
-    panel_phi: np.ndarray  # the panel study's own attribution, in panel order
+    panel_phi: dict[str, np.ndarray]  # the panel study's own attribution in each game, in panel order
     state_config: StateConfig
     config: AttributionConfig
     replay: dict[str, Any] = field(default_factory=dict)  # items, seconds, warnings
@@ -92,10 +94,9 @@ class ReportData:
         """Gini of the full-scale attribution of the panel's accounts: the same accounts as :attr:`gini_panel`."""
         return gini(self.phi[self.panel])
 
-    @property
-    def gini_panel(self) -> float:
-        """Gini of the panel study's attribution of its accounts."""
-        return gini(self.panel_phi)
+    def gini_panel(self, game: str) -> float:
+        """Gini of the panel study's attribution of its accounts in ``game``."""
+        return gini(self.panel_phi[game])
 
 
 def build_report(
@@ -203,53 +204,61 @@ def _count(value: float) -> str:
 
 def _reading(r: RunResult, cfg: AttributionConfig) -> list[Inline]:
     """Plain-language sentences: what a reader should take from the figures."""
-    full, panel, sb = r.full, r.panel, r.scale_bias
+    full, sb = r.full, r.scale_bias
     assert full is not None and sb is not None  # a report is only made of an attributed run
     n_panel = sb.panel_size
+    restricted, same = sb.restricted, sb.same_game
+    panel = restricted.tiers
     if panel is None:
         lines: list[Inline] = [
-            f"The panel of the {n_panel} most visible active accounts sees nothing of this phenomenon: on its own "
-            f"the indicator does not move, so a study of it attributes nothing to anyone, while the full "
-            f"population gives the head (the top {_frac(cfg.head)} by visibility) {_pct(full.head)} and the tail "
-            f"{_pct(full.tail)}."
+            f"A study of the {n_panel} most visible active accounts alone (the restricted game) sees nothing of "
+            f"this phenomenon: on its own the indicator does not move, so it attributes nothing to anyone, while "
+            f"the full population gives the head (the top {_frac(cfg.head)} by visibility) {_pct(full.head)} and "
+            f"the tail {_pct(full.tail)}."
         ]
     else:
         lines = [
-            f"The panel of the {n_panel} most visible active accounts attributes {_pct(panel.head)} of the "
-            f"indicator to the head (the top {_frac(cfg.head)} by visibility, {r.tier_sizes['head']:,} accounts) "
-            f"where the full population gives {_pct(full.head)}; to the tail it attributes {_pct(panel.tail)} "
-            f"where the full population gives {_pct(full.tail)}.",
+            f"A study of the {n_panel} most visible active accounts alone (the restricted game) attributes "
+            f"{_pct(panel.head)} of the indicator to the head (the top {_frac(cfg.head)} by visibility, "
+            f"{r.tier_sizes['head']:,} accounts) where the full population gives {_pct(full.head)}; to the tail it "
+            f"attributes {_pct(panel.tail)} where the full population gives {_pct(full.tail)}.",
         ]
     if sb.panel_share is not None:
         lines.append(
-            f"The panel's accounts hold {_pct(sb.panel_share)} of the full-scale attribution; the other "
-            f"{r.agents - n_panel:,} accounts, which the panel study never sees, hold the rest."
+            f"Coverage: the panel's accounts hold {_pct(sb.panel_share)} of the full-scale attribution; the other "
+            f"{r.agents - n_panel:,} accounts, which a panel study never sees, hold the rest."
         )
     lines.append(
-        f"Even after the best global rescaling (c* = {_fmt(sb.rescale, '.4g')}), the panel study's attribution "
-        f"of its accounts is off from their full-scale attribution by r* = {_pct(sb.residual)} (relative L2 "
-        f"distance: the error no change of scale can remove)"
+        f"Restriction and nonlinearity: after the best rescaling, the restricted study is off from its accounts' "
+        f"full-scale attribution by r* = {_pct(restricted.residual)} (relative L2); the same game with only the "
+        f"panel active is off by r* = {_pct(same.residual)}. The first includes the attention the rest of the "
+        f"population pays the panel, which the restricted study deletes; the second is what the indicator's "
+        f"interactions alone leave"
         + (
-            f"; its ranking of them agrees with the full one at Spearman {_fmt(sb.spearman, '.2f')}."
-            if sb.spearman is not None
+            f" (ranking agreement, Spearman: {_fmt(same.spearman, '.2f')} same game, "
+            f"{_fmt(restricted.spearman, '.2f')} restricted)."
+            if same.spearman is not None and restricted.spearman is not None
             else "."
         )
     )
-    t = r.thresholds
     if r.alert_active:
-        lines.append(
-            Bold(
-                f"The scale-bias alert fires: a study of the top {n_panel} accounts would misattribute this "
-                f"phenomenon (TVD {_fmt(sb.tvd, '.3f')} vs {t.tvd:g}, r* {_fmt(sb.residual, '.3f')} vs "
-                f"{t.residual:g})."
-            )
-        )
+        lines.append(Bold(f"The scale-bias alert fires: {_alert_words(r)}."))
     else:
-        lines.append(
-            f"The scale-bias alert does not fire: both TVD ({_fmt(sb.tvd, '.3f')}) and r* "
-            f"({_fmt(sb.residual, '.3f')}) are within their thresholds, so the panel's picture is usable here."
-        )
+        lines.append(f"The scale-bias alert does not fire: {_alert_words(r)}.")
     return lines
+
+
+def _alert_words(r: RunResult) -> str:
+    """The alert's two criteria against their thresholds, in words."""
+    sb, t = r.scale_bias, r.thresholds
+    assert sb is not None
+    over = set(r.alert_criteria)
+    res = ">" if "residual" in over else "<="
+    cov = "<" if "coverage" in over else ">="
+    return (
+        f"same-game r* {_fmt(sb.same_game.residual, '.3f')} {res} {t.residual:g}, panel share "
+        f"{_pct(sb.panel_share)} {cov} {t.coverage:.0%}"
+    )
 
 
 def document(data: ReportData) -> list[Block]:
@@ -286,25 +295,41 @@ def document(data: ReportData) -> list[Block]:
         Block(
             "table",
             [
-                [name, f"{r.tier_sizes[name]:,}", _fmt(getattr(r.full, name)), _fmt(getattr(r.panel, name, None))]
+                [name, f"{r.tier_sizes[name]:,}", _fmt(getattr(r.full, name))]
+                + [_fmt(getattr(g.tiers, name, None)) for _, g in sb.games()]
                 for name in kernels.TIER_NAMES
             ],
-            header=("tier", "accounts", "full", f"panel ({sb.panel_size})"),
-            align="lrrr",
+            header=("tier", "accounts", "full", *(f"panel ({sb.panel_size}), {GAME_LABELS[n]}" for n, _ in sb.games())),
+            align="lrrrr",
         ),
         Block("img", (FIGURES["tier_shares"], "Tier shares of the attribution, full population vs panel")),
         Block("h2", "Scale bias"),
         Block(
+            "p",
+            "Two panel games, never mixed: restricted (the indicator on the panel alone, its induced attention "
+            "graph: what a small study computes) and same game (the full-scale game with only the panel's accounts "
+            "active). The alert reads the same game: its r* is zero for any indicator that is linear, a function of "
+            "one linear aggregate or free of panel–population interactions.",
+        ),
+        Block(
             "table",
             [
-                ["TVD between tier shares", _fmt(sb.tvd)],
-                ["panel share of the full attribution", _fmt(sb.panel_share)],
-                ["c* (best global rescaling)", _fmt(sb.rescale, ".4g")],
-                ["r* (residual after rescaling)", _fmt(sb.residual)],
-                ["Spearman (full vs panel, panel accounts)", _fmt(sb.spearman)],
+                ["r* (residual after the best rescaling)", *(_fmt(g.residual) for _, g in sb.games())],
+                ["c* (best rescaling)", *(_fmt(g.rescale, ".4g") for _, g in sb.games())],
+                ["Spearman (full vs panel, panel accounts)", *(_fmt(g.spearman) for _, g in sb.games())],
+                ["TVD between tier shares (decides nothing)", *(_fmt(g.tvd) for _, g in sb.games())],
+                ["top-10 share, panel", *(_fmt(g.top10_panel) for _, g in sb.games())],
+            ],
+            header=("figure", *(GAME_LABELS[n] for n, _ in sb.games())),
+            align="lrr",
+        ),
+        Block(
+            "table",
+            [
+                ["panel share of the full attribution (coverage)", _fmt(sb.panel_share)],
                 ["top-10 share, full", _fmt(sb.top10_full)],
-                ["top-10 share, panel", _fmt(sb.top10_panel)],
                 ["panel size", f"{sb.panel_size:,}"],
+                ["quadrature error estimate (relative L2, φ at m vs 2m nodes)", _fmt(r.error_estimate, ".2e")],
             ],
             header=("figure", "value"),
             align="lr",
@@ -314,9 +339,10 @@ def document(data: ReportData) -> list[Block]:
             "p",
             [
                 Bold("FIRING" if r.alert_active else "not firing"),
-                f": fires when TVD > {t.tvd:g} (here {_fmt(sb.tvd)}) or r* > {t.residual:g} (here "
-                f"{_fmt(sb.residual)}); once firing it resolves only when both fall below {t.clear:g}× their "
-                "thresholds.",
+                f": fires when the same-game r* > {t.residual:g} (here {_fmt(sb.same_game.residual)}) or the "
+                f"panel's share < {t.coverage:g} (here {_fmt(sb.panel_share)}); once firing it resolves only when "
+                f"r* <= {t.clear:g}× its threshold and the share's shortfall 1 − share <= {t.clear:g}× "
+                f"{1 - t.coverage:g}.",
             ],
         ),
         Block("h2", f"Top {len(r.top)} accounts by attribution"),
@@ -333,7 +359,8 @@ def document(data: ReportData) -> list[Block]:
         Block(
             "p",
             f"Gini coefficient of the attribution of the panel's {len(data.panel):,} accounts: at full scale "
-            f"{data.gini_full:.4f}, in the panel study {data.gini_panel:.4f} (0 = every account contributes "
+            f"{data.gini_full:.4f}, in the panel study {data.gini_panel('same_game'):.4f} (same game) and "
+            f"{data.gini_panel('restricted'):.4f} (restricted) (0 = every account contributes "
             f"equally, 1 = one account causes everything); the same accounts on both sides, so the two compare. "
             f"Over all {len(data.phi):,} accounts the full-scale attribution has Gini {data.gini_population:.4f}.",
         ),
@@ -468,27 +495,28 @@ def plot_tier_shares(data: ReportData, path: Path) -> None:
     fig = _figure()
     ax = fig.add_subplot()
     x = np.arange(len(kernels.TIER_NAMES))
-    width = 0.38
-    for offset, shares, label, colour in (
-        (-width / 2, r.full, "full population", FULL_COLOUR),
-        (width / 2, r.panel, f"panel ({r.scale_bias.panel_size} most visible)", PANEL_COLOUR),
-    ):
+    width = 0.27
+    sb = r.scale_bias
+    bars_of = [(r.full, "full population", FULL_COLOUR)]
+    bars_of += [(g.tiers, f"panel ({sb.panel_size}), {GAME_LABELS[n]}", GAME_COLOURS[n]) for n, g in sb.games()]
+    for k, (shares, label, colour) in enumerate(bars_of):
+        offset = (k - 1) * width
         if shares is None:  # the panel sees nothing: no bars, the legend says so
             ax.bar(x + offset, [0.0] * len(x), width, label=f"{label}: sees nothing", color=colour)
             continue
         values = list(shares)
         bars = ax.bar(x + offset, values, width, label=label, color=colour)
-        ax.bar_label(bars, labels=[f"{v:.1%}" for v in values], padding=2, fontsize=8)
+        ax.bar_label(bars, labels=[f"{v:.1%}" for v in values], padding=2, fontsize=7)
     ax.axhline(0, color="black", linewidth=0.8)
     sizes = r.tier_sizes
     ax.set_xticks(x, [f"{name}\n({sizes[name]:,} accounts)" for name in kernels.TIER_NAMES])
     ax.set_ylabel("share of total attribution")
     # the title carries what the alert reads: both its figures against their thresholds, and its state
-    sb, t = r.scale_bias, r.thresholds
+    t = r.thresholds
     state = "fires" if r.alert_active else "does not fire"
     ax.set_title(
-        f"{r.indicator}: tier shares · TVD {_fmt(sb.tvd, '.3f')} (τ {t.tvd:g}) · r* {sb.residual:.3f} "
-        f"(τ {t.residual:g}) · alert {state}",
+        f"{r.indicator}: tier shares · same-game r* {sb.same_game.residual:.3f} (τ {t.residual:g}) · panel share "
+        f"{_fmt(sb.panel_share, '.3f')} (τ {t.coverage:g}) · alert {state}",
         fontsize=10,
     )
     ax.legend()
@@ -501,11 +529,13 @@ def plot_lorenz(data: ReportData, path: Path) -> None:
     fig = _figure(5.5, 5.0)
     ax = fig.add_subplot()
     ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1, label="equal split")
-    if len(data.panel_phi):
+    if len(data.panel):
         xs, ys = lorenz(data.phi[data.panel])
         ax.plot(xs, ys, color=FULL_COLOUR, linewidth=2, label=f"at full scale (Gini {data.gini_full:.3f})")
-        px, py = lorenz(data.panel_phi)
-        ax.plot(px, py, color=PANEL_COLOUR, linewidth=1.5, label=f"in the panel study (Gini {data.gini_panel:.3f})")
+        for game, colour in GAME_COLOURS.items():
+            px, py = lorenz(data.panel_phi[game])
+            label = f"panel study, {GAME_LABELS[game]} (Gini {data.gini_panel(game):.3f})"
+            ax.plot(px, py, color=colour, linewidth=1.5, label=label)
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
     ax.set_xlabel("fraction of accounts, by ascending attribution")

@@ -109,18 +109,29 @@ class Settings(BaseSettings):
         defaults.PANEL_SIZE, ge=1, le=10_000_000, description="Accounts in the visibility-biased panel study."
     )
     top_k: int = Field(defaults.TOP_K, ge=0, le=1000, description="Top accounts listed in each result.")
-    tau_tvd: float = Field(
-        defaults.TAU_TVD, ge=0, allow_inf_nan=False, description="Alert when the tier-share TVD exceeds this."
-    )
     tau_res: float = Field(
-        defaults.TAU_RES, ge=0, allow_inf_nan=False, description="Alert when the rescaling residual r* exceeds this."
+        defaults.TAU_RES,
+        ge=0,
+        allow_inf_nan=False,
+        description="Alert when the same-game rescaling residual r* exceeds this.",
+    )
+    tau_coverage: float = Field(
+        defaults.TAU_COVERAGE,
+        ge=0,
+        le=1,
+        allow_inf_nan=False,
+        description="Alert when the panel holds less than this share of the full-scale attribution.",
     )
     alert_clear: float = Field(
         defaults.ALERT_CLEAR,
         gt=0,
         le=1,
         allow_inf_nan=False,
-        description="An alert resolves below this fraction of both thresholds.",
+        description="An alert resolves once each figure is within this fraction of its threshold's allowance.",
+    )
+    error_estimate: bool = Field(
+        True,
+        description="Estimate each run's quadrature error (phi again at twice the nodes: about 3x the kernel time).",
     )
     bucket_hours: float = Field(
         StateConfig.bucket_hours,  # the window's defaults are the state's own
@@ -302,7 +313,10 @@ class Settings(BaseSettings):
             middle=self.middle,
             panel_size=self.panel_size,
             top_k=self.top_k,
-            thresholds=kernels.AlertThresholds(tvd=self.tau_tvd, residual=self.tau_res, clear=self.alert_clear),
+            thresholds=kernels.AlertThresholds(
+                residual=self.tau_res, coverage=self.tau_coverage, clear=self.alert_clear
+            ),
+            estimate_error=self.error_estimate,
         )
 
     @property
@@ -331,12 +345,11 @@ NUMERIC_FIELDS = {
 BOUNDS = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}
 # The rule an option's bounds belong to, added to a bounds error: the same words the kernels use for it.
 _TIERS_RULE = "tier fractions must satisfy 0 < head, 0 <= middle, head + middle <= 1"
-_THRESHOLD_RULE = "alert thresholds must be finite numbers >= 0"
 RULES = {
     "head": _TIERS_RULE,
     "middle": _TIERS_RULE,
-    "tau_tvd": _THRESHOLD_RULE,
-    "tau_res": _THRESHOLD_RULE,
+    "tau_res": "the residual threshold must be a finite number >= 0",
+    "tau_coverage": "the coverage threshold is a share of the attribution, in [0, 1]",
     "alert_clear": "the alert clear ratio must be in (0, 1]",
 }
 
@@ -351,6 +364,13 @@ def _number(x: float) -> str:
     return str(int(x)) if float(x).is_integer() and abs(x) < 1e15 else f"{x:.6g}"
 
 
+# Options that existed once, with what replaced them: named in the error instead of "unknown option".
+RETIRED = {
+    "tau_tvd": "retired: the tier-share TVD no longer decides the alert (it is 1 - the full head share once the "
+    "panel lies in the head tier); the alert reads tau_res (same-game r*) and tau_coverage (the panel's share)",
+}
+
+
 def _message(err: Any) -> str:
     """pydantic's message for one error, with bounds and the offending value spelled out."""
     kind, given = err["type"], err.get("input")
@@ -359,6 +379,8 @@ def _message(err: Any) -> str:
         return f"must be {BOUNDS[kind]} {_number(limit)}, got {_shown(given)}"
     if kind == "finite_number":
         return f"must be a finite number, got {_shown(given)}"
+    if kind == "extra_forbidden" and err["loc"] and err["loc"][0] in RETIRED:
+        return RETIRED[err["loc"][0]]
     if kind == "extra_forbidden":
         return "unknown option (the options are the README's configuration table, or --help)"
     message = str(err["msg"]).removeprefix("Value error, ")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from rich.console import Console
 from rich.table import Table
 
@@ -9,12 +11,45 @@ import kernels
 from streamer.app.options import figure
 from streamer.app.pipes import StdoutConsole
 from streamer.core.events import rfc3339
-from streamer.core.results import AlertTransition, Result, RunResult
+from streamer.core.results import AlertTransition, Result, RunResult, ScaleBias, TierShares
+
+GAME_WORDS = {"restricted": "restricted", "same_game": "same game"}
+
+
+def scale_table(
+    title: str, sizes: Mapping[str, int] | None, full: TierShares, sb: ScaleBias, caption: str = ""
+) -> Table:
+    """Tiers x {full, panel in each game} (the accounts per tier when ``sizes`` is given), the figures below."""
+    table = Table(title=title, caption=caption or None)
+    table.add_column("tier")
+    if sizes is not None:
+        table.add_column("accounts", justify="right")
+    table.add_column("full", justify="right")
+    for name, _ in sb.games():
+        table.add_column(f"panel ({sb.panel_size}), {GAME_WORDS[name]}", justify="right")
+    for tier in kernels.TIER_NAMES:
+        cells = [tier] + ([f"{sizes[tier]:,}"] if sizes is not None else []) + [f"{getattr(full, tier):.3f}"]
+        cells += [figure(None if g.tiers is None else getattr(g.tiers, tier)) for _, g in sb.games()]
+        table.add_row(*cells)
+    return table
+
+
+def figures_line(sb: ScaleBias) -> str:
+    """The scale-bias figures in one line, per game, the game the alert reads first."""
+    parts = [f"panel share {figure(sb.panel_share)}"]
+    for name in ("same_game", "restricted"):
+        g = sb.game(name)
+        seen = " (sees nothing)" if g.panel_sees_nothing else ""
+        parts.append(
+            f"{GAME_WORDS[name]}: r* {g.residual:.3f} · c* {g.rescale:.3g} · Spearman {figure(g.spearman, '.2f')} · "
+            f"TVD {figure(g.tvd)}{seen}"
+        )
+    return " | ".join(parts)
 
 
 def tier_table(result: RunResult) -> Table:
-    """Tiers x {full, panel} with the scale-bias figures in the caption; in words when there is nothing to
-    attribute or the panel sees nothing."""
+    """Tiers x {full, panel in each game} with the scale-bias figures in the caption; in words when there is
+    nothing to attribute."""
     sb = result.scale_bias
     state = "FIRING" if result.alert_active else "ok"
     title = (
@@ -28,21 +63,9 @@ def tier_table(result: RunResult) -> Table:
         for name in kernels.TIER_NAMES:
             table.add_row(name, f"{result.tier_sizes[name]:,}")
         return table
-    table = Table(
-        title=title,
-        caption=f"TVD {figure(sb.tvd)} · r* {sb.residual:.3f} · c* {sb.rescale:.3g} · "
-        f"panel share {figure(sb.panel_share)} · Spearman {figure(sb.spearman)} · alert {state}"
-        + (" · the panel sees nothing of it" if sb.panel_sees_nothing else ""),
-    )
-    table.add_column("tier")
-    table.add_column("accounts", justify="right")
-    table.add_column("full", justify="right")
-    table.add_column(f"panel ({sb.panel_size})", justify="right")
-    full = result.full.as_dict()
-    panel = result.panel.as_dict() if result.panel is not None else dict.fromkeys(kernels.TIER_NAMES)
-    for name in kernels.TIER_NAMES:
-        table.add_row(name, f"{result.tier_sizes[name]:,}", f"{full[name]:.3f}", figure(panel[name]))
-    return table
+    fired = f" ({', '.join(result.alert_criteria)})" if result.alert_criteria else ""
+    caption = f"{figures_line(sb)} · alert {state}{fired}"
+    return scale_table(title, result.tier_sizes, result.full, sb, caption)
 
 
 def nothing(result: RunResult) -> str:
@@ -69,25 +92,26 @@ class TerminalSink:
     def publish(self, result: Result) -> None:
         if isinstance(result, AlertTransition):
             colour = "red" if result.state == "firing" else "green"
-            t = result.thresholds
             self.console.print(
-                f"[{colour}]scale-bias alert {result.state}[/{colour}] ({result.severity}): "
-                f"TVD {figure(result.tvd)} (τ {t.tvd}), r* {result.residual:.3f} (τ {t.residual})"
+                f"[{colour}]scale-bias alert {result.state}[/{colour}] ({result.severity}): {result.summary}"
             )
             return
         self.last = result
         if self.tables and self.every_run:
             self._table(result)
             return
-        sb, full, panel = result.scale_bias, result.full, result.panel
+        sb, full = result.scale_bias, result.full
         if sb is None or full is None:
             self.console.print(f"run {result.run:>4} @ {rfc3339(result.as_of_us)}  {nothing(result)}")
             return
+        same, restricted = sb.same_game, sb.restricted
+        panel = same.tiers
         shown = f"{panel.head:.2f}/{panel.middle:.2f}/{panel.tail:.2f}" if panel is not None else "sees nothing"
         self.console.print(
             f"run {result.run:>4} @ {rfc3339(result.as_of_us)}  v={result.value:.4g}  "
-            f"head/middle/tail full {full.head:.2f}/{full.middle:.2f}/{full.tail:.2f}  "
-            f"panel {shown}  TVD {figure(sb.tvd)}  r* {sb.residual:.3f}  {result.runtime_s:.2f}s"
+            f"head/middle/tail full {full.head:.2f}/{full.middle:.2f}/{full.tail:.2f}  panel (same game) {shown}  "
+            f"r* {same.residual:.3f} (restricted {restricted.residual:.3f})  panel share {figure(sb.panel_share)}  "
+            f"{result.runtime_s:.2f}s"
         )
         if self.tables and result.alert_changed:
             self._table(result)

@@ -17,7 +17,9 @@ import numpy as np
 import kernels
 from kernels import defaults
 from streamer.core.results import (
+    GAME_NAMES,
     AlertTransition,
+    GameFigures,
     RunResult,
     ScaleBias,
     Thresholds,
@@ -30,7 +32,8 @@ from streamer.core.state import Snapshot
 
 @dataclass(frozen=True)
 class AttributionConfig:
-    """What to attribute and how: indicator and its parameters, quadrature, tiers, panel, alert thresholds."""
+    """What to attribute and how: indicator and its parameters, quadrature, tiers, panel, alert thresholds, and
+    whether to estimate the quadrature error (``estimate_error``: phi again at twice the nodes)."""
 
     indicator: str = defaults.DEFAULT_INDICATOR
     params: dict[str, Any] = field(default_factory=dict)
@@ -41,6 +44,7 @@ class AttributionConfig:
     panel_size: int = defaults.PANEL_SIZE
     top_k: int = defaults.TOP_K
     thresholds: kernels.AlertThresholds = field(default_factory=lambda: kernels.AlertThresholds())
+    estimate_error: bool = True
 
     def as_dict(self) -> dict[str, Any]:
         """Every option as plain JSON values (what a checkpoint records to refuse resuming with other options)."""
@@ -54,7 +58,8 @@ class AttributionConfig:
             "middle": self.middle,
             "panel_size": self.panel_size,
             "top_k": self.top_k,
-            "thresholds": {"tvd": t.tvd, "residual": t.residual, "clear": t.clear},
+            "thresholds": {"residual": t.residual, "coverage": t.coverage, "clear": t.clear},
+            "estimate_error": self.estimate_error,
         }
 
     def validate(self) -> None:
@@ -70,12 +75,12 @@ class AttributionConfig:
 @dataclass
 class Arrays:
     """The per-agent arrays behind a message (the message keeps only the top accounts): full-scale phi, tier per
-    agent, panel indices and the panel study's phi. For reports and plots; not published."""
+    agent, panel indices and the panel study's phi in each game (by name). For reports and plots; not published."""
 
     phi: np.ndarray
     tiers: np.ndarray
     panel: np.ndarray
-    panel_phi: np.ndarray
+    panel_phi: dict[str, np.ndarray]
 
 
 @dataclass
@@ -109,21 +114,16 @@ def _finite(value: float) -> float | None:
 
 @dataclass(frozen=True)
 class Measured:
-    """The heavy, order-free part of a run (:func:`measure`): the full-scale and panel attributions and the
-    scale-bias figures of one snapshot; or why there is nothing to attribute (``nothing``: the full attribution
-    alone, published as that outcome); or why the run is skipped (``skipped``: no edges or no active agent, nothing
-    published). What depends on the runs before it (the run number, the alert's hysteresis) is added by
-    :func:`finish`, in order."""
+    """The heavy, order-free part of a run (:func:`measure`): the scale study of one snapshot
+    (:class:`kernels.study.Study`: full-scale attribution, tiers, panel, both panel games); or why there is nothing
+    to attribute (``study.nothing``: the full attribution alone, published as that outcome); or why the run is
+    skipped (``skipped``: no edges, no active agent or a non-finite figure; nothing published). What depends on the
+    runs before it (the run number, the alert's hysteresis) is added by :func:`finish`, in order."""
 
     snap: Snapshot
     skipped: str = ""
-    full: Any = None
-    tiers: Any = None
-    panel: Any = None
-    panel_attr: Any = None
-    bias: Any = None
+    study: Any = None
     seconds: float = 0.0
-    nothing: str = ""
 
 
 def measure(snap: Snapshot, config: AttributionConfig) -> Measured:
@@ -137,37 +137,41 @@ def measure(snap: Snapshot, config: AttributionConfig) -> Measured:
     ind = kernels.get_indicator(config.indicator, **config.params)
     st = kernels.scale_study(
         ind, snap.x, snap.graph, snap.visibility, nodes=config.nodes, dtype=config.dtype, head=config.head,
-        middle=config.middle, panel_size=config.panel_size, games=("restricted",),
+        middle=config.middle, panel_size=config.panel_size, estimate_error=config.estimate_error,
     )  # fmt: skip
     full = st.full
-    if st.nothing:
-        return Measured(snap, "", full, st.tiers, seconds=time.perf_counter() - start, nothing=st.nothing)
-    game = st.games["restricted"]
-    bias = game.bias
-    figures_needed = (full.value, full.baseline, full.residual, bias.rescale, bias.residual)
-    if not all(np.isfinite(v) for v in figures_needed):
-        return Measured(snap, skipped=f"non-finite result {figures_needed}")
-    return Measured(snap, "", full, st.tiers, st.panel, game.attribution, bias, time.perf_counter() - start)
+    needed = [full.value, full.baseline, full.residual]
+    for game in st.games.values():
+        needed += [game.bias.rescale, game.bias.residual]
+    if not st.nothing and not all(np.isfinite(v) for v in needed):
+        return Measured(snap, skipped=f"non-finite result {tuple(needed)}")
+    return Measured(snap, "", st, time.perf_counter() - start)
 
 
-def published_figures(bias: kernels.ScaleBias) -> tuple[ScaleBias, TierShares, TierShares | None]:
-    """The kernels' scale-bias figures as every result publishes them (a daemon's run and ``skyattr attribute
-    --json`` alike): the figures with the undefined ones None, the full population's tier shares, and the panel's
-    (None when the panel sees nothing)."""
+def published_figures(games: dict[str, kernels.ScaleBias]) -> tuple[ScaleBias, TierShares]:
+    """The kernels' scale-bias figures of both panel games (by game name) as every result publishes them (a
+    daemon's run and ``skyattr attribute --json`` alike), the undefined ones None; and the full population's tier
+    shares."""
+
+    def game(bias: kernels.ScaleBias) -> GameFigures:
+        return GameFigures(
+            tiers=None if bias.panel_sees_nothing else TierShares(*(float(v) for v in bias.tiers_panel)),
+            tvd=_finite(bias.tvd),
+            rescale=float(bias.rescale),
+            residual=float(bias.residual),
+            spearman=_finite(bias.spearman),
+            top10_panel=_finite(bias.top10_panel),
+            panel_sees_nothing=bool(bias.panel_sees_nothing),
+        )
+
+    any_game = games[GAME_NAMES[0]]
     figures = ScaleBias(
-        tvd=_finite(bias.tvd),
-        panel_share=_finite(bias.panel_share),
-        rescale=float(bias.rescale),
-        residual=float(bias.residual),
-        spearman=_finite(bias.spearman),
-        top10_full=_finite(bias.top10_full),
-        top10_panel=_finite(bias.top10_panel),
-        panel_size=int(bias.panel_size),
-        panel_sees_nothing=bool(bias.panel_sees_nothing),
+        panel_size=int(any_game.panel_size),
+        panel_share=_finite(any_game.panel_share),
+        top10_full=_finite(any_game.top10_full),
+        **{name: game(games[name]) for name in GAME_NAMES},
     )
-    full = TierShares(*(float(v) for v in bias.tiers_full))
-    panel = None if bias.panel_sees_nothing else TierShares(*(float(v) for v in bias.tiers_panel))
-    return figures, full, panel
+    return figures, TierShares(*(float(v) for v in any_game.tiers_full))
 
 
 def attribute_snapshot(
@@ -180,13 +184,15 @@ def attribute_snapshot(
 
 def finish(m: Measured, config: AttributionConfig, *, run: int, as_of_us: int, alert_active: bool) -> RunOutput:
     """The run's messages from its measurement: numbered ``run``, the alert decided from the state after the
-    previous run (``alert_active``). Cheap; called in run order."""
+    previous run (``alert_active``) on the same game's figures (:func:`kernels.bias.decide_alert`). Cheap; called
+    in run order."""
     if m.skipped:
         return RunOutput(None, None, alert_active, skipped=m.skipped)
-    snap, full, tiers = m.snap, m.full, m.tiers
+    snap, st = m.snap, m.study
+    full, tiers = st.full, st.tiers
     ind = kernels.get_indicator(config.indicator, **config.params)
     t = config.thresholds
-    thresholds = Thresholds(tvd=t.tvd, residual=t.residual, clear=t.clear)
+    thresholds = Thresholds(residual=t.residual, coverage=t.coverage, clear=t.clear)
     window = Window(snap.window_start_us, snap.window_end_us)
     common = {
         "run": run,
@@ -208,14 +214,14 @@ def finish(m: Measured, config: AttributionConfig, *, run: int, as_of_us: int, a
         "runtime_s": m.seconds,
         "device": full.device,
     }
-    if m.nothing:  # published as such: no shares, no figures, the alert as it was
+    if st.nothing:  # published as such: no shares, no figures, no error estimate, the alert as it was
         result = RunResult(
-            **common, full=None, panel=None, scale_bias=None, alert_active=alert_active, alert_changed=False,
-            top=(), outcome="nothing_to_attribute",
+            **common, full=None, scale_bias=None, alert_active=alert_active, alert_changed=False, top=(),
+            outcome="nothing_to_attribute",
         )  # fmt: skip
         return RunOutput(result, None, alert_active)
-    panel, panel_attr, bias = m.panel, m.panel_attr, m.bias
-    firing = bias.alert(config.thresholds, active=alert_active)
+    biases = {name: game.bias for name, game in st.games.items()}
+    decision = kernels.decide_alert(biases["same_game"], t, active=alert_active)
     order = top_indices(full.phi, config.top_k)
     top = [
         {
@@ -228,31 +234,33 @@ def finish(m: Measured, config: AttributionConfig, *, run: int, as_of_us: int, a
         }
         for i in order
     ]
-    figures, full_shares, panel_shares = published_figures(bias)
+    figures, full_shares = published_figures(biases)
     result = RunResult(
         **common,
         full=full_shares,
-        panel=panel_shares,
         scale_bias=figures,
-        alert_active=firing,
-        alert_changed=firing != alert_active,
+        alert_active=decision.firing,
+        alert_changed=decision.firing != alert_active,
+        alert_criteria=decision.criteria,
         top=tuple(TopAccount(**a) for a in top),
+        error_estimate=None if full.error_estimate is None else float(full.error_estimate),
+        error_max=None if full.error_max is None else float(full.error_max),
     )
     alert = None
-    if firing != alert_active:
-        critical = (figures.tvd or 0.0) > 2 * t.tvd or bias.residual > 2 * t.residual
-        severity = "critical" if critical else "warning"
+    if decision.firing != alert_active:
         alert = AlertTransition(
             run=run,
             indicator=ind.name,
-            state="firing" if firing else "resolved",
-            severity=severity if firing else "info",
-            tvd=figures.tvd,
-            residual=float(bias.residual),
-            panel_share=_finite(bias.panel_share),
+            state="firing" if decision.firing else "resolved",
+            severity=decision.severity,  # type: ignore[arg-type]
+            criteria=decision.criteria if decision.firing else (),
+            residual=figures.same_game.residual,
+            restricted_residual=figures.restricted.residual,
+            panel_share=figures.panel_share,
             thresholds=thresholds,
             window=window,
             as_of_us=int(as_of_us),
         )
-    arrays = Arrays(np.asarray(full.phi, np.float64), tiers, panel, np.asarray(panel_attr.phi, np.float64))
-    return RunOutput(result, alert, firing, arrays=arrays)
+    panel_phi = {name: np.asarray(game.attribution.phi, np.float64) for name, game in st.games.items()}
+    arrays = Arrays(np.asarray(full.phi, np.float64), tiers, st.panel, panel_phi)
+    return RunOutput(result, alert, decision.firing, arrays=arrays)

@@ -24,8 +24,9 @@ from jsonschema.exceptions import best_match
 
 from streamer.core.events import rfc3339
 
-TIERS_SCHEMA = "skyattr.tiers/1"
-ALERTS_SCHEMA = "skyattr.alerts/1"
+TIERS_SCHEMA = "skyattr.tiers/2"
+ALERTS_SCHEMA = "skyattr.alerts/2"
+GAME_NAMES = ("restricted", "same_game")  # the panel games every result publishes (kernels.panel.GAMES)
 TIER_NAMES = ("head", "middle", "tail")
 Topic = Literal["tiers", "alerts"]
 Outcome = Literal["attributed", "nothing_to_attribute"]
@@ -66,6 +67,13 @@ def validate(topic: str, message: Mapping[str, Any]) -> None:
         raise ValueError(f"{topic} message carries a non-finite number (NaN or infinity)") from None
     if _fast_validator(topic).is_valid(message):
         return
+    current = {"tiers": TIERS_SCHEMA, "alerts": ALERTS_SCHEMA}.get(topic)
+    written = message.get("schema")
+    if isinstance(written, str) and current and written != current and written.split("/")[0] == current.split("/")[0]:
+        raise ValueError(
+            f"{topic} message is {written}, written by an older skyattr; this one reads {current} (scale-bias "
+            "figures per panel game, the alert on the same-game r* and the panel's coverage): attribute again"
+        )
     error = best_match(validator(topic).iter_errors(message))
     if error is not None:
         where = "/".join(str(p) for p in error.absolute_path) or "(top level)"
@@ -106,44 +114,82 @@ class TierShares:
 
 @dataclass(frozen=True, slots=True)
 class Thresholds:
-    """Alert thresholds as published: fire above ``tvd`` or ``residual``, resolve below ``clear`` of both."""
+    """Alert thresholds as published: fire when the same-game r* exceeds ``residual`` or the panel's share of the
+    full-scale attribution falls below ``coverage``; resolve once each is within ``clear`` of its allowance."""
 
-    tvd: float
     residual: float
+    coverage: float
     clear: float
 
     def as_dict(self) -> dict[str, float]:
-        return {"tvd": self.tvd, "residual": self.residual, "clear": self.clear}
+        return {"residual": self.residual, "coverage": self.coverage, "clear": self.clear}
 
 
 @dataclass(frozen=True, slots=True)
-class ScaleBias:
-    """Full scale against the panel: TVD of tier shares, the panel's share, best rescaling c* and what it leaves
-    (r*), Spearman, top-10 concentration. None where a figure is undefined (not finite); ``panel_sees_nothing``
-    when the panel's attribution is all zero (no panel shares, so no TVD; r* = 1)."""
+class GameFigures:
+    """The panel study in one game against the full scale: the panel's tier shares (None when it sees nothing),
+    their TVD from the full shares, best rescaling c* and what it leaves (r*), Spearman, the panel's top-10
+    concentration. None where a figure is undefined; ``panel_sees_nothing`` when the panel's attribution in this
+    game is all zero (no shares, so no TVD; r* = 1)."""
 
+    tiers: TierShares | None
     tvd: float | None
-    panel_share: float | None
     rescale: float
     residual: float
     spearman: float | None
-    top10_full: float | None
     top10_panel: float | None
-    panel_size: int
     panel_sees_nothing: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "tvd": self.tvd,
-            "panel_share": self.panel_share,
             "rescale": self.rescale,
             "residual": self.residual,
             "spearman": self.spearman,
-            "top10_full": self.top10_full,
             "top10_panel": self.top10_panel,
-            "panel_size": self.panel_size,
             "panel_sees_nothing": self.panel_sees_nothing,
         }
+
+    @classmethod
+    def from_message(cls, figures: Mapping[str, Any], tiers: Mapping[str, Any] | None) -> GameFigures:
+        return cls(tiers=None if tiers is None else TierShares(**tiers), **figures)
+
+
+@dataclass(frozen=True, slots=True)
+class ScaleBias:
+    """Full scale against the panel: what does not depend on the game (the panel's size, its accounts' share of the
+    full-scale attribution, the full top-10 concentration) and one :class:`GameFigures` per panel game."""
+
+    panel_size: int
+    panel_share: float | None
+    top10_full: float | None
+    restricted: GameFigures
+    same_game: GameFigures
+
+    def game(self, name: str) -> GameFigures:
+        if name not in GAME_NAMES:
+            raise ValueError(f"unknown panel game {name!r}; choose one of {', '.join(GAME_NAMES)}")
+        return self.restricted if name == "restricted" else self.same_game
+
+    def games(self) -> tuple[tuple[str, GameFigures], ...]:
+        return tuple((name, self.game(name)) for name in GAME_NAMES)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "panel_size": self.panel_size,
+            "panel_share": self.panel_share,
+            "top10_full": self.top10_full,
+            **{name: g.as_dict() for name, g in self.games()},
+        }
+
+
+def tiers_message(full: TierShares | None, scale_bias: ScaleBias | None) -> dict[str, Any] | None:
+    """The ``tiers`` field of a result: the full population's shares and the panel's in each game (None when there
+    is nothing to attribute)."""
+    if full is None or scale_bias is None:
+        return None
+    panels = {name: None if g.tiers is None else g.tiers.as_dict() for name, g in scale_bias.games()}
+    return {"full": full.as_dict(), **panels}
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,8 +247,9 @@ class RunResult(_Sealed):
     """One attribution run (topic ``tiers``). Identity: ``id = "<indicator>@<as_of_us>"``.
 
     ``outcome`` is ``"attributed"``, or ``"nothing_to_attribute"`` when v(x) − v(0) is at rounding noise: then
-    ``full``, ``panel`` and ``scale_bias`` are None, ``top`` is empty and the alert keeps its state. ``panel`` alone
-    is None when the panel sees nothing of what the population shows."""
+    ``full`` and ``scale_bias`` are None, ``top`` is empty and the alert keeps its state. ``error_estimate`` and
+    ``error_max`` are the full attribution's quadrature error estimate (None when not computed).
+    ``alert_criteria`` are the criteria past their thresholds at this run (:data:`kernels.bias.CRITERIA`)."""
 
     topic: ClassVar[Topic] = "tiers"
 
@@ -222,7 +269,6 @@ class RunResult(_Sealed):
     dtype: str
     tier_sizes: Mapping[str, int]
     full: TierShares | None
-    panel: TierShares | None
     scale_bias: ScaleBias | None
     alert_active: bool
     alert_changed: bool
@@ -231,6 +277,9 @@ class RunResult(_Sealed):
     runtime_s: float
     device: str
     outcome: Outcome = "attributed"
+    error_estimate: float | None = None
+    error_max: float | None = None
+    alert_criteria: tuple[str, ...] = ()
     _message: Mapping[str, Any] = field(init=False, repr=False, compare=False)
 
     @property
@@ -241,6 +290,7 @@ class RunResult(_Sealed):
         object.__setattr__(self, "params", _frozen(self.params))
         object.__setattr__(self, "tier_sizes", _frozen(self.tier_sizes))
         object.__setattr__(self, "top", tuple(self.top))
+        object.__setattr__(self, "alert_criteria", tuple(self.alert_criteria))
         self._seal()
 
     def _build(self) -> dict[str, Any]:
@@ -259,17 +309,18 @@ class RunResult(_Sealed):
             "value": self.value,
             "baseline": self.baseline,
             "residual": self.residual,
+            "error_estimate": self.error_estimate,
+            "error_max": self.error_max,
             "nodes": self.nodes,
             "dtype": self.dtype,
             "tier_sizes": dict(self.tier_sizes),
             "outcome": self.outcome,
-            "tiers": None
-            if self.full is None
-            else {"full": self.full.as_dict(), "panel": None if self.panel is None else self.panel.as_dict()},
+            "tiers": self._tiers(),
             "scale_bias": None if self.scale_bias is None else self.scale_bias.as_dict(),
             "alert": {
                 "active": self.alert_active,
                 "changed": self.alert_changed,
+                "criteria": list(self.alert_criteria),
                 "thresholds": self.thresholds.as_dict(),
             },
             "top": [a.as_dict() for a in self.top],
@@ -277,10 +328,14 @@ class RunResult(_Sealed):
             "device": self.device,
         }
 
+    def _tiers(self) -> dict[str, Any] | None:
+        return tiers_message(self.full, self.scale_bias)
+
     @classmethod
     def from_message(cls, message: Mapping[str, Any]) -> RunResult:
         validate(cls.topic, message)
         m, a = message, message["alert"]
+        tiers, sb = m["tiers"], m["scale_bias"]
         return cls(
             run=m["run"],
             indicator=m["indicator"],
@@ -294,30 +349,36 @@ class RunResult(_Sealed):
             value=m["value"],
             baseline=m["baseline"],
             residual=m["residual"],
+            error_estimate=m["error_estimate"],
+            error_max=m["error_max"],
             nodes=m["nodes"],
             dtype=m["dtype"],
             tier_sizes=m["tier_sizes"],
-            full=_shares(m["tiers"], "full"),
-            panel=_shares(m["tiers"], "panel"),
-            scale_bias=None if m["scale_bias"] is None else ScaleBias(**m["scale_bias"]),
+            full=None if tiers is None else TierShares(**tiers["full"]),
+            scale_bias=None if sb is None else _scale_bias(sb, tiers),
             alert_active=a["active"],
             alert_changed=a["changed"],
+            alert_criteria=tuple(a["criteria"]),
             thresholds=Thresholds(**a["thresholds"]),
             top=tuple(TopAccount(**t) for t in m["top"]),
             runtime_s=m["runtime_s"],
             device=m["device"],
-            outcome=m.get("outcome", "attributed"),
+            outcome=m["outcome"],
         )
 
 
-def _shares(tiers: Mapping[str, Any] | None, scale: str) -> TierShares | None:
-    shares = None if tiers is None else tiers[scale]
-    return None if shares is None else TierShares(**shares)
+def _scale_bias(sb: Mapping[str, Any], tiers: Mapping[str, Any]) -> ScaleBias:
+    games = {name: GameFigures.from_message(sb[name], tiers[name]) for name in GAME_NAMES}
+    return ScaleBias(sb["panel_size"], sb["panel_share"], sb["top10_full"], **games)
 
 
 @dataclass(frozen=True)
 class AlertTransition(_Sealed):
-    """The scale-bias alert changed state at this run (topic ``alerts``); same identity as the run's result."""
+    """The scale-bias alert changed state at this run (topic ``alerts``); same identity as the run's result.
+
+    ``criteria`` name what is past its threshold (on firing, what fired it); ``residual`` is the same-game r* the
+    alert reads, ``restricted_residual`` the restricted game's (published for comparison, it decides nothing);
+    ``summary`` says it in one sentence."""
 
     topic: ClassVar[Topic] = "alerts"
 
@@ -325,8 +386,9 @@ class AlertTransition(_Sealed):
     indicator: str
     state: Literal["firing", "resolved"]
     severity: Literal["info", "warning", "critical"]
-    tvd: float | None
+    criteria: tuple[str, ...]
     residual: float
+    restricted_residual: float
     panel_share: float | None
     thresholds: Thresholds
     window: Window
@@ -334,7 +396,24 @@ class AlertTransition(_Sealed):
     _message: Mapping[str, Any] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "criteria", tuple(self.criteria))
         self._seal()
+
+    @property
+    def summary(self) -> str:
+        """What fired (or that everything is back within its allowance), with the figures and thresholds."""
+        t = self.thresholds
+        share = "undefined" if self.panel_share is None else f"{self.panel_share:.1%}"
+        said = {
+            "residual": f"same-game r* {self.residual:.3f} > {t.residual:g}",
+            "coverage": f"the panel holds {share} of the full-scale attribution < {t.coverage:.0%}",
+        }
+        if self.state == "firing":
+            return "scale bias: " + "; ".join(said[c] for c in self.criteria)
+        return (
+            f"resolved: same-game r* {self.residual:.3f} <= {t.residual * t.clear:.3g} and the panel holds {share} "
+            f"of the full-scale attribution >= {1 - t.clear * (1 - t.coverage):.0%}"
+        )
 
     def _build(self) -> dict[str, Any]:
         return {
@@ -344,7 +423,13 @@ class AlertTransition(_Sealed):
             "indicator": self.indicator,
             "state": self.state,
             "severity": self.severity,
-            "figures": {"tvd": self.tvd, "residual": self.residual, "panel_share": self.panel_share},
+            "criteria": list(self.criteria),
+            "summary": self.summary,
+            "figures": {
+                "residual": self.residual,
+                "restricted_residual": self.restricted_residual,
+                "panel_share": self.panel_share,
+            },
             "thresholds": self.thresholds.as_dict(),
             "window": self.window.to_message(),
             "as_of_us": self.as_of_us,
@@ -353,15 +438,16 @@ class AlertTransition(_Sealed):
     @classmethod
     def from_message(cls, message: Mapping[str, Any]) -> AlertTransition:
         validate(cls.topic, message)
-        m = message
+        m, f = message, message["figures"]
         return cls(
             run=m["run"],
             indicator=m["indicator"],
             state=m["state"],
             severity=m["severity"],
-            tvd=m["figures"]["tvd"],
-            residual=m["figures"]["residual"],
-            panel_share=m["figures"]["panel_share"],
+            criteria=tuple(m["criteria"]),
+            residual=f["residual"],
+            restricted_residual=f["restricted_residual"],
+            panel_share=f["panel_share"],
             thresholds=Thresholds(**m["thresholds"]),
             window=Window(m["window"]["start_us"], m["window"]["end_us"]),
             as_of_us=m["as_of_us"],

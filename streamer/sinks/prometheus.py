@@ -25,7 +25,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 
-from streamer.core.results import TIER_NAMES
+from kernels.bias import CRITERIA
+from streamer.core.results import GAME_NAMES, TIER_NAMES
 
 DURATION_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300)
 MAX_CONNECTIONS = 32  # served at once; one more is closed at once (a scrape needs one, a probe one)
@@ -135,16 +136,32 @@ class Metrics(Endpoint):
         self.tier_share = Gauge(
             "skyattr_tier_share", "Share of the attribution per tier.", ["indicator", "tier", "scale"], registry=r
         )
-        self.tvd = Gauge("skyattr_scale_bias_tvd", "Tier-share TVD, full vs panel.", ["indicator"], registry=r)
-        self.rstar = Gauge(
-            "skyattr_scale_bias_residual", "Residual r* no global rescaling removes.", ["indicator"], registry=r
+        game = ["indicator", "game"]
+        self.tvd = Gauge(
+            "skyattr_scale_bias_tvd", "Tier-share TVD, full vs panel, per game (decides nothing).", game, registry=r
         )
+        self.rstar = Gauge(
+            "skyattr_scale_bias_residual", "Residual r* no rescaling of the panel study removes.", game, registry=r
+        )
+        self.rescale = Gauge("skyattr_scale_bias_rescale", "Best rescaling c* of the panel study.", game, registry=r)
         self.panel_share = Gauge(
             "skyattr_scale_bias_panel_share", "Panel's share of the full attribution.", ["indicator"], registry=r
         )
         self.alert = Gauge("skyattr_scale_bias_alert", "1 while the scale-bias alert fires.", ["indicator"], registry=r)
+        self.criterion = Gauge(
+            "skyattr_scale_bias_criterion",
+            "1 where an alert criterion (residual, coverage) is past its threshold in the last run.",
+            ["indicator", "criterion"],
+            registry=r,
+        )
         self.completeness = Gauge(
             "skyattr_completeness_residual", "Efficiency residual of the path integral.", ["indicator"], registry=r
+        )
+        self.error_estimate = Gauge(
+            "skyattr_attribution_error_estimate",
+            "Estimated relative L2 quadrature error of phi (nodes vs twice the nodes).",
+            ["indicator"],
+            registry=r,
         )
         self.value = Gauge("skyattr_indicator_value", "Macro indicator v(x) now.", ["indicator"], registry=r)
         self.results_repeated = Counter(
@@ -183,17 +200,25 @@ class Metrics(Endpoint):
         ind = result.indicator
         # a figure that this run does not have (nothing to attribute, a panel that sees nothing) is NaN, not the
         # last run's value: a dashboard shows a gap, and no rule compares it with a threshold
-        for scale, shares in (("full", result.full), ("panel", result.panel)):
-            values = shares.as_dict() if shares is not None else dict.fromkeys(TIER_NAMES, math.nan)
+        nan = math.nan
+        sb = result.scale_bias
+        scales = [("full", result.full)]
+        scales += [(name, None if sb is None else sb.game(name).tiers) for name in GAME_NAMES]
+        for scale, shares in scales:
+            values = shares.as_dict() if shares is not None else dict.fromkeys(TIER_NAMES, nan)
             for tier, share in values.items():
                 self.tier_share.labels(ind, tier, scale).set(share)
-        sb = result.scale_bias
-        nan = math.nan
-        self.tvd.labels(ind).set(nan if sb is None or sb.tvd is None else sb.tvd)
-        self.rstar.labels(ind).set(nan if sb is None else sb.residual)
+        for name in GAME_NAMES:
+            g = None if sb is None else sb.game(name)
+            self.tvd.labels(ind, name).set(nan if g is None or g.tvd is None else g.tvd)
+            self.rstar.labels(ind, name).set(nan if g is None else g.residual)
+            self.rescale.labels(ind, name).set(nan if g is None else g.rescale)
         self.panel_share.labels(ind).set(nan if sb is None or sb.panel_share is None else sb.panel_share)
         self.alert.labels(ind).set(1 if result.alert_active else 0)
+        for criterion in CRITERIA:
+            self.criterion.labels(ind, criterion).set(nan if sb is None else float(criterion in result.alert_criteria))
         self.completeness.labels(ind).set(result.residual)
+        self.error_estimate.labels(ind).set(nan if result.error_estimate is None else result.error_estimate)
         self.value.labels(ind).set(result.value)
         self.active_agents.set(result.active_agents)
         self.duration.labels(ind).observe(result.runtime_s)

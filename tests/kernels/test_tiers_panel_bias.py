@@ -9,7 +9,16 @@ import numpy as np
 import pytest
 
 import kernels
-from kernels import AlertThresholds, AttentionGraph, Attribution, assign_tiers, scale_bias, select_panel, tier_shares
+from kernels import (
+    AlertThresholds,
+    AttentionGraph,
+    Attribution,
+    assign_tiers,
+    decide_alert,
+    scale_bias,
+    select_panel,
+    tier_shares,
+)
 
 
 def _attr(phi: list[float] | np.ndarray) -> Attribution:
@@ -112,7 +121,7 @@ def test_scale_bias_of_an_exactly_proportional_panel() -> None:
     assert bias.spearman == pytest.approx(1.0)
     assert bias.top10_full == pytest.approx(1.0)
     assert bias.panel_size == 3
-    assert not bias.alert()
+    assert decide_alert(bias) == kernels.AlertDecision(False, (), "info")  # proportional, 80 % covered
 
 
 def test_scale_bias_residual_no_rescaling_removes() -> None:
@@ -121,26 +130,37 @@ def test_scale_bias_residual_no_rescaling_removes() -> None:
     assert bias.rescale == pytest.approx(1.0)
     assert bias.residual == pytest.approx(1 / math.sqrt(2))
     assert bias.tvd == pytest.approx(0.75)  # full (.25, .25, .5) vs panel (1, 0, 0)
-    assert bias.alert()
+    assert bias.panel_share == pytest.approx(0.5)
+    decision = decide_alert(bias)  # r* 0.71 > 2 * 0.2: critical, on the residual alone (a share of 0.5 is covered)
+    assert decision == kernels.AlertDecision(True, ("residual",), "critical")
 
 
-def test_alert_hysteresis() -> None:
-    t = AlertThresholds(tvd=0.3, residual=0.2, clear=0.8)
+def test_alert_criteria_hysteresis_and_severity() -> None:
+    """Fires on the residual above tau_res or the panel's share below tau_cov; stays firing until r* <= clear*tau_res
+    and 1 - share <= clear * (1 - tau_cov) (here 0.16 and share >= 0.6); the TVD decides nothing."""
+    t = AlertThresholds(residual=0.2, coverage=0.5, clear=0.8)
     base = scale_bias(_attr([1.0, 1.0]), np.array([0]), _attr([1.0]), np.array([0, 1]))
 
-    def state(tvd: float, residual: float, active: bool) -> bool:
-        return replace(base, tvd=tvd, residual=residual).alert(t, active=active)
+    def decide(residual: float, share: float, active: bool = False, tvd: float = 0.0) -> kernels.AlertDecision:
+        return decide_alert(replace(base, residual=residual, panel_share=share, tvd=tvd), t, active=active)
 
-    assert not state(0.27, 0.1, active=False)  # below both thresholds: does not fire
-    assert state(0.35, 0.1, active=False)  # TVD above tau_tvd: fires
-    assert state(0.1, 0.25, active=False)  # r* above tau_res: fires
-    assert state(0.27, 0.1, active=True)  # between clear*tau and tau: stays firing
-    assert state(0.1, 0.17, active=True)  # r* between clear*tau_res (0.16) and tau_res: stays firing
-    assert not state(0.23, 0.15, active=True)  # both below clear*tau: resolves
+    assert decide(0.1, 0.7, tvd=1.0) == kernels.AlertDecision(False, (), "info")  # a TVD of 1 fires nothing
+    assert decide(0.25, 0.7) == kernels.AlertDecision(True, ("residual",), "warning")
+    assert decide(0.41, 0.7).severity == "critical"  # r* > 2 tau_res
+    assert decide(0.1, 0.45) == kernels.AlertDecision(True, ("coverage",), "warning")
+    assert decide(0.1, 0.2).severity == "critical"  # share < tau_cov / 2
+    assert decide(0.3, 0.3).criteria == ("residual", "coverage")
+    assert decide(0.1, math.nan) == kernels.AlertDecision(False, (), "info")  # no share: coverage undecided
+    assert decide(0.17, 0.7, active=True) == kernels.AlertDecision(True, (), "warning")  # r* inside the band
+    assert decide(0.1, 0.55, active=True).firing  # share inside the band (0.5 to 0.6)
+    assert not decide(0.15, 0.61, active=True).firing  # both within their allowances: resolves
+    assert not decide(0.15, math.nan, active=True).firing
     with pytest.raises(ValueError, match="clear"):
         AlertThresholds(clear=0.0)
-    with pytest.raises(ValueError, match="tvd"):
-        AlertThresholds(tvd=-1.0)
+    with pytest.raises(ValueError, match="residual"):
+        AlertThresholds(residual=-1.0)
+    with pytest.raises(ValueError, match="coverage"):
+        AlertThresholds(coverage=1.5)
 
 
 def test_scale_bias_rejects_mismatched_inputs() -> None:
@@ -165,7 +185,7 @@ def test_visibility_biased_panel_overstates_the_head(population: kernels.Populat
     assert bias.tiers_full[1] + bias.tiers_full[2] > 0.5
     assert bias.tiers_panel[0] > 0.5
     assert bias.tvd > 0.3
-    assert bias.alert()
+    assert decide_alert(bias).firing
     # what the panel computes is the cascade on its induced subgraph, by the independent oracle (a panel whose phi
     # were its activity, or anything but that game, fails here), and r* is the figure of those numbers
     from tests.kernels.test_oracle import cascade, path_integral

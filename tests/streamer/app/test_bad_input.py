@@ -77,7 +77,7 @@ FLOAT_FIELDS = sorted(
 
 
 def test_float_fields_are_found() -> None:
-    assert {"interval", "bucket_hours", "speed", "head", "tau_tvd", "checkpoint_every"} <= set(FLOAT_FIELDS)
+    assert {"interval", "bucket_hours", "speed", "head", "tau_coverage", "checkpoint_every"} <= set(FLOAT_FIELDS)
     assert set(FLOAT_FIELDS) <= NUMERIC_FIELDS
 
 
@@ -234,7 +234,7 @@ def test_zero_length_record_is_a_counted_skip(tmp_path: Path, compressed: bool) 
         (["events", "x", "--limit", "-1"], "Invalid value for '--limit'"),
         (["attribute", "--agents", "0"], "Invalid value for '--agents'"),
         (["attribute", "--head", "nan"], "Invalid value for '--head': must be a finite number, got nan"),
-        (["attribute", "--tau-tvd", "inf"], "Invalid value for '--tau-tvd': must be a finite number, got inf"),
+        (["attribute", "--tau-res", "inf"], "Invalid value for '--tau-res': must be a finite number, got inf"),
         (["attribute", "--edges-per-agent", "inf"], "Invalid value for '--edges-per-agent'"),
         (["attribute", "--seed", "-1"], "Invalid value for '--seed'"),
     ],

@@ -44,7 +44,7 @@ def test_attribute_json_on_a_saved_population(tmp_path: Path) -> None:
 def test_attribute_table_names_the_tiers() -> None:
     result = runner.invoke(app, ["attribute", "--agents", "2000", "--indicator", "reach", "--nodes", "16"])
     assert result.exit_code == 0, result.output
-    for word in ("head", "middle", "tail", "TVD=", "r*="):
+    for word in ("head", "middle", "tail", "same game: r*", "restricted: r*", "panel share", "error estimate="):
         assert word in result.stdout
 
 
@@ -55,7 +55,9 @@ def test_attribute_table_names_the_tiers() -> None:
         (["--dtype", "float16"], "dtype"),
         (["--head", "0"], "tier fractions"),
         (["--nodes", "0"], "nodes"),
-        (["--tau-tvd", "-1"], "threshold"),
+        (["--tau-res", "-1"], "threshold"),
+        (["--tau-coverage", "1.5"], "coverage threshold"),
+        (["--tau-tvd", "0.3"], "No such option"),
     ],
 )
 def test_bad_options_exit_2_with_a_message(args: list[str], message: str) -> None:
@@ -154,3 +156,24 @@ def test_synthetic_options_with_a_population_file_are_refused(tmp_path: Path) ->
     result = runner.invoke(app, ["attribute", str(path), "--agents", "50"])
     assert result.exit_code == 2
     assert "--agents, --edges-per-agent and --seed make a synthetic population" in " ".join(result.output.split())
+
+
+@pytest.mark.parametrize(("dtype", "bound"), [("float32", 1e-6), ("float64", 1e-12)])
+def test_attribute_json_publishes_both_games_and_a_linear_indicator_is_proportional_in_the_same_game(
+    dtype: str, bound: float
+) -> None:
+    """exposure is linear: in the same game the panel's attribution is its accounts' full-scale attribution (r* at
+    rounding), while the restricted game, which deletes the attention the rest pays the panel, is not; cascade
+    interacts, so even the same game leaves r* > 0. Neither decides the alert by its restricted figure."""
+    base = ["attribute", "--agents", "5000", "--no-progress", "--json", "--dtype", dtype]
+    linear = json.loads(runner.invoke(app, [*base, "--indicator", "exposure"]).stdout)
+    same, restricted = linear["scale_bias"]["same_game"], linear["scale_bias"]["restricted"]
+    assert same["residual"] <= bound and same["rescale"] == pytest.approx(1.0, abs=1e-5)
+    assert restricted["residual"] > 0.1
+    assert "residual" not in linear["alert"]["criteria"]
+    assert linear["error_estimate"] is not None and linear["error_estimate"] <= 1e-5
+    assert set(linear["tiers"]) == {"full", "restricted", "same_game"}
+    cascade = json.loads(runner.invoke(app, [*base, "--indicator", "cascade"]).stdout)
+    assert cascade["scale_bias"]["same_game"]["residual"] > 1e-3
+    share = cascade["scale_bias"]["panel_share"]
+    assert ("coverage" in cascade["alert"]["criteria"]) == (share < 0.5)

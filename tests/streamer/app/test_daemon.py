@@ -114,8 +114,12 @@ def test_replay_results_equal_the_golden_file(tmp_path: Path) -> None:
     assert [(m["topic"], m["run"]) for m in got] == [(m["topic"], m["run"]) for m in want]
     for g, w in zip(got, want, strict=True):
         assert_close(g, w, f"{g['topic']}#{g['run']}")
-    alerts = [m for m in got if m["topic"] == "alerts"]
-    assert alerts and alerts[0]["state"] == "firing", "the bundled archive's panel is biased"
+    # the bundled panel (100 of 335-1,280 accounts) holds 70-100 % of the attribution and its same-game study is
+    # nearly proportional (r* <= 0.05): no alert, though the restricted study's r* is 0.19-0.34
+    assert not any(m["topic"] == "alerts" or m["alert"]["active"] for m in got)
+    final = got[-1]["scale_bias"]
+    assert final["same_game"]["residual"] < 0.1 < 0.2 < final["restricted"]["residual"]
+    assert 0.5 < final["panel_share"] < 0.8
     schemas = {kind: _schema(kind) for kind in ("tiers", "alerts")}
     for line in out.read_text().splitlines():
         message = json.loads(line)

@@ -98,16 +98,26 @@ def test_markdown_tables_equal_the_message(report_dir: Path) -> None:
     message = json.loads((report_dir / "result.json").read_text())
     rows = _table(md, "Tier shares")
     assert [r[0] for r in rows] == list(kernels.TIER_NAMES)
-    for name, size, full, panel in rows:
+    for name, size, full, restricted, same in rows:
         assert int(_num(size)) == message["tier_sizes"][name]
         assert float(full) == float(f"{message['tiers']['full'][name]:.4f}")
-        assert float(panel) == float(f"{message['tiers']['panel'][name]:.4f}")
-    figures = {r[0]: r[1] for r in _table(md, "Scale bias")}
+        assert float(restricted) == float(f"{message['tiers']['restricted'][name]:.4f}")
+        assert float(same) == float(f"{message['tiers']['same_game'][name]:.4f}")
+    figures = {r[0]: r[1:] for r in _table(md, "Scale bias")}
     sb = message["scale_bias"]
-    assert float(figures["TVD between tier shares"]) == float(f"{sb['tvd']:.4f}")
-    assert float(figures[r"r\* (residual after rescaling)"]) == float(f"{sb['residual']:.4f}")
-    assert float(figures[r"c\* (best global rescaling)"]) == float(f"{sb['rescale']:.4g}")
-    assert float(figures["top-10 share, full"]) == float(f"{sb['top10_full']:.4f}")
+    games = (sb["restricted"], sb["same_game"])
+    assert "| figure | restricted | same game |" in md  # the games' columns, in this order
+    assert [float(v) for v in figures["TVD between tier shares (decides nothing)"]] == [
+        float(f"{g['tvd']:.4f}") for g in games
+    ]
+    assert [float(v) for v in figures[r"r\* (residual after the best rescaling)"]] == [
+        float(f"{g['residual']:.4f}") for g in games
+    ]
+    assert [float(v) for v in figures[r"c\* (best rescaling)"]] == [float(f"{g['rescale']:.4g}") for g in games]
+    assert float(figures["top-10 share, full"][0]) == float(f"{sb['top10_full']:.4f}")
+    assert float(figures["panel share of the full attribution (coverage)"][0]) == float(f"{sb['panel_share']:.4f}")
+    estimate = figures["quadrature error estimate (relative L2, φ at m vs 2m nodes)"][0]
+    assert float(estimate) == float(f"{message['error_estimate']:.2e}")
     top = _table(md, "Top 10 accounts")
     assert [r[1].strip("`") for r in top] == [t["did"] for t in message["top"]]
     assert [r[2] for r in top] == [t["tier"] for t in message["top"]]
@@ -122,7 +132,9 @@ def test_per_agent_arrays_match_the_message(data: ReportData) -> None:
     order = np.lexsort((np.arange(len(data.phi)), -data.phi))[:10]
     np.testing.assert_allclose(data.phi[order], [t["phi"] for t in msg["top"]], rtol=1e-9)
     assert sum(data.phi) == pytest.approx(msg["value"] - msg["baseline"], rel=1e-4)
-    assert len(data.panel) == len(data.panel_phi) == msg["scale_bias"]["panel_size"]
+    assert set(data.panel_phi) == {"restricted", "same_game"}
+    for phi in data.panel_phi.values():
+        assert len(data.panel) == len(phi) == msg["scale_bias"]["panel_size"]
 
 
 def _gini_reference(values: np.ndarray) -> float:
@@ -135,12 +147,13 @@ def test_gini_is_in_range_and_matches_the_reference(data: ReportData, report_dir
     g = gini(data.phi)
     assert 0 <= g <= 1
     assert g == pytest.approx(_gini_reference(data.phi), rel=1e-9)
-    assert gini(data.panel_phi) == pytest.approx(_gini_reference(data.panel_phi), rel=1e-9)
+    same = data.panel_phi["same_game"]
+    assert gini(same) == pytest.approx(_gini_reference(same), rel=1e-9)
     # the report compares like with like: the panel's accounts at full scale and in the panel study
     on_panel = gini(data.phi[data.panel])
     assert on_panel == pytest.approx(_gini_reference(data.phi[data.panel]), rel=1e-9)
     text = " ".join((report_dir / "report.md").read_text().split())
-    assert f"at full scale {on_panel:.4f}, in the panel study {gini(data.panel_phi):.4f}" in text
+    assert f"at full scale {on_panel:.4f}, in the panel study {gini(same):.4f} (same game)" in text
     assert f"the full-scale attribution has Gini {g:.4f}" in text
     assert gini(np.ones(50)) == pytest.approx(0.0, abs=1e-12)
     assert gini(np.eye(1, 50)[0]) == pytest.approx(49 / 50)

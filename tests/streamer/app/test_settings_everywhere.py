@@ -273,16 +273,16 @@ def test_defaults_are_written_once() -> None:
         defaults.HEAD,
         defaults.MIDDLE,
     )
-    assert (s.panel_size, s.top_k, s.tau_tvd, s.tau_res, s.alert_clear, s.interval) == (
+    assert (s.panel_size, s.top_k, s.tau_coverage, s.tau_res, s.alert_clear, s.interval) == (
         defaults.PANEL_SIZE,
         defaults.TOP_K,
-        defaults.TAU_TVD,
+        defaults.TAU_COVERAGE,
         defaults.TAU_RES,
         defaults.ALERT_CLEAR,
         defaults.INTERVAL_S,
     )
     t = kernels.AlertThresholds()
-    assert (t.tvd, t.residual, t.clear) == (defaults.TAU_TVD, defaults.TAU_RES, defaults.ALERT_CLEAR)
+    assert (t.coverage, t.residual, t.clear) == (defaults.TAU_COVERAGE, defaults.TAU_RES, defaults.ALERT_CLEAR)
     tiers = inspect.signature(kernels.assign_tiers).parameters
     assert (tiers["head"].default, tiers["middle"].default) == (defaults.HEAD, defaults.MIDDLE)
     assert inspect.signature(kernels.select_panel).parameters["size"].default == defaults.PANEL_SIZE

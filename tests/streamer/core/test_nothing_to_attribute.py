@@ -46,7 +46,8 @@ def test_v_equal_to_v0_publishes_the_outcome_and_leaves_the_alert_as_it_was(acti
     r = out.result
     assert r is not None and out.alert is None and out.alert_active is active_before
     assert r.outcome == "nothing_to_attribute" and not r.attributed
-    assert r.full is None and r.panel is None and r.scale_bias is None and r.top == ()
+    assert r.full is None and r.scale_bias is None and r.top == ()
+    assert r.error_estimate is None and r.alert_criteria == ()
     assert r.alert_active is active_before and r.alert_changed is False
     message = r.to_message()  # valid against the schema (checked when made) and read back as the same
     assert message["tiers"] is None and message["scale_bias"] is None and message["outcome"] == "nothing_to_attribute"
@@ -65,7 +66,8 @@ def test_the_floor_is_rounding_noise_of_v_in_the_runs_dtype() -> None:
 def _panel_sees_nothing() -> Snapshot:
     """Agents 0-2, the most visible and active, are the panel (of 3). They are attended only by agent 5, outside
     it, and agent 4 attends agent 3 (active, outside it too). Restricted to the panel there is no attention, so its
-    attribution is zero; at full scale agent 5's attention to 0 and 1 moves v."""
+    attribution is zero; at full scale agent 5's attention to 0 and 1 moves v, and so it does in the same game (5's
+    exposure is x_0 + x_1 either way)."""
     att = np.array([5, 5, 4])
     src = np.array([0, 1, 3])
     x = np.array([3.0, 2.0, 1.0, 4.0, 0.0, 0.0])
@@ -74,17 +76,44 @@ def _panel_sees_nothing() -> Snapshot:
 
 
 def test_a_panel_that_sees_nothing_is_a_finding_not_nan() -> None:
-    config = AttributionConfig(indicator="reach", panel_size=3, nodes=16)
+    """The restricted study sees nothing (a finding: r* = 1, no shares, no TVD); the same game sees all of it
+    (r* = 0); the alert reads the same game and the panel's share, ln 6 / (ln 6 + ln 5) = 0.527 > 0.5: no alert."""
+    config = AttributionConfig(indicator="reach", panel_size=3, nodes=16, dtype="float64")
     out = attribute_snapshot(_panel_sees_nothing(), config, run=1, as_of_us=1, alert_active=False)
     r = out.result
     assert r is not None and r.attributed and r.scale_bias is not None and r.full is not None
     sb = r.scale_bias
-    assert sb.panel_sees_nothing and r.panel is None and sb.tvd is None
-    assert sb.rescale == 0.0 and sb.residual == pytest.approx(1.0), "no rescaling of nothing recovers anything"
-    assert r.alert_active and out.alert is not None and out.alert.tvd is None
+    restricted, same = sb.restricted, sb.same_game
+    assert restricted.panel_sees_nothing and restricted.tiers is None and restricted.tvd is None
+    assert restricted.rescale == 0.0 and restricted.residual == pytest.approx(1.0), "no rescaling of nothing"
+    assert not same.panel_sees_nothing and same.tiers is not None
+    assert same.residual == pytest.approx(0.0, abs=1e-12) and same.rescale == pytest.approx(1.0)
+    assert sb.panel_share == pytest.approx(math.log(6) / (math.log(6) + math.log(5)), rel=1e-9)
+    assert not r.alert_active and out.alert is None and r.alert_criteria == ()
     message = r.to_message()
-    assert message["tiers"]["panel"] is None and message["scale_bias"]["tvd"] is None
+    assert message["tiers"]["restricted"] is None and message["tiers"]["same_game"] is not None
+    assert message["scale_bias"]["restricted"]["tvd"] is None
     assert RunResult.from_message(message).to_message() == message
+
+
+def test_a_panel_nobody_attends_fires_on_coverage() -> None:
+    """Panel {0, 1} (the most visible, active) is attended by nobody; agent 2 attends agent 3. In both games the
+    panel's attribution is zero, and so is its accounts' full-scale attribution: the panel is right that it causes
+    nothing (r* = 0), but it holds none of the phenomenon (share 0 < tau_cov / 2): critical, on coverage."""
+    att, src = np.array([2]), np.array([3])
+    x = np.array([3.0, 2.0, 0.0, 5.0])
+    visibility = np.array([9.0, 8.0, 1.0, 1.0])
+    snap = _snapshot(x, AttentionGraph(att, src, np.ones(1), 4), visibility)
+    config = AttributionConfig(indicator="reach", panel_size=2, nodes=16)
+    out = attribute_snapshot(snap, config, run=1, as_of_us=1, alert_active=False)
+    r = out.result
+    assert r is not None and r.scale_bias is not None
+    for _, game in r.scale_bias.games():
+        assert game.panel_sees_nothing and game.residual == 0.0 and game.tiers is None
+    assert r.scale_bias.panel_share == 0.0
+    assert r.alert_active and r.alert_criteria == ("coverage",)
+    assert out.alert is not None and out.alert.criteria == ("coverage",) and out.alert.severity == "critical"
+    assert "the panel holds 0.0% of the full-scale attribution < 50%" in out.alert.summary
 
 
 def test_attribute_prints_the_outcome_in_words_and_as_json() -> None:
@@ -93,10 +122,11 @@ def test_attribute_prints_the_outcome_in_words_and_as_json() -> None:
     table = runner.invoke(app, args)
     assert table.exit_code == 0, table.output
     text = " ".join(table.output.split())
-    assert "nothing to attribute" in text and "FIRING" not in text and "TVD" not in text
+    assert "nothing to attribute" in text and "FIRING" not in text and "r*" not in text
     out = json.loads(runner.invoke(app, [*args, "--json"]).stdout)
     assert out["outcome"] == "nothing_to_attribute" and out["tiers"] is None and out["scale_bias"] is None
     assert out["alert"]["active"] is False and out["value"] == out["baseline"] == 0.0
+    assert out["alert"]["criteria"] == [] and out["error_estimate"] is None
 
 
 def test_the_real_relay_sample_raises_no_alert(sample_dir: Path, tmp_path: Path) -> None:

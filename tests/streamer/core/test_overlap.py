@@ -30,7 +30,8 @@ async def _replay(ahead: int, config: StateConfig | None = None) -> tuple[list[A
     source = ArchiveSource(default_archive())
     dispatcher = SequentialDispatcher(AgentState(config), source.stats)
     results: list[Any] = []
-    pipe = Pipeline(dispatcher, AttributionConfig(nodes=8), 1800, results.append, clock="event", ahead=ahead)
+    config = AttributionConfig(nodes=8, panel_size=10)  # a panel that holds under half the attribution: alerts
+    pipe = Pipeline(dispatcher, config, 1800, results.append, clock="event", ahead=ahead)
     ended = await pipe.run(source)
     assert ended.finished
     return results, pipe

@@ -48,6 +48,7 @@ def test_replay_publishes_every_result_to_kafka(tmp_path: Path) -> None:
             "kafka_bootstrap": BOOTSTRAP,
             "kafka_topic_tiers": tiers_topic,
             "kafka_topic_alerts": alerts_topic,
+            "panel_size": 10,  # a panel of 10 holds under half of the attribution from run 4: the alert fires
         },
         env={},
     )

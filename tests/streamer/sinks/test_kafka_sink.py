@@ -44,13 +44,17 @@ def _bootstrap() -> str:
 # ---------------------------------------------------------------------------------------------------- results
 @pytest.fixture(scope="module")
 def golden() -> tuple[RunResult, AlertTransition]:
-    """The first tiers result and the first alert of the golden replay, as typed results."""
-    results = []
-    for line in GOLDEN.read_text().splitlines():
-        m = json.loads(line)
-        results.append(result_from_message(m["topic"], m))
-    tiers = next(r for r in results if isinstance(r, RunResult))
-    alert = next(r for r in results if isinstance(r, AlertTransition))
+    """The first tiers result of the golden replay, as a typed result, and an alert on it (the bundled defaults
+    raise none: this one fires on coverage)."""
+    m = json.loads(GOLDEN.read_text().splitlines()[0])
+    tiers = result_from_message(m["topic"], m)
+    assert isinstance(tiers, RunResult) and tiers.scale_bias is not None
+    sb = tiers.scale_bias
+    alert = AlertTransition(
+        run=tiers.run, indicator=tiers.indicator, state="firing", severity="warning", criteria=("coverage",),
+        residual=sb.same_game.residual, restricted_residual=sb.restricted.residual, panel_share=0.4,
+        thresholds=tiers.thresholds, window=tiers.window, as_of_us=tiers.as_of_us,
+    )  # fmt: skip
     return tiers, alert
 
 
@@ -59,8 +63,10 @@ def _tiers(base: RunResult, run: int) -> RunResult:
 
 
 def _alert(base: AlertTransition, run: int, state: str) -> AlertTransition:
-    severity = "warning" if state == "firing" else "info"
-    return dataclasses.replace(base, run=run, state=state, severity=severity, as_of_us=base.as_of_us + run * STEP_US)
+    severity, criteria = ("warning", base.criteria) if state == "firing" else ("info", ())
+    return dataclasses.replace(
+        base, run=run, state=state, severity=severity, criteria=criteria, as_of_us=base.as_of_us + run * STEP_US
+    )
 
 
 def _wire(result: Result) -> bytes:

@@ -10,7 +10,7 @@ from pathlib import Path
 from rich.console import Console
 
 from streamer.app.terminal import TerminalSink
-from streamer.core.results import result_from_message
+from streamer.core.results import AlertTransition, result_from_message
 from streamer.sinks.jsonl import JsonlSink
 
 GOLDEN = Path(__file__).resolve().parents[2] / "golden" / "default_replay.jsonl"
@@ -70,10 +70,38 @@ def test_jsonl_sink_writes_one_sorted_line_per_message(tmp_path: Path) -> None:
     assert lines == GOLDEN.read_text().splitlines(), "the golden file itself was written by this sink"
 
 
+def _firing(m: dict) -> dict:
+    """A golden run as if the alert had started firing at it on coverage (the bundled defaults never fire)."""
+    return {**m, "alert": {**m["alert"], "active": True, "changed": True, "criteria": ["coverage"]}}
+
+
 def test_the_final_table_is_not_printed_twice_when_the_last_run_changed_the_alert() -> None:
     console, buf = _console()
     sink = TerminalSink(console)
-    kind, m = next((k, m) for k, m in _messages() if k == "tiers" and m["alert"]["changed"])
-    sink.publish(result_from_message(kind, m))
+    kind, m = [(k, m) for k, m in _messages() if k == "tiers"][-1]
+    sink.publish(result_from_message(kind, _firing(m)))
     sink.final()
-    assert buf.getvalue().count("┃ tier ") == 1
+    text = buf.getvalue()
+    assert text.count("┃ tier ") == 1
+    assert "alert FIRING (coverage)" in " ".join(text.split())
+
+
+def test_the_alert_line_names_what_fired_and_both_games_show() -> None:
+    console, buf = _console()
+    sink = TerminalSink(console, every_run=True)
+    m = [m for k, m in _messages() if k == "tiers"][-1]
+    result = result_from_message("tiers", m)
+    sb = result.scale_bias
+    alert = AlertTransition(
+        run=result.run, indicator=result.indicator, state="firing", severity="warning", criteria=("coverage",),
+        residual=sb.same_game.residual, restricted_residual=sb.restricted.residual, panel_share=0.3,
+        thresholds=result.thresholds, window=result.window, as_of_us=result.as_of_us,
+    )  # fmt: skip
+    sink.publish(result)
+    sink.publish(alert)
+    text = " ".join(buf.getvalue().split())
+    assert "panel (100), restricted" in text and "panel (100), same game" in text
+    assert f"same game: r* {sb.same_game.residual:.3f}" in text
+    assert f"restricted: r* {sb.restricted.residual:.3f}" in text
+    want = "scale-bias alert firing (warning): scale bias: the panel holds 30.0% of the full-scale attribution < 50%"
+    assert want in text
