@@ -438,17 +438,16 @@ def attribution() -> list[Any]:
         .min(0)
         .max(1)
         .overrides(overrides(dashed(".*· (restricted|same_game)"))),
-        threshold_line(
-            ts(
-                "Panel share of the attribution (coverage)",
-                f"The panel's accounts' share of the full-scale attribution. The daemon alerts below {TAU_COVERAGE} "
-                "(--tau-coverage).",
-                q(f"skyattr_scale_bias_panel_share{{{SEL_IND}}}", "panel share {{indicator}}"),
-                unit="none",
-                w=6,
-                h=9,
-            ),
-            TAU_COVERAGE,
+        ts(
+            "Rescaling c* and tier-share TVD per panel game",
+            "c*: the best rescaling of the panel study (1 where the same game is exact); TVD: the tier-share total "
+            "variation distance, full vs panel, which decides nothing (1 − the full head share once the panel lies "
+            "in the head tier).",
+            q(f"skyattr_scale_bias_rescale{{{SEL_IND}}}", "c* {{game}} {{indicator}}"),
+            q(f"skyattr_scale_bias_tvd{{{SEL_IND}}}", "TVD {{game}} {{indicator}}", "B"),
+            unit="none",
+            w=6,
+            h=9,
         ),
         threshold_line(
             ts(
@@ -490,24 +489,31 @@ def attribution() -> list[Any]:
             3 * INTERVAL_S,
         ),
         ts(
-            "Completeness residual",
-            "Efficiency residual of the path integral |Σφ − (v(x) − v(0))|, relative; near 0 when the quadrature "
-            "is fine enough (raise --nodes otherwise).",
-            q(f"skyattr_completeness_residual{{{SEL_IND}}}", "{{indicator}} {{instance}}"),
+            "Completeness residual and quadrature error estimate",
+            "Efficiency residual of the path integral |Σφ − (v(x) − v(0))|, relative (quadrature errors cancel in "
+            "the sum: no error bar), and the error estimate of φ itself, ‖φ_m − φ_2m‖ / ‖φ_2m‖ (raise --nodes when "
+            "it is large).",
+            q(f"skyattr_completeness_residual{{{SEL_IND}}}", "residual {{indicator}} {{instance}}"),
+            q(f"skyattr_attribution_error_estimate{{{SEL_IND}}}", "error estimate {{indicator}} {{instance}}", "B"),
             unit="sci",
             w=8,
         ),
-        ts(
-            "Panel's share of the attribution",
-            "The share of the full attribution that falls on the panel accounts.",
-            q(f"skyattr_scale_bias_panel_share{{{SEL_IND}}}", "{{indicator}} {{instance}}"),
-            unit="percentunit",
-            w=8,
-        ).min(0),
+        threshold_line(
+            ts(
+                "Panel's share of the attribution (coverage)",
+                f"The share of the full attribution that falls on the panel accounts. The daemon alerts below "
+                f"{TAU_COVERAGE} (--tau-coverage).",
+                q(f"skyattr_scale_bias_panel_share{{{SEL_IND}}}", "{{indicator}} {{instance}}"),
+                unit="percentunit",
+                w=8,
+            ).min(0),
+            TAU_COVERAGE,
+        ),
         ts(
             "Scale-bias alert state (daemon)",
             "skyattr_scale_bias_alert: 1 while the daemon's hysteresis alert fires (also on Kafka skyattr.alerts).",
             q(f"skyattr_scale_bias_alert{{{SEL_IND}}}", "{{indicator}} {{instance}}"),
+            q(f"skyattr_scale_bias_criterion{{{SEL_IND}}}", "{{criterion}} past its threshold {{indicator}}", "B"),
             unit="none",
             w=8,
         )

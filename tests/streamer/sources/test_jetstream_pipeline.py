@@ -100,7 +100,8 @@ async def test_relay_and_jetstream_give_the_same_state_and_results(archive: Path
     for volatile in ("runtime_s", "device", "top"):
         a.pop(volatile), b.pop(volatile)
     assert a["window"] == b["window"]
-    for scale in ("full", "restricted", "same_game"):  # float32 sums over accounts interned in another order: equal to rounding
+    # float32 sums over accounts interned in another order: equal to rounding
+    for scale in ("full", "restricted", "same_game"):
         assert a["tiers"][scale] == pytest.approx(b["tiers"][scale], rel=1e-5, abs=1e-6)
     assert a["value"] == pytest.approx(b["value"], rel=1e-5)
     for game in ("restricted", "same_game"):
