@@ -37,6 +37,15 @@ from kernels.quadrature import RULES, rule_nodes
 from kernels.validation import check_activity, check_dtype, check_positive_int
 
 PATHS = ("auto", "linear-stem", "generic")
+CHOICES = ("auto", *RULES)  # what ``rule`` may be
+# "auto" takes the graded rule only when its error estimate is under a quarter of the plain rule's: the estimates are
+# within a factor 2 of the true error (tests/kernels/test_error_estimate.py), so the graded rule is then truly the
+# better one, and where the two cannot be told apart (both unconverged) plain Gauss-Legendre stays.
+GRADED_MARGIN = 4.0
+# Estimates below this many units in the last place of the dtype are rounding, not quadrature: two such rules are
+# equally good, and which is "smaller" would flip with the order of a sum (a run on other hardware, shards merged in
+# another order), so plain Gauss-Legendre stays.
+ESTIMATE_NOISE_ULPS = 16
 
 
 @dataclass(frozen=True)
@@ -169,16 +178,42 @@ def attribute(
     ``path="auto"`` takes the linear-stem path when the indicator has one. ``dtype="float64"`` runs the whole
     computation in double precision (JAX x64 enabled for this call only). ``products`` chooses how the sparse
     products run (:func:`kernels.graph.resolve_products`: threaded host CSR on a CPU, XLA on an accelerator).
+    ``rule="auto"`` computes both rules of :mod:`kernels.quadrature` at m and 2m nodes and returns the graded one
+    only when its error estimate is under 1/:data:`GRADED_MARGIN` of plain Gauss–Legendre's, else the plain one,
+    with its estimate: twice the cost of a fixed rule with ``estimate_error``, and never a worse rule than plain
+    Gauss–Legendre.
     """
     ind = as_indicator(indicator)
     if not isinstance(graph, AttentionGraph):
         raise ValueError(f"graph must be an AttentionGraph, got {type(graph).__name__}")
     if graph.edges == 0:
         raise ValueError("graph has no edges: attribution on an empty attention graph is undefined")
-    a = _attribute(ind, x, graph, nodes, dtype, path=path, rule=rule, chunk=chunk, products=products)
-    if not estimate_error:
-        return a
-    b = _attribute(ind, x, graph, 2 * a.nodes, dtype, path=path, rule=rule, chunk=chunk, products=products)
+    if rule not in CHOICES:
+        raise ValueError(f"rule must be one of {', '.join(CHOICES)}, got {rule!r}")
+    fixed = ("uniform", "log-graded") if rule == "auto" else (rule,)
+    best: Attribution | None = None
+    for r in fixed:
+        if best is not None and (best.span <= 1.0 or best.nodes < 4):  # the graded rule is the plain one there
+            break
+        a = _attribute(ind, x, graph, nodes, dtype, path=path, rule=r, chunk=chunk, products=products)
+        if not (estimate_error or rule == "auto"):
+            return a
+        b = _attribute(ind, x, graph, 2 * a.nodes, dtype, path=path, rule=r, chunk=chunk, products=products)
+        a = _with_estimate(a, b)
+        if best is None or _better(a, best):
+            best = a
+    assert best is not None
+    return best
+
+
+def _better(graded: Attribution, plain: Attribution) -> bool:
+    """Whether ``graded``'s error estimate is clearly below ``plain``'s (see :data:`GRADED_MARGIN`)."""
+    noise = ESTIMATE_NOISE_ULPS * float(np.finfo(check_dtype(graded.dtype)).eps)
+    return max(graded.error_estimate or 0.0, noise) * GRADED_MARGIN < max(plain.error_estimate or 0.0, noise)
+
+
+def _with_estimate(a: Attribution, b: Attribution) -> Attribution:
+    """``a`` (m nodes) with the error estimate from ``b`` (the same rule at 2m nodes)."""
     diff = a.phi - b.phi
     norm = float(np.linalg.norm(b.phi))
     relative = float(np.linalg.norm(diff)) / norm if norm > 0 else float(np.linalg.norm(diff))

@@ -48,8 +48,10 @@ def panel_attribution(
     nodes: int = NODES,
     dtype: str = DTYPE,
     game: str = "restricted",
+    rule: str = "log-graded",
 ) -> Attribution:
-    """The panel study's attribution in ``game`` (see the module doc), phi in panel order.
+    """The panel study's attribution in ``game`` (see the module doc), phi in panel order, with the quadrature
+    ``rule`` (a fixed one: pass the rule the full attribution used, so both games integrate alike).
 
     A panel with no attention among its members (restricted) or none to anyone (same game) has v constant, and
     gets phi = 0 rather than an error.
@@ -66,8 +68,8 @@ def panel_attribution(
         raise ValueError("panel has duplicate agent indices")
     x = check_activity(x, graph.n)
     if game == "restricted":
-        return _attribute(ind.at_scale(graph.n), x[panel], graph.subgraph(panel), nodes, dtype)
+        return _attribute(ind.at_scale(graph.n), x[panel], graph.subgraph(panel), nodes, dtype, rule=rule)
     only_panel = np.zeros_like(x)
     only_panel[panel] = x[panel]
-    whole = _attribute(ind, only_panel, graph, nodes, dtype)
+    whole = _attribute(ind, only_panel, graph, nodes, dtype, rule=rule)
     return replace(whole, phi=whole.phi[panel])

@@ -9,7 +9,14 @@ The default ``log-graded`` rule is composite Gauss–Legendre: a few nodes on [0
 integrand is nearly linear there) and the rest Gauss–Legendre in s = log a on [log a0, 0], where every feature
 has the same width whatever its exposure. ``span`` is the largest exposure max_j (W x)_j, so the rule adapts to the
 data but stays a fixed-size array (no recompilation). With span <= 1 the plain rule is already exact to rounding
-and is used. ``uniform`` is plain Gauss–Legendre on [0, 1].
+and is used. ``uniform`` is plain Gauss–Legendre on [0, 1]. The graded weights are the substitution's own, not
+renormalised to sum to 1: their sum's distance from 1 is the rule's error on a constant integrand, and a linear
+indicator shows it instead of having it hidden.
+
+Neither rule is better everywhere: the graded one wins by orders of magnitude where features sit at small a (reach,
+saturation: 10^-15 against 10^-5 at 32 nodes), the plain one where they sit near a = 1 (cascade's threshold: 10^-11
+against 10^-8 at 32 nodes, and at every node count for κ = 8 and 32). ``auto`` (:func:`kernels.attribution.attribute`)
+computes both and keeps the one whose error estimate (m against 2m nodes) is smaller.
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-RULES = ("log-graded", "uniform")
+RULES = ("log-graded", "uniform")  # the fixed rules; "auto" chooses between them per call (kernels.attribution)
 LINEAR_PANEL_SCALE = 0.01
 
 
@@ -52,9 +59,6 @@ def rule_nodes(m: int, span: jax.Array, rule: str, dtype: jnp.dtype) -> tuple[ja
     lin_a, lin_w = a0 * jnp.asarray(t0, dtype), a0 * jnp.asarray(w0, dtype)
     log_a = jnp.exp(log_a0 * (1.0 - jnp.asarray(t1, dtype)))
     log_w = -log_a0 * jnp.asarray(w1, dtype) * log_a
-    # Rescale so the rule integrates constants exactly (sum of weights = 1): a linear indicator then gets its
-    # exact attribution, and the efficiency residual reflects only the curvature of v along the path.
-    log_w = log_w * (1.0 - a0) / jnp.sum(log_w)
     graded_a = jnp.concatenate([lin_a, log_a])
     graded_w = jnp.concatenate([lin_w, log_w])
     use_graded = span > 1.0

@@ -65,13 +65,15 @@ def scale_study(
     panel_size: int = defaults.PANEL_SIZE,
     games: tuple[str, ...] = GAMES,
     estimate_error: bool = False,
+    rule: str = "auto",
 ) -> Study:
     """Attribute ``indicator`` over the population, tier it by ``visibility``, select the panel and attribute it in
     each of ``games`` (with ``estimate_error`` the full attribution carries its error estimate, see
-    :class:`~kernels.attribution.Attribution`). Raises ``ValueError`` when no agent is active (there is no panel to
-    speak of)."""
+    :class:`~kernels.attribution.Attribution`). The quadrature ``rule`` is the full attribution's (``auto``: the
+    better of the two by their error estimates, which it then carries); the panel games use the rule it chose.
+    Raises ``ValueError`` when no agent is active (there is no panel to speak of)."""
     ind = as_indicator(indicator)
-    full = attribute(ind, x, graph, nodes=nodes, dtype=dtype, estimate_error=estimate_error)
+    full = attribute(ind, x, graph, nodes=nodes, dtype=dtype, estimate_error=estimate_error, rule=rule)
     tiers = assign_tiers(visibility, head=head, middle=middle)
     if negligible(full.value, full.baseline, dtype):
         return Study(full, tiers, nothing=f"v(x) = v(0) = {full.value:.6g}: nothing to attribute")
@@ -80,6 +82,6 @@ def scale_study(
         raise ValueError("no active agents: the panel is empty")
     played = {}
     for game in games:
-        attr = panel_attribution(ind, x, graph, panel, nodes=nodes, dtype=dtype, game=game)
+        attr = panel_attribution(ind, x, graph, panel, nodes=nodes, dtype=dtype, game=game, rule=full.rule)
         played[game] = PanelGame(attr, scale_bias(full, panel, attr, tiers))
     return Study(full, tiers, panel, played)

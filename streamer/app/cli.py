@@ -170,7 +170,7 @@ def attribute(
             start = time.perf_counter()
             st = kernels.scale_study(
                 ind, pop.x, pop.graph, pop.visibility, nodes=nodes, dtype=dtype, head=cfg.head, middle=cfg.middle,
-                panel_size=cfg.panel_size, estimate_error=cfg.estimate_error,
+                panel_size=cfg.panel_size, estimate_error=cfg.estimate_error, rule=cfg.rule,
             )  # fmt: skip
             seconds = time.perf_counter() - start  # the study: the full population and the panel in both games
             steps.update(3)
@@ -201,6 +201,7 @@ def attribute(
             "error_estimate": None if st.nothing else full.error_estimate,
             "error_max": None if st.nothing else full.error_max,
             "nodes": full.nodes,
+            "rule": full.rule,
             "dtype": full.dtype,
             "tier_sizes": {name: int(np.sum(tiers == k)) for k, name in enumerate(kernels.TIER_NAMES)},
             "tiers": tiers_message(shares, figures),

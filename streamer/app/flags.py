@@ -43,6 +43,7 @@ ATTRIBUTION_FIELDS = frozenset(
         "tau_coverage",
         "alert_clear",
         "error_estimate",
+        "quadrature",
         "compilation_cache",
     }
 )

@@ -45,6 +45,7 @@ class AttributionConfig:
     top_k: int = defaults.TOP_K
     thresholds: kernels.AlertThresholds = field(default_factory=lambda: kernels.AlertThresholds())
     estimate_error: bool = True
+    rule: str = "auto"
 
     def as_dict(self) -> dict[str, Any]:
         """Every option as plain JSON values (what a checkpoint records to refuse resuming with other options)."""
@@ -60,6 +61,7 @@ class AttributionConfig:
             "top_k": self.top_k,
             "thresholds": {"residual": t.residual, "coverage": t.coverage, "clear": t.clear},
             "estimate_error": self.estimate_error,
+            "rule": self.rule,
         }
 
     def validate(self) -> None:
@@ -68,6 +70,8 @@ class AttributionConfig:
         kernels.assign_tiers(np.ones(1), head=self.head, middle=self.middle)
         if self.nodes < 1 or self.panel_size < 1 or self.top_k < 0:
             raise ValueError("nodes and panel size must be >= 1 and top-k >= 0")
+        if self.rule not in ("auto", "log-graded", "uniform"):
+            raise ValueError(f"quadrature rule must be auto, log-graded or uniform, got {self.rule!r}")
         if self.dtype not in ("float32", "float64"):
             raise ValueError(f"dtype must be float32 or float64, got {self.dtype!r}")
 
@@ -137,7 +141,7 @@ def measure(snap: Snapshot, config: AttributionConfig) -> Measured:
     ind = kernels.get_indicator(config.indicator, **config.params)
     st = kernels.scale_study(
         ind, snap.x, snap.graph, snap.visibility, nodes=config.nodes, dtype=config.dtype, head=config.head,
-        middle=config.middle, panel_size=config.panel_size, estimate_error=config.estimate_error,
+        middle=config.middle, panel_size=config.panel_size, estimate_error=config.estimate_error, rule=config.rule,
     )  # fmt: skip
     full = st.full
     needed = [full.value, full.baseline, full.residual]
@@ -208,6 +212,7 @@ def finish(m: Measured, config: AttributionConfig, *, run: int, as_of_us: int, a
         "baseline": float(full.baseline),
         "residual": float(full.residual),
         "nodes": full.nodes,
+        "rule": full.rule,
         "dtype": full.dtype,
         "tier_sizes": {name: int(np.sum(tiers == k)) for k, name in enumerate(kernels.TIER_NAMES)},
         "thresholds": thresholds,

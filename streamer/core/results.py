@@ -280,6 +280,7 @@ class RunResult(_Sealed):
     error_estimate: float | None = None
     error_max: float | None = None
     alert_criteria: tuple[str, ...] = ()
+    rule: str = "log-graded"
     _message: Mapping[str, Any] = field(init=False, repr=False, compare=False)
 
     @property
@@ -312,6 +313,7 @@ class RunResult(_Sealed):
             "error_estimate": self.error_estimate,
             "error_max": self.error_max,
             "nodes": self.nodes,
+            "rule": self.rule,
             "dtype": self.dtype,
             "tier_sizes": dict(self.tier_sizes),
             "outcome": self.outcome,
@@ -352,6 +354,7 @@ class RunResult(_Sealed):
             error_estimate=m["error_estimate"],
             error_max=m["error_max"],
             nodes=m["nodes"],
+            rule=m["rule"],
             dtype=m["dtype"],
             tier_sizes=m["tier_sizes"],
             full=None if tiers is None else TierShares(**tiers["full"]),
