@@ -1,3 +1,3 @@
-from streamer.app.cli import main
+from streamer.app.main import main
 
 main()
