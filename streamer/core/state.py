@@ -40,6 +40,16 @@ makes exactly the decisions an uninterrupted one makes.
 
 Deletes carry no record, so a deleted like or follow is not subtracted: it ages out with its bucket. They are
 counted as ``delete`` events.
+
+Deactivated accounts. An ``#account`` event with ``active: false`` (the account was deleted, taken down, suspended
+or deactivated) removes the account from the state at once: its activity, the edges it draws and the edges it
+receives, in every bucket, so no result published after it holds its DID or anything it did. Until an
+``#account`` event with ``active: true`` reactivates it, every event by it is refused as ``deactivated`` (counted,
+as ``late`` is) and every event towards it counts as its author's activity without the edge
+(``deactivated_subject``), as the purge leaves the earlier ones; after that it comes back with its new activity
+only. The deactivated
+DIDs (with the time of their deactivation) are part of the checkpoint; ``counters`` holds ``accounts_deactivated``
+and ``accounts_reactivated``, and :attr:`AgentState.deactivated` the accounts inactive now.
 """
 
 from __future__ import annotations
@@ -56,7 +66,7 @@ import numpy as np
 if TYPE_CHECKING:  # the kernels (and JAX) load when a snapshot is first taken, not when the CLI starts
     from kernels import AttentionGraph
 
-from streamer.core.events import FOLLOW, LIKE, POST, QUOTE, REPLY, REPOST, Event
+from streamer.core.events import ACCOUNT, FOLLOW, LIKE, POST, QUOTE, REPLY, REPOST, Event
 from streamer.core.watermark import (  # noqa: F401  (re-exported: the rule's constants are the state's)
     FUTURE_TIME,
     LATE,
@@ -83,7 +93,8 @@ MAX_DID_CHARS = 2048  # the atproto limit on a DID's length
 
 # why an event was not applied, as returned by AgentState.apply and counted in AgentState.counters
 BAD_DID = "bad_did"
-REASONS = (LATE, FUTURE_TIME, BAD_DID)
+DEACTIVATED = "deactivated"  # by or towards an account whose last #account event said active: false
+REASONS = (LATE, FUTURE_TIME, BAD_DID, DEACTIVATED)
 
 
 @dataclass(frozen=True)
@@ -391,6 +402,9 @@ class AgentState:
         self._pending = 0
         self._wm = Watermark(self._bucket_us, self.config.buckets, self.config.skew_us)
         self._merged = EdgeMerger()
+        self.deactivated: dict[str, int] = {}  # DID -> event time of its deactivation, while inactive
+        self._forgotten: list[int] = []  # indices of deactivated agents, dropped from `dids` at the next renumbering
+        self._renumbered = 0  # renumberings so far: indices read before one are stale after it
 
     @property
     def head(self) -> int:
@@ -453,9 +467,33 @@ class AgentState:
         if reason is not None:
             self.counters[reason] += 1
             return reason
+        deactivated = self.deactivated
+        if kind == ACCOUNT and (event.extra or {}).get("active") is False:
+            if before_fold is not None:  # a run due before it still sees the account
+                before_fold(t)
+            self.events += 1
+            self.last_time_us = max(self.last_time_us, t)
+            self.counters[kind] += 1
+            self._deactivate(actor_did, t)
+            return None
+        if deactivated:
+            if kind == ACCOUNT:
+                if (event.extra or {}).get("active") is True and deactivated.pop(actor_did, None) is not None:
+                    self.counters["accounts_reactivated"] += 1
+            elif actor_did in deactivated:
+                self.counters[DEACTIVATED] += 1
+                return DEACTIVATED
+            elif subject_did and subject_did in deactivated:  # the attender's activity counts, the edge does not
+                self.counters["deactivated_subject"] += 1
+                subject_did, subject = "", None
         b = t // self._bucket_us
         if before_fold is not None:
+            renumbered = self._renumbered
             before_fold(t)
+            if self._renumbered != renumbered:  # a snapshot in there dropped deactivated agents' slots
+                index = self.index
+                actor = index.get(actor_did)
+                subject = index.get(subject_did) if subject_did else None
         self.events += 1
         if t > self.last_time_us:
             self.last_time_us = t
@@ -492,6 +530,46 @@ class AgentState:
             self.flush()
         return None
 
+    def _deactivate(self, did: str, time_us: int) -> None:
+        """Remove ``did``'s activity and every edge it draws or receives, and refuse its events until it is
+        reactivated (see the module doc). Its slot in ``dids`` goes at the next renumbering (a snapshot, a
+        checkpoint, a prune): until then it is out of ``index`` and holds nothing."""
+        self.deactivated[did] = time_us
+        self.counters["accounts_deactivated"] += 1
+        i = self.index.pop(did, None)
+        if i is None:
+            return
+        self.flush()  # the pending buffers hold its events too
+        for bucket in self.buckets.values():  # arrays replaced, never written in place: a frozen state shares them
+            keep = (bucket.codes >> KIND_BITS) != i
+            if not keep.all():
+                bucket.codes, bucket.counts = bucket.codes[keep], bucket.counts[keep]
+            keep = (bucket.att != i) & (bucket.src != i)
+            if not keep.all():
+                bucket.att, bucket.src, bucket.weight = bucket.att[keep], bucket.src[keep], bucket.weight[keep]
+        self._forgotten.append(i)
+
+    def _drop_forgotten(self) -> None:
+        """Renumber without the deactivated agents' slots (order kept, so edges stay sorted)."""
+        if not self._forgotten:
+            return
+        self.flush()
+        alive = np.ones(len(self.dids), bool)
+        alive[self._forgotten] = False
+        self._renumber(np.flatnonzero(alive))
+
+    def _renumber(self, keep: np.ndarray) -> None:
+        """Keep the agents ``keep`` (sorted indices), renumbered in order."""
+        n = len(self.dids)
+        new_index = np.full(n, -1, np.int64)
+        new_index[keep] = np.arange(len(keep))
+        for bucket in self.buckets.values():
+            bucket.renumber(new_index)
+        self.dids = [self.dids[i] for i in keep.tolist()]
+        self.index = dict(zip(self.dids, range(len(self.dids)), strict=True))
+        self._forgotten.clear()
+        self._renumbered += 1
+
     def _advance(self, moved: Advance) -> bool:
         """The head moved: buckets older than the window expire (and, when the watermark is first established,
         buckets beyond the horizon, which only warm-up can have made, are dropped); agents left without any
@@ -521,13 +599,8 @@ class AgentState:
         keep = np.flatnonzero(alive)
         if len(keep) == n:
             return False
-        new_index = np.full(n, -1, np.int64)
-        new_index[keep] = np.arange(len(keep))
-        for bucket in self.buckets.values():
-            bucket.renumber(new_index)
-        self.dids = [self.dids[i] for i in keep.tolist()]
-        self.index = dict(zip(self.dids, range(len(self.dids)), strict=True))
-        self.counters["agents_pruned"] += n - len(keep)
+        self.counters["agents_pruned"] += n - len(keep) - len(self._forgotten)  # those were counted as deactivated
+        self._renumber(keep)
         return True
 
     def _bucket(self, b: int) -> _Bucket:
@@ -574,6 +647,7 @@ class AgentState:
         where it does (counters). The expensive part, :meth:`FrozenState.snapshot`, can then run in another
         thread while ingest goes on."""
         self.flush()
+        self._drop_forgotten()
         buckets = tuple((b.codes, b.counts.copy(), b.att, b.src, b.weight) for _, b in sorted(self.buckets.items()))
         start, end = window_bounds(self.config, self.head, self.buckets)
         dids = self.dids.copy()  # a list of references: ~1 ms per 10^5 accounts
@@ -584,11 +658,16 @@ class AgentState:
         """(arrays, metadata) holding the whole state, for :mod:`streamer.core.checkpoint`. DIDs are stored
         length-prefixed (``dids_offsets`` into the UTF-8 ``dids_blob``), so no DID can break the file."""
         self.flush()
+        self._drop_forgotten()
         offsets, blob = encode_strings(self.dids)
+        gone_offsets, gone_blob = encode_strings(list(self.deactivated))
         arrays: dict[str, np.ndarray] = {
             "dids_offsets": offsets,
             "dids_blob": blob,
             "watermark_ring": np.array(self._wm.ring, np.int64),
+            "deactivated_offsets": gone_offsets,
+            "deactivated_blob": gone_blob,
+            "deactivated_time_us": np.array(list(self.deactivated.values()), np.int64),
         }
         for b, bucket in self.buckets.items():
             arrays[f"b{b}_codes"], arrays[f"b{b}_counts"] = bucket.codes, bucket.counts
@@ -639,6 +718,12 @@ class AgentState:
             ):
                 raise ValueError(f"checkpoint bucket {b} is inconsistent with its {n} DIDs")
             state.buckets[b] = bucket
+        if "deactivated_offsets" in arrays:  # absent from checkpoints written before deactivations were honoured
+            gone = decode_strings(arrays["deactivated_offsets"], arrays["deactivated_blob"])
+            times = np.asarray(arrays["deactivated_time_us"], np.int64)
+            if len(times) != len(gone) or any(d in state.index for d in gone):
+                raise ValueError("checkpoint's deactivated accounts are inconsistent with its state")
+            state.deactivated = dict(zip(gone, times.tolist(), strict=True))
         state.events = meta["events"]
         state.last_time_us = meta["last_time_us"]
         state.counters = Counter(meta["counters"])
