@@ -247,8 +247,10 @@ def test_entrypoint_is_the_console_script_and_cmd_a_subcommand(df: Dockerfile) -
     scripts = pyproject()["project"]["scripts"]
     assert "skyattr" in scripts, f"ENTRYPOINT skyattr is not a console script in pyproject.toml: {scripts}"
     module, _, attr = scripts["skyattr"].partition(":")
-    cli = __import__(module, fromlist=[attr])
-    assert callable(getattr(cli, attr))
+    entry = __import__(module, fromlist=[attr])
+    assert callable(getattr(entry, attr))
+    from streamer.app import cli  # the entry point installs the SIGINT handling, then runs this CLI
+
     commands = {c.name or c.callback.__name__.replace("_", "-") for c in cli.app.registered_commands}
     assert {"run", "replay"} <= commands, commands
 
@@ -371,7 +373,7 @@ def test_builder_inputs_build_a_wheel_with_the_package_data(df: Dockerfile, tmp_
     data += list((ROOT / "streamer" / "schemas").glob("*.json"))
     missing = [p.relative_to(ROOT).as_posix() for p in data if p.relative_to(ROOT).as_posix() not in names]
     assert data and not missing, f"package data missing from the wheel: {missing}"
-    assert re.search(r"^skyattr\s*=\s*streamer\.app\.cli:main$", entry_points, re.M), entry_points
+    assert re.search(r"^skyattr\s*=\s*streamer\.app\.main:main$", entry_points, re.M), entry_points
     assert "Provides-Extra: gpu" in metadata
 
 
