@@ -36,6 +36,9 @@ def finite(value: float | None) -> float | None:
     return value
 
 
+GAME_WORDS = {"restricted": "restricted", "same_game": "same game"}  # the panel games as tables and captions say them
+
+
 def figure(value: float | None, spec: str = ".3f") -> str:
     """A figure for people: one that is undefined (None, or not finite) prints as ``n/a``."""
     return "n/a" if value is None or not math.isfinite(value) else format(value, spec)

@@ -33,7 +33,7 @@ import kernels
 from kernels.inequality import gini, lorenz  # also importable from here, as before they moved to kernels
 from streamer.app import options as opt
 from streamer.app.flags import ATTRIBUTION_FIELDS, WINDOW_FIELDS, load_or_exit, with_settings_options
-from streamer.app.options import figure, visible
+from streamer.app.options import GAME_WORDS, figure, visible
 from streamer.app.progress import JobProgress, archive_frames
 from streamer.core.attribution import AttributionConfig, attribute_snapshot
 from streamer.core.followers import load_followers
@@ -48,7 +48,6 @@ console = Console(stderr=True, soft_wrap=True)
 TIER_COLOURS = {"head": "#E69F00", "middle": "#009E73", "tail": "#CC79A7"}
 FULL_COLOUR = "#0072B2"
 GAME_COLOURS = {"same_game": "#D55E00", "restricted": "#56B4E9"}  # Okabe-Ito vermillion, sky blue
-GAME_LABELS = {"same_game": "same game", "restricted": "restricted"}
 FIGURES = {
     "tier_shares": "tier_shares.png",
     "lorenz": "lorenz.png",
@@ -299,7 +298,7 @@ def document(data: ReportData) -> list[Block]:
                 + [_fmt(getattr(g.tiers, name, None)) for _, g in sb.games()]
                 for name in kernels.TIER_NAMES
             ],
-            header=("tier", "accounts", "full", *(f"panel ({sb.panel_size}), {GAME_LABELS[n]}" for n, _ in sb.games())),
+            header=("tier", "accounts", "full", *(f"panel ({sb.panel_size}), {GAME_WORDS[n]}" for n, _ in sb.games())),
             align="lrrrr",
         ),
         Block("img", (FIGURES["tier_shares"], "Tier shares of the attribution, full population vs panel")),
@@ -320,7 +319,7 @@ def document(data: ReportData) -> list[Block]:
                 ["TVD between tier shares (decides nothing)", *(_fmt(g.tvd) for _, g in sb.games())],
                 ["top-10 share, panel", *(_fmt(g.top10_panel) for _, g in sb.games())],
             ],
-            header=("figure", *(GAME_LABELS[n] for n, _ in sb.games())),
+            header=("figure", *(GAME_WORDS[n] for n, _ in sb.games())),
             align="lrr",
         ),
         Block(
@@ -498,7 +497,7 @@ def plot_tier_shares(data: ReportData, path: Path) -> None:
     width = 0.27
     sb = r.scale_bias
     bars_of = [(r.full, "full population", FULL_COLOUR)]
-    bars_of += [(g.tiers, f"panel ({sb.panel_size}), {GAME_LABELS[n]}", GAME_COLOURS[n]) for n, g in sb.games()]
+    bars_of += [(g.tiers, f"panel ({sb.panel_size}), {GAME_WORDS[n]}", GAME_COLOURS[n]) for n, g in sb.games()]
     for k, (shares, label, colour) in enumerate(bars_of):
         offset = (k - 1) * width
         if shares is None:  # the panel sees nothing: no bars, the legend says so
@@ -534,7 +533,7 @@ def plot_lorenz(data: ReportData, path: Path) -> None:
         ax.plot(xs, ys, color=FULL_COLOUR, linewidth=2, label=f"at full scale (Gini {data.gini_full:.3f})")
         for game, colour in GAME_COLOURS.items():
             px, py = lorenz(data.panel_phi[game])
-            label = f"panel study, {GAME_LABELS[game]} (Gini {data.gini_panel(game):.3f})"
+            label = f"panel study, {GAME_WORDS[game]} (Gini {data.gini_panel(game):.3f})"
             ax.plot(px, py, color=colour, linewidth=1.5, label=label)
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)

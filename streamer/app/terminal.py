@@ -8,12 +8,10 @@ from rich.console import Console
 from rich.table import Table
 
 import kernels
-from streamer.app.options import figure
+from streamer.app.options import GAME_WORDS, figure
 from streamer.app.pipes import StdoutConsole
 from streamer.core.events import rfc3339
 from streamer.core.results import AlertTransition, Result, RunResult, ScaleBias, TierShares
-
-GAME_WORDS = {"restricted": "restricted", "same_game": "same game"}
 
 
 def scale_table(

@@ -29,6 +29,7 @@ from streamer.core.results import AlertTransition, Result, RunResult, result_fro
 from streamer.sinks.base import Sink
 from streamer.sinks.kafka import ID_HEADER, MAX_REQUEST_BYTES, KafkaSink
 from tests.broker import KAFKA_OPS, SCRIPTS_BOOTSTRAP, ScriptBroker, kafka_bootstrap
+from tests.streamer.sinks.test_sinks import coverage_alert
 
 NO_BROKER = "127.0.0.1:1"  # nothing listens there: connections are refused at once
 TIMEOUT_S = 60.0
@@ -48,14 +49,8 @@ def golden() -> tuple[RunResult, AlertTransition]:
     raise none: this one fires on coverage)."""
     m = json.loads(GOLDEN.read_text().splitlines()[0])
     tiers = result_from_message(m["topic"], m)
-    assert isinstance(tiers, RunResult) and tiers.scale_bias is not None
-    sb = tiers.scale_bias
-    alert = AlertTransition(
-        run=tiers.run, indicator=tiers.indicator, state="firing", severity="warning", criteria=("coverage",),
-        residual=sb.same_game.residual, restricted_residual=sb.restricted.residual, panel_share=0.4,
-        thresholds=tiers.thresholds, window=tiers.window, as_of_us=tiers.as_of_us,
-    )  # fmt: skip
-    return tiers, alert
+    assert isinstance(tiers, RunResult)
+    return tiers, coverage_alert(tiers, 0.4)
 
 
 def _tiers(base: RunResult, run: int) -> RunResult:

@@ -10,7 +10,7 @@ from pathlib import Path
 from rich.console import Console
 
 from streamer.app.terminal import TerminalSink
-from streamer.core.results import AlertTransition, result_from_message
+from streamer.core.results import AlertTransition, RunResult, result_from_message
 from streamer.sinks.jsonl import JsonlSink
 
 GOLDEN = Path(__file__).resolve().parents[2] / "golden" / "default_replay.jsonl"
@@ -70,6 +70,18 @@ def test_jsonl_sink_writes_one_sorted_line_per_message(tmp_path: Path) -> None:
     assert lines == GOLDEN.read_text().splitlines(), "the golden file itself was written by this sink"
 
 
+def coverage_alert(result: RunResult, panel_share: float) -> AlertTransition:
+    """An alert firing on coverage at ``result``'s run, with its figures and ``panel_share`` (the bundled defaults
+    raise none)."""
+    sb = result.scale_bias
+    assert sb is not None
+    return AlertTransition(
+        run=result.run, indicator=result.indicator, state="firing", severity="warning", criteria=("coverage",),
+        residual=sb.same_game.residual, restricted_residual=sb.restricted.residual, panel_share=panel_share,
+        thresholds=result.thresholds, window=result.window, as_of_us=result.as_of_us,
+    )  # fmt: skip
+
+
 def _firing(m: dict) -> dict:
     """A golden run as if the alert had started firing at it on coverage (the bundled defaults never fire)."""
     return {**m, "alert": {**m["alert"], "active": True, "changed": True, "criteria": ["coverage"]}}
@@ -91,12 +103,9 @@ def test_the_alert_line_names_what_fired_and_both_games_show() -> None:
     sink = TerminalSink(console, every_run=True)
     m = [m for k, m in _messages() if k == "tiers"][-1]
     result = result_from_message("tiers", m)
+    assert isinstance(result, RunResult) and result.scale_bias is not None
     sb = result.scale_bias
-    alert = AlertTransition(
-        run=result.run, indicator=result.indicator, state="firing", severity="warning", criteria=("coverage",),
-        residual=sb.same_game.residual, restricted_residual=sb.restricted.residual, panel_share=0.3,
-        thresholds=result.thresholds, window=result.window, as_of_us=result.as_of_us,
-    )  # fmt: skip
+    alert = coverage_alert(result, 0.3)
     sink.publish(result)
     sink.publish(alert)
     text = " ".join(buf.getvalue().split())
