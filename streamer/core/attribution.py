@@ -70,10 +70,8 @@ class AttributionConfig:
         kernels.assign_tiers(np.ones(1), head=self.head, middle=self.middle)
         if self.nodes < 1 or self.panel_size < 1 or self.top_k < 0:
             raise ValueError("nodes and panel size must be >= 1 and top-k >= 0")
-        from kernels.attribution import CHOICES  # here, not at import: JAX loads when something computes
-
-        if self.rule not in CHOICES:
-            raise ValueError(f"quadrature rule must be one of {', '.join(CHOICES)}, got {self.rule!r}")
+        if self.rule not in ("auto", "log-graded", "uniform"):  # kernels.attribution.CHOICES, read without JAX
+            raise ValueError(f"quadrature rule must be auto, log-graded or uniform, got {self.rule!r}")
         if self.dtype not in ("float32", "float64"):
             raise ValueError(f"dtype must be float32 or float64, got {self.dtype!r}")
 
