@@ -412,6 +412,15 @@ def state() -> list[Any]:
             q(f"sum by (outcome) (increase(skyattr_checkpoints_total{{{SEL}}}[$__rate_interval]))", "{{outcome}}"),
             w=6,
         ).overrides(overrides(color("failed", "red"))),
+        ts(
+            "Deletes taken back",
+            "Record deletes per second by outcome (skyattr_deletes_total): applied, what the create added taken back; "
+            "unmatched, the record was not in the window's index (created before it, or beyond the record budget). "
+            "Right axis: the records a delete can take back now (skyattr_record_index, 17 bytes each).",
+            q(f"sum by (outcome) (rate(skyattr_deletes_total{{{SEL}}}[$__rate_interval]))", "{{outcome}}"),
+            q(f"sum by (instance) (skyattr_record_index{{{SEL}}})", "record index {{instance}}", "B"),
+            w=6,
+        ).overrides(overrides(right_axis("B"))),
     ]
 
 

@@ -47,7 +47,7 @@ ATTRIBUTION_FIELDS = frozenset(
         "compilation_cache",
     }
 )
-WINDOW_FIELDS = frozenset({"bucket_hours", "buckets", "edge_budget", "max_future_skew"})
+WINDOW_FIELDS = frozenset({"bucket_hours", "buckets", "edge_budget", "record_budget", "max_future_skew"})
 
 
 def cli_type(annotation: Any) -> Any:

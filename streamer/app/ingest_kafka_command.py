@@ -43,6 +43,7 @@ INGEST_SETTINGS = {
     "bucket_hours",
     "buckets",
     "edge_budget",
+    "record_budget",
     "max_future_skew",
 }
 

@@ -150,6 +150,12 @@ class Settings(BaseSettings):
     edge_budget: int = Field(
         StateConfig.edge_budget, ge=1, le=10**12, description="Most attention edges held in the window."
     )
+    record_budget: int = Field(
+        StateConfig.record_budget,
+        ge=0,
+        le=10**12,
+        description="Most records held for deletes to take back (17 bytes each; the oldest go first; 0: none).",
+    )
     max_future_skew: float = Field(
         StateConfig.max_future_skew_s,
         ge=0,
@@ -340,6 +346,7 @@ class Settings(BaseSettings):
             buckets=self.buckets,
             edge_budget=self.edge_budget,
             max_future_skew_s=self.max_future_skew,
+            record_budget=self.record_budget,
         )
 
 

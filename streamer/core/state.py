@@ -38,8 +38,15 @@ quartile ``q`` with one ``np.partition`` (about 8 us: well under 0.1 us per even
 The watermark (ring, sample count, watermark, lead) is part of the checkpoint, so a killed-and-resumed replay
 makes exactly the decisions an uninterrupted one makes.
 
-Deletes carry no record, so a deleted like or follow is not subtracted: it ages out with its bucket. They are
-counted as ``delete`` events.
+Deletes. A delete carries no record, only its path (actor, collection, record key), so the state keeps an index of
+what each record in the window added: per bucket, the 64-bit BLAKE2b hash of ``actor/collection/rkey`` of every
+created record that added activity or an edge, with its actor, subject and kind (17 bytes a record). A delete
+subtracts exactly that from the bucket the create landed in (the count of its kind, the weight of its edge; an edge
+whose weight reaches zero is gone, so a deleted follow no longer makes its subject visible) and is counted
+``delete_applied``; a delete of a record the index does not hold (created before the window, or before the state
+began, or of a kind that adds nothing) changes nothing and is counted ``delete_unmatched``. The index is held to
+``record_budget`` records: beyond it the oldest bucket's entries go first (counted ``records_unindexed``), and
+a delete of such a record is unmatched, so memory stays bounded whatever the stream.
 
 Deactivated accounts. An ``#account`` event with ``active: false`` (the account was deleted, taken down, suspended
 or deactivated) removes the account from the state at once: its activity, the edges it draws and the edges it
@@ -54,6 +61,7 @@ and ``accounts_reactivated``, and :attr:`AgentState.deactivated` the accounts in
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -66,7 +74,7 @@ import numpy as np
 if TYPE_CHECKING:  # the kernels (and JAX) load when a snapshot is first taken, not when the CLI starts
     from kernels import AttentionGraph
 
-from streamer.core.events import ACCOUNT, FOLLOW, LIKE, POST, QUOTE, REPLY, REPOST, Event
+from streamer.core.events import ACCOUNT, DELETE, FOLLOW, LIKE, POST, QUOTE, REPLY, REPOST, Event
 from streamer.core.watermark import (  # noqa: F401  (re-exported: the rule's constants are the state's)
     FUTURE_TIME,
     LATE,
@@ -95,6 +103,15 @@ MAX_DID_CHARS = 2048  # the atproto limit on a DID's length
 BAD_DID = "bad_did"
 DEACTIVATED = "deactivated"  # by or towards an account whose last #account event said active: false
 REASONS = (LATE, FUTURE_TIME, BAD_DID, DEACTIVATED)
+RECORD_BYTES = 17  # one record index entry: hash (8), actor (4), subject (4), kind (1)
+
+
+def record_key(actor: str, collection: str, rkey: str) -> int:
+    """The index key of the record at ``at://actor/collection/rkey``: the first 64 bits of its BLAKE2b hash, so a
+    key costs 8 bytes whatever the path's length and is the same in every process (a checkpoint stores it). Two
+    paths of one window share a key with probability about ``records² / 2⁶⁵`` (10⁻⁵ at 2·10⁷ records)."""
+    path = f"{actor}/{collection}/{rkey}".encode("utf-8", "surrogatepass")
+    return int.from_bytes(hashlib.blake2b(path, digest_size=8).digest(), "little")
 
 
 @dataclass(frozen=True)
@@ -109,6 +126,7 @@ class StateConfig:
     attention_weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_ATTENTION_WEIGHTS))
     edge_budget: int = 20_000_000
     max_future_skew_s: float = 600.0
+    record_budget: int = 20_000_000
 
     def __post_init__(self) -> None:
         if not (self.bucket_hours > 0 and np.isfinite(self.bucket_hours)):
@@ -117,6 +135,8 @@ class StateConfig:
             raise ValueError(f"buckets must be a positive integer, got {self.buckets!r}")
         if int(self.edge_budget) != self.edge_budget or self.edge_budget < 1:
             raise ValueError(f"edge_budget must be a positive integer, got {self.edge_budget!r}")
+        if int(self.record_budget) != self.record_budget or self.record_budget < 0:
+            raise ValueError(f"record_budget must be an integer >= 0, got {self.record_budget!r}")
         if not (self.max_future_skew_s >= 0 and np.isfinite(self.max_future_skew_s)):
             raise ValueError(f"max_future_skew_s must be a finite number >= 0, got {self.max_future_skew_s!r}")
         for name, table, allowed in (
@@ -147,6 +167,7 @@ class StateConfig:
             "attention_weights": dict(self.attention_weights),
             "edge_budget": self.edge_budget,
             "max_future_skew_s": self.max_future_skew_s,
+            "record_budget": self.record_budget,
         }
 
 
@@ -230,9 +251,13 @@ class _Bucket:
     each pair once: :class:`EdgeMerger` relies on it).
 
     ``codes`` (sorted, unique, ``agent << KIND_BITS | kind``) and ``counts`` hold only the (agent, kind) pairs
-    that occurred in the bucket, so a bucket costs what happened in it, not the size of the DID table."""
+    that occurred in the bucket, so a bucket costs what happened in it, not the size of the DID table.
 
-    __slots__ = ("att", "codes", "counts", "index", "src", "weight")
+    The record index of the bucket's creates (see the module doc) is ``rkeys`` (sorted), ``ragent``, ``rsubject``
+    (-1: the record added no edge) and ``rkind`` (its kind's index in ``ACTIVITY_KINDS``; -1 marks an entry a
+    delete used, dropped at the next flush). Only the state reads it: it is written in place."""
+
+    __slots__ = ("att", "codes", "counts", "dead", "index", "ragent", "rkeys", "rkind", "rsubject", "src", "weight")
 
     def __init__(self, index: int) -> None:
         self.index = index
@@ -241,6 +266,11 @@ class _Bucket:
         self.att = np.zeros(0, np.int32)
         self.src = np.zeros(0, np.int32)
         self.weight = np.zeros(0, np.float32)
+        self.rkeys = np.zeros(0, np.uint64)
+        self.ragent = np.zeros(0, np.int32)
+        self.rsubject = np.zeros(0, np.int32)
+        self.rkind = np.zeros(0, np.int8)
+        self.dead = 0  # index entries marked used since the last flush
 
     def add_counts(self, codes: np.ndarray) -> None:
         """Add one to the counter of each code (repeats add up): a sorted merge, linear in the bucket's size."""
@@ -255,10 +285,62 @@ class _Bucket:
             self.codes = np.insert(self.codes, pos[miss], new[miss])
             self.counts = np.insert(self.counts, pos[miss], cnt[miss].astype(np.uint32))
 
-    def add_edges(self, att: np.ndarray, src: np.ndarray, weight: np.ndarray) -> None:
-        self.att, self.src, self.weight = _compact(
+    def sub_counts(self, codes: np.ndarray) -> None:
+        """Take one from the counter of each code (codes the bucket holds: a delete's create added them); a
+        counter reaching zero is gone."""
+        old, cnt = np.unique(codes, return_counts=True)
+        pos = np.searchsorted(self.codes, old)
+        counts = self.counts.copy()  # replaced, not written in place: a frozen state may share the array
+        counts[pos] -= np.minimum(counts[pos], cnt.astype(np.uint32))
+        keep = counts > 0
+        self.codes, self.counts = (self.codes, counts) if keep.all() else (self.codes[keep], counts[keep])
+
+    def add_edges(self, att: np.ndarray, src: np.ndarray, weight: np.ndarray, floor: float = 0.0) -> None:
+        """Add edges (a delete's are negative), duplicates summed; an edge left lighter than ``floor`` (half the
+        lightest attention weight: no live edge is lighter) is gone."""
+        att, src, weight = _compact(
             np.concatenate([self.att, att]), np.concatenate([self.src, src]), np.concatenate([self.weight, weight])
         )
+        keep = weight > floor
+        self.att, self.src, self.weight = (att, src, weight) if keep.all() else (att[keep], src[keep], weight[keep])
+
+    # the record index ------------------------------------------------------------------------------------------
+    def add_records(self, keys: np.ndarray, agents: np.ndarray, subjects: np.ndarray, kinds: np.ndarray) -> None:
+        """Merge new index entries in (and drop the used ones): linear in the bucket's index."""
+        self.compact_records()
+        order = np.argsort(keys, kind="stable")
+        keys, agents, subjects, kinds = keys[order], agents[order], subjects[order], kinds[order]
+        pos = np.searchsorted(self.rkeys, keys, side="right")
+        self.rkeys = np.insert(self.rkeys, pos, keys)
+        self.ragent = np.insert(self.ragent, pos, agents)
+        self.rsubject = np.insert(self.rsubject, pos, subjects)
+        self.rkind = np.insert(self.rkind, pos, kinds)
+
+    def find_record(self, key: int) -> int:
+        """The position of the live entry of ``key``, or -1."""
+        keys = self.rkeys
+        pos = int(np.searchsorted(keys, np.uint64(key)))
+        while pos < len(keys) and keys[pos] == key:
+            if self.rkind[pos] >= 0:
+                return pos
+            pos += 1
+        return -1
+
+    def compact_records(self, keep: np.ndarray | None = None) -> int:
+        """Drop the used entries (and those ``keep`` is false for); the number of live ones dropped."""
+        if keep is None and not self.dead:
+            return 0
+        live = self.rkind >= 0
+        mask = live if keep is None else live & keep
+        self.rkeys, self.ragent = self.rkeys[mask], self.ragent[mask]
+        self.rsubject, self.rkind = self.rsubject[mask], self.rkind[mask]
+        self.dead = 0
+        return int(live.sum()) - len(self.rkeys)
+
+    def forget_agent(self, agent: int) -> None:
+        """A deactivated agent: its records go, the edges of records towards it were removed with it."""
+        self.compact_records(self.ragent != agent)
+        self.rsubject = np.where(self.rsubject == agent, -1, self.rsubject).astype(np.int32)
 
     def mark(self, alive: np.ndarray) -> None:
         """Set ``alive`` for every agent this bucket mentions."""
@@ -271,6 +353,12 @@ class _Bucket:
         self.codes = (new_index[self.codes >> KIND_BITS] << KIND_BITS) | (self.codes & KIND_MASK)
         self.att = new_index[self.att].astype(np.int32)
         self.src = new_index[self.src].astype(np.int32)
+        # a record whose actor was pruned (its traces evicted) can no longer be subtracted from anything
+        agents = new_index[self.ragent]
+        self.compact_records(agents >= 0)
+        self.ragent = new_index[self.ragent].astype(np.int32)
+        subjects = np.where(self.rsubject >= 0, new_index[np.maximum(self.rsubject, 0)], -1)
+        self.rsubject = np.maximum(subjects, -1).astype(np.int32)
 
 
 def _compact(att: np.ndarray, src: np.ndarray, weight: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -399,7 +487,10 @@ class AgentState:
         self.last_time_us = 0  # newest accepted event time
         self._pending_act: dict[int, list[int]] = {}
         self._pending_edges: dict[int, tuple[list[int], list[int], list[float]]] = {}
+        self._pending_unact: dict[int, list[int]] = {}  # activity codes deletes take back, per bucket
+        self._pending_records: dict[int, tuple[int, int, int, int]] = {}  # key -> (bucket, actor, subject, kind)
         self._pending = 0
+        self._edge_floor = 0.5 * min(self._att_w.values(), default=1.0)
         self._wm = Watermark(self._bucket_us, self.config.buckets, self.config.skew_us)
         self._merged = EdgeMerger()
         self.deactivated: dict[str, int] = {}  # DID -> event time of its deactivation, while inactive
@@ -504,6 +595,9 @@ class AgentState:
             self.counters[UPDATE] += 1
             return None
         self.counters[kind] += 1
+        if kind == DELETE:
+            self._delete(record_key(actor_did, event.collection, event.rkey))
+            return None
         code = self._act_code.get(kind)
         if code is not None:
             codes = self._pending_act.get(b)
@@ -511,6 +605,7 @@ class AgentState:
                 codes = self._pending_act[b] = []
             codes.append(actor << KIND_BITS | code)
             self._pending += 1
+        edge_to = -1
         if subject_did:
             if subject is None and (subject := index.get(subject_did)) is None:  # new, unless it is the actor
                 subject = index[subject_did] = len(self.dids)
@@ -526,9 +621,43 @@ class AgentState:
                 src.append(subject)
                 ws.append(w)
                 self._pending += 1
+                edge_to = subject
+        if (code is not None or edge_to >= 0) and event.rkey:  # what a delete of it must take back
+            key = record_key(actor_did, event.collection, event.rkey)
+            self._pending_records[key] = (b, actor, edge_to, ACTIVITY_INDEX[kind])
         if self._pending >= FLUSH_EVERY:
             self.flush()
         return None
+
+    def _delete(self, key: int) -> None:
+        """Take back what the create of record ``key`` added (see the module doc): from the pending buffers when
+        it is still there, else from its bucket, newest first."""
+        found = self._pending_records.pop(key, None)
+        if found is None:
+            for b in sorted(self.buckets, reverse=True):
+                bucket = self.buckets[b]
+                pos = bucket.find_record(key)
+                if pos >= 0:
+                    found = (b, int(bucket.ragent[pos]), int(bucket.rsubject[pos]), int(bucket.rkind[pos]))
+                    bucket.rkind[pos] = -1
+                    bucket.dead += 1
+                    break
+            else:
+                self.counters["delete_unmatched"] += 1
+                return
+        b, actor, subject, k = found
+        kind = ACTIVITY_KINDS[k]
+        self.counters["delete_applied"] += 1
+        code = self._act_code.get(kind)
+        if code is not None:
+            self._pending_unact.setdefault(b, []).append(actor << KIND_BITS | code)
+            self._pending += 1
+        if subject >= 0:
+            att, src, ws = self._pending_edges.setdefault(b, ([], [], []))
+            att.append(actor)
+            src.append(subject)
+            ws.append(-self._att_w[kind])
+            self._pending += 1
 
     def _deactivate(self, did: str, time_us: int) -> None:
         """Remove ``did``'s activity and every edge it draws or receives, and refuse its events until it is
@@ -547,6 +676,7 @@ class AgentState:
             keep = (bucket.att != i) & (bucket.src != i)
             if not keep.all():
                 bucket.att, bucket.src, bucket.weight = bucket.att[keep], bucket.src[keep], bucket.weight[keep]
+            bucket.forget_agent(i)
         self._forgotten.append(i)
 
     def _drop_forgotten(self) -> None:
@@ -611,16 +741,38 @@ class AgentState:
 
     def flush(self) -> None:
         """Move buffered events into the buckets' arrays (compacting edges) and enforce the edge budget."""
-        if not self._pending:
+        if not self._pending and not self._pending_records:
             return
         for b, codes in self._pending_act.items():
             self._bucket(b).add_counts(np.asarray(codes, np.int64))
+        for b, codes in self._pending_unact.items():
+            self._bucket(b).sub_counts(np.asarray(codes, np.int64))
+        floor = self._edge_floor
         for b, (att, src, ws) in self._pending_edges.items():
-            self._bucket(b).add_edges(np.asarray(att, np.int32), np.asarray(src, np.int32), np.asarray(ws, np.float32))
+            self._bucket(b).add_edges(
+                np.asarray(att, np.int32), np.asarray(src, np.int32), np.asarray(ws, np.float32), floor
+            )
+        if self._pending_records:
+            by_bucket: dict[int, list[tuple[int, int, int, int]]] = {}
+            for key, (b, actor, subject, k) in self._pending_records.items():
+                by_bucket.setdefault(b, []).append((key, actor, subject, k))
+            for b, entries in by_bucket.items():
+                keys, agents, subjects, kinds = zip(*entries, strict=True)
+                self._bucket(b).add_records(
+                    np.array(keys, np.uint64),
+                    np.array(agents, np.int32),
+                    np.array(subjects, np.int32),
+                    np.array(kinds, np.int8),
+                )
+        for bucket in self.buckets.values():
+            bucket.compact_records()
         self._pending_act.clear()
+        self._pending_unact.clear()
         self._pending_edges.clear()
+        self._pending_records.clear()
         self._pending = 0
         self._enforce_budget()
+        self._enforce_record_budget()
 
     def _enforce_budget(self) -> None:
         total = sum(len(b.att) for b in self.buckets.values())
@@ -635,6 +787,25 @@ class AgentState:
             bucket.att, bucket.src, bucket.weight = bucket.att[keep], bucket.src[keep], bucket.weight[keep]
             self.counters["edges_evicted"] += excess
             total -= excess
+
+    def _enforce_record_budget(self) -> None:
+        """Hold the record index to ``record_budget`` entries: the oldest bucket's go first (the highest keys of
+        a bucket, a uniform sample of its records, when only part of it must go)."""
+        total = sum(len(b.rkeys) for b in self.buckets.values())
+        for b in sorted(self.buckets):
+            if total <= self.config.record_budget:
+                return
+            bucket = self.buckets[b]
+            excess = min(total - self.config.record_budget, len(bucket.rkeys))
+            keep = np.arange(len(bucket.rkeys)) < len(bucket.rkeys) - excess
+            bucket.compact_records(keep)
+            self.counters["records_unindexed"] += excess
+            total -= excess
+
+    @property
+    def records_indexed(self) -> int:
+        """Records a delete can take back now (the index's entries, flushed or pending)."""
+        return sum(len(b.rkeys) - b.dead for b in list(self.buckets.values())) + len(self._pending_records)
 
     # read --------------------------------------------------------------------------------------------------
     def snapshot(self) -> Snapshot:
@@ -672,6 +843,8 @@ class AgentState:
         for b, bucket in self.buckets.items():
             arrays[f"b{b}_codes"], arrays[f"b{b}_counts"] = bucket.codes, bucket.counts
             arrays[f"b{b}_att"], arrays[f"b{b}_src"], arrays[f"b{b}_w"] = bucket.att, bucket.src, bucket.weight
+            arrays[f"b{b}_rkeys"], arrays[f"b{b}_ragent"] = bucket.rkeys, bucket.ragent
+            arrays[f"b{b}_rsubject"], arrays[f"b{b}_rkind"] = bucket.rsubject, bucket.rkind
         meta = {
             "config": self.config.as_dict(),
             "head": self.head,
@@ -707,6 +880,19 @@ class AgentState:
             bucket.att = np.array(arrays[f"b{b}_att"], np.int32)
             bucket.src = np.array(arrays[f"b{b}_src"], np.int32)
             bucket.weight = np.array(arrays[f"b{b}_w"], np.float32)
+            if f"b{b}_rkeys" in arrays:  # absent from checkpoints written before deletes were taken back
+                bucket.rkeys = np.array(arrays[f"b{b}_rkeys"], np.uint64)
+                bucket.ragent = np.array(arrays[f"b{b}_ragent"], np.int32)
+                bucket.rsubject = np.array(arrays[f"b{b}_rsubject"], np.int32)
+                bucket.rkind = np.array(arrays[f"b{b}_rkind"], np.int8)
+                if not (
+                    len(bucket.rkeys) == len(bucket.ragent) == len(bucket.rsubject) == len(bucket.rkind)
+                    and not np.any(bucket.rkeys[1:] < bucket.rkeys[:-1])
+                    and np.all((bucket.ragent >= 0) & (bucket.ragent < n))
+                    and np.all((bucket.rsubject >= -1) & (bucket.rsubject < n))
+                    and np.all((bucket.rkind >= 0) & (bucket.rkind < len(ACTIVITY_KINDS)))
+                ):
+                    raise ValueError(f"checkpoint bucket {b}'s record index is inconsistent with its {n} DIDs")
             codes = bucket.codes
             if (
                 len(codes) != len(bucket.counts)

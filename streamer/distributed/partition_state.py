@@ -14,6 +14,12 @@ printable, so no DID holds it):
 * ``P e b actor subject`` → ``[weight, n, off]``: the actor's attention to ``subject`` in bucket ``b``;
 * ``P d actor`` → ``[n, off]``: an actor whose events left neither activity nor an edge (an edit, a profile
   change): a single process holds such an account until its next prune;
+* ``P r actor collection rkey`` → ``[b, kind, subject, off]``: what the actor's record added (its kind's index in
+  ``ACTIVITY_KINDS``, the subject of its edge or ""), for a delete to take back. A delete lowers the counter and
+  the edge's weight in bucket ``b`` and drops the ``r`` key; a key brought to zero stays (with its ``n``, which
+  orders the DIDs, and its ``off``, which keeps a record read again from folding twice) until the next prune, and
+  counts as nothing: a single process holds such an account until then too. The records of a bucket leave with
+  it;
 * ``P n`` → ``[events, off]`` accepted events ever, ``P w`` → ``[head, off]`` the window's head,
   ``P c`` → the ``config`` control record's contents.
 
@@ -33,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from streamer.core.events import Event
+from streamer.core.events import DELETE, Event
 from streamer.core.state import ACTIVITY_INDEX, ACTIVITY_KINDS, StateConfig
 from streamer.distributed import event_records
 from streamer.distributed.sequencer import Tick, WindowMove
@@ -57,6 +63,8 @@ class PartitionState:
         # a shard parses no key; rebuilt from the store after a recovery.
         self._by_bucket: dict[int, dict[str, tuple[tuple[str, ...], list[Any]]]] = {}
         self._dangling: dict[str, tuple[str, int]] = {}  # d key -> (actor, ordinal)
+        self._records: dict[int, dict[str, tuple[int, int, str]]] = {}  # bucket -> r key -> (bucket, kind, subject)
+        self._record_bucket: dict[str, int] = {}  # r key -> its bucket
         self.skipped: Counter[str] = Counter()  # records not folded, by reason (this process's, not durable)
         self._rebuild()
 
@@ -72,12 +80,17 @@ class PartitionState:
         """The in-memory index of the partition's keys, from the store (after a recovery)."""
         self._by_bucket.clear()
         self._dangling.clear()
+        self._records.clear()
+        self._record_bucket.clear()
         for key in self._own_keys():
             parts = key.split(SEP)
             if parts[1] in ("a", "e"):
                 self._by_bucket.setdefault(int(parts[2]), {})[key] = (tuple(parts[3:]), list(self.store[key]))
             elif parts[1] == "d":
                 self._dangling[key] = (parts[2], int(self.store[key][0]))
+            elif parts[1] == "r":
+                b, k, subject = self.store[key][:3]
+                self._remember(key, int(b), int(k), str(subject))
         cfg = self.store.get(self._key("c"))
         if cfg is not None:
             self._adopt(cfg)
@@ -87,6 +100,7 @@ class PartitionState:
         self._act = {k: ACTIVITY_INDEX[k] for k, w in self.config.activity_weights.items() if w > 0}
         self._att = {k: float(w) for k, w in self.config.attention_weights.items() if w > 0}
         self._bucket_us = self.config.bucket_us
+        self._edge_floor = 0.5 * min(self._att.values(), default=1.0)  # no live edge is lighter (as in the state)
 
     # folding ---------------------------------------------------------------------------------------------------
     def fold(self, offset: int, value: bytes, headers: Any) -> Tick | None:
@@ -146,6 +160,10 @@ class PartitionState:
         if event.operation == "update":  # an edit: no activity, no attention, the account held
             self._dangle(actor, ordinal, offset)
             return
+        if event.kind == DELETE:
+            self._take_back(offset, self._key("r", actor, event.collection, event.rkey))
+            self._dangle(actor, ordinal, offset)
+            return
         b = event.time_us // self._bucket_us
         left_trace = False
         code = self._act.get(event.kind)
@@ -185,6 +203,40 @@ class PartitionState:
             left_trace = True
         if not left_trace:
             self._dangle(actor, ordinal, offset)
+        elif event.rkey:  # what a delete of it must take back
+            key = self._key("r", actor, event.collection, event.rkey)
+            edge = subject if w is not None and subject and subject != actor else ""
+            if key not in self._record_bucket:
+                store[key] = [b, ACTIVITY_INDEX[event.kind], edge, offset]
+                self._remember(key, b, ACTIVITY_INDEX[event.kind], edge)
+
+    def _remember(self, key: str, b: int, k: int, subject: str) -> None:
+        self._records.setdefault(b, {})[key] = (b, k, subject)
+        self._record_bucket[key] = b
+
+    def _take_back(self, offset: int, key: str) -> None:
+        """A delete of the record ``key``: lower what its create raised (each key once per offset, so a delete
+        read again changes nothing), then forget the record."""
+        b = self._record_bucket.pop(key, None)
+        if b is None:  # not in the window, or added nothing
+            return
+        _, k, subject = self._records[b].pop(key)
+        kind = ACTIVITY_KINDS[k]
+        store, bucket = self.store, self._by_bucket.get(b, {})
+        actor = key.split(SEP)[2]
+        code = self._act.get(kind)
+        if code is not None and (entry := bucket.get(self._key("a", b, actor))) is not None and offset > entry[1][-1]:
+            value = list(entry[1])
+            value[code] -= 1
+            value[-1] = offset
+            store[self._key("a", b, actor)] = value
+            bucket[self._key("a", b, actor)] = (entry[0], value)
+        ekey = self._key("e", b, actor, subject)
+        if subject and (entry := bucket.get(ekey)) is not None and offset > entry[1][2]:
+            value = [entry[1][0] - self._att[kind], entry[1][1], offset]
+            store[ekey] = value
+            bucket[ekey] = (entry[0], value)
+        store.pop(key, None)
 
     def _dangle(self, actor: str, ordinal: int, offset: int) -> None:
         key = self._key("d", actor)
@@ -200,14 +252,25 @@ class PartitionState:
         held = store.get(key)
         if held is None or offset > held[1]:
             store[key] = [moved.head, offset]
-        for b in sorted(self._by_bucket):
+        for b in sorted(set(self._by_bucket) | set(self._records)):
             if b < moved.oldest or (moved.drop_beyond is not None and b > moved.drop_beyond):
-                for k in self._by_bucket.pop(b):
+                for k in self._by_bucket.pop(b, {}):
                     store.pop(k, None)  # (iterating a dict yields its keys: the store keys)
+                for k in self._records.pop(b, {}):
+                    store.pop(k, None)
+                    del self._record_bucket[k]
         if moved.prune:
             for k in self._dangling:
                 store.pop(k, None)
             self._dangling.clear()
+            for entries in self._by_bucket.values():  # keys deletes brought to zero: no trace, so pruned
+                for k in [k for k, (parts, value) in entries.items() if not self._live(parts, value)]:
+                    del entries[k]
+                    store.pop(k, None)
+
+    def _live(self, parts: tuple[str, ...], value: list[Any]) -> bool:
+        """Whether an ``a`` or ``e`` key still holds activity or an edge (a delete may have brought it to zero)."""
+        return any(value[:KINDS]) if len(parts) == 1 else value[0] > self._edge_floor
 
     # reading ---------------------------------------------------------------------------------------------------
     def changed_after(self, offset: int) -> bool:
@@ -259,7 +322,8 @@ class PartitionState:
                         first[actor] = pos
                     if first.get(subject, pos + 1) >= pos + 1:
                         first[subject] = pos + 1
-                    edges[parts] = edges.get(parts, 0.0) + float(value[0])
+                    if value[0] > self._edge_floor:  # an edge deletes brought to zero is no edge
+                        edges[parts] = edges.get(parts, 0.0) + float(value[0])
         for actor, ordinal in self._dangling.values():
             pos = 2 * ordinal
             if first.get(actor, pos) >= pos:

@@ -350,6 +350,20 @@ class StreamCollector(Collector):
         )
         edges = sum(len(b.att) for b in list(state.buckets.values())) if state is not None else 0
         yield GaugeMetricFamily("skyattr_edges", "Attention edges in the rolling window.", value=edges)
+        deletes = CounterMetricFamily(
+            "skyattr_deletes",
+            "Record deletes, by outcome: applied (what the create added taken back) or unmatched (the record is not "
+            "in the window's index: created before it, beyond the record budget, or adding nothing).",
+            labels=["outcome"],
+        )
+        for outcome in ("applied", "unmatched"):
+            deletes.add_metric([outcome], state.counters[f"delete_{outcome}"] if state is not None else 0)
+        yield deletes
+        yield GaugeMetricFamily(
+            "skyattr_record_index",
+            "Records of the window a delete can take back (17 bytes each; at most --record-budget).",
+            value=state.records_indexed if state is not None else 0,
+        )
         kafka = self.kafka.snapshot() if self.kafka is not None else None
         messages = CounterMetricFamily(
             "skyattr_kafka_messages", "Kafka messages by topic and outcome.", labels=["topic", "outcome"]
