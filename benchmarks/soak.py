@@ -21,7 +21,7 @@ import time
 import numpy as np
 import psutil
 
-from streamer.core.events import Event
+from streamer.core.events import KIND_COLLECTION, Event
 from streamer.core.state import US_PER_HOUR, AgentState, StateConfig
 
 KINDS = np.array(["like", "post", "repost", "follow", "reply", "quote", "delete", "profile"])
@@ -57,12 +57,23 @@ def chunk(
     kinds = KINDS[rng.choice(len(KINDS), count, p=KIND_P)]
     hostile = rng.random(count) < hostile_rate
     t = np.where(hostile, np.where(rng.random(count) < 0.5, YEAR_2100_US, 1_000_000), t)
-    return [
-        Event(int(ti), int(ki), str(kind), _did(a), _did(b) if kind in ("like", "repost", "follow", "reply") else "")
-        for ti, ki, kind, a, b in zip(
-            t.tolist(), k.tolist(), kinds.tolist(), ids[0].tolist(), ids[1].tolist(), strict=True
-        )
-    ]
+    # a delete names an earlier record of the chunk (up to a bucket back): its actor, collection and record key
+    back = np.minimum(rng.integers(1, per_bucket + 1, count), np.maximum(k - first, 1))
+    target = np.maximum(k - first - back, 0)
+    out = []
+    for i, (ti, ki, kind, a, b) in enumerate(
+        zip(t.tolist(), k.tolist(), kinds.tolist(), ids[0].tolist(), ids[1].tolist(), strict=True)
+    ):
+        if kind == "delete":
+            j = int(target[i])
+            victim = str(kinds[j])
+            collection = KIND_COLLECTION.get(victim, "app.bsky.feed.post")
+            out.append(Event(int(ti), int(ki), kind, _did(int(ids[0][j])), "", collection, f"r{first + j}", "delete"))
+        else:
+            subject = _did(b) if kind in ("like", "repost", "follow", "reply") else ""
+            collection = KIND_COLLECTION.get(kind, "app.bsky.actor.profile")
+            out.append(Event(int(ti), int(ki), str(kind), _did(a), subject, collection, f"r{ki}", "create"))
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -77,9 +88,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-growth-mib", type=float, default=64.0, help="RSS growth allowed after warm-up")
     parser.add_argument("--hostile-rate", type=float, default=1e-5, help="share of items dated 2100 or 1970")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--record-budget", type=int, default=None, help="records held for deletes (default: the state's)"
+    )
     args = parser.parse_args(argv)
 
-    config = StateConfig(bucket_hours=args.bucket_hours, buckets=args.buckets)
+    budget = {} if args.record_budget is None else {"record_budget": args.record_budget}
+    config = StateConfig(bucket_hours=args.bucket_hours, buckets=args.buckets, **budget)
     state = AgentState(config)
     rng = np.random.default_rng(args.seed)
     proc = psutil.Process()
@@ -88,7 +103,10 @@ def main(argv: list[str] | None = None) -> int:
         f"soak: {args.events:,} events, {args.buckets} buckets of {args.bucket_hours:g} h, {args.per_bucket:,} events "
         f"and {args.population:,} new DIDs per bucket, core {args.core:,}; warm-up {warmup:,} events"
     )
-    header = f"{'events':>10} {'event h':>8} {'agents':>9} {'edges':>10} {'buckets':>7} {'RSS MiB':>8} {'events/s':>10}"
+    header = (
+        f"{'events':>10} {'event h':>8} {'agents':>9} {'edges':>10} {'records':>9} {'index MiB':>9} {'buckets':>7} "
+        f"{'RSS MiB':>8} {'events/s':>10}"
+    )
     print(header)
     print("-" * len(header))
     applied_s = 0.0
@@ -111,10 +129,12 @@ def main(argv: list[str] | None = None) -> int:
         rss = proc.memory_info().rss / 2**20
         rows.append((done, rss))
         edges = sum(len(b.att) for b in state.buckets.values())
+        records = getattr(state, "records_indexed", 0)  # (0 on a release without the record index)
+        index_mib = sum(getattr(b, "rkeys", np.zeros(0)).nbytes * 17 / 8 for b in state.buckets.values()) / 2**20
         hours = (state.last_time_us - START_US) / US_PER_HOUR
         print(
-            f"{done:>10,} {hours:>8.1f} {len(state.dids):>9,} {edges:>10,} {len(state.buckets):>7} {rss:>8.1f} "
-            f"{count / dt:>10,.0f}"
+            f"{done:>10,} {hours:>8.1f} {len(state.dids):>9,} {edges:>10,} {records:>9,} {index_mib:>9.1f} "
+            f"{len(state.buckets):>7} {rss:>8.1f} {count / dt:>10,.0f}"
         )
     after = [rss for n, rss in rows if n >= warmup]
     refused = {k: state.counters[k] for k in ("late", "future_time", "bad_did") if state.counters[k]}
@@ -122,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     pruned = state.counters["agents_pruned"]
     print(f"agents held at the end: {len(state.dids):,}; pruned over the run: {pruned:,}")
     print(f"buckets expired: {state.counters['buckets_expired']:,}; refused: {refused}")
+    deletes = {k: state.counters[k] for k in ("delete", "delete_applied", "delete_unmatched", "records_unindexed")}
+    print(f"deletes: {deletes}")
     print(f"state speed: {done / applied_s:,.0f} events/s (apply + flush, generation excluded)")
     if not after:
         print("the run ended before warm-up: no verdict on RSS")

@@ -15,8 +15,8 @@ event's ordinal among accepted events, or ``x`` why it was refused. The header `
 (``skyattr.event/1``; the JSON Schema is ``streamer/schemas/event.schema.json``) and ``skyattr-source`` the source.
 
 The same topic carries the sequencer's control records (``skyattr.control/1`` in the schema header, no key,
-written to every partition): ``config``, ``window`` and ``tick`` (see :func:`encode_control`). A consumer that
-wants events only skips them by the header.
+written to every partition): ``config``, ``window``, ``tick`` and ``deactivate`` (see :func:`encode_control`). A
+consumer that wants events only skips them by the header.
 
 JSON rather than a binary layout: a record is ~250 bytes, Kafka's compression (zstd) takes most of the field names
 back, and any consumer can read it.
@@ -96,12 +96,14 @@ CONTROL_SCHEMA = "skyattr.control/1"
 
 
 def encode_control(control: Any) -> bytes:
-    """The value of a control record: ``{"tick": as_of_us, "final": bool}``, ``{"window": {...}}`` or
-    ``{"config": {...}}`` (a dict given as it is)."""
-    from streamer.distributed.sequencer import Tick, WindowMove
+    """The value of a control record: ``{"tick": as_of_us, "final": bool}``, ``{"window": {...}}``,
+    ``{"deactivate": did}`` or ``{"config": {...}}`` (a dict given as it is)."""
+    from streamer.distributed.sequencer import Deactivate, Tick, WindowMove
 
-    if isinstance(control, Tick):
-        obj: dict[str, Any] = {"tick": control.as_of_us, "final": control.final}
+    if isinstance(control, Deactivate):
+        obj: dict[str, Any] = {"deactivate": control.did}
+    elif isinstance(control, Tick):
+        obj = {"tick": control.as_of_us, "final": control.final}
     elif isinstance(control, WindowMove):
         obj = {
             "window": {
@@ -125,10 +127,12 @@ def control_headers(source: str) -> list[tuple[str, bytes]]:
 def decode_control(value: bytes) -> Any:
     """The :class:`~streamer.distributed.sequencer.Tick`, :class:`~streamer.distributed.sequencer.WindowMove` or
     config dict of a control record; ValueError naming what is wrong for anything else."""
-    from streamer.distributed.sequencer import Tick, WindowMove
+    from streamer.distributed.sequencer import Deactivate, Tick, WindowMove
 
     try:
         obj = json.loads(value)
+        if "deactivate" in obj and isinstance(obj["deactivate"], str):
+            return Deactivate(obj["deactivate"])
         if "tick" in obj:
             return Tick(int(obj["tick"]), bool(obj.get("final", False)))
         if "window" in obj:
@@ -140,7 +144,7 @@ def decode_control(value: bytes) -> Any:
             return obj["config"]
     except (ValueError, TypeError, KeyError, AttributeError) as exc:
         raise ValueError(f"not a {CONTROL_SCHEMA} record: {exc}") from None
-    raise ValueError(f"not a {CONTROL_SCHEMA} record: no tick, window or config")
+    raise ValueError(f"not a {CONTROL_SCHEMA} record: no tick, window, deactivate or config")
 
 
 def schema_of(headers: Any) -> str:

@@ -316,10 +316,17 @@ async def ingest_to_kafka(
                             controls.extend(verdict.controls)
                             await broadcast()
                         key, value = event_records.encode(
-                            item.source_cursor, index, event, ordinal=verdict.ordinal, refused=verdict.reason or ""
+                            item.source_cursor,
+                            index,
+                            verdict.recorded(event),
+                            ordinal=verdict.ordinal,
+                            refused=verdict.reason or "",
                         )
                         await producer.send(events_topic, value, key=key, headers=hdrs)
                         events += 1
+                        if verdict.after:
+                            controls.extend(verdict.after)
+                            await broadcast()
                 tail = seq.finish() if ended else None  # a finite source's tail after its last due time: one more run
                 if tail is not None:
                     controls.append(tail)

@@ -12,8 +12,10 @@ printable, so no DID holds it):
 
 * ``P a b actor`` → ``[count per activity kind ..., n, off]``: the actor's activity in bucket ``b``;
 * ``P e b actor subject`` → ``[weight, n, off]``: the actor's attention to ``subject`` in bucket ``b``;
-* ``P d actor`` → ``[n, off]``: an actor whose events left neither activity nor an edge (an edit, a profile
-  change): a single process holds such an account until its next prune;
+* ``P d did`` → ``[n, off, role]``: an account held without a trace, at its first appearance (``n``, as actor:
+  role 0, or as subject: role 1): an actor whose events left neither activity nor an edge (an edit, a profile
+  change, a delete), or the other end of an edge a deactivation removed. A single process holds such an account
+  until its next prune;
 * ``P r actor collection rkey`` → ``[b, kind, subject, off]``: what the actor's record added (its kind's index in
   ``ACTIVITY_KINDS``, the subject of its edge or ""), for a delete to take back. A delete lowers the counter and
   the edge's weight in bucket ``b`` and drops the ``r`` key; a key brought to zero stays (with its ``n``, which
@@ -21,6 +23,7 @@ printable, so no DID holds it):
   counts as nothing: a single process holds such an account until then too. The records of a bucket leave with
   it;
 * ``P n`` → ``[events, off]`` accepted events ever, ``P w`` → ``[head, off]`` the window's head,
+  ``P g`` → ``[deactivations, off]`` the ``deactivate`` control records applied,
   ``P c`` → the ``config`` control record's contents.
 
 ``n`` is the sequencer's ordinal of the event that made the key (the first appearance, which orders the DIDs);
@@ -42,7 +45,7 @@ import numpy as np
 from streamer.core.events import DELETE, Event
 from streamer.core.state import ACTIVITY_INDEX, ACTIVITY_KINDS, StateConfig
 from streamer.distributed import event_records
-from streamer.distributed.sequencer import Tick, WindowMove
+from streamer.distributed.sequencer import Deactivate, Tick, WindowMove
 from streamer.distributed.shards import Shard
 
 SEP = "\x1f"
@@ -62,7 +65,7 @@ class PartitionState:
         # partition holds in the store (only this object writes those keys), so folding reads no store value and
         # a shard parses no key; rebuilt from the store after a recovery.
         self._by_bucket: dict[int, dict[str, tuple[tuple[str, ...], list[Any]]]] = {}
-        self._dangling: dict[str, tuple[str, int]] = {}  # d key -> (actor, ordinal)
+        self._dangling: dict[str, tuple[str, int]] = {}  # d key -> (DID, position 2 n + role)
         self._records: dict[int, dict[str, tuple[int, int, str]]] = {}  # bucket -> r key -> (bucket, kind, subject)
         self._record_bucket: dict[str, int] = {}  # r key -> its bucket
         self.skipped: Counter[str] = Counter()  # records not folded, by reason (this process's, not durable)
@@ -87,7 +90,8 @@ class PartitionState:
             if parts[1] in ("a", "e"):
                 self._by_bucket.setdefault(int(parts[2]), {})[key] = (tuple(parts[3:]), list(self.store[key]))
             elif parts[1] == "d":
-                self._dangling[key] = (parts[2], int(self.store[key][0]))
+                held = self.store[key]
+                self._dangling[key] = (parts[2], 2 * int(held[0]) + (int(held[2]) if len(held) > 2 else 0))
             elif parts[1] == "r":
                 b, k, subject = self.store[key][:3]
                 self._remember(key, int(b), int(k), str(subject))
@@ -119,6 +123,8 @@ class PartitionState:
                 return control
             if isinstance(control, WindowMove):
                 self.move(offset, control)
+            elif isinstance(control, Deactivate):
+                self.deactivate(offset, control.did)
             else:
                 self.configure(control)
             return None
@@ -238,11 +244,14 @@ class PartitionState:
             bucket[ekey] = (entry[0], value)
         store.pop(key, None)
 
-    def _dangle(self, actor: str, ordinal: int, offset: int) -> None:
-        key = self._key("d", actor)
-        if key not in self._dangling:
-            self.store[key] = [ordinal, offset]
-            self._dangling[key] = (actor, ordinal)
+    def _dangle(self, did: str, ordinal: int, offset: int, role: int = 0) -> None:
+        """Hold ``did`` without a trace, at its first appearance (ordinal ``ordinal``, as actor: role 0, or as
+        subject: role 1) until the next prune."""
+        key = self._key("d", did)
+        held = self._dangling.get(key)
+        if held is None or 2 * ordinal + role < held[1]:
+            self.store[key] = [ordinal, offset, role]
+            self._dangling[key] = (did, 2 * ordinal + role)
 
     def move(self, offset: int, moved: WindowMove) -> None:
         """The ``window`` control record: drop the buckets that left the window (and, on a prune, the accounts
@@ -272,12 +281,43 @@ class PartitionState:
         """Whether an ``a`` or ``e`` key still holds activity or an edge (a delete may have brought it to zero)."""
         return any(value[:KINDS]) if len(parts) == 1 else value[0] > self._edge_floor
 
+    def deactivate(self, offset: int, did: str) -> None:
+        """The ``deactivate`` control record: drop everything ``did`` did in this partition and every edge towards
+        it (see :mod:`streamer.distributed.sequencer`), as a single process does at the deactivating event; records
+        towards it keep their activity only, so a later delete takes back no edge. One pass over the partition's
+        window in memory: deactivations are rare next to events. ``P g`` → ``[count, off]`` marks it done."""
+        store, key = self.store, self._key("g")
+        held = store.get(key)
+        if held is not None and offset <= held[1]:  # read again after a crash: done already
+            return
+        store[key] = [(held[0] if held else 0) + 1, offset]
+        for entries in self._by_bucket.values():
+            for k in [k for k, (parts, _) in entries.items() if did in parts]:
+                parts, value = entries.pop(k)
+                store.pop(k, None)
+                if len(parts) == 2:  # the other end stays, without a trace, until the next prune (as it does in a
+                    other = 1 if parts[0] == did else 0  # single process, which interned it)
+                    self._dangle(parts[other], int(value[1]), offset, other)
+        dkey = self._key("d", did)
+        if self._dangling.pop(dkey, None) is not None:
+            store.pop(dkey, None)
+        for records in self._records.values():
+            for k, (b, kind, subject) in list(records.items()):
+                if k.split(SEP)[2] == did:
+                    del records[k]
+                    del self._record_bucket[k]
+                    store.pop(k, None)
+                elif subject == did:
+                    records[k] = (b, kind, "")
+                    store[k] = [b, kind, "", offset]
+
     # reading ---------------------------------------------------------------------------------------------------
     def changed_after(self, offset: int) -> bool:
         """Whether a record after ``offset`` changed the state already (accepted events move ``P n``, window
-        moves ``P w``; nothing else changes it): then a record at ``offset`` is being read again."""
-        n, w = self.store.get(self._key("n")), self.store.get(self._key("w"))
-        return max(n[1] if n else -1, w[1] if w else -1) > offset
+        moves ``P w``, deactivations ``P g``; nothing else changes it): then a record at ``offset`` is being read
+        again."""
+        marks = (self.store.get(self._key(k)) for k in ("n", "w", "g"))
+        return max(m[1] if m else -1 for m in marks) > offset
 
     @property
     def events(self) -> int:
@@ -324,10 +364,9 @@ class PartitionState:
                         first[subject] = pos + 1
                     if value[0] > self._edge_floor:  # an edge deletes brought to zero is no edge
                         edges[parts] = edges.get(parts, 0.0) + float(value[0])
-        for actor, ordinal in self._dangling.values():
-            pos = 2 * ordinal
-            if first.get(actor, pos) >= pos:
-                first[actor] = pos
+        for did, pos in self._dangling.values():
+            if first.get(did, pos) >= pos:
+                first[did] = pos
         names = list(first)
         positions = np.fromiter(first.values(), np.int64, len(first))
         order = np.argsort(positions, kind="stable")  # positions are unique: one DID, one first appearance

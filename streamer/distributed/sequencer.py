@@ -13,7 +13,13 @@ writes them into ``skyattr.events``:
   window and weights the decisions were made with, at each ingest start), ``window`` (the head moved; ``prune``
   says whether a bucket that holds events left the window, which is when a single process forgets accounts left
   without a trace) and ``tick`` (a run is due: every worker publishes its shard of the state as it stands there).
-  The tail of a finite source gets one last ``tick`` with ``final`` set.
+  The tail of a finite source gets one last ``tick`` with ``final`` set. ``deactivate`` follows the ``#account``
+  event that deactivated an account (``active: false``: deleted, taken down, suspended, deactivated): every
+  partition drops what the account did and every edge towards it, as a single process does at that event.
+
+Deactivated accounts are the sequencer's too: until an ``#account`` event reactivates one, its events are refused
+(``deactivated``) and events towards it are recorded without their subject (the author's activity counts, the edge
+does not), so no partition needs to know who is inactive.
 
 Kafka keeps the order within a partition, so at a ``tick`` each partition's worker holds exactly its share of what
 the single process holds at the same due time, and the attributor's merge of the shards is that state.
@@ -28,14 +34,14 @@ from __future__ import annotations
 import json
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
-from streamer.core.events import Event
+from streamer.core.events import ACCOUNT, Event
 from streamer.core.schedule import ScheduleState, align, interval_us, step
-from streamer.core.state import BAD_DID, StateConfig, storable_did
+from streamer.core.state import BAD_DID, DEACTIVATED, StateConfig, decode_strings, encode_strings, storable_did
 from streamer.core.watermark import FUTURE_TIME, LATE, MAX_TIME_US, Watermark
 from streamer.distributed import packed
 
@@ -61,17 +67,31 @@ class WindowMove:
     prune: bool
 
 
-Control = Tick | WindowMove
+@dataclass(frozen=True)
+class Deactivate:
+    """``did`` was deactivated by the event just before: drop its activity, its edges and the edges towards it."""
+
+    did: str
+
+
+Control = Tick | WindowMove | Deactivate
 
 
 @dataclass
 class Verdict:
-    """What the sequencer decided about one event: the controls that come before it, and the event's own fate:
-    ``reason`` when refused, else its ordinal among accepted events."""
+    """What the sequencer decided about one event: the controls that come before it, the event's own fate
+    (``reason`` when refused, else its ordinal among accepted events), whether its subject is dropped (an inactive
+    account's), and the controls that come after it."""
 
     controls: list[Control] = field(default_factory=list)
     reason: str | None = None
     ordinal: int = -1
+    no_subject: bool = False
+    after: list[Control] = field(default_factory=list)
+
+    def recorded(self, event: Event) -> Event:
+        """The event as it is written to ``skyattr.events``."""
+        return replace(event, subject="") if self.no_subject else event
 
 
 class Sequencer:
@@ -97,6 +117,7 @@ class Sequencer:
         self.accepted = 0
         self.last_time_us = 0
         self.refused: Counter[str] = Counter()
+        self.deactivated: dict[str, int] = {}  # DID -> event time of its deactivation, while inactive
         self.finished = False
 
     def decide(self, event: Event) -> Verdict:
@@ -119,6 +140,17 @@ class Sequencer:
         reason = self.watermark.judge(t, self.clock() if self.clock is not None else None)
         if reason is not None:
             return self._refuse(verdict, reason)
+        active = (event.extra or {}).get("active") if event.kind == ACCOUNT else None
+        if active is False:
+            self.deactivated[event.actor] = t
+            verdict.after.append(Deactivate(event.actor))
+        elif self.deactivated:
+            if active is True:
+                self.deactivated.pop(event.actor, None)
+            elif event.actor in self.deactivated:
+                return self._refuse(verdict, DEACTIVATED)
+            elif event.subject and event.kind in self._att_w and event.subject in self.deactivated:
+                verdict.no_subject = True
         self.schedule, due = step(self.schedule, t, self.every_us)
         if due is not None:
             verdict.controls.append(Tick(due))
@@ -161,10 +193,14 @@ class Sequencer:
             "refused": dict(self.refused),
             "finished": self.finished,
         }
+        gone_offsets, gone_blob = encode_strings(list(self.deactivated))
         return packed.pack(
             {
                 "ring": np.array(wm.ring, np.int64),
                 "buckets": np.array(sorted(self.buckets), np.int64),
+                "deactivated_offsets": gone_offsets,
+                "deactivated_blob": gone_blob,
+                "deactivated_time_us": np.array(list(self.deactivated.values()), np.int64),
                 "meta": np.frombuffer(json.dumps(meta, separators=(",", ":"), sort_keys=True).encode(), np.uint8),
             }
         )
@@ -185,4 +221,11 @@ class Sequencer:
         seq.accepted, seq.last_time_us = int(meta["accepted"]), int(meta["last_time_us"])
         seq.refused = Counter(meta["refused"])
         seq.finished = bool(meta["finished"])
+        if "deactivated_offsets" in arrays:  # absent from a cursor written before deactivations were honoured
+            try:
+                gone = decode_strings(arrays["deactivated_offsets"], arrays["deactivated_blob"])
+                times = arrays["deactivated_time_us"].tolist()
+                seq.deactivated = dict(zip(gone, times, strict=True))
+            except ValueError as exc:
+                raise ValueError(f"not a saved sequencer state: deactivated accounts: {exc}") from None
         return seq

@@ -43,3 +43,29 @@ def test_every_event_round_trips_and_matches_the_schema(which: str, sample_dir: 
 def test_anything_else_is_refused_with_a_reason(value: bytes, reason: str) -> None:
     with pytest.raises(ValueError, match=reason):
         event_records.decode(value)
+
+
+def test_the_sequencer_keeps_deactivated_accounts_across_a_restart() -> None:
+    """The ingest's cursor carries the sequencer: a restarted ingest still refuses an inactive account's events,
+    strips it as a subject, and a ``deactivate`` control record reads back as written."""
+    from streamer.core.events import ACCOUNT, Event
+    from streamer.core.state import DEACTIVATED
+    from streamer.distributed.sequencer import Deactivate, Sequencer
+
+    a, b = "did:plc:" + "a" * 24, "did:plc:" + "b" * 24
+    t0 = 1_783_123_200_000_000
+    seq = Sequencer()
+    for i in range(40):  # the watermark's warm-up
+        assert seq.decide(Event(t0 + i * 1_000_000, i, "post", b)).reason is None
+    verdict = seq.decide(Event(t0 + 41_000_000, 41, ACCOUNT, a, extra={"active": False, "status": "takendown"}))
+    assert verdict.reason is None and verdict.after == [Deactivate(a)]
+    assert event_records.decode_control(event_records.encode_control(Deactivate(a))) == Deactivate(a)
+    restarted = Sequencer.from_text(seq.to_text())
+    assert restarted.deactivated == {a: t0 + 41_000_000}
+    assert restarted.decide(Event(t0 + 42_000_000, 42, "post", a)).reason == DEACTIVATED
+    like = Event(t0 + 43_000_000, 43, "like", b, a)
+    towards = restarted.decide(like)
+    assert towards.reason is None and towards.recorded(like).subject == "" and towards.recorded(like).actor == b
+    back = restarted.decide(Event(t0 + 44_000_000, 44, ACCOUNT, a, extra={"active": True}))
+    assert back.reason is None and not back.after and a not in restarted.deactivated
+    assert restarted.decide(Event(t0 + 45_000_000, 45, "post", a)).reason is None

@@ -86,9 +86,15 @@ class Partitioned:
                 for control in verdict.controls:
                     self.broadcast(control)
                 _, value = event_records.encode(
-                    item.source_cursor, index, event, ordinal=verdict.ordinal, refused=verdict.reason or ""
+                    item.source_cursor,
+                    index,
+                    verdict.recorded(event),
+                    ordinal=verdict.ordinal,
+                    refused=verdict.reason or "",
                 )
                 self.send(partition_of(event.actor, self.partitions), value, event_records.headers("test"))
+                for control in verdict.after:
+                    self.broadcast(control)
         tail = sequencer.finish()
         if tail is not None:
             self.broadcast(tail)
@@ -130,15 +136,18 @@ def _edges(snap: Any) -> tuple[Any, Any, Any]:
 
 
 def hostile_stream(seed: int, hours: float = 9.0, per_hour: int = 600) -> list[Any]:
-    """Events over several 1-hour buckets: every kind, edits, self-attention, unstorable DIDs, stragglers from
-    hours back, times from the far future and before the epoch, and a jump of the whole stream."""
-    from streamer.core.events import Event
+    """Events over several 1-hour buckets: every kind, edits, deletes, self-attention, unstorable DIDs, accounts
+    deactivated and reactivated, stragglers from hours back, times from the far future and before the epoch, and a
+    jump of the whole stream."""
+    from streamer.core.events import KIND_COLLECTION, Event
 
     rng = np.random.default_rng(seed)
     hour = 3_600_000_000
     dids = [f"did:plc:{i:024d}" for i in range(60)] + ["did:plc:bad\x00did"]
     kinds = ["post", "reply", "quote", "repost", "like", "follow", "profile", "block"]
     events = []
+    made: list[tuple[str, str, str, str]] = []  # (actor, subject, collection, rkey) of each create, for deletes
+    gone: list[str] = []  # accounts deactivated now
     n = int(hours * per_hour)
     for i in range(n):
         t = int((1000 + hours * i / n) * hour) + (5 * hour if i > n * 0.8 else 0)  # the stream jumps late on
@@ -154,7 +163,23 @@ def hostile_stream(seed: int, hours: float = 9.0, per_hour: int = 600) -> list[A
         subject = dids[int(rng.integers(0, len(dids)))] if rng.random() > 0.1 else actor
         kind = kinds[int(rng.integers(0, len(kinds)))]
         op = "update" if rng.random() < 0.05 else "create"
-        events.append(Event(t, i, kind, actor, subject if kind not in ("post", "profile") else "", operation=op))
+        roll = rng.random()
+        if roll < 0.05 and made:  # a delete of an earlier record (its create may be late, expired, or deleted)
+            events.append(Event(t, i, "delete", *made[int(rng.integers(0, len(made)))], operation="delete"))
+            continue
+        if roll < 0.056 and i > 50:  # an account deactivated (a busy one), or one reactivated
+            active = bool(gone) and rng.random() < 0.5
+            who = gone.pop(int(rng.integers(0, len(gone)))) if active else dids[min(int(rng.pareto(1.2)), 59)]
+            if not active:
+                gone.append(who)
+            extra = {"active": True} if active else {"active": False, "status": "deactivated"}
+            events.append(Event(t, i, "account", who, extra=extra))
+            continue
+        collection = KIND_COLLECTION.get(kind, "app.bsky.actor.profile")
+        subject = subject if kind not in ("post", "profile") else ""
+        events.append(Event(t, i, kind, actor, subject, collection, f"r{i}", operation=op))
+        if op == "create":
+            made.append((actor, "", collection, f"r{i}"))
     return events
 
 
@@ -199,10 +224,16 @@ def test_shards_merge_to_the_single_process_snapshot_through_expiry_prunes_and_h
         assert state.apply(event, before_fold=before_fold) == verdict.reason, f"event {i}"
         for control in verdict.controls:
             broadcast(control)
-        _, value = event_records.encode(i, 0, event, ordinal=verdict.ordinal, refused=verdict.reason or "")
+        recorded = verdict.recorded(event)
+        _, value = event_records.encode(i, 0, recorded, ordinal=verdict.ordinal, refused=verdict.reason or "")
         send(partition_of(event.actor, partitions), value, event_records.headers("t"))
-    assert {"late", "future_time", "bad_did"} <= set(verdicts), "the stream exercises every refusal"
+        for control in verdict.after:
+            broadcast(control)
+    assert {"late", "future_time", "bad_did", "deactivated"} <= set(verdicts), "the stream exercises every refusal"
     assert state.counters["buckets_expired"] > 0 and state.counters["agents_pruned"] > 0
+    counted = ("delete_applied", "delete_unmatched", "accounts_deactivated", "accounts_reactivated")
+    assert all(state.counters[k] > 5 for k in counted), {k: state.counters[k] for k in counted}
+    assert state.counters["deactivated_subject"] > 0
     assert [t for t, _ in merged] == [t for t, _ in single] and len(single) > 20
     for (t, a), (_, b) in zip(merged, single, strict=True):
         assert (a.events, a.window_start_us, a.window_end_us) == (b.events, b.window_start_us, b.window_end_us), t
