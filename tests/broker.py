@@ -15,7 +15,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 KAFKA_OPS = REPO / "ops" / "kafka"
-SCRIPTS_BOOTSTRAP = "127.0.0.1:9092"  # where ops/kafka/start.sh listens by default
+SCRIPTS_PORT = int(os.environ.get("SKYATTR_KAFKA_PORT", "9092"))  # where ops/kafka/start.sh listens (default 9092)
+SCRIPTS_BOOTSTRAP = f"127.0.0.1:{SCRIPTS_PORT}"
 
 
 def kafka_bootstrap() -> str:
@@ -35,7 +36,8 @@ def _run_script(name: str) -> None:
 
 
 class ScriptBroker:
-    """The broker that ops/kafka/start.sh runs on 9092, stopped and started through the scripts.
+    """The broker that ops/kafka/start.sh runs (on 9092, or SKYATTR_KAFKA_PORT), stopped and started through the
+    scripts.
 
     The pid file and the process's command line are read here too, so that the test can tell "stopped" from "the
     script thought nothing was running" and never leaves the shared broker down or orphaned (no pid file)."""
@@ -90,9 +92,9 @@ class ScriptBroker:
             if self._alive(pid):
                 os.kill(pid, signal.SIGKILL)
         deadline = time.monotonic() + 10
-        while _port_open(9092) and time.monotonic() < deadline:
+        while _port_open(SCRIPTS_PORT) and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert not _port_open(9092), "port 9092 still accepts connections after stopping the broker"
+        assert not _port_open(SCRIPTS_PORT), f"port {SCRIPTS_PORT} still accepts connections after stopping the broker"
 
     def ensure_running(self) -> None:
         if self.pid is not None and self._alive(self.pid):

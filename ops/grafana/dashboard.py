@@ -623,6 +623,15 @@ def distributed() -> list[Any]:
             ],
             unit="s",
         ),
+        ts(
+            "Roles: Kafka broker reached",
+            "1 while a role (ingest --to-kafka, attributor) has its broker, 0 before it is first reached and during "
+            "an outage, when the role is unready and waits for it (it resumes by itself). Alert: KafkaUnreachable. "
+            "skyattr_kafka_connected.",
+            q(f"min by (instance) (skyattr_kafka_connected{{{SEL}}})", "{{instance}}"),
+        )
+        .min(0)
+        .max(1),
     ]
 
 

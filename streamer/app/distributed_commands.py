@@ -20,12 +20,15 @@ from streamer.app import options as opt
 from streamer.app.flags import ATTRIBUTION_FIELDS, load_or_exit, with_settings_options
 from streamer.app.kafka_errors import exit_for, kafka_errors_named
 from streamer.app.signals import stop_event
-from streamer.distributed.attributor import DEFAULT_GATHER_TIMEOUT_S, STATE_TOPIC
+from streamer.distributed.attributor import DEFAULT_GATHER_TIMEOUT_S, STATE_TOPIC, AttributorStats
 from streamer.distributed.kafka_ingest import EVENTS_TOPIC
+from streamer.distributed.ride_out import BrokerLink, BrokerUnreachable, connect_timeout, fold_client_logs, ride_out
 from streamer.distributed.shards import SHARDS_TOPIC
+from streamer.sinks.prometheus import kafka_readiness
 
 KAFKA_SETTINGS = {
     "kafka_bootstrap",
+    "kafka_connect_timeout",
     "kafka_security_protocol",
     "kafka_sasl_mechanism",
     "kafka_sasl_username",
@@ -41,12 +44,22 @@ def _bootstrap_or_exit(settings: Any, command: str) -> str:
     return str(settings.kafka_bootstrap)
 
 
-def _partitions_or_exit(bootstrap: str, topic: str, security: dict[str, Any]) -> int:
+def _partitions_or_exit(bootstrap: str, topic: str, security: dict[str, Any], timeout_s: float) -> int:
+    """The partitions of ``topic``, waiting for a broker that is not up yet (a pod started before it) for at most
+    ``timeout_s``; exit 2 with one line when it is never reached, or has no such topic."""
     from streamer.distributed.kafka_ingest import partitions_of
 
+    async def listing() -> list[int] | None:
+        fold_client_logs()
+        link = BrokerLink(bootstrap)
+        return await ride_out(lambda _: partitions_of(bootstrap, topic, security), link, connect_timeout_s=timeout_s)
+
     try:
-        parts = asyncio.run(partitions_of(bootstrap, topic, security))
-    except Exception as exc:  # whatever stops the listing (a broker away, a timeout) is named in one line
+        parts = asyncio.run(listing()) or []
+    except BrokerUnreachable as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    except Exception as exc:  # whatever else stops the listing is named in one line
         raise exit_for(exc, bootstrap) from exc
     if not parts:
         typer.echo(f"error: no topic {topic} at {bootstrap}: start `skyattr ingest --to-kafka` first", err=True)
@@ -83,7 +96,7 @@ def worker_command(
     if store not in ("rocksdb://", "memory://"):
         typer.echo(f"error: --store must be rocksdb:// or memory://, got {store!r}", err=True)
         raise typer.Exit(2)
-    partitions = _partitions_or_exit(bootstrap, events_topic, settings.kafka_security())
+    partitions = _partitions_or_exit(bootstrap, events_topic, settings.kafka_security(), connect_timeout(settings))
     cfg = WorkerConfig(
         bootstrap=bootstrap,
         events_topic=events_topic,
@@ -171,21 +184,34 @@ def attributor_command(
             print(f"run {result.run} at {result.as_of_us}: value {result.value:.4g}, {_figure(result)}")
             sys.stdout.flush()
 
+    stats = AttributorStats()
+    link = BrokerLink(bootstrap, on_change=metrics.on_kafka if metrics is not None else None)
+
     async def main() -> Any:
         stop = stop_event()
-        return await run_attributor(
-            cfg,
-            attribution,
-            followers=followers,
-            deliver=deliver,
-            stop=stop,
-            until_final=until_final,
-            on_outcome=on_outcome,
-        )
+        fold_client_logs()
+
+        def attempt(link: BrokerLink) -> Any:
+            return run_attributor(
+                cfg,
+                attribution,
+                followers=followers,
+                deliver=deliver,
+                stop=stop,
+                until_final=until_final,
+                on_outcome=on_outcome,
+                link=link,
+                stats=stats,
+            )
+
+        return await ride_out(attempt, link, connect_timeout_s=connect_timeout(settings), stop=stop)
 
     try:
         with kafka_errors_named(bootstrap):
-            stats = asyncio.run(main())
+            asyncio.run(main())
+    except BrokerUnreachable as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
     except (OSError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
@@ -230,8 +256,8 @@ def _attributor_metrics(settings: Any) -> tuple[Any, Any]:
         if outcome != "incomplete":
             gather.observe(gather_s)
 
+    metrics.on_kafka = kafka_readiness(metrics)  # type: ignore[attr-defined]  (ready while the broker is reached)
     port = metrics.serve(settings.metrics_port, settings.metrics_host)
-    metrics.ready = True
     logging.getLogger("skyattr.attributor").info("metrics on http://%s:%d/metrics", settings.metrics_host, port)
     return metrics, on_outcome
 

@@ -25,8 +25,10 @@ from streamer.distributed.kafka_ingest import (
     DEFAULT_PARTITIONS,
     EVENTS_TOPIC,
     IngestCursor,
+    IngestStats,
     ingest_to_kafka,
 )
+from streamer.distributed.ride_out import BrokerLink, BrokerUnreachable, connect_timeout, fold_client_logs, ride_out
 from streamer.sources.archive import ArchiveSource
 from streamer.sources.base import Source
 from streamer.sources.firehose import FirehoseSource
@@ -35,6 +37,7 @@ INGEST_SETTINGS = {
     "relay",
     "speed",
     "kafka_bootstrap",
+    "kafka_connect_timeout",
     "kafka_security_protocol",
     "kafka_sasl_mechanism",
     "kafka_sasl_username",
@@ -45,6 +48,9 @@ INGEST_SETTINGS = {
     "edge_budget",
     "record_budget",
     "max_future_skew",
+    "metrics_port",
+    "metrics_host",
+    "log_level",
 }
 
 
@@ -115,8 +121,18 @@ def ingest_command(
             return ArchiveSource(archive, skip=cursor.position, seq_cursor=seq_cursor, seen=cursor.seen_seqs())
         return FirehoseSource(settings.relay, cursor=cursor.position if cursor and cursor.position >= 0 else None)
 
+    stats = IngestStats()
+    endpoint = _endpoint(settings, stats, live=archive is None)
+    link = BrokerLink(settings.kafka_bootstrap or "", on_change=endpoint.on_kafka if endpoint is not None else None)
+
     async def main() -> Any:
         stop = stop_event()
+        fold_client_logs()
+        return await ride_out(
+            lambda link: attempt(stop, link), link, connect_timeout_s=connect_timeout(settings), stop=stop
+        )
+
+    async def attempt(stop: asyncio.Event, link: BrokerLink) -> Any:
         return await ingest_to_kafka(
             make_source,
             bootstrap=settings.kafka_bootstrap or "",
@@ -133,14 +149,19 @@ def ingest_command(
             live=archive is None,
             speed=settings.speed if archive is not None else None,
             transactional_id=transactional_id,
+            link=link,
+            totals=stats,
         )
 
     try:
         with kafka_errors_named(settings.kafka_bootstrap or ""):
-            stats = asyncio.run(main())
-    except (OSError, ValueError) as exc:
+            asyncio.run(main())
+    except (BrokerUnreachable, OSError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
+    finally:
+        if endpoint is not None:
+            endpoint.close()
     resumed = stats.resumed_from
     start = "from the start"
     if resumed is not None:
@@ -150,3 +171,29 @@ def ingest_command(
         f"{stats.transactions:,} transactions to {events_topic} ({stats.seconds:.1f}s)",
         err=True,
     )
+
+
+def _endpoint(settings: Any, stats: IngestStats, *, live: bool) -> Any:
+    """``/metrics``, ``/healthz`` and ``/readyz`` with ``--metrics-port``: ready while the broker is reached and,
+    for a live relay, while its websocket is open; ``skyattr_kafka_connected``, ``skyattr_source_connected``."""
+    if settings.metrics_port is None:
+        return None
+    from prometheus_client import Gauge
+
+    from streamer.sinks.prometheus import Endpoint, kafka_readiness
+
+    class IngestEndpoint(Endpoint):
+        def readiness(self) -> tuple[bool, str]:
+            if self.ready and live and not stats.source.connected:
+                return False, "relay not connected"
+            return self.ready, self.not_ready_reason
+
+    endpoint = IngestEndpoint()
+    endpoint.on_kafka = kafka_readiness(endpoint)  # type: ignore[attr-defined]
+    Gauge(
+        "skyattr_source_connected",
+        "1 while the relay websocket is open (run; 0 in replay).",
+        registry=endpoint.registry,
+    ).set_function(lambda: 1 if live and stats.source.connected else 0)
+    endpoint.serve(settings.metrics_port, settings.metrics_host)
+    return endpoint

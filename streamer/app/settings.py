@@ -182,6 +182,14 @@ class Settings(BaseSettings):
     )
     kafka_sasl_username: str | None = Field(None, description="Kafka SASL user (from a Secret in Kubernetes).")
     kafka_sasl_password: SecretStr | None = Field(None, description="Kafka SASL password (never logged).")
+    kafka_connect_timeout: float = Field(
+        120.0,
+        ge=0,
+        le=TEN_YEARS_S,
+        allow_inf_nan=False,
+        description="Seconds the distributed roles try to reach a Kafka broker never reached yet before they exit 2 "
+        "(a wrong address); once reached, they wait out any outage, unready (0: wait for ever).",
+    )
     kafka_shutdown_timeout: float = Field(
         20.0,
         gt=0,

@@ -31,6 +31,7 @@ from streamer.core.results import Result
 from streamer.core.state import StateConfig
 from streamer.distributed.gather import Complete, Gatherer, Incomplete
 from streamer.distributed.kafka_ingest import ensure_topics, load_latest, stop_consumer
+from streamer.distributed.ride_out import BrokerLink, probe
 from streamer.distributed.shards import SHARDS_TOPIC, chunk_meta, merge
 
 log = logging.getLogger("skyattr.attributor")
@@ -79,6 +80,7 @@ class AttributorStats:
     skipped: int = 0
     undecodable: int = 0
     resumed_from: AttributorState | None = None
+    started: bool = False  # a first attempt read the state (resumed_from says what it found)
 
 
 async def run_attributor(
@@ -90,10 +92,15 @@ async def run_attributor(
     stop: asyncio.Event | None = None,
     until_final: bool = False,
     on_outcome: Callable[[str, float], None] | None = None,
+    link: BrokerLink | None = None,
+    stats: AttributorStats | None = None,
 ) -> AttributorStats:
     """Attribute runs until ``stop`` is set (or, ``until_final``, until the tail run of a finite source is done).
     ``deliver(result)`` gets every published result after its transaction committed; ``on_outcome(outcome,
-    gather_s)`` each run's outcome (``ok``, ``skipped``, ``incomplete``) for the metrics."""
+    gather_s)`` each run's outcome (``ok``, ``skipped``, ``incomplete``) for the metrics. ``link`` is told when
+    the clients are up, and probed while the shards topic is quiet (see :mod:`streamer.distributed.ride_out`:
+    a run of this function after a lost broker resumes from what Kafka holds); ``stats``, when given, is added
+    to (so the runs of several attempts add up)."""
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
     from streamer.sinks.kafka import encode
@@ -109,13 +116,22 @@ async def run_attributor(
         acks="all",
         **sec,
     )
-    await producer.start()  # fences an earlier attributor of the same name; its open transaction is aborted
+    try:
+        await producer.start()  # fences an earlier attributor of the same name; its open transaction is aborted
+    except BaseException:
+        await producer.stop()  # its client's connections, when the broker went away while it started
+        raise
     consumer = None
+    prober: asyncio.Task[None] | None = None
     try:
         held = await load_latest(config.bootstrap, config.state_topic, config.name, security=sec)
         state = AttributorState.from_bytes(held) if held is not None else AttributorState()
-        # a copy: the state moves on with every run, the stats say where this process started
-        stats = AttributorStats(resumed_from=replace(state) if held is not None else None)
+        if stats is None:
+            stats = AttributorStats()
+        if stats.resumed_from is None and not stats.started:
+            # a copy: the state moves on with every run, the stats say where this process started
+            stats.resumed_from = replace(state) if held is not None else None
+        stats.started = True
         gatherer = Gatherer(state.done_through_us, config.gather_timeout_s)
         tp = TopicPartition(config.shards_topic, 0)
         consumer = AIOKafkaConsumer(
@@ -129,6 +145,9 @@ async def run_attributor(
         )
         await consumer.start()
         consumer.assign([tp])
+        if link is not None:
+            link.up()
+            prober = asyncio.create_task(probe(link, consumer.topics))
         done = until_final and state.final  # a rerun of a finished job: nothing is left to wait for
         if done:
             log.info("the final run (at %d) is already done: nothing to attribute", state.done_through_us)
@@ -195,6 +214,8 @@ async def run_attributor(
                     break
         return stats
     finally:
+        if prober is not None:
+            prober.cancel()
         if consumer is not None:
             await stop_consumer(consumer)
         await producer.stop()

@@ -42,9 +42,11 @@ from streamer.core.pace import Pace
 from streamer.core.seqs import RESET_WINDOW, SeenSeqs
 from streamer.core.state import StateConfig
 from streamer.distributed import event_records, packed
+from streamer.distributed.ride_out import BrokerLink, probe
 from streamer.distributed.sequencer import DEFAULT_INTERVAL_S, Sequencer
 from streamer.sources.base import Source, SourceStats
 
+READ_BACK_TIMEOUT_S = 30.0  # a compacted topic read back with no record for this long: the broker is away
 log = logging.getLogger("skyattr.ingest")
 
 EVENTS_TOPIC = "skyattr.events"
@@ -97,6 +99,7 @@ class IngestStats:
     resumed_from: IngestCursor | None = None
     seconds: float = 0.0
     source: SourceStats = field(default_factory=SourceStats)
+    attempts: int = 0  # runs of ingest_to_kafka that added to these (more than one after a broker outage)
 
 
 async def ensure_topics(
@@ -109,8 +112,8 @@ async def ensure_topics(
     from aiokafka.errors import TopicAlreadyExistsError
 
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **(security or {}))
-    await admin.start()
     try:
+        await admin.start()
         existing = set(await admin.list_topics())
         missing = [name for name in wanted if name not in existing]
         if missing:
@@ -134,8 +137,8 @@ async def partitions_of(bootstrap: str, topic: str, security: dict[str, Any] | N
     from aiokafka.admin import AIOKafkaAdminClient
 
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **(security or {}))
-    await admin.start()
     try:
+        await admin.start()
         if topic not in set(await admin.list_topics()):
             return []
         described = await admin.describe_topics([topic])
@@ -168,8 +171,8 @@ async def holds_records(bootstrap: str, topic: str, security: dict[str, Any] | N
     if not tps:
         return False
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, **(security or {}))
-    await consumer.start()
     try:
+        await consumer.start()
         return any(offset > 0 for offset in (await consumer.end_offsets(tps)).values())
     finally:
         await stop_consumer(consumer)
@@ -190,16 +193,21 @@ async def load_latest(bootstrap: str, topic: str, key: str, security: dict[str, 
         auto_offset_reset="earliest",
         **(security or {}),
     )
-    await consumer.start()
     try:
+        await consumer.start()
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
         ends = await consumer.end_offsets(tps)  # the last stable offsets under read_committed
         latest: bytes | None = None
         wanted = key.encode()
         for tp in tps:
+            progress = time.monotonic()
             while await consumer.position(tp) < ends[tp]:
                 batch = await consumer.getmany(tp, timeout_ms=1000)
+                if batch.get(tp):
+                    progress = time.monotonic()
+                elif time.monotonic() - progress > READ_BACK_TIMEOUT_S:  # the broker went away under the read
+                    raise TimeoutError(f"no record of {topic} for {READ_BACK_TIMEOUT_S:g} s while reading it back")
                 for record in batch.get(tp, []):
                     if record.key == wanted:
                         latest = record.value
@@ -236,6 +244,8 @@ async def ingest_to_kafka(
     live: bool = False,
     speed: float | None = None,
     transactional_id: str | None = None,
+    link: BrokerLink | None = None,
+    totals: IngestStats | None = None,
 ) -> IngestStats:
     """Ingest until the source ends or ``stop`` is set (see the module doc). ``make_source(cursor)`` builds the
     source resuming after ``cursor`` (None: from its start). ``state_config`` and ``interval_s`` are what the
@@ -243,7 +253,9 @@ async def ingest_to_kafka(
     events are judged against the receive clock too, as ``skyattr run`` does. ``speed``: an archive is written at
     this multiple of its event time (:class:`~streamer.core.pace.Pace`, after each transaction), as ``replay
     --speed`` plays it; None: as fast as the broker takes it. ``transactional_id``: the producer's (default
-    ``skyattr-ingest:`` and the :func:`ingest_key`)."""
+    ``skyattr-ingest:`` and the :func:`ingest_key`). ``link``: told when the producer is up (see
+    :mod:`streamer.distributed.ride_out`: a run of this function after a lost broker resumes from the cursor
+    topic, so nothing is written twice); ``totals``, when given, is added to (so several attempts add up)."""
     from aiokafka import AIOKafkaProducer
 
     if batch_items < 1 or batch_seconds <= 0:
@@ -261,14 +273,21 @@ async def ingest_to_kafka(
         linger_ms=5,
         **(security or {}),
     )
-    await producer.start()  # registers the transactional id: an earlier ingest's open transaction is aborted
+    prober: asyncio.Task[None] | None = None
     try:
+        await producer.start()  # registers the transactional id: an earlier ingest's open transaction is aborted
+        if link is not None:
+            link.up()
+            prober = asyncio.create_task(probe(link, producer.client.fetch_all_metadata))
         cursor = await load_cursor(bootstrap, cursor_topic, name, security)
         if cursor is None and await holds_records(bootstrap, events_topic, security):
             cursor = await load_cursor(bootstrap, cursor_topic, source_id, security)  # keyed by the source alone
             if cursor is not None:
                 log.info("%s: resuming from its cursor written before cursors were keyed by topic", name)
-        stats = IngestStats(resumed_from=cursor)
+        stats = totals if totals is not None else IngestStats()
+        if stats.attempts == 0:
+            stats.resumed_from = cursor
+        stats.attempts += 1
         state = cursor or IngestCursor(source_id)
         ring = (cursor.seen_seqs() if cursor is not None else None) or SeenSeqs(RESET_WINDOW)
         last_seq = state.seq_cursor
@@ -372,7 +391,9 @@ async def ingest_to_kafka(
             if stopper is not None:
                 stopper.cancel()
             await source.aclose()
-        stats.seconds = time.monotonic() - started
+        stats.seconds += time.monotonic() - started
         return stats
     finally:
+        if prober is not None:
+            prober.cancel()
         await producer.stop()

@@ -17,6 +17,7 @@ import socket
 import socketserver
 import threading
 import time
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -113,6 +114,24 @@ class Endpoint:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+
+
+def kafka_readiness(endpoint: Endpoint) -> Callable[[bool], None]:
+    """A distributed role's readiness follows its broker: ``skyattr_kafka_connected`` on ``endpoint`` and a
+    callback (for :class:`streamer.distributed.ride_out.BrokerLink`) that sets it and ``/readyz``."""
+    gauge = Gauge(
+        "skyattr_kafka_connected",
+        "1 while the role has its Kafka broker (0 before and during an outage).",
+        registry=endpoint.registry,
+    )
+    endpoint.ready, endpoint.not_ready_reason = False, "connecting to Kafka"
+
+    def on_change(connected: bool) -> None:
+        gauge.set(1 if connected else 0)
+        endpoint.ready = connected
+        endpoint.not_ready_reason = "" if connected else "Kafka unreachable: waiting for the broker"
+
+    return on_change
 
 
 class Metrics(Endpoint):

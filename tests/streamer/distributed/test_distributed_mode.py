@@ -50,12 +50,14 @@ class Deployment:
         self.procs.append(proc)
         return proc
 
-    def ingest(self, *, wait: bool = True, batch_items: int = 500, speed: float | None = None) -> subprocess.Popen[str]:
+    def ingest(
+        self, *, wait: bool = True, batch_items: int = 500, speed: float | None = None, extra: tuple[str, ...] = ()
+    ) -> subprocess.Popen[str]:
         pace = ("--speed", str(speed)) if speed else ()
         proc = self._cli(
             "ingest", str(default_archive()), "--to-kafka", "--events-topic", self.events, "--cursor-topic",
             self.cursors, "--partitions", str(self.partitions), "--interval", "3600", "--batch-items",
-            str(batch_items), *pace, log="ingest",
+            str(batch_items), *pace, *extra, log="ingest",
         )  # fmt: skip
         if wait:
             assert proc.wait(300) == 0, self.log("ingest")
