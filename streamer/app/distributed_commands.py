@@ -82,6 +82,14 @@ def worker_command(
     session_timeout: Annotated[
         float, typer.Option(min=6.0, help="Seconds without a heartbeat before a worker's partitions move.")
     ] = 30.0,
+    stuck_timeout: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            help="Seconds holding no partition and recovering none before the worker exits 3 to be started again "
+            "(0: never; for more workers than partitions).",
+        ),
+    ] = 900.0,
     config: opt.Config = None,
     **flags: Any,
 ) -> None:
@@ -89,8 +97,11 @@ def worker_command(
 
     A faust-streaming app: the state is a changelog-backed table, so a partition moved to another worker, or a
     worker restarted without its disk, recovers it from Kafka. Runs until SIGTERM."""
-    from streamer.distributed.worker import WorkerConfig, run_worker
+    from streamer.distributed.worker import WorkerConfig, internals_error, run_worker
 
+    if (problem := internals_error()) is not None:
+        typer.echo(f"error: {problem}", err=True)
+        raise typer.Exit(2)
     settings = load_or_exit(config, flags)
     bootstrap = _bootstrap_or_exit(settings, "worker")
     if store not in ("rocksdb://", "memory://"):
@@ -106,6 +117,7 @@ def worker_command(
         data_dir=data_dir,
         instance=instance,
         session_timeout_s=session_timeout,
+        stuck_timeout_s=stuck_timeout,
         metrics_port=settings.metrics_port,
         metrics_host=settings.metrics_host,
     )

@@ -39,6 +39,8 @@ from streamer.sources.archive import SKIPPABLE_HIGH, SKIPPABLE_LOW, archive_file
 
 EVERY_ENV = "SKYATTR_PROGRESS_EVERY"
 DEFAULT_EVERY_S = 10.0
+BAR_WIDTH = 24
+MIN_LABEL = 12  # the bar's label is never cut shorter than this
 _TRAILER_PROBE = 4096  # bytes read from the end of an archive file to find its trailer (it holds ~50)
 
 
@@ -235,7 +237,7 @@ class JobProgress:
         if console.is_terminal:
             self._rich = RichProgress(
                 TextColumn("{task.description}"),
-                BarColumn(bar_width=24),
+                BarColumn(bar_width=BAR_WIDTH),
                 TaskProgressColumn(),
                 _CountColumn(),
                 _RateColumn(),
@@ -288,9 +290,18 @@ class JobProgress:
         self.stop()
 
     # internals ------------------------------------------------------------------------------------------------
-    @staticmethod
-    def _description(task: Task) -> str:
-        return plain(task.label) + (f" · {plain(task.detail)}" if task.detail else "")
+    def _description(self, task: Task) -> str:
+        """The bar's label, cut (with an ellipsis) to what the terminal leaves beside the other columns, so the bar
+        stays one line at 80 columns instead of wrapping and cutting off its count."""
+        text = plain(task.label) + (f" · {plain(task.detail)}" if task.detail else "")
+        if self._rich is None:
+            return text
+        rate = task.rate() if task.show_rate else None
+        others = (
+            BAR_WIDTH + len("100%") + len(task.counts()) + len(f"{_number(round(rate or 0))}/s") + len("ETA 9 min 59 s")
+        )
+        room = max(MIN_LABEL, self._rich.console.width - others - 6)  # 6: the spaces between the columns, and one
+        return text if len(text) <= room else text[: room - 1] + "…"
 
     def _changed(self, task: Task) -> None:
         if self._rich is None or task._rich_id is None:

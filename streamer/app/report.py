@@ -665,13 +665,20 @@ def report_command(
         prepare_out_dir(out)
         with JobProgress(progress) as bar:
             task = bar.task("report", total=archive_frames(path), detail=f"replaying {path.name}")
+
+            def attributing() -> None:
+                # every item is read by then (the bar must not sit where the last progress report left it), and
+                # what is left has no rate: the time column shows the time spent instead of "ETA 0 s"
+                task.show_rate = False
+                task.update(task.total or task.completed, detail="attributing at the end of the archive")
+
             data = build_report(
                 path,
                 state_config=settings.state(),
                 followers=table,
                 config=settings.attribution(),
                 on_progress=task.update,
-                on_attribute=lambda: task.update(detail="attributing at the end of the archive"),
+                on_attribute=attributing,
             )
             task.update(data.replay["items"], detail=f"writing the report into {out}")
             written = write_report(data, out)

@@ -25,6 +25,7 @@ transport with that one setting changed, registered as the ``kafka+rc://`` broke
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,6 +60,7 @@ class WorkerConfig:
     session_timeout_s: float = 30.0  # a worker silent this long leaves the group and its partitions move
     metrics_port: int | None = None  # /metrics, /healthz, /readyz (streamer.distributed.worker_metrics)
     metrics_host: str = "127.0.0.1"
+    stuck_timeout_s: float = 900.0  # no partition held and none recovering this long: exit 3 (StuckWatch)
 
 
 def _transport() -> Any:
@@ -72,6 +74,10 @@ def _transport() -> Any:
             return consumer
 
         async def seek_to_committed(self) -> Any:
+            if not reads_committed(self._ensure_consumer()):  # the patch above did not take: never read on
+                problem = "the worker's consumer does not read read_committed: the installed aiokafka ignores the patch"
+                log.critical(problem)
+                raise RuntimeError(problem)
             committed = await super().seek_to_committed()
             fresh = [tp for tp, offset in committed.items() if not offset and tp.topic in _FROM_START]
             if fresh:
@@ -93,6 +99,104 @@ def _transport() -> Any:
 # that has none (nor for offset 0), so such a partition went on from wherever that fetch had got to, skipping
 # records (seen here: a worker taking over two partitions from a killed one began at their ends).
 _FROM_START: set[str] = set()
+
+
+# What the worker changes in faust-streaming and aiokafka, by name: (what, owner, attribute, where it must be read).
+# A rename in either library would make a patch silently do nothing (and the worker read uncommitted records), so
+# :func:`check_internals` looks for each before the worker starts.
+PATCHED = (
+    ("faust's consumer thread builds the aiokafka consumer", "AIOKafkaConsumerThread", "_create_worker_consumer"),
+    ("faust's consumer thread seeks to committed offsets", "AIOKafkaConsumerThread", "seek_to_committed"),
+    ("faust's consumer thread runs calls in its thread", "AIOKafkaConsumerThread", "call_thread"),
+    ("faust's consumer thread holds its consumer", "AIOKafkaConsumerThread", "_ensure_consumer"),
+    ("faust's consumer makes its thread", "Consumer", "_new_consumer_thread"),
+    ("faust's transport names its consumer class", "Transport", "Consumer"),
+)
+
+
+def check_internals() -> list[str]:
+    """What the worker's patches need and the installed faust-streaming or aiokafka lacks ([] when all is there):
+    each patched method, aiokafka's consumer reading ``_isolation_level`` when it starts (so setting it after
+    construction takes effect) and faust's producer buffer's ``max_messages``."""
+    import inspect
+
+    from aiokafka import AIOKafkaConsumer
+    from faust.transport import producer
+    from faust.transport.drivers import aiokafka as driver
+
+    missing = [
+        f"{owner}.{attr} ({what})" for what, owner, attr in PATCHED if not hasattr(getattr(driver, owner, None), attr)
+    ]
+    try:
+        reads = "_isolation_level" in inspect.getsource(AIOKafkaConsumer.start)
+    except (OSError, TypeError):
+        reads = False
+    if not reads:
+        missing.append("AIOKafkaConsumer.start reading _isolation_level (the read_committed patch)")
+    if "max_messages" not in inspect.getsource(producer.ProducerBuffer):
+        missing.append("ProducerBuffer.max_messages (the producer buffer's size)")
+    return missing
+
+
+def reads_committed(consumer: Any) -> bool:
+    """Whether a started aiokafka consumer's fetcher reads ``read_committed`` (checked after every rebalance)."""
+    from aiokafka.consumer.fetcher import READ_COMMITTED
+
+    return getattr(getattr(consumer, "_fetcher", None), "_isolation_level", None) == READ_COMMITTED
+
+
+def internals_error() -> str | None:
+    """One line naming what :func:`check_internals` found missing and the installed versions, or None."""
+    missing = check_internals()
+    if not missing:
+        return None
+    from importlib.metadata import version
+
+    return (
+        f"this worker needs internals that faust-streaming {version('faust-streaming')} and aiokafka "
+        f"{version('aiokafka')} do not have: {'; '.join(missing)} (install the versions pyproject.toml pins)"
+    )
+
+
+STUCK_CHECK_S = 10.0
+
+
+class StuckWatch:
+    """A worker that holds no partition of the events topic and is not recovering one, for ``timeout_s`` in a row,
+    exits (status 3) so that Kubernetes starts it again: seen once, a worker restarted on an empty data directory
+    sat in faust's "Recovery: Starting" with no partitions for minutes, unready, and then hung on SIGTERM. The exit
+    is immediate (``os._exit``): the table is in the changelog (and on disk), the offsets are committed, and a
+    record read again is folded once (see the module doc). 0 turns it off (more workers than partitions)."""
+
+    def __init__(self, timeout_s: float, events_topic: str, clock: Any = time.monotonic) -> None:
+        self.timeout_s, self.events_topic, self.clock = timeout_s, events_topic, clock
+        self.idle_since: float | None = None
+
+    def idle(self, app: Any) -> bool:
+        from streamer.distributed.worker_metrics import _assigned
+
+        recovering = bool(getattr(getattr(getattr(app, "tables", None), "recovery", None), "in_recovery", False))
+        held = [tp for tp in _assigned(app) if tp.topic == self.events_topic]
+        return not held and not recovering
+
+    def check(self, app: Any, exit: Any = None) -> None:
+        if not self.timeout_s:
+            return
+        now = self.clock()
+        if not self.idle(app):
+            self.idle_since = None
+            return
+        if self.idle_since is None:
+            self.idle_since = now
+        elif now - self.idle_since >= self.timeout_s:
+            log.critical(
+                "no partition of %s held and none recovering for %.0f s (--stuck-timeout): exiting so the worker is "
+                "started again",
+                self.events_topic,
+                now - self.idle_since,
+            )
+            logging.shutdown()
+            (exit or os._exit)(3)
 
 
 def _register_transport() -> None:
@@ -197,6 +301,12 @@ def make_app(config: WorkerConfig, partitions: int, metrics: WorkerMetrics | Non
                 size,
                 1000 * (time.monotonic() - started),
             )
+
+    stuck = StuckWatch(config.stuck_timeout_s, config.events_topic)
+
+    @app.timer(interval=STUCK_CHECK_S)
+    async def _stuck_watch() -> None:
+        stuck.check(app)
 
     @app.task
     async def _larger_producer_buffer() -> None:

@@ -10,6 +10,7 @@ import json
 import struct
 import subprocess
 import sys
+import time
 import typing
 from pathlib import Path
 
@@ -285,21 +286,27 @@ def test_a_relay_port_in_use_is_named_with_what_to_do(archive: Path) -> None:
     ],
 )
 def test_every_role_names_an_unreachable_broker_in_one_line(role: list[str], tmp_path: Path) -> None:
-    """The real client against a port nothing listens on: exit 1 and one line naming the broker, never a traceback."""
+    """The real client against a port nothing listens on: the role waits --kafka-connect-timeout for a broker it
+    has never reached (one warning, the client's retries folded), then exits 2 with one line naming the broker,
+    never a traceback."""
     args = [a.replace("{tmp}", str(tmp_path)) for a in role]
+    started = time.monotonic()
     proc = subprocess.run(
-        [sys.executable, "-m", "streamer", *args, "--kafka-bootstrap", "127.0.0.1:1"],
+        [sys.executable, "-m", "streamer", *args, "--kafka-bootstrap", "127.0.0.1:1", "--kafka-connect-timeout", "4"],
         capture_output=True,
         text=True,
         timeout=120,
     )
-    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert time.monotonic() - started >= 4, "it tried for the connect timeout"
     assert "Traceback" not in proc.stderr and "Traceback" not in proc.stdout
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert errors == [
-        "error: Kafka at 127.0.0.1:1: KafkaConnectionError: Unable to bootstrap from "
-        "[('127.0.0.1', 1, <AddressFamily.AF_INET: 2>)]"
+        "error: Kafka at 127.0.0.1:1 not reachable within --kafka-connect-timeout 4 s (KafkaConnectionError: Unable "
+        "to bootstrap from [('127.0.0.1', 1, <AddressFamily.AF_INET: 2>)]); is the address right?"
     ], proc.stderr[-2000:]
+    assert proc.stderr.count("not reachable yet") == 1, proc.stderr[-2000:]
+    assert len(proc.stderr.splitlines()) < 12, "the client's retries are folded, not one line each"
 
 
 SAVE = ["attribute", "--agents", "200", "--no-progress", "--save"]

@@ -161,6 +161,20 @@ def test_on_a_terminal_the_bar_renders_with_a_percentage() -> None:
     assert "\x1b[2K" in out, "transient: the bar is erased at the end"
 
 
+def test_at_80_columns_the_bar_stays_one_line_with_its_count() -> None:
+    """A long file name is cut (with an ellipsis), never the count, the rate or the ETA, and nothing wraps."""
+    buf = io.StringIO()
+    console = Console(file=buf, force_terminal=True, width=80, color_system=None)
+    bar = JobProgress(console=console)
+    task = bar.task("replay", total=11_998, detail="skyattr-2026-07-04T00-00-00Z-0001.skyarch.zst")
+    task.update(6_000)
+    console.print(bar._rich.get_renderable())  # one frame of the bar, as the live display draws it
+    lines = [line for line in buf.getvalue().splitlines() if line.strip()]
+    assert len(lines) == 1 and len(lines[0]) <= 80, lines
+    assert "6,000/11,998 items" in lines[0] and "50%" in lines[0] and lines[0].startswith("replay · sk"), lines
+    assert "…" in lines[0]
+
+
 def test_no_progress_means_nothing_at_all() -> None:
     stream, buf = io.StringIO(), io.StringIO()
     for bar in (JobProgress(False, every=0.01, stream=stream), JobProgress(False, console=Console(file=buf))):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -225,3 +226,20 @@ def test_bad_inputs_exit_2_with_one_line(tmp_path: Path) -> None:
         assert result.exit_code == 2, (args, result.output)
         _one_error_line(result.output, message)
     assert not (tmp_path / "out").exists()  # a failed run leaves no empty output directory behind
+
+
+def test_the_progress_is_full_while_the_report_attributes(tmp_path: Path) -> None:
+    """Off a terminal (a line every 0.05 s here): once the archive is read the line says 100 % and the time spent,
+    not where the last progress report left it with "ETA 0 s"."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "SKYATTR_PROGRESS_EVERY": "0.05"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "streamer", "report", "--out", str(tmp_path / "out"), "--nodes", "8"],
+        capture_output=True, text=True, timeout=300, env=env,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    attributing = [line for line in proc.stderr.splitlines() if "attributing at the end" in line]
+    assert attributing, proc.stderr
+    assert all("11,998/11,998 items (100%)" in line and "elapsed" in line for line in attributing), attributing

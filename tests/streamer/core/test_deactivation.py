@@ -103,3 +103,37 @@ def test_deactivating_an_unknown_account_refuses_its_later_events() -> None:
     state.apply(_account(1.0, did, active=False))
     assert did in state.deactivated and did not in state.dids
     assert state.apply(Event(int(1.1 * HOUR), 0, "post", did)) == DEACTIVATED
+
+
+def test_a_jetstream_account_event_deactivates_and_reactivates() -> None:
+    """Jetstream v1 JSON: ``kind: account`` with ``active: false`` removes the account as a relay's ``#account``
+    does; ``active: true`` brings it back."""
+    from streamer.core.jetstream_json import from_jetstream
+    from tests.streamer.core.test_state import by_did
+
+    a, b = "did:plc:" + "a" * 24, "did:plc:" + "b" * 24
+    t0 = 1_780_000_000_000_000
+    like = {"$type": "app.bsky.feed.like", "subject": {"uri": f"at://{b}/app.bsky.feed.post/3l", "cid": "bafy"}}
+
+    def commit(t: int, actor: str, rkey: str) -> dict:
+        body = {"rev": "3lrev", "operation": "create", "collection": "app.bsky.feed.like", "rkey": rkey}
+        return {"did": actor, "time_us": t, "kind": "commit", "commit": body | {"record": like, "cid": "bafyrei"}}
+
+    def account(t: int, did: str, active: bool) -> dict:
+        body = {"active": active, "did": did, "seq": 1, "time": "2026-05-28T20:26:40.000Z"}
+        if not active:
+            body["status"] = "deleted"
+        return {"did": did, "time_us": t, "kind": "account", "account": body}
+
+    s = AgentState()
+    for line in (commit(t0, a, "l1"), account(t0 + 1, a, False), commit(t0 + 2, a, "l2")):
+        decoded = from_jetstream(line)
+        assert not decoded.error, decoded
+        s.apply(decoded.events[0])
+    assert a in s.deactivated and s.counters[DEACTIVATED] == 1
+    x, _, edges = by_did(s.snapshot())
+    assert a not in x and edges == {}
+    s.apply(from_jetstream(account(t0 + 3, a, True)).events[0])
+    s.apply(from_jetstream(commit(t0 + 4, a, "l3")).events[0])
+    x, _, edges = by_did(s.snapshot())
+    assert x[a] == 1.0 and edges == {(a, b): 1.0}
