@@ -46,7 +46,8 @@ whose weight reaches zero is gone, so a deleted follow no longer makes its subje
 ``delete_applied``; a delete of a record the index does not hold (created before the window, or before the state
 began, or of a kind that adds nothing) changes nothing and is counted ``delete_unmatched``. The index is held to
 ``record_budget`` records: beyond it the oldest bucket's entries go first (counted ``records_unindexed``), and
-a delete of such a record is unmatched, so memory stays bounded whatever the stream.
+a delete of such a record is unmatched, so memory stays bounded whatever the stream (0: no index, no deletes taken
+back, and none of the index's cost: about 1 µs a create, for the hash of its path).
 
 Deactivated accounts. An ``#account`` event with ``active: false`` (the account was deleted, taken down, suspended
 or deactivated) removes the account from the state at once: its activity, the edges it draws and the edges it
@@ -104,14 +105,16 @@ BAD_DID = "bad_did"
 DEACTIVATED = "deactivated"  # by or towards an account whose last #account event said active: false
 REASONS = (LATE, FUTURE_TIME, BAD_DID, DEACTIVATED)
 RECORD_BYTES = 17  # one record index entry: hash (8), actor (4), subject (4), kind (1)
+DEAD_RECORD = 0xFF  # the kind of a pending record a delete took back
 
 
 def record_key(actor: str, collection: str, rkey: str) -> int:
-    """The index key of the record at ``at://actor/collection/rkey``: the first 64 bits of its BLAKE2b hash, so a
-    key costs 8 bytes whatever the path's length and is the same in every process (a checkpoint stores it). Two
+    """The index key of the record at ``at://actor/collection/rkey``: the first 64 bits of its BLAKE2b hash (as a
+    signed int64), so a key costs 8 bytes whatever the path's length and is the same in every process (a checkpoint
+    stores it). Two
     paths of one window share a key with probability about ``records² / 2⁶⁵`` (10⁻⁵ at 2·10⁷ records)."""
     path = f"{actor}/{collection}/{rkey}".encode("utf-8", "surrogatepass")
-    return int.from_bytes(hashlib.blake2b(path, digest_size=8).digest(), "little")
+    return int.from_bytes(hashlib.blake2b(path, digest_size=8).digest(), "little", signed=True)
 
 
 @dataclass(frozen=True)
@@ -266,7 +269,7 @@ class _Bucket:
         self.att = np.zeros(0, np.int32)
         self.src = np.zeros(0, np.int32)
         self.weight = np.zeros(0, np.float32)
-        self.rkeys = np.zeros(0, np.uint64)
+        self.rkeys = np.zeros(0, np.int64)
         self.ragent = np.zeros(0, np.int32)
         self.rsubject = np.zeros(0, np.int32)
         self.rkind = np.zeros(0, np.int8)
@@ -319,8 +322,9 @@ class _Bucket:
     def find_record(self, key: int) -> int:
         """The position of the live entry of ``key``, or -1."""
         keys = self.rkeys
-        pos = int(np.searchsorted(keys, np.uint64(key)))
-        while pos < len(keys) and keys[pos] == key:
+        pos = int(keys.searchsorted(key))
+        end = len(keys)
+        while pos < end and int(keys[pos]) == key:
             if self.rkind[pos] >= 0:
                 return pos
             pos += 1
@@ -488,9 +492,16 @@ class AgentState:
         self._pending_act: dict[int, list[int]] = {}
         self._pending_edges: dict[int, tuple[list[int], list[int], list[float]]] = {}
         self._pending_unact: dict[int, list[int]] = {}  # activity codes deletes take back, per bucket
-        self._pending_records: dict[int, tuple[int, int, int, int]] = {}  # key -> (bucket, actor, subject, kind)
+        # records created since the last flush, in three parallel lists (cheap appends; arrays at the flush): the
+        # key, actor << 32 | (subject + 1) and bucket << 8 | kind (kind DEAD_RECORD once a delete took it back);
+        # and the position of each key's entry, for a delete of a record still pending
+        self._prec_keys: list[int] = []
+        self._prec_ab: list[int] = []
+        self._prec_bk: list[int] = []
+        self._pending_records: dict[int, int] = {}
         self._pending = 0
         self._edge_floor = 0.5 * min(self._att_w.values(), default=1.0)
+        self._indexing = self.config.record_budget > 0  # record_budget 0: deletes take nothing back, at no cost
         self._wm = Watermark(self._bucket_us, self.config.buckets, self.config.skew_us)
         self._merged = EdgeMerger()
         self.deactivated: dict[str, int] = {}  # DID -> event time of its deactivation, while inactive
@@ -622,9 +633,12 @@ class AgentState:
                 ws.append(w)
                 self._pending += 1
                 edge_to = subject
-        if (code is not None or edge_to >= 0) and event.rkey:  # what a delete of it must take back
+        if (code is not None or edge_to >= 0) and event.rkey and self._indexing:  # what a delete must take back
             key = record_key(actor_did, event.collection, event.rkey)
-            self._pending_records[key] = (b, actor, edge_to, ACTIVITY_INDEX[kind])
+            self._pending_records[key] = len(self._prec_keys)
+            self._prec_keys.append(key)
+            self._prec_ab.append(actor << 32 | (edge_to + 1))
+            self._prec_bk.append(b << 8 | ACTIVITY_INDEX[kind])
         if self._pending >= FLUSH_EVERY:
             self.flush()
         return None
@@ -632,8 +646,13 @@ class AgentState:
     def _delete(self, key: int) -> None:
         """Take back what the create of record ``key`` added (see the module doc): from the pending buffers when
         it is still there, else from its bucket, newest first."""
-        found = self._pending_records.pop(key, None)
-        if found is None:
+        found: tuple[int, int, int, int] | None = None
+        n = self._pending_records.pop(key, None)
+        if n is not None:
+            bk, ab = self._prec_bk[n], self._prec_ab[n]
+            found = (bk >> 8, ab >> 32, (ab & 0xFFFFFFFF) - 1, bk & 0xFF)
+            self._prec_bk[n] = bk | DEAD_RECORD
+        else:
             for b in sorted(self.buckets, reverse=True):
                 bucket = self.buckets[b]
                 pos = bucket.find_record(key)
@@ -741,7 +760,7 @@ class AgentState:
 
     def flush(self) -> None:
         """Move buffered events into the buckets' arrays (compacting edges) and enforce the edge budget."""
-        if not self._pending and not self._pending_records:
+        if not self._pending and not self._prec_keys:
             return
         for b, codes in self._pending_act.items():
             self._bucket(b).add_counts(np.asarray(codes, np.int64))
@@ -752,17 +771,20 @@ class AgentState:
             self._bucket(b).add_edges(
                 np.asarray(att, np.int32), np.asarray(src, np.int32), np.asarray(ws, np.float32), floor
             )
-        if self._pending_records:
-            by_bucket: dict[int, list[tuple[int, int, int, int]]] = {}
-            for key, (b, actor, subject, k) in self._pending_records.items():
-                by_bucket.setdefault(b, []).append((key, actor, subject, k))
-            for b, entries in by_bucket.items():
-                keys, agents, subjects, kinds = zip(*entries, strict=True)
+        if self._prec_keys:
+            keys = np.array(self._prec_keys, np.int64)
+            ab, bk = np.array(self._prec_ab, np.int64), np.array(self._prec_bk, np.int64)
+            kinds = bk & 0xFF
+            live = kinds != DEAD_RECORD
+            keys, ab, bk, kinds = keys[live], ab[live], bk[live], kinds[live]
+            buckets = bk >> 8
+            for b in np.unique(buckets).tolist():
+                here = buckets == b
                 self._bucket(b).add_records(
-                    np.array(keys, np.uint64),
-                    np.array(agents, np.int32),
-                    np.array(subjects, np.int32),
-                    np.array(kinds, np.int8),
+                    keys[here],
+                    (ab[here] >> 32).astype(np.int32),
+                    ((ab[here] & 0xFFFFFFFF) - 1).astype(np.int32),
+                    kinds[here].astype(np.int8),
                 )
         for bucket in self.buckets.values():
             bucket.compact_records()
@@ -770,6 +792,9 @@ class AgentState:
         self._pending_unact.clear()
         self._pending_edges.clear()
         self._pending_records.clear()
+        self._prec_keys.clear()
+        self._prec_ab.clear()
+        self._prec_bk.clear()
         self._pending = 0
         self._enforce_budget()
         self._enforce_record_budget()
@@ -881,7 +906,7 @@ class AgentState:
             bucket.src = np.array(arrays[f"b{b}_src"], np.int32)
             bucket.weight = np.array(arrays[f"b{b}_w"], np.float32)
             if f"b{b}_rkeys" in arrays:  # absent from checkpoints written before deletes were taken back
-                bucket.rkeys = np.array(arrays[f"b{b}_rkeys"], np.uint64)
+                bucket.rkeys = np.array(arrays[f"b{b}_rkeys"], np.int64)
                 bucket.ragent = np.array(arrays[f"b{b}_ragent"], np.int32)
                 bucket.rsubject = np.array(arrays[f"b{b}_rsubject"], np.int32)
                 bucket.rkind = np.array(arrays[f"b{b}_rkind"], np.int8)

@@ -256,3 +256,18 @@ def test_jetstream_deletes_are_taken_back() -> None:
     assert states[2][2] == {(a, b): 0.5} and states[2][0][a] == 0.0
     assert states[3][2] == {} and states[3][1][b] == 0.0
     assert s.counters["delete_applied"] == 2
+
+
+def test_a_record_budget_of_zero_keeps_no_index_and_takes_nothing_back() -> None:
+    events, _ = _stream(1000, 1.0, seed=9)
+    s = AgentState(StateConfig(bucket_hours=1.0, buckets=3, record_budget=0))
+    for e in events:
+        s.apply(e)
+    s.flush()
+    assert s.records_indexed == 0 and s.counters["delete_applied"] == 0
+    assert s.counters["delete_unmatched"] == sum(e.kind == DELETE for e in events)
+    ignored = _state()  # the oracle: the same stream with its deletes left out
+    for e in events:
+        if e.kind != DELETE:
+            ignored.apply(e)
+    assert _nonzero(s.snapshot()) == _nonzero(ignored.snapshot())
