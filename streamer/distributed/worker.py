@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from streamer.distributed.kafka_ingest import EVENTS_TOPIC
 from streamer.distributed.partition_state import PartitionState
+from streamer.distributed.ride_out import BrokerLink, probe, reachable
 from streamer.distributed.shards import CHUNK_BYTES, SHARDS_TOPIC
 
 if TYPE_CHECKING:
@@ -303,6 +304,13 @@ def make_app(config: WorkerConfig, partitions: int, metrics: WorkerMetrics | Non
             )
 
     stuck = StuckWatch(config.stuck_timeout_s, config.events_topic)
+    link = BrokerLink(config.bootstrap, on_change=metrics.on_kafka if metrics is not None else None)
+
+    @app.task
+    async def _broker_probe() -> None:
+        # faust rides out an outage by itself (its consumer and producer retry); the probe makes the worker's
+        # readiness and log say so: unready while no broker answers, one line when it is lost and one when back
+        await probe(link, lambda: reachable(config.bootstrap))
 
     @app.timer(interval=STUCK_CHECK_S)
     async def _stuck_watch() -> None:

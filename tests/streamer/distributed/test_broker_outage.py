@@ -3,9 +3,9 @@
 The real broker (the scripts' own, stopped and started with ``ops/kafka``). Its topics made, the broker is stopped
 and an ingest writing the bundled archive at 1,000x its event time, two workers and an attributor are started: they
 wait for it (the ingest and the attributor not ready, ``skyattr_kafka_connected`` 0, one log line each, no exit) and
-start when it is back. Once results flow the broker is stopped again for 30 s, mid-stream: the ingest and the
-attributor turn unready and say so once, then come back by themselves. The results are still the single process's
-(the golden file), each run once, and the ingest wrote every event once."""
+start when it is back. Once results flow the broker is stopped again for 30 s, mid-stream: the ingest, the
+attributor and a worker turn unready and say so once, then come back by themselves. The results are still the
+single process's (the golden file), each run once, and the ingest wrote every event once."""
 
 from __future__ import annotations
 
@@ -39,12 +39,13 @@ def test_every_role_waits_for_the_broker_at_start_and_rides_out_an_outage(tmp_pa
     dep = Deployment(SCRIPTS_BOOTSTRAP, tmp_path, partitions=2)
     asyncio.run(ensure_topics(SCRIPTS_BOOTSTRAP, {dep.events: (2, False), dep.cursors: (1, True)}))
     ports = {"ingest": free_port(), "attributor": free_port()}
+    worker_port = free_port()
     out = tmp_path / "results.jsonl"
     try:
         broker.stop()
         ingest = dep.ingest(wait=False, batch_items=10, speed=1000, extra=("--metrics-port", str(ports["ingest"])))
         attributor = dep.attributor(out, "--until-final", "--metrics-port", str(ports["attributor"]))
-        workers = [dep.worker(n) for n in (1, 2)]
+        workers = [dep.worker(1, metrics_port=worker_port), dep.worker(2)]
         for role, port in ports.items():
             wait_until(lambda port=port: _ready(port)[0] == 503, 60, f"the {role}'s endpoint")
         time.sleep(15)
@@ -59,14 +60,15 @@ def test_every_role_waits_for_the_broker_at_start_and_rides_out_an_outage(tmp_pa
         assert ingest.poll() is None, "the second outage is mid-stream"
         broker.stop()
         down = time.monotonic()
-        for role, port in ports.items():
+        for role, port in {**ports, "worker": worker_port}.items():
             wait_until(lambda port=port: _ready(port) == NOT_READY, 20, f"the {role} unready in the outage")
             assert _metrics(port)["skyattr_kafka_connected"] == 0
         time.sleep(max(0.0, OUTAGE_S - (time.monotonic() - down)))
         assert all(p.poll() is None for p in (ingest, attributor, *workers)), "a role exited during the outage"
         broker.ensure_running()
-        for role, port in ports.items():
+        for role, port in {**ports, "worker": worker_port}.items():
             wait_until(lambda port=port: _ready(port)[0] == 200, 120, f"the {role} ready after the outage")
+            assert _metrics(port)["skyattr_kafka_connected"] == 1
         assert ingest.wait(400) == 0, dep.log("ingest")
         dep.finish(attributor, 400, workers)
         _assert_golden(out)

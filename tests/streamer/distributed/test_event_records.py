@@ -138,3 +138,20 @@ def test_a_worker_with_no_partition_and_no_recovery_exits_to_be_restarted() -> N
         now[0] = t
         off.check(app([]), exit=exits.append)
     assert exits == [3]
+
+
+def test_the_workers_broker_probe_reaches_a_listening_server_and_names_a_closed_port() -> None:
+    import asyncio
+    import socket
+
+    import pytest
+
+    from streamer.distributed.ride_out import reachable
+
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        asyncio.run(reachable(f"127.0.0.1:1,127.0.0.1:{port}"))  # the second server answers
+    with pytest.raises(ConnectionError, match=r"127\.0\.0\.1:1"):
+        asyncio.run(reachable("127.0.0.1:1", timeout_s=2))
