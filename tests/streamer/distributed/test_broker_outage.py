@@ -1,11 +1,11 @@
-"""Every distributed role rides out its broker: down while the roles start, and down again for 30 s while they run.
+"""Every distributed role rides out its broker: down 30 s while the roles start, and down again 30 s while they run.
 
 The real broker (the scripts' own, stopped and started with ``ops/kafka``). Its topics made, the broker is stopped
-and an ingest writing the bundled archive at 1,000x its event time, two workers and an attributor are started: they
-wait for it (the ingest and the attributor not ready, ``skyattr_kafka_connected`` 0, one log line each, no exit) and
-start when it is back. Once results flow the broker is stopped again for 30 s, mid-stream: the ingest, the
-attributor and a worker turn unready and say so once, then come back by themselves. The results are still the
-single process's (the golden file), each run once, and the ingest wrote every event once."""
+for 30 s and an ingest writing the bundled archive at 1,000x its event time, two workers and an attributor are
+started: they wait for it (the ingest and the attributor not ready, ``skyattr_kafka_connected`` 0, one log line
+each, no exit) and start when it is back. Once results flow the broker is stopped again for 30 s, mid-stream: the
+ingest, the attributor and a worker turn unready and say so once, then come back by themselves. The results are
+still the single process's (the golden file), each run once, and the ingest wrote every event once."""
 
 from __future__ import annotations
 
@@ -43,12 +43,13 @@ def test_every_role_waits_for_the_broker_at_start_and_rides_out_an_outage(tmp_pa
     out = tmp_path / "results.jsonl"
     try:
         broker.stop()
+        down = time.monotonic()
         ingest = dep.ingest(wait=False, batch_items=10, speed=1000, extra=("--metrics-port", str(ports["ingest"])))
         attributor = dep.attributor(out, "--until-final", "--metrics-port", str(ports["attributor"]))
         workers = [dep.worker(1, metrics_port=worker_port), dep.worker(2)]
         for role, port in ports.items():
             wait_until(lambda port=port: _ready(port)[0] == 503, 60, f"the {role}'s endpoint")
-        time.sleep(15)
+        time.sleep(max(10.0, OUTAGE_S - (time.monotonic() - down)))  # the broker down 30 s while they start
         for port in ports.values():
             assert _ready(port) == NOT_READY
             assert _metrics(port)["skyattr_kafka_connected"] == 0

@@ -271,3 +271,50 @@ def _committed(bootstrap: str, cursors: str, source: str) -> IngestCursor:
 
 def _seqs(archive: Path) -> list[tuple[int, int]]:
     return [(n, decode_frame(item.frame).seq) for n, item in enumerate(read_archive(archive)) if item.frame]
+
+
+def test_a_live_ingest_is_ready_only_while_its_relay_is_connected(bootstrap: str, sample_dir: Path) -> None:
+    """``/readyz`` of ``ingest --to-kafka --metrics-port`` from a relay that is not up yet: 503 "relay not
+    connected" (the broker is there), 200 once the relay is up, 503 again when it goes away, 200 when it is back;
+    ``skyattr_source_connected`` follows."""
+    from tests.net import free_port, http_get
+
+    def ready() -> tuple[int, str]:
+        try:
+            return http_get(f"http://127.0.0.1:{metrics}/readyz")
+        except OSError:
+            return (0, "not listening")
+
+    def relay_up() -> subprocess.Popen[str]:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "streamer", "relay", str(sample_dir / "frames.bin.zst"), "--port", str(port),
+             "--from-start", "--speed", "0.01"],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        )  # fmt: skip
+        assert proc.stdout is not None and proc.stdout.readline().strip() == f"ws://127.0.0.1:{port}"
+        return proc
+
+    port, metrics = free_port(), free_port()
+    events, cursors = _topics()
+    ingest = _ingest_live(
+        bootstrap, events, cursors, "--relay", f"ws://127.0.0.1:{port}", "--metrics-port", str(metrics)
+    )
+    relay = None
+    try:
+        wait_until(lambda: ready() == (503, "not ready: relay not connected\n"), 60, "unready without its relay")
+        relay = relay_up()
+        wait_until(lambda: ready()[0] == 200, 60, "ready once the relay is up")
+        relay.terminate()
+        relay.wait(10)
+        wait_until(lambda: ready() == (503, "not ready: relay not connected\n"), 60, "unready when the relay went away")
+        relay = relay_up()
+        wait_until(lambda: ready()[0] == 200, 90, "ready when the relay is back")
+        ingest.send_signal(signal.SIGTERM)
+        _, err = ingest.communicate(timeout=30)
+        assert ingest.returncode == 0, err
+    finally:
+        if ingest.poll() is None:
+            ingest.kill()
+        if relay is not None and relay.poll() is None:
+            relay.terminate()
+            relay.wait(10)
