@@ -18,13 +18,11 @@ import typer
 
 from streamer.app import options as opt
 from streamer.app.flags import ATTRIBUTION_FIELDS, load_or_exit, with_settings_options
-from streamer.app.kafka_errors import exit_for, kafka_errors_named
-from streamer.app.signals import stop_event
+from streamer.app.kafka_errors import exit_for, run_kafka_role
 from streamer.distributed.attributor import DEFAULT_GATHER_TIMEOUT_S, STATE_TOPIC, AttributorStats
 from streamer.distributed.kafka_ingest import EVENTS_TOPIC
 from streamer.distributed.ride_out import BrokerLink, BrokerUnreachable, connect_timeout, fold_client_logs, ride_out
 from streamer.distributed.shards import SHARDS_TOPIC
-from streamer.sinks.prometheus import kafka_readiness
 
 KAFKA_SETTINGS = {
     "kafka_bootstrap",
@@ -199,34 +197,21 @@ def attributor_command(
     stats = AttributorStats()
     link = BrokerLink(bootstrap, on_change=metrics.on_kafka if metrics is not None else None)
 
-    async def main() -> Any:
-        stop = stop_event()
-        fold_client_logs()
-
-        def attempt(link: BrokerLink) -> Any:
-            return run_attributor(
-                cfg,
-                attribution,
-                followers=followers,
-                deliver=deliver,
-                stop=stop,
-                until_final=until_final,
-                on_outcome=on_outcome,
-                link=link,
-                stats=stats,
-            )
-
-        return await ride_out(attempt, link, connect_timeout_s=connect_timeout(settings), stop=stop)
+    def attempt(stop: asyncio.Event, link: BrokerLink) -> Any:
+        return run_attributor(
+            cfg,
+            attribution,
+            followers=followers,
+            deliver=deliver,
+            stop=stop,
+            until_final=until_final,
+            on_outcome=on_outcome,
+            link=link,
+            stats=stats,
+        )
 
     try:
-        with kafka_errors_named(bootstrap):
-            asyncio.run(main())
-    except BrokerUnreachable as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from exc
-    except (OSError, ValueError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from exc
+        run_kafka_role(attempt, link, settings)
     finally:
         if sink is not None:
             sink.close_now()
@@ -268,7 +253,8 @@ def _attributor_metrics(settings: Any) -> tuple[Any, Any]:
         if outcome != "incomplete":
             gather.observe(gather_s)
 
-    metrics.on_kafka = kafka_readiness(metrics)  # type: ignore[attr-defined]  (ready while the broker is reached)
+    metrics.track_kafka()  # ready while the broker is reached
+    metrics.ready = True
     port = metrics.serve(settings.metrics_port, settings.metrics_host)
     logging.getLogger("skyattr.attributor").info("metrics on http://%s:%d/metrics", settings.metrics_host, port)
     return metrics, on_outcome

@@ -15,8 +15,7 @@ import typer
 
 from streamer.app import options as opt
 from streamer.app.flags import load_or_exit, with_settings_options
-from streamer.app.kafka_errors import kafka_errors_named
-from streamer.app.signals import stop_event
+from streamer.app.kafka_errors import run_kafka_role
 from streamer.core.checkpoint import file_identity
 from streamer.distributed.kafka_ingest import (
     CURSOR_TOPIC,
@@ -28,7 +27,7 @@ from streamer.distributed.kafka_ingest import (
     IngestStats,
     ingest_to_kafka,
 )
-from streamer.distributed.ride_out import BrokerLink, BrokerUnreachable, connect_timeout, fold_client_logs, ride_out
+from streamer.distributed.ride_out import BrokerLink
 from streamer.sources.archive import ArchiveSource
 from streamer.sources.base import Source
 from streamer.sources.firehose import FirehoseSource
@@ -125,13 +124,6 @@ def ingest_command(
     endpoint = _endpoint(settings, stats, live=archive is None)
     link = BrokerLink(settings.kafka_bootstrap or "", on_change=endpoint.on_kafka if endpoint is not None else None)
 
-    async def main() -> Any:
-        stop = stop_event()
-        fold_client_logs()
-        return await ride_out(
-            lambda link: attempt(stop, link), link, connect_timeout_s=connect_timeout(settings), stop=stop
-        )
-
     async def attempt(stop: asyncio.Event, link: BrokerLink) -> Any:
         return await ingest_to_kafka(
             make_source,
@@ -154,11 +146,7 @@ def ingest_command(
         )
 
     try:
-        with kafka_errors_named(settings.kafka_bootstrap or ""):
-            asyncio.run(main())
-    except (BrokerUnreachable, OSError, ValueError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from exc
+        run_kafka_role(attempt, link, settings)
     finally:
         if endpoint is not None:
             endpoint.close()
@@ -180,16 +168,16 @@ def _endpoint(settings: Any, stats: IngestStats, *, live: bool) -> Any:
         return None
     from prometheus_client import Gauge
 
-    from streamer.sinks.prometheus import Endpoint, kafka_readiness
+    from streamer.sinks.prometheus import Endpoint
 
     class IngestEndpoint(Endpoint):
-        def readiness(self) -> tuple[bool, str]:
-            if self.ready and live and not stats.source.connected:
+        def role_readiness(self) -> tuple[bool, str]:
+            if live and not stats.source.connected:
                 return False, "relay not connected"
-            return self.ready, self.not_ready_reason
+            return True, ""
 
     endpoint = IngestEndpoint()
-    endpoint.on_kafka = kafka_readiness(endpoint)  # type: ignore[attr-defined]
+    endpoint.track_kafka()
     Gauge(
         "skyattr_source_connected",
         "1 while the relay websocket is open (run; 0 in replay).",

@@ -21,7 +21,7 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -53,12 +53,7 @@ class WorkerMetrics(Endpoint):
         self.assigned_once = False
         self.collector = _AppCollector(self)
         r.register(self.collector)
-        self.kafka_connected = True  # what the worker's broker probe saw last (see streamer.distributed.worker)
-        Gauge(
-            "skyattr_kafka_connected",
-            "1 while the role has its Kafka broker (0 before and during an outage).",
-            registry=r,
-        ).set_function(lambda: 1 if self.kafka_connected else 0)
+        self.track_kafka(connected=True)  # the worker's broker probe reports from then on (streamer.distributed.worker)
 
     def bind(self, app: Any) -> None:
         """Read the assignment, watermarks and recovery from ``app`` at scrape time."""
@@ -78,13 +73,8 @@ class WorkerMetrics(Endpoint):
         with self._lock:
             return dict(self._next)
 
-    def on_kafka(self, connected: bool) -> None:
-        self.kafka_connected = connected
-
-    def readiness(self) -> tuple[bool, str]:
+    def role_readiness(self) -> tuple[bool, str]:
         app = self._app
-        if not self.kafka_connected:
-            return False, "Kafka unreachable: waiting for the broker"
         if app is None or not self.assigned_once:
             return False, "waiting for the consumer group to assign partitions"
         recovery = app.tables.recovery

@@ -17,7 +17,6 @@ import socket
 import socketserver
 import threading
 import time
-from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -45,9 +44,33 @@ class Endpoint:
         self.not_ready_reason = "starting"
         self.port: int | None = None
         self._server: ThreadingHTTPServer | None = None
+        self.kafka_connected: bool | None = None  # None: no broker to track (see track_kafka)
+        self._kafka_waiting = "connecting to Kafka"
+
+    def track_kafka(self, connected: bool = False) -> None:
+        """A distributed role's readiness follows its broker too: ``skyattr_kafka_connected`` and, while it is
+        not connected, ``/readyz`` 503. ``connected``: what to assume before the first report to :meth:`on_kafka`
+        (a :class:`streamer.distributed.ride_out.BrokerLink` calls it)."""
+        self.kafka_connected = connected
+        Gauge(
+            "skyattr_kafka_connected",
+            "1 while the role has its Kafka broker (0 before and during an outage).",
+            registry=self.registry,
+        ).set_function(lambda: 1 if self.kafka_connected else 0)
+
+    def on_kafka(self, connected: bool) -> None:
+        self.kafka_connected = connected
+        if not connected:
+            self._kafka_waiting = "Kafka unreachable: waiting for the broker"
 
     def readiness(self) -> tuple[bool, str]:
-        """(ready, why not): ``/readyz`` answers 200 when ready, else 503 with the reason."""
+        """(ready, why not): ``/readyz`` answers 200 when ready, else 503 with the reason. A role that tracks its
+        broker is not ready without it; otherwise :meth:`role_readiness` says."""
+        if self.kafka_connected is False:
+            return False, self._kafka_waiting
+        return self.role_readiness()
+
+    def role_readiness(self) -> tuple[bool, str]:
         return self.ready, self.not_ready_reason
 
     # HTTP ----------------------------------------------------------------------------------------------------
@@ -114,24 +137,6 @@ class Endpoint:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
-
-
-def kafka_readiness(endpoint: Endpoint) -> Callable[[bool], None]:
-    """A distributed role's readiness follows its broker: ``skyattr_kafka_connected`` on ``endpoint`` and a
-    callback (for :class:`streamer.distributed.ride_out.BrokerLink`) that sets it and ``/readyz``."""
-    gauge = Gauge(
-        "skyattr_kafka_connected",
-        "1 while the role has its Kafka broker (0 before and during an outage).",
-        registry=endpoint.registry,
-    )
-    endpoint.ready, endpoint.not_ready_reason = False, "connecting to Kafka"
-
-    def on_change(connected: bool) -> None:
-        gauge.set(1 if connected else 0)
-        endpoint.ready = connected
-        endpoint.not_ready_reason = "" if connected else "Kafka unreachable: waiting for the broker"
-
-    return on_change
 
 
 class Metrics(Endpoint):
