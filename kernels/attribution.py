@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -172,6 +173,7 @@ def attribute(
     chunk: int | None = None,
     products: str = "auto",
     estimate_error: bool = False,
+    on_pass: Callable[[int], None] | None = None,
 ) -> Attribution:
     """Aumann–Shapley attribution of ``indicator`` at activity ``x`` on ``graph``.
 
@@ -181,7 +183,8 @@ def attribute(
     ``rule="auto"`` computes both rules of :mod:`kernels.quadrature` at m and 2m nodes and returns the graded one
     only when its error estimate is under 1/:data:`GRADED_MARGIN` of plain Gauss–Legendre's, else the plain one,
     with its estimate: twice the cost of a fixed rule with ``estimate_error``, and never a worse rule than plain
-    Gauss–Legendre.
+    Gauss–Legendre. ``on_pass(nodes)`` hears each quadrature pass over the graph as it ends (a long job's progress:
+    :func:`passes` says how many nodes there will be at most).
     """
     ind = as_indicator(indicator)
     if not isinstance(graph, AttentionGraph):
@@ -196,14 +199,25 @@ def attribute(
         if best is not None and (best.span <= 1.0 or best.nodes < 4):  # the graded rule is the plain one there
             break
         a = _attribute(ind, x, graph, nodes, dtype, path=path, rule=r, chunk=chunk, products=products)
+        if on_pass is not None:
+            on_pass(a.nodes)
         if not (estimate_error or rule == "auto"):
             return a
         b = _attribute(ind, x, graph, 2 * a.nodes, dtype, path=path, rule=r, chunk=chunk, products=products)
+        if on_pass is not None:
+            on_pass(b.nodes)
         a = _with_estimate(a, b)
         if best is None or _better(a, best):
             best = a
     assert best is not None
     return best
+
+
+def passes(nodes: int, rule: str = "log-graded", estimate_error: bool = False) -> int:
+    """The most quadrature nodes :func:`attribute` evaluates over the graph: ``nodes`` for a fixed rule, three
+    times that with its error estimate (m and 2m nodes), six times with ``rule="auto"`` (both rules, each with its
+    estimate; fewer when the graded rule is the plain one and is skipped)."""
+    return nodes * (6 if rule == "auto" else 3 if estimate_error else 1)
 
 
 def _better(graded: Attribution, plain: Attribution) -> bool:

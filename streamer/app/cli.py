@@ -149,31 +149,42 @@ def attribute(
     """Attribute INDICATOR over the whole population and over the top-visibility panel; report the gap.
 
     The table (or, with --json, one JSON object) goes to stdout. A million agents take a while to build and to
-    attribute, so the steps (population, full attribution, panel attribution) show on stderr as they go."""
+    attribute, so both show on stderr as they go, with a rate and an ETA: the population in edge steps (each edge
+    drawn at both ends, then sorted into the graph), the attribution in quadrature nodes evaluated over the whole
+    graph (the full attribution's and the same game's)."""
     if population is not None and (agents, edges_per_agent, seed) != (100_000, 8.0, 0):
         _fail("--agents, --edges-per-agent and --seed make a synthetic population: not with a population file")
     cfg = load_or_exit(config, flags).attribution()
     nodes, dtype = cfg.nodes, cfg.dtype
-    made = f"loading {population.name}" if population else f"building {agents:,} synthetic agents"
     try:
         with JobProgress(progress) as bar:
-            steps = bar.task("attribute", total=3, unit="steps", detail=made, rate=False)
             ind = kernels.get_indicator(cfg.indicator, **cfg.params)
             thresholds = cfg.thresholds
-            pop = load_npz(population) if population else synthetic(agents, edges_per_agent, seed)
+            if population is not None:
+                loading = bar.task("population", 1, unit="file", detail=f"loading {population.name}", rate=False)
+                pop = load_npz(population)
+            else:
+                steps = 3 * round(edges_per_agent * agents)  # what kernels.heavy_tailed_population reports
+                loading = bar.task("population", steps, unit="edge steps", detail=f"{agents:,} synthetic agents")
+                pop = synthetic(
+                    agents, edges_per_agent, seed, progress=lambda done, total: loading.update(done, total=total)
+                )
+            loading.done()
             if save:
                 try:
                     save_npz(pop, save)
                 except OSError as exc:  # a missing directory, a parent that is a file: one line, not a traceback
                     _fail(f"cannot write the population to {save}: {exc.strerror or exc}")
-            steps.update(1, detail=f"attribution, full and panel ({pop.graph.n:,} agents, {pop.graph.edges:,} edges)")
+            what = f"full and panel, {pop.graph.n:,} agents, {pop.graph.edges:,} edges"
+            nodes_done = bar.task("attribution", unit="nodes", detail=what)
             start = time.perf_counter()
             st = kernels.scale_study(
                 ind, pop.x, pop.graph, pop.visibility, nodes=nodes, dtype=dtype, head=cfg.head, middle=cfg.middle,
                 panel_size=cfg.panel_size, estimate_error=cfg.estimate_error, rule=cfg.rule,
+                progress=lambda done, total: nodes_done.update(done, total=total),
             )  # fmt: skip
             seconds = time.perf_counter() - start  # the study: the full population and the panel in both games
-            steps.update(3)
+            nodes_done.done()
     except ValueError as exc:
         _fail(str(exc))
         return

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -64,5 +65,7 @@ def save_npz(pop: Population, path: Path) -> None:
     write_npz(path, pop.x, pop.visibility, pop.graph)
 
 
-def synthetic(agents: int, edges_per_agent: float, seed: int) -> Population:
-    return kernels.heavy_tailed_population(agents, edges_per_agent, seed)
+def synthetic(
+    agents: int, edges_per_agent: float, seed: int, progress: Callable[[int, int], None] | None = None
+) -> Population:
+    return kernels.heavy_tailed_population(agents, edges_per_agent, seed, progress=progress)

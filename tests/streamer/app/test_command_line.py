@@ -244,14 +244,42 @@ def test_replay_json_keeps_stdout_machine_readable(archive: Path) -> None:
     assert re.search(r"^run    6 @ ", result.stderr, re.M), "the human lines moved to stderr, not lost"
 
 
-def test_attribute_prints_its_table_on_stdout_and_its_steps_on_stderr() -> None:
+def test_attribute_prints_its_table_on_stdout_and_its_progress_on_stderr() -> None:
     result = runner.invoke(app, ["attribute", "--agents", "200", "--indicator", "reach", "--nodes", "8"], env=FAST)
     assert result.exit_code == 0, result.output
     for word in ("tier", "head", "middle", "tail", "same game: r*", "alert="):
         assert word in result.stdout, word
     assert "head" not in result.stderr and "r*" not in result.stderr
-    steps = re.findall(r"^attribute: (\d)/3 steps \(\d+%\), .*$", result.stderr, re.M)
-    assert steps and set(steps) <= {"0", "1", "2", "3"}, result.stderr
+    lines = re.findall(r"^attribution: ([\d,]+)/([\d,]+) nodes \(\d+%\), .*$", result.stderr, re.M)
+    assert lines, result.stderr
+    for done, total in lines:  # reach: auto rule, 8 nodes: at most 6 * 8 over the full graph, plus 8 in the same game
+        assert int(done) <= int(total) <= 56, result.stderr
+
+
+def test_attribute_tells_the_build_and_the_attribution_of_a_large_population_with_an_eta() -> None:
+    """``attribute --agents 1000000`` sat at "0/3 steps" with no ETA for its ~10 s build; both long parts now count
+    their work, so a line taken mid-way has a rate and an ETA."""
+    env = {EVERY_ENV: "0.05"}
+    args = [
+        "attribute",
+        "--agents",
+        "300000",
+        "--indicator",
+        "reach",
+        "--nodes",
+        "8",
+        "--quadrature",
+        "log-graded",
+        "--no-error-estimate",
+    ]
+    result = runner.invoke(app, args, env=env)
+    assert result.exit_code == 0, result.output
+    built = re.findall(r"^population: ([\d,]+)/([\d,]+) edge steps \(\d+%\), [\d,]+/s, ETA \d+", result.stderr, re.M)
+    assert built, result.stderr
+    assert {int(total.replace(",", "")) for _, total in built} == {3 * 8 * 300_000}, (
+        "8 edges per agent, each drawn at both ends and sorted"
+    )
+    assert re.search(r"^attribution: [\d,]+/16 nodes", result.stderr, re.M), "8 for the full game, 8 the same game"
 
 
 def test_synth_shows_progress_and_names_the_file_on_stdout(tmp_path: Path) -> None:
