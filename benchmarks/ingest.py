@@ -65,7 +65,7 @@ def sdk_rate(frames: list[bytes]) -> float:
 
 def replay_rate(path: Path) -> tuple[float, float, int, int, int]:
     """(items/s, events/s, events, agents, edges) of a full replay into a fresh state."""
-    from streamer.core.replay import replay
+    from streamer.app.replay import replay
 
     result = replay(path)
     snap = result.state.snapshot()

@@ -31,7 +31,7 @@ HERE = Path(__file__).resolve().parent.parent
 
 LARGE_CHILD = r"""
 import json, sys, time
-from streamer.core.replay import replay
+from streamer.app.replay import replay
 from streamer.core.attribution import AttributionConfig
 path, attribute = sys.argv[1], sys.argv[2] == "1"
 kw = {"attribution": AttributionConfig(), "interval_s": 300.0} if attribute else {}

@@ -2,7 +2,7 @@
 
 Two drivers share one :class:`Daemon` (the results side) and one :class:`~streamer.core.pipeline.Pipeline`:
 
-* :func:`replay_pipeline`: an archive on **event time** (:func:`streamer.core.replay.replay_archive`), so the
+* :func:`replay_pipeline`: an archive on **event time** (:func:`streamer.app.replay.replay_archive`), so the
   runs of a replay are those of the live run that recorded the archive.
 * :func:`live_pipeline`: a live source (the relay's firehose, or Jetstream) on **wall time**; the attribution runs
   in a worker thread while the websocket keeps being read.
@@ -25,6 +25,7 @@ from typing import Any
 from rich.console import Console
 
 from streamer.app.progress import JobProgress, archive_frames
+from streamer.app.replay import ReplayResult, replay_archive
 from streamer.app.settings import DEFAULT_METRICS_PORT, ConfigError, Settings
 from streamer.app.terminal import TerminalSink
 from streamer.core.checkpoint import capture, check_dependencies, file_identity, load_checkpoint, write_checkpoint
@@ -32,7 +33,6 @@ from streamer.core.dispatch import SequentialDispatcher
 from streamer.core.followers import load_followers
 from streamer.core.journal import KafkaAcks, ResultJournal, ResultWriteError, identities
 from streamer.core.pipeline import Pipeline
-from streamer.core.replay import ReplayResult, replay_archive
 from streamer.core.results import Result
 from streamer.core.schedule import ScheduleState
 from streamer.core.state import AgentState
@@ -377,7 +377,7 @@ async def live_pipeline(
 ) -> Daemon:
     """Run on the live source until SIGTERM/SIGINT or ``stop`` is set. ``on_ready(daemon)`` is called once the
     pipeline has started (tests use it to find the metrics port)."""
-    from streamer.sources.base import SourceStats
+    from streamer.core.stats import SourceStats
 
     daemon = Daemon(settings, console=console, tables=tables, every_run=True)
     stop = stop if stop is not None else asyncio.Event()

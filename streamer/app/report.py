@@ -35,9 +35,9 @@ from streamer.app import options as opt
 from streamer.app.flags import ATTRIBUTION_FIELDS, WINDOW_FIELDS, load_or_exit, with_settings_options
 from streamer.app.options import GAME_WORDS, figure, visible
 from streamer.app.progress import JobProgress, archive_frames
+from streamer.app.replay import replay
 from streamer.core.attribution import AttributionConfig, attribute_snapshot
 from streamer.core.followers import load_followers
-from streamer.core.replay import replay
 from streamer.core.results import RunResult
 from streamer.core.state import StateConfig
 from streamer.testing.synth import default_archive

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
 
 
 def backoff_delay(streak: int, base: float, maximum: float, rng: random.Random | None = None) -> float:
@@ -11,3 +12,19 @@ def backoff_delay(streak: int, base: float, maximum: float, rng: random.Random |
     lockstep, yet none retries sooner than half the nominal delay."""
     nominal = min(maximum, base * 2 ** min(streak, 32))
     return nominal / 2 + (rng or random).uniform(0, nominal / 2)
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """A retry policy's delays: ``base`` seconds after the first failure, doubling up to ``maximum``."""
+
+    base: float = 1.0
+    maximum: float = 60.0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.base <= self.maximum:
+            raise ValueError(f"backoff must have 0 < base <= maximum, got base={self.base!r}, maximum={self.maximum!r}")
+
+    def delay(self, streak: int, rng: random.Random | None = None) -> float:
+        """See :func:`backoff_delay`."""
+        return backoff_delay(streak, self.base, self.maximum, rng)

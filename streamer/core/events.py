@@ -23,7 +23,6 @@ POST, REPLY, QUOTE, REPOST, LIKE = "post", "reply", "quote", "repost", "like"
 FOLLOW, BLOCK, DELETE, PROFILE = "follow", "block", "delete", "profile"
 IDENTITY, ACCOUNT, OTHER = "identity", "account", "other"
 KINDS = (POST, REPLY, QUOTE, REPOST, LIKE, FOLLOW, BLOCK, DELETE, PROFILE, IDENTITY, ACCOUNT, OTHER)
-KIND_INDEX = {k: i for i, k in enumerate(KINDS)}
 
 COLLECTION_KIND = {
     "app.bsky.feed.post": POST,

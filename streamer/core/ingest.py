@@ -15,7 +15,7 @@ from streamer.core.dispatch import SequentialDispatcher, repo_of
 from streamer.core.frames import Decoded
 from streamer.core.seqs import Sequenced, Sequencer
 from streamer.core.state import AgentState
-from streamer.sources.base import SourceStats
+from streamer.core.stats import SourceStats
 
 
 class Ingestor:

@@ -103,7 +103,6 @@ MAX_DID_CHARS = 2048  # the atproto limit on a DID's length
 # why an event was not applied, as returned by AgentState.apply and counted in AgentState.counters
 BAD_DID = "bad_did"
 DEACTIVATED = "deactivated"  # by or towards an account whose last #account event said active: false
-REASONS = (LATE, FUTURE_TIME, BAD_DID, DEACTIVATED)
 RECORD_BYTES = 17  # one record index entry: hash (8), actor (4), subject (4), kind (1)
 DEAD_RECORD = 0xFF  # the kind of a pending record a delete took back
 
@@ -391,11 +390,8 @@ class EdgeMerger:
         with self._lock:
             same = len(older) == len(self._older) and all(a is b[0] for a, b in zip(self._older, older, strict=True))
             if not same:
-                if older:
-                    att, src, w = (np.concatenate([b[i] for b in older]) for i in range(3))
-                    self._keys, self._weights = _summed(_keys(att, src), w)
-                else:
-                    self._keys, self._weights = np.zeros(0, np.int64), np.zeros(0, np.float64)
+                att, src, w = (np.concatenate([b[i] for b in older]) for i in range(3))
+                self._keys, self._weights = _summed(_keys(att, src), w)
                 self._older = tuple(b[0] for b in older)
             # a bucket's edges are compacted (sorted, unique pairs) whenever they change: no second compaction
             keys, weights = _merge(self._keys, self._weights, _keys(newest[0], newest[1]), newest[2].astype(np.float64))

@@ -41,10 +41,11 @@ from typing import Any
 from streamer.core.pace import Pace
 from streamer.core.seqs import RESET_WINDOW, SeenSeqs
 from streamer.core.state import StateConfig
+from streamer.core.stats import SourceStats
 from streamer.distributed import event_records, packed
 from streamer.distributed.ride_out import BrokerLink, probe
 from streamer.distributed.sequencer import DEFAULT_INTERVAL_S, Sequencer
-from streamer.sources.base import Source, SourceStats
+from streamer.sources.base import Source
 
 READ_BACK_TIMEOUT_S = 30.0  # a compacted topic read back with no record for this long: the broker is away
 log = logging.getLogger("skyattr.ingest")

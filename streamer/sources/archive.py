@@ -458,7 +458,7 @@ class ArchiveSource:
     ) -> None:
         from streamer.core.frames import MAX_FRAME_BYTES
         from streamer.core.seqs import Sequencer
-        from streamer.sources.base import SourceStats
+        from streamer.core.stats import SourceStats
 
         self.path = Path(path)
         self.stats = stats if stats is not None else SourceStats()

@@ -1,12 +1,12 @@
-"""The source protocol, and the one stats type every stage of ingest counts into.
+"""The source protocol.
 
 A source is an async iterator of decoded items (:class:`~streamer.core.seqs.Sequenced`: a
 :class:`~streamer.core.frames.Decoded` with the source's cursor after it), plus:
 
 * ``cursor``: where a new source of the same kind resumes from, in the source's own unit (a relay ``seq``, a
   Jetstream ``time_us``, a position in an archive); ``None`` before anything was consumed;
-* ``stats``: a :class:`SourceStats`, shared with the dispatcher that folds the items into the state, so one object
-  counts a frame once from the socket to the state;
+* ``stats``: a :class:`~streamer.core.stats.SourceStats`, shared with the dispatcher that folds the items into the
+  state, so one object counts a frame once from the socket to the state;
 * ``stop()`` (ends the iteration after the current item) and ``async aclose()``.
 
 Every source decodes with :func:`streamer.core.decode.decode_item` and judges relay seqs with
@@ -16,58 +16,13 @@ whichever source brought it. Duplicates and undecodable items are counted and ne
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 from streamer.core.seqs import Sequenced
+from streamer.core.stats import SourceStats
 
-
-@dataclass
-class SourceStats:
-    """Counters of one stream, from the socket (or file) to the state.
-
-    Source side: ``items`` consumed (frames, archive items, Jetstream messages), ``frames`` that decoded by type,
-    ``errors`` (undecodable, by reason), ``duplicates`` (re-sends, dropped), ``gaps``/``gap_frames`` (seq jumps
-    and the seqs jumped over), ``out_of_order`` (late, kept), ``resets`` (relay sequence restarts followed),
-    ``info`` (``#info`` frames by name), ``relay_errors`` (error frames by name), ``connects``, ``reconnects``,
-    ``disconnects`` (of connections that opened, by reason), ``connect_failures`` (attempts that never opened, by
-    reason: they end no connection, so they must not make an open one look closed), ``yielded``. State side (the
-    dispatcher): ``events`` applied by kind, ``skipped`` operations and events by reason."""
-
-    items: int = 0
-    yielded: int = 0
-    duplicates: int = 0
-    gaps: int = 0
-    gap_frames: int = 0
-    out_of_order: int = 0
-    resets: int = 0
-    connects: int = 0
-    reconnects: int = 0
-    frames: Counter[str] = field(default_factory=Counter)
-    errors: Counter[str] = field(default_factory=Counter)
-    info: Counter[str] = field(default_factory=Counter)
-    relay_errors: Counter[str] = field(default_factory=Counter)
-    disconnects: Counter[str] = field(default_factory=Counter)
-    connect_failures: Counter[str] = field(default_factory=Counter)
-    events: Counter[str] = field(default_factory=Counter)
-    skipped: Counter[str] = field(default_factory=Counter)
-
-    @property
-    def outdated_cursor(self) -> int:
-        return self.info["OutdatedCursor"]
-
-    @property
-    def connected(self) -> bool:
-        return self.connects > sum(self.disconnects.values())
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            name: (dict(value) if isinstance(value, Counter) else value)
-            for name, value in vars(self).items()
-            if not name.startswith("_")
-        }
+__all__ = ["Source", "SourceStats"]
 
 
 @runtime_checkable

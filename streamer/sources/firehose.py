@@ -2,8 +2,9 @@
 
 Why a thin client over ``websockets`` instead of the SDK's firehose client: on the hot path every frame is decoded
 once, by :func:`streamer.core.decode.decode_item` (libipld, no pydantic models), and the raw bytes are kept for the
-archive. The connection handling follows the SDK's (``atproto_subscription``): reconnect on network errors,
-exponential backoff with jitter, a generous ``max_size``.
+archive. The connection is kept by the websocket sources' one reconnect loop
+(:class:`streamer.sources.websocket.WebsocketSource`), which follows the SDK's (``atproto_subscription``): reconnect
+on network errors, exponential backoff with jitter, a generous ``max_size``; this module judges the frames.
 
 Guarantees and decisions:
 
@@ -53,30 +54,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
-import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, ConnectionClosedOK, InvalidHandshake
-
+from streamer.core.backoff import Backoff
 from streamer.core.decode import decode_item
 from streamer.core.frames import MAX_FRAME_BYTES, Decoded
 from streamer.core.seqs import RESET_WINDOW, SeenSeqs, Sequenced, Sequencer
-from streamer.sources.base import SourceStats
+from streamer.core.stats import SourceStats
 from streamer.sources.endpoints import DEFAULT_RELAY, SUBSCRIBE_PATH
-from streamer.sources.websocket import StoppableStream, closed_for_size
-
-log = logging.getLogger(__name__)
+from streamer.sources.websocket import RECONNECT, Connection, Taken, WebsocketSource
 
 # Well above the protocol's 5 MiB frame limit: an oversize frame should reach decode_frame and be counted as
 # "too_big", not make websockets close the connection (which would re-send the same frame on every reconnect).
 CLIENT_MAX_SIZE = 16 * 1024 * 1024
-# Connection failures worth a retry; anything else (a bad URL, a bug) propagates.
-RETRYABLE = (OSError, TimeoutError, InvalidHandshake, ConnectionClosed)
 # How long ``anomalous`` stays true after a reset or an out-of-order frame: long enough for a scrape to see it.
 ANOMALY_HOLD_S = 60.0
+_NOTHING: Taken[tuple[bytes, Sequenced]] = Taken()
 
 
 class RelayUnavailable(ConnectionError):
@@ -99,10 +93,10 @@ def subscribe_url(base: str, cursor: int | None = None) -> str:
     return urlunsplit((scheme, parts.netloc, path, urlencode(query), ""))
 
 
-class FirehoseSource(StoppableStream):
+class FirehoseSource(WebsocketSource[tuple[bytes, Sequenced]]):
     """Async iterator over the raw frames of a relay, resuming from ``cursor`` across reconnects.
 
-    ``backoff_base``/``backoff_max``: reconnect delay bounds in seconds. ``max_retries``: see the module doc.
+    ``backoff``: reconnect delays. ``max_retries``: see the module doc.
     ``stop``: an event that ends the iteration cleanly when set (also :meth:`stop`). ``idle_timeout``: reconnect
     when nothing arrived for that long (the live firehose is never quiet for seconds; a local relay at its end is).
     ``reset_window``: how far below the cursor a frame must be to mean a restarted relay sequence, and how many
@@ -110,13 +104,14 @@ class FirehoseSource(StoppableStream):
     manager so the connection is closed when the consumer stops early.
     """
 
+    unavailable = RelayUnavailable
+
     def __init__(
         self,
         url: str = DEFAULT_RELAY,
         *,
         cursor: int | None = None,
-        backoff_base: float = 1.0,
-        backoff_max: float = 60.0,
+        backoff: Backoff = RECONNECT,
         max_retries: int | None = None,
         stop: asyncio.Event | None = None,
         idle_timeout: float | None = None,
@@ -132,15 +127,13 @@ class FirehoseSource(StoppableStream):
         stats: SourceStats | None = None,
     ) -> None:
         subscribe_url(url)  # fail now on a malformed URL, not at the first connection
-        self.url = url
-        self.backoff_base, self.backoff_max = backoff_base, backoff_max
-        self.max_retries = max_retries
-        self.idle_timeout, self.open_timeout, self.close_timeout = idle_timeout, open_timeout, close_timeout
-        self.max_size, self.max_frame_bytes, self.records = max_size, max_frame_bytes, records
-        self.stats = stats if stats is not None else SourceStats()
-        super().__init__(stop)
-        self._rng = random.Random(seed)
+        connection = Connection(open_timeout, close_timeout, max_size, idle_timeout, text=True)
+        super().__init__(
+            url, connection=connection, backoff=backoff, max_retries=max_retries, stats=stats, stop=stop, seed=seed
+        )
+        self.max_frame_bytes, self.records = max_frame_bytes, records
         self.anomaly_hold = anomaly_hold
+        self._skip_past: int | None = None  # after frames over max_size: resume past this seq, not at the cursor
         # the seq judge; ``seen`` is the ring a checkpoint kept with ``cursor``, so that frames the state already
         # holds are known as re-sends after a restart too (a relay that ignores the cursor)
         self.seq = Sequencer(self.stats, cursor=cursor, seen=seen, reset_window=reset_window, name=url)
@@ -194,101 +187,49 @@ class FirehoseSource(StoppableStream):
             async for frame, _ in items:
                 yield frame
 
-    async def _items(self) -> AsyncIterator[tuple[bytes, Sequenced]]:
-        streak = 0  # connections in a row that delivered nothing new
-        first = True
-        skip_past: int | None = None  # after frames over max_size: resume past this seq, not at the cursor
-        while not self._stop.is_set():
-            if not first:
-                attempts = (self.max_retries, self.backoff_base, self.backoff_max, self._rng, self.stats)
-                if await self._wait_to_reconnect(streak, RelayUnavailable, self.url, self.cursor, attempts):
-                    return
-            first = False
-            progressed = False
-            opened = False
-            reason = "closed"
-            asked = None if self.seq.following else self.cursor
-            if skip_past is not None and asked is not None and skip_past > asked:
-                asked = skip_past
-            self.seq.opened(asked)
-            url = subscribe_url(self.url, asked)
-            try:
-                async with connect(
-                    url,
-                    max_size=self.max_size,
-                    open_timeout=self.open_timeout,
-                    close_timeout=self.close_timeout,
-                ) as ws:
-                    self.stats.connects += 1
-                    opened = True
-                    log.info("connected to %s", url)
-                    watcher = asyncio.create_task(self._close_on_stop(ws))
-                    try:
-                        while not self._stop.is_set():  # checked per frame: stop() takes effect at once
-                            message = await self._recv(ws)
-                            if message is None:
-                                reason = "idle_timeout"
-                                break
-                            if isinstance(message, str):
-                                self.seq.count_error("text_message", "a text message, not a binary frame")
-                                continue
-                            decoded = self._decode(message)
-                            if decoded.error == "error_frame":
-                                reason = "error_frame"
-                                self._relay_error(decoded.detail)
-                                break
-                            for item in self.seq.judge(message, decoded):
-                                progressed = True
-                                self.stats.yielded += 1
-                                yield item
-                    except GeneratorExit:  # the consumer is done: close normally (1000), not 1011 "internal error"
-                        await ws.close()
-                        raise
-                    finally:
-                        watcher.cancel()
-            except ConnectionClosedOK:
-                pass
-            except RETRYABLE as exc:
-                reason = type(exc).__name__
-                if closed_for_size(exc):
-                    # a frame over max_size: websockets fails the connection before its seq can be read, and
-                    # resuming at the cursor would fetch the same frame for ever; step past one more seq each
-                    # time it happens without progress (relay seqs are dense, so one step is the usual case)
-                    reason = "message_too_big"
-                    current = self.cursor if self.cursor is not None else -1
-                    if skip_past is None or progressed or current >= skip_past:
-                        skip_past = current + 1
-                    else:
-                        skip_past += 1
-                    self.seq.count_error(
-                        "too_big",
-                        f"a frame over the websocket limit of {self.max_size:,} bytes after seq {current}: skipped, "
-                        f"resuming after seq {skip_past}",
-                    )
-                    progressed = True  # moving past it is progress: reconnect at once
-                elif opened:
-                    log.warning("connection to %s lost: %s: %s", self.url, reason, exc)
-                else:  # never connected: say so, and what the error was, not "lost"
-                    log.warning("cannot connect to %s: %s: %s", self.url, reason, exc)
-            if self._stop.is_set():
-                self.seq.drop_held()  # dropped with the cursor before it: a resume fetches it again
-                return
-            for item in self.seq.flush():  # the connection ended before the frame after a held one
-                progressed = True
-                self.stats.yielded += 1
-                yield item
-            (self.stats.disconnects if opened else self.stats.connect_failures)[reason] += 1
-            streak = 0 if progressed else streak + 1
+    def _items(self) -> AsyncIterator[tuple[bytes, Sequenced]]:
+        return self._connections()
 
-    async def _recv(self, ws: ClientConnection) -> bytes | str | None:
-        """The next message; None after ``idle_timeout`` of silence. A normal close raises ConnectionClosedOK."""
-        if self.idle_timeout is None:
-            return await ws.recv()
-        try:
-            async with asyncio.timeout(self.idle_timeout):
-                return await ws.recv()
-        except TimeoutError:
-            return None
+    # -- the hooks of the reconnect loop (streamer.sources.websocket) ---------------------------------------------
+
+    def _connect_url(self) -> str:
+        asked = None if self.seq.following else self.cursor
+        if self._skip_past is not None and asked is not None and self._skip_past > asked:
+            asked = self._skip_past
+        self.seq.opened(asked)
+        return subscribe_url(self.url, asked)
+
+    def _take(self, message: bytes | str) -> Taken[tuple[bytes, Sequenced]]:
+        if isinstance(message, str):
+            self.seq.count_error("text_message", "a text message, not a binary frame")
+            return _NOTHING
+        decoded = self._decode(message)
+        if decoded.error == "error_frame":
+            self._relay_error(decoded.detail)
+            return Taken(end="error_frame")
+        return Taken(self.seq.judge(message, decoded))
+
+    def _too_big(self, progressed: bool) -> bool:
+        # a frame over max_size: websockets fails the connection before its seq can be read, and resuming at the
+        # cursor would fetch the same frame for ever; step past one more seq each time it happens without progress
+        # (relay seqs are dense, so one step is the usual case)
+        current = self.cursor if self.cursor is not None else -1
+        if self._skip_past is None or progressed or current >= self._skip_past:
+            self._skip_past = current + 1
+        else:
+            self._skip_past += 1
+        self.seq.count_error(
+            "too_big",
+            f"a frame over the websocket limit of {self.connection.max_size:,} bytes after seq {current}: skipped, "
+            f"resuming after seq {self._skip_past}",
+        )
+        return True  # moving past it is progress: reconnect at once
+
+    def _ended(self, stopped: bool) -> Iterable[tuple[bytes, Sequenced]]:
+        if stopped:
+            self.seq.drop_held()  # dropped with the cursor before it: a resume fetches it again
+            return ()
+        return self.seq.flush()  # the connection ended before the frame after a held one
 
     def _decode(self, frame: bytes) -> Decoded:
         return decode_item(frame, records=self.records, max_bytes=self.max_frame_bytes)
@@ -305,13 +246,13 @@ class FirehoseSource(StoppableStream):
                 f"relay {self.url} restarted its sequence below our cursor {asked} (FutureCursor); "
                 "reconnecting from its current head"
             )
-            log.warning(
+            self._log.warning(
                 "relay %s restarted its sequence below our cursor %s (FutureCursor); reconnecting without a cursor, "
                 "from its current head",
                 self.url,
                 asked,
             )
             return
-        log.warning(
+        self._log.warning(
             "relay sent an error frame: %s (cursor %s)", detail, "none yet" if self.cursor is None else self.cursor
         )

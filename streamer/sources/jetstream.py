@@ -3,10 +3,10 @@
 Why Jetstream beside the relay (:mod:`streamer.sources.firehose`): Jetstream (github.com/bluesky-social/jetstream)
 serves the firehose as one small JSON object per repo operation, filtered server side by collection and DID and
 optionally zstd-compressed, so following ``app.bsky.*`` costs a fraction of the relay's bandwidth and no CAR/CBOR
-decoding. The client imitates :class:`~streamer.sources.firehose.FirehoseSource`: a thin ``websockets`` asyncio
-client, reconnect with :func:`streamer.core.backoff.backoff_delay`, ``stop()``/``aclose()``, ``idle_timeout``,
-``max_retries``. Every message is decoded once, by :func:`streamer.core.decode.decode_item`, and handed on as a
-:class:`streamer.core.seqs.Sequenced`.
+decoding. The connection is kept by the websocket sources' one reconnect loop
+(:class:`streamer.sources.websocket.WebsocketSource`: backoff, ``max_retries``, ``idle_timeout``, connection counts,
+``stop()``/``aclose()``), as the relay's is; this module says what a message yields. Every message is decoded
+once, by :func:`streamer.core.decode.decode_item`, and handed on as a :class:`streamer.core.seqs.Sequenced`.
 
 Guarantees and decisions:
 
@@ -46,7 +46,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import random
 import re
 from collections import Counter
 from collections.abc import AsyncIterator, Iterable, Sequence
@@ -56,16 +55,15 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import numpy as np
 import zstandard
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, ConnectionClosedOK, InvalidHandshake
 
+from streamer.core.backoff import Backoff
 from streamer.core.decode import decode_item
 from streamer.core.events import is_valid_did, is_valid_nsid
 from streamer.core.frames import MAX_DEPTH, MAX_FRAME_BYTES, clean_text
 from streamer.core.seqs import Sequenced, fingerprint
-from streamer.sources.base import SourceStats
+from streamer.core.stats import SourceStats
 from streamer.sources.endpoints import JETSTREAM_PATH as SUBSCRIBE_PATH
-from streamer.sources.websocket import StoppableStream, closed_for_size
+from streamer.sources.websocket import RECONNECT, Connection, Taken, WebsocketSource
 
 log = logging.getLogger(__name__)
 
@@ -75,13 +73,11 @@ ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 # Jetstream's own limits on a subscription's filters.
 MAX_WANTED_COLLECTIONS = 100
 MAX_WANTED_DIDS = 10_000
-# Reasons this source adds to those of decode_item, for metrics registered up front.
-SOURCE_ERROR_REASONS = ("too_big", "bad_zstd", "bad_json", "too_deep")
 # Fingerprints remembered at the cursor's time_us: a server sending more events at one microsecond than this is
 # hostile; past it, re-sends at that time are no longer recognised (at-least-once), memory stays bounded.
 MAX_AT_CURSOR = 65_536
+_NOTHING: Taken[Sequenced] = Taken()
 # Connection failures worth a retry; anything else (a bad URL, a bug) propagates.
-RETRYABLE = (OSError, TimeoutError, InvalidHandshake, ConnectionClosed)
 # A message with at most this many '[' and '{' cannot nest deep enough to matter: no pre-scan needed.
 _SCAN_OPENS = 1000
 _JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
@@ -190,13 +186,13 @@ def too_deep_to_parse(data: bytes, limit: int = MAX_DEPTH) -> bool:
     return int(np.cumsum(steps).max()) > limit
 
 
-class JetstreamSource(StoppableStream):
+class JetstreamSource(WebsocketSource[Sequenced]):
     """Async iterator of :class:`~streamer.core.seqs.Sequenced` items from a Jetstream, resuming by ``time_us``.
 
     ``url``: the Jetstream (see :func:`jetstream_url`). ``cursor``: resume from this ``time_us`` (None: live).
     ``wanted_collections``/``wanted_dids``: Jetstream's filters. ``compress``: ask for zstd frames;
     ``zstd_dictionary``: Jetstream's custom dictionary (bytes or a file), needed to read its compressed frames.
-    ``backoff_base``/``backoff_max``: reconnect delay bounds in seconds. ``max_retries``: see the module doc.
+    ``backoff``: reconnect delays. ``max_retries``: see the module doc.
     ``stop``: an event that ends the iteration cleanly when set (also :meth:`stop`). ``idle_timeout``: reconnect
     when nothing arrived for that long. ``max_size``: the websocket's message limit; ``max_bytes``: the limit on a
     message (decompressed), above it a counted ``too_big``. ``stats``: the :class:`SourceStats` to count into
@@ -204,6 +200,8 @@ class JetstreamSource(StoppableStream):
     ``time_us`` (from a checkpoint; see :attr:`seen_at_cursor`). Use as an async context manager so the connection
     is closed when the consumer stops early.
     """
+
+    unavailable = JetstreamUnavailable
 
     def __init__(
         self,
@@ -214,8 +212,7 @@ class JetstreamSource(StoppableStream):
         wanted_dids: Sequence[str] = (),
         compress: bool = False,
         zstd_dictionary: bytes | Path | None = None,
-        backoff_base: float = 1.0,
-        backoff_max: float = 60.0,
+        backoff: Backoff = RECONNECT,
         max_retries: int | None = None,
         stop: asyncio.Event | None = None,
         idle_timeout: float | None = None,
@@ -235,19 +232,14 @@ class JetstreamSource(StoppableStream):
         jetstream_url(url, cursor, self.wanted_collections, self.wanted_dids, compress=compress)
         if max_bytes < 1 or max_size < 1:
             raise ValueError("max_bytes and max_size must be positive")
-        if max_retries is not None and max_retries < 0:
-            raise ValueError("max_retries must be >= 0 (or None to retry forever)")
-        self.url = url
+        connection = Connection(open_timeout, close_timeout, max_size, idle_timeout, text=False)
+        super().__init__(
+            url, connection=connection, backoff=backoff, max_retries=max_retries, stats=stats, stop=stop, seed=seed
+        )
         self.compress = compress
-        self.backoff_base, self.backoff_max = backoff_base, backoff_max
-        self.max_retries = max_retries
-        self.idle_timeout, self.open_timeout, self.close_timeout = idle_timeout, open_timeout, close_timeout
-        self.max_size, self.max_bytes = max_size, max_bytes
-        self.stats = stats if stats is not None else SourceStats()
+        self.max_bytes = max_bytes
         window = 1 << max(23, (max_bytes - 1).bit_length())  # a frame's window never needs more than its content
         self._dctx = zstandard.ZstdDecompressor(dict_data=_load_dictionary(zstd_dictionary), max_window_size=window)
-        super().__init__(stop)
-        self._rng = random.Random(seed)
         self._logged: set[str] = set()
         self._cursor = cursor if cursor is None or cursor >= 0 else None
         # fingerprints of the events yielded at exactly the cursor's time_us (a multiset)
@@ -281,83 +273,25 @@ class JetstreamSource(StoppableStream):
         )
 
     def __aiter__(self) -> AsyncIterator[Sequenced]:
-        return self._track(self._items())
+        return self._track(self._connections())
 
     # -- the loop -----------------------------------------------------------------------------------------------
 
-    async def _items(self) -> AsyncIterator[Sequenced]:
-        streak = 0  # connections in a row that delivered nothing new
-        first = True
-        while not self._stop.is_set():
-            if not first:
-                attempts = (self.max_retries, self.backoff_base, self.backoff_max, self._rng, self.stats)
-                if await self._wait_to_reconnect(streak, JetstreamUnavailable, self.url, self._cursor, attempts):
-                    return
-            first = False
-            progressed = False
-            connected = False
-            reason = "closed"
-            self._asked = self._cursor
-            self._replay = Counter(self._at_cursor) if self._asked is not None else Counter()
-            url = self.subscribe_url()
-            try:
-                async with connect(
-                    url, max_size=self.max_size, open_timeout=self.open_timeout, close_timeout=self.close_timeout
-                ) as ws:
-                    connected = True
-                    self.stats.connects += 1
-                    log.info("connected to %s", url)
-                    watcher = asyncio.create_task(self._close_on_stop(ws))
-                    try:
-                        while not self._stop.is_set():  # checked per message: stop() takes effect at once
-                            message = await self._recv(ws)
-                            if message is None:
-                                reason = "idle_timeout"
-                                break
-                            item = self._accept(message)
-                            if item is not None:
-                                progressed = True
-                                self.stats.yielded += 1
-                                yield item
-                    except GeneratorExit:  # the consumer is done: close normally (1000), not 1011 "internal error"
-                        await ws.close()
-                        raise
-                    finally:
-                        watcher.cancel()
-            except ConnectionClosedOK:
-                pass
-            except RETRYABLE as exc:
-                reason = type(exc).__name__
-                if closed_for_size(exc):
-                    reason = "message_too_big"
-                    self._server_max = self.max_size
-                    self._count_error("too_big", f"a message over the websocket limit of {self.max_size} bytes")
-                elif connected:
-                    log.warning("connection to %s lost: %s: %s", self.url, reason, exc)
-                else:  # never connected: say so, and what the error was, not "lost"
-                    log.warning("cannot connect to %s: %s: %s", self.url, reason, exc)
-            except (GeneratorExit, asyncio.CancelledError):
-                reason = "stopped"
-                raise
-            finally:
-                if connected:
-                    self.stats.disconnects["stopped" if self._stop.is_set() else reason] += 1
-                elif reason != "closed":
-                    self.stats.connect_failures[reason] += 1
-            if self._stop.is_set():
-                return
-            streak = 0 if progressed else streak + 1
+    # -- the hooks of the reconnect loop (streamer.sources.websocket) ---------------------------------------------
 
-    async def _recv(self, ws: ClientConnection) -> bytes | None:
-        """The next message as bytes; None after ``idle_timeout`` of silence. A normal close raises
-        ConnectionClosedOK."""
-        if self.idle_timeout is None:
-            return await ws.recv(decode=False)
-        try:
-            async with asyncio.timeout(self.idle_timeout):
-                return await ws.recv(decode=False)
-        except TimeoutError:
-            return None
+    def _connect_url(self) -> str:
+        self._asked = self._cursor
+        self._replay = Counter(self._at_cursor) if self._asked is not None else Counter()
+        return self.subscribe_url()
+
+    def _take(self, message: bytes | str) -> Taken[Sequenced]:
+        item = self._accept(message if isinstance(message, bytes) else message.encode())
+        return Taken((item,)) if item is not None else _NOTHING
+
+    def _too_big(self, progressed: bool) -> bool:
+        self._server_max = self.connection.max_size  # ask the server to leave such messages out
+        self._count_error("too_big", f"a message over the websocket limit of {self.connection.max_size} bytes")
+        return False
 
     def _accept(self, message: bytes) -> Sequenced | None:
         """Count one message and judge its ``time_us`` (see the module doc): the item to yield, or None."""

@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
+from streamer.app.replay import replay, replay_archive
 from streamer.core import pace as pace_module
 from streamer.core.events import rfc3339
 from streamer.core.pace import Pace
-from streamer.core.replay import replay, replay_archive
 from streamer.sources.archive import ArchiveWriter
 from streamer.testing.encode import commit_frame
 

@@ -13,8 +13,8 @@ import pytest
 from typer.testing import CliRunner
 
 from streamer.app.cli import app
+from streamer.app.replay import replay
 from streamer.core.ingest import Ingestor
-from streamer.core.replay import replay
 from streamer.core.state import AgentState, StateConfig
 from streamer.sources.archive import ArchiveWriter
 from streamer.testing.encode import commit_frame

@@ -10,8 +10,8 @@ import pytest
 from typer.testing import CliRunner
 
 from streamer.app.cli import app
+from streamer.app.replay import replay
 from streamer.core.followers import load_followers
-from streamer.core.replay import replay
 
 runner = CliRunner()
 A, B = "did:plc:" + "a" * 24, "did:plc:" + "b" * 24

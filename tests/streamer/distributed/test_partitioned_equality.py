@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 import pytest
 
+from streamer.app.replay import replay
 from streamer.core.attribution import AttributionConfig, finish, measure
-from streamer.core.replay import replay
 from streamer.core.results import RunResult
 from streamer.core.schedule import ScheduleState, accepted
 from streamer.core.state import StateConfig

@@ -22,6 +22,7 @@ import zstandard
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
+from streamer.core.backoff import Backoff
 from streamer.core.events import Event
 from streamer.core.frames import decode_frame
 from streamer.core.jetstream_json import from_jetstream, to_jetstream
@@ -39,7 +40,7 @@ from streamer.testing.jetstream_server import JetstreamServer, jetstream_events
 from streamer.testing.synth import write_synth_archive
 
 # close_timeout: a source stopped mid-stream waits that long for the server's close frame, queued behind messages
-FAST: dict[str, Any] = {"backoff_base": 0.005, "backoff_max": 0.02, "close_timeout": 0.2}
+FAST: dict[str, Any] = {"backoff": Backoff(0.005, 0.02), "close_timeout": 0.2}
 IDLE = 0.4  # the local server idles once it has sent everything: this long without a message ends a connection
 
 

@@ -25,10 +25,11 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import InvalidStatus
 
 from streamer.app.daemon import live_pipeline
+from streamer.app.replay import replay
 from streamer.app.settings import load_settings
+from streamer.core.backoff import Backoff
 from streamer.core.checkpoint import load_checkpoint
 from streamer.core.frames import decode_frame
-from streamer.core.replay import replay
 from streamer.core.seqs import Sequenced
 from streamer.sources.archive import ArchiveWriter
 from streamer.sources.firehose import FirehoseSource
@@ -36,7 +37,7 @@ from streamer.sources.relay_server import SUBSCRIBE_PATH, Misbehaviour, Relay, p
 from streamer.testing.synth import default_archive
 from tests.net import free_port, http_get
 
-FAST = {"backoff_base": 0.005, "backoff_max": 0.02}
+FAST = {"backoff": Backoff(0.005, 0.02)}
 ROOT = Path(__file__).resolve().parents[3]
 N = 150  # frames in the sample
 

@@ -16,8 +16,8 @@ from typing import Any
 import libipld
 import pytest
 
+from streamer.app.replay import replay, replay_archive
 from streamer.core.events import rfc3339
-from streamer.core.replay import replay, replay_archive
 from streamer.core.state import AgentState
 from streamer.sources.archive import ArchiveWriter, read_archive
 from streamer.sources.relay_server import with_seq

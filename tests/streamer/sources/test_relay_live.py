@@ -22,7 +22,7 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import InvalidStatus
 
 from streamer.app.record import record, record_command
-from streamer.core.backoff import backoff_delay
+from streamer.core.backoff import Backoff, backoff_delay
 from streamer.core.frames import MAX_FRAME_BYTES
 from streamer.sources.archive import ArchiveWriter, ReadReport, read_archive
 from streamer.sources.firehose import (
@@ -33,7 +33,7 @@ from streamer.sources.firehose import (
 from streamer.sources.relay_server import Relay, error_frame, peek
 from tests.faults import Lines, signal_when
 
-FAST = {"backoff_base": 0.005, "backoff_max": 0.02}
+FAST = {"backoff": Backoff(0.005, 0.02)}
 ROOT = Path(__file__).resolve().parents[3]
 
 
@@ -119,7 +119,7 @@ async def test_future_cursor_follows_the_relay_from_its_head(archive: Path, samp
     assert got == sample_frames  # this relay, asked for no cursor, starts with the oldest frame it holds
     assert source.stats.relay_errors == {"FutureCursor": 1}
     assert source.stats.resets == 1 and source.stats.duplicates == 0
-    assert source.stats.disconnects == {"error_frame": 1}
+    assert source.stats.disconnects == {"error_frame": 1, "stopped": 1}, "the second connection ended by the stop"
     assert source.cursor == seq_of(sample_frames[-1]) and not source.recovering
     assert relay.connections == 2
 

@@ -26,8 +26,8 @@ from streamer.core.pipeline import Pipeline
 from streamer.core.results import Result
 from streamer.core.schedule import ScheduleState
 from streamer.core.state import AgentState, StateConfig
+from streamer.core.stats import SourceStats
 from streamer.sources.archive import ArchiveSource, ReadReport
-from streamer.sources.base import SourceStats
 
 
 @dataclass
