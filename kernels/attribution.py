@@ -136,6 +136,7 @@ def _kernel(indicator: Indicator, nodes: int, chunk: int, path: str, rule: str) 
         alphas, weights = node_table(span, x.dtype)
         if path == "linear-stem":
             head = indicator.head
+            assert head is not None  # the linear-stem path is chosen only for an indicator with a head
             grad_head = indicator.head_grad or jax.grad(head, argnums=(0, 1))
 
             def body(carry: tuple[jax.Array, jax.Array], aw: tuple[jax.Array, jax.Array]) -> Any:

@@ -103,6 +103,12 @@ class AlertDecision:
     severity: str
 
 
+def _three(shares: np.ndarray) -> tuple[float, float, float]:
+    """Head, middle and tail shares as plain floats."""
+    head, middle, tail = (float(v) for v in shares)
+    return head, middle, tail
+
+
 def decide_alert(bias: ScaleBias, thresholds: AlertThresholds | None = None, active: bool = False) -> AlertDecision:
     """The alert from the ``same_game`` figures ``bias``, given the state after the previous run (``active``).
     An undefined panel share (the full attribution sums to 0) fires nothing on coverage."""
@@ -196,8 +202,8 @@ def scale_bias(full: Attribution, panel: Any, panel_attr: Attribution, tiers: An
     r = float(np.linalg.norm(a - c * b)) / na if na > 0 else 0.0
     total = phi.sum()
     return ScaleBias(
-        tiers_full=tuple(float(v) for v in s_full),
-        tiers_panel=tuple(float(v) for v in s_panel),
+        tiers_full=_three(s_full),
+        tiers_panel=_three(s_panel),
         tvd=float(0.5 * np.abs(s_full - s_panel).sum()),
         panel_share=float(a.sum() / total) if total != 0 else math.nan,
         rescale=c,

@@ -79,7 +79,7 @@ class _GraphOps:
         return per_agent
 
     @property
-    def _host_token(self) -> jax.Array | None:
+    def _host_token(self) -> jax.Array | int | None:
         return None
 
 
@@ -199,7 +199,7 @@ class AttentionGraph(_GraphOps):
         keep = s >= 0
         return AttentionGraph(rows[keep], s[keep], self.weight[edge[keep]], len(agents), allow_empty=True)
 
-    def padded(self, dtype: np.dtype, products: str = "auto") -> PaddedGraph:
+    def padded(self, dtype: np.dtype | type | str, products: str = "auto") -> PaddedGraph:
         """This graph padded to its size bucket, as device arrays of ``dtype`` weights: :func:`padded`."""
         return padded(self, dtype, products)
 
@@ -231,7 +231,7 @@ class PaddedGraph(_GraphOps):
         return jnp.where(self.mask, per_agent, 0)
 
     @property
-    def _host_token(self) -> jax.Array | None:
+    def _host_token(self) -> jax.Array | int | None:
         return self.token if self.products == "host" else None
 
 

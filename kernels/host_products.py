@@ -142,7 +142,7 @@ def _host(direction: str) -> Any:
 _forward_host, _adjoint_host = _host("forward"), _host("adjoint")
 
 
-def _call(fn: Any, token: jax.Array, v: jax.Array) -> jax.Array:
+def _call(fn: Any, token: jax.Array | int, v: jax.Array) -> jax.Array:
     """``fn`` on the host. A float64 vector crosses as pairs of uint32 bits: the callback runs on a thread of
     XLA's, where JAX's x64 switch (a per-thread setting when scoped by ``jax.enable_x64``) may be off, and JAX
     would then narrow the vector and the result to float32 on the way."""
@@ -156,13 +156,13 @@ def _call(fn: Any, token: jax.Array, v: jax.Array) -> jax.Array:
 
 
 @jax.custom_vjp
-def exposure(token: jax.Array, x: jax.Array) -> jax.Array:
+def exposure(token: jax.Array | int, x: jax.Array) -> jax.Array:
     """W·x on the host."""
     return _call(_forward_host, token, x)
 
 
 @jax.custom_vjp
-def transpose(token: jax.Array, y: jax.Array) -> jax.Array:
+def transpose(token: jax.Array | int, y: jax.Array) -> jax.Array:
     """Wᵀ·y on the host."""
     return _call(_adjoint_host, token, y)
 

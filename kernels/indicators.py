@@ -125,7 +125,8 @@ class Indicator:
 
 Factory = Callable[..., "Indicator | ValueFn"]
 _FACTORIES: dict[str, Factory] = {}
-_INSTANCES: dict[tuple[str, tuple[tuple[str, Any], ...]], Indicator] = {}
+_Key = tuple[str, tuple[tuple[str, str, Any], ...]]  # name, then (parameter, its type's name, value), sorted
+_INSTANCES: dict[_Key, Indicator] = {}
 _LOCK = threading.Lock()
 
 
@@ -168,7 +169,7 @@ def as_indicator(obj: Indicator | ValueFn | str, name: str | None = None) -> Ind
     if isinstance(obj, str):
         return get_indicator(obj)
     if callable(obj):
-        return Indicator(name or getattr(obj, "__name__", "custom"), obj)
+        return Indicator(name or str(getattr(obj, "__name__", "custom")), obj)
     raise TypeError(f"not an indicator: {obj!r}")
 
 
@@ -177,7 +178,7 @@ def get_indicator(name: str, **params: Any) -> Indicator:
     share compiled kernels). Unknown names, unknown parameters and bad parameter values raise ``ValueError``
     naming the indicator and the parameter."""
     # the type is part of the key: True == 1 and hash(True) == hash(1), but only one of them is a valid kappa
-    key = (name, tuple(sorted((k, type(v).__name__, v) for k, v in params.items())))
+    key: _Key | None = (name, tuple(sorted((k, type(v).__name__, v) for k, v in params.items())))
     try:
         hash(key)
     except TypeError:

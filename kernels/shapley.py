@@ -138,6 +138,7 @@ def sampled_shapley(
     samples = np.zeros((permutations, n))
     start = time.perf_counter()
     if mode == "incremental":
+        assert ind.incremental is not None  # checked above
         ev = ind.incremental(x64, graph)
         for p in range(permutations):
             ev.reset()

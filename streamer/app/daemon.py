@@ -377,7 +377,7 @@ async def live_pipeline(
 ) -> Daemon:
     """Run on the live source until SIGTERM/SIGINT or ``stop`` is set. ``on_ready(daemon)`` is called once the
     pipeline has started (tests use it to find the metrics port)."""
-    from streamer.core.stats import SourceStats
+    from streamer.core.source import SourceStats
 
     daemon = Daemon(settings, console=console, tables=tables, every_run=True)
     stop = stop if stop is not None else asyncio.Event()

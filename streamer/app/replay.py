@@ -25,8 +25,8 @@ from streamer.core.dispatch import SequentialDispatcher
 from streamer.core.pipeline import Pipeline
 from streamer.core.results import Result
 from streamer.core.schedule import ScheduleState
+from streamer.core.source import SourceStats
 from streamer.core.state import AgentState, StateConfig
-from streamer.core.stats import SourceStats
 from streamer.sources.archive import ArchiveSource, ReadReport
 
 
@@ -143,8 +143,8 @@ async def replay_archive(
     )
     interrupted = stop.is_set()
     if not interrupted and not finished:
-        if attribution is not None and state.last_time_us:  # the tail of the archive after the last scheduled run
-            await pipe.run_now(state.last_time_us)
+        if attribution is not None:  # the tail of the archive after the last scheduled run
+            await pipe.run_tail()
         finished = True
     await checkpoint()
     state.flush()

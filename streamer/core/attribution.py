@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -28,6 +28,9 @@ from streamer.core.results import (
     Window,
 )
 from streamer.core.state import Snapshot
+
+if TYPE_CHECKING:  # the kernels load their modules (and JAX) at first use
+    from kernels.study import Study
 
 
 @dataclass(frozen=True)
@@ -126,7 +129,7 @@ class Measured:
 
     snap: Snapshot
     skipped: str = ""
-    study: Any = None
+    study: Study | None = None  # None exactly when skipped
     seconds: float = 0.0
 
 
@@ -190,7 +193,7 @@ def finish(m: Measured, config: AttributionConfig, *, run: int, as_of_us: int, a
     """The run's messages from its measurement: numbered ``run``, the alert decided from the state after the
     previous run (``alert_active``) on the same game's figures (:func:`kernels.bias.decide_alert`). Cheap; called
     in run order."""
-    if m.skipped:
+    if m.skipped or m.study is None:
         return RunOutput(None, None, alert_active, skipped=m.skipped)
     snap, st = m.snap, m.study
     full, tiers = st.full, st.tiers
@@ -198,7 +201,7 @@ def finish(m: Measured, config: AttributionConfig, *, run: int, as_of_us: int, a
     t = config.thresholds
     thresholds = Thresholds(residual=t.residual, coverage=t.coverage, clear=t.clear)
     window = Window(snap.window_start_us, snap.window_end_us)
-    common = {
+    common: dict[str, Any] = {  # the fields both outcomes share
         "run": run,
         "indicator": ind.name,
         "params": dict(ind.params.items()),

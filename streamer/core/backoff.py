@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass
 
@@ -10,8 +11,9 @@ def backoff_delay(streak: int, base: float, maximum: float, rng: random.Random |
     """Delay before the next attempt after ``streak`` failures in a row (0 after a success): ``base · 2^streak``
     capped at ``maximum``, half of it fixed and half random, so many clients cut off together do not come back in
     lockstep, yet none retries sooner than half the nominal delay."""
-    nominal = min(maximum, base * 2 ** min(streak, 32))
-    return nominal / 2 + (rng or random).uniform(0, nominal / 2)
+    nominal = min(maximum, math.ldexp(base, min(streak, 32)))  # base · 2^streak, exactly
+    jitter = rng.uniform(0, nominal / 2) if rng is not None else random.uniform(0, nominal / 2)
+    return nominal / 2 + jitter
 
 
 @dataclass(frozen=True)

@@ -65,7 +65,7 @@ def write_checkpoint(
     meta = {"version": VERSION, "cursor": int(cursor), "state": meta, "extra": extra or {}}
     arrays["__meta__"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
     target = directory / FILENAME
-    atomic_write(target, lambda fh: np.savez(fh, **arrays))
+    atomic_write(target, lambda fh: np.savez(fh, **arrays))  # type: ignore[arg-type]  # numpy's stubs: **kwds
     return target
 
 

@@ -6,7 +6,7 @@ The shape follows a relay consumer's scheduler: ``add(repo_did, item)`` hands on
 take the place of :class:`SequentialDispatcher` without a source or a sink knowing.
 
 The sequential one folds each item into one :class:`~streamer.core.state.AgentState` at once, in the order given,
-and counts what it applied into the stream's :class:`~streamer.sources.base.SourceStats` (``events`` by kind,
+and counts what it applied into the stream's :class:`~streamer.core.source.SourceStats` (``events`` by kind,
 ``skipped`` by reason). It also keeps the source position *in step with the state* (``cursor`` and the ring of
 seqs seen, from each :class:`~streamer.core.seqs.Sequenced` item): a source may run ahead of the state (a queue
 between them), but a checkpoint must resume from what the state holds.
@@ -15,14 +15,21 @@ between them), but a checkpoint must resume from what the state holds.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 from streamer.core.seqs import RESET_WINDOW, SeenSeqs, Sequenced
+from streamer.core.source import SourceStats
 from streamer.core.state import AgentState
 
 
 @runtime_checkable
 class Dispatcher(Protocol):
+    """What the pipeline hands items to (see the module doc): ``add`` and ``shutdown``, plus the state whose
+    snapshots it attributes and the hook it runs the event-time schedule from (``before_fold``)."""
+
+    state: AgentState
+    before_fold: Callable[[int], None] | None
+
     def add(self, repo_did: str, item: Sequenced) -> None: ...
 
     def shutdown(self) -> None: ...
@@ -43,7 +50,7 @@ class SequentialDispatcher:
     def __init__(
         self,
         state: AgentState,
-        stats: Any,
+        stats: SourceStats,
         *,
         cursor: int = -1,
         seen: SeenSeqs | None = None,

@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeGuard
 
 POST, REPLY, QUOTE, REPOST, LIKE = "post", "reply", "quote", "repost", "like"
 FOLLOW, BLOCK, DELETE, PROFILE = "follow", "block", "delete", "profile"
@@ -56,7 +56,7 @@ RKEY_RE = re.compile(r"[A-Za-z0-9._:~-]{1,512}")
 NSID_RE = re.compile(r"[a-zA-Z0-9-]{1,63}(?:\.[a-zA-Z0-9-]{1,63})+\.[a-zA-Z][a-zA-Z0-9]{0,62}")
 
 
-def is_valid_did(value: object) -> bool:
+def is_valid_did(value: object) -> TypeGuard[str]:
     """Whether ``value`` is a DID in the atproto syntax: ``did:<method>:<identifier>``, method lowercase letters,
     identifier of ``[A-Za-z0-9._:%-]`` not ending in ``:`` or ``%``, at most 2 KiB. So no whitespace, control
     characters, non-ASCII or lone surrogates: a valid DID is safe as a state key, in a log line and in JSON."""
@@ -67,7 +67,7 @@ def is_valid_did(value: object) -> bool:
     return DID_RE.fullmatch(value) is not None
 
 
-def is_valid_rkey(value: object) -> bool:
+def is_valid_rkey(value: object) -> TypeGuard[str]:
     """Whether ``value`` is an atproto record key: 1-512 characters of ``[A-Za-z0-9._:~-]``, not ``.`` or ``..``."""
     if type(value) is not str or not 0 < len(value) <= MAX_RKEY_CHARS:
         return False
@@ -76,7 +76,7 @@ def is_valid_rkey(value: object) -> bool:
     return RKEY_RE.fullmatch(value) is not None and value not in (".", "..")
 
 
-def is_valid_nsid(value: object) -> bool:
+def is_valid_nsid(value: object) -> TypeGuard[str]:
     """Whether ``value`` looks like an NSID (a collection name such as ``app.bsky.feed.post``): three or more
     dot-separated segments of ASCII letters, digits and hyphens, the last starting with a letter, at most 317
     characters. Looser than the spec on purpose: new collections must not be rejected, garbage must."""
@@ -135,7 +135,7 @@ def parse_time_us(value: Any) -> int:
     return time_us
 
 
-def is_valid_time_us(value: object) -> bool:
+def is_valid_time_us(value: object) -> TypeGuard[int]:
     """Whether ``value`` is an int (not a bool, not a float) event time in microseconds within [2000, 2200)."""
     return type(value) is int and MIN_TIME_US <= value < MAX_TIME_US
 
@@ -175,8 +175,8 @@ def classify_record(collection: str, record: Any) -> tuple[str, str, bool]:
         subject = did_of_uri(ref.get("uri")) if isinstance(ref, dict) else ""
         return kind, subject, not subject
     if kind in (FOLLOW, BLOCK):
-        subject = record.get("subject")
-        return (kind, subject, False) if is_valid_did(subject) else (kind, "", True)
+        followed = record.get("subject")
+        return (kind, followed, False) if is_valid_did(followed) else (kind, "", True)
     if kind == POST:
         reply = record.get("reply")
         if isinstance(reply, dict) and isinstance(reply.get("parent"), dict):

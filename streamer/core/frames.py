@@ -522,7 +522,7 @@ def _commit(body: dict[str, Any], seq: int, records: bool) -> Decoded:
             out.skipped["bad_did"] += len(ops)
         out.detail = clean_text(f"repo {short_repr(actor)}")
         return out
-    car = body.get("blocks")
+    car: Any = body.get("blocks")  # bytes when there are records (checked by car_blocks), else anything
     blocks: dict[bytes, tuple[int, int]] | None = None  # read at the first create or update
     if body.get("tooBig") is True and not car:
         blocks = {}  # the relay left the records out: creates and updates are counted, deletes kept

@@ -1,6 +1,6 @@
 """Synchronous ingest without a source object: decode, judge seqs, apply, with the same parts every source uses.
 
-:class:`Ingestor` is :func:`~streamer.core.decode.decode_item` + :class:`~streamer.core.seqs.Sequencer` +
+:class:`Ingestor` is :func:`~streamer.core.decode.decode_item` + :class:`~streamer.core.seqs.SeqJudge` +
 :class:`~streamer.core.dispatch.SequentialDispatcher` over one :class:`~streamer.sources.base.SourceStats`, for
 callers that hold raw frames in a list (tests, benchmarks, tools). Streams go through a Source instead.
 """
@@ -13,15 +13,15 @@ from typing import Any
 from streamer.core.decode import decode_item
 from streamer.core.dispatch import SequentialDispatcher, repo_of
 from streamer.core.frames import Decoded
-from streamer.core.seqs import Sequenced, Sequencer
+from streamer.core.seqs import SeqJudge, Sequenced
+from streamer.core.source import SourceStats
 from streamer.core.state import AgentState
-from streamer.core.stats import SourceStats
 
 
 class Ingestor:
     def __init__(self, state: AgentState) -> None:
         self.stats = SourceStats()
-        self.seq = Sequencer(self.stats)
+        self.seq = SeqJudge(self.stats)
         self.dispatcher = SequentialDispatcher(state, self.stats)
 
     @property

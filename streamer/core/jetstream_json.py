@@ -63,7 +63,7 @@ def _strings_encode(value: Any) -> bool:
     strings: list[str] = []
     level = [value]
     while level:
-        nxt = []
+        nxt: list[Any] = []
         for item in level:
             if type(item) is str:
                 strings.append(item)

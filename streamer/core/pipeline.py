@@ -34,11 +34,12 @@ from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from streamer.core.attribution import AttributionConfig, Measured, RunOutput, attribute_snapshot, finish, measure
-from streamer.core.dispatch import SequentialDispatcher, repo_of
+from streamer.core.dispatch import Dispatcher, repo_of
 from streamer.core.pace import Pace
 from streamer.core.results import Result
-from streamer.core.schedule import ScheduleState, accepted, align, interval_us, step
-from streamer.core.state import FrozenState, Snapshot
+from streamer.core.schedule import ScheduleState, accepted, align, interval_us, step, tail
+from streamer.core.source import Source
+from streamer.core.state import AgentState, FrozenState, Snapshot
 
 log = logging.getLogger("skyattr.pipeline")
 FLIGHT_BYTES = 512 << 20  # frozen state held by runs in flight before ingest waits (one run may always fly)
@@ -64,7 +65,7 @@ class Pipeline:
 
     def __init__(
         self,
-        dispatcher: SequentialDispatcher,
+        dispatcher: Dispatcher,
         config: AttributionConfig | None,
         interval_s: float,
         deliver: Callable[[Result], None],
@@ -97,7 +98,7 @@ class Pipeline:
             dispatcher.before_fold = self._event_time
 
     @property
-    def state(self) -> Any:
+    def state(self) -> AgentState:
         return self.dispatcher.state
 
     # -- the schedule ---------------------------------------------------------------------------------------------
@@ -160,10 +161,13 @@ class Pipeline:
         while self._flight:
             await self._finish_oldest()
 
-    async def run_now(self, as_of_us: int) -> RunOutput:
-        """One run on the state as it is, stamped ``as_of_us`` (the tail of an archive after its last due time)."""
-        self.schedule = replace(self.schedule, next_due_us=align(as_of_us, self.every_us))
-        out = await asyncio.to_thread(self.compute, self.state.snapshot(), as_of_us)
+    async def run_tail(self) -> RunOutput | None:
+        """The run of a finite source's tail after its last due time (:func:`~streamer.core.schedule.tail`), on
+        the state as it is; None when there is nothing to run on."""
+        self.schedule, due = tail(self.schedule, self.state.last_time_us, self.every_us)
+        if due is None:
+            return None
+        out = await asyncio.to_thread(self.compute, self.state.snapshot(), due)
         self._accept(out)
         return out
 
@@ -188,7 +192,7 @@ class Pipeline:
     # -- driving --------------------------------------------------------------------------------------------------
     async def run(
         self,
-        source: Any,
+        source: Source,
         *,
         stop: asyncio.Event | None = None,
         checkpoint: Callable[[], Awaitable[None]] | None = None,
@@ -216,7 +220,7 @@ class Pipeline:
 
     async def _run_event_time(
         self,
-        source: Any,
+        source: Source,
         stop: asyncio.Event,
         checkpoint: Callable[[], Awaitable[None]] | None,
         every_s: float,
@@ -255,7 +259,7 @@ class Pipeline:
 
     async def _run_wall_time(
         self,
-        source: Any,
+        source: Source,
         stop: asyncio.Event,
         checkpoint: Callable[[], Awaitable[None]] | None,
         every_s: float,

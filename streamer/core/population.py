@@ -58,7 +58,7 @@ def write_npz(
     }
     if dids is not None:
         arrays["dids"] = np.array(dids)
-    np.savez_compressed(path, **arrays)
+    np.savez_compressed(path, **arrays)  # type: ignore[arg-type]  # numpy's stubs read **kwds as allow_pickle
 
 
 def save_npz(pop: Population, path: Path) -> None:

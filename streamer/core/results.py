@@ -35,7 +35,8 @@ Outcome = Literal["attributed", "nothing_to_attribute"]
 def _schema(topic: str) -> dict[str, Any]:
     resource = resources.files("streamer") / "schemas" / f"{topic}.schema.json"
     try:
-        return json.loads(resource.read_text(encoding="utf-8"))
+        schema: dict[str, Any] = json.loads(resource.read_text(encoding="utf-8"))
+        return schema
     except FileNotFoundError:
         raise ValueError(
             f"no JSON Schema for topic {topic!r} (expected streamer/schemas/{topic}.schema.json)"
@@ -239,7 +240,8 @@ class _Sealed:
 
     def to_message(self) -> dict[str, Any]:
         """The JSON message (a fresh copy of what was validated at creation)."""
-        return json.loads(json.dumps(self._message))
+        message: dict[str, Any] = json.loads(json.dumps(self._message))
+        return message
 
 
 @dataclass(frozen=True)

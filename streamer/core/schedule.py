@@ -50,3 +50,12 @@ def step(state: ScheduleState, now_us: int, every_us: int) -> tuple[ScheduleStat
 def accepted(state: ScheduleState, alert_active: bool) -> ScheduleState:
     """A run produced a result: count it and take its alert state."""
     return replace(state, run=state.run + 1, alert_active=alert_active)
+
+
+def tail(state: ScheduleState, last_time_us: int, every_us: int) -> tuple[ScheduleState, int | None]:
+    """A finite source has ended: the run of its tail (the events after its last due time), due at the last
+    accepted event's time, and the schedule after it; None when no accepted event had a time after the epoch
+    (there is nothing to run on). Replay and the distributed ingest both end a finite source here."""
+    if last_time_us <= 0:
+        return state, None
+    return replace(state, next_due_us=align(last_time_us, every_us)), last_time_us

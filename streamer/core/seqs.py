@@ -1,9 +1,9 @@
-"""Relay sequence bookkeeping: the one judge of seqs (:class:`Sequencer`), shared by every source of relay frames.
+"""Relay sequence bookkeeping: the one judge of seqs (:class:`SeqJudge`), shared by every source of relay frames.
 
 A relay's ``seq`` is only a position in *that relay's* log: it can jump (the log need not be dense), arrive a
 little out of order, be re-sent after a reconnect, or start again from 1 when the relay is rebuilt. Telling these
 apart needs memory of what was seen and of where a connection began, which the source that reads the frames has.
-So the source decides (the live firehose and an archive replay with the same :class:`Sequencer`), and hands each
+So the source decides (the live firehose and an archive replay with the same :class:`SeqJudge`), and hands each
 frame on as a :class:`Sequenced` item carrying its position after that frame; the dispatcher then takes that
 position as its cursor (kept in step with the state for checkpoints) instead of second-guessing it.
 """
@@ -115,7 +115,7 @@ class SeenSeqs:
         return ring
 
 
-class Sequencer:
+class SeqJudge:
     """The one judge of relay seqs, shared by every source of relay frames (the live websocket, an archive).
 
     It keeps ``cursor`` (the highest seq consumed in the relay's current sequence) and the ring of fingerprints

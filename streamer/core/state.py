@@ -57,7 +57,7 @@ as ``late`` is) and every event towards it counts as its author's activity witho
 (``deactivated_subject``), as the purge leaves the earlier ones; after that it comes back with its new activity
 only. The deactivated
 DIDs (with the time of their deactivation) are part of the checkpoint; ``counters`` holds ``accounts_deactivated``
-and ``accounts_reactivated``, and :attr:`AgentState.deactivated` the accounts inactive now.
+and ``accounts_reactivated``, and ``decider.deactivated`` the accounts inactive now.
 """
 
 from __future__ import annotations
@@ -75,7 +75,8 @@ import numpy as np
 if TYPE_CHECKING:  # the kernels (and JAX) load when a snapshot is first taken, not when the CLI starts
     from kernels import AttentionGraph
 
-from streamer.core.events import ACCOUNT, DELETE, FOLLOW, LIKE, POST, QUOTE, REPLY, REPOST, Event
+from streamer.core.decisions import ACCEPTED, Decider, Decision, storable_did
+from streamer.core.events import DELETE, FOLLOW, LIKE, POST, QUOTE, REPLY, REPOST, Event
 from streamer.core.watermark import (  # noqa: F401  (re-exported: the rule's constants are the state's)
     FUTURE_TIME,
     LATE,
@@ -98,11 +99,7 @@ FLUSH_EVERY = 1 << 16
 
 KIND_BITS = 3  # an activity counter's code is agent << KIND_BITS | kind
 KIND_MASK = (1 << KIND_BITS) - 1
-MAX_DID_CHARS = 2048  # the atproto limit on a DID's length
 
-# why an event was not applied, as returned by AgentState.apply and counted in AgentState.counters
-BAD_DID = "bad_did"
-DEACTIVATED = "deactivated"  # by or towards an account whose last #account event said active: false
 RECORD_BYTES = 17  # one record index entry: hash (8), actor (4), subject (4), kind (1)
 DEAD_RECORD = 0xFF  # the kind of a pending record a delete took back
 
@@ -209,13 +206,6 @@ def visibility_of(dids: list[str], source: np.ndarray, followers: dict[str, floa
     if followers is not None:
         return np.array([float(followers.get(d, 0.0)) for d in dids])
     return np.bincount(source, minlength=len(dids)).astype(np.float64)
-
-
-def storable_did(did: object) -> bool:
-    """Whether a DID may be interned: a non-empty string of at most ``MAX_DID_CHARS`` printable characters. That
-    excludes control characters, lone surrogates (not encodable as UTF-8) and format characters, so every
-    interned DID is plain text a checkpoint stores and reads back exactly. Syntax is the decoder's business."""
-    return isinstance(did, str) and 0 < len(did) <= MAX_DID_CHARS and did.isprintable()
 
 
 def encode_strings(strings: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -499,8 +489,8 @@ class AgentState:
         self._edge_floor = 0.5 * min(self._att_w.values(), default=1.0)
         self._indexing = self.config.record_budget > 0  # record_budget 0: deletes take nothing back, at no cost
         self._wm = Watermark(self._bucket_us, self.config.buckets, self.config.skew_us)
+        self.decider = Decider(self._wm, frozenset(self._att_w))  # the stream's decisions (core/decisions.py)
         self._merged = EdgeMerger()
-        self.deactivated: dict[str, int] = {}  # DID -> event time of its deactivation, while inactive
         self._forgotten: list[int] = []  # indices of deactivated agents, dropped from `dids` at the next renumbering
         self._renumbered = 0  # renumberings so far: indices read before one are stale after it
 
@@ -529,72 +519,51 @@ class AgentState:
         self, event: Event, now_us: int | None = None, before_fold: Callable[[int], None] | None = None
     ) -> str | None:
         """Fold one event into the state. Returns None when it was applied, else the reason it was not (``late``,
-        ``future_time``, ``bad_did``), also counted in ``counters``.
+        ``future_time``, ``bad_did``, ``deactivated``), also counted in ``counters``.
 
-        ``now_us`` (optional) is the receive clock: an event more than ``max_future_skew_s`` ahead of it is
-        ``future_time`` even before the watermark is established. ``before_fold(time_us)`` is called for an
-        accepted event just before it is folded in (the event-time scheduler runs there, so a run stamped T sees
-        exactly the accepted events before T, and refused times never drive it)."""
-        index = self.index
-        actor_did = event.actor
-        actor = index.get(actor_did)
-        if actor is None and not storable_did(actor_did):
-            self.counters[BAD_DID] += 1
-            return BAD_DID
-        kind = event.kind
-        w = self._att_w.get(kind)
-        subject_did = event.subject if w is not None else ""
-        subject = None
-        if subject_did:
-            subject = index.get(subject_did)
-            if subject is None and not storable_did(subject_did):
-                self.counters[BAD_DID] += 1
-                return BAD_DID
-        t = event.time_us
-        if not 0 <= t < MAX_TIME_US:  # nothing real is dated before 1970; beyond int64 is no date at all
-            reason = LATE if t < 0 else FUTURE_TIME
-            self.counters[reason] += 1
-            return reason
-        wm = self._wm
-        moved = wm.observe(t)
-        if moved is not None and self._advance(moved):  # pruned: indices renumbered
-            index = self.index
-            actor = index.get(actor_did)
-            subject = index.get(subject_did) if subject_did else None
-        reason = wm.judge(t, now_us)
+        The decision is :meth:`streamer.core.decisions.Decider.decide`'s, the one the distributed ingest makes too;
+        a window move it reports is applied first. ``now_us`` (optional) is the receive clock: an event more than
+        ``max_future_skew_s`` ahead of it is ``future_time`` even before the watermark is established.
+        ``before_fold(time_us)`` is called for an accepted event just before it is folded in (the event-time
+        scheduler runs there, so a run stamped T sees exactly the accepted events before T, and refused times never
+        drive it)."""
+        decision = self.decider.decide(event, now_us, self.index)
+        if decision.moved is not None:
+            self._advance(decision.moved)
+        reason = decision.reason
         if reason is not None:
             self.counters[reason] += 1
             return reason
-        deactivated = self.deactivated
-        if kind == ACCOUNT and (event.extra or {}).get("active") is False:
-            if before_fold is not None:  # a run due before it still sees the account
-                before_fold(t)
-            self.events += 1
-            self.last_time_us = max(self.last_time_us, t)
-            self.counters[kind] += 1
-            self._deactivate(actor_did, t)
-            return None
-        if deactivated:
-            if kind == ACCOUNT:
-                if (event.extra or {}).get("active") is True and deactivated.pop(actor_did, None) is not None:
-                    self.counters["accounts_reactivated"] += 1
-            elif actor_did in deactivated:
-                self.counters[DEACTIVATED] += 1
-                return DEACTIVATED
-            elif subject_did and subject_did in deactivated:  # the attender's activity counts, the edge does not
-                self.counters["deactivated_subject"] += 1
-                subject_did, subject = "", None
-        b = t // self._bucket_us
-        if before_fold is not None:
-            renumbered = self._renumbered
+        self.fold(event, decision, before_fold)
+        return None
+
+    def fold(
+        self, event: Event, decision: Decision = ACCEPTED, before_fold: Callable[[int], None] | None = None
+    ) -> None:
+        """Fold an event :meth:`apply` accepted, as ``decision`` says (its window move already applied)."""
+        t = event.time_us
+        kind = event.kind
+        actor_did = event.actor
+        if before_fold is not None:  # a run due before it still sees an account it deactivates
             before_fold(t)
-            if self._renumbered != renumbered:  # a snapshot in there dropped deactivated agents' slots
-                index = self.index
-                actor = index.get(actor_did)
-                subject = index.get(subject_did) if subject_did else None
         self.events += 1
         if t > self.last_time_us:
             self.last_time_us = t
+        if decision.account:
+            if decision.account == "deactivated":
+                self.counters[kind] += 1
+                self._deactivate(actor_did)
+                return None
+            self.counters["accounts_reactivated"] += 1
+        w = self._att_w.get(kind)
+        subject_did = event.subject if w is not None else ""
+        if decision.no_subject:  # the attender's activity counts, the edge towards an inactive account does not
+            self.counters["deactivated_subject"] += 1
+            subject_did = ""
+        b = t // self._bucket_us
+        index = self.index  # read after before_fold: a snapshot in there may have renumbered
+        actor = index.get(actor_did)
+        subject = index.get(subject_did) if subject_did else None
         if actor is None:
             actor = index[actor_did] = len(self.dids)
             self.dids.append(actor_did)
@@ -626,7 +595,7 @@ class AgentState:
                 att, src, ws = pending
                 att.append(actor)
                 src.append(subject)
-                ws.append(w)
+                ws.append(w)  # type: ignore[arg-type]  # not None: there is a subject only for an attention kind
                 self._pending += 1
                 edge_to = subject
         if (code is not None or edge_to >= 0) and event.rkey and self._indexing:  # what a delete must take back
@@ -674,11 +643,10 @@ class AgentState:
             ws.append(-self._att_w[kind])
             self._pending += 1
 
-    def _deactivate(self, did: str, time_us: int) -> None:
-        """Remove ``did``'s activity and every edge it draws or receives, and refuse its events until it is
-        reactivated (see the module doc). Its slot in ``dids`` goes at the next renumbering (a snapshot, a
+    def _deactivate(self, did: str) -> None:
+        """Remove ``did``'s activity and every edge it draws or receives (the decider refuses its events until it
+        is reactivated, see the module doc). Its slot in ``dids`` goes at the next renumbering (a snapshot, a
         checkpoint, a prune): until then it is out of ``index`` and holds nothing."""
-        self.deactivated[did] = time_us
         self.counters["accounts_deactivated"] += 1
         i = self.index.pop(did, None)
         if i is None:
@@ -852,14 +820,14 @@ class AgentState:
         self.flush()
         self._drop_forgotten()
         offsets, blob = encode_strings(self.dids)
-        gone_offsets, gone_blob = encode_strings(list(self.deactivated))
+        gone_offsets, gone_blob = encode_strings(list(self.decider.deactivated))
         arrays: dict[str, np.ndarray] = {
             "dids_offsets": offsets,
             "dids_blob": blob,
             "watermark_ring": np.array(self._wm.ring, np.int64),
             "deactivated_offsets": gone_offsets,
             "deactivated_blob": gone_blob,
-            "deactivated_time_us": np.array(list(self.deactivated.values()), np.int64),
+            "deactivated_time_us": np.array(list(self.decider.deactivated.values()), np.int64),
         }
         for b, bucket in self.buckets.items():
             arrays[f"b{b}_codes"], arrays[f"b{b}_counts"] = bucket.codes, bucket.counts
@@ -930,7 +898,7 @@ class AgentState:
             times = np.asarray(arrays["deactivated_time_us"], np.int64)
             if len(times) != len(gone) or any(d in state.index for d in gone):
                 raise ValueError("checkpoint's deactivated accounts are inconsistent with its state")
-            state.deactivated = dict(zip(gone, times.tolist(), strict=True))
+            state.decider.deactivated = dict(zip(gone, times.tolist(), strict=True))
         state.events = meta["events"]
         state.last_time_us = meta["last_time_us"]
         state.counters = Counter(meta["counters"])

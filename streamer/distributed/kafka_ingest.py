@@ -40,8 +40,8 @@ from typing import Any
 
 from streamer.core.pace import Pace
 from streamer.core.seqs import RESET_WINDOW, SeenSeqs
+from streamer.core.source import SourceStats
 from streamer.core.state import StateConfig
-from streamer.core.stats import SourceStats
 from streamer.distributed import event_records, packed
 from streamer.distributed.ride_out import BrokerLink, probe
 from streamer.distributed.sequencer import DEFAULT_INTERVAL_S, Sequencer

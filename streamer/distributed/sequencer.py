@@ -3,8 +3,8 @@
 A single process decides, event by event: is this DID storable, is this time late or too far ahead (the
 watermark), has the window's head moved (and with it, which buckets expire), is a run due before this event. Each
 of these depends on every event before it, across all accounts, so a worker that sees one partition cannot make
-them. The ingest sees the stream in order, so :class:`Sequencer` makes them there, with the same
-:class:`~streamer.core.watermark.Watermark` and :func:`~streamer.core.schedule.step` the single process uses, and
+them. The ingest sees the stream in order, so :class:`Sequencer` makes them there, with the very
+:meth:`~streamer.core.decisions.Decider.decide` and :func:`~streamer.core.schedule.step` the single process uses, and
 writes them into ``skyattr.events``:
 
 * each event record carries its verdict: the reason it is refused (``late``, ``future_time``, ``bad_did``), or,
@@ -39,10 +39,11 @@ from typing import Any
 
 import numpy as np
 
-from streamer.core.events import ACCOUNT, Event
-from streamer.core.schedule import ScheduleState, align, interval_us, step
-from streamer.core.state import BAD_DID, DEACTIVATED, StateConfig, decode_strings, encode_strings, storable_did
-from streamer.core.watermark import FUTURE_TIME, LATE, MAX_TIME_US, Watermark
+from streamer.core.decisions import Decider
+from streamer.core.events import Event
+from streamer.core.schedule import ScheduleState, interval_us, step, tail
+from streamer.core.state import StateConfig, decode_strings, encode_strings
+from streamer.core.watermark import Watermark
 from streamer.distributed import packed
 
 DEFAULT_INTERVAL_S = 300.0
@@ -110,47 +111,35 @@ class Sequencer:
         self.every_us = interval_us(interval_s)
         self.clock = clock
         self._bucket_us = self.config.bucket_us
-        self._att_w = {k for k, w in self.config.attention_weights.items() if w > 0}
+        attention = frozenset(k for k, w in self.config.attention_weights.items() if w > 0)
         self.watermark = Watermark(self._bucket_us, self.config.buckets, self.config.skew_us)
+        self.decider = Decider(self.watermark, attention)
         self.schedule = ScheduleState()
         self.buckets: set[int] = set()  # buckets holding accepted events, as the single process's state has them
         self.accepted = 0
         self.last_time_us = 0
         self.refused: Counter[str] = Counter()
-        self.deactivated: dict[str, int] = {}  # DID -> event time of its deactivation, while inactive
         self.finished = False
 
     def decide(self, event: Event) -> Verdict:
-        """The verdict on ``event``, in stream order (the same steps, in the same order, as
-        :meth:`streamer.core.state.AgentState.apply`)."""
+        """The verdict on ``event``, in stream order: :meth:`streamer.core.decisions.Decider.decide`'s answers, as
+        control records and the event's fate, then the schedule's step."""
         verdict = Verdict()
-        if not storable_did(event.actor) or (
-            event.kind in self._att_w and event.subject and not storable_did(event.subject)
-        ):
-            return self._refuse(verdict, BAD_DID)
-        t = event.time_us
-        if not 0 <= t < MAX_TIME_US:
-            return self._refuse(verdict, LATE if t < 0 else FUTURE_TIME)
-        moved = self.watermark.observe(t)
+        decision = self.decider.decide(event, self.clock() if self.clock is not None else None)
+        moved = decision.moved
         if moved is not None:
             beyond = moved.drop_beyond
             gone = {b for b in self.buckets if b < moved.oldest or (beyond is not None and b > beyond)}
             self.buckets -= gone
             verdict.controls.append(WindowMove(moved.head, moved.oldest, beyond, bool(gone)))
-        reason = self.watermark.judge(t, self.clock() if self.clock is not None else None)
-        if reason is not None:
-            return self._refuse(verdict, reason)
-        active = (event.extra or {}).get("active") if event.kind == ACCOUNT else None
-        if active is False:
-            self.deactivated[event.actor] = t
+        if decision.reason is not None:
+            self.refused[decision.reason] += 1
+            verdict.reason = decision.reason
+            return verdict
+        if decision.account == "deactivated":
             verdict.after.append(Deactivate(event.actor))
-        elif self.deactivated:
-            if active is True:
-                self.deactivated.pop(event.actor, None)
-            elif event.actor in self.deactivated:
-                return self._refuse(verdict, DEACTIVATED)
-            elif event.subject and event.kind in self._att_w and event.subject in self.deactivated:
-                verdict.no_subject = True
+        verdict.no_subject = decision.no_subject
+        t = event.time_us
         self.schedule, due = step(self.schedule, t, self.every_us)
         if due is not None:
             verdict.controls.append(Tick(due))
@@ -160,19 +149,16 @@ class Sequencer:
         self.accepted += 1
         return verdict
 
-    def _refuse(self, verdict: Verdict, reason: str) -> Verdict:
-        self.refused[reason] += 1
-        verdict.reason = reason
-        return verdict
-
     def finish(self) -> Tick | None:
         """The tail's run of a finite source that has ended: once, and only when an accepted event had a time
         after the epoch (as a single-process replay decides)."""
-        if self.finished or not self.last_time_us:
+        if self.finished:
+            return None
+        self.schedule, due = tail(self.schedule, self.last_time_us, self.every_us)
+        if due is None:
             return None
         self.finished = True
-        self.schedule = ScheduleState(self.schedule.run, align(self.last_time_us, self.every_us))
-        return Tick(self.last_time_us, final=True)
+        return Tick(due, final=True)
 
     # the ingest cursor carries this -----------------------------------------------------------------------------
     def config_dict(self) -> dict[str, Any]:
@@ -193,14 +179,14 @@ class Sequencer:
             "refused": dict(self.refused),
             "finished": self.finished,
         }
-        gone_offsets, gone_blob = encode_strings(list(self.deactivated))
+        gone_offsets, gone_blob = encode_strings(list(self.decider.deactivated))
         return packed.pack(
             {
                 "ring": np.array(wm.ring, np.int64),
                 "buckets": np.array(sorted(self.buckets), np.int64),
                 "deactivated_offsets": gone_offsets,
                 "deactivated_blob": gone_blob,
-                "deactivated_time_us": np.array(list(self.deactivated.values()), np.int64),
+                "deactivated_time_us": np.array(list(self.decider.deactivated.values()), np.int64),
                 "meta": np.frombuffer(json.dumps(meta, separators=(",", ":"), sort_keys=True).encode(), np.uint8),
             }
         )
@@ -225,7 +211,7 @@ class Sequencer:
             try:
                 gone = decode_strings(arrays["deactivated_offsets"], arrays["deactivated_blob"])
                 times = arrays["deactivated_time_us"].tolist()
-                seq.deactivated = dict(zip(gone, times, strict=True))
+                seq.decider.deactivated = dict(zip(gone, times, strict=True))
             except ValueError as exc:
                 raise ValueError(f"not a saved sequencer state: deactivated accounts: {exc}") from None
         return seq

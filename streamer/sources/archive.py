@@ -457,8 +457,8 @@ class ArchiveSource:
         records: bool = False,
     ) -> None:
         from streamer.core.frames import MAX_FRAME_BYTES
-        from streamer.core.seqs import Sequencer
-        from streamer.core.stats import SourceStats
+        from streamer.core.seqs import SeqJudge
+        from streamer.core.source import SourceStats
 
         self.path = Path(path)
         self.stats = stats if stats is not None else SourceStats()
@@ -467,7 +467,7 @@ class ArchiveSource:
         self.position = 0
         self.max_frame_bytes = max_frame_bytes or MAX_FRAME_BYTES
         self.records = records
-        self.seq = Sequencer(
+        self.seq = SeqJudge(
             self.stats,
             cursor=seq_cursor if seq_cursor is not None and seq_cursor >= 0 else None,
             seen=seen,

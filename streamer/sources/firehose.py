@@ -47,7 +47,7 @@ Guarantees and decisions:
 * Iterating the source yields the decoded items (:class:`streamer.core.seqs.Sequenced`: the Source protocol of
   :mod:`streamer.sources.base`); :meth:`FirehoseSource.items` yields ``(frame, decoded)`` pairs (the recorder keeps
   the bytes) and :meth:`FirehoseSource.frames` the raw bytes only. The seq judgement is
-  :class:`streamer.core.seqs.Sequencer`'s, the same an archive replay uses.
+  :class:`streamer.core.seqs.SeqJudge`'s, the same an archive replay uses.
 """
 
 from __future__ import annotations
@@ -60,8 +60,8 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from streamer.core.backoff import Backoff
 from streamer.core.decode import decode_item
 from streamer.core.frames import MAX_FRAME_BYTES, Decoded
-from streamer.core.seqs import RESET_WINDOW, SeenSeqs, Sequenced, Sequencer
-from streamer.core.stats import SourceStats
+from streamer.core.seqs import RESET_WINDOW, SeenSeqs, SeqJudge, Sequenced
+from streamer.core.source import SourceStats
 from streamer.sources.endpoints import DEFAULT_RELAY, SUBSCRIBE_PATH
 from streamer.sources.websocket import RECONNECT, Connection, Taken, WebsocketSource
 
@@ -136,7 +136,7 @@ class FirehoseSource(WebsocketSource[tuple[bytes, Sequenced]]):
         self._skip_past: int | None = None  # after frames over max_size: resume past this seq, not at the cursor
         # the seq judge; ``seen`` is the ring a checkpoint kept with ``cursor``, so that frames the state already
         # holds are known as re-sends after a restart too (a relay that ignores the cursor)
-        self.seq = Sequencer(self.stats, cursor=cursor, seen=seen, reset_window=reset_window, name=url)
+        self.seq = SeqJudge(self.stats, cursor=cursor, seen=seen, reset_window=reset_window, name=url)
 
     # -- public API ---------------------------------------------------------------------------------------------
 

@@ -61,7 +61,7 @@ from streamer.core.decode import decode_item
 from streamer.core.events import is_valid_did, is_valid_nsid
 from streamer.core.frames import MAX_DEPTH, MAX_FRAME_BYTES, clean_text
 from streamer.core.seqs import Sequenced, fingerprint
-from streamer.core.stats import SourceStats
+from streamer.core.source import SourceStats
 from streamer.sources.endpoints import JETSTREAM_PATH as SUBSCRIBE_PATH
 from streamer.sources.websocket import RECONNECT, Connection, Taken, WebsocketSource
 

@@ -30,16 +30,16 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncGenerator, Iterable, Sequence
 from dataclasses import dataclass
-from typing import ClassVar, Generic, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, ConnectionClosedOK, InvalidHandshake
 from websockets.frames import CloseCode
 
 from streamer.core.backoff import Backoff
-from streamer.core.stats import SourceStats
+from streamer.core.source import SourceStats
 
 T = TypeVar("T")
 
@@ -102,7 +102,7 @@ class WebsocketSource(Generic[T]):
         self.max_retries = max_retries
         self.stats = stats if stats is not None else SourceStats()
         self._stop = stop if stop is not None else asyncio.Event()
-        self._gens: list[AsyncGenerator[object, None]] = []
+        self._gens: list[AsyncGenerator[Any, None]] = []
         self._rng = random.Random(seed)
         self._log = logging.getLogger(type(self).__module__)
 
@@ -135,7 +135,7 @@ class WebsocketSource(Generic[T]):
         return self._stop.is_set()
 
     def _track(self, gen: AsyncGenerator[T, None]) -> AsyncGenerator[T, None]:
-        self._gens = [g for g in self._gens if g.ag_frame is not None]  # forget finished ones
+        self._gens = [g for g in self._gens if getattr(g, "ag_frame", None) is not None]  # forget finished ones
         self._gens.append(gen)
         return gen
 
@@ -144,7 +144,7 @@ class WebsocketSource(Generic[T]):
         self.stop()
         gens, self._gens = self._gens, []
         for gen in gens:
-            if not gen.ag_running:  # a running one is waiting on its socket: the stop event ends it
+            if not getattr(gen, "ag_running", False):  # a running one is waiting on its socket: the stop event ends it
                 await gen.aclose()
 
     async def __aenter__(self) -> WebsocketSource[T]:
@@ -154,7 +154,7 @@ class WebsocketSource(Generic[T]):
         await self.aclose()
 
     # -- the loop -----------------------------------------------------------------------------------------------
-    async def _connections(self) -> AsyncIterator[T]:
+    async def _connections(self) -> AsyncGenerator[T, None]:
         """Every item of every connection, until stopped or ``max_retries`` connections in a row gave nothing."""
         streak = 0  # connections in a row that delivered nothing new
         first = True

@@ -13,8 +13,9 @@ import numpy as np
 
 from streamer.core.attribution import AttributionConfig, attribute_snapshot
 from streamer.core.checkpoint import load_checkpoint, save_checkpoint
+from streamer.core.decisions import DEACTIVATED
 from streamer.core.events import ACCOUNT, Event
-from streamer.core.state import DEACTIVATED, AgentState
+from streamer.core.state import AgentState
 from tests.streamer.core.test_state import HOUR, _random_events, _state, by_did, same_arrays
 
 
@@ -48,7 +49,7 @@ def test_deactivation_equals_the_stream_without_the_account_until_it_is_reactiva
         seen.apply(e)
     assert gone in seen.dids
     seen.apply(_account(1.2, gone, active=False))
-    assert gone in seen.deactivated and seen.counters["accounts_deactivated"] == 1
+    assert gone in seen.decider.deactivated and seen.counters["accounts_deactivated"] == 1
     verdicts = [seen.apply(e) for e in during]
     by_it = sum(e.actor == gone for e in during)
     assert verdicts.count(DEACTIVATED) == by_it > 0 and seen.counters[DEACTIVATED] == by_it
@@ -63,7 +64,7 @@ def test_deactivation_equals_the_stream_without_the_account_until_it_is_reactiva
     # a checkpoint keeps the deactivation: the restored state refuses the account as the running one does
     save_checkpoint(tmp_path, seen, cursor=len(events), extra={"mode": "replay"})
     restored, _, _ = load_checkpoint(tmp_path)
-    assert restored.deactivated == seen.deactivated
+    assert restored.decider.deactivated == seen.decider.deactivated
     same_arrays(seen, restored)
     later = Event(int(2.6 * HOUR), 0, "post", gone)
     assert restored.apply(later) == DEACTIVATED
@@ -71,7 +72,7 @@ def test_deactivation_equals_the_stream_without_the_account_until_it_is_reactiva
     for state in (seen, restored):
         state.apply(_account(2.61, gone, active=True))
         assert state.apply(replace(later, time_us=int(2.62 * HOUR))) is None
-        assert state.counters["accounts_reactivated"] == 1 and gone not in state.deactivated
+        assert state.counters["accounts_reactivated"] == 1 and gone not in state.decider.deactivated
     x, _, _ = by_did(seen.snapshot())
     assert x[gone] == 1.0, "one post since its reactivation, nothing from before"
     assert by_did(seen.snapshot()) == by_did(restored.snapshot())
@@ -101,7 +102,7 @@ def test_deactivating_an_unknown_account_refuses_its_later_events() -> None:
     state = AgentState()
     did = "did:plc:" + "z" * 24
     state.apply(_account(1.0, did, active=False))
-    assert did in state.deactivated and did not in state.dids
+    assert did in state.decider.deactivated and did not in state.dids
     assert state.apply(Event(int(1.1 * HOUR), 0, "post", did)) == DEACTIVATED
 
 
@@ -130,7 +131,7 @@ def test_a_jetstream_account_event_deactivates_and_reactivates() -> None:
         decoded = from_jetstream(line)
         assert not decoded.error, decoded
         s.apply(decoded.events[0])
-    assert a in s.deactivated and s.counters[DEACTIVATED] == 1
+    assert a in s.decider.deactivated and s.counters[DEACTIVATED] == 1
     x, _, edges = by_did(s.snapshot())
     assert a not in x and edges == {}
     s.apply(from_jetstream(account(t0 + 3, a, True)).events[0])

@@ -23,7 +23,7 @@ from streamer.core.attribution import AttributionConfig
 from streamer.core.decode import decode_item
 from streamer.core.dispatch import SequentialDispatcher
 from streamer.core.pipeline import Pipeline
-from streamer.core.seqs import Sequencer
+from streamer.core.seqs import SeqJudge
 from streamer.core.state import AgentState
 from streamer.sources.archive import read_archive
 from streamer.sources.base import SourceStats
@@ -34,7 +34,7 @@ class ListSource:
     # a Source that is none of skyattr's: decoded items from a list, judged by the one seq judge
     def __init__(self, frames):
         self.stats = SourceStats()
-        self.seq = Sequencer(self.stats)
+        self.seq = SeqJudge(self.stats)
         self.frames = frames
 
     @property
@@ -61,7 +61,7 @@ async def main():
     pipe = Pipeline(dispatcher, AttributionConfig(), 3600, results.append, clock="event")
     ended = await pipe.run(source)
     assert ended.finished
-    await pipe.run_now(dispatcher.state.last_time_us)
+    await pipe.run_tail()
     apps = sorted(m for m in sys.modules if m.startswith("streamer.app") or m in ("typer", "rich"))
     print(json.dumps({"app_modules": apps, "results": [{"topic": r.topic, **r.to_message()} for r in results]}))
 

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 
 from streamer.core.checkpoint import load_checkpoint, save_checkpoint
+from streamer.core.decisions import MAX_DID_CHARS, storable_did
 from streamer.core.events import Event
-from streamer.core.state import MAX_DID_CHARS, AgentState, StateConfig, decode_strings, encode_strings, storable_did
+from streamer.core.state import AgentState, StateConfig, decode_strings, encode_strings
 
 HOUR = 3_600_000_000
 A, B = "did:plc:" + "a" * 24, "did:plc:" + "b" * 24

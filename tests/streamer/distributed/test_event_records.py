@@ -48,8 +48,8 @@ def test_anything_else_is_refused_with_a_reason(value: bytes, reason: str) -> No
 def test_the_sequencer_keeps_deactivated_accounts_across_a_restart() -> None:
     """The ingest's cursor carries the sequencer: a restarted ingest still refuses an inactive account's events,
     strips it as a subject, and a ``deactivate`` control record reads back as written."""
+    from streamer.core.decisions import DEACTIVATED
     from streamer.core.events import ACCOUNT, Event
-    from streamer.core.state import DEACTIVATED
     from streamer.distributed.sequencer import Deactivate, Sequencer
 
     a, b = "did:plc:" + "a" * 24, "did:plc:" + "b" * 24
@@ -61,13 +61,13 @@ def test_the_sequencer_keeps_deactivated_accounts_across_a_restart() -> None:
     assert verdict.reason is None and verdict.after == [Deactivate(a)]
     assert event_records.decode_control(event_records.encode_control(Deactivate(a))) == Deactivate(a)
     restarted = Sequencer.from_text(seq.to_text())
-    assert restarted.deactivated == {a: t0 + 41_000_000}
+    assert restarted.decider.deactivated == {a: t0 + 41_000_000}
     assert restarted.decide(Event(t0 + 42_000_000, 42, "post", a)).reason == DEACTIVATED
     like = Event(t0 + 43_000_000, 43, "like", b, a)
     towards = restarted.decide(like)
     assert towards.reason is None and towards.recorded(like).subject == "" and towards.recorded(like).actor == b
     back = restarted.decide(Event(t0 + 44_000_000, 44, ACCOUNT, a, extra={"active": True}))
-    assert back.reason is None and not back.after and a not in restarted.deactivated
+    assert back.reason is None and not back.after and a not in restarted.decider.deactivated
     assert restarted.decide(Event(t0 + 45_000_000, 45, "post", a)).reason is None
 
 

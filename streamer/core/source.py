@@ -1,14 +1,30 @@
-"""The one stats type every stage of ingest counts into, from the socket (or file) to the state.
+"""What the pipeline reads from: the Source protocol, and the one stats type every stage of ingest counts into.
 
-It lives with the state's stages, not with the sources, so the dispatcher and the pipeline count into it without
-importing a source; every source (:mod:`streamer.sources`) fills its source side.
+A source is an async iterator of decoded items (:class:`~streamer.core.seqs.Sequenced`: a
+:class:`~streamer.core.frames.Decoded` with the source's cursor after it), plus:
+
+* ``cursor``: where a new source of the same kind resumes from, in the source's own unit (a relay ``seq``, a
+  Jetstream ``time_us``, a position in an archive); ``None`` before anything was consumed;
+* ``stats``: a :class:`~streamer.core.source.SourceStats`, shared with the dispatcher that folds the items into the
+  state, so one object counts a frame once from the socket to the state;
+* ``stop()`` (ends the iteration after the current item) and ``async aclose()``.
+
+Every source decodes with :func:`streamer.core.decode.decode_item` and judges relay seqs with
+:class:`streamer.core.seqs.SeqJudge`, so a frame is decoded, deduplicated and counted in exactly one place
+whichever source brought it. Duplicates and undecodable items are counted and never yielded.
+
+Both live with the stages that read them, not with the sources (:mod:`streamer.sources`, which fill them), so the
+dispatcher and the pipeline are typed by them without importing a source.
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
+
+from streamer.core.seqs import Sequenced
 
 
 @dataclass
@@ -51,3 +67,19 @@ class SourceStats:
             for name, value in vars(self).items()
             if not name.startswith("_")
         }
+
+
+@runtime_checkable
+class Source(Protocol):
+    """What the pipeline reads from (see the module doc)."""
+
+    stats: SourceStats
+
+    @property
+    def cursor(self) -> int | None: ...
+
+    def __aiter__(self) -> AsyncIterator[Sequenced]: ...
+
+    def stop(self) -> None: ...
+
+    async def aclose(self) -> None: ...
