@@ -28,13 +28,15 @@ from streamer.app.progress import JobProgress, archive_frames
 from streamer.app.replay import ReplayResult, replay_archive
 from streamer.app.settings import DEFAULT_METRICS_PORT, ConfigError, Settings
 from streamer.app.terminal import TerminalSink
-from streamer.core.checkpoint import capture, check_dependencies, file_identity, load_checkpoint, write_checkpoint
+from streamer.core.checkpoint import Checkpoints, file_identity
 from streamer.core.dispatch import SequentialDispatcher
 from streamer.core.followers import load_followers
 from streamer.core.journal import KafkaAcks, ResultJournal, ResultWriteError, identities
 from streamer.core.pipeline import Pipeline
 from streamer.core.results import Result
 from streamer.core.schedule import ScheduleState
+from streamer.core.seqs import SeenSeqs
+from streamer.core.source import Source, SourceStats
 from streamer.core.state import AgentState
 from streamer.sinks.base import Sink
 from streamer.sinks.jsonl import JsonlSink
@@ -83,7 +85,7 @@ class Daemon:
         # every result goes to each of these, in this order (Kafka joins at start)
         self.sinks: list[Sink] = [self.terminal, self.metrics, *([self.jsonl] if self.jsonl is not None else [])]
         self.pipeline: Pipeline | None = None
-        self.source: Any = None
+        self.source: Source | None = None
         self.sink_errors: Counter[str] = Counter()
         self._out_ids: set[tuple[str, str]] = set()
         self._ack_seq: dict[tuple[str, str], int] = {}  # (topic, id) -> journal seq, until Kafka acknowledges
@@ -142,7 +144,7 @@ class Daemon:
             await self.jsonl.close(0)
         if self.journal is not None:
             self.journal.close()
-        self.metrics.close()
+        self.metrics.stop_serving()
 
     # results -------------------------------------------------------------------------------------------------
     def recover(self, extra: dict[str, Any], *, live: bool) -> None:
@@ -347,8 +349,14 @@ def _archive_bytes(archive: Path) -> int | None:
 
 
 def live_source(
-    settings: Settings, *, cursor: int | None, seen: Any, at_cursor: list[int], stop: asyncio.Event, stats: Any
-) -> Any:
+    settings: Settings,
+    *,
+    cursor: int | None,
+    seen: SeenSeqs | None,
+    at_cursor: list[int],
+    stop: asyncio.Event,
+    stats: SourceStats,
+) -> Source:
     """The live source the settings name: the relay's firehose (default) or a Jetstream server."""
     if settings.source == "jetstream":
         from streamer.sources.jetstream import JetstreamSource
@@ -377,28 +385,17 @@ async def live_pipeline(
 ) -> Daemon:
     """Run on the live source until SIGTERM/SIGINT or ``stop`` is set. ``on_ready(daemon)`` is called once the
     pipeline has started (tests use it to find the metrics port)."""
-    from streamer.core.source import SourceStats
-
     daemon = Daemon(settings, console=console, tables=tables, every_run=True)
     stop = stop if stop is not None else asyncio.Event()
     _install_signals(asyncio.get_running_loop(), stop.set, settings.checkpoint_dir is not None)
     where = settings.jetstream_url if settings.source == "jetstream" else settings.relay
     deps = {**daemon.dependencies(), "relay": where}
-    loaded = load_checkpoint(settings.checkpoint_dir, daemon.followers) if settings.checkpoint_dir else None
-    cursor, extra, schedule = -1, {}, ScheduleState()
+    store = Checkpoints(settings.checkpoint_dir, "live", deps) if settings.checkpoint_dir else None
+    loaded = store.resume(settings.state(), daemon.followers) if store is not None else None
+    cursor, schedule = -1, ScheduleState()
+    extra: dict[str, Any] = {}
     if loaded is not None:
         state, cursor, extra = loaded
-        if extra.get("mode") != "live":
-            raise ConfigError(
-                f"checkpoint in {settings.checkpoint_dir} was written by a replay; give `run` its own checkpoint "
-                "directory"
-            )
-        if state.config.as_dict() != settings.state().as_dict():
-            raise ConfigError(f"checkpoint in {settings.checkpoint_dir} was made with another window configuration")
-        try:
-            check_dependencies(settings.checkpoint_dir, extra.get("deps") or {}, deps)
-        except ValueError as exc:
-            raise ConfigError(str(exc)) from None
         sched = ScheduleState.from_dict(extra.get("schedule", {}))
         schedule = ScheduleState(sched.run, -1, sched.alert_active)  # the wall-clock schedule restarts from now
     else:
@@ -436,19 +433,16 @@ async def live_pipeline(
         on_ready(daemon)
 
     async def checkpoint() -> None:
-        if not settings.checkpoint_dir:
+        if store is None:
             return
-        arrays, meta = capture(dispatcher.state, dispatcher.seen)
         info = {
             "schedule": pipe.schedule.as_dict(),
-            "mode": "live",
             "relay": where,
             "results": daemon.results_extra(),
-            "deps": deps,
             "at_cursor": list(dispatcher.at_cursor),
         }
         try:
-            await asyncio.to_thread(write_checkpoint, settings.checkpoint_dir, arrays, meta, dispatcher.cursor, info)
+            await store.save(dispatcher.state, dispatcher.cursor, dispatcher.seen, info)
             daemon.metrics.checkpoints.labels("ok").inc()
         except OSError as exc:
             daemon.metrics.checkpoints.labels("failed").inc()

@@ -19,10 +19,9 @@ import typer
 from streamer.app import options as opt
 from streamer.app.flags import ATTRIBUTION_FIELDS, load_or_exit, with_settings_options
 from streamer.app.kafka_errors import exit_for, run_kafka_role
-from streamer.distributed.attributor import DEFAULT_GATHER_TIMEOUT_S, STATE_TOPIC, AttributorStats
-from streamer.distributed.kafka_ingest import EVENTS_TOPIC
+from streamer.distributed import defaults as dd
+from streamer.distributed.attributor import AttributorStats
 from streamer.distributed.ride_out import BrokerLink, BrokerUnreachable, connect_timeout, fold_client_logs, ride_out
-from streamer.distributed.shards import SHARDS_TOPIC
 
 KAFKA_SETTINGS = {
     "kafka_bootstrap",
@@ -67,19 +66,19 @@ def _partitions_or_exit(bootstrap: str, topic: str, security: dict[str, Any], ti
 
 @with_settings_options(include=KAFKA_SETTINGS | {"metrics_port", "metrics_host"})
 def worker_command(
-    events_topic: Annotated[str, typer.Option(help="Topic of the sequenced events.")] = EVENTS_TOPIC,
-    shards_topic: Annotated[str, typer.Option(help="Topic the shards go to.")] = SHARDS_TOPIC,
+    events_topic: Annotated[str, typer.Option(help="Topic of the sequenced events.")] = dd.EVENTS_TOPIC,
+    shards_topic: Annotated[str, typer.Option(help="Topic the shards go to.")] = dd.SHARDS_TOPIC,
     store: Annotated[
         str, typer.Option(help="Where the state table lives: rocksdb:// (under --data-dir) or memory://.")
-    ] = "rocksdb://",
-    data_dir: Annotated[Path, typer.Option(help="Directory of the RocksDB table.")] = Path("skyattr-worker-data"),
-    app_id: Annotated[str, typer.Option(help="Consumer group, and prefix of the changelog topic.")] = "skyattr-worker",
+    ] = dd.WORKER_STORE,
+    data_dir: Annotated[Path, typer.Option(help="Directory of the RocksDB table.")] = dd.WORKER_DATA_DIR,
+    app_id: Annotated[str, typer.Option(help="Consumer group, and prefix of the changelog topic.")] = dd.WORKER_APP_ID,
     instance: Annotated[
         str, typer.Option(help="Static group membership id (a pod's name): a restart keeps its partitions.")
     ] = "",
     session_timeout: Annotated[
         float, typer.Option(min=6.0, help="Seconds without a heartbeat before a worker's partitions move.")
-    ] = 30.0,
+    ] = dd.SESSION_TIMEOUT_S,
     stuck_timeout: Annotated[
         float,
         typer.Option(
@@ -87,7 +86,7 @@ def worker_command(
             help="Seconds holding no partition and recovering none before the worker exits 3 to be started again "
             "(0: never; for more workers than partitions).",
         ),
-    ] = 900.0,
+    ] = dd.STUCK_TIMEOUT_S,
     config: opt.Config = None,
     **flags: Any,
 ) -> None:
@@ -133,14 +132,14 @@ GATHER_BUCKETS = (0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300)
 
 @with_settings_options(include=ATTRIBUTOR_SETTINGS)
 def attributor_command(
-    shards_topic: Annotated[str, typer.Option(help="Topic of the workers' shards.")] = SHARDS_TOPIC,
-    state_topic: Annotated[str, typer.Option(help="Compacted topic of the attributor's state.")] = STATE_TOPIC,
+    shards_topic: Annotated[str, typer.Option(help="Topic of the workers' shards.")] = dd.SHARDS_TOPIC,
+    state_topic: Annotated[str, typer.Option(help="Compacted topic of the attributor's state.")] = dd.STATE_TOPIC,
     name: Annotated[
         str, typer.Option(help="Names the consumer group, the transactional id and the state record.")
-    ] = "skyattr-attributor",
+    ] = dd.ATTRIBUTOR_NAME,
     gather_timeout: Annotated[
         float, typer.Option(min=0.1, help="Seconds a run may wait for its last shard before it is given up.")
-    ] = DEFAULT_GATHER_TIMEOUT_S,
+    ] = dd.GATHER_TIMEOUT_S,
     out: Annotated[Path | None, typer.Option(help="Also append the results to this JSON lines file.")] = None,
     until_final: Annotated[
         bool,
@@ -216,7 +215,7 @@ def attributor_command(
         if sink is not None:
             sink.close_now()
         if metrics is not None:
-            metrics.close()
+            metrics.stop_serving()
     resumed = stats.resumed_from
     start = "from the start" if resumed is None else f"resumed after the run at {resumed.done_through_us}"
     typer.echo(

@@ -17,12 +17,8 @@ from streamer.app import options as opt
 from streamer.app.flags import load_or_exit, with_settings_options
 from streamer.app.kafka_errors import run_kafka_role
 from streamer.core.checkpoint import file_identity
+from streamer.distributed import defaults as dd
 from streamer.distributed.kafka_ingest import (
-    CURSOR_TOPIC,
-    DEFAULT_BATCH_ITEMS,
-    DEFAULT_BATCH_SECONDS,
-    DEFAULT_PARTITIONS,
-    EVENTS_TOPIC,
     IngestCursor,
     IngestStats,
     ingest_to_kafka,
@@ -72,17 +68,17 @@ def ingest_command(
     to_kafka: Annotated[
         bool, typer.Option("--to-kafka", help="Write the events to Kafka (the one destination there is).")
     ] = False,
-    events_topic: Annotated[str, typer.Option(help="Topic of the events, keyed by actor DID.")] = EVENTS_TOPIC,
-    cursor_topic: Annotated[str, typer.Option(help="Compacted topic of each source's cursor.")] = CURSOR_TOPIC,
+    events_topic: Annotated[str, typer.Option(help="Topic of the events, keyed by actor DID.")] = dd.EVENTS_TOPIC,
+    cursor_topic: Annotated[str, typer.Option(help="Compacted topic of each source's cursor.")] = dd.CURSOR_TOPIC,
     partitions: Annotated[
         int, typer.Option(min=1, help="Partitions of the events topic when this creates it.")
-    ] = DEFAULT_PARTITIONS,
+    ] = dd.PARTITIONS,
     batch_items: Annotated[
         int, typer.Option(min=1, help="Source items per Kafka transaction (at most).")
-    ] = DEFAULT_BATCH_ITEMS,
+    ] = dd.BATCH_ITEMS,
     batch_seconds: Annotated[
         float, typer.Option(min=0.001, help="Seconds a transaction stays open (at most).")
-    ] = DEFAULT_BATCH_SECONDS,
+    ] = dd.BATCH_SECONDS,
     transactional_id: Annotated[
         str | None,
         typer.Option(
@@ -149,7 +145,7 @@ def ingest_command(
         run_kafka_role(attempt, link, settings)
     finally:
         if endpoint is not None:
-            endpoint.close()
+            endpoint.stop_serving()
     resumed = stats.resumed_from
     start = "from the start"
     if resumed is not None:

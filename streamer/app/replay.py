@@ -19,8 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from kernels import defaults
 from streamer.core.attribution import AttributionConfig
-from streamer.core.checkpoint import check_dependencies, file_identity, load_checkpoint, save_checkpoint
+from streamer.core.checkpoint import Checkpoints, file_identity
 from streamer.core.dispatch import SequentialDispatcher
 from streamer.core.pipeline import Pipeline
 from streamer.core.results import Result
@@ -58,7 +59,7 @@ async def replay_archive(
     speed: float | None = None,
     stop: asyncio.Event | None = None,
     attribution: AttributionConfig | None = None,
-    interval_s: float = 300.0,
+    interval_s: float = defaults.INTERVAL_S,
     deliver: Callable[[Result], None] | None = None,
     on_skip: Callable[[str], None] | None = None,
     depends: dict[str, Any] | None = None,
@@ -74,29 +75,25 @@ async def replay_archive(
     deps = dict(depends or {})
     if checkpoint_dir:
         deps["archive"] = file_identity(path)
-    loaded = load_checkpoint(checkpoint_dir, followers) if checkpoint_dir else None
+    store = Checkpoints(checkpoint_dir, "replay", deps) if checkpoint_dir else None
+
+    def same_archive(held: dict[str, Any]) -> None:
+        if held.get("archive", str(path)) != str(path):
+            raise ValueError(
+                f"checkpoint in {checkpoint_dir} is for archive {held['archive']}, not {path}; give each archive "
+                "its own checkpoint directory"
+            )
+
+    loaded = store.resume(config, followers, check=same_archive) if store is not None else None
     resumed, seq_cursor, seen = 0, None, None
     if loaded is not None:
         state, seq_cursor, extra = loaded
-        if extra.get("mode", "replay") != "replay":
-            raise ValueError(
-                f"checkpoint in {checkpoint_dir} belongs to a live `skyattr run`; give the replay its own "
-                "checkpoint directory"
-            )
-        if extra.get("archive", str(path)) != str(path):
-            raise ValueError(
-                f"checkpoint in {checkpoint_dir} is for archive {extra['archive']}, not {path}; give each archive "
-                "its own checkpoint directory"
-            )
-        if config is not None and config.as_dict() != state.config.as_dict():
-            raise ValueError(f"checkpoint in {checkpoint_dir} was made with another window/weight configuration")
-        check_dependencies(checkpoint_dir, extra.get("deps") or {}, deps)
         resumed, seen = int(extra.get("position", 0)), extra.get("seen")
     else:
         state = AgentState(config, followers)
     source = ArchiveSource(path, skip=resumed, seq_cursor=seq_cursor, seen=seen)
     dispatcher = SequentialDispatcher(
-        state, source.stats, cursor=seq_cursor if seq_cursor is not None else -1, seen=source.seq._seen.copy()
+        state, source.stats, cursor=seq_cursor if seq_cursor is not None else -1, seen=source.seq.seen.copy()
     )
     pipe = Pipeline(
         dispatcher,
@@ -112,18 +109,16 @@ async def replay_archive(
     finished = bool(extra.get("finished", False))
 
     async def checkpoint() -> None:
-        if not checkpoint_dir:
+        if store is None:
             return
         info = {
             **(checkpoint_extra() if checkpoint_extra is not None else {}),
             "schedule": pipe.schedule.as_dict(),
             "position": source.cursor,
             "finished": finished,
-            "mode": "replay",
             "archive": str(path),
-            "deps": deps,
         }
-        save_checkpoint(checkpoint_dir, dispatcher.state, dispatcher.cursor, info, dispatcher.seen)
+        await store.save(dispatcher.state, dispatcher.cursor, dispatcher.seen, info)
         if after_checkpoint is not None:
             after_checkpoint(info)
 

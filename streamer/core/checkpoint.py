@@ -8,8 +8,10 @@ frame whose events are in the state, so a restart resumes after it with no gap a
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -18,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from streamer.core.durable import atomic_write
 from streamer.core.seqs import SeenSeqs
-from streamer.core.state import AgentState
+from streamer.core.state import AgentState, StateConfig
 
 FILENAME = "state.npz"
 VERSION = 2
@@ -182,3 +184,54 @@ def load_checkpoint(
     extra = checked.extra.model_dump()
     extra["seen"] = seen  # the ring of relay seqs seen lately (streamer.core.seqs.SeenSeqs), None when not recorded
     return state, checked.cursor, extra
+
+
+_RUNS = {"live": "a live `skyattr run`", "replay": "a replay"}
+
+
+class Checkpoints:
+    """The checkpoints of one run in ``directory``, for live and replay alike: ``mode`` (``live`` or ``replay``)
+    and ``deps`` (the options and inputs its results depend on) are written into each and checked on resume.
+
+    One loader (:meth:`resume`: the checkpoint's state, cursor and extra, or None; ``ValueError`` naming the reason
+    for one that belongs to the other mode, another window or other dependencies) and one writer (:meth:`save`:
+    the state is copied on the caller's thread, between two items, and written in a worker thread, atomically).
+    A write that fails raises its ``OSError``: a replay stops on it, the live daemon counts and logs it and tries
+    again at the next checkpoint, because the relay will not wait."""
+
+    def __init__(self, directory: str | Path, mode: Literal["live", "replay"], deps: dict[str, Any]) -> None:
+        self.directory = Path(directory)
+        self.mode = mode
+        self.deps = deps
+
+    def resume(
+        self,
+        config: StateConfig | None = None,
+        followers: dict[str, float] | None = None,
+        check: Callable[[dict[str, Any]], None] | None = None,
+    ) -> tuple[AgentState, int, dict[str, Any]] | None:
+        """``check(extra)``: the run's own check of what the checkpoint says (a replay's archive path), before the
+        window and the dependencies are compared."""
+        loaded = load_checkpoint(self.directory, followers)
+        if loaded is None:
+            return None
+        state, _, extra = loaded
+        held = extra.get("mode", "replay")
+        if held != self.mode:
+            raise ValueError(
+                f"checkpoint in {self.directory} was written by {_RUNS.get(held, repr(held))}; give "
+                f"{_RUNS[self.mode]} its own checkpoint directory"
+            )
+        if check is not None:
+            check(extra)
+        if config is not None and config.as_dict() != state.config.as_dict():
+            raise ValueError(f"checkpoint in {self.directory} was made with another window/weight configuration")
+        check_dependencies(self.directory, extra.get("deps") or {}, self.deps)
+        return loaded
+
+    async def save(self, state: AgentState, cursor: int, seen: SeenSeqs | None, info: dict[str, Any]) -> Path:
+        """Write ``state`` at ``cursor`` (with the ring of seqs ``seen``) and ``info``, which the run adds to the
+        mode and the dependencies; returns the file once it is durable."""
+        arrays, meta = capture(state, seen)
+        extra = {**info, "mode": self.mode, "deps": self.deps}
+        return await asyncio.to_thread(write_checkpoint, self.directory, arrays, meta, cursor, extra)

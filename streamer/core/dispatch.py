@@ -29,6 +29,7 @@ class Dispatcher(Protocol):
 
     state: AgentState
     before_fold: Callable[[int], None] | None
+    cursor: int  # the source position the state holds (what a checkpoint resumes from)
 
     def add(self, repo_did: str, item: Sequenced) -> None: ...
 

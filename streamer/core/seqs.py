@@ -161,6 +161,11 @@ class SeqJudge:
         self._held: tuple[Any, Decoded, int, bool] | None = None  # (frame, decoded, fingerprint, seq was seen)
 
     @property
+    def seen(self) -> SeenSeqs:
+        """The ring of recent seqs and their fingerprints (what a checkpoint keeps with the cursor)."""
+        return self._seen
+
+    @property
     def following(self) -> bool:
         return self._follow
 

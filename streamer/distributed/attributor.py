@@ -28,16 +28,15 @@ from typing import Any
 
 from streamer.core.attribution import AttributionConfig, finish, measure
 from streamer.core.results import Result
+from streamer.core.schedule import ScheduleState, accepted
 from streamer.core.state import StateConfig
+from streamer.distributed.defaults import ATTRIBUTOR_NAME, GATHER_TIMEOUT_S, SHARDS_TOPIC, STATE_TOPIC
 from streamer.distributed.gather import Complete, Gatherer, Incomplete
 from streamer.distributed.kafka_ingest import ensure_topics, load_latest, stop_consumer
 from streamer.distributed.ride_out import BrokerLink, probe
-from streamer.distributed.shards import SHARDS_TOPIC, chunk_meta, merge
+from streamer.distributed.shards import chunk_meta, merge
 
 log = logging.getLogger("skyattr.attributor")
-
-STATE_TOPIC = "skyattr.attributor-state"
-DEFAULT_GATHER_TIMEOUT_S = 120.0
 
 
 @dataclass
@@ -54,6 +53,12 @@ class AttributorState:
     def to_bytes(self) -> bytes:
         return json.dumps(asdict(self), separators=(",", ":")).encode()
 
+    def accepted(self, alert_active: bool) -> None:
+        """A run produced a result: :func:`streamer.core.schedule.accepted`, the single process's rule, on this
+        state's run count and alert state."""
+        after = accepted(ScheduleState(self.run, alert_active=self.alert_active), alert_active)
+        self.run, self.alert_active = after.run, after.alert_active
+
     @classmethod
     def from_bytes(cls, data: bytes) -> AttributorState:
         try:
@@ -67,9 +72,9 @@ class AttributorConfig:
     bootstrap: str = "127.0.0.1:9092"
     shards_topic: str = SHARDS_TOPIC
     state_topic: str = STATE_TOPIC
-    name: str = "skyattr-attributor"  # names the group, the transactional id and the state record
+    name: str = ATTRIBUTOR_NAME  # names the group, the transactional id and the state record
     topics: dict[str, str] = field(default_factory=lambda: {"tiers": "skyattr.tiers", "alerts": "skyattr.alerts"})
-    gather_timeout_s: float = DEFAULT_GATHER_TIMEOUT_S
+    gather_timeout_s: float = GATHER_TIMEOUT_S
     security: dict[str, Any] = field(default_factory=dict)
 
 
@@ -181,8 +186,7 @@ async def run_attributor(
                         outcome = "skipped"
                         log.info("run at %d skipped: %s", ready.as_of_us, out.skipped)
                     else:
-                        state.run += 1
-                        state.alert_active = out.alert_active
+                        state.accepted(out.alert_active)
                         results = [r for r in (out.result, out.alert) if r is not None]
                         stats.runs += 1
                         outcome = "ok"

@@ -38,23 +38,19 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from kernels.defaults import INTERVAL_S
 from streamer.core.pace import Pace
 from streamer.core.seqs import RESET_WINDOW, SeenSeqs
 from streamer.core.source import SourceStats
 from streamer.core.state import StateConfig
 from streamer.distributed import event_records, packed
+from streamer.distributed.defaults import BATCH_ITEMS, BATCH_SECONDS, CURSOR_TOPIC, EVENTS_TOPIC, PARTITIONS
 from streamer.distributed.ride_out import BrokerLink, probe
-from streamer.distributed.sequencer import DEFAULT_INTERVAL_S, Sequencer
+from streamer.distributed.sequencer import Sequencer
 from streamer.sources.base import Source
 
 READ_BACK_TIMEOUT_S = 30.0  # a compacted topic read back with no record for this long: the broker is away
 log = logging.getLogger("skyattr.ingest")
-
-EVENTS_TOPIC = "skyattr.events"
-CURSOR_TOPIC = "skyattr.ingest-cursors"
-DEFAULT_PARTITIONS = 12
-DEFAULT_BATCH_ITEMS = 2000
-DEFAULT_BATCH_SECONDS = 1.0
 
 
 @dataclass
@@ -235,13 +231,13 @@ async def ingest_to_kafka(
     source_id: str,
     events_topic: str = EVENTS_TOPIC,
     cursor_topic: str = CURSOR_TOPIC,
-    partitions: int = DEFAULT_PARTITIONS,
-    batch_items: int = DEFAULT_BATCH_ITEMS,
-    batch_seconds: float = DEFAULT_BATCH_SECONDS,
+    partitions: int = PARTITIONS,
+    batch_items: int = BATCH_ITEMS,
+    batch_seconds: float = BATCH_SECONDS,
     security: dict[str, Any] | None = None,
     stop: asyncio.Event | None = None,
     state_config: StateConfig | None = None,
-    interval_s: float = DEFAULT_INTERVAL_S,
+    interval_s: float = INTERVAL_S,
     live: bool = False,
     speed: float | None = None,
     transactional_id: str | None = None,

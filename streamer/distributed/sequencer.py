@@ -39,14 +39,13 @@ from typing import Any
 
 import numpy as np
 
+from kernels.defaults import INTERVAL_S
 from streamer.core.decisions import Decider
 from streamer.core.events import Event
 from streamer.core.schedule import ScheduleState, interval_us, step, tail
 from streamer.core.state import StateConfig, decode_strings, encode_strings
 from streamer.core.watermark import Watermark
 from streamer.distributed import packed
-
-DEFAULT_INTERVAL_S = 300.0
 
 
 @dataclass(frozen=True)
@@ -102,7 +101,7 @@ class Sequencer:
     def __init__(
         self,
         config: StateConfig | None = None,
-        interval_s: float = DEFAULT_INTERVAL_S,
+        interval_s: float = INTERVAL_S,
         *,
         clock: Callable[[], int] | None = None,
     ) -> None:

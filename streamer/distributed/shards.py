@@ -25,7 +25,6 @@ import zstandard
 
 from streamer.core.state import Snapshot, StateConfig, decode_strings, encode_strings, visibility_of, window_bounds
 
-SHARDS_TOPIC = "skyattr.shards"
 SCHEMA = "skyattr.shard/1"
 CHUNK_BYTES = 900_000
 

@@ -31,17 +31,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from streamer.distributed.kafka_ingest import EVENTS_TOPIC
+from streamer.distributed.defaults import (
+    EVENTS_TOPIC,
+    SESSION_TIMEOUT_S,
+    SHARDS_TOPIC,
+    STUCK_TIMEOUT_S,
+    WORKER_APP_ID,
+    WORKER_DATA_DIR,
+    WORKER_STORE,
+)
 from streamer.distributed.partition_state import PartitionState
 from streamer.distributed.ride_out import BrokerLink, probe, reachable
-from streamer.distributed.shards import CHUNK_BYTES, SHARDS_TOPIC
+from streamer.distributed.shards import CHUNK_BYTES
 
 if TYPE_CHECKING:
     from streamer.distributed.worker_metrics import WorkerMetrics
 
 log = logging.getLogger("skyattr.worker")
 
-APP_ID = "skyattr-worker"
 TABLE = "state"
 PRODUCER_BUFFER = 10_000  # table changes buffered before the stream waits for them to be sent
 
@@ -53,15 +60,15 @@ class WorkerConfig:
     bootstrap: str = "127.0.0.1:9092"
     events_topic: str = EVENTS_TOPIC
     shards_topic: str = SHARDS_TOPIC
-    app_id: str = APP_ID
-    store: str = "memory://"
-    data_dir: Path = Path("skyattr-worker-data")
+    app_id: str = WORKER_APP_ID
+    store: str = WORKER_STORE
+    data_dir: Path = WORKER_DATA_DIR
     instance: str = ""  # static group membership (``group.instance.id``): a restarted pod keeps its partitions
     chunk_bytes: int = CHUNK_BYTES
-    session_timeout_s: float = 30.0  # a worker silent this long leaves the group and its partitions move
+    session_timeout_s: float = SESSION_TIMEOUT_S  # a worker silent this long leaves the group and its partitions move
     metrics_port: int | None = None  # /metrics, /healthz, /readyz (streamer.distributed.worker_metrics)
     metrics_host: str = "127.0.0.1"
-    stuck_timeout_s: float = 900.0  # no partition held and none recovering this long: exit 3 (StuckWatch)
+    stuck_timeout_s: float = STUCK_TIMEOUT_S  # no partition held and none recovering this long: exit 3 (StuckWatch)
 
 
 def _transport() -> Any:

@@ -102,7 +102,9 @@ class _AppCollector(Collector):
         self.metrics = metrics
 
     def describe(self) -> Iterator[Any]:
-        return iter(())  # computed at scrape time: no fixed description (prometheus_client's custom-collector way)
+        """The families, as a collection yields them (empty before the app exists): the registry checks their
+        names against every other metric's when the collector is registered."""
+        return iter(list(self.collect()))
 
     def collect(self) -> Iterator[Any]:
         m, app = self.metrics, self.metrics._app

@@ -26,7 +26,9 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 
 from kernels.bias import CRITERIA
-from streamer.core.results import GAME_NAMES, TIER_NAMES
+from streamer.core.dispatch import Dispatcher
+from streamer.core.results import GAME_NAMES, TIER_NAMES, Result, RunResult
+from streamer.core.source import Source, SourceStats
 
 DURATION_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300)
 MAX_CONNECTIONS = 32  # served at once; one more is closed at once (a scrape needs one, a probe one)
@@ -131,7 +133,7 @@ class Endpoint:
         threading.Thread(target=self._server.serve_forever, name="skyattr-metrics", daemon=True).start()
         return self.port
 
-    def close(self) -> None:
+    def stop_serving(self) -> None:
         """Stop accepting and close the listening socket; connections still open end at their deadline."""
         if self._server is not None:
             self._server.shutdown()
@@ -203,15 +205,15 @@ class Metrics(Endpoint):
         self.stream = StreamCollector()
         r.register(self.stream)
 
-    def bind(self, stats: Any, dispatcher: Any, source: Any = None) -> None:
+    def bind(self, stats: SourceStats, dispatcher: Dispatcher, source: Source | None = None) -> None:
         """Export this stream's figures at scrape time: its stats, the state behind the dispatcher, the source."""
         self.stream.stats, self.stream.dispatcher, self.stream.source = stats, dispatcher, source
 
     name = "prometheus"
 
-    def publish(self, result: Any) -> None:
+    def publish(self, result: Result) -> None:
         """The Sink protocol: a run's figures become the result gauges (alert transitions show in them too)."""
-        if getattr(result, "topic", "") == "tiers":
+        if isinstance(result, RunResult):
             self.record_run(result)
             self.runs.labels("ok" if result.attributed else result.outcome).inc()
             self.last_success.set(time.time())
@@ -219,7 +221,12 @@ class Metrics(Endpoint):
     async def start(self) -> None:
         return None
 
-    def record_run(self, result: Any) -> None:
+    async def close(self, timeout: float) -> int:
+        """The Sink protocol: nothing is buffered, nothing left undelivered (the HTTP server stops with
+        :meth:`stop_serving`)."""
+        return 0
+
+    def record_run(self, result: RunResult) -> None:
         """Update the result gauges from a :class:`~streamer.core.results.RunResult`."""
         ind = result.indicator
         # a figure that this run does not have (nothing to attribute, a panel that sees nothing) is NaN, not the
@@ -315,13 +322,15 @@ class StreamCollector(Collector):
     counted twice; a scrape before the stream is bound shows the families empty."""
 
     def __init__(self) -> None:
-        self.stats: Any = None
-        self.dispatcher: Any = None
-        self.source: Any = None
+        self.stats: SourceStats | None = None
+        self.dispatcher: Dispatcher | None = None
+        self.source: Source | None = None
         self.kafka: Any = None  # the Kafka sink's stats (streamer.sinks.kafka_outbox.KafkaStats), when it has one
 
     def describe(self) -> Any:
-        return []  # collected on demand (no fixed samples to check at registration)
+        """The families, as a collection yields them (empty before the stream is bound): the registry checks
+        their names against every other metric's when the collector is registered."""
+        return list(self.collect())
 
     def collect(self) -> Any:
         st, disp, src = self.stats, self.dispatcher, self.source

@@ -54,7 +54,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from streamer.core.backoff import Backoff
@@ -177,17 +177,17 @@ class FirehoseSource(WebsocketSource[tuple[bytes, Sequenced]]):
 
     # -- the loop -----------------------------------------------------------------------------------------------
 
-    async def _decoded(self) -> AsyncIterator[Sequenced]:
+    async def _decoded(self) -> AsyncGenerator[Sequenced, None]:
         async with contextlib.aclosing(self._items()) as items:
             async for _, item in items:
                 yield item
 
-    async def _raw(self) -> AsyncIterator[bytes]:
+    async def _raw(self) -> AsyncGenerator[bytes, None]:
         async with contextlib.aclosing(self._items()) as items:
             async for frame, _ in items:
                 yield frame
 
-    def _items(self) -> AsyncIterator[tuple[bytes, Sequenced]]:
+    def _items(self) -> AsyncGenerator[tuple[bytes, Sequenced], None]:
         return self._connections()
 
     # -- the hooks of the reconnect loop (streamer.sources.websocket) ---------------------------------------------

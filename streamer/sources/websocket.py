@@ -42,6 +42,7 @@ from streamer.core.backoff import Backoff
 from streamer.core.source import SourceStats
 
 T = TypeVar("T")
+U = TypeVar("U")
 
 RECONNECT = Backoff(1.0, 60.0)  # a websocket source's reconnect delays: 1 s after the first failure, up to a minute
 # Connection failures worth a retry; anything else (a bad URL, a bug) propagates.
@@ -134,7 +135,7 @@ class WebsocketSource(Generic[T]):
     def stopped(self) -> bool:
         return self._stop.is_set()
 
-    def _track(self, gen: AsyncGenerator[T, None]) -> AsyncGenerator[T, None]:
+    def _track(self, gen: AsyncGenerator[U, None]) -> AsyncGenerator[U, None]:
         self._gens = [g for g in self._gens if getattr(g, "ag_frame", None) is not None]  # forget finished ones
         self._gens.append(gen)
         return gen

@@ -126,3 +126,29 @@ def test_a_damaged_checkpoint_is_one_line_and_exit_2(finished: Path, tmp_path: P
     lines = proc.stderr.strip().splitlines()
     assert "Traceback" not in proc.stderr and "Aborted" not in proc.stderr
     assert "cannot read checkpoint" in lines[-1] and str(ckpt) in proc.stderr and "start afresh" in proc.stderr
+
+
+async def test_one_checkpoint_object_for_live_and_replay(tmp_path: Path) -> None:
+    """Live and replay load and write through one Checkpoints: each refuses the other's directory, naming both,
+    and a write carries the mode and the dependencies it is checked by."""
+    from streamer.core.checkpoint import Checkpoints
+    from streamer.core.events import Event
+    from streamer.core.state import AgentState, StateConfig
+
+    config = StateConfig(bucket_hours=1.0, buckets=3)
+    state = AgentState(config)
+    state.apply(Event(3_600_000_000_000, 1, "like", "did:plc:" + "a" * 24, "did:plc:" + "b" * 24))
+    live = Checkpoints(tmp_path / "live", "live", {"relay": "wss://example.invalid"})
+    await live.save(state, 41, None, {"schedule": {"run": 3, "next_due_us": -1, "alert_active": False}})
+    state2, cursor, extra = live.resume(config) or (None, None, {})
+    assert cursor == 41 and extra["mode"] == "live" and extra["deps"] == {"relay": "wss://example.invalid"}
+    assert state2 is not None and state2.dids == state.dids
+    with pytest.raises(ValueError, match=r"written by a live `skyattr run`; give a replay its own checkpoint"):
+        Checkpoints(tmp_path / "live", "replay", {}).resume()
+    with pytest.raises(ValueError, match="another window"):
+        live.resume(StateConfig(bucket_hours=2.0, buckets=3))
+    with pytest.raises(ValueError, match="relay"):
+        Checkpoints(tmp_path / "live", "live", {"relay": "wss://elsewhere.invalid"}).resume(config)
+    (tmp_path / "file").write_text("")
+    with pytest.raises(OSError):
+        await Checkpoints(tmp_path / "file" / "sub", "replay", {}).save(state, 0, None, {})

@@ -81,7 +81,7 @@ def test_a_thousand_idle_connections_keep_threads_bounded_and_scrapes_answer_aft
             for s in idle:
                 s.close()
             started = time.monotonic()
-            metrics.close()
+            metrics.stop_serving()
             assert time.monotonic() - started < 2.0, "close does not wait for clients"
 
 
@@ -99,7 +99,7 @@ def test_a_slow_client_is_cut_at_the_deadline_not_at_each_read() -> None:
             assert time.monotonic() - started < 3.0
         assert http_get(f"http://127.0.0.1:{port}/healthz")[0] == 200
     finally:
-        metrics.close()
+        metrics.stop_serving()
 
 
 def test_loopback_by_default_and_bind_errors_name_the_address() -> None:
@@ -111,7 +111,7 @@ def test_loopback_by_default_and_bind_errors_name_the_address() -> None:
         with pytest.raises(OSError, match=f"cannot serve /metrics on 127.0.0.1:{port}: "):
             taken.serve(port, "127.0.0.1")
     finally:
-        metrics.close()
+        metrics.stop_serving()
 
 
 def test_ipv6_address() -> None:
@@ -125,7 +125,7 @@ def test_ipv6_address() -> None:
     try:
         assert http_get(f"http://[::1]:{port}/healthz")[0] == 200
     finally:
-        metrics.close()
+        metrics.stop_serving()
 
 
 def test_metrics_host_setting() -> None:
@@ -142,3 +142,23 @@ def test_the_image_and_the_chart_bind_all_interfaces() -> None:
     assert "SKYATTR_METRICS_HOST=0.0.0.0" in dockerfile
     values = yaml.safe_load((ROOT / "helm" / "skyattr" / "values.yaml").read_text())
     assert values["config"]["metrics_host"] == "0.0.0.0"
+
+
+def test_a_metric_named_like_one_the_stream_collector_yields_is_refused_at_registration() -> None:
+    """The stream's families are computed at scrape time; the collector still describes them, so a metric added
+    later under one of their names fails at once instead of exporting two series of one name."""
+    from prometheus_client import Gauge
+
+    m = Metrics()
+    with pytest.raises(ValueError, match="skyattr_ingest_events"):
+        Gauge("skyattr_ingest_events", "a second metric of that name", registry=m.registry)
+
+
+def test_a_worker_metric_named_like_one_its_app_collector_yields_is_refused() -> None:
+    from prometheus_client import Gauge
+
+    from streamer.distributed.worker_metrics import WorkerMetrics
+
+    m = WorkerMetrics("skyattr.events")
+    with pytest.raises(ValueError, match="skyattr_worker_consumer_lag"):
+        Gauge("skyattr_worker_consumer_lag", "a second metric of that name", ["partition"], registry=m.registry)
