@@ -17,11 +17,12 @@ import typer
 from rich.console import Console
 
 from streamer.app.daemon import configure_logging, live_pipeline, replay_pipeline
+from streamer.app.flags import load_or_exit
 from streamer.app.flags import with_settings_options as _with_settings_options
 from streamer.app.ingest_commands import nothing_readable, save_snapshot
 from streamer.app.options import plain
 from streamer.app.pipes import StdoutConsole
-from streamer.app.settings import ConfigError, Settings, load_settings, parse_json_object
+from streamer.app.settings import ConfigError, Settings
 from streamer.core.durable import why_no_directory
 
 console = Console(stderr=True, soft_wrap=True)  # logs, warnings, errors, the closing statistics
@@ -44,20 +45,11 @@ def _fail(message: str) -> None:
 
 
 def _load(config: Path | None, flags: dict[str, Any]) -> Settings:
-    """Settings from the YAML file, env and flags, or one error line and exit 2; logging configured."""
-    try:
-        settings = _settings(config, flags)
-    except ConfigError as exc:
-        _fail(str(exc))
-        raise  # unreachable: _fail exits
+    """Settings from the YAML file, env and flags (:func:`~streamer.app.flags.load_or_exit`: or one error line and
+    exit 2); logging configured."""
+    settings = load_or_exit(config, flags)
     configure_logging(settings.log_level)
     return settings
-
-
-def _settings(config: Path | None, flags: dict[str, Any]) -> Settings:
-    if isinstance(flags.get("indicator_params"), str):
-        flags["indicator_params"] = parse_json_object(flags["indicator_params"], "--indicator-params")
-    return load_settings(config, flags)
 
 
 @_with_settings_options(exclude=RUN_ONLY)

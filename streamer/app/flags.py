@@ -22,6 +22,7 @@ import typer
 from pydantic import SecretStr
 from rich.console import Console
 
+import kernels
 from streamer.app.options import finite, plain
 from streamer.app.settings import ConfigError, Settings, load_settings
 
@@ -143,9 +144,14 @@ def with_settings_options(
 
 
 def load_or_exit(config: Path | None, flags: Mapping[str, Any], env: Mapping[str, str] | None = None) -> Settings:
-    """Settings from defaults < ``config`` < environment < ``flags``, or one ``error:`` line and exit 2."""
+    """Settings from defaults < ``config`` < environment < ``flags``, or one ``error:`` line and exit 2. The
+    process then keeps its compiled kernels where the settings say (``compilation_cache``): a command's settings
+    configure its process here, once, not while they are parsed (a test or a library call that only reads
+    settings changes nothing global)."""
     try:
-        return load_settings(config, flags, env)
+        settings = load_settings(config, flags, env)
     except ConfigError as exc:
         console.print(f"[red]error:[/red] {plain(str(exc))}", highlight=False)
         raise typer.Exit(2) from None
+    kernels.use_compilation_cache(settings.compilation_cache_dir)
+    return settings

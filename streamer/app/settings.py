@@ -622,7 +622,6 @@ def load_settings(
         settings.state()
     except ValueError as exc:
         raise ConfigError(f"invalid config: {exc}") from None
-    kernels.use_compilation_cache(settings.compilation_cache_dir)
     return settings
 
 

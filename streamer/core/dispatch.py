@@ -78,13 +78,16 @@ class SequentialDispatcher:
                 self.at_cursor = []
             self.cursor = item.source_cursor
             self.at_cursor.append(item.fingerprint)
+        state, before_fold = self.state, self.before_fold
         for event in item.events:
-            now_us = self.clock() if self.clock is not None else None
-            reason = self.state.apply(event, now_us=now_us, before_fold=self.before_fold)
-            if reason is None:
-                self.stats.events[event.kind] += 1
-            else:
-                self.stats.skipped[reason] += 1
+            decision = state.decide(event, self.clock() if self.clock is not None else None)
+            if decision.reason is not None:
+                self.stats.skipped[decision.reason] += 1
+                continue
+            if before_fold is not None:  # a run due before this event sees the state without it
+                before_fold(event.time_us)
+            state.fold(event, decision)
+            self.stats.events[event.kind] += 1
 
     def shutdown(self) -> None:
         self.state.flush()

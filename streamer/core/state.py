@@ -65,7 +65,7 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from itertools import pairwise
 from typing import TYPE_CHECKING, Any
@@ -515,37 +515,34 @@ class AgentState:
             self.dids.append(did)
         return idx
 
-    def apply(
-        self, event: Event, now_us: int | None = None, before_fold: Callable[[int], None] | None = None
-    ) -> str | None:
-        """Fold one event into the state. Returns None when it was applied, else the reason it was not (``late``,
-        ``future_time``, ``bad_did``, ``deactivated``), also counted in ``counters``.
-
-        The decision is :meth:`streamer.core.decisions.Decider.decide`'s, the one the distributed ingest makes too;
-        a window move it reports is applied first. ``now_us`` (optional) is the receive clock: an event more than
-        ``max_future_skew_s`` ahead of it is ``future_time`` even before the watermark is established.
-        ``before_fold(time_us)`` is called for an accepted event just before it is folded in (the event-time
-        scheduler runs there, so a run stamped T sees exactly the accepted events before T, and refused times never
-        drive it)."""
+    def decide(self, event: Event, now_us: int | None = None) -> Decision:
+        """The stream's decision on ``event`` (:meth:`streamer.core.decisions.Decider.decide`, the one the
+        distributed ingest makes too), with its consequences for the state: a window move it reports is applied
+        (buckets expire, accounts left without a trace are pruned), a refusal counted in ``counters``. ``now_us``
+        (optional) is the receive clock: an event more than ``max_future_skew_s`` ahead of it is ``future_time``
+        even before the watermark is established. An accepted event is then handed to :meth:`fold`; what runs in
+        between (the event-time scheduler's snapshot, see :class:`~streamer.core.dispatch.SequentialDispatcher`)
+        sees the state before it, so a run stamped T holds exactly the accepted events before T."""
         decision = self.decider.decide(event, now_us, self.index)
         if decision.moved is not None:
             self._advance(decision.moved)
-        reason = decision.reason
-        if reason is not None:
-            self.counters[reason] += 1
-            return reason
-        self.fold(event, decision, before_fold)
-        return None
+        if decision.reason is not None:
+            self.counters[decision.reason] += 1
+        return decision
 
-    def fold(
-        self, event: Event, decision: Decision = ACCEPTED, before_fold: Callable[[int], None] | None = None
-    ) -> None:
-        """Fold an event :meth:`apply` accepted, as ``decision`` says (its window move already applied)."""
+    def apply(self, event: Event, now_us: int | None = None) -> str | None:
+        """:meth:`decide`, then :meth:`fold` when accepted: None when the event was applied, else the reason it was
+        not (``late``, ``future_time``, ``bad_did``, ``deactivated``)."""
+        decision = self.decide(event, now_us)
+        if decision.reason is None:
+            self.fold(event, decision)
+        return decision.reason
+
+    def fold(self, event: Event, decision: Decision = ACCEPTED) -> None:
+        """Fold an event :meth:`decide` accepted, as ``decision`` says."""
         t = event.time_us
         kind = event.kind
         actor_did = event.actor
-        if before_fold is not None:  # a run due before it still sees an account it deactivates
-            before_fold(t)
         self.events += 1
         if t > self.last_time_us:
             self.last_time_us = t
@@ -561,7 +558,7 @@ class AgentState:
             self.counters["deactivated_subject"] += 1
             subject_did = ""
         b = t // self._bucket_us
-        index = self.index  # read after before_fold: a snapshot in there may have renumbered
+        index = self.index  # read here: a snapshot since the decision may have renumbered
         actor = index.get(actor_did)
         subject = index.get(subject_did) if subject_did else None
         if actor is None:

@@ -47,3 +47,17 @@ def test_the_default_is_the_user_cache_directory(tmp_path: Path, monkeypatch) ->
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     assert load_settings(None, {}, env={}).compilation_cache_dir == tmp_path / "skyattr" / "jax"
     assert load_settings(None, {"compilation_cache": "off"}, env={}).compilation_cache_dir is None
+
+
+def test_reading_settings_configures_nothing_global(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Settings are parsed by tests, tools and libraries too: the cache is set up by the command that runs, not by
+    the parse (which used to write JAX_* variables into the process's environment)."""
+    import kernels
+
+    calls: list[object] = []
+    monkeypatch.setattr(kernels, "use_compilation_cache", calls.append)
+    for key in [k for k in os.environ if k.startswith("JAX_")]:
+        monkeypatch.delenv(key)
+    settings = load_settings(None, {"compilation_cache": str(tmp_path / "c")}, env={})
+    assert settings.compilation_cache_dir == tmp_path / "c"
+    assert not calls and not [k for k in os.environ if k.startswith("JAX_")]

@@ -212,8 +212,8 @@ def role_expositions() -> str:
         status, body = http_get(f"http://127.0.0.1:{worker.port}/readyz")
         assert (status, body) == (503, "not ready: waiting for the consumer group to assign partitions\n")
     finally:
-        worker.close()
-        attributor.close()
+        worker.stop_serving()
+        attributor.stop_serving()
     return "\n".join(texts)
 
 

@@ -255,13 +255,21 @@ def test_the_receive_clock_caps_the_horizon_even_during_warm_up() -> None:
     assert s.counters["future_time"] == 1
 
 
-def test_before_fold_sees_only_accepted_times() -> None:
+def test_before_fold_sees_only_accepted_times_and_the_state_without_the_event() -> None:
+    from streamer.core.dispatch import SequentialDispatcher
+    from streamer.core.seqs import Sequenced
+    from streamer.core.source import SourceStats
+
     s = _state()
     steady(s, 0.0, 1.0)
-    seen: list[int] = []
-    assert s.apply(ev(500.0, "post", A), before_fold=seen.append) == "future_time"
-    assert s.apply(ev(1.0, "post", A), before_fold=seen.append) is None
-    assert seen == [HOUR]
+    seen: list[tuple[int, int]] = []
+    dispatcher = SequentialDispatcher(s, SourceStats())
+    dispatcher.before_fold = lambda t: seen.append((t, s.events))
+    item = Sequenced("#commit", 1, [ev(500.0, "post", A), ev(1.0, "post", A)])
+    before = s.events
+    dispatcher.add(A, item)
+    assert seen == [(HOUR, before)], "the refused time never reaches the hook; the accepted one before its fold"
+    assert s.events == before + 1 and dispatcher.stats.skipped["future_time"] == 1
 
 
 # pruning -------------------------------------------------------------------------------------------------------
