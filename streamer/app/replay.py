@@ -136,7 +136,7 @@ async def replay_archive(
         on_progress=progress,
         progress_every=progress_every,
     )
-    interrupted = stop.is_set()
+    interrupted = ended.interrupted
     if not interrupted and not finished:
         if attribution is not None:  # the tail of the archive after the last scheduled run
             await pipe.run_tail()

@@ -120,26 +120,35 @@ def _finite(value: float) -> float | None:
 
 
 @dataclass(frozen=True)
-class Measured:
-    """The heavy, order-free part of a run (:func:`measure`): the scale study of one snapshot
-    (:class:`kernels.study.Study`: full-scale attribution, tiers, panel, both panel games); or why there is nothing
-    to attribute (``study.nothing``: the full attribution alone, published as that outcome); or why the run is
-    skipped (``skipped``: no edges, no active agent or a non-finite figure; nothing published). What depends on the
-    runs before it (the run number, the alert's hysteresis) is added by :func:`finish`, in order."""
+class Studied:
+    """The scale study of one snapshot (:class:`kernels.study.Study`: full-scale attribution, tiers, panel, both
+    panel games; or, with ``study.nothing``, the full attribution alone, published as that outcome)."""
 
     snap: Snapshot
-    skipped: str = ""
-    study: Study | None = None  # None exactly when skipped
-    seconds: float = 0.0
+    study: Study
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A run with nothing to publish, and why (no edges, no active agent, a non-finite figure)."""
+
+    snap: Snapshot
+    reason: str
+
+
+# The heavy, order-free part of a run (:func:`measure`). What depends on the runs before it (the run number, the
+# alert's hysteresis) is added by :func:`finish`, in order.
+Measured = Studied | Skipped
 
 
 def measure(snap: Snapshot, config: AttributionConfig) -> Measured:
     """The kernels on ``snap`` (:func:`kernels.study.scale_study`, as ``skyattr attribute`` runs them): pure, so a
     pipeline runs it in a worker thread while ingest goes on."""
     if snap.graph is None or snap.edges == 0:
-        return Measured(snap, skipped="no attention edges in the window")
+        return Skipped(snap, "no attention edges in the window")
     if not np.any(snap.x > 0):
-        return Measured(snap, skipped="no active agents in the window")
+        return Skipped(snap, "no active agents in the window")
     start = time.perf_counter()
     ind = kernels.get_indicator(config.indicator, **config.params)
     st = kernels.scale_study(
@@ -151,8 +160,8 @@ def measure(snap: Snapshot, config: AttributionConfig) -> Measured:
     for game in st.games.values():
         needed += [game.bias.rescale, game.bias.residual]
     if not st.nothing and not all(np.isfinite(v) for v in needed):
-        return Measured(snap, skipped=f"non-finite result {tuple(needed)}")
-    return Measured(snap, "", st, time.perf_counter() - start)
+        return Skipped(snap, f"non-finite result {tuple(needed)}")
+    return Studied(snap, st, time.perf_counter() - start)
 
 
 def published_figures(games: dict[str, kernels.ScaleBias]) -> tuple[ScaleBias, TierShares]:
@@ -193,8 +202,8 @@ def finish(m: Measured, config: AttributionConfig, *, run: int, as_of_us: int, a
     """The run's messages from its measurement: numbered ``run``, the alert decided from the state after the
     previous run (``alert_active``) on the same game's figures (:func:`kernels.bias.decide_alert`). Cheap; called
     in run order."""
-    if m.skipped or m.study is None:
-        return RunOutput(None, None, alert_active, skipped=m.skipped)
+    if isinstance(m, Skipped):
+        return RunOutput(None, None, alert_active, skipped=m.reason)
     snap, st = m.snap, m.study
     full, tiers = st.full, st.tiers
     ind = kernels.get_indicator(config.indicator, **config.params)

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from streamer.core.events import ACCOUNT, Event
+from streamer.core.events import ACCOUNT, DELETE, Event
 from streamer.core.watermark import FUTURE_TIME, LATE, MAX_TIME_US, Advance, Watermark
 
 BAD_DID = "bad_did"
@@ -100,3 +100,20 @@ class Decider:
         if moved is None and not account and not no_subject:
             return ACCEPTED
         return Decision(None, moved, account, no_subject)
+
+
+def leaves_trace(
+    event: Event, decision: Decision, activity_kinds: frozenset[str], attention_kinds: frozenset[str]
+) -> bool:
+    """Whether an accepted event leaves a trace in its bucket: activity of a counted kind, or an attention edge to
+    another, active account. An edit, a delete (it takes back from its create's bucket), an account's deactivation
+    and self-attention of an uncounted kind leave none. A bucket holds events exactly when one of them left a
+    trace; when such a bucket leaves the window, the accounts left without any trace are forgotten, in a single
+    process (whose state has no bucket otherwise) and in the partitions (told by the sequencer) alike."""
+    kind = event.kind
+    if decision.account == "deactivated" or event.operation == "update" or kind == DELETE:
+        return False
+    if kind in activity_kinds:
+        return True
+    subject = event.subject
+    return kind in attention_kinds and not decision.no_subject and bool(subject) and subject != event.actor

@@ -11,11 +11,12 @@ writes them into ``skyattr.events``:
   accepted, its ordinal ``n`` among accepted events (the order in which a single process interns DIDs);
 * control records, written to **every** partition at the point of the stream where they happen: ``config`` (the
   window and weights the decisions were made with, at each ingest start), ``window`` (the head moved; ``prune``
-  says whether a bucket that holds events left the window, which is when a single process forgets accounts left
-  without a trace) and ``tick`` (a run is due: every worker publishes its shard of the state as it stands there).
-  The tail of a finite source gets one last ``tick`` with ``final`` set. ``deactivate`` follows the ``#account``
-  event that deactivated an account (``active: false``: deleted, taken down, suspended, deactivated): every
-  partition drops what the account did and every edge towards it, as a single process does at that event.
+  says whether a bucket where an event left a trace, :func:`~streamer.core.decisions.leaves_trace`, left the
+  window, which is when a single process forgets accounts left without a trace) and ``tick`` (a run is due: every
+  worker publishes its shard of the state as it stands there). The tail of a finite source gets one last ``tick``
+  with ``final`` set. ``deactivate`` follows the ``#account`` event that deactivated an account (``active: false``:
+  deleted, taken down, suspended, deactivated): every partition drops what the account did and every edge towards
+  it, as a single process does at that event.
 
 Deactivated accounts are the sequencer's too: until an ``#account`` event reactivates one, its events are refused
 (``deactivated``) and events towards it are recorded without their subject (the author's activity counts, the edge
@@ -24,7 +25,7 @@ does not), so no partition needs to know who is inactive.
 Kafka keeps the order within a partition, so at a ``tick`` each partition's worker holds exactly its share of what
 the single process holds at the same due time, and the attributor's merge of the shards is that state.
 
-The sequencer's own state (the watermark, the schedule, the buckets that hold events, the counters) travels in
+The sequencer's own state (the watermark, the schedule, the buckets that hold a trace, the counters) travels in
 the ingest's cursor record, in the same transaction as the records it decided, so a restarted ingest decides on
 exactly as an uninterrupted one.
 """
@@ -40,7 +41,7 @@ from typing import Any
 import numpy as np
 
 from kernels.defaults import INTERVAL_S
-from streamer.core.decisions import Decider
+from streamer.core.decisions import Decider, leaves_trace
 from streamer.core.events import Event
 from streamer.core.schedule import ScheduleState, interval_us, step, tail
 from streamer.core.state import StateConfig, decode_strings, encode_strings
@@ -59,7 +60,7 @@ class Tick:
 @dataclass(frozen=True)
 class WindowMove:
     """The window's head moved to ``head``: buckets before ``oldest`` (and, once, after ``drop_beyond``) leave it;
-    ``prune``: one of them held events, so accounts left without any trace in the window are forgotten."""
+    ``prune``: one of them held a trace, so accounts left without any trace in the window are forgotten."""
 
     head: int
     oldest: int
@@ -111,10 +112,11 @@ class Sequencer:
         self.clock = clock
         self._bucket_us = self.config.bucket_us
         attention = frozenset(k for k, w in self.config.attention_weights.items() if w > 0)
+        self._activity = frozenset(k for k, w in self.config.activity_weights.items() if w > 0)
         self.watermark = Watermark(self._bucket_us, self.config.buckets, self.config.skew_us)
         self.decider = Decider(self.watermark, attention)
         self.schedule = ScheduleState()
-        self.buckets: set[int] = set()  # buckets holding accepted events, as the single process's state has them
+        self.buckets: set[int] = set()  # buckets where an accepted event left a trace, as the state has them
         self.accepted = 0
         self.last_time_us = 0
         self.refused: Counter[str] = Counter()
@@ -142,7 +144,8 @@ class Sequencer:
         self.schedule, due = step(self.schedule, t, self.every_us)
         if due is not None:
             verdict.controls.append(Tick(due))
-        self.buckets.add(t // self._bucket_us)
+        if leaves_trace(event, decision, self._activity, self.decider.attention_kinds):
+            self.buckets.add(t // self._bucket_us)
         self.last_time_us = max(self.last_time_us, t)
         verdict.ordinal = self.accepted
         self.accepted += 1

@@ -89,3 +89,22 @@ def test_both_modes_call_the_one_decider_and_agree_event_by_event(seed: int, mon
     assert deactivations == state.counters["accounts_deactivated"] > 0
     assert sum(v.no_subject for v in verdicts) == state.counters["deactivated_subject"] > 0
     assert seq.decider.deactivated == state.decider.deactivated
+
+
+def test_what_leaves_a_trace_in_its_bucket() -> None:
+    from streamer.core.decisions import leaves_trace
+
+    activity, attention = frozenset({"post", "like"}), frozenset({"like", "follow"})
+
+    def trace(event: Event, decision: Decision = ACCEPTED) -> bool:
+        return leaves_trace(event, decision, activity, attention)
+
+    assert trace(Event(HOUR, 0, "post", A, operation="create"))
+    assert not trace(Event(HOUR, 0, "post", A, operation="update")), "an edit"
+    assert not trace(Event(HOUR, 0, "delete", A, operation="delete")), "a delete takes back from its create's bucket"
+    assert trace(Event(HOUR, 0, "follow", A, B)), "an edge, though follows count no activity here"
+    assert not trace(Event(HOUR, 0, "follow", A, A)), "self-attention of an uncounted kind"
+    assert trace(Event(HOUR, 0, "like", A, A)), "a like counts as activity even towards oneself"
+    assert not trace(Event(HOUR, 0, "follow", A, B), Decision(no_subject=True)), "the edge to an inactive account"
+    assert not trace(account(HOUR, A, False), Decision(account="deactivated"))
+    assert not trace(account(HOUR, A, True), Decision(account="reactivated")), "an #account event counts nothing"

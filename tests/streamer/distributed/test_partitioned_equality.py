@@ -183,8 +183,9 @@ def hostile_stream(seed: int, hours: float = 9.0, per_hour: int = 600) -> list[A
     return events
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_shards_merge_to_the_single_process_snapshot_through_expiry_prunes_and_hostile_times(seed: int) -> None:
+def _both_modes(events: list[Any]) -> tuple[Any, list[str | None], list[tuple[int, Any]], list[tuple[int, Any]]]:
+    """``events`` through a single process and through the sequencer and three partitions, on a 2-hour window with a
+    run every 10 minutes: the state, the verdicts, and the (due time, snapshot) of every run in each mode."""
     from streamer.core.schedule import interval_us, step
     from streamer.core.state import AgentState
 
@@ -218,7 +219,7 @@ def test_shards_merge_to_the_single_process_snapshot_through_expiry_prunes_and_h
 
     broadcast(seq.config_dict())
     verdicts = []
-    for i, event in enumerate(hostile_stream(seed)):
+    for i, event in enumerate(events):
         verdict = seq.decide(event)
         verdicts.append(verdict.reason)
         decision = state.decide(event)
@@ -233,12 +234,11 @@ def test_shards_merge_to_the_single_process_snapshot_through_expiry_prunes_and_h
         send(partition_of(event.actor, partitions), value, event_records.headers("t"))
         for control in verdict.after:
             broadcast(control)
-    assert {"late", "future_time", "bad_did", "deactivated"} <= set(verdicts), "the stream exercises every refusal"
-    assert state.counters["buckets_expired"] > 0 and state.counters["agents_pruned"] > 0
-    counted = ("delete_applied", "delete_unmatched", "accounts_deactivated", "accounts_reactivated")
-    assert all(state.counters[k] > 5 for k in counted), {k: state.counters[k] for k in counted}
-    assert state.counters["deactivated_subject"] > 0
-    assert [t for t, _ in merged] == [t for t, _ in single] and len(single) > 20
+    return state, verdicts, merged, single
+
+
+def _assert_same_runs(merged: list[tuple[int, Any]], single: list[tuple[int, Any]]) -> None:
+    assert [t for t, _ in merged] == [t for t, _ in single]
     for (t, a), (_, b) in zip(merged, single, strict=True):
         assert (a.events, a.window_start_us, a.window_end_us) == (b.events, b.window_start_us, b.window_end_us), t
         # the same accounts; their order (first appearance) can differ once buckets expired: a partition orders
@@ -255,3 +255,41 @@ def test_shards_merge_to_the_single_process_snapshot_through_expiry_prunes_and_h
         ea, eb = ({(s.dids[i], s.dids[j]): w for i, j, w in zip(*_edges(s), strict=True)} for s in (a, b))
         assert ea.keys() == eb.keys(), t
         np.testing.assert_allclose([ea[k] for k in eb], list(eb.values()), rtol=1e-6)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_shards_merge_to_the_single_process_snapshot_through_expiry_prunes_and_hostile_times(seed: int) -> None:
+    state, verdicts, merged, single = _both_modes(hostile_stream(seed))
+    assert {"late", "future_time", "bad_did", "deactivated"} <= set(verdicts), "the stream exercises every refusal"
+    assert state.counters["buckets_expired"] > 0 and state.counters["agents_pruned"] > 0
+    counted = ("delete_applied", "delete_unmatched", "accounts_deactivated", "accounts_reactivated")
+    assert all(state.counters[k] > 5 for k in counted), {k: state.counters[k] for k in counted}
+    assert state.counters["deactivated_subject"] > 0
+    assert len(single) > 20
+    _assert_same_runs(merged, single)
+
+
+def test_a_bucket_of_edits_only_prunes_alike_in_both_modes() -> None:
+    """An hour in which only edits (and deletes of nothing) arrive leaves no trace in the window, so when it leaves
+    the window nothing is pruned on its account: the single process held no bucket for it, and the partitions must
+    not forget the accounts that only edited in it either."""
+    from streamer.core.events import Event
+
+    hour = 3_600_000_000
+    writer, editor, reader = ("did:plc:" + c * 24 for c in "wer")
+    events: list[Any] = []
+    seq = 0
+    for h in range(7):
+        for k in range(400):
+            seq += 1
+            t = (1000 + h) * hour + k * hour // 400
+            if h == 2:  # the edits-only hour
+                events.append(Event(t, seq, "post", editor, "", "app.bsky.feed.post", f"e{k}", operation="update"))
+            else:
+                events.append(Event(t, seq, "post", writer, "", "app.bsky.feed.post", f"p{seq}", operation="create"))
+            if h == 5 and k % 50 == 0:  # an account that only edits, while the edits-only hour leaves the window
+                events.append(Event(t, seq, "post", reader, "", "app.bsky.feed.post", f"r{k}", operation="update"))
+    state, _, merged, single = _both_modes(events)
+    assert state.counters["buckets_expired"] > 0
+    assert any(reader in snap.dids for _, snap in single), "the reader was held (without a trace) at some run"
+    _assert_same_runs(merged, single)
