@@ -19,6 +19,7 @@ import os
 import signal
 import time
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -66,8 +67,16 @@ class Daemon:
     result; a result that cannot be written durably stops the daemon (:class:`ResultWriteError`)."""
 
     def __init__(
-        self, settings: Settings, *, console: Console | None = None, tables: bool = True, every_run: bool = False
+        self,
+        settings: Settings,
+        *,
+        console: Console | None = None,
+        tables: bool = True,
+        every_run: bool = False,
+        sinks: Sequence[Sink] = (),
     ) -> None:
+        """``sinks``: more sinks (the Sink protocol), after the built-in ones: started, fed every result once,
+        isolated and counted like them, and closed at the stop."""
         self.settings = settings
         self.metrics = Metrics()
         self.terminal = TerminalSink(console, tables=tables, every_run=every_run)
@@ -84,6 +93,8 @@ class Daemon:
         self.jsonl = JsonlSink(settings.out) if settings.out else None
         # every result goes to each of these, in this order (Kafka joins at start)
         self.sinks: list[Sink] = [self.terminal, self.metrics, *([self.jsonl] if self.jsonl is not None else [])]
+        self.sinks += sinks
+        self._added = list(sinks)
         self.pipeline: Pipeline | None = None
         self.source: Source | None = None
         self.sink_errors: Counter[str] = Counter()
@@ -142,6 +153,8 @@ class Daemon:
                 log.error("%d result(s) not acknowledged by Kafka are lost (no --checkpoint-dir)", self.kafka_unsent)
         if self.jsonl is not None:
             await self.jsonl.close(0)
+        for sink in self._added:
+            await sink.close(self.settings.kafka_shutdown_timeout)
         if self.journal is not None:
             self.journal.close()
         self.metrics.stop_serving()
@@ -282,9 +295,11 @@ async def replay_pipeline(
     tables: bool = True,
     checkpoint_every_items: int | None = None,
     progress: bool = False,
+    sinks: Sequence[Sink] = (),
 ) -> tuple[ReplayResult, Daemon]:
-    """Replay ``archive`` through the whole pipeline (event-time schedule); returns the replay result."""
-    daemon = Daemon(settings, console=console, tables=tables)
+    """Replay ``archive`` through the whole pipeline (event-time schedule); returns the replay result. ``sinks``:
+    more sinks for the results (see :class:`Daemon`)."""
+    daemon = Daemon(settings, console=console, tables=tables, sinks=sinks)
     bar = JobProgress(progress, share=daemon.terminal.console)  # stderr: a bar on a terminal, else a log line
     frames = archive_frames(archive)  # from the files' trailers; without them, progress is in bytes of the files
     task = bar.task(
@@ -382,10 +397,11 @@ async def live_pipeline(
     tables: bool = True,
     stop: asyncio.Event | None = None,
     on_ready: Any = None,
+    sinks: Sequence[Sink] = (),
 ) -> Daemon:
     """Run on the live source until SIGTERM/SIGINT or ``stop`` is set. ``on_ready(daemon)`` is called once the
-    pipeline has started (tests use it to find the metrics port)."""
-    daemon = Daemon(settings, console=console, tables=tables, every_run=True)
+    pipeline has started (tests use it to find the metrics port); ``sinks``: more sinks (see :class:`Daemon`)."""
+    daemon = Daemon(settings, console=console, tables=tables, every_run=True, sinks=sinks)
     stop = stop if stop is not None else asyncio.Event()
     _install_signals(asyncio.get_running_loop(), stop.set, settings.checkpoint_dir is not None)
     where = settings.jetstream_url if settings.source == "jetstream" else settings.relay

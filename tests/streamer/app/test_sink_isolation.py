@@ -43,3 +43,38 @@ def test_a_failing_sink_is_counted_and_the_others_still_get_every_result(tmp_pat
     families = {f.name: f for f in text_string_to_metric_families(generate_latest(daemon.metrics.registry).decode())}
     counted = {s.labels["sink"]: s.value for s in families["skyattr_sink_errors"].samples if s.name.endswith("_total")}
     assert counted == {"boom": len(lines)}
+
+
+class Collect:
+    """A sink of one's own, written to the Sink protocol and nothing else."""
+
+    name = "collect"
+
+    def __init__(self) -> None:
+        self.messages: list[dict[str, object]] = []
+        self.calls: list[str] = []
+
+    def publish(self, result: Result) -> None:
+        self.messages.append({"topic": result.topic, **result.to_message()})
+
+    async def start(self) -> None:
+        self.calls.append("start")
+
+    async def close(self, timeout: float) -> int:
+        self.calls.append("close")
+        return 0
+
+
+def test_a_sink_of_ones_own_gets_every_result_of_the_bundled_replay_once() -> None:
+    """To add a sink: write the protocol's four members and hand it to the pipeline (`sinks=`); nothing else
+    changes. It is started, fed every result once, in order (the golden file's), and closed."""
+    from streamer.app.daemon import replay_pipeline
+    from streamer.testing.synth import default_archive
+
+    mine = Collect()
+    settings = load_settings(flags={"interval": 3600.0}, env={})
+    asyncio.run(replay_pipeline(settings, default_archive(), tables=False, sinks=[mine]))
+    golden = [json.loads(line) for line in GOLDEN.read_text().splitlines()]
+    timeless = [[{k: v for k, v in m.items() if k != "runtime_s"} for m in ms] for ms in (mine.messages, golden)]
+    assert timeless[0] == timeless[1], "every result, once, in order, as the golden file has it (but its run time)"
+    assert mine.calls == ["start", "close"]
