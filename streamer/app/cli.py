@@ -164,8 +164,7 @@ def attribute(
                 loading = bar.task("population", 1, unit="file", detail=f"loading {population.name}", rate=False)
                 pop = load_npz(population)
             else:
-                steps = 3 * round(edges_per_agent * agents)  # what kernels.heavy_tailed_population reports
-                loading = bar.task("population", steps, unit="edge steps", detail=f"{agents:,} synthetic agents")
+                loading = bar.task("population", unit="edge steps", detail=f"{agents:,} synthetic agents")
                 pop = synthetic(
                     agents, edges_per_agent, seed, progress=lambda done, total: loading.update(done, total=total)
                 )

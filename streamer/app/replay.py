@@ -122,14 +122,14 @@ async def replay_archive(
         if after_checkpoint is not None:
             after_checkpoint(info)
 
-    if checkpoint_dir and loaded is None:
+    if store is not None and loaded is None:
         await checkpoint()
     progress = (lambda: on_progress(source, pipe)) if on_progress is not None else None
     stop = stop if stop is not None else asyncio.Event()
     ended = await pipe.run(
         source,
         stop=stop,
-        checkpoint=checkpoint if checkpoint_dir else None,
+        checkpoint=checkpoint if store is not None else None,
         checkpoint_every_s=checkpoint_every_s,
         checkpoint_every_items=checkpoint_every_items,
         speed=speed,

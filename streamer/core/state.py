@@ -148,6 +148,20 @@ class StateConfig:
                 if not (np.isfinite(w) and w >= 0):
                     raise ValueError(f"{name}[{kind}] must be a finite number >= 0, got {w!r}")
 
+    def activity_codes(self) -> dict[str, int]:
+        """The kinds counted as activity (weight > 0), each with its index in ``ACTIVITY_KINDS``."""
+        return {k: ACTIVITY_INDEX[k] for k, w in self.activity_weights.items() if w > 0}
+
+    def attention(self) -> dict[str, float]:
+        """The kinds that draw an attention edge (weight > 0), each with its weight."""
+        return {k: float(w) for k, w in self.attention_weights.items() if w > 0}
+
+    @property
+    def edge_floor(self) -> float:
+        """Half the lightest attention weight: an edge at or below it holds no live attention (deletes brought it
+        there), in the state and in the partitions alike."""
+        return 0.5 * min(self.attention().values(), default=1.0)
+
     @property
     def bucket_us(self) -> int:
         return round(self.bucket_hours * US_PER_HOUR)
@@ -467,8 +481,8 @@ class AgentState:
         self.config = config or StateConfig()
         self.followers = followers
         self._bucket_us = self.config.bucket_us
-        self._act_code = {k: ACTIVITY_INDEX[k] for k, w in self.config.activity_weights.items() if w > 0}
-        self._att_w = {k: float(w) for k, w in self.config.attention_weights.items() if w > 0}
+        self._act_code = self.config.activity_codes()
+        self._att_w = self.config.attention()
         self.index: dict[str, int] = {}
         self.dids: list[str] = []
         self.buckets: dict[int, _Bucket] = {}
@@ -486,13 +500,12 @@ class AgentState:
         self._prec_bk: list[int] = []
         self._pending_records: dict[int, int] = {}
         self._pending = 0
-        self._edge_floor = 0.5 * min(self._att_w.values(), default=1.0)
+        self._edge_floor = self.config.edge_floor
         self._indexing = self.config.record_budget > 0  # record_budget 0: deletes take nothing back, at no cost
         self._wm = Watermark(self._bucket_us, self.config.buckets, self.config.skew_us)
         self.decider = Decider(self._wm, frozenset(self._att_w))  # the stream's decisions (core/decisions.py)
         self._merged = EdgeMerger()
         self._forgotten: list[int] = []  # indices of deactivated agents, dropped from `dids` at the next renumbering
-        self._renumbered = 0  # renumberings so far: indices read before one are stale after it
 
     @property
     def head(self) -> int:
@@ -678,7 +691,6 @@ class AgentState:
         self.dids = [self.dids[i] for i in keep.tolist()]
         self.index = dict(zip(self.dids, range(len(self.dids)), strict=True))
         self._forgotten.clear()
-        self._renumbered += 1
 
     def _advance(self, moved: Advance) -> bool:
         """The head moved: buckets older than the window expire (and, when the watermark is first established,

@@ -101,10 +101,10 @@ class PartitionState:
 
     def _adopt(self, cfg: dict[str, Any]) -> None:
         self.config = StateConfig(**cfg["state"])
-        self._act = {k: ACTIVITY_INDEX[k] for k, w in self.config.activity_weights.items() if w > 0}
-        self._att = {k: float(w) for k, w in self.config.attention_weights.items() if w > 0}
+        self._act = self.config.activity_codes()
+        self._att = self.config.attention()
         self._bucket_us = self.config.bucket_us
-        self._edge_floor = 0.5 * min(self._att.values(), default=1.0)  # no live edge is lighter (as in the state)
+        self._edge_floor = self.config.edge_floor  # no live edge is lighter (as in the state)
 
     # folding ---------------------------------------------------------------------------------------------------
     def fold(self, offset: int, value: bytes, headers: Any) -> Tick | None:

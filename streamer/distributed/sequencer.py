@@ -111,8 +111,8 @@ class Sequencer:
         self.every_us = interval_us(interval_s)
         self.clock = clock
         self._bucket_us = self.config.bucket_us
-        attention = frozenset(k for k, w in self.config.attention_weights.items() if w > 0)
-        self._activity = frozenset(k for k, w in self.config.activity_weights.items() if w > 0)
+        attention = frozenset(self.config.attention())
+        self._activity = frozenset(self.config.activity_codes())
         self.watermark = Watermark(self._bucket_us, self.config.buckets, self.config.skew_us)
         self.decider = Decider(self.watermark, attention)
         self.schedule = ScheduleState()

@@ -63,11 +63,8 @@ from streamer.core.frames import MAX_FRAME_BYTES, Decoded
 from streamer.core.seqs import RESET_WINDOW, SeenSeqs, SeqJudge, Sequenced
 from streamer.core.source import SourceStats
 from streamer.sources.endpoints import DEFAULT_RELAY, SUBSCRIBE_PATH
-from streamer.sources.websocket import RECONNECT, Connection, Taken, WebsocketSource
+from streamer.sources.websocket import CLIENT_MAX_SIZE, RECONNECT, Connection, Taken, WebsocketSource
 
-# Well above the protocol's 5 MiB frame limit: an oversize frame should reach decode_frame and be counted as
-# "too_big", not make websockets close the connection (which would re-send the same frame on every reconnect).
-CLIENT_MAX_SIZE = 16 * 1024 * 1024
 # How long ``anomalous`` stays true after a reset or an out-of-order frame: long enough for a scrape to see it.
 ANOMALY_HOLD_S = 60.0
 _NOTHING: Taken[tuple[bytes, Sequenced]] = Taken()

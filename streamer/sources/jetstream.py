@@ -63,12 +63,10 @@ from streamer.core.frames import MAX_DEPTH, MAX_FRAME_BYTES, clean_text
 from streamer.core.seqs import Sequenced, fingerprint
 from streamer.core.source import SourceStats
 from streamer.sources.endpoints import JETSTREAM_PATH as SUBSCRIBE_PATH
-from streamer.sources.websocket import RECONNECT, Connection, Taken, WebsocketSource
+from streamer.sources.websocket import CLIENT_MAX_SIZE, RECONNECT, Connection, Taken, WebsocketSource
 
 log = logging.getLogger(__name__)
 
-# Above max_bytes, so an oversize message reaches our check and is counted, instead of failing the connection.
-CLIENT_MAX_SIZE = 16 * 1024 * 1024
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 # Jetstream's own limits on a subscription's filters.
 MAX_WANTED_COLLECTIONS = 100
@@ -77,7 +75,6 @@ MAX_WANTED_DIDS = 10_000
 # hostile; past it, re-sends at that time are no longer recognised (at-least-once), memory stays bounded.
 MAX_AT_CURSOR = 65_536
 _NOTHING: Taken[Sequenced] = Taken()
-# Connection failures worth a retry; anything else (a bad URL, a bug) propagates.
 # A message with at most this many '[' and '{' cannot nest deep enough to matter: no pre-scan needed.
 _SCAN_OPENS = 1000
 _JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)

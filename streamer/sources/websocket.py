@@ -44,6 +44,10 @@ from streamer.core.source import SourceStats
 T = TypeVar("T")
 U = TypeVar("U")
 
+# Well above the largest message a source accepts (5 MiB, the protocol's frame limit): an oversize message should
+# reach the source's own check and be counted as "too_big", not make websockets close the connection (which would
+# fetch the same message again on every reconnect).
+CLIENT_MAX_SIZE = 16 * 1024 * 1024
 RECONNECT = Backoff(1.0, 60.0)  # a websocket source's reconnect delays: 1 s after the first failure, up to a minute
 # Connection failures worth a retry; anything else (a bad URL, a bug) propagates.
 RETRYABLE = (OSError, TimeoutError, InvalidHandshake, ConnectionClosed)
@@ -64,7 +68,7 @@ class Connection:
 
     open_timeout: float = 10.0
     close_timeout: float = 2.0
-    max_size: int = 16 * 1024 * 1024
+    max_size: int = CLIENT_MAX_SIZE
     idle_timeout: float | None = None
     text: bool = True
 
