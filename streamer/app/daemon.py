@@ -17,11 +17,11 @@ import contextlib
 import logging
 import os
 import signal
-import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from rich.console import Console
 
@@ -29,20 +29,19 @@ from streamer.app.progress import JobProgress, archive_frames
 from streamer.app.replay import ReplayResult, replay_archive
 from streamer.app.settings import DEFAULT_METRICS_PORT, ConfigError, Settings
 from streamer.app.terminal import TerminalSink
-from streamer.core.checkpoint import Checkpoints, file_identity
-from streamer.core.dispatch import SequentialDispatcher
+from streamer.app.wiring import Resumed, Run, RunOptions
+from streamer.core.checkpoint import file_identity
 from streamer.core.followers import load_followers
 from streamer.core.journal import KafkaAcks, ResultJournal, ResultWriteError, identities
-from streamer.core.pipeline import Pipeline
+from streamer.core.pipeline import Clock, Pipeline
 from streamer.core.results import Result
 from streamer.core.schedule import ScheduleState
 from streamer.core.seqs import SeenSeqs
 from streamer.core.source import Source, SourceStats
-from streamer.core.state import AgentState
 from streamer.sinks.base import Sink
 from streamer.sinks.jsonl import JsonlSink
 from streamer.sinks.prometheus import Metrics
-from streamer.sources.archive import archive_bytes
+from streamer.sources.archive import ArchiveSource, archive_bytes
 
 log = logging.getLogger("skyattr.daemon")
 
@@ -118,6 +117,22 @@ class Daemon:
             "followers": file_identity(self.settings.followers) if self.settings.followers else None,
         }
 
+    def run_options(self, checkpoint_every_items: int | None = None) -> RunOptions:
+        """The options of a run, from the settings."""
+        s = self.settings
+        return RunOptions(
+            config=s.state(),
+            followers=self.followers,
+            checkpoint_dir=s.checkpoint_dir,
+            depends=self.dependencies(),
+            attribution=s.attribution(),
+            interval_s=s.interval,
+            checkpoint_every_s=s.checkpoint_every,
+            checkpoint_every_items=checkpoint_every_items,
+            speed=s.speed,
+            queue_size=s.queue_size,
+        )
+
     async def start(self, metrics_port: int | None) -> None:
         self.loop = asyncio.get_running_loop()
         if metrics_port is not None:
@@ -160,11 +175,13 @@ class Daemon:
         self.metrics.stop_serving()
 
     # results -------------------------------------------------------------------------------------------------
-    def recover(self, extra: dict[str, Any], *, live: bool) -> None:
-        """Bring the sinks up to the journal after a restart (called once the checkpoint is loaded, before any new
-        result): results journaled after the checkpoint but missing from the JSONL file are written to it,
-        results Kafka did not acknowledge are published again (verified against the topic first). Live, the run
-        counter and the alert state continue from the newest journaled result, so run numbers are never reused."""
+    def resumed(self, extra: dict[str, Any], pipeline: Pipeline) -> None:
+        """Bring the sinks up to the journal after a restart (the outlet's hook: the checkpoint is loaded, no new
+        result yet): results journaled after the checkpoint but missing from the JSONL file are written to it,
+        results Kafka did not acknowledge are published again (verified against the topic first). On the wall
+        clock, where the runs after the checkpoint are not computed again alike, the run counter and the alert
+        state continue from the newest journaled result, so run numbers are never reused."""
+        self.pipeline = pipeline
         results = extra.get("results") or {}
         ckpt_seq = int(results.get("journal_seq", 0))
         if self.jsonl is not None and self.jsonl.offset >= 0:
@@ -185,11 +202,11 @@ class Daemon:
                 self.delivered_seq = self.journal.last_seq
         if self.journal is None:
             return
-        if live and self.pipeline is not None:
+        if pipeline.clock == "wall":
             last = self.journal.last_tiers()
-            if last is not None and int(last["run"]) > self.pipeline.schedule.run:
-                self.pipeline.schedule = ScheduleState(
-                    int(last["run"]), self.pipeline.schedule.next_due_us, bool(last["alert"]["active"])
+            if last is not None and int(last["run"]) > pipeline.schedule.run:
+                pipeline.schedule = ScheduleState(
+                    int(last["run"]), pipeline.schedule.next_due_us, bool(last["alert"]["active"])
                 )
         if self.acks is not None:
             pending = self.journal.after(self.acks.through)
@@ -200,19 +217,22 @@ class Daemon:
                 self._await_ack(e.topic, e.id, e.seq)
                 self._isolated("kafka", self.kafka.resend, e.topic, e.message)
 
-    def results_extra(self) -> dict[str, Any]:
+    def checkpoint_info(self) -> dict[str, Any]:
         """The results part of a checkpoint: how far the journal and the JSONL file were when it was taken."""
-        return {
+        results = {
             "journal_seq": self.delivered_seq,
             "out": self.jsonl.path if self.jsonl is not None else None,
             "out_offset": self.jsonl.offset if self.jsonl is not None else -1,
         }
+        return {"results": results}
 
-    def checkpointed(self, extra: dict[str, Any]) -> None:
-        """After a checkpoint is durable: drop journal entries every sink has."""
-        if self.journal is None:
+    def checkpointed(self, info: dict[str, Any] | None) -> None:
+        """A checkpoint was written (``info``) or failed (None): counted; once one is durable, the journal entries
+        every sink has are dropped."""
+        self.metrics.checkpoints.labels("ok" if info is not None else "failed").inc()
+        if self.journal is None or info is None:
             return
-        through = int(extra["results"]["journal_seq"])
+        through = int(info["results"]["journal_seq"])
         if self.acks is not None:
             through = min(through, self.acks.through)
         self.journal.compact(through)
@@ -309,15 +329,11 @@ async def replay_pipeline(
         detail=Path(archive).name,
     )
     await daemon.start(settings.metrics_port)
+    daemon.metrics.ready, daemon.metrics.not_ready_reason = True, ""
     stop = asyncio.Event()
     _install_signals(asyncio.get_running_loop(), stop.set, settings.checkpoint_dir is not None)
 
-    def on_start(extra: dict[str, Any], pipe: Pipeline) -> None:
-        daemon.pipeline = pipe
-        daemon.recover(extra, live=False)
-        daemon.metrics.ready, daemon.metrics.not_ready_reason = True, ""
-
-    def on_progress(source: Any, pipe: Pipeline) -> None:
+    def on_progress(source: ArchiveSource, pipe: Pipeline) -> None:
         if daemon.source is None:
             daemon.source = source
             daemon.metrics.bind(source.stats, pipe.dispatcher, source)
@@ -328,23 +344,11 @@ async def replay_pipeline(
         bar.start()
         result = await replay_archive(
             archive,
-            config=settings.state(),
-            followers=daemon.followers,
-            checkpoint_dir=settings.checkpoint_dir,
-            checkpoint_every_s=settings.checkpoint_every,
-            checkpoint_every_items=checkpoint_every_items,
-            speed=settings.speed,
             stop=stop,
-            attribution=settings.attribution(),
-            interval_s=settings.interval,
-            deliver=daemon.deliver,
-            on_skip=daemon.skipped,
-            depends=daemon.dependencies(),
-            on_start=on_start,
-            checkpoint_extra=lambda: {"results": daemon.results_extra()},
-            after_checkpoint=daemon.checkpointed,
+            outlet=daemon,
             on_progress=on_progress,
             progress_every=500,
+            options=daemon.run_options(checkpoint_every_items),
         )
         bar.stop()
         if result.pipeline is not None:
@@ -390,13 +394,46 @@ def live_source(
     return FirehoseSource(settings.relay, cursor=cursor, stop=stop, seen=seen, stats=stats)
 
 
+@dataclass
+class LiveFeed:
+    """The live source the settings name, on the wall clock (the :class:`~streamer.app.wiring.Feed` of ``run``):
+    a checkpoint records the relay (or Jetstream server) it followed, as a dependency too, and the wall-clock
+    schedule restarts from now on a resume (the run counter and the alert state continue)."""
+
+    settings: Settings
+    mode: Literal["live", "replay"] = "live"
+    clock: Clock = "wall"
+
+    @property
+    def where(self) -> str:
+        s = self.settings
+        return s.jetstream_url if s.source == "jetstream" else s.relay
+
+    def identity(self) -> dict[str, Any]:
+        return {"relay": self.where}
+
+    def check(self, extra: dict[str, Any]) -> None:
+        pass  # the relay is a dependency: check_dependencies names it
+
+    def schedule(self, held: ScheduleState) -> ScheduleState:
+        return ScheduleState(held.run, -1, held.alert_active)
+
+    def open(self, resumed: Resumed, stats: SourceStats, stop: asyncio.Event) -> Source:
+        at_cursor = list(resumed.extra.get("at_cursor") or [])
+        cursor = resumed.cursor if resumed.cursor >= 0 else None
+        return live_source(self.settings, cursor=cursor, seen=resumed.seen, at_cursor=at_cursor, stop=stop, stats=stats)
+
+    def position(self) -> dict[str, Any]:
+        return {"relay": self.where}
+
+
 async def live_pipeline(
     settings: Settings,
     *,
     console: Console | None = None,
     tables: bool = True,
     stop: asyncio.Event | None = None,
-    on_ready: Any = None,
+    on_ready: Callable[[Daemon], None] | None = None,
     sinks: Sequence[Sink] = (),
 ) -> Daemon:
     """Run on the live source until SIGTERM/SIGINT or ``stop`` is set. ``on_ready(daemon)`` is called once the
@@ -404,101 +441,39 @@ async def live_pipeline(
     daemon = Daemon(settings, console=console, tables=tables, every_run=True, sinks=sinks)
     stop = stop if stop is not None else asyncio.Event()
     _install_signals(asyncio.get_running_loop(), stop.set, settings.checkpoint_dir is not None)
-    where = settings.jetstream_url if settings.source == "jetstream" else settings.relay
-    deps = {**daemon.dependencies(), "relay": where}
-    store = Checkpoints(settings.checkpoint_dir, "live", deps) if settings.checkpoint_dir else None
-    loaded = store.resume(settings.state(), daemon.followers) if store is not None else None
-    cursor, schedule = -1, ScheduleState()
-    extra: dict[str, Any] = {}
-    if loaded is not None:
-        state, cursor, extra = loaded
-        sched = ScheduleState.from_dict(extra.get("schedule", {}))
-        schedule = ScheduleState(sched.run, -1, sched.alert_active)  # the wall-clock schedule restarts from now
-    else:
-        state = AgentState(settings.state(), daemon.followers)
-    stats = SourceStats()
-    dispatcher = SequentialDispatcher(
-        state, stats, cursor=cursor, seen=extra.get("seen"), clock=lambda: time.time_ns() // 1000
-    )
-    dispatcher.at_cursor = list(extra.get("at_cursor") or [])
-    pipe = Pipeline(
-        dispatcher,
-        settings.attribution(),
-        settings.interval,
-        daemon.deliver,
-        clock="wall",
-        schedule=schedule,
-        on_skip=daemon.skipped,
-        on_failure=daemon.failed,
-    )
-    daemon.pipeline = pipe
-    daemon.metrics.not_ready_reason = f"{where} not connected yet"
+    feed = LiveFeed(settings)
+    run = Run.open(feed, daemon.run_options(), daemon, stop)
+    daemon.pipeline, daemon.source = run.pipeline, run.source
+    daemon.metrics.not_ready_reason = f"{feed.where} not connected yet"
     await daemon.start(settings.metrics_port if settings.metrics_port is not None else DEFAULT_METRICS_PORT)
-    daemon.recover(extra, live=True)
-    source = live_source(
-        settings,
-        cursor=cursor if cursor >= 0 else None,
-        seen=dispatcher.seen,
-        at_cursor=list(extra.get("at_cursor") or []),
-        stop=stop,
-        stats=stats,
-    )
-    daemon.source = source
-    daemon.metrics.bind(stats, dispatcher, source)
+    daemon.metrics.bind(run.stats, run.dispatcher, run.source)
     if on_ready is not None:
         on_ready(daemon)
-
-    async def checkpoint() -> None:
-        if store is None:
-            return
-        info = {
-            "schedule": pipe.schedule.as_dict(),
-            "relay": where,
-            "results": daemon.results_extra(),
-            "at_cursor": list(dispatcher.at_cursor),
-        }
-        try:
-            await store.save(dispatcher.state, dispatcher.cursor, dispatcher.seen, info)
-            daemon.metrics.checkpoints.labels("ok").inc()
-        except OSError as exc:
-            daemon.metrics.checkpoints.labels("failed").inc()
-            log.error("checkpoint to %s failed: %s", settings.checkpoint_dir, exc)
-            return
-        daemon.checkpointed(info)
-
-    async def watch() -> None:
-        m = daemon.metrics
-        while not stop.is_set():
-            connected = stats.connected
-            recovering = getattr(source, "recovering", "")
-            # Not ready while recovering from a relay reset (FutureCursor): connected or not, no new frame flows
-            # until the source has reconnected from the relay's head.
-            m.ready = connected and not recovering
-            m.not_ready_reason = recovering or ("" if connected else f"{where} not connected")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), 0.5)
-
-    if loaded is None:
-        await checkpoint()  # from the first moment on, a restart knows where the results file stood
-    watcher = asyncio.create_task(watch())
+    watcher = asyncio.create_task(_watch_readiness(daemon, run, feed.where))
     try:
-        await pipe.run(
-            source,
-            stop=stop,
-            checkpoint=checkpoint if settings.checkpoint_dir else None,
-            checkpoint_every_s=settings.checkpoint_every,
-            queue_size=settings.queue_size,
-        )
+        await run.go()
     finally:
         stop.set()
         watcher.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await watcher
         with contextlib.suppress(Exception):
-            await source.aclose()
-        await checkpoint()
+            await run.source.aclose()
         await daemon.stop()
     return daemon
+
+
+async def _watch_readiness(daemon: Daemon, run: Run, where: str) -> None:
+    """/readyz follows the source: ready while connected, and not while recovering from a relay reset
+    (FutureCursor): connected or not, no new frame flows until the source has reconnected from the relay's head."""
+    m = daemon.metrics
+    while not run.stop.is_set():
+        connected = run.stats.connected
+        recovering = getattr(run.source, "recovering", "")
+        m.ready = connected and not recovering
+        m.not_ready_reason = recovering or ("" if connected else f"{where} not connected")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(run.stop.wait(), 0.5)
 
 
 def configure_logging(level: str) -> None:

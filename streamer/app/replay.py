@@ -1,33 +1,27 @@
-"""Replay an archive through the pipeline, resumable from a checkpoint: the event-time driver's wiring.
+"""Replay an archive through the pipeline, resumable from a checkpoint: the event-time :class:`ArchiveFeed`.
 
-:func:`replay_archive` loads (and checks) the checkpoint, builds the :class:`~streamer.sources.archive.
-ArchiveSource` resuming after its position, the dispatcher on the checkpointed state, and a
-:class:`~streamer.core.pipeline.Pipeline` on event time when an attribution is asked for. It writes a checkpoint
-before the first item of a fresh replay (so whatever is killed when, a restart knows where the results file
-stood), every ``checkpoint_every_s`` seconds or ``checkpoint_every_items`` items, and at the end. The tail of the
+The wiring is :class:`~streamer.app.wiring.Run`'s, the live daemon's too; an archive differs in its clock (the
+events' own times, so the runs of a replay are those of the live run that recorded the archive), in what a
+checkpoint records (the archive's path and the items consumed; its size and head hash as a dependency, so a
+resume against another file at the same path is refused with ``ValueError``), and in ending: the tail of the
 archive after its last due time gets one last run, once (not again when a finished replay is resumed).
-
-With a checkpoint directory, the checkpoint records ``depends`` (the options results depend on) and the archive's
-identity (size and hash of its head); a resume with any of them changed is refused with ``ValueError``.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from kernels import defaults
-from streamer.core.attribution import AttributionConfig
-from streamer.core.checkpoint import Checkpoints, file_identity
-from streamer.core.dispatch import SequentialDispatcher
-from streamer.core.pipeline import Pipeline
+from streamer.app.wiring import Deliver, Outlet, Resumed, Run, RunOptions
+from streamer.core.checkpoint import file_identity
+from streamer.core.pipeline import Clock, Pipeline
 from streamer.core.results import Result
 from streamer.core.schedule import ScheduleState
 from streamer.core.source import SourceStats
-from streamer.core.state import AgentState, StateConfig
+from streamer.core.state import AgentState
 from streamer.sources.archive import ArchiveSource, ReadReport
 
 
@@ -48,112 +42,82 @@ class ReplayResult:
         return self.pipeline.schedule.run if self.pipeline is not None else 0
 
 
+@dataclass
+class ArchiveFeed:
+    """An archive on event time (the :class:`~streamer.app.wiring.Feed` of a replay): a checkpoint records the
+    archive's path and how many of its items were consumed, and its identity (size and head hash) is a dependency,
+    so a resume against another file at the same path is refused."""
+
+    path: Path
+    source: ArchiveSource | None = None
+    mode: Literal["live", "replay"] = "replay"
+    clock: Clock = "event"
+
+    def identity(self) -> dict[str, Any]:
+        return {"archive": file_identity(self.path)}
+
+    def check(self, extra: dict[str, Any]) -> None:
+        if extra.get("archive", str(self.path)) != str(self.path):
+            raise ValueError(
+                f"the checkpoint is for archive {extra['archive']}, not {self.path}; give each archive its own "
+                "checkpoint directory"
+            )
+
+    def schedule(self, held: ScheduleState) -> ScheduleState:
+        return held
+
+    def open(self, resumed: Resumed, stats: SourceStats, stop: asyncio.Event) -> ArchiveSource:
+        skip = int(resumed.extra.get("position", 0))
+        self.source = ArchiveSource(self.path, skip=skip, seq_cursor=resumed.cursor, seen=resumed.seen, stats=stats)
+        return self.source
+
+    def position(self) -> dict[str, Any]:
+        assert self.source is not None
+        return {"position": self.source.cursor, "archive": str(self.path)}
+
+
 async def replay_archive(
     path: str | Path,
     *,
-    config: StateConfig | None = None,
-    followers: dict[str, float] | None = None,
-    checkpoint_dir: str | Path | None = None,
-    checkpoint_every_s: float = 60.0,
-    checkpoint_every_items: int | None = None,
-    speed: float | None = None,
     stop: asyncio.Event | None = None,
-    attribution: AttributionConfig | None = None,
-    interval_s: float = defaults.INTERVAL_S,
+    outlet: Outlet | None = None,
     deliver: Callable[[Result], None] | None = None,
-    on_skip: Callable[[str], None] | None = None,
-    depends: dict[str, Any] | None = None,
-    on_start: Callable[[dict[str, Any], Pipeline], None] | None = None,
-    checkpoint_extra: Callable[[], dict[str, Any]] | None = None,
-    after_checkpoint: Callable[[dict[str, Any]], None] | None = None,
     on_progress: Callable[[ArchiveSource, Pipeline], None] | None = None,
     progress_every: int = 2000,
+    options: RunOptions | None = None,
+    **fields: Any,
 ) -> ReplayResult:
-    """See the module doc. ``on_start(extra, pipeline)`` runs once the checkpoint is loaded, before any item;
-    ``checkpoint_extra()`` adds to each checkpoint; ``after_checkpoint(extra)`` runs once one is durable."""
-    extra: dict[str, Any] = {}
-    deps = dict(depends or {})
-    if checkpoint_dir:
-        deps["archive"] = file_identity(path)
-    store = Checkpoints(checkpoint_dir, "replay", deps) if checkpoint_dir else None
-
-    def same_archive(held: dict[str, Any]) -> None:
-        if held.get("archive", str(path)) != str(path):
-            raise ValueError(
-                f"checkpoint in {checkpoint_dir} is for archive {held['archive']}, not {path}; give each archive "
-                "its own checkpoint directory"
-            )
-
-    loaded = store.resume(config, followers, check=same_archive) if store is not None else None
-    resumed, seq_cursor, seen = 0, None, None
-    if loaded is not None:
-        state, seq_cursor, extra = loaded
-        resumed, seen = int(extra.get("position", 0)), extra.get("seen")
-    else:
-        state = AgentState(config, followers)
-    source = ArchiveSource(path, skip=resumed, seq_cursor=seq_cursor, seen=seen)
-    dispatcher = SequentialDispatcher(
-        state, source.stats, cursor=seq_cursor if seq_cursor is not None else -1, seen=source.seq.seen.copy()
+    """See the module doc. ``options`` and ``fields``: :class:`~streamer.app.wiring.RunOptions` (the fields
+    replace the options'); results go to
+    ``outlet``, or to ``deliver`` (a callable) when no outlet is given; ``on_progress(source, pipeline)`` every
+    ``progress_every`` items."""
+    feed = ArchiveFeed(Path(path))
+    run = Run.open(
+        feed,
+        replace(options or RunOptions(), **fields),
+        outlet if outlet is not None else Deliver(deliver or _drop),
+        stop,
     )
-    pipe = Pipeline(
-        dispatcher,
-        attribution,
-        interval_s,
-        deliver or (lambda _: None),
-        clock="event",
-        schedule=ScheduleState.from_dict(extra.get("schedule", {})),
-        on_skip=on_skip,
-    )
-    if on_start is not None:
-        on_start(extra, pipe)
-    finished = bool(extra.get("finished", False))
-
-    async def checkpoint() -> None:
-        if store is None:
-            return
-        info = {
-            **(checkpoint_extra() if checkpoint_extra is not None else {}),
-            "schedule": pipe.schedule.as_dict(),
-            "position": source.cursor,
-            "finished": finished,
-            "archive": str(path),
-        }
-        await store.save(dispatcher.state, dispatcher.cursor, dispatcher.seen, info)
-        if after_checkpoint is not None:
-            after_checkpoint(info)
-
-    if store is not None and loaded is None:
-        await checkpoint()
-    progress = (lambda: on_progress(source, pipe)) if on_progress is not None else None
-    stop = stop if stop is not None else asyncio.Event()
-    ended = await pipe.run(
-        source,
-        stop=stop,
-        checkpoint=checkpoint if store is not None else None,
-        checkpoint_every_s=checkpoint_every_s,
-        checkpoint_every_items=checkpoint_every_items,
-        speed=speed,
-        on_progress=progress,
-        progress_every=progress_every,
-    )
-    interrupted = ended.interrupted
-    if not interrupted and not finished:
-        if attribution is not None:  # the tail of the archive after the last scheduled run
-            await pipe.run_tail()
-        finished = True
-    await checkpoint()
-    state.flush()
+    source = feed.source
+    assert source is not None
+    progress = (lambda: on_progress(source, run.pipeline)) if on_progress is not None else None
+    resumed = source.skip
+    ended = await run.go(progress, progress_every)
     return ReplayResult(
-        state,
+        run.dispatcher.state,
         source.stats,
         source.report,
         ended.seconds,
         resumed,
         source.position,
-        dispatcher.cursor,
-        interrupted=interrupted,
-        pipeline=pipe,
+        run.dispatcher.cursor,
+        interrupted=ended.interrupted,
+        pipeline=run.pipeline,
     )
+
+
+def _drop(_: Result) -> None:
+    pass
 
 
 def replay(path: str | Path, **kwargs: Any) -> ReplayResult:

@@ -196,8 +196,8 @@ class Checkpoints:
     One loader (:meth:`resume`: the checkpoint's state, cursor and extra, or None; ``ValueError`` naming the reason
     for one that belongs to the other mode, another window or other dependencies) and one writer (:meth:`save`:
     the state is copied on the caller's thread, between two items, and written in a worker thread, atomically).
-    A write that fails raises its ``OSError``: a replay stops on it, the live daemon counts and logs it and tries
-    again at the next checkpoint, because the relay will not wait."""
+    A write that fails raises its ``OSError`` (the run's wiring, :mod:`streamer.app.wiring`, counts and logs it
+    and tries again at the next checkpoint)."""
 
     def __init__(self, directory: str | Path, mode: Literal["live", "replay"], deps: dict[str, Any]) -> None:
         self.directory = Path(directory)
