@@ -197,17 +197,15 @@ class Daemon:
             if self.journal is not None:
                 for e in self.journal.after(ckpt_seq):
                     if (e.topic, e.id) not in self._out_ids:
-                        self.jsonl.write(e.topic, e.message)
+                        self.jsonl.publish(e.result)
                         self._out_ids.add((e.topic, e.id))
                 self.delivered_seq = self.journal.last_seq
         if self.journal is None:
             return
         if pipeline.clock == "wall":
             last = self.journal.last_tiers()
-            if last is not None and int(last["run"]) > pipeline.schedule.run:
-                pipeline.schedule = ScheduleState(
-                    int(last["run"]), pipeline.schedule.next_due_us, bool(last["alert"]["active"])
-                )
+            if last is not None and last.run > pipeline.schedule.run:
+                pipeline.schedule = ScheduleState(last.run, pipeline.schedule.next_due_us, last.alert_active)
         if self.acks is not None:
             pending = self.journal.after(self.acks.through)
             self.kafka_recovered = len(pending)
@@ -215,7 +213,7 @@ class Daemon:
                 log.info("sending %d journaled result(s) Kafka has not acknowledged", len(pending))
             for e in pending:
                 self._await_ack(e.topic, e.id, e.seq)
-                self._isolated("kafka", self.kafka.resend, e.topic, e.message)
+                self._isolated("kafka", self.kafka.resend, e.result)
 
     def checkpoint_info(self) -> dict[str, Any]:
         """The results part of a checkpoint: how far the journal and the JSONL file were when it was taken."""
@@ -244,8 +242,7 @@ class Daemon:
             self.results_repeated += 1
             self.metrics.results_repeated.inc()
             return
-        message = result.to_message()
-        token = self.journal.append(result.topic, message).seq if self.journal is not None else None
+        token = self.journal.append(result).seq if self.journal is not None else None
         if self.kafka is not None and token is not None:
             self._await_ack(result.topic, result.id, token)
         for sink in self.sinks:  # the JSONL sink's ResultWriteError goes through: nothing is checkpointed past it

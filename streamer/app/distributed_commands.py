@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -19,7 +18,6 @@ import typer
 from streamer.app import options as opt
 from streamer.app.flags import ATTRIBUTION_FIELDS, load_or_exit, with_settings_options
 from streamer.app.kafka_errors import exit_for, run_kafka_role
-from streamer.distributed import defaults as dd
 from streamer.distributed.attributor import AttributorStats
 from streamer.distributed.ride_out import BrokerLink, BrokerUnreachable, connect_timeout, fold_client_logs, ride_out
 
@@ -64,36 +62,16 @@ def _partitions_or_exit(bootstrap: str, topic: str, security: dict[str, Any], ti
     return len(parts)
 
 
-@with_settings_options(include=KAFKA_SETTINGS | {"metrics_port", "metrics_host"})
-def worker_command(
-    events_topic: Annotated[str, typer.Option(help="Topic of the sequenced events.")] = dd.EVENTS_TOPIC,
-    shards_topic: Annotated[str, typer.Option(help="Topic the shards go to.")] = dd.SHARDS_TOPIC,
-    store: Annotated[
-        str, typer.Option(help="Where the state table lives: rocksdb:// (under --data-dir) or memory://.")
-    ] = dd.WORKER_STORE,
-    data_dir: Annotated[Path, typer.Option(help="Directory of the RocksDB table.")] = dd.WORKER_DATA_DIR,
-    app_id: Annotated[str, typer.Option(help="Consumer group, and prefix of the changelog topic.")] = dd.WORKER_APP_ID,
-    instance: Annotated[
-        str, typer.Option(help="Static group membership id (a pod's name): a restart keeps its partitions.")
-    ] = "",
-    session_timeout: Annotated[
-        float, typer.Option(min=6.0, help="Seconds without a heartbeat before a worker's partitions move.")
-    ] = dd.SESSION_TIMEOUT_S,
-    stuck_timeout: Annotated[
-        float,
-        typer.Option(
-            min=0.0,
-            help="Seconds holding no partition and recovering none before the worker exits 3 to be started again "
-            "(0: never; for more workers than partitions).",
-        ),
-    ] = dd.STUCK_TIMEOUT_S,
-    config: opt.Config = None,
-    **flags: Any,
-) -> None:
+@with_settings_options(
+    include=KAFKA_SETTINGS | {"metrics_port", "metrics_host"},
+    sections={"topics": ["events", "shards"], "worker": None},
+)
+def worker_command(config: opt.Config = None, **flags: Any) -> None:
     """Fold the sequenced events into per-partition state and publish a shard of it at every due time.
 
     A faust-streaming app: the state is a changelog-backed table, so a partition moved to another worker, or a
-    worker restarted without its disk, recovers it from Kafka. Runs until SIGTERM."""
+    worker restarted without its disk, recovers it from Kafka. Runs until SIGTERM. Its options are also the
+    `worker` and `topics` sections of the --config file and SKYATTR_WORKER__*, SKYATTR_TOPICS__*."""
     from streamer.distributed.worker import WorkerConfig, internals_error, run_worker
 
     if (problem := internals_error()) is not None:
@@ -101,20 +79,18 @@ def worker_command(
         raise typer.Exit(2)
     settings = load_or_exit(config, flags)
     bootstrap = _bootstrap_or_exit(settings, "worker")
-    if store not in ("rocksdb://", "memory://"):
-        typer.echo(f"error: --store must be rocksdb:// or memory://, got {store!r}", err=True)
-        raise typer.Exit(2)
-    partitions = _partitions_or_exit(bootstrap, events_topic, settings.kafka_security(), connect_timeout(settings))
+    w, topics = settings.worker, settings.topics
+    partitions = _partitions_or_exit(bootstrap, topics.events, settings.kafka_security(), connect_timeout(settings))
     cfg = WorkerConfig(
         bootstrap=bootstrap,
-        events_topic=events_topic,
-        shards_topic=shards_topic,
-        app_id=app_id,
-        store=store,
-        data_dir=data_dir,
-        instance=instance,
-        session_timeout_s=session_timeout,
-        stuck_timeout_s=stuck_timeout,
+        events_topic=topics.events,
+        shards_topic=topics.shards,
+        app_id=w.app_id,
+        store=w.store,
+        data_dir=w.data_dir,
+        instance=w.instance,
+        session_timeout_s=w.session_timeout,
+        stuck_timeout_s=w.stuck_timeout,
         metrics_port=settings.metrics_port,
         metrics_host=settings.metrics_host,
     )
@@ -126,21 +102,12 @@ def worker_command(
 
 
 ATTRIBUTOR_SETTINGS = KAFKA_SETTINGS | ATTRIBUTION_FIELDS | {"followers", "kafka_topic_tiers", "kafka_topic_alerts"}
-ATTRIBUTOR_SETTINGS |= {"metrics_port", "metrics_host"}
+ATTRIBUTOR_SETTINGS |= {"metrics_port", "metrics_host", "out"}
 GATHER_BUCKETS = (0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300)
 
 
-@with_settings_options(include=ATTRIBUTOR_SETTINGS)
+@with_settings_options(include=ATTRIBUTOR_SETTINGS, sections={"topics": ["shards", "state"], "attributor": None})
 def attributor_command(
-    shards_topic: Annotated[str, typer.Option(help="Topic of the workers' shards.")] = dd.SHARDS_TOPIC,
-    state_topic: Annotated[str, typer.Option(help="Compacted topic of the attributor's state.")] = dd.STATE_TOPIC,
-    name: Annotated[
-        str, typer.Option(help="Names the consumer group, the transactional id and the state record.")
-    ] = dd.ATTRIBUTOR_NAME,
-    gather_timeout: Annotated[
-        float, typer.Option(min=0.1, help="Seconds a run may wait for its last shard before it is given up.")
-    ] = dd.GATHER_TIMEOUT_S,
-    out: Annotated[Path | None, typer.Option(help="Also append the results to this JSON lines file.")] = None,
     until_final: Annotated[
         bool,
         typer.Option(
@@ -158,7 +125,8 @@ def attributor_command(
 
     The results (skyattr.tiers, skyattr.alerts) are the single process's for the same events; each run's messages,
     the attributor's state and its position in the shards topic are committed in one Kafka transaction. Runs until
-    SIGTERM (or --until-final)."""
+    SIGTERM (or --until-final). Its options are also the `attributor` and `topics` sections of the --config file
+    and SKYATTR_ATTRIBUTOR__*, SKYATTR_TOPICS__*."""
     from streamer.core.followers import load_followers
     from streamer.distributed.attributor import AttributorConfig, run_attributor
 
@@ -168,16 +136,16 @@ def attributor_command(
     attribution = settings.attribution()
     followers = load_followers(settings.followers) if settings.followers else None
     sink = None
-    if out is not None:
+    if settings.out is not None:
         from streamer.sinks.jsonl import JsonlSink
 
-        sink = JsonlSink(out)
+        sink = JsonlSink(settings.out)
     cfg = AttributorConfig(
         bootstrap=bootstrap,
-        shards_topic=shards_topic,
-        state_topic=state_topic,
-        name=name,
-        gather_timeout_s=gather_timeout,
+        shards_topic=settings.topics.shards,
+        state_topic=settings.topics.state,
+        name=settings.attributor.name,
+        gather_timeout_s=settings.attributor.gather_timeout,
         security=settings.kafka_security(),
         topics={"tiers": settings.kafka_topic_tiers, "alerts": settings.kafka_topic_alerts},
     )

@@ -20,10 +20,12 @@ from typing import Any, Literal, TypeVar
 
 import typer
 from pydantic import SecretStr
+from pydantic.fields import FieldInfo
 from rich.console import Console
 
 import kernels
 from streamer.app.options import finite, plain
+from streamer.app.role_settings import SECTIONS, section_flag
 from streamer.app.settings import ConfigError, Settings, load_settings
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -62,15 +64,21 @@ def cli_type(annotation: Any) -> Any:
     return annotation
 
 
+def _field(name: str) -> FieldInfo:
+    """A settings field by its flag parameter's name: ``interval``, or ``worker__store`` for a role's section."""
+    section, _, inner = name.partition("__")
+    return SECTIONS[section].model_fields[inner] if inner else Settings.model_fields[name]
+
+
 def shown_default(name: str) -> str:
     """``  [default: 300.0]`` (set off by two spaces, as click does) for the help of a settings flag, or "" where
     there is nothing worth showing (no default, an empty list or mapping). The default is the settings' own: a
     default factory is called, so a mapping field never shows pydantic's ``PydanticUndefined`` placeholder."""
-    default = Settings.model_fields[name].get_default(call_default_factory=True)
+    default = _field(name).get_default(call_default_factory=True)
     if default is None or default in ({}, [], ""):
         return ""
     if isinstance(default, bool):  # as click shows a boolean flag's default: the flag that gives it
-        return f"  [default: {'' if default else 'no-'}{name.replace('_', '-')}]"
+        return f"  [default: {'' if default else 'no-'}{name.rpartition('__')[2].replace('_', '-')}]"
     if isinstance(default, list | dict):
         return f"  [default: {json.dumps(default)}]"
     return f"  [default: {default}]"
@@ -95,7 +103,7 @@ def settings_fields(include: Iterable[str] | None = None, exclude: Iterable[str]
     """Settings field names, in declaration order: ``include`` (default all) less ``exclude``. An included name
     that is no field is a programming error, raised at import time (it would silently lose a flag); an excluded one
     is allowed, so a command can exclude a field before or after it exists."""
-    known = list(Settings.model_fields)
+    known = [name for name in Settings.model_fields if name not in SECTIONS]  # a section's fields: ``sections``
     wanted = set(known if include is None else include)
     unknown = wanted - set(known)
     if unknown:
@@ -105,13 +113,22 @@ def settings_fields(include: Iterable[str] | None = None, exclude: Iterable[str]
 
 
 def with_settings_options(
-    exclude: Iterable[str] = (), *, include: Iterable[str] | None = None, check_finite: bool = False
+    exclude: Iterable[str] = (),
+    *,
+    include: Iterable[str] | None = None,
+    sections: Mapping[str, Iterable[str] | None] | None = None,
+    check_finite: bool = False,
 ) -> Callable[[F], F]:
     """Append one ``--option`` per chosen settings field (default None: unset flags do not override YAML or env).
 
+    ``sections``: a role's fields, ``{"worker": None}`` for all of a section, ``{"topics": ["events"]}`` for some;
+    each is a flag of :func:`~streamer.app.role_settings.section_flag`'s name, taken as ``worker__store``.
     ``check_finite`` rejects ``inf``/``nan`` for float flags while the command line is parsed (a usage error,
     as ``attribute`` and ``report`` always did); without it they reach the settings check like any other value."""
-    names = settings_fields(include, exclude)
+    names = [(name, _flag_name(name)) for name in settings_fields(include, exclude)]
+    for section, wanted in (sections or {}).items():
+        for inner in wanted if wanted is not None else SECTIONS[section].model_fields:
+            names.append((f"{section}__{inner}", section_flag(section, inner)))
 
     def deco(fn: F) -> F:
         sig = inspect.signature(fn)
@@ -121,11 +138,10 @@ def with_settings_options(
             for p in sig.parameters.values()
             if p.kind is not inspect.Parameter.VAR_KEYWORD
         ]
-        for name in names:
-            f = Settings.model_fields[name]
+        for name, flag in names:
+            f = _field(name)
             base = cli_type(f.annotation)
             typ = base | None
-            flag = f"--{name.replace('_', '-')}"
             option = typer.Option(
                 None,
                 f"{flag}/--no-{flag[2:]}" if base is bool else flag,  # a flag can also undo a YAML or env True
@@ -141,6 +157,10 @@ def with_settings_options(
         return fn
 
     return deco
+
+
+def _flag_name(name: str) -> str:
+    return "--" + name.replace("_", "-")
 
 
 def load_or_exit(config: Path | None, flags: Mapping[str, Any], env: Mapping[str, str] | None = None) -> Settings:

@@ -17,7 +17,6 @@ from streamer.app import options as opt
 from streamer.app.flags import load_or_exit, with_settings_options
 from streamer.app.kafka_errors import run_kafka_role
 from streamer.core.checkpoint import file_identity
-from streamer.distributed import defaults as dd
 from streamer.distributed.kafka_ingest import (
     IngestCursor,
     IngestStats,
@@ -60,7 +59,7 @@ def source_id(archive: Path | None, relay: str) -> str:
     return f"archive:{archive.name}:{digest}"
 
 
-@with_settings_options(include=INGEST_SETTINGS)
+@with_settings_options(include=INGEST_SETTINGS, sections={"topics": ["events", "cursors"], "ingest": None})
 def ingest_command(
     archive: Annotated[
         Path | None, typer.Argument(help="Archive file or directory (default: the relay's live firehose).")
@@ -68,24 +67,6 @@ def ingest_command(
     to_kafka: Annotated[
         bool, typer.Option("--to-kafka", help="Write the events to Kafka (the one destination there is).")
     ] = False,
-    events_topic: Annotated[str, typer.Option(help="Topic of the events, keyed by actor DID.")] = dd.EVENTS_TOPIC,
-    cursor_topic: Annotated[str, typer.Option(help="Compacted topic of each source's cursor.")] = dd.CURSOR_TOPIC,
-    partitions: Annotated[
-        int, typer.Option(min=1, help="Partitions of the events topic when this creates it.")
-    ] = dd.PARTITIONS,
-    batch_items: Annotated[
-        int, typer.Option(min=1, help="Source items per Kafka transaction (at most).")
-    ] = dd.BATCH_ITEMS,
-    batch_seconds: Annotated[
-        float, typer.Option(min=0.001, help="Seconds a transaction stays open (at most).")
-    ] = dd.BATCH_SECONDS,
-    transactional_id: Annotated[
-        str | None,
-        typer.Option(
-            help="The producer's transactional id (default: skyattr-ingest:SOURCE@EVENTS_TOPIC): one per ingest; "
-            "a second ingest with the same id fences the first."
-        ),
-    ] = None,
     config: opt.Config = None,
     **flags: Any,
 ) -> None:
@@ -125,18 +106,18 @@ def ingest_command(
             make_source,
             bootstrap=settings.kafka_bootstrap or "",
             source_id=name,
-            events_topic=events_topic,
-            cursor_topic=cursor_topic,
-            partitions=partitions,
-            batch_items=batch_items,
-            batch_seconds=batch_seconds,
+            events_topic=settings.topics.events,
+            cursor_topic=settings.topics.cursors,
+            partitions=settings.ingest.partitions,
+            batch_items=settings.ingest.batch_items,
+            batch_seconds=settings.ingest.batch_seconds,
             security=settings.kafka_security(),
             stop=stop,
             state_config=settings.state(),
             interval_s=settings.interval,
             live=archive is None,
             speed=settings.speed if archive is not None else None,
-            transactional_id=transactional_id,
+            transactional_id=settings.ingest.transactional_id,
             link=link,
             totals=stats,
         )
@@ -152,7 +133,7 @@ def ingest_command(
         start = f"resumed after {resumed.items:,} items ({resumed.events:,} events)"
     typer.echo(
         f"ingest: {name} {start}; wrote {stats.events:,} events of {stats.items:,} items in "
-        f"{stats.transactions:,} transactions to {events_topic} ({stats.seconds:.1f}s)",
+        f"{stats.transactions:,} transactions to {settings.topics.events} ({stats.seconds:.1f}s)",
         err=True,
     )
 

@@ -16,7 +16,6 @@ import ipaddress
 import json
 import os
 import re
-import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +36,15 @@ from pydantic_settings import (
 
 import kernels
 from kernels import defaults
+from streamer.app.role_settings import (
+    SECTIONS,
+    AttributorSettings,
+    IngestSettings,
+    TopicSettings,
+    WorkerSettings,
+    numeric,
+    section_flag,
+)
 from streamer.core.attribution import AttributionConfig
 from streamer.core.state import StateConfig
 from streamer.sources.endpoints import DEFAULT_JETSTREAM, DEFAULT_RELAY, JETSTREAM_PATH
@@ -63,7 +71,9 @@ class Settings(BaseSettings):
     Build it with :func:`load_settings`, which names the YAML file and the environment and turns a validation
     error into one :class:`ConfigError` line; ``Settings(**flags)`` alone reads ``os.environ`` and no file."""
 
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", frozen=True, env_ignore_empty=True)
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, extra="forbid", frozen=True, env_ignore_empty=True, env_nested_delimiter="__"
+    )
 
     relay: str = Field(
         DEFAULT_RELAY, description="Relay for `run` and `record` (subscribeRepos websocket base URL, or the full URL)."
@@ -225,6 +235,11 @@ class Settings(BaseSettings):
         10_000, ge=1, le=10_000_000, description="Frames buffered between the websocket and ingest (run)."
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
+    # the distributed roles' sections (streamer.app.role_settings): YAML mappings, SKYATTR_<SECTION>__<FIELD>
+    topics: TopicSettings = Field(default_factory=TopicSettings, description="Kafka topics between the roles.")
+    ingest: IngestSettings = Field(default_factory=IngestSettings, description="`skyattr ingest --to-kafka`.")
+    worker: WorkerSettings = Field(default_factory=WorkerSettings, description="`skyattr worker`.")
+    attributor: AttributorSettings = Field(default_factory=AttributorSettings, description="`skyattr attributor`.")
 
     @classmethod
     def settings_customise_sources(
@@ -359,11 +374,7 @@ class Settings(BaseSettings):
 
 
 DICT_FIELDS = {name for name, f in Settings.model_fields.items() if f.annotation == dict[str, Any]}
-NUMERIC_FIELDS = {
-    name
-    for name, f in Settings.model_fields.items()
-    if f.annotation in (int, float) or any(a in (int, float) for a in typing.get_args(f.annotation))
-}
+NUMERIC_FIELDS = {name for name, f in Settings.model_fields.items() if numeric(f.annotation)}
 BOUNDS = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}
 # The rule an option's bounds belong to, added to a bounds error: the same words the kernels use for it.
 _TIERS_RULE = "tier fractions must satisfy 0 < head, 0 <= middle, head + middle <= 1"
@@ -450,7 +461,7 @@ class _Traced(PydanticBaseSettingsSource):
             raise
         for key in data:
             self.origin.setdefault(key, self.where)
-        return {k: MappingProxyType(v) if isinstance(v, dict) else v for k, v in data.items()}
+        return {k: MappingProxyType(v) if k in DICT_FIELDS and isinstance(v, dict) else v for k, v in data.items()}
 
 
 class _Environment(EnvSettingsSource):
@@ -589,11 +600,15 @@ def load_settings(
 ) -> Settings:
     """Merge defaults < YAML file < environment (``os.environ`` when None) < flags (flags whose value is None are
     ignored; a mapping flag may be given as its JSON or YAML text)."""
-    given = {
-        k: parse_json_object(v, _flag_name(k)) if k in DICT_FIELDS and isinstance(v, str) else v
-        for k, v in (flags or {}).items()
-        if v is not None
-    }
+    given: dict[str, Any] = {}
+    for k, v in (flags or {}).items():
+        if v is None:
+            continue
+        section, _, name = k.partition("__")  # a role's flag: ``worker__store`` is worker.store
+        if name:
+            given.setdefault(section, {})[name] = v
+        else:
+            given[k] = parse_json_object(v, _flag_name(k)) if k in DICT_FIELDS and isinstance(v, str) else v
     load = _Load(config_file=config_file, env=env)
     token = _LOAD.set(load)
     try:
@@ -628,11 +643,19 @@ def load_settings(
 def markdown_table() -> str:
     """The README's configuration table, generated from :class:`Settings`."""
     rows = ["| option (YAML key) | flag | environment | default | meaning |", "|---|---|---|---|---|"]
+
+    def row(key: str, flag: str, env: str, f: FieldInfo) -> str:
+        default = f.get_default(call_default_factory=True)
+        shown = "–" if default is None or default in ({}, [], "") else f"`{default}`"
+        return f"| `{key}` | `{flag}` | `{env}` | {shown} | {f.description} |"
+
     for name, f in Settings.model_fields.items():
-        default = f.default_factory() if f.default_factory is not None else f.default  # type: ignore[call-arg]
-        shown = "–" if default is None or default in ({}, []) else f"`{default}`"
-        flag = f"`--{name.replace('_', '-')}`"
-        rows.append(f"| `{name}` | {flag} | `{ENV_PREFIX}{name.upper()}` | {shown} | {f.description} |")
+        if name not in SECTIONS:
+            rows.append(row(name, _flag_name(name), f"{ENV_PREFIX}{name.upper()}", f))
+    for section, model in SECTIONS.items():
+        for name, f in model.model_fields.items():
+            env = f"{ENV_PREFIX}{section.upper()}__{name.upper()}"
+            rows.append(row(f"{section}.{name}", section_flag(section, name), env, f))
     return "\n".join(rows) + "\n"
 
 

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from streamer.core.durable import atomic_write, cut_torn_tail
+from streamer.core.results import Result, RunResult, result_from_message
 
 log = logging.getLogger("skyattr.outbox")
 
@@ -58,12 +59,18 @@ def dumps(topic: str, message: dict[str, Any]) -> str:
 
 @dataclass(frozen=True)
 class Entry:
-    """One journaled result: its journal sequence number (1, 2, ...; never reused), topic, identity, message."""
+    """One journaled result and its journal sequence number (1, 2, ...; never reused)."""
 
     seq: int
-    topic: str
-    id: str
-    message: dict[str, Any]
+    result: Result
+
+    @property
+    def topic(self) -> str:
+        return self.result.topic
+
+    @property
+    def id(self) -> str:
+        return self.result.id
 
 
 def identities(path: Path, offset: int = 0) -> set[tuple[str, str]]:
@@ -110,7 +117,7 @@ class ResultJournal:
             for lineno, line in enumerate(fh, start=1):
                 try:
                     obj = json.loads(line)
-                    yield Entry(int(obj["seq"]), str(obj["topic"]), str(obj["id"]), dict(obj["message"]))
+                    yield Entry(int(obj["seq"]), result_from_message(str(obj["topic"]), obj["message"]))
                 except (ValueError, KeyError, TypeError) as exc:
                     raise ValueError(
                         f"results journal {self.path}, line {lineno}: not a journal entry ({exc})"
@@ -128,7 +135,7 @@ class ResultJournal:
     def _line(entry: Entry) -> str:
         return (
             json.dumps(
-                {"seq": entry.seq, "topic": entry.topic, "id": entry.id, "message": entry.message},
+                {"seq": entry.seq, "topic": entry.topic, "id": entry.id, "message": entry.result.to_message()},
                 sort_keys=True,
                 separators=(",", ":"),
                 allow_nan=False,
@@ -136,9 +143,9 @@ class ResultJournal:
             + "\n"
         )
 
-    def append(self, topic: str, message: dict[str, Any]) -> Entry:
+    def append(self, result: Result) -> Entry:
         """Make one result durable; raises :class:`ResultWriteError` naming the journal when the write fails."""
-        entry = Entry(self.last_seq + 1, topic, result_id(message), message)
+        entry = Entry(self.last_seq + 1, result)
         try:
             self._fh.write(self._line(entry))
             self._fh.flush()
@@ -157,9 +164,10 @@ class ResultJournal:
     def _newest_tiers(self) -> Entry | None:
         return next((e for e in reversed(self.entries) if e.topic == "tiers"), None)
 
-    def last_tiers(self) -> dict[str, Any] | None:
+    def last_tiers(self) -> RunResult | None:
+        """The newest run's result (a live restart continues its run counter and alert state)."""
         newest = self._newest_tiers()
-        return newest.message if newest is not None else None
+        return newest.result if newest is not None and isinstance(newest.result, RunResult) else None
 
     def compact(self, delivered_through: int) -> None:
         """Drop entries every sink has (seq <= ``delivered_through``), keeping the newest tiers result."""

@@ -195,13 +195,11 @@ class KafkaSink:
         topic = self._kafka_topic(result.topic)
         self._submit(encode(result.topic, topic, result.to_message()))
 
-    def resend(self, topic: str, message: Mapping[str, Any]) -> None:
-        """Buffer a journaled result after a restart (``topic``: ``tiers`` or ``alerts``): it may have been written
-        before the restart, so it is skipped, and acknowledged, when the tail of its Kafka topic already holds its
-        identity. The message was validated when it was journaled and is sent as it is. Raises like
+    def resend(self, result: Result) -> None:
+        """Buffer a journaled result after a restart: it may have been written before the restart, so it is
+        skipped, and acknowledged, when the tail of its Kafka topic already holds its identity. Raises like
         :meth:`publish`."""
-        message = {k: v for k, v in message.items() if k != "topic"}
-        self._submit(encode(topic, self._kafka_topic(topic), message, verify=True))
+        self._submit(encode(result.topic, self._kafka_topic(result.topic), result.to_message(), verify=True))
 
     def _kafka_topic(self, kind: str) -> str:
         if self._closed:

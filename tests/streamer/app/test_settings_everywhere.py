@@ -25,8 +25,12 @@ from typer.testing import CliRunner
 from kernels import defaults
 from streamer.app import relay_command as relay_module
 from streamer.app.cli import app
-from streamer.app.flags import settings_fields, with_settings_options
+from streamer.app.distributed_commands import KAFKA_SETTINGS
+from streamer.app.flags import load_or_exit, settings_fields, with_settings_options
+from streamer.app.options import Config
+from streamer.app.role_settings import SECTIONS, WorkerSettings
 from streamer.app.settings import ConfigError, Settings, load_settings
+from streamer.distributed import defaults as dd
 from streamer.sources.archive import read_archive
 from streamer.sources.relay_server import Relay
 
@@ -245,6 +249,88 @@ def test_one_line_errors(flags: dict[str, Any], env: dict[str, str], message: st
     assert message in str(err.value) and "\n" not in str(err.value)
 
 
+def test_a_role_section_is_merged_field_by_field_across_the_layers(tmp_path: Path) -> None:
+    """The distributed roles' sections layer like every option, but field by field: the YAML file sets the
+    worker's store, the environment its data directory, a flag its group; the topics likewise."""
+    config = _yaml(
+        tmp_path, "worker: {store: memory://, data_dir: /from/yaml, app_id: yaml}\ntopics:\n  events: e.yaml\n"
+    )
+    env = {"SKYATTR_WORKER__DATA_DIR": "/from/env", "SKYATTR_TOPICS__SHARDS": "s.env"}
+    s = load_settings(config, flags={"worker__app_id": "flag", "worker__instance": None}, env=env)
+    assert s.worker == WorkerSettings(store="memory://", data_dir=Path("/from/env"), app_id="flag")
+    assert (s.topics.events, s.topics.shards, s.topics.state) == ("e.yaml", "s.env", dd.STATE_TOPIC)
+    assert load_settings(env={}).worker.store == "rocksdb://"
+
+
+@pytest.mark.parametrize(
+    ("yaml", "flags", "env", "message"),
+    [
+        (
+            "",
+            {},
+            {"SKYATTR_WORKER__STORE": "disk://"},
+            "worker.store: Input should be 'rocksdb://' or 'memory://', got 'disk://' (from environment)",
+        ),
+        (
+            "",
+            {"worker__session_timeout": 1.0},
+            {},
+            "invalid config: worker.session_timeout: must be >= 6, got 1.0 (from flags)",
+        ),
+        ("worker: {stroe: memory://}", {}, {}, "invalid config: worker.stroe: unknown option"),
+        (
+            "ingest: {partitions: yes}",
+            {},
+            {},
+            "invalid config: ingest.partitions: must be a number, not true (from config file)",
+        ),
+        (
+            "attributor: {gather_timeout: .nan}",
+            {},
+            {},
+            "invalid config: attributor.gather_timeout: must be a finite number",
+        ),
+    ],
+)
+def test_a_bad_role_option_is_one_line(
+    tmp_path: Path, yaml: str, flags: dict[str, Any], env: dict[str, str], message: str
+) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_settings(_yaml(tmp_path, yaml), flags=flags, env=env)
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_role_command_refuses_a_bad_section_value_in_one_line() -> None:
+    result = _invoke(["worker"], {"SKYATTR_WORKER__STORE": "disk://"})
+    assert "invalid config: worker.store" in _env_error(result, "disk://")
+
+
+def test_a_new_role_reads_the_shared_file_the_environment_and_its_flags(tmp_path: Path) -> None:
+    """docs/architecture.md, "to add a role": a command declared with the Kafka settings and a section of the
+    topics gets them from the shared YAML file, the environment and its flags, with nothing parsed by hand."""
+    seen: list[Settings] = []
+
+    @with_settings_options(include=KAFKA_SETTINGS, sections={"topics": ["shards"]})
+    def inspect_shards(config: Config = None, **flags: Any) -> None:
+        seen.append(load_or_exit(config, flags))
+
+    role = typer.Typer()
+    role.command("inspect-shards")(inspect_shards)
+    role.command("other")(lambda: None)  # two commands: typer then takes the command's name
+    config = _yaml(tmp_path, "kafka_bootstrap: kafka:9092\ntopics: {shards: from.yaml, events: e}\n")
+    env = {"SKYATTR_LOG_LEVEL": "debug", "SKYATTR_KAFKA_BOOTSTRAP": ""}  # empty: unset (CI sets one)
+    result = runner.invoke(role, ["inspect-shards", "--config", str(config), "--shards-topic", "from.flag"], env=env)
+    assert result.exit_code == 0, result.output
+    (s,) = seen
+    assert (s.kafka_bootstrap, s.topics.shards, s.topics.events, s.log_level) == (
+        "kafka:9092",
+        "from.flag",
+        "e",
+        "DEBUG",
+    )
+    assert "--shards-topic" in runner.invoke(role, ["inspect-shards", "--help"]).output
+
+
 def test_documented_flow_style_flag_reaches_the_daemon_commands(tmp_path: Path, archive: Path) -> None:
     """``replay --indicator-params '{kappa: 2, theta: 3}'``, as the README writes it, is accepted; ``{kappa: x}`` is
     one line naming the parameter."""
@@ -290,7 +376,8 @@ def test_defaults_are_written_once() -> None:
 
 def test_flag_generator_picks_fields() -> None:
     assert settings_fields(include={"head", "nodes"}) == ["nodes", "head"]  # declaration order
-    assert "relay" not in settings_fields(exclude={"relay"}) and len(settings_fields()) == len(Settings.model_fields)
+    assert "relay" not in settings_fields(exclude={"relay"})
+    assert len(settings_fields()) == len(Settings.model_fields) - len(SECTIONS)  # a section's fields are its own
     assert settings_fields(include={"head"}, exclude={"not_yet_a_field"}) == ["head"]
     with pytest.raises(ValueError, match="not Settings fields: nope"):
         with_settings_options(include={"nope"})

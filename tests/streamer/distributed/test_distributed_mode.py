@@ -5,6 +5,7 @@ archive), and keep giving them when a worker or the attributor is killed with SI
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import subprocess
@@ -32,7 +33,12 @@ def bootstrap() -> str:
 
 
 class Deployment:
-    """One distributed deployment on its own topics and groups (so tests never see each other's records)."""
+    """One distributed deployment on its own topics and groups (so tests never see each other's records).
+
+    Configured as a Kubernetes deployment is: what all roles share (the topics, each role's section) in one YAML
+    file given to every role with --config (the chart's ConfigMap), what differs per pod in the environment
+    (a worker's data directory: ``SKYATTR_WORKER__DATA_DIR``) and a few flags; so the golden results also show
+    the three layers reach the roles."""
 
     def __init__(self, bootstrap: str, tmp: Path, partitions: int = 4) -> None:
         run = uuid.uuid4().hex[:8]
@@ -42,11 +48,34 @@ class Deployment:
         self.app_id, self.name = f"test-worker-{run}", f"test-attributor-{run}"
         self.tiers, self.alerts = f"test.tiers.{run}", f"test.alerts.{run}"
         self.procs: list[subprocess.Popen[str]] = []
+        self.config = tmp / "skyattr.yaml"
+        self.config.write_text(
+            f"""kafka_topic_tiers: {self.tiers}
+kafka_topic_alerts: {self.alerts}
+topics: {{events: {self.events}, cursors: {self.cursors}, shards: {self.shards}, state: {self.state}}}
+ingest:
+  partitions: {partitions}
+worker:
+  app_id: {self.app_id}
+  session_timeout: 8
+attributor: {{name: {self.name}, gather_timeout: 120}}
+"""
+        )
 
-    def _cli(self, *args: str, log: str) -> subprocess.Popen[str]:
-        cmd = [sys.executable, "-m", "streamer", *args, "--kafka-bootstrap", self.bootstrap]
+    def _cli(self, *args: str, log: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+        cmd = [
+            sys.executable,
+            "-m",
+            "streamer",
+            *args,
+            "--config",
+            str(self.config),
+            "--kafka-bootstrap",
+            self.bootstrap,
+        ]
         out = (self.tmp / f"{log}.log").open("a")
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, text=True, cwd=REPO)
+        environ = {**os.environ, **(env or {})}
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, text=True, cwd=REPO, env=environ)
         self.procs.append(proc)
         return proc
 
@@ -55,9 +84,8 @@ class Deployment:
     ) -> subprocess.Popen[str]:
         pace = ("--speed", str(speed)) if speed else ()
         proc = self._cli(
-            "ingest", str(default_archive()), "--to-kafka", "--events-topic", self.events, "--cursor-topic",
-            self.cursors, "--partitions", str(self.partitions), "--interval", "3600", "--batch-items",
-            str(batch_items), *pace, *extra, log="ingest",
+            "ingest", str(default_archive()), "--to-kafka", "--interval", "3600", "--batch-items", str(batch_items),
+            *pace, *extra, log="ingest",
         )  # fmt: skip
         if wait:
             assert proc.wait(300) == 0, self.log("ingest")
@@ -65,18 +93,11 @@ class Deployment:
 
     def worker(self, n: int, store: str = "memory://", metrics_port: int | None = None) -> subprocess.Popen[str]:
         extra = ("--metrics-port", str(metrics_port)) if metrics_port is not None else ()
-        return self._cli(
-            "worker", "--store", store, "--events-topic", self.events, "--shards-topic", self.shards,
-            "--app-id", self.app_id, "--data-dir", str(self.tmp / f"worker{n}"), "--session-timeout", "8",
-            *extra, log=f"worker{n}",
-        )  # fmt: skip
+        env = {"SKYATTR_WORKER__DATA_DIR": str(self.tmp / f"worker{n}")}
+        return self._cli("worker", "--store", store, *extra, log=f"worker{n}", env=env)
 
     def attributor(self, out: Path, *extra: str) -> subprocess.Popen[str]:
-        return self._cli(
-            "attributor", "--shards-topic", self.shards, "--state-topic", self.state, "--name", self.name,
-            "--kafka-topic-tiers", self.tiers, "--kafka-topic-alerts", self.alerts, "--out", str(out),
-            "--gather-timeout", "120", *extra, log="attributor",
-        )  # fmt: skip
+        return self._cli("attributor", "--out", str(out), *extra, log="attributor")
 
     def finish(self, proc: subprocess.Popen[str], timeout: float, workers: list[subprocess.Popen[str]]) -> None:
         """Wait for ``proc`` (the attributor) to exit 0; fail at once, with their logs, if a worker dies first."""

@@ -216,8 +216,8 @@ async def test_resend_skips_what_the_topic_already_holds(golden: tuple[RunResult
 
     acks = Acks()
     after = KafkaSink(bootstrap, topics, on_ack=acks, retry_backoff_s=FAST_BACKOFF)
-    for result in journal:  # a journal line carries its topic too: resend ignores it
-        after.resend(result.topic, {"topic": result.topic, **result.to_message()})
+    for result in journal:
+        after.resend(result)
     assert all(m.verify for m in after.pending())
     await after.start()
     assert await after.flush(TIMEOUT_S)
@@ -342,7 +342,7 @@ async def test_broker_down_at_start_never_blocks(golden: tuple[RunResult, AlertT
     with pytest.raises(RuntimeError):
         sink.publish(results[0])
     with pytest.raises(RuntimeError):
-        sink.resend("tiers", results[0].to_message())
+        sink.resend(results[0])
 
 
 async def test_buffer_bound_drops_oldest(golden: tuple[RunResult, AlertTransition]) -> None:
@@ -363,16 +363,15 @@ async def test_buffer_bound_drops_oldest(golden: tuple[RunResult, AlertTransitio
 
 
 async def test_refused_results_raise_at_the_call_site(golden: tuple[RunResult, AlertTransition]) -> None:
-    """What can never be sent is refused where the stack trace helps: an unmapped topic, a value JSON cannot
-    carry, a message bigger than a Kafka request; and a sink that is closed."""
+    """What can never be sent is refused where the stack trace helps: an unmapped topic, a message bigger than a
+    Kafka request; and a sink that is closed (a value JSON cannot carry never makes a result: refused when it is
+    made, tests/streamer/sinks/test_kafka_outbox.py)."""
     tiers_base, alert_base = golden
     sink = KafkaSink(NO_BROKER, {"tiers": "skyattr-test-refused"})  # never started: no broker needed
     with pytest.raises(ValueError, match="no Kafka topic for 'alerts'"):
         sink.publish(_alert(alert_base, 1, "firing"))
-    with pytest.raises(ValueError, match="no Kafka topic"):
-        sink.resend("metrics", tiers_base.to_message())
-    with pytest.raises(ValueError, match="JSON"):
-        sink.resend("tiers", {**tiers_base.to_message(), "value": float("nan")})
+    with pytest.raises(ValueError, match="no Kafka topic for 'alerts'"):
+        sink.resend(_alert(alert_base, 1, "firing"))
     with pytest.raises(ValueError, match="limited to"):
         sink.publish(dataclasses.replace(tiers_base, params={"blob": "x" * MAX_REQUEST_BYTES}))
     assert sink.buffered == 0  # nothing refused was buffered
@@ -587,7 +586,7 @@ async def test_publish_from_a_worker_thread(
         monkeypatch.setattr(sink._outbox, "put", broken_put)
         caplog.set_level(logging.ERROR, logger="skyattr.kafka")
         await asyncio.to_thread(sink.publish, _tiers(tiers_base, 5))
-        await asyncio.to_thread(sink.resend, "tiers", _tiers(tiers_base, 6).to_message())
+        await asyncio.to_thread(sink.resend, _tiers(tiers_base, 6))
         await _wait_until(lambda: sink.errors >= 2, 2.0, "the loop's half to run")
         await asyncio.sleep(0.05)
         assert sink.errors == sink.stats.errors == 2
