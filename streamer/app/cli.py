@@ -188,7 +188,6 @@ def attribute(
         _fail(str(exc))
         return
     from streamer.core.attribution import published_figures
-    from streamer.core.results import tiers_message
 
     full, tiers = st.full, st.tiers
     figures = shares = decision = None
@@ -214,8 +213,8 @@ def attribute(
             "rule": full.rule,
             "dtype": full.dtype,
             "tier_sizes": {name: int(np.sum(tiers == k)) for k, name in enumerate(kernels.TIER_NAMES)},
-            "tiers": tiers_message(shares, figures),
-            "scale_bias": None if figures is None else figures.as_dict(),
+            "tiers": None if shares is None else shares.model_dump(mode="json"),
+            "scale_bias": None if figures is None else figures.model_dump(mode="json"),
             "alert": {
                 "active": bool(decision and decision.firing),
                 "criteria": list(decision.criteria) if decision else [],

@@ -205,7 +205,7 @@ class Daemon:
         if pipeline.clock == "wall":
             last = self.journal.last_tiers()
             if last is not None and last.run > pipeline.schedule.run:
-                pipeline.schedule = ScheduleState(last.run, pipeline.schedule.next_due_us, last.alert_active)
+                pipeline.schedule = ScheduleState(last.run, pipeline.schedule.next_due_us, last.alert.active)
         if self.acks is not None:
             pending = self.journal.after(self.acks.through)
             self.kafka_recovered = len(pending)

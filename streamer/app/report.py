@@ -203,11 +203,11 @@ def _count(value: float) -> str:
 
 def _reading(r: RunResult, cfg: AttributionConfig) -> list[Inline]:
     """Plain-language sentences: what a reader should take from the figures."""
-    full, sb = r.full, r.scale_bias
-    assert full is not None and sb is not None  # a report is only made of an attributed run
-    n_panel = sb.panel_size
+    tiers, sb = r.tiers, r.scale_bias
+    assert tiers is not None and sb is not None  # a report is only made of an attributed run
+    full, n_panel = tiers.full, sb.panel_size
     restricted, same = sb.restricted, sb.same_game
-    panel = restricted.tiers
+    panel = tiers.restricted
     if panel is None:
         lines: list[Inline] = [
             f"A study of the {n_panel} most visible active accounts alone (the restricted game) sees nothing of "
@@ -219,7 +219,7 @@ def _reading(r: RunResult, cfg: AttributionConfig) -> list[Inline]:
         lines = [
             f"A study of the {n_panel} most visible active accounts alone (the restricted game) attributes "
             f"{_pct(panel.head)} of the indicator to the head (the top {_frac(cfg.head)} by visibility, "
-            f"{r.tier_sizes['head']:,} accounts) where the full population gives {_pct(full.head)}; to the tail it "
+            f"{r.tier_sizes.head:,} accounts) where the full population gives {_pct(full.head)}; to the tail it "
             f"attributes {_pct(panel.tail)} where the full population gives {_pct(full.tail)}.",
         ]
     if sb.panel_share is not None:
@@ -240,7 +240,7 @@ def _reading(r: RunResult, cfg: AttributionConfig) -> list[Inline]:
             else "."
         )
     )
-    if r.alert_active:
+    if r.alert.active:
         lines.append(Bold(f"The scale-bias alert fires: {_alert_words(r)}."))
     else:
         lines.append(f"The scale-bias alert does not fire: {_alert_words(r)}.")
@@ -249,9 +249,9 @@ def _reading(r: RunResult, cfg: AttributionConfig) -> list[Inline]:
 
 def _alert_words(r: RunResult) -> str:
     """The alert's two criteria against their thresholds, in words."""
-    sb, t = r.scale_bias, r.thresholds
+    sb, t = r.scale_bias, r.alert.thresholds
     assert sb is not None
-    over = set(r.alert_criteria)
+    over = set(r.alert.criteria)
     res = ">" if "residual" in over else "<="
     cov = "<" if "coverage" in over else ">="
     return (
@@ -263,7 +263,8 @@ def _alert_words(r: RunResult) -> str:
 def document(data: ReportData) -> list[Block]:
     """The report's content, format-neutral."""
     r, cfg, sc = data.result, data.config, data.state_config
-    sb, win, t = r.scale_bias, r.window.to_message(), r.thresholds
+    sb, win, t, tiers = r.scale_bias, r.window, r.alert.thresholds, r.tiers
+    assert sb is not None and tiers is not None  # a report is only made of an attributed run
     params = ", ".join(f"{k}={v}" for k, v in r.params.items()) or "defaults"
     blocks = [
         Block("h1", f"skyattr report: {r.indicator} attribution"),
@@ -271,7 +272,7 @@ def document(data: ReportData) -> list[Block]:
             "ul",
             [
                 ["Archive: ", Code(data.archive)],
-                f"Window: {win['start']} to {win['end']} ({sc.buckets} buckets of {sc.bucket_hours:g} h); "
+                f"Window: {win.start} to {win.end} ({sc.buckets} buckets of {sc.bucket_hours:g} h); "
                 f"attribution as of the archive's last event",
                 f"Agents: {r.agents:,} ({r.active_agents:,} active) · attention edges: {r.edges:,} · "
                 f"events: {r.events:,}",
@@ -294,8 +295,8 @@ def document(data: ReportData) -> list[Block]:
         Block(
             "table",
             [
-                [name, f"{r.tier_sizes[name]:,}", _fmt(getattr(r.full, name))]
-                + [_fmt(getattr(g.tiers, name, None)) for _, g in sb.games()]
+                [name, f"{getattr(r.tier_sizes, name):,}", _fmt(getattr(tiers.full, name))]
+                + [_fmt(getattr(tiers.panel(n), name, None)) for n, _ in sb.games()]
                 for name in kernels.TIER_NAMES
             ],
             header=("tier", "accounts", "full", *(f"panel ({sb.panel_size}), {GAME_WORDS[n]}" for n, _ in sb.games())),
@@ -337,7 +338,7 @@ def document(data: ReportData) -> list[Block]:
         Block(
             "p",
             [
-                Bold("FIRING" if r.alert_active else "not firing"),
+                Bold("FIRING" if r.alert.active else "not firing"),
                 f": fires when the same-game r* > {t.residual:g} (here {_fmt(sb.same_game.residual)}) or the "
                 f"panel's share < {t.coverage:g} (here {_fmt(sb.panel_share)}); once firing it resolves only when "
                 f"r* <= {t.clear:g}× its threshold and the share's shortfall 1 − share <= {t.clear:g}× "
@@ -495,24 +496,25 @@ def plot_tier_shares(data: ReportData, path: Path) -> None:
     ax = fig.add_subplot()
     x = np.arange(len(kernels.TIER_NAMES))
     width = 0.27
-    sb = r.scale_bias
-    bars_of = [(r.full, "full population", FULL_COLOUR)]
-    bars_of += [(g.tiers, f"panel ({sb.panel_size}), {GAME_WORDS[n]}", GAME_COLOURS[n]) for n, g in sb.games()]
+    sb, tiers = r.scale_bias, r.tiers
+    assert sb is not None and tiers is not None
+    bars_of = [(tiers.full, "full population", FULL_COLOUR)]
+    bars_of += [(tiers.panel(n), f"panel ({sb.panel_size}), {GAME_WORDS[n]}", GAME_COLOURS[n]) for n, _ in sb.games()]
     for k, (shares, label, colour) in enumerate(bars_of):
         offset = (k - 1) * width
         if shares is None:  # the panel sees nothing: no bars, the legend says so
             ax.bar(x + offset, [0.0] * len(x), width, label=f"{label}: sees nothing", color=colour)
             continue
-        values = list(shares)
+        values = [shares.head, shares.middle, shares.tail]
         bars = ax.bar(x + offset, values, width, label=label, color=colour)
         ax.bar_label(bars, labels=[f"{v:.1%}" for v in values], padding=2, fontsize=7)
     ax.axhline(0, color="black", linewidth=0.8)
     sizes = r.tier_sizes
-    ax.set_xticks(x, [f"{name}\n({sizes[name]:,} accounts)" for name in kernels.TIER_NAMES])
+    ax.set_xticks(x, [f"{name}\n({getattr(sizes, name):,} accounts)" for name in kernels.TIER_NAMES])
     ax.set_ylabel("share of total attribution")
     # the title carries what the alert reads: both its figures against their thresholds, and its state
-    t = r.thresholds
-    state = "fires" if r.alert_active else "does not fire"
+    t = r.alert.thresholds
+    state = "fires" if r.alert.active else "does not fire"
     ax.set_title(
         f"{r.indicator}: tier shares · same-game r* {sb.same_game.residual:.3f} (τ {t.residual:g}) · panel share "
         f"{_fmt(sb.panel_share, '.3f')} (τ {t.coverage:g}) · alert {state}",

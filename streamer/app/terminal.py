@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 from rich.console import Console
 from rich.table import Table
 
@@ -11,12 +9,10 @@ import kernels
 from streamer.app.options import GAME_WORDS, figure
 from streamer.app.pipes import StdoutConsole
 from streamer.core.events import rfc3339
-from streamer.core.results import AlertTransition, Result, RunResult, ScaleBias, TierShares
+from streamer.core.results import AlertTransition, Result, RunResult, ScaleBias, Tiers, TierSizes
 
 
-def scale_table(
-    title: str, sizes: Mapping[str, int] | None, full: TierShares, sb: ScaleBias, caption: str = ""
-) -> Table:
+def scale_table(title: str, sizes: TierSizes | None, tiers: Tiers, sb: ScaleBias, caption: str = "") -> Table:
     """Tiers x {full, panel in each game} (the accounts per tier when ``sizes`` is given), the figures below."""
     table = Table(title=title, caption=caption or None)
     table.add_column("tier")
@@ -26,8 +22,10 @@ def scale_table(
     for name, _ in sb.games():
         table.add_column(f"panel ({sb.panel_size}), {GAME_WORDS[name]}", justify="right")
     for tier in kernels.TIER_NAMES:
-        cells = [tier] + ([f"{sizes[tier]:,}"] if sizes is not None else []) + [f"{getattr(full, tier):.3f}"]
-        cells += [figure(None if g.tiers is None else getattr(g.tiers, tier)) for _, g in sb.games()]
+        cells = (
+            [tier] + ([f"{getattr(sizes, tier):,}"] if sizes is not None else []) + [f"{getattr(tiers.full, tier):.3f}"]
+        )
+        cells += [figure(None if (p := tiers.panel(name)) is None else getattr(p, tier)) for name, _ in sb.games()]
         table.add_row(*cells)
     return table
 
@@ -49,21 +47,22 @@ def tier_table(result: RunResult) -> Table:
     """Tiers x {full, panel in each game} with the scale-bias figures in the caption; in words when there is
     nothing to attribute."""
     sb = result.scale_bias
-    state = "FIRING" if result.alert_active else "ok"
+    state = "FIRING" if result.alert.active else "ok"
     title = (
         f"run {result.run} · {result.indicator} · as of {rfc3339(result.as_of_us)} · "
         f"{result.agents:,} agents, {result.edges:,} edges"
     )
-    if sb is None or result.full is None:
+    if sb is None or result.tiers is None:
         table = Table(title=title, caption=f"{nothing(result)} · alert {state} (unchanged)")
         table.add_column("tier")
         table.add_column("accounts", justify="right")
         for name in kernels.TIER_NAMES:
-            table.add_row(name, f"{result.tier_sizes[name]:,}")
+            table.add_row(name, f"{getattr(result.tier_sizes, name):,}")
         return table
-    fired = f" ({', '.join(result.alert_criteria)})" if result.alert_criteria else ""
+    criteria = result.alert.criteria
+    fired = f" ({', '.join(criteria)})" if criteria else ""
     caption = f"{figures_line(sb)} · alert {state}{fired}"
-    return scale_table(title, result.tier_sizes, result.full, sb, caption)
+    return scale_table(title, result.tier_sizes, result.tiers, sb, caption)
 
 
 def nothing(result: RunResult) -> str:
@@ -98,12 +97,12 @@ class TerminalSink:
         if self.tables and self.every_run:
             self._table(result)
             return
-        sb, full = result.scale_bias, result.full
-        if sb is None or full is None:
+        sb, tiers = result.scale_bias, result.tiers
+        if sb is None or tiers is None:
             self.console.print(f"run {result.run:>4} @ {rfc3339(result.as_of_us)}  {nothing(result)}")
             return
-        same, restricted = sb.same_game, sb.restricted
-        panel = same.tiers
+        same, restricted, full = sb.same_game, sb.restricted, tiers.full
+        panel = tiers.same_game
         shown = f"{panel.head:.2f}/{panel.middle:.2f}/{panel.tail:.2f}" if panel is not None else "sees nothing"
         self.console.print(
             f"run {result.run:>4} @ {rfc3339(result.as_of_us)}  v={result.value:.4g}  "
@@ -111,7 +110,7 @@ class TerminalSink:
             f"r* {same.residual:.3f} (restricted {restricted.residual:.3f})  panel share {figure(sb.panel_share)}  "
             f"{result.runtime_s:.2f}s"
         )
-        if self.tables and result.alert_changed:
+        if self.tables and result.alert.changed:
             self._table(result)
 
     def _table(self, result: RunResult) -> None:

@@ -9,6 +9,7 @@ configuration except ``runtime_s`` and ``device``.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -18,12 +19,17 @@ import kernels
 from kernels import defaults
 from streamer.core.results import (
     GAME_NAMES,
+    AlertFigures,
+    AlertState,
     AlertTransition,
+    Criterion,
     GameFigures,
     RunResult,
     ScaleBias,
     Thresholds,
+    Tiers,
     TierShares,
+    TierSizes,
     TopAccount,
     Window,
 )
@@ -164,14 +170,13 @@ def measure(snap: Snapshot, config: AttributionConfig) -> Measured:
     return Studied(snap, st, time.perf_counter() - start)
 
 
-def published_figures(games: dict[str, kernels.ScaleBias]) -> tuple[ScaleBias, TierShares]:
+def published_figures(games: dict[str, kernels.ScaleBias]) -> tuple[ScaleBias, Tiers]:
     """The kernels' scale-bias figures of both panel games (by game name) as every result publishes them (a
-    daemon's run and ``skyattr attribute --json`` alike), the undefined ones None; and the full population's tier
-    shares."""
+    daemon's run and ``skyattr attribute --json`` alike), the undefined ones None; and the tier shares of the full
+    population and of the panel in each game."""
 
     def game(bias: kernels.ScaleBias) -> GameFigures:
         return GameFigures(
-            tiers=None if bias.panel_sees_nothing else TierShares(*(float(v) for v in bias.tiers_panel)),
             tvd=_finite(bias.tvd),
             rescale=float(bias.rescale),
             residual=float(bias.residual),
@@ -180,14 +185,29 @@ def published_figures(games: dict[str, kernels.ScaleBias]) -> tuple[ScaleBias, T
             panel_sees_nothing=bool(bias.panel_sees_nothing),
         )
 
+    def panel(bias: kernels.ScaleBias) -> TierShares | None:
+        return None if bias.panel_sees_nothing else TierShares.of(bias.tiers_panel)
+
     any_game = games[GAME_NAMES[0]]
     figures = ScaleBias(
         panel_size=int(any_game.panel_size),
         panel_share=_finite(any_game.panel_share),
         top10_full=_finite(any_game.top10_full),
-        **{name: game(games[name]) for name in GAME_NAMES},
+        restricted=game(games["restricted"]),
+        same_game=game(games["same_game"]),
     )
-    return figures, TierShares(*(float(v) for v in any_game.tiers_full))
+    tiers = Tiers(
+        full=TierShares.of(any_game.tiers_full),
+        restricted=panel(games["restricted"]),
+        same_game=panel(games["same_game"]),
+    )
+    return figures, tiers
+
+
+def _criteria(names: Iterable[str]) -> tuple[Criterion, ...]:
+    """The kernels' criteria names as the results type them."""
+    known: dict[str, Criterion] = {"residual": "residual", "coverage": "coverage"}
+    return tuple(known[n] for n in names)
 
 
 def attribute_snapshot(
@@ -209,7 +229,7 @@ def finish(m: Measured, config: AttributionConfig, *, run: int, as_of_us: int, a
     ind = kernels.get_indicator(config.indicator, **config.params)
     t = config.thresholds
     thresholds = Thresholds(residual=t.residual, coverage=t.coverage, clear=t.clear)
-    window = Window(snap.window_start_us, snap.window_end_us)
+    window = Window(start_us=snap.window_start_us, end_us=snap.window_end_us)
     common: dict[str, Any] = {  # the fields both outcomes share
         "run": run,
         "indicator": ind.name,
@@ -226,15 +246,14 @@ def finish(m: Measured, config: AttributionConfig, *, run: int, as_of_us: int, a
         "nodes": full.nodes,
         "rule": full.rule,
         "dtype": full.dtype,
-        "tier_sizes": {name: int(np.sum(tiers == k)) for k, name in enumerate(kernels.TIER_NAMES)},
-        "thresholds": thresholds,
+        "tier_sizes": TierSizes(**{name: int(np.sum(tiers == k)) for k, name in enumerate(kernels.TIER_NAMES)}),
         "runtime_s": m.seconds,
         "device": full.device,
     }
     if st.nothing:  # published as such: no shares, no figures, no error estimate, the alert as it was
+        kept = AlertState(active=alert_active, changed=False, thresholds=thresholds)
         result = RunResult(
-            **common, full=None, scale_bias=None, alert_active=alert_active, alert_changed=False, top=(),
-            outcome="nothing_to_attribute",
+            **common, tiers=None, scale_bias=None, alert=kept, top=(), outcome="nothing_to_attribute"
         )  # fmt: skip
         return RunOutput(result, None, alert_active)
     biases = {name: game.bias for name, game in st.games.items()}
@@ -251,14 +270,18 @@ def finish(m: Measured, config: AttributionConfig, *, run: int, as_of_us: int, a
         }
         for i in order
     ]
-    figures, full_shares = published_figures(biases)
+    figures, shares = published_figures(biases)
+    state = AlertState(
+        active=decision.firing,
+        changed=decision.firing != alert_active,
+        criteria=_criteria(decision.criteria),
+        thresholds=thresholds,
+    )
     result = RunResult(
         **common,
-        full=full_shares,
+        tiers=shares,
         scale_bias=figures,
-        alert_active=decision.firing,
-        alert_changed=decision.firing != alert_active,
-        alert_criteria=decision.criteria,
+        alert=state,
         top=tuple(TopAccount(**a) for a in top),
         error_estimate=None if full.error_estimate is None else float(full.error_estimate),
         error_max=None if full.error_max is None else float(full.error_max),
@@ -270,10 +293,12 @@ def finish(m: Measured, config: AttributionConfig, *, run: int, as_of_us: int, a
             indicator=ind.name,
             state="firing" if decision.firing else "resolved",
             severity=decision.severity,  # type: ignore[arg-type]
-            criteria=decision.criteria if decision.firing else (),
-            residual=figures.same_game.residual,
-            restricted_residual=figures.restricted.residual,
-            panel_share=figures.panel_share,
+            criteria=_criteria(decision.criteria) if decision.firing else (),
+            figures=AlertFigures(
+                residual=figures.same_game.residual,
+                restricted_residual=figures.restricted.residual,
+                panel_share=figures.panel_share,
+            ),
             thresholds=thresholds,
             window=window,
             as_of_us=int(as_of_us),

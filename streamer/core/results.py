@@ -1,26 +1,27 @@
-"""Typed results: what one attribution run produces, made once and validated once.
+"""Typed results: what one attribution run produces, nested as its wire message is, validated once.
 
 A :class:`RunResult` (the ``skyattr.tiers`` message) and, when the alert changes state, an
-:class:`AlertTransition` (``skyattr.alerts``) are frozen dataclasses built by :func:`streamer.core.attribution.
-attribute_snapshot`. Their wire form, :meth:`to_message`, is checked against the JSON Schema in
-``streamer/schemas/`` when the object is created, so every sink (Kafka, the JSONL file, Prometheus, the terminal,
-the report) receives the same already-valid object and reads fields, never string keys. A message read back (the
-results journal after a restart, a results file) becomes the same type through :func:`result_from_message`, which
-validates it too.
+:class:`AlertTransition` (``skyattr.alerts``) are frozen pydantic models built by :func:`streamer.core.attribution.
+finish`. The model *is* the message: :meth:`~_Result.to_message` dumps it as JSON, :func:`result_from_message`
+reads one back (the results journal after a restart, a results file, a consumer's topic) into the same type, and
+the JSON Schemas in ``streamer/schemas/`` are generated from these models (``python -m streamer.core.results``
+writes them; a test checks the files are what the models say), so the published schema and the code cannot drift.
+Validation is the model's, strict (a number given as text, a float where an integer belongs, NaN or infinity, an
+unknown key: each refused, naming the field), and happens when a result is made, so every sink (Kafka, the JSONL
+file, Prometheus, the terminal, the report) receives the same already-valid object and reads fields, never keys.
+
+The fields derived from others (``schema``, ``id``, a window's RFC 3339 times, an alert's ``summary``) are filled
+when a result is made and checked when one is read: a message whose id is not its indicator and time is refused.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from functools import cache
-from importlib import resources
-from types import MappingProxyType
-from typing import Any, ClassVar, Literal
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
-from jsonschema import Draft202012Validator
-from jsonschema.exceptions import best_match
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from streamer.core.events import rfc3339
 
@@ -30,139 +31,107 @@ GAME_NAMES = ("restricted", "same_game")  # the panel games every result publish
 TIER_NAMES = ("head", "middle", "tail")
 Topic = Literal["tiers", "alerts"]
 Outcome = Literal["attributed", "nothing_to_attribute"]
+Criterion = Literal["residual", "coverage"]
+SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
 
 
-def _schema(topic: str) -> dict[str, Any]:
-    resource = resources.files("streamer") / "schemas" / f"{topic}.schema.json"
-    try:
-        schema: dict[str, Any] = json.loads(resource.read_text(encoding="utf-8"))
-        return schema
-    except FileNotFoundError:
-        raise ValueError(
-            f"no JSON Schema for topic {topic!r} (expected streamer/schemas/{topic}.schema.json)"
-        ) from None
+def _tuple(value: Any) -> Any:
+    """A JSON array read back is a list; the model keeps a tuple (frozen all the way down)."""
+    return tuple(value) if isinstance(value, list) else value
 
 
-@cache
-def validator(topic: str) -> Draft202012Validator:
-    """The validator for ``streamer/schemas/<topic>.schema.json``, loaded once per process: it words the errors."""
-    schema = _schema(topic)
-    Draft202012Validator.check_schema(schema)
-    return Draft202012Validator(schema, format_checker=Draft202012Validator.FORMAT_CHECKER)
+Criteria = Annotated[tuple[Criterion, ...], BeforeValidator(_tuple)]
+NonNegative = Annotated[float, Field(ge=0)]
 
 
-@cache
-def _fast_validator(topic: str) -> Any:
-    """The same schema compiled by jsonschema-rs: the check every result passes (microseconds instead of the ~1 ms
-    of the pure-Python validator, which a replay would pay hundreds of times)."""
-    import jsonschema_rs
+class _Part(BaseModel):
+    """A part of a message: frozen, strict JSON types, no unknown key, no NaN or infinity."""
 
-    return jsonschema_rs.validator_for(_schema(topic), validate_formats=True)
-
-
-def validate(topic: str, message: Mapping[str, Any]) -> None:
-    """Raise ``ValueError`` naming the first field of ``message`` that breaks its topic's schema."""
-    try:
-        json.dumps(message, allow_nan=False)
-    except ValueError:
-        raise ValueError(f"{topic} message carries a non-finite number (NaN or infinity)") from None
-    if _fast_validator(topic).is_valid(message):
-        return
-    current = {"tiers": TIERS_SCHEMA, "alerts": ALERTS_SCHEMA}.get(topic)
-    written = message.get("schema")
-    if isinstance(written, str) and current and written != current and written.split("/")[0] == current.split("/")[0]:
-        raise ValueError(
-            f"{topic} message is {written}, written by an older skyattr; this one reads {current} (scale-bias "
-            "figures per panel game, the alert on the same-game r* and the panel's coverage): attribute again"
-        )
-    error = best_match(validator(topic).iter_errors(message))
-    if error is not None:
-        where = "/".join(str(p) for p in error.absolute_path) or "(top level)"
-        raise ValueError(f"{topic} message does not match its schema at {where}: {error.message}")
-    fast = next(iter(_fast_validator(topic).iter_errors(message)))
-    where = "/".join(str(p) for p in fast.instance_path) or "(top level)"
-    raise ValueError(f"{topic} message does not match its schema at {where}: {fast.message}")
+    model_config = ConfigDict(
+        frozen=True,
+        strict=True,
+        extra="forbid",
+        allow_inf_nan=False,
+        json_schema_serialization_defaults_required=True,  # every field is in every message
+    )
 
 
-@dataclass(frozen=True, slots=True)
-class Window:
-    """The rolling window a run saw, in event time (µs)."""
+class Window(_Part):
+    """The rolling window a run saw, in event time (µs), with its ends in RFC 3339 (filled from the µs)."""
 
+    start: str = Field(default="", json_schema_extra={"format": "date-time"})
+    end: str = Field(default="", json_schema_extra={"format": "date-time"})
     start_us: int
     end_us: int
 
-    def to_message(self) -> dict[str, Any]:
-        return {
-            "start": rfc3339(self.start_us),
-            "end": rfc3339(self.end_us),
-            "start_us": self.start_us,
-            "end_us": self.end_us,
-        }
+    @model_validator(mode="after")
+    def _times(self) -> Window:
+        for name, us in (("start", self.start_us), ("end", self.end_us)):
+            _derived(self, name, rfc3339(us))
+        return self
 
 
-@dataclass(frozen=True, slots=True)
-class TierShares:
+class TierShares(_Part):
     head: float
     middle: float
     tail: float
 
-    def as_dict(self) -> dict[str, float]:
-        return {"head": self.head, "middle": self.middle, "tail": self.tail}
+    @classmethod
+    def of(cls, shares: Iterable[float]) -> TierShares:
+        """From the three shares, head first (as the kernels give them)."""
+        head, middle, tail = (float(v) for v in shares)
+        return cls(head=head, middle=middle, tail=tail)
 
-    def __iter__(self) -> Any:
-        return iter((self.head, self.middle, self.tail))
+
+class TierSizes(_Part):
+    head: int
+    middle: int
+    tail: int
 
 
-@dataclass(frozen=True, slots=True)
-class Thresholds:
+class Thresholds(_Part):
     """Alert thresholds as published: fire when the same-game r* exceeds ``residual`` or the panel's share of the
     full-scale attribution falls below ``coverage``; resolve once each is within ``clear`` of its allowance."""
 
-    residual: float
-    coverage: float
-    clear: float
+    residual: float = Field(ge=0, description="fire when the same-game r* exceeds this")
+    coverage: float = Field(
+        ge=0, le=1, description="fire when the panel's share of the full-scale attribution is below this"
+    )
+    clear: float = Field(
+        gt=0, le=1, description="resolve once r* <= clear * residual and 1 - panel_share <= clear * (1 - coverage)"
+    )
 
-    def as_dict(self) -> dict[str, float]:
-        return {"residual": self.residual, "coverage": self.coverage, "clear": self.clear}
 
+class GameFigures(_Part):
+    """The panel study in one game against the full scale; null where a figure is undefined."""
 
-@dataclass(frozen=True, slots=True)
-class GameFigures:
-    """The panel study in one game against the full scale: the panel's tier shares (None when it sees nothing),
-    their TVD from the full shares, best rescaling c* and what it leaves (r*), Spearman, the panel's top-10
-    concentration. None where a figure is undefined; ``panel_sees_nothing`` when the panel's attribution in this
-    game is all zero (no shares, so no TVD; r* = 1)."""
-
-    tiers: TierShares | None
-    tvd: float | None
-    rescale: float
-    residual: float
+    tvd: NonNegative | None = Field(
+        description="total variation distance of the tier shares, full vs this game's panel; null when the panel "
+        "sees nothing. Mechanical once the whole panel lies in the head tier (it is then 1 - the full head share): "
+        "a figure, never an alert criterion"
+    )
+    rescale: float = Field(
+        description="c* = <a, b> / <b, b>, a = full-scale phi of the panel's accounts, b = this game's panel phi"
+    )
+    residual: float = Field(ge=0, description="r* = ||a - c* b|| / ||a||: what no rescaling of the panel study removes")
     spearman: float | None
     top10_panel: float | None
-    panel_sees_nothing: bool = False
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "tvd": self.tvd,
-            "rescale": self.rescale,
-            "residual": self.residual,
-            "spearman": self.spearman,
-            "top10_panel": self.top10_panel,
-            "panel_sees_nothing": self.panel_sees_nothing,
-        }
-
-    @classmethod
-    def from_message(cls, figures: Mapping[str, Any], tiers: Mapping[str, Any] | None) -> GameFigures:
-        return cls(tiers=None if tiers is None else TierShares(**tiers), **figures)
+    panel_sees_nothing: bool = Field(
+        default=False,
+        description="the panel's attribution in this game is all zero while the full population's is not: a "
+        "finding (r* = 1, no panel shares), not a gap",
+    )
 
 
-@dataclass(frozen=True, slots=True)
-class ScaleBias:
+class ScaleBias(_Part):
     """Full scale against the panel: what does not depend on the game (the panel's size, its accounts' share of the
     full-scale attribution, the full top-10 concentration) and one :class:`GameFigures` per panel game."""
 
-    panel_size: int
-    panel_share: float | None
+    panel_size: int = Field(ge=0)
+    panel_share: float | None = Field(
+        description="the panel's accounts' share of the full-scale attribution (the same in both games): the "
+        "alert's coverage figure"
+    )
     top10_full: float | None
     restricted: GameFigures
     same_game: GameFigures
@@ -175,287 +144,229 @@ class ScaleBias:
     def games(self) -> tuple[tuple[str, GameFigures], ...]:
         return tuple((name, self.game(name)) for name in GAME_NAMES)
 
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "panel_size": self.panel_size,
-            "panel_share": self.panel_share,
-            "top10_full": self.top10_full,
-            **{name: g.as_dict() for name, g in self.games()},
-        }
+
+class Tiers(_Part):
+    """Tier shares of the full population and of the panel study in each game (null when the panel sees nothing)."""
+
+    full: TierShares
+    restricted: TierShares | None = Field(
+        description="the panel's tier shares in the restricted game; null when it sees nothing"
+    )
+    same_game: TierShares | None = Field(
+        description="the panel's tier shares in the same game; null when it sees nothing"
+    )
+
+    def panel(self, game: str) -> TierShares | None:
+        if game not in GAME_NAMES:
+            raise ValueError(f"unknown panel game {game!r}; choose one of {', '.join(GAME_NAMES)}")
+        return self.restricted if game == "restricted" else self.same_game
 
 
-def tiers_message(full: TierShares | None, scale_bias: ScaleBias | None) -> dict[str, Any] | None:
-    """The ``tiers`` field of a result: the full population's shares and the panel's in each game (None when there
-    is nothing to attribute)."""
-    if full is None or scale_bias is None:
-        return None
-    panels = {name: None if g.tiers is None else g.tiers.as_dict() for name, g in scale_bias.games()}
-    return {"full": full.as_dict(), **panels}
+class AlertState(_Part):
+    """The scale-bias alert after this run."""
+
+    active: bool
+    changed: bool
+    criteria: Criteria = Field(
+        default=(),
+        description="the criteria past their thresholds at this run: residual (same-game r*), coverage (panel share)",
+        json_schema_extra={"uniqueItems": True},
+    )
+    thresholds: Thresholds
 
 
-@dataclass(frozen=True, slots=True)
-class TopAccount:
-    did: str
+class TopAccount(_Part):
+    did: str = Field(pattern="^did:")
     phi: float
     share: float
-    tier: str
+    tier: Literal["head", "middle", "tail"]
     visibility: float
     activity: float
 
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "did": self.did,
-            "phi": self.phi,
-            "share": self.share,
-            "tier": self.tier,
-            "visibility": self.visibility,
-            "activity": self.activity,
-        }
+
+def _derived(model: BaseModel, name: str, want: Any) -> None:
+    """Fill a derived field (left at its default when the model was made in code) or check the one a message
+    carried."""
+    got = getattr(model, name)
+    if got in ("", None):
+        object.__setattr__(model, name, want)
+    elif got != want:
+        raise ValueError(f"{name} is {got!r}, but the fields it is derived from give {want!r}")
 
 
-def _frozen(mapping: Mapping[str, Any]) -> Mapping[str, Any]:
-    return MappingProxyType(dict(mapping))
-
-
-class _Sealed:
-    """What both result types share: the identity ``<indicator>@<as_of_us>``, and the wire form built and
-    validated once, when the object is made (``_seal``, from ``__post_init__``)."""
+class _Result(_Part):
+    """What both result types share: the identity ``<indicator>@<as_of_us>`` and the wire form."""
 
     topic: ClassVar[Topic]
-    indicator: str
-    as_of_us: int
-    _message: Mapping[str, Any]
+    schema_name: ClassVar[str]
+    if TYPE_CHECKING:  # fields of both result types, declared by each in its message's order
+        id: str
+        indicator: str
+        as_of_us: int
 
-    @property
-    def id(self) -> str:
-        return f"{self.indicator}@{int(self.as_of_us)}"
-
-    def _build(self) -> dict[str, Any]:
-        raise NotImplementedError
-
-    def _seal(self) -> None:
-        message = self._build()
-        validate(self.topic, message)
-        object.__setattr__(self, "_message", message)
+    @model_validator(mode="after")
+    def _identity(self) -> _Result:
+        _derived(self, "id", f"{self.indicator}@{self.as_of_us}")
+        return self
 
     def to_message(self) -> dict[str, Any]:
-        """The JSON message (a fresh copy of what was validated at creation)."""
-        message: dict[str, Any] = json.loads(json.dumps(self._message))
-        return message
+        """The JSON message (a fresh dict)."""
+        return self.model_dump(mode="json", by_alias=True)
+
+    def but(self, **changes: Any) -> Any:
+        """This result with ``changes``, made (and checked) again, its derived fields derived again."""
+        fields = {k: v for k, v in self.model_dump().items() if k not in ("schema_", "id", "summary")}
+        fields.update(changes)
+        window = fields.get("window")
+        if isinstance(window, dict):
+            fields["window"] = {"start_us": window["start_us"], "end_us": window["end_us"]}
+        return type(self).model_validate(fields)
 
 
-@dataclass(frozen=True)
-class RunResult(_Sealed):
+class RunResult(_Result):
     """One attribution run (topic ``tiers``). Identity: ``id = "<indicator>@<as_of_us>"``.
 
     ``outcome`` is ``"attributed"``, or ``"nothing_to_attribute"`` when v(x) − v(0) is at rounding noise: then
-    ``full`` and ``scale_bias`` are None, ``top`` is empty and the alert keeps its state. ``error_estimate`` and
-    ``error_max`` are the full attribution's quadrature error estimate (None when not computed).
-    ``alert_criteria`` are the criteria past their thresholds at this run (:data:`kernels.bias.CRITERIA`)."""
+    ``tiers`` and ``scale_bias`` are None, ``top`` is empty and the alert keeps its state."""
 
+    model_config = ConfigDict(
+        title="skyattr.tiers: one attribution run",
+        json_schema_extra={
+            "description": "Full-scale Aumann–Shapley attribution of a macro indicator over the rolling window, "
+            "its tier shares, the visibility-biased panel study of the same window in two games (restricted: the "
+            "panel alone on its induced subgraph, as a small study computes it; same_game: the full game with only "
+            "the panel active) and the scale-bias figures that compare each with the full scale. Keyed by "
+            "indicator."
+        },
+    )
     topic: ClassVar[Topic] = "tiers"
+    schema_name: ClassVar[str] = TIERS_SCHEMA
 
-    run: int
+    schema_: Literal["skyattr.tiers/2"] = Field(default="skyattr.tiers/2", alias="schema")
+    id: str = Field(
+        default="",
+        pattern="^[^@]+@-?[0-9]+$",
+        description="The run's identity: <indicator>@<as_of_us> (its due time in the stream's clock). Unique per "
+        "topic: consumers deduplicate on it; it is also the Kafka header skyattr-id.",
+    )
+    run: int = Field(ge=1, description="Run number since the daemon started (or resumed).")
     indicator: str
-    params: Mapping[str, Any]
+    params: dict[str, Any]
     window: Window
-    as_of_us: int
-    agents: int
-    active_agents: int
-    edges: int
-    events: int
-    value: float
-    baseline: float
-    residual: float
-    nodes: int
-    dtype: str
-    tier_sizes: Mapping[str, int]
-    full: TierShares | None
-    scale_bias: ScaleBias | None
-    alert_active: bool
-    alert_changed: bool
-    thresholds: Thresholds
-    top: tuple[TopAccount, ...]
-    runtime_s: float
+    as_of_us: int = Field(description="Event time of the snapshot, microseconds since the epoch.")
+    agents: int = Field(ge=0)
+    active_agents: int = Field(ge=0)
+    edges: int = Field(ge=0)
+    events: int = Field(ge=0)
+    value: float = Field(description="v(x)")
+    baseline: float = Field(description="v(0)")
+    residual: float = Field(
+        ge=0,
+        description="completeness gap |sum phi - (v(x) - v(0))| / |v(x) - v(0)|: no error bar (quadrature errors "
+        "cancel in the sum); see error_estimate",
+    )
+    error_estimate: float | None = Field(
+        default=None,
+        description="relative L2 distance between phi at nodes and at twice the nodes: an estimate of phi's "
+        "quadrature error (kernels.attribution.Attribution); null when not computed",
+    )
+    error_max: float | None = Field(
+        default=None, description="the largest per-account |phi_m - phi_2m|, in phi's units; null when not computed"
+    )
+    nodes: int = Field(ge=1)
+    rule: Literal["log-graded", "uniform"] = Field(
+        description="the quadrature rule phi was integrated with (the auto setting's choice: kernels.attribution)"
+    )
+    dtype: Literal["float32", "float64"]
+    outcome: Outcome = Field(
+        default="attributed",
+        description="attributed: the figures describe a phenomenon; nothing_to_attribute: |v(x) - v(0)| is at the "
+        "floating-point noise of v (kernels/study.py), so there are no tier shares, no scale-bias figures, no error "
+        "estimate and no alert change (tiers and scale_bias are null, top is empty).",
+    )
+    tier_sizes: TierSizes
+    tiers: Tiers | None = Field(
+        description="Tier shares of the full population and of the panel study in each game; null when there is "
+        "nothing to attribute."
+    )
+    scale_bias: ScaleBias | None = Field(
+        description="Full scale against the panel study, per game; null when there is nothing to attribute."
+    )
+    alert: AlertState
+    top: Annotated[tuple[TopAccount, ...], BeforeValidator(_tuple)]
+    runtime_s: float = Field(ge=0)
     device: str
-    outcome: Outcome = "attributed"
-    error_estimate: float | None = None
-    error_max: float | None = None
-    alert_criteria: tuple[str, ...] = ()
-    rule: str = "log-graded"
-    _message: Mapping[str, Any] = field(init=False, repr=False, compare=False)
 
     @property
     def attributed(self) -> bool:
         return self.outcome == "attributed"
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "params", _frozen(self.params))
-        object.__setattr__(self, "tier_sizes", _frozen(self.tier_sizes))
-        object.__setattr__(self, "top", tuple(self.top))
-        object.__setattr__(self, "alert_criteria", tuple(self.alert_criteria))
-        self._seal()
 
-    def _build(self) -> dict[str, Any]:
-        return {
-            "schema": TIERS_SCHEMA,
-            "id": self.id,
-            "run": self.run,
-            "indicator": self.indicator,
-            "params": dict(self.params),
-            "window": self.window.to_message(),
-            "as_of_us": self.as_of_us,
-            "agents": self.agents,
-            "active_agents": self.active_agents,
-            "edges": self.edges,
-            "events": self.events,
-            "value": self.value,
-            "baseline": self.baseline,
-            "residual": self.residual,
-            "error_estimate": self.error_estimate,
-            "error_max": self.error_max,
-            "nodes": self.nodes,
-            "rule": self.rule,
-            "dtype": self.dtype,
-            "tier_sizes": dict(self.tier_sizes),
-            "outcome": self.outcome,
-            "tiers": self._tiers(),
-            "scale_bias": None if self.scale_bias is None else self.scale_bias.as_dict(),
-            "alert": {
-                "active": self.alert_active,
-                "changed": self.alert_changed,
-                "criteria": list(self.alert_criteria),
-                "thresholds": self.thresholds.as_dict(),
-            },
-            "top": [a.as_dict() for a in self.top],
-            "runtime_s": self.runtime_s,
-            "device": self.device,
-        }
-
-    def _tiers(self) -> dict[str, Any] | None:
-        return tiers_message(self.full, self.scale_bias)
-
-    @classmethod
-    def from_message(cls, message: Mapping[str, Any]) -> RunResult:
-        validate(cls.topic, message)
-        m, a = message, message["alert"]
-        tiers, sb = m["tiers"], m["scale_bias"]
-        return cls(
-            run=m["run"],
-            indicator=m["indicator"],
-            params=m["params"],
-            window=Window(m["window"]["start_us"], m["window"]["end_us"]),
-            as_of_us=m["as_of_us"],
-            agents=m["agents"],
-            active_agents=m["active_agents"],
-            edges=m["edges"],
-            events=m["events"],
-            value=m["value"],
-            baseline=m["baseline"],
-            residual=m["residual"],
-            error_estimate=m["error_estimate"],
-            error_max=m["error_max"],
-            nodes=m["nodes"],
-            rule=m["rule"],
-            dtype=m["dtype"],
-            tier_sizes=m["tier_sizes"],
-            full=None if tiers is None else TierShares(**tiers["full"]),
-            scale_bias=None if sb is None else _scale_bias(sb, tiers),
-            alert_active=a["active"],
-            alert_changed=a["changed"],
-            alert_criteria=tuple(a["criteria"]),
-            thresholds=Thresholds(**a["thresholds"]),
-            top=tuple(TopAccount(**t) for t in m["top"]),
-            runtime_s=m["runtime_s"],
-            device=m["device"],
-            outcome=m["outcome"],
-        )
+class AlertFigures(_Part):
+    residual: float = Field(ge=0, description="same-game r*: the figure the alert reads")
+    restricted_residual: float = Field(
+        ge=0, description="restricted-game r*: published for comparison, decides nothing"
+    )
+    panel_share: float | None = Field(description="the panel's share of the full-scale attribution (coverage)")
 
 
-def _scale_bias(sb: Mapping[str, Any], tiers: Mapping[str, Any]) -> ScaleBias:
-    games = {name: GameFigures.from_message(sb[name], tiers[name]) for name in GAME_NAMES}
-    return ScaleBias(sb["panel_size"], sb["panel_share"], sb["top10_full"], **games)
-
-
-@dataclass(frozen=True)
-class AlertTransition(_Sealed):
+class AlertTransition(_Result):
     """The scale-bias alert changed state at this run (topic ``alerts``); same identity as the run's result.
 
-    ``criteria`` name what is past its threshold (on firing, what fired it); ``residual`` is the same-game r* the
-    alert reads, ``restricted_residual`` the restricted game's (published for comparison, it decides nothing);
-    ``summary`` says it in one sentence."""
+    ``criteria`` name what is past its threshold (on firing, what fired it); ``figures.residual`` is the same-game
+    r* the alert reads, ``figures.restricted_residual`` the restricted game's (published for comparison, it decides
+    nothing); ``summary`` says it in one sentence (made from the others)."""
 
+    model_config = ConfigDict(
+        title="skyattr.alerts: scale-bias alert transitions",
+        json_schema_extra={
+            "description": "Sent once when the scale-bias alert starts firing and once when it resolves "
+            "(hysteresis), naming the criteria past their thresholds. Keyed by indicator."
+        },
+    )
     topic: ClassVar[Topic] = "alerts"
+    schema_name: ClassVar[str] = ALERTS_SCHEMA
 
-    run: int
+    schema_: Literal["skyattr.alerts/2"] = Field(default="skyattr.alerts/2", alias="schema")
+    id: str = Field(
+        default="",
+        pattern="^[^@]+@-?[0-9]+$",
+        description="The run's identity: <indicator>@<as_of_us> (its due time in the stream's clock). Unique per "
+        "topic: consumers deduplicate on it; it is also the Kafka header skyattr-id.",
+    )
+    run: int = Field(ge=1)
     indicator: str
     state: Literal["firing", "resolved"]
-    severity: Literal["info", "warning", "critical"]
-    criteria: tuple[str, ...]
-    residual: float
-    restricted_residual: float
-    panel_share: float | None
+    severity: Literal["warning", "critical", "info"]
+    criteria: Criteria = Field(
+        description="on firing, what fired it: residual (same-game r* above its threshold), coverage (the panel's "
+        "share below its threshold); empty on resolving",
+        json_schema_extra={"uniqueItems": True},
+    )
+    summary: str = Field(default="", description="the transition in one sentence, with figures and thresholds")
+    figures: AlertFigures
     thresholds: Thresholds
     window: Window
     as_of_us: int
-    _message: Mapping[str, Any] = field(init=False, repr=False, compare=False)
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "criteria", tuple(self.criteria))
-        self._seal()
+    @model_validator(mode="after")
+    def _summary(self) -> AlertTransition:
+        _derived(self, "summary", self._say())
+        return self
 
-    @property
-    def summary(self) -> str:
+    def _say(self) -> str:
         """What fired (or that everything is back within its allowance), with the figures and thresholds."""
-        t = self.thresholds
-        share = "undefined" if self.panel_share is None else f"{self.panel_share:.1%}"
+        t, f = self.thresholds, self.figures
+        share = "undefined" if f.panel_share is None else f"{f.panel_share:.1%}"
         said = {
-            "residual": f"same-game r* {self.residual:.3f} > {t.residual:g}",
+            "residual": f"same-game r* {f.residual:.3f} > {t.residual:g}",
             "coverage": f"the panel holds {share} of the full-scale attribution < {t.coverage:.0%}",
         }
         if self.state == "firing":
             return "scale bias: " + "; ".join(said[c] for c in self.criteria)
         return (
-            f"resolved: same-game r* {self.residual:.3f} <= {t.residual * t.clear:.3g} and the panel holds {share} "
+            f"resolved: same-game r* {f.residual:.3f} <= {t.residual * t.clear:.3g} and the panel holds {share} "
             f"of the full-scale attribution >= {1 - t.clear * (1 - t.coverage):.0%}"
-        )
-
-    def _build(self) -> dict[str, Any]:
-        return {
-            "schema": ALERTS_SCHEMA,
-            "id": self.id,
-            "run": self.run,
-            "indicator": self.indicator,
-            "state": self.state,
-            "severity": self.severity,
-            "criteria": list(self.criteria),
-            "summary": self.summary,
-            "figures": {
-                "residual": self.residual,
-                "restricted_residual": self.restricted_residual,
-                "panel_share": self.panel_share,
-            },
-            "thresholds": self.thresholds.as_dict(),
-            "window": self.window.to_message(),
-            "as_of_us": self.as_of_us,
-        }
-
-    @classmethod
-    def from_message(cls, message: Mapping[str, Any]) -> AlertTransition:
-        validate(cls.topic, message)
-        m, f = message, message["figures"]
-        return cls(
-            run=m["run"],
-            indicator=m["indicator"],
-            state=m["state"],
-            severity=m["severity"],
-            criteria=tuple(m["criteria"]),
-            residual=f["residual"],
-            restricted_residual=f["restricted_residual"],
-            panel_share=f["panel_share"],
-            thresholds=Thresholds(**m["thresholds"]),
-            window=Window(m["window"]["start_us"], m["window"]["end_us"]),
-            as_of_us=m["as_of_us"],
         )
 
 
@@ -464,9 +375,52 @@ _TYPES: dict[str, type[RunResult] | type[AlertTransition]] = {"tiers": RunResult
 
 
 def result_from_message(topic: str, message: Mapping[str, Any]) -> Result:
-    """A message read back (journal, results file) as its typed result; ``ValueError`` if it is not one."""
+    """A message read back (journal, results file, topic) as its typed result; ``ValueError`` naming the first
+    field that is wrong, or the version, when it is not one (a results line's own ``topic`` key is ignored)."""
     try:
         kind = _TYPES[topic]
     except KeyError:
         raise ValueError(f"unknown result topic {topic!r} (tiers or alerts)") from None
-    return kind.from_message({k: v for k, v in message.items() if k != "topic"})
+    message = {k: v for k, v in message.items() if k != "topic"}
+    written, current = message.get("schema"), kind.schema_name
+    if isinstance(written, str) and written != current and written.split("/")[0] == current.split("/")[0]:
+        raise ValueError(
+            f"{topic} message is {written}, written by an older skyattr; this one reads {current} (scale-bias "
+            "figures per panel game, the alert on the same-game r* and the panel's coverage): attribute again"
+        )
+    try:
+        return kind.model_validate(message)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = "/".join(str(p) for p in err["loc"]) or "(top level)"
+        what = str(err["msg"]).removeprefix("Value error, ")
+        raise ValueError(f"{topic} message does not match its schema at {where}: {what}") from None
+
+
+def json_schema(kind: type[RunResult] | type[AlertTransition]) -> dict[str, Any]:
+    """The published JSON Schema (2020-12) of a result type, generated from the model."""
+    schema = kind.model_json_schema(by_alias=True, mode="serialization")
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": f"https://skyattr.dev/schemas/{kind.schema_name}",
+        **schema,
+    }
+
+
+def schema_text(kind: type[RunResult] | type[AlertTransition]) -> str:
+    return json.dumps(json_schema(kind), indent=2, ensure_ascii=False) + "\n"
+
+
+def write_schemas(directory: Path = SCHEMA_DIR) -> list[Path]:
+    """Write ``tiers.schema.json`` and ``alerts.schema.json`` from the models."""
+    written = []
+    for topic, kind in _TYPES.items():
+        path = directory / f"{topic}.schema.json"
+        path.write_text(schema_text(kind), encoding="utf-8")
+        written.append(path)
+    return written
+
+
+if __name__ == "__main__":
+    for path in write_schemas():
+        print(path)

@@ -233,10 +233,11 @@ class Metrics(Endpoint):
         # last run's value: a dashboard shows a gap, and no rule compares it with a threshold
         nan = math.nan
         sb = result.scale_bias
-        scales = [("full", result.full)]
-        scales += [(name, None if sb is None else sb.game(name).tiers) for name in GAME_NAMES]
+        tiers = result.tiers
+        scales = [("full", None if tiers is None else tiers.full)]
+        scales += [(name, None if tiers is None else tiers.panel(name)) for name in GAME_NAMES]
         for scale, shares in scales:
-            values = shares.as_dict() if shares is not None else dict.fromkeys(TIER_NAMES, nan)
+            values = shares.model_dump() if shares is not None else dict.fromkeys(TIER_NAMES, nan)
             for tier, share in values.items():
                 self.tier_share.labels(ind, tier, scale).set(share)
         for name in GAME_NAMES:
@@ -245,9 +246,9 @@ class Metrics(Endpoint):
             self.rstar.labels(ind, name).set(nan if g is None else g.residual)
             self.rescale.labels(ind, name).set(nan if g is None else g.rescale)
         self.panel_share.labels(ind).set(nan if sb is None or sb.panel_share is None else sb.panel_share)
-        self.alert.labels(ind).set(1 if result.alert_active else 0)
+        self.alert.labels(ind).set(1 if result.alert.active else 0)
         for criterion in CRITERIA:
-            self.criterion.labels(ind, criterion).set(nan if sb is None else float(criterion in result.alert_criteria))
+            self.criterion.labels(ind, criterion).set(nan if sb is None else float(criterion in result.alert.criteria))
         self.completeness.labels(ind).set(result.residual)
         self.error_estimate.labels(ind).set(nan if result.error_estimate is None else result.error_estimate)
         self.value.labels(ind).set(result.value)

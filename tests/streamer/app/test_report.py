@@ -165,8 +165,8 @@ def test_gini_is_in_range_and_matches_the_reference(data: ReportData, report_dir
 
 def _with_did(data: ReportData, did: str) -> ReportData:
     r = data.result
-    top = (dataclasses.replace(r.top[0], did=did), *r.top[1:])
-    result = dataclasses.replace(r, top=top, indicator="<b>ind</b>")
+    top = (r.top[0].model_copy(update={"did": did}), *r.top[1:])
+    result = r.but(top=top, indicator="<b>ind</b>")
     return dataclasses.replace(data, result=result, archive="/tmp/a<b>&c.zst")
 
 

@@ -17,7 +17,7 @@ from kernels import AttentionGraph
 from kernels.study import FLOOR_ULPS, negligible
 from streamer.app.cli import app
 from streamer.core.attribution import AttributionConfig, attribute_snapshot
-from streamer.core.results import RunResult
+from streamer.core.results import result_from_message
 from streamer.core.state import Snapshot
 
 
@@ -46,12 +46,12 @@ def test_v_equal_to_v0_publishes_the_outcome_and_leaves_the_alert_as_it_was(acti
     r = out.result
     assert r is not None and out.alert is None and out.alert_active is active_before
     assert r.outcome == "nothing_to_attribute" and not r.attributed
-    assert r.full is None and r.scale_bias is None and r.top == ()
-    assert r.error_estimate is None and r.alert_criteria == ()
-    assert r.alert_active is active_before and r.alert_changed is False
+    assert r.tiers is None and r.scale_bias is None and r.top == ()
+    assert r.error_estimate is None and r.alert.criteria == ()
+    assert r.alert.active is active_before and r.alert.changed is False
     message = r.to_message()  # valid against the schema (checked when made) and read back as the same
     assert message["tiers"] is None and message["scale_bias"] is None and message["outcome"] == "nothing_to_attribute"
-    assert RunResult.from_message(message).to_message() == message
+    assert result_from_message("tiers", message).to_message() == message
 
 
 def test_the_floor_is_rounding_noise_of_v_in_the_runs_dtype() -> None:
@@ -81,19 +81,19 @@ def test_a_panel_that_sees_nothing_is_a_finding_not_nan() -> None:
     config = AttributionConfig(indicator="reach", panel_size=3, nodes=16, dtype="float64")
     out = attribute_snapshot(_panel_sees_nothing(), config, run=1, as_of_us=1, alert_active=False)
     r = out.result
-    assert r is not None and r.attributed and r.scale_bias is not None and r.full is not None
+    assert r is not None and r.attributed and r.scale_bias is not None and r.tiers is not None
     sb = r.scale_bias
     restricted, same = sb.restricted, sb.same_game
-    assert restricted.panel_sees_nothing and restricted.tiers is None and restricted.tvd is None
+    assert restricted.panel_sees_nothing and r.tiers.restricted is None and restricted.tvd is None
     assert restricted.rescale == 0.0 and restricted.residual == pytest.approx(1.0), "no rescaling of nothing"
-    assert not same.panel_sees_nothing and same.tiers is not None
+    assert not same.panel_sees_nothing and r.tiers.same_game is not None
     assert same.residual == pytest.approx(0.0, abs=1e-12) and same.rescale == pytest.approx(1.0)
     assert sb.panel_share == pytest.approx(math.log(6) / (math.log(6) + math.log(5)), rel=1e-9)
-    assert not r.alert_active and out.alert is None and r.alert_criteria == ()
+    assert not r.alert.active and out.alert is None and r.alert.criteria == ()
     message = r.to_message()
     assert message["tiers"]["restricted"] is None and message["tiers"]["same_game"] is not None
     assert message["scale_bias"]["restricted"]["tvd"] is None
-    assert RunResult.from_message(message).to_message() == message
+    assert result_from_message("tiers", message).to_message() == message
 
 
 def test_a_panel_nobody_attends_fires_on_coverage() -> None:
@@ -108,10 +108,11 @@ def test_a_panel_nobody_attends_fires_on_coverage() -> None:
     out = attribute_snapshot(snap, config, run=1, as_of_us=1, alert_active=False)
     r = out.result
     assert r is not None and r.scale_bias is not None
-    for _, game in r.scale_bias.games():
-        assert game.panel_sees_nothing and game.residual == 0.0 and game.tiers is None
+    assert r.tiers is not None
+    for name, game in r.scale_bias.games():
+        assert game.panel_sees_nothing and game.residual == 0.0 and r.tiers.panel(name) is None
     assert r.scale_bias.panel_share == 0.0
-    assert r.alert_active and r.alert_criteria == ("coverage",)
+    assert r.alert.active and r.alert.criteria == ("coverage",)
     assert out.alert is not None and out.alert.criteria == ("coverage",) and out.alert.severity == "critical"
     assert "the panel holds 0.0% of the full-scale attribution < 50%" in out.alert.summary
 

@@ -179,11 +179,11 @@ def test_encode_is_compact_sorted_json_with_identity(golden: list[Result]) -> No
 
 def test_encode_refuses_what_can_never_be_sent(golden: list[Result]) -> None:
     tiers = golden[0]
-    with pytest.raises(ValueError, match="non-finite"):  # a typed result cannot even hold one
-        dataclasses.replace(tiers, value=float("nan"))
+    with pytest.raises(ValueError, match="finite number"):  # a typed result cannot even hold one
+        tiers.but(value=float("nan"))
     with pytest.raises(ValueError, match="JSON"):  # a message read back (a tampered journal) is refused here
         encode("tiers", "t", {**tiers.to_message(), "value": float("nan")})
-    big = dataclasses.replace(tiers, params={"blob": "x" * MAX_REQUEST_BYTES})
+    big = tiers.but(params={"blob": "x" * MAX_REQUEST_BYTES})
     with pytest.raises(ValueError, match="limited to"):
         encode("tiers", "t", big.to_message())
     no_id = {k: v for k, v in tiers.to_message().items() if k not in ("id", "indicator")}

@@ -6,13 +6,12 @@ broker is exactly what they are about. The restart test stops and starts the bro
 only against the scripts' own broker (127.0.0.1:9092) and always leaves it running.
 
 Results are real typed objects: the golden replay's first tiers result and alert, varied with
-``dataclasses.replace`` (which builds, and validates, a new result).
+``but`` (which builds, and validates, a new result).
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import gc
 import json
 import logging
@@ -54,14 +53,12 @@ def golden() -> tuple[RunResult, AlertTransition]:
 
 
 def _tiers(base: RunResult, run: int) -> RunResult:
-    return dataclasses.replace(base, run=run, as_of_us=base.as_of_us + run * STEP_US)
+    return base.but(run=run, as_of_us=base.as_of_us + run * STEP_US)
 
 
 def _alert(base: AlertTransition, run: int, state: str) -> AlertTransition:
     severity, criteria = ("warning", base.criteria) if state == "firing" else ("info", ())
-    return dataclasses.replace(
-        base, run=run, state=state, severity=severity, criteria=criteria, as_of_us=base.as_of_us + run * STEP_US
-    )
+    return base.but(run=run, state=state, severity=severity, criteria=criteria, as_of_us=base.as_of_us + run * STEP_US)
 
 
 def _wire(result: Result) -> bytes:
@@ -373,7 +370,7 @@ async def test_refused_results_raise_at_the_call_site(golden: tuple[RunResult, A
     with pytest.raises(ValueError, match="no Kafka topic for 'alerts'"):
         sink.resend(_alert(alert_base, 1, "firing"))
     with pytest.raises(ValueError, match="limited to"):
-        sink.publish(dataclasses.replace(tiers_base, params={"blob": "x" * MAX_REQUEST_BYTES}))
+        sink.publish(tiers_base.but(params={"blob": "x" * MAX_REQUEST_BYTES}))
     assert sink.buffered == 0  # nothing refused was buffered
     sink.publish(_tiers(tiers_base, 1))
     assert sink.buffered == 1

@@ -10,7 +10,7 @@ from pathlib import Path
 from rich.console import Console
 
 from streamer.app.terminal import TerminalSink
-from streamer.core.results import AlertTransition, RunResult, result_from_message
+from streamer.core.results import AlertFigures, AlertTransition, RunResult, result_from_message
 from streamer.sinks.jsonl import JsonlSink
 
 GOLDEN = Path(__file__).resolve().parents[2] / "golden" / "default_replay.jsonl"
@@ -75,10 +75,12 @@ def coverage_alert(result: RunResult, panel_share: float) -> AlertTransition:
     raise none)."""
     sb = result.scale_bias
     assert sb is not None
+    figures = AlertFigures(
+        residual=sb.same_game.residual, restricted_residual=sb.restricted.residual, panel_share=panel_share
+    )
     return AlertTransition(
         run=result.run, indicator=result.indicator, state="firing", severity="warning", criteria=("coverage",),
-        residual=sb.same_game.residual, restricted_residual=sb.restricted.residual, panel_share=panel_share,
-        thresholds=result.thresholds, window=result.window, as_of_us=result.as_of_us,
+        figures=figures, thresholds=result.alert.thresholds, window=result.window, as_of_us=result.as_of_us,
     )  # fmt: skip
 
 
