@@ -53,9 +53,8 @@ def default_workers() -> int:
 
 @dataclass
 class Ended:
-    """How a :meth:`Pipeline.run` ended: ``finished`` (the source ran out) or ``interrupted`` (stopped)."""
+    """How a :meth:`Pipeline.run` ended: ``interrupted`` (stopped), or not (the source ran out)."""
 
-    finished: bool
     interrupted: bool
     seconds: float
 
@@ -208,15 +207,15 @@ class Pipeline:
         stop = stop if stop is not None else asyncio.Event()
         start = time.perf_counter()
         if self.clock == "event":
-            finished = await self._run_event_time(
+            await self._run_event_time(
                 source, stop, checkpoint, checkpoint_every_s, checkpoint_every_items, speed, on_progress, progress_every
             )
         else:
-            finished = await self._run_wall_time(
+            await self._run_wall_time(
                 source, stop, checkpoint, checkpoint_every_s, queue_size, on_progress, progress_every
             )
         self.dispatcher.shutdown()
-        return Ended(finished, stop.is_set(), time.perf_counter() - start)
+        return Ended(stop.is_set(), time.perf_counter() - start)
 
     async def _run_event_time(
         self,
@@ -228,7 +227,7 @@ class Pipeline:
         speed: float | None,
         on_progress: Callable[[], None] | None,
         progress_every: int,
-    ) -> bool:
+    ) -> None:
         dispatcher, last_ckpt, n = self.dispatcher, time.monotonic(), 0
         pace = Pace(speed)
         items = aiter(source)
@@ -255,7 +254,6 @@ class Pipeline:
             if self._worker is not None:
                 self._worker.shutdown(wait=False)
                 self._worker = None
-        return not stop.is_set()
 
     async def _run_wall_time(
         self,
@@ -266,7 +264,7 @@ class Pipeline:
         queue_size: int,
         on_progress: Callable[[], None] | None,
         progress_every: int,
-    ) -> bool:
+    ) -> None:
         queue: asyncio.Queue[Any] = asyncio.Queue(queue_size)
         dispatcher = self.dispatcher
 
@@ -316,4 +314,3 @@ class Pipeline:
             while not queue.empty():  # items already read are applied before the final checkpoint
                 item = queue.get_nowait()
                 dispatcher.add(repo_of(item), item)
-        return False

@@ -199,8 +199,13 @@ class _Result(_Part):
 
     topic: ClassVar[Topic]
     schema_name: ClassVar[str]
-    if TYPE_CHECKING:  # fields of both result types, declared by each in its message's order
-        id: str
+    id: str = Field(
+        default="",
+        pattern="^[^@]+@-?[0-9]+$",
+        description="The run's identity: <indicator>@<as_of_us> (its due time in the stream's clock). Unique per "
+        "topic: consumers deduplicate on it; it is also the Kafka header skyattr-id.",
+    )
+    if TYPE_CHECKING:  # fields of both result types, declared by each
         indicator: str
         as_of_us: int
 
@@ -243,12 +248,6 @@ class RunResult(_Result):
     schema_name: ClassVar[str] = TIERS_SCHEMA
 
     schema_: Literal["skyattr.tiers/2"] = Field(default="skyattr.tiers/2", alias="schema")
-    id: str = Field(
-        default="",
-        pattern="^[^@]+@-?[0-9]+$",
-        description="The run's identity: <indicator>@<as_of_us> (its due time in the stream's clock). Unique per "
-        "topic: consumers deduplicate on it; it is also the Kafka header skyattr-id.",
-    )
     run: int = Field(ge=1, description="Run number since the daemon started (or resumed).")
     indicator: str
     params: dict[str, Any]
@@ -328,12 +327,6 @@ class AlertTransition(_Result):
     schema_name: ClassVar[str] = ALERTS_SCHEMA
 
     schema_: Literal["skyattr.alerts/2"] = Field(default="skyattr.alerts/2", alias="schema")
-    id: str = Field(
-        default="",
-        pattern="^[^@]+@-?[0-9]+$",
-        description="The run's identity: <indicator>@<as_of_us> (its due time in the stream's clock). Unique per "
-        "topic: consumers deduplicate on it; it is also the Kafka header skyattr-id.",
-    )
     run: int = Field(ge=1)
     indicator: str
     state: Literal["firing", "resolved"]

@@ -60,7 +60,7 @@ async def main():
     dispatcher = SequentialDispatcher(AgentState(), source.stats)
     pipe = Pipeline(dispatcher, AttributionConfig(), 3600, results.append, clock="event")
     ended = await pipe.run(source)
-    assert ended.finished
+    assert not ended.interrupted
     await pipe.run_tail()
     apps = sorted(m for m in sys.modules if m.startswith("streamer.app") or m in ("typer", "rich"))
     print(json.dumps({"app_modules": apps, "results": [{"topic": r.topic, **r.to_message()} for r in results]}))
