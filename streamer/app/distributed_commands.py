@@ -11,15 +11,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
-from typing import Annotated, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from streamer.app import options as opt
 from streamer.app.flags import ATTRIBUTION_FIELDS, load_or_exit, with_settings_options
 from streamer.app.kafka_errors import exit_for, run_kafka_role
+from streamer.core.results import Result, RunResult
 from streamer.distributed.attributor import AttributorStats
 from streamer.distributed.ride_out import BrokerLink, BrokerUnreachable, connect_timeout, fold_client_logs, ride_out
+
+if TYPE_CHECKING:
+    from streamer.app.settings import Settings
+    from streamer.sinks.prometheus import Metrics
 
 KAFKA_SETTINGS = {
     "kafka_bootstrap",
@@ -32,7 +38,7 @@ KAFKA_SETTINGS = {
 }
 
 
-def _bootstrap_or_exit(settings: Any, command: str) -> str:
+def _bootstrap_or_exit(settings: Settings, command: str) -> str:
     if not settings.kafka_bootstrap:
         typer.echo(f"error: {command} needs --kafka-bootstrap (or SKYATTR_KAFKA_BOOTSTRAP)", err=True)
         raise typer.Exit(2)
@@ -152,12 +158,12 @@ def attributor_command(
 
     metrics, on_outcome = _attributor_metrics(settings)
 
-    def deliver(result: Any) -> None:
+    def deliver(result: Result) -> None:
         if metrics is not None:
             metrics.publish(result)
         if sink is not None:
             sink.publish(result)
-        if result.topic == "tiers":
+        if isinstance(result, RunResult):
             print(f"run {result.run} at {result.as_of_us}: value {result.value:.4g}, {_figure(result)}")
             sys.stdout.flush()
 
@@ -192,7 +198,9 @@ def attributor_command(
     )
 
 
-def _attributor_metrics(settings: Any) -> tuple[Any, Any]:
+def _attributor_metrics(
+    settings: Settings,
+) -> tuple[Metrics, Callable[[str, float], None]] | tuple[None, None]:
     """The attributor's endpoint (``--metrics-port``): the result gauges every run feeds, as the single process's,
     and ``skyattr_attributor_runs_total{outcome}`` (ok, skipped, incomplete) and
     ``skyattr_attributor_gather_seconds`` (first chunk of a run to its last shard)."""
@@ -227,7 +235,7 @@ def _attributor_metrics(settings: Any) -> tuple[Any, Any]:
     return metrics, on_outcome
 
 
-def _figure(result: Any) -> str:
+def _figure(result: RunResult) -> str:
     """The run's line's last part: the figure the alert reads, or why it has none."""
     sb = result.scale_bias
     if sb is None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -26,6 +26,9 @@ from streamer.distributed.ride_out import BrokerLink
 from streamer.sources.archive import ArchiveSource
 from streamer.sources.base import Source
 from streamer.sources.firehose import FirehoseSource
+
+if TYPE_CHECKING:
+    from streamer.app.settings import Settings
 
 INGEST_SETTINGS = {
     "relay",
@@ -138,7 +141,7 @@ def ingest_command(
     )
 
 
-def _endpoint(settings: Any, stats: IngestStats, *, live: bool) -> Any:
+def _endpoint(settings: Settings, stats: IngestStats, *, live: bool) -> Any:
     """``/metrics``, ``/healthz`` and ``/readyz`` with ``--metrics-port``: ready while the broker is reached and,
     for a live relay, while its websocket is open; ``skyattr_kafka_connected``, ``skyattr_source_connected``."""
     if settings.metrics_port is None:

@@ -10,12 +10,15 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 from streamer.app.signals import stop_event
 from streamer.distributed.ride_out import BrokerLink, BrokerUnreachable, connect_timeout, fold_client_logs, ride_out
+
+if TYPE_CHECKING:
+    from streamer.app.settings import Settings
 
 
 def is_kafka_error(exc: BaseException) -> bool:
@@ -42,7 +45,7 @@ def kafka_errors_named(bootstrap: str) -> Iterator[None]:
 
 
 def run_kafka_role(
-    attempt: Callable[[asyncio.Event, BrokerLink], Awaitable[Any]], link: BrokerLink, settings: Any
+    attempt: Callable[[asyncio.Event, BrokerLink], Awaitable[Any]], link: BrokerLink, settings: Settings
 ) -> None:
     """Run a distributed role until it ends or SIGTERM/SIGINT: ``attempt(stop, link)`` is run again whenever the
     broker goes away (:func:`streamer.distributed.ride_out.ride_out`). A broker never reached within

@@ -9,6 +9,7 @@ it knows which role runs). What the single process shares with them (the interva
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Final
 
 # topics
 EVENTS_TOPIC = "skyattr.events"  # the sequenced events, keyed by actor DID
@@ -23,7 +24,7 @@ BATCH_SECONDS = 1.0  # seconds a transaction stays open (at most)
 
 # worker
 WORKER_APP_ID = "skyattr-worker"  # consumer group, and prefix of the changelog topic
-WORKER_STORE = "rocksdb://"  # where the state table lives (memory:// for tests and throwaway runs)
+WORKER_STORE: Final = "rocksdb://"  # where the state table lives (memory:// for tests and throwaway runs)
 WORKER_DATA_DIR = Path("skyattr-worker-data")  # the RocksDB table's directory
 SESSION_TIMEOUT_S = 30.0  # a worker silent this long leaves the group and its partitions move
 STUCK_TIMEOUT_S = 900.0  # no partition held and none recovering this long: the worker exits 3
