@@ -26,7 +26,7 @@ from rich.console import Console
 import kernels
 from streamer.app.options import finite, plain
 from streamer.app.role_settings import SECTIONS, section_flag
-from streamer.app.settings import ConfigError, Settings, load_settings
+from streamer.app.settings import ConfigError, Settings, flag_name, load_settings
 
 F = TypeVar("F", bound=Callable[..., Any])
 console = Console(stderr=True, soft_wrap=True)
@@ -125,7 +125,7 @@ def with_settings_options(
     each is a flag of :func:`~streamer.app.role_settings.section_flag`'s name, taken as ``worker__store``.
     ``check_finite`` rejects ``inf``/``nan`` for float flags while the command line is parsed (a usage error,
     as ``attribute`` and ``report`` always did); without it they reach the settings check like any other value."""
-    names = [(name, _flag_name(name)) for name in settings_fields(include, exclude)]
+    names = [(name, flag_name(name)) for name in settings_fields(include, exclude)]
     for section, wanted in (sections or {}).items():
         for inner in wanted if wanted is not None else SECTIONS[section].model_fields:
             names.append((f"{section}__{inner}", section_flag(section, inner)))
@@ -157,10 +157,6 @@ def with_settings_options(
         return fn
 
     return deco
-
-
-def _flag_name(name: str) -> str:
-    return "--" + name.replace("_", "-")
 
 
 def load_or_exit(config: Path | None, flags: Mapping[str, Any], env: Mapping[str, str] | None = None) -> Settings:

@@ -88,14 +88,13 @@ async def replay_archive(
     **fields: Any,
 ) -> ReplayResult:
     """See the module doc. ``options`` and ``fields``: :class:`~streamer.app.wiring.RunOptions` (the fields
-    replace the options'); results go to
-    ``outlet``, or to ``deliver`` (a callable) when no outlet is given; ``on_progress(source, pipeline)`` every
-    ``progress_every`` items."""
+    replace the options'); results go to ``outlet``, or to ``deliver`` (a callable) when no outlet is given;
+    ``on_progress(source, pipeline)`` every ``progress_every`` items."""
     feed = ArchiveFeed(Path(path))
     run = Run.open(
         feed,
         replace(options or RunOptions(), **fields),
-        outlet if outlet is not None else Deliver(deliver or _drop),
+        outlet if outlet is not None else Deliver(deliver),
         stop,
     )
     source = feed.source
@@ -114,10 +113,6 @@ async def replay_archive(
         interrupted=ended.interrupted,
         pipeline=run.pipeline,
     )
-
-
-def _drop(_: Result) -> None:
-    pass
 
 
 def replay(path: str | Path, **kwargs: Any) -> ReplayResult:

@@ -21,12 +21,20 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 
 from streamer.distributed import defaults as dd
 
-TEN_YEARS_S = 10 * 365.25 * 86_400
+TEN_YEARS_S = 10 * 365.25 * 86_400  # a sanity bound of durations: beyond it a value is a typo or hostile
 
 
 def numeric(annotation: Any) -> bool:
     """Whether a field takes a number (``int``, ``float``, or one of them or None)."""
     return annotation in (int, float) or any(a in (int, float) for a in typing.get_args(annotation))
+
+
+def no_bool_for_number(value: Any, annotation: Any) -> Any:
+    """YAML reads ``yes``/``true`` as booleans, which pydantic would quietly take as 1 for a number: refused, for
+    every option and every section's field alike."""
+    if isinstance(value, bool) and numeric(annotation):
+        raise ValueError(f"must be a number, not {str(value).lower()}")
+    return value
 
 
 class _Section(BaseModel):
@@ -35,10 +43,7 @@ class _Section(BaseModel):
     @field_validator("*", mode="before")
     @classmethod
     def _no_bool_numbers(cls, value: Any, info: ValidationInfo) -> Any:
-        """YAML reads ``yes``/``true`` as booleans, which pydantic would quietly take as 1 for a number."""
-        if isinstance(value, bool) and info.field_name and numeric(cls.model_fields[info.field_name].annotation):
-            raise ValueError(f"must be a number, not {str(value).lower()}")
-        return value
+        return no_bool_for_number(value, cls.model_fields[info.field_name].annotation if info.field_name else None)
 
 
 class TopicSettings(_Section):

@@ -38,11 +38,12 @@ import kernels
 from kernels import defaults
 from streamer.app.role_settings import (
     SECTIONS,
+    TEN_YEARS_S,
     AttributorSettings,
     IngestSettings,
     TopicSettings,
     WorkerSettings,
-    numeric,
+    no_bool_for_number,
     section_flag,
 )
 from streamer.core.attribution import AttributionConfig
@@ -54,7 +55,6 @@ ENV_PREFIX = "SKYATTR_"
 DEFAULT_METRICS_PORT = 9464
 DEFAULT_METRICS_HOST = "127.0.0.1"
 # Sanity bounds: beyond them a value is a typo or hostile, and would overflow the microsecond clocks downstream.
-TEN_YEARS_S = 10 * 365.25 * 86_400
 TEN_YEARS_H = TEN_YEARS_S / 3600
 ONE_SECOND_H = 1 / 3600
 MAX_BUCKETS = 10_000
@@ -265,9 +265,7 @@ class Settings(BaseSettings):
     @classmethod
     def _no_bool_numbers(cls, value: Any, info: ValidationInfo) -> Any:
         """YAML reads ``yes``/``true`` as booleans, which pydantic would quietly take as 1 for a number."""
-        if isinstance(value, bool) and info.field_name in NUMERIC_FIELDS:
-            raise ValueError(f"must be a number, not {str(value).lower()}")
-        return value
+        return no_bool_for_number(value, cls.model_fields[info.field_name].annotation if info.field_name else None)
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -374,7 +372,6 @@ class Settings(BaseSettings):
 
 
 DICT_FIELDS = {name for name, f in Settings.model_fields.items() if f.annotation == dict[str, Any]}
-NUMERIC_FIELDS = {name for name, f in Settings.model_fields.items() if numeric(f.annotation)}
 BOUNDS = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}
 # The rule an option's bounds belong to, added to a bounds error: the same words the kernels use for it.
 _TIERS_RULE = "tier fractions must satisfy 0 < head, 0 <= middle, head + middle <= 1"
@@ -576,7 +573,8 @@ def _not_a_mapping(where: str, detail: str) -> ConfigError:
     )
 
 
-def _flag_name(name: str) -> str:
+def flag_name(name: str) -> str:
+    """``--bucket-hours`` for ``bucket_hours``: the flag of a top-level option."""
     return "--" + name.replace("_", "-")
 
 
@@ -608,7 +606,7 @@ def load_settings(
         if name:
             given.setdefault(section, {})[name] = v
         else:
-            given[k] = parse_json_object(v, _flag_name(k)) if k in DICT_FIELDS and isinstance(v, str) else v
+            given[k] = parse_json_object(v, flag_name(k)) if k in DICT_FIELDS and isinstance(v, str) else v
     load = _Load(config_file=config_file, env=env)
     token = _LOAD.set(load)
     try:
@@ -651,7 +649,7 @@ def markdown_table() -> str:
 
     for name, f in Settings.model_fields.items():
         if name not in SECTIONS:
-            rows.append(row(name, _flag_name(name), f"{ENV_PREFIX}{name.upper()}", f))
+            rows.append(row(name, flag_name(name), f"{ENV_PREFIX}{name.upper()}", f))
     for section, model in SECTIONS.items():
         for name, f in model.model_fields.items():
             env = f"{ENV_PREFIX}{section.upper()}__{name.upper()}"

@@ -109,12 +109,14 @@ class Outlet(Protocol):
 
 @dataclass
 class Deliver:
-    """An outlet that hands each result to a callable and keeps nothing else (tools, tests, benchmarks)."""
+    """An outlet that hands each result to a callable (none: drops it) and keeps nothing else (tools, tests,
+    benchmarks)."""
 
-    to: Callable[[Result], None] = lambda _: None
+    to: Callable[[Result], None] | None = None
 
     def deliver(self, result: Result) -> None:
-        self.to(result)
+        if self.to is not None:
+            self.to(result)
 
     def skipped(self, reason: str) -> None:
         pass
@@ -166,7 +168,6 @@ class Run:
         self.feed, self.options, self.outlet, self.store = feed, options, outlet, store
         self.resumed, self.pipeline, self.source, self.stats, self.stop = resumed, pipeline, source, stats, stop
         self.finished = bool(resumed.extra.get("finished", False))
-        self.checkpoint_failures = 0
 
     @classmethod
     def open(cls, feed: Feed, options: RunOptions, outlet: Outlet, stop: asyncio.Event | None = None) -> Run:
@@ -221,7 +222,6 @@ class Run:
         try:
             await self.store.save(d.state, d.cursor, d.seen, info)
         except OSError as exc:
-            self.checkpoint_failures += 1
             log.error("checkpoint to %s failed: %s", self.store.directory, exc)
             self.outlet.checkpointed(None)
             return
@@ -249,8 +249,7 @@ class Run:
             if o.attribution is not None:  # the tail of a finite feed after its last due time
                 await self.pipeline.run_tail()
             self.finished = True
-        await self.checkpoint()
-        self.dispatcher.state.flush()
+        await self.checkpoint()  # the pipeline's run ended with the dispatcher's shutdown: the state is flushed
         return ended
 
 

@@ -222,9 +222,6 @@ class _Result(_Part):
         """This result with ``changes``, made (and checked) again, its derived fields derived again."""
         fields = {k: v for k, v in self.model_dump().items() if k not in ("schema_", "id", "summary")}
         fields.update(changes)
-        window = fields.get("window")
-        if isinstance(window, dict):
-            fields["window"] = {"start_us": window["start_us"], "end_us": window["end_us"]}
         return type(self).model_validate(fields)
 
 
