@@ -32,7 +32,7 @@ from streamer.app.terminal import TerminalSink
 from streamer.app.wiring import Resumed, Run, RunOptions
 from streamer.core.checkpoint import file_identity
 from streamer.core.followers import load_followers
-from streamer.core.journal import KafkaAcks, ResultJournal, ResultWriteError, identities
+from streamer.core.journal import ResultJournal, ResultWriteError, identities
 from streamer.core.pipeline import Clock, Pipeline
 from streamer.core.results import Result
 from streamer.core.schedule import ScheduleState
@@ -83,12 +83,9 @@ class Daemon:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.followers = load_followers(settings.followers) if settings.followers else None
         self.journal: ResultJournal | None = None
-        self.acks: KafkaAcks | None = None
         if settings.checkpoint_dir:
             check_writable(settings.checkpoint_dir)
             self.journal = ResultJournal(settings.checkpoint_dir)
-            if settings.kafka_bootstrap:
-                self.acks = KafkaAcks(settings.checkpoint_dir)
         self.jsonl = JsonlSink(settings.out) if settings.out else None
         # every result goes to each of these, in this order (Kafka joins at start)
         self.sinks: list[Sink] = [self.terminal, self.metrics, *([self.jsonl] if self.jsonl is not None else [])]
@@ -98,7 +95,6 @@ class Daemon:
         self.source: Source | None = None
         self.sink_errors: Counter[str] = Counter()
         self._out_ids: set[tuple[str, str]] = set()
-        self._ack_seq: dict[tuple[str, str], int] = {}  # (topic, id) -> journal seq, until Kafka acknowledges
         self.results_repeated = 0  # results computed again after a restart, already delivered: not sent again
         self.kafka_unsent = 0
         self.kafka_recovered = 0
@@ -142,12 +138,15 @@ class Daemon:
             from streamer.sinks.kafka import KafkaSink
 
             topics = {"tiers": self.settings.kafka_topic_tiers, "alerts": self.settings.kafka_topic_alerts}
+            journal = self.journal
             self.kafka = KafkaSink(
                 self.settings.kafka_bootstrap,
                 topics,
+                transactional_id=journal.writer_id if journal is not None else None,
+                mark_topic=self.settings.topics.state,
+                initial_mark=(journal.legacy_mark() or 0) if journal is not None else 0,
                 buffer_limit=self.settings.kafka_buffer,
                 security=self.settings.kafka_security(),
-                on_ack=self._kafka_acked if self.acks is not None else None,
             )
             self.metrics.stream.kafka = self.kafka.stats
             self.sinks.append(self.kafka)
@@ -159,13 +158,13 @@ class Daemon:
             self.kafka_unsent = await self.kafka.close(timeout=self.settings.kafka_shutdown_timeout)
             if self.kafka_unsent and self.journal is not None:
                 log.warning(
-                    "%d result(s) not acknowledged by Kafka are kept in %s and sent at the next start with this "
+                    "%d result(s) not committed to Kafka are kept in %s and sent at the next start with this "
                     "checkpoint directory",
                     self.kafka_unsent,
                     self.journal.path,
                 )
             elif self.kafka_unsent:
-                log.error("%d result(s) not acknowledged by Kafka are lost (no --checkpoint-dir)", self.kafka_unsent)
+                log.error("%d result(s) not committed to Kafka are lost (no --checkpoint-dir)", self.kafka_unsent)
         if self.jsonl is not None:
             await self.jsonl.close(0)
         for sink in self._added:
@@ -178,7 +177,8 @@ class Daemon:
     def resumed(self, extra: dict[str, Any], pipeline: Pipeline) -> None:
         """Bring the sinks up to the journal after a restart (the outlet's hook: the checkpoint is loaded, no new
         result yet): results journaled after the checkpoint but missing from the JSONL file are written to it,
-        results Kafka did not acknowledge are published again (verified against the topic first). On the wall
+        every retained journal entry is published to Kafka again with its sequence number (the publisher drops
+        those its mark in Kafka says are committed). On the wall
         clock, where the runs after the checkpoint are not computed again alike, the run counter and the alert
         state continue from the newest journaled result, so run numbers are never reused."""
         self.pipeline = pipeline
@@ -206,14 +206,10 @@ class Daemon:
             last = self.journal.last_tiers()
             if last is not None and last.run > pipeline.schedule.run:
                 pipeline.schedule = ScheduleState(last.run, pipeline.schedule.next_due_us, last.alert.active)
-        if self.acks is not None:
-            pending = self.journal.after(self.acks.through)
-            self.kafka_recovered = len(pending)
-            if pending:
-                log.info("sending %d journaled result(s) Kafka has not acknowledged", len(pending))
-            for e in pending:
-                self._await_ack(e.topic, e.id, e.seq)
-                self._isolated("kafka", self.kafka.resend, e.result)
+        if self.kafka is not None:
+            self.kafka_recovered = len(self.journal.entries)
+            for e in self.journal.entries:
+                self._isolated("kafka", self.kafka.publish, e.result, e.seq)
 
     def checkpoint_info(self) -> dict[str, Any]:
         """The results part of a checkpoint: how far the journal and the JSONL file were when it was taken."""
@@ -231,8 +227,8 @@ class Daemon:
         if self.journal is None or info is None:
             return
         through = int(info["results"]["journal_seq"])
-        if self.acks is not None:
-            through = min(through, self.acks.through)
+        if self.kafka is not None:
+            through = min(through, self.kafka.committed_through)
         self.journal.compact(through)
 
     def deliver(self, result: Result) -> None:
@@ -243,10 +239,11 @@ class Daemon:
             self.metrics.results_repeated.inc()
             return
         token = self.journal.append(result).seq if self.journal is not None else None
-        if self.kafka is not None and token is not None:
-            self._await_ack(result.topic, result.id, token)
         for sink in self.sinks:  # the JSONL sink's ResultWriteError goes through: nothing is checkpointed past it
-            self._isolated(sink.name, sink.publish, result)
+            if sink is self.kafka:
+                self._isolated(sink.name, self.kafka.publish, result, token)
+            else:
+                self._isolated(sink.name, sink.publish, result)
         if self.jsonl is not None:
             self._out_ids.add(key)
         if token is not None:
@@ -262,17 +259,6 @@ class Daemon:
             self.sink_errors[name] += 1
             self.metrics.sink_errors.labels(name).inc()
             log.exception("the %s sink failed on a result", name)
-
-    def _await_ack(self, topic: str, ident: str, seq: int) -> None:
-        """Kafka will be asked for this journal entry: its acknowledgement moves the persisted mark."""
-        if self.acks is not None:
-            self.acks.expect(seq)
-            self._ack_seq[(topic, ident)] = seq
-
-    def _kafka_acked(self, topic: str, ident: str) -> None:
-        seq = self._ack_seq.pop((topic, ident), None)
-        if seq is not None and self.acks is not None:
-            self.acks.ack(seq)
 
     def skipped(self, reason: str) -> None:
         self.metrics.runs.labels("skipped").inc()

@@ -48,7 +48,7 @@ def _bootstrap_or_exit(settings: Settings, command: str) -> str:
 def _partitions_or_exit(bootstrap: str, topic: str, security: dict[str, Any], timeout_s: float) -> int:
     """The partitions of ``topic``, waiting for a broker that is not up yet (a pod started before it) for at most
     ``timeout_s``; exit 2 with one line when it is never reached, or has no such topic."""
-    from streamer.distributed.kafka_ingest import partitions_of
+    from streamer.sinks.kafka_topics import partitions_of
 
     async def listing() -> list[int] | None:
         fold_client_logs()

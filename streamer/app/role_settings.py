@@ -52,7 +52,11 @@ class TopicSettings(_Section):
     events: str = Field(dd.EVENTS_TOPIC, min_length=1, description="Topic of the sequenced events, keyed by actor DID.")
     cursors: str = Field(dd.CURSOR_TOPIC, min_length=1, description="Compacted topic of each ingest source's cursor.")
     shards: str = Field(dd.SHARDS_TOPIC, min_length=1, description="Topic of the workers' shards at each due time.")
-    state: str = Field(dd.STATE_TOPIC, min_length=1, description="Compacted topic of where the attributor stands.")
+    state: str = Field(
+        dd.STATE_TOPIC,
+        min_length=1,
+        description="Compacted topic of where the exactly-once writers stand: the attributor, the results publisher.",
+    )
 
 
 class IngestSettings(_Section):

@@ -229,7 +229,7 @@ class Run:
 
     async def go(self, on_progress: Callable[[], None] | None = None, progress_every: int = 2000) -> Ended:
         """Run until the feed ends or ``stop`` is set; see the module doc. The outlet hears of the resume first
-        (it is started by now: a sink that must send again what it had not acknowledged can)."""
+        (it is started by now: a sink that must send again what it may not have delivered can)."""
         self.outlet.resumed(self.resumed.extra, self.pipeline)
         if self.store is not None and self.resumed.fresh:
             await self.checkpoint()

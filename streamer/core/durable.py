@@ -1,6 +1,6 @@
 """Writes that survive a crash at any moment: a whole file replaced atomically, a text file's torn last line cut.
 
-Checkpoints, the results journal's compaction and the Kafka acknowledgement mark all replace a file the same way
+Checkpoints, the results journal's compaction and its writer id all replace a file the same way
 (temporary file in the same directory, fsync, rename, fsync of the directory), so a crash leaves the old content
 or the new, never a torn file.
 """

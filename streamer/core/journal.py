@@ -9,13 +9,16 @@ directory, each result is appended to ``<checkpoint-dir>/results.jsonl`` (one JS
   has an identity already in the journal and is not delivered a second time;
 * the JSONL file gets, at start, every journaled result it lacks (the process died between the two writes), and
   a torn last line (the process died mid-write) is cut off first;
-* Kafka gets, at start, every journaled result after the last one the broker acknowledged
-  (``kafka-acked.json``), after the publisher has read back what the topic already holds.
+* Kafka gets, at start, every journaled result with its sequence number; the publisher drops those at or below
+  the mark its last committed transaction wrote (:mod:`streamer.sinks.kafka_sender`). Its transactional id is the
+  journal's writer id (``results.id``), made with the journal: a new journal is a new writer, whose numbers start
+  again at 1 and must not be judged against an older journal's mark.
 
 Files are replaced with :func:`streamer.core.durable.atomic_write`, like checkpoints.
 
-The journal is compacted at checkpoints: entries delivered everywhere are dropped, the newest one is kept (it
-carries the run counter and the alert state a live restart continues from).
+The journal is compacted at checkpoints: entries delivered everywhere are dropped; the newest tiers result is kept
+(it carries the run counter and the alert state a live restart continues from), and so is the newest entry (its
+sequence number is where the numbering goes on: a number is never given twice).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections import deque
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +38,8 @@ from streamer.core.results import Result, RunResult, result_from_message
 log = logging.getLogger("skyattr.outbox")
 
 JOURNAL_FILE = "results.jsonl"
-ACKED_FILE = "kafka-acked.json"
+WRITER_FILE = "results.id"
+LEGACY_ACKED_FILE = "kafka-acked.json"  # the acknowledgement mark of skyattr before the transactional publisher
 COMPACT_ABOVE = 256  # entries kept before a checkpoint bothers to rewrite the journal
 
 
@@ -103,12 +107,36 @@ class ResultJournal:
         self._ids: set[tuple[str, str]] = set()
         self.last_seq = 0
         self.directory.mkdir(parents=True, exist_ok=True)
+        self.fresh = not self.path.exists()
+        self.writer_id = self._writer_id(self.fresh)
         torn = cut_torn_tail(self.path)
         if torn:
             log.warning("results journal %s: cut a torn last line (%d bytes) left by a crash", self.path, torn)
         for entry in self._read():
             self._index(entry)
         self._fh = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - lives as long as the daemon
+
+    def _writer_id(self, fresh: bool) -> str:
+        """This journal's writer id: read from ``results.id``, or made (and made durable) with a new journal."""
+        path = self.directory / WRITER_FILE
+        if not fresh and path.exists():
+            text = path.read_text().strip()
+            if text:
+                return text
+        ident = f"skyattr-results-{uuid.uuid4().hex}"
+        atomic_write(path, lambda fh: fh.write(ident.encode()))
+        return ident
+
+    def legacy_mark(self) -> int | None:
+        """The acknowledgement mark an earlier skyattr left (``kafka-acked.json``), for a journal that has one and no
+        transactional mark yet; None when there is none."""
+        path = self.directory / LEGACY_ACKED_FILE
+        if self.fresh or not path.exists():
+            return None
+        try:
+            return int(json.loads(path.read_text())["through"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ValueError(f"cannot read {path}: {exc}; delete it to send every journaled result again") from None
 
     def _read(self) -> Iterator[Entry]:
         if not self.path.exists():
@@ -170,11 +198,12 @@ class ResultJournal:
         return newest.result if newest is not None and isinstance(newest.result, RunResult) else None
 
     def compact(self, delivered_through: int) -> None:
-        """Drop entries every sink has (seq <= ``delivered_through``), keeping the newest tiers result."""
+        """Drop entries every sink has (seq <= ``delivered_through``), keeping the newest tiers result and the newest
+        entry."""
         if len(self.entries) <= COMPACT_ABOVE:
             return
         newest = self._newest_tiers()
-        keep = [e for e in self.entries if e.seq > delivered_through or e is newest]
+        keep = [e for e in self.entries if e.seq > delivered_through or e is newest or e.seq == self.last_seq]
         if len(keep) == len(self.entries):
             return
         data = "".join(self._line(e) for e in keep).encode()
@@ -188,38 +217,3 @@ class ResultJournal:
 
     def close(self) -> None:
         self._fh.close()
-
-
-class KafkaAcks:
-    """The highest journal sequence number up to which Kafka acknowledged every result (``kafka-acked.json``).
-
-    Acknowledgements arrive in journal order (the publisher sends one message at a time, in order); a message
-    dropped from a full buffer is never acknowledged, so the mark stops before it and a restart sends it again."""
-
-    def __init__(self, directory: str | Path) -> None:
-        self.path = Path(directory) / ACKED_FILE
-        self.through = 0
-        if self.path.exists():
-            try:
-                self.through = int(json.loads(self.path.read_text())["through"])
-            except (OSError, ValueError, KeyError, TypeError) as exc:
-                raise ValueError(
-                    f"cannot read {self.path}: {exc}; delete it to send every journaled result again"
-                ) from None
-        self._waiting: deque[int] = deque()  # published seqs not yet acknowledged, in publishing order
-        self._acked: set[int] = set()  # acknowledged seqs not yet contiguous with the mark
-
-    def expect(self, seq: int) -> None:
-        self._waiting.append(seq)
-
-    def ack(self, seq: int) -> None:
-        """Record one acknowledgement; persists the mark when it moves."""
-        self._acked.add(seq)
-        moved = False
-        while self._waiting and self._waiting[0] in self._acked:
-            self.through = self._waiting.popleft()
-            self._acked.discard(self.through)
-            moved = True
-        if moved:
-            mark = json.dumps({"through": self.through}).encode()
-            atomic_write(self.path, lambda fh: fh.write(mark))

@@ -32,9 +32,9 @@ from streamer.core.schedule import ScheduleState, accepted
 from streamer.core.state import StateConfig
 from streamer.distributed.defaults import ATTRIBUTOR_NAME, GATHER_TIMEOUT_S, SHARDS_TOPIC, STATE_TOPIC
 from streamer.distributed.gather import Complete, Gatherer, Incomplete
-from streamer.distributed.kafka_ingest import ensure_topics, load_latest, stop_consumer
 from streamer.distributed.ride_out import BrokerLink, probe
 from streamer.distributed.shards import chunk_meta, merge
+from streamer.sinks.kafka_topics import ensure_topics, load_latest, stop_consumer
 
 log = logging.getLogger("skyattr.attributor")
 
@@ -106,21 +106,15 @@ async def run_attributor(
     the clients are up, and probed while the shards topic is quiet (see :mod:`streamer.distributed.ride_out`:
     a run of this function after a lost broker resumes from what Kafka holds); ``stats``, when given, is added
     to (so the runs of several attempts add up)."""
-    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+    from aiokafka import AIOKafkaConsumer, TopicPartition
 
     from streamer.sinks.kafka import encode
-    from streamer.sinks.kafka_sender import ID_HEADER
+    from streamer.sinks.kafka_sender import commit, transactional_producer
 
     stop = stop if stop is not None else asyncio.Event()
     sec = dict(config.security)
     await ensure_topics(config.bootstrap, {config.shards_topic: (1, False), config.state_topic: (1, True)}, sec)
-    producer = AIOKafkaProducer(
-        bootstrap_servers=config.bootstrap,
-        transactional_id=f"{config.name}:results",
-        enable_idempotence=True,
-        acks="all",
-        **sec,
-    )
+    producer = transactional_producer(config.bootstrap, f"{config.name}:results", **sec)
     try:
         await producer.start()  # fences an earlier attributor of the same name; its open transaction is aborted
     except BaseException:
@@ -203,12 +197,9 @@ async def run_attributor(
                 state.done_through_us = ready.as_of_us
                 low = gatherer.low_offset()
                 resume_at = low if low is not None else await consumer.position(tp)
-                async with producer.transaction():
-                    for r in results:
-                        msg = encode(r.topic, config.topics[r.topic], r.to_message())
-                        await producer.send(msg.topic, msg.value, key=msg.key, headers=[(ID_HEADER, msg.id.encode())])
-                    await producer.send(config.state_topic, state.to_bytes(), key=config.name.encode())
-                    await producer.send_offsets_to_transaction({tp: resume_at}, config.name)
+                messages = [encode(r.topic, config.topics[r.topic], r.to_message()) for r in results]
+                mark = (config.state_topic, config.name, state.to_bytes())
+                await commit(producer, messages, mark, ({tp: resume_at}, config.name))
                 for r in results:
                     if deliver is not None:
                         deliver(r)

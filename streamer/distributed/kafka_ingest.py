@@ -30,7 +30,6 @@ part of the cursor record, so a restart decides on exactly as an uninterrupted i
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import time
@@ -47,9 +46,9 @@ from streamer.distributed import event_records, packed
 from streamer.distributed.defaults import BATCH_ITEMS, BATCH_SECONDS, CURSOR_TOPIC, EVENTS_TOPIC, PARTITIONS
 from streamer.distributed.ride_out import BrokerLink, probe
 from streamer.distributed.sequencer import Sequencer
+from streamer.sinks.kafka_topics import ensure_topics, load_latest, partitions_of, stop_consumer
 from streamer.sources.base import Source
 
-READ_BACK_TIMEOUT_S = 30.0  # a compacted topic read back with no record for this long: the broker is away
 log = logging.getLogger("skyattr.ingest")
 
 
@@ -99,53 +98,6 @@ class IngestStats:
     attempts: int = 0  # runs of ingest_to_kafka that added to these (more than one after a broker outage)
 
 
-async def ensure_topics(
-    bootstrap: str, wanted: dict[str, tuple[int, bool]], security: dict[str, Any] | None = None
-) -> dict[str, int]:
-    """Create each missing topic of ``wanted`` (name → (partitions, compacted)), replicated on as many brokers as
-    there are, up to 3; a topic that exists, or that another process makes meanwhile, is used as it is. Returns
-    the partition count of each topic that existed before."""
-    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-    from aiokafka.errors import TopicAlreadyExistsError
-
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **(security or {}))
-    try:
-        await admin.start()
-        existing = set(await admin.list_topics())
-        missing = [name for name in wanted if name not in existing]
-        if missing:
-            replicas = max(1, min(3, len((await admin.describe_cluster())["brokers"])))
-            for name in missing:
-                partitions, compacted = wanted[name]
-                configs = {"cleanup.policy": "compact"} if compacted else {}
-                with contextlib.suppress(TopicAlreadyExistsError):
-                    await admin.create_topics([NewTopic(name, partitions, replicas, topic_configs=configs)])
-        held = [name for name in wanted if name in existing]
-        described = await admin.describe_topics(held) if held else []
-        return {d["topic"]: len(d["partitions"]) for d in described}
-    finally:
-        await admin.close()
-
-
-async def partitions_of(bootstrap: str, topic: str, security: dict[str, Any] | None = None) -> list[int]:
-    """The partition numbers of ``topic`` ([] when there is no such topic), asked of the cluster now. The topic
-    list is asked first: describing a missing topic makes a broker with ``auto.create.topics.enable`` (the
-    default) create it, with one partition, under a worker that started before its ingest."""
-    from aiokafka.admin import AIOKafkaAdminClient
-
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **(security or {}))
-    try:
-        await admin.start()
-        if topic not in set(await admin.list_topics()):
-            return []
-        described = await admin.describe_topics([topic])
-    finally:
-        await admin.close()
-    if not described or described[0].get("error_code"):
-        return []
-    return sorted(p["partition"] for p in described[0]["partitions"])
-
-
 def ingest_key(source_id: str, events_topic: str) -> str:
     """What names one ingest, a source into an events topic: its cursor's key in the cursor topic and, after
     ``skyattr-ingest:``, its default transactional id."""
@@ -173,55 +125,6 @@ async def holds_records(bootstrap: str, topic: str, security: dict[str, Any] | N
         return any(offset > 0 for offset in (await consumer.end_offsets(tps)).values())
     finally:
         await stop_consumer(consumer)
-
-
-async def load_latest(bootstrap: str, topic: str, key: str, security: dict[str, Any] | None = None) -> bytes | None:
-    """The value of the last committed record of ``key`` in a compacted ``topic`` (None when there is none): the
-    topic read from its start to its end as it is now, committed records only."""
-    from aiokafka import AIOKafkaConsumer, TopicPartition
-
-    tps = [TopicPartition(topic, p) for p in await partitions_of(bootstrap, topic, security)]
-    if not tps:
-        return None
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap,
-        isolation_level="read_committed",
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        **(security or {}),
-    )
-    try:
-        await consumer.start()
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        ends = await consumer.end_offsets(tps)  # the last stable offsets under read_committed
-        latest: bytes | None = None
-        wanted = key.encode()
-        for tp in tps:
-            progress = time.monotonic()
-            while await consumer.position(tp) < ends[tp]:
-                batch = await consumer.getmany(tp, timeout_ms=1000)
-                if batch.get(tp):
-                    progress = time.monotonic()
-                elif time.monotonic() - progress > READ_BACK_TIMEOUT_S:  # the broker went away under the read
-                    raise TimeoutError(f"no record of {topic} for {READ_BACK_TIMEOUT_S:g} s while reading it back")
-                for record in batch.get(tp, []):
-                    if record.key == wanted:
-                        latest = record.value
-        return latest
-    finally:
-        await stop_consumer(consumer)
-
-
-async def stop_consumer(consumer: Any) -> None:
-    """Stop an aiokafka consumer. Its coordinator task can end in CancelledError when the consumer stops soon
-    after it started; that one is not ours and is dropped, a cancellation of this task is passed on."""
-    try:
-        await consumer.stop()
-    except asyncio.CancelledError:
-        task = asyncio.current_task()
-        if task is not None and task.cancelling():
-            raise
 
 
 async def ingest_to_kafka(

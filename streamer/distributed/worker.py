@@ -338,7 +338,7 @@ def run_worker(config: WorkerConfig, partitions: int, loglevel: str = "info") ->
 
     import faust
 
-    from streamer.distributed.kafka_ingest import ensure_topics
+    from streamer.sinks.kafka_topics import ensure_topics
 
     config.data_dir.mkdir(parents=True, exist_ok=True)
     asyncio.run(ensure_topics(config.bootstrap, {config.shards_topic: (1, False)}))

@@ -1,32 +1,25 @@
-"""The Kafka sink: typed results (``skyattr.tiers``, ``skyattr.alerts``) to Kafka without ever blocking ingest.
+"""The Kafka sink: typed results (``skyattr.tiers``, ``skyattr.alerts``) to Kafka exactly once, never blocking ingest.
 
 The daemon produces a result every few minutes and must keep ingesting whatever the broker does, so
 :class:`KafkaSink` (the :class:`~streamer.sinks.base.Sink` protocol) is two parts:
 
 * :meth:`KafkaSink.publish` is synchronous and cheap: it serialises the result once (compact JSON of
   ``result.to_message()``, already valid by construction; key = indicator, header ``skyattr-id`` = ``result.id``)
-  and appends it to the :class:`~streamer.sinks.kafka_outbox.KafkaOutbox`, a bounded in-memory buffer that drops
-  its oldest *unclaimed* message when full (during a long outage the newest results are the valuable ones; the one
-  already handed to the producer may be written any moment). It may be called from a worker thread: it then hops
-  onto the loop captured by :meth:`start` itself.
-* The :class:`~streamer.sinks.kafka_sender.KafkaSender` task drains the outbox **one message at a time, in order**,
-  with one idempotent producer (``acks="all"``) kept across transient failures, so nothing is written twice within
-  a run and the order of publication is the order on (and across) the topics. A message the broker refuses for
-  what it is (too large, corrupt) is given up after one retry with a fresh producer, so it cannot hold back the
-  messages behind it. Failures back off exponentially with jitter; none ever reaches the caller.
+  and appends it to the :class:`~streamer.sinks.kafka_outbox.KafkaOutbox` with its sequence number. It may be
+  called from a worker thread: it then hops onto the loop captured by :meth:`start` itself.
+* The :class:`~streamer.sinks.kafka_sender.KafkaSender` task commits the outbox's head in Kafka transactions, in
+  order, each with the publisher's *mark* (how far it has published) in a compacted state topic; after any failure
+  it starts a new producer, which fences the old one, and reads the mark back before going on. Failures back off
+  exponentially with jitter; none ever reaches the caller.
 
-Across restarts (the daemon's guarantee, with a checkpoint directory). Every result is first made durable in the
-results journal (:mod:`streamer.core.journal`) and carries its identity (``id`` in the JSON, header ``skyattr-id``).
-The sink reports each acknowledgement (``on_ack(topic, result_id)``), which the daemon persists; at the next start
-every journaled result after the last acknowledged one is handed to :meth:`KafkaSink.resend`: before sending the
-first of them, the sender reads back the last ``readback`` messages of every partition of its topics and skips those
-already there. So a SIGKILL, a SIGTERM during an outage, or a whole replay with the broker away loses nothing and
-writes nothing twice, provided this daemon is the only writer of its topics and no more than ``readback`` messages
-per partition were written between the last persisted acknowledgement and the restart (at most the buffer, in
-practice one or two). The residual duplicate window is a message whose write reached the broker but whose
-acknowledgement was lost *and* whose producer then had to be replaced within one run of the daemon; consumers that
-must be exact dedupe on ``skyattr-id``. Without a checkpoint directory, messages unsent at exit are lost (reported
-by :meth:`KafkaSink.close`).
+Exactly once, across restarts too. With a checkpoint directory the daemon journals every result first
+(:mod:`streamer.core.journal`) and publishes it with its journal sequence number, under a transactional id kept
+in that directory. At the next start it publishes every journaled entry again; the sender drops those at or below
+the mark it reads back. A SIGKILL, a SIGTERM during an outage, or a whole replay with the broker away therefore
+loses nothing and writes nothing twice, with no read-back of the topics and no acknowledgement file. Without a
+checkpoint directory the transactional id is new for each process (exactly once within the run), the buffer is
+bounded (``buffer_limit``, the oldest unsent dropped first) and what is unsent at exit is lost (reported by
+:meth:`KafkaSink.close`). Consumers read the result topics with ``isolation_level="read_committed"``.
 
 Metrics: the sink counts into :attr:`KafkaSink.stats` (:class:`~streamer.sinks.kafka_outbox.KafkaStats`), plain
 counters a Prometheus collector reads at scrape time; it knows nothing of Prometheus.
@@ -39,12 +32,15 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+import uuid
+from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 from streamer.core.results import Result
+from streamer.distributed.defaults import STATE_TOPIC
 from streamer.sinks.kafka_outbox import LOG_EVERY_S, KafkaOutbox, KafkaStats, PendingMessage, describe_runs
-from streamer.sinks.kafka_sender import ID_HEADER, KafkaSender
+from streamer.sinks.kafka_sender import ID_HEADER, MAX_BATCH, KafkaSender
 
 log = logging.getLogger("skyattr.kafka")
 
@@ -54,7 +50,7 @@ MAX_REQUEST_BYTES = 1_048_576  # aiokafka's max_request_size default; a bigger m
 RECORD_OVERHEAD_BYTES = 512  # generous bound for the record and batch headers around key and value
 
 
-def encode(kind: str, topic: str, message: Mapping[str, Any], *, verify: bool = False) -> PendingMessage:
+def encode(kind: str, topic: str, message: Mapping[str, Any], *, seq: int = 0) -> PendingMessage:
     """Serialise one result message for ``topic``: compact JSON, sorted keys, UTF-8, no NaN.
 
     Raises ``ValueError`` when it cannot be encoded as JSON (NaN, numpy scalars) or is too large for one Kafka
@@ -80,23 +76,25 @@ def encode(kind: str, topic: str, message: Mapping[str, Any], *, verify: bool = 
         id=ident,
         run=run if isinstance(run, int) and not isinstance(run, bool) else None,
         timestamp_ms=int(time.time() * 1000),
-        verify=verify,
+        seq=seq,
     )
 
 
 class KafkaSink:
-    """Buffered, ordered Kafka sink of typed results; exactly once across restarts with the results journal.
+    """Buffered, ordered Kafka sink of typed results, exactly once by Kafka transactions (module docstring).
 
     ``topics`` maps a result topic (``tiers``, ``alerts``) to its Kafka topic; a result whose topic is not mapped is
-    refused (``ValueError``). ``security`` holds aiokafka connection options (``security_protocol``,
-    ``sasl_mechanism``, ``sasl_plain_username``, ``sasl_plain_password``, ``ssl_context``). ``on_ack(topic,
-    result_id)`` is called on the event loop for every result the broker acknowledged, and for a resent one found
-    already written (``topic`` is the result topic, ``tiers`` or ``alerts``). ``request_timeout_ms`` bounds one
-    attempt (producer start, metadata, acknowledgement); ``retry_backoff_s`` is (first delay, largest delay) of the
-    backoff between attempts; ``readback`` is the messages per partition read back to verify resent results.
+    refused (``ValueError``). ``transactional_id`` names a writer whose sequence numbers are stable across restarts
+    (a results journal's): its buffer is unbounded and its mark is read back at start; None: a new id for this
+    process, sequence numbers of its own, a buffer of ``buffer_limit``. ``mark_topic``: the compacted topic of the
+    marks; ``initial_mark``: the mark assumed when that topic holds none for this writer. ``security`` holds
+    aiokafka connection options (``security_protocol``, ``sasl_mechanism``, ``sasl_plain_username``,
+    ``sasl_plain_password``, ``ssl_context``). ``request_timeout_ms`` bounds one attempt's steps (producer start,
+    mark read-back, one transaction); ``retry_backoff_s`` is (first delay, largest delay) of the backoff between
+    attempts; ``max_batch``: messages in one transaction.
 
     Results published before :meth:`start` wait in the buffer (publish then only from the thread that will run the
-    loop). See the module docstring for ordering and duplicates."""
+    loop)."""
 
     name = "kafka"
 
@@ -105,13 +103,15 @@ class KafkaSink:
         bootstrap: str,
         topics: Mapping[str, str] = DEFAULT_TOPICS,
         *,
+        transactional_id: str | None = None,
+        mark_topic: str = STATE_TOPIC,
+        initial_mark: int = 0,
         buffer_limit: int = 10_000,
         security: Mapping[str, Any] | None = None,
-        on_ack: Callable[[str, str], None] | None = None,
         client_id: str = "skyattr",
         request_timeout_ms: int = 15_000,
         retry_backoff_s: tuple[float, float] = (0.5, 30.0),
-        readback: int = 1000,
+        max_batch: int = MAX_BATCH,
     ) -> None:
         self._topics = dict(topics)
         if not self._topics:
@@ -119,22 +119,26 @@ class KafkaSink:
         unknown = sorted(set(self._topics) - set(RESULT_TOPICS))
         if unknown:
             raise ValueError(f"unknown result topic(s) {', '.join(unknown)}; expected {' or '.join(RESULT_TOPICS)}")
+        if buffer_limit < 1:
+            raise ValueError(f"buffer_limit must be >= 1, got {buffer_limit!r}")
         self.bootstrap = bootstrap
+        self.durable = transactional_id is not None
         self.buffer_limit = buffer_limit
         self.stats = KafkaStats()
-        self._outbox = KafkaOutbox(buffer_limit, self.stats)
+        self._outbox = KafkaOutbox(None if self.durable else buffer_limit, self.stats)
         self._sender = KafkaSender(
             self._outbox,
             bootstrap,
-            self._topics.values(),
+            transactional_id=transactional_id or f"skyattr-results-{uuid.uuid4().hex}",
+            mark_topic=mark_topic,
+            initial_mark=initial_mark,
             client_id=client_id,
             request_timeout_ms=request_timeout_ms,
             retry_backoff_s=retry_backoff_s,
             security=security,
-            readback=readback,
-            on_delivered=self._delivered,
+            max_batch=max_batch,
         )
-        self._on_ack = on_ack
+        self._seq = 0  # the last sequence number given to a message published without one
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
         self._closed = False
@@ -144,7 +148,7 @@ class KafkaSink:
     # -------------------------------------------------------------------------------------------- state
     @property
     def sent(self) -> int:
-        """Messages the broker acknowledged."""
+        """Messages committed to their topics."""
         return self._outbox.sent
 
     @property
@@ -164,12 +168,21 @@ class KafkaSink:
 
     @property
     def already_written(self) -> int:
-        """Resent results skipped because their topic already held them."""
+        """Results published again that a committed transaction already held (after a restart: below the mark)."""
         return self._outbox.already_written
 
     @property
+    def committed_through(self) -> int:
+        """The sequence number through which every message is committed or given up (0 before the mark is read)."""
+        return self._sender.through or 0
+
+    @property
+    def transactional_id(self) -> str:
+        return self._sender.transactional_id
+
+    @property
     def buffered(self) -> int:
-        """Messages not yet acknowledged (including the one in flight)."""
+        """Messages not yet committed (those in flight included)."""
         return len(self._outbox)
 
     @property
@@ -187,19 +200,15 @@ class KafkaSink:
         return self._outbox.pending()
 
     # -------------------------------------------------------------------------------------------- publish
-    def publish(self, result: Result) -> None:
+    def publish(self, result: Result, seq: int | None = None) -> None:
         """Serialise and buffer ``result``; never waits for the broker. Any thread (see the class docstring).
 
-        Raises ``ValueError`` when its topic is not mapped, it cannot be encoded as JSON or is too large for one
-        Kafka request, ``RuntimeError`` after :meth:`close`."""
+        ``seq``: its place in the order, above every earlier one (the results journal's sequence number; a
+        result published again after a restart with the number it had is dropped if the mark already holds it);
+        None: the sink numbers it. Raises ``ValueError`` when its topic is not mapped, it cannot be encoded as JSON
+        or is too large for one Kafka request, ``RuntimeError`` after :meth:`close`."""
         topic = self._kafka_topic(result.topic)
-        self._submit(encode(result.topic, topic, result.to_message()))
-
-    def resend(self, result: Result) -> None:
-        """Buffer a journaled result after a restart: it may have been written before the restart, so it is
-        skipped, and acknowledged, when the tail of its Kafka topic already holds its identity. Raises like
-        :meth:`publish`."""
-        self._submit(encode(result.topic, self._kafka_topic(result.topic), result.to_message(), verify=True))
+        self._submit(encode(result.topic, topic, result.to_message(), seq=-1 if seq is None else seq))
 
     def _kafka_topic(self, kind: str) -> str:
         if self._closed:
@@ -219,6 +228,9 @@ class KafkaSink:
     def _put(self, msg: PendingMessage) -> None:
         if self._closed:
             raise RuntimeError("KafkaSink is closed")
+        if msg.seq < 0:
+            msg = replace(msg, seq=max(self._seq, self._outbox.last_seq) + 1)
+        self._seq = max(self._seq, msg.seq)
         self._outbox.put(msg)
         self._sender.notify()
 
@@ -244,10 +256,6 @@ class KafkaSink:
             else:
                 self._errors_unlogged += 1
 
-    def _delivered(self, msg: PendingMessage) -> None:
-        if self._on_ack is not None:
-            self._on_ack(msg.kind, msg.id)  # the sender logs (and survives) an exception here
-
     # -------------------------------------------------------------------------------------------- lifecycle
     async def start(self) -> None:
         """Capture the running loop and start the sender; returns at once: connecting (and retrying while the
@@ -266,7 +274,7 @@ class KafkaSink:
     async def close(self, timeout: float) -> int:
         """Flush for at most about ``timeout`` seconds, then stop the producer, in bounded time even with the
         broker down (``timeout`` plus about a second at worst). Returns (and logs) the number of messages left
-        unacknowledged; they stay readable through :meth:`pending`. Idempotent."""
+        uncommitted; they stay readable through :meth:`pending`. Idempotent."""
         if self._closed:
             return len(self._outbox)
         self._closed = True
@@ -276,12 +284,7 @@ class KafkaSink:
         await self._sender.close(max(0.0, deadline - time.monotonic()))
         left = self._outbox.pending()
         if left:
-            log.warning(
-                "Kafka sink closed with %d message(s) unsent: %s%s",
-                len(left),
-                describe_runs(left),
-                " (the first was in flight and may have been written)" if self._outbox.head_claimed else "",
-            )
+            log.warning("Kafka sink closed with %d message(s) uncommitted: %s", len(left), describe_runs(left))
         else:
             log.info("Kafka sink closed: all %d message(s) sent", self.sent)
         return len(left)

@@ -1,16 +1,19 @@
-"""The Kafka sink's outbox: a bounded, ordered, counted buffer of serialised messages. Pure Python, no I/O.
+"""The Kafka sink's outbox: an ordered, counted buffer of serialised messages. Pure Python, no I/O.
 
-:class:`KafkaOutbox` holds :class:`PendingMessage` objects in publishing order. The sender
-(:mod:`streamer.sinks.kafka_sender`) works on its head only: it *claims* the head before handing it to a producer,
-*releases* it when that producer is retired, and *completes* it once the broker acknowledged it (or it was found
-already written, or the broker rejected it for good). A full outbox drops its oldest *unclaimed* message: during a
-long outage the newest results are the valuable ones, and the claimed head may be written any moment, so forgetting
-it would make the counts lie.
+:class:`KafkaOutbox` holds :class:`PendingMessage` objects in publishing (``seq``) order. The sender
+(:mod:`streamer.sinks.kafka_sender`) works on its head only: it *claims* the first messages for one transaction,
+*releases* them when that transaction is abandoned, and *completes* them once it committed; messages a committed
+transaction already holds (found after a restart or a lost commit answer) are dropped *through* a sequence number.
+A bounded outbox (no results journal behind it) drops its oldest *unclaimed* message when full: during a long outage
+the newest results are the valuable ones, and claimed messages may be committed any moment, so forgetting them
+would make the counts lie. With a journal the outbox is unbounded: the journal holds every undelivered result
+anyway, and a gap in the order would break the publisher's mark.
 
 Every outcome is counted per (Kafka topic, outcome) in :class:`KafkaStats`, the plain counters a metrics collector
 reads at scrape time (see :meth:`KafkaStats.snapshot`). Outcomes: ``sent``, ``failed`` (one delivery attempt; a
 message can fail many times during an outage), ``dropped`` (buffer full), ``rejected`` (refused by the broker for
-what it is, given up), ``already_written`` (recovered after a restart and found in the topic's tail).
+what it is, given up), ``already_written`` (a committed transaction already holds it: published again after a
+restart, or after a commit whose answer was lost).
 
 Not thread-safe: the sink calls it on the event loop's thread only (before the loop is known, from the one thread
 that builds the pipeline).
@@ -43,15 +46,15 @@ class PendingMessage:
     id: str  # the result's identity (``<indicator>@<as_of_us>``), also sent as the ``skyattr-id`` header
     run: int | None
     timestamp_ms: int
-    verify: bool = False  # recovered after a restart: skipped when the topic's tail already holds its identity
+    seq: int = 0  # its place in the publisher's order: the results journal's sequence number, or the sink's own
 
 
 @dataclass
 class KafkaStats:
     """Plain counters of the Kafka sink, for a metrics collector to read at scrape time.
 
-    ``messages`` counts outcomes per ``(kafka_topic, outcome)``; ``buffered`` is the messages not yet acknowledged
-    (the one in flight included); ``connected`` is True while a producer is up and the last attempt succeeded;
+    ``messages`` counts outcomes per ``(kafka_topic, outcome)``; ``buffered`` is the messages not yet committed
+    (those in flight included); ``connected`` is True while a producer is up and the last attempt succeeded;
     ``errors`` counts publications from another thread that failed on the event loop (logged, never raised)."""
 
     messages: Counter[tuple[str, str]] = field(default_factory=Counter)
@@ -68,23 +71,17 @@ class KafkaStats:
         return sum(n for (_, o), n in dict.copy(self.messages).items() if o == outcome)
 
 
-@dataclass(eq=False)
-class _Entry:
-    msg: PendingMessage
-    # True from the moment the sender starts handing this message to a producer: an overflow must then drop the next
-    # message instead, since this one may already be on its way to the broker.
-    claimed: bool = False
-
-
 class KafkaOutbox:
-    """Bounded FIFO of :class:`PendingMessage`; see the module docstring."""
+    """FIFO of :class:`PendingMessage` in ``seq`` order, bounded by ``limit`` (None: unbounded, for a publisher
+    whose results journal keeps every message anyway); see the module docstring."""
 
-    def __init__(self, limit: int = 10_000, stats: KafkaStats | None = None) -> None:
-        if limit < 1:
+    def __init__(self, limit: int | None = 10_000, stats: KafkaStats | None = None) -> None:
+        if limit is not None and limit < 1:
             raise ValueError(f"buffer_limit must be >= 1, got {limit!r}")
         self.limit = limit
         self.stats = stats if stats is not None else KafkaStats()
-        self._entries: deque[_Entry] = deque()
+        self._entries: deque[PendingMessage] = deque()
+        self.claimed = 0  # the head messages in a transaction now: they may be committed any moment
         self._drops_unlogged = 0
         self._last_drop_log = -float("inf")
         self._sync()
@@ -99,21 +96,14 @@ class KafkaOutbox:
     def __iter__(self) -> Iterator[PendingMessage]:
         return iter(self.pending())
 
-    def head(self) -> PendingMessage | None:
-        """The oldest message (the one the sender works on), or None when empty."""
-        return self._entries[0].msg if self._entries else None
-
-    @property
-    def head_claimed(self) -> bool:
-        """Whether the head is in a producer's hands (it may have been written)."""
-        return bool(self._entries) and self._entries[0].claimed
-
     def pending(self) -> list[PendingMessage]:
         """The buffered messages, oldest first (a copy)."""
-        return [e.msg for e in list(self._entries)]
+        return list(self._entries)
 
-    def count(self, topic: str, outcome: str) -> int:
-        return self.stats.messages[(topic, outcome)]
+    @property
+    def last_seq(self) -> int:
+        """The sequence number of the newest message (0 when empty)."""
+        return self._entries[-1].seq if self._entries else 0
 
     @property
     def sent(self) -> int:
@@ -137,52 +127,64 @@ class KafkaOutbox:
 
     # ------------------------------------------------------------------------------------------------ writing
     def put(self, msg: PendingMessage) -> list[PendingMessage]:
-        """Append ``msg``; when that overflows the limit, drop (and return) the oldest unclaimed message(s)."""
-        self._entries.append(_Entry(msg))
+        """Append ``msg`` (its ``seq`` must be above every buffered one); when that overflows the limit, drop (and
+        return) the oldest unclaimed message(s)."""
+        if self._entries and msg.seq <= self._entries[-1].seq:
+            raise ValueError(f"message seq {msg.seq} is not after the last buffered one ({self._entries[-1].seq})")
+        self._entries.append(msg)
         dropped = []
-        while len(self._entries) > self.limit:
-            dropped.append(self._drop_oldest())
+        while self.limit is not None and len(self._entries) > max(self.limit, self.claimed):
+            dropped.append(self._drop_oldest_unclaimed())
         self._sync()
         return dropped
 
-    def claim(self, msg: PendingMessage) -> None:
-        """Mark ``msg``, which must be the head, as handed to a producer: overflow no longer drops it."""
-        self._head_entry(msg).claimed = True
+    def claim(self, most: int) -> list[PendingMessage]:
+        """The first ``most`` messages, marked as handed to a transaction: overflow no longer drops them."""
+        self.claimed = min(most, len(self._entries))
+        return list(self._entries)[: self.claimed]
 
-    def release(self, msg: PendingMessage) -> None:
-        """The producer that held ``msg`` is gone: it is an ordinary unsent head again. No-op if not the head."""
-        if self._entries and self._entries[0].msg is msg:
-            self._entries[0].claimed = False
+    def release(self) -> None:
+        """The transaction that held the claimed messages is gone without a commit: they are unsent again."""
+        self.claimed = 0
 
-    def complete(self, msg: PendingMessage, outcome: str = "sent") -> bool:
-        """Remove ``msg`` from the head and count ``outcome`` (``sent``, ``already_written`` or ``rejected``).
-        False, and nothing counted, when ``msg`` is no longer the head (an unclaimed head dropped meanwhile)."""
-        if outcome not in ("sent", "already_written", "rejected"):
-            raise ValueError(f"not a completion outcome: {outcome!r}")
-        if not self._entries or self._entries[0].msg is not msg:
+    def complete(self, outcome: str = "sent") -> list[PendingMessage]:
+        """Remove the claimed messages and count ``outcome`` for each (``sent``)."""
+        done = [self._entries.popleft() for _ in range(self.claimed)]
+        self.claimed = 0
+        for msg in done:
+            self.stats.messages[(msg.topic, outcome)] += 1
+        self._sync()
+        return done
+
+    def drop_through(self, seq: int) -> list[PendingMessage]:
+        """Remove the unclaimed head messages whose ``seq`` is at or below ``seq``: a committed transaction already
+        wrote them (``already_written``)."""
+        done = []
+        while self._entries and self.claimed == 0 and self._entries[0].seq <= seq:
+            msg = self._entries.popleft()
+            self.stats.messages[(msg.topic, "already_written")] += 1
+            done.append(msg)
+        self._sync()
+        return done
+
+    def reject(self, msg: PendingMessage) -> bool:
+        """Give up an unclaimed ``msg`` the broker refused for what it is (``rejected``); False when it is gone."""
+        if self.claimed or msg not in self._entries:
             return False
-        self._entries.popleft()
-        self.stats.messages[(msg.topic, outcome)] += 1
+        self._entries.remove(msg)
+        self.stats.messages[(msg.topic, "rejected")] += 1
         self._sync()
         return True
 
-    def fail(self, msg: PendingMessage) -> None:
-        """Count one failed delivery attempt of ``msg`` (it stays where it is)."""
-        self.stats.messages[(msg.topic, "failed")] += 1
+    def fail(self, messages: list[PendingMessage]) -> None:
+        """Count one failed delivery attempt of each of ``messages`` (they stay where they are)."""
+        for msg in messages:
+            self.stats.messages[(msg.topic, "failed")] += 1
 
     # ------------------------------------------------------------------------------------------------ internals
-    def _head_entry(self, msg: PendingMessage) -> _Entry:
-        if not self._entries or self._entries[0].msg is not msg:
-            raise ValueError("only the head of the outbox can be claimed")
-        return self._entries[0]
-
-    def _drop_oldest(self) -> PendingMessage:
-        if self._entries[0].claimed and len(self._entries) > 1:
-            entry = self._entries[1]
-            del self._entries[1]
-        else:
-            entry = self._entries.popleft()
-        msg = entry.msg
+    def _drop_oldest_unclaimed(self) -> PendingMessage:
+        msg = self._entries[self.claimed]
+        del self._entries[self.claimed]
         self.stats.messages[(msg.topic, "dropped")] += 1
         self._drops_unlogged += 1
         now = time.monotonic()

@@ -124,7 +124,13 @@ async def _consume(bootstrap: str, topic: str, expect: int, timeout: float = 60.
     """Every message of ``topic`` from the beginning: until ``expect`` arrived, then 2 s more for any extra."""
     from aiokafka import AIOKafkaConsumer
 
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None)
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        auto_offset_reset="earliest",
+        group_id=None,
+        isolation_level="read_committed",  # results are written in transactions; a killed one's are aborted
+    )
     await consumer.start()
     out: list[dict[str, Any]] = []
     try:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from streamer.distributed.kafka_ingest import ensure_topics
+from streamer.sinks.kafka_topics import ensure_topics
 from tests.broker import SCRIPTS_BOOTSTRAP, ScriptBroker, kafka_bootstrap
 from tests.faults import line_count, reach, wait_until
 from tests.net import free_port, http_get

@@ -114,7 +114,7 @@ attributor: {{name: {self.name}, gather_timeout: 120}}
     def events_exist(self) -> bool:
         import asyncio
 
-        from streamer.distributed.kafka_ingest import partitions_of
+        from streamer.sinks.kafka_topics import partitions_of
 
         return len(asyncio.run(partitions_of(self.bootstrap, self.events))) == self.partitions
 

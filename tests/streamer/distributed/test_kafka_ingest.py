@@ -21,8 +21,9 @@ import pytest
 
 from streamer.core.frames import decode_frame
 from streamer.distributed import event_records
-from streamer.distributed.kafka_ingest import IngestCursor, ingest_key, load_cursor, partitions_of, stop_consumer
+from streamer.distributed.kafka_ingest import IngestCursor, ingest_key, load_cursor
 from streamer.distributed.sequencer import Tick
+from streamer.sinks.kafka_topics import partitions_of, stop_consumer
 from streamer.sources.archive import read_archive
 from streamer.testing.synth import default_archive
 from tests.broker import kafka_bootstrap

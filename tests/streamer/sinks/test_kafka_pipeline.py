@@ -19,7 +19,13 @@ BOOTSTRAP = os.environ.get("SKYATTR_KAFKA_BOOTSTRAP", "")
 async def _consume(topic: str, count: int, timeout: float = 30.0) -> list[tuple[bytes, dict]]:
     from aiokafka import AIOKafkaConsumer
 
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=BOOTSTRAP, auto_offset_reset="earliest", group_id=None)
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=BOOTSTRAP,
+        auto_offset_reset="earliest",
+        group_id=None,
+        isolation_level="read_committed",
+    )
     await consumer.start()
     out: list[tuple[bytes, dict]] = []
     try:
