@@ -289,9 +289,11 @@ def check_rendering(mode: str) -> str:
         check(any(t.get("key") == "nvidia.com/gpu" for t in pod.get("tolerations", [])), "GPU toleration")
         rec = containers.get("record", {})
         check(
-            rec.get("args") == ["record", "--relay", values["config"]["relay"], "--out", "/var/lib/skyattr/archive"],
+            rec.get("args") == ["record", "--config", "/etc/skyattr/config.yaml", "--out", "/var/lib/skyattr/archive"],
             f"record args {rec.get('args')}",
         )
+        rec_mounts = {m["mountPath"]: m["name"] for m in rec.get("volumeMounts", [])}
+        check(rec_mounts.get("/etc/skyattr") == "config", "record: the config mounted (its relay)")
         check(env.get("SKYATTR_KAFKA_BOOTSTRAP", {}).get("value") == "kafka:9092", "SKYATTR_KAFKA_BOOTSTRAP")
         check(env.get("SKYATTR_KAFKA_SECURITY_PROTOCOL", {}).get("value") == "SASL_SSL", "SKYATTR_KAFKA_SECURITY_PROTOCOL")
         check(env.get("SKYATTR_KAFKA_SASL_MECHANISM", {}).get("value") == "SCRAM-SHA-512", "SKYATTR_KAFKA_SASL_MECHANISM")

@@ -33,6 +33,8 @@ import annotated_types
 import jsonschema
 import pytest
 import yaml
+from pydantic import BaseModel
+from pydantic.fields import FieldInfo
 
 from streamer.app.settings import Settings, load_settings
 
@@ -128,6 +130,13 @@ def test_schema_is_valid_and_values_match_it(schema: dict, values: dict) -> None
         ("config.kafka_topic_tiers", "bad topic"),
         ("config.no_such_option", 1),
         ("config.kafka_bootstrap", "kafka:9092"),  # set through kafka.bootstrap, not config
+        ("config.worker.session_timeout", 2),
+        ("config.worker.store", "memory://"),  # set by the chart: RocksDB on the worker's PVC
+        ("config.worker.instance", "w-0"),  # set by the chart: the pod's name
+        ("config.ingest.partitions", 0),
+        ("config.ingest.no_such_option", 1),
+        ("config.attributor.gather_timeout", -1),
+        ("config.topics.events", ""),
         ("replicaCount", 2),
         ("image.pullPolicy", "Sometimes"),
         ("kafka.sasl.mechanism", "GSSAPI"),
@@ -158,12 +167,27 @@ def test_default_config_is_accepted_by_the_daemon(values: dict, tmp_path: Path) 
     path.write_text(yaml.safe_dump(values["config"]))
     settings = load_settings(path, env={})
     for key, value in values["config"].items():
-        assert getattr(settings, key) == value, key
+        got = getattr(settings, key)
+        if isinstance(got, BaseModel):  # a section: the values set are the section's
+            assert {k: getattr(got, k) for k in value} == value, key
+        else:
+            assert got == value, key
 
 
-def _bounds(field_name: str) -> dict[str, float]:
+def test_config_keeps_only_what_differs_from_the_daemon(values: dict) -> None:
+    """The chart writes no default of its own: every value under config: is one a pod needs differently."""
+    for key, value in values["config"].items():
+        default = Settings.model_fields[key].get_default(call_default_factory=True)
+        if isinstance(default, BaseModel):
+            same = [k for k, v in value.items() if getattr(default, k) == v]
+            assert not same, f"config.{key}: {same} equal the daemon's defaults"
+        else:
+            assert value != default, f"config.{key} equals the daemon's default"
+
+
+def _bounds(field: FieldInfo) -> dict[str, float]:
     out: dict[str, float] = {}
-    for m in Settings.model_fields[field_name].metadata:
+    for m in field.metadata:
         if isinstance(m, annotated_types.Gt):
             out["gt"] = m.gt
         elif isinstance(m, annotated_types.Ge):
@@ -182,24 +206,38 @@ def _literal(annotation: object) -> set[object] | None:
     return None
 
 
+def _strict_enough(name: str, prop: dict, field: FieldInfo) -> None:
+    b = _bounds(field)
+    lo = prop.get("exclusiveMinimum", prop.get("minimum"))
+    if "gt" in b:
+        assert lo is not None and (lo > b["gt"] or (lo == b["gt"] and "exclusiveMinimum" in prop)), name
+    if "ge" in b:
+        assert lo is not None and lo >= b["ge"], name
+    if "le" in b:
+        assert prop.get("maximum", prop.get("exclusiveMaximum")) is not None, name
+        assert prop.get("maximum", prop.get("exclusiveMaximum")) <= b["le"], name
+    choices = _literal(field.annotation)
+    if choices is not None:
+        assert set(prop["enum"]) <= choices, name
+    if int in (field.annotation, *typing.get_args(field.annotation)):
+        assert prop.get("type") == "integer", name
+    if any(isinstance(m, annotated_types.MinLen) for m in field.metadata):
+        assert prop.get("minLength", 0) >= 1, name
+
+
 def test_schema_is_at_least_as_strict_as_settings(schema: dict) -> None:
-    """A value the schema lets through must not be one the daemon rejects (same bounds, same enums)."""
+    """A value the schema lets through must not be one the daemon rejects (same bounds, same enums), in the
+    distributed roles' sections too."""
     for name, prop in schema["properties"]["config"]["properties"].items():
-        b = _bounds(name)
-        lo = prop.get("exclusiveMinimum", prop.get("minimum"))
-        if "gt" in b:
-            assert lo is not None and (lo > b["gt"] or (lo == b["gt"] and "exclusiveMinimum" in prop)), name
-        if "ge" in b:
-            assert lo is not None and lo >= b["ge"], name
-        if "le" in b:
-            assert prop.get("maximum", prop.get("exclusiveMaximum")) is not None, name
-            assert prop.get("maximum", prop.get("exclusiveMaximum")) <= b["le"], name
-        choices = _literal(Settings.model_fields[name].annotation)
-        if choices is not None:
-            assert set(prop["enum"]) <= choices, name
-        annotation = Settings.model_fields[name].annotation
-        if int in (annotation, *typing.get_args(annotation)):
-            assert prop.get("type") == "integer", name
+        field = Settings.model_fields[name]
+        section = field.annotation
+        if isinstance(section, type) and issubclass(section, BaseModel):
+            assert prop["type"] == "object" and prop["additionalProperties"] is False, name
+            assert set(prop["properties"]) <= set(section.model_fields), name
+            for sub, sub_prop in prop["properties"].items():
+                _strict_enough(f"{name}.{sub}", sub_prop, section.model_fields[sub])
+        else:
+            _strict_enough(name, prop, field)
 
 
 def test_rules_have_one_source() -> None:
@@ -329,7 +367,7 @@ def _break_env(chart: Path) -> None:
 
 def _break_worker_args(chart: Path) -> None:  # a flag the worker command does not have
     p = chart / "templates" / "distributed.yaml"
-    p.write_text(p.read_text().replace("- --session-timeout\n", "- --session-timeout-s\n"))
+    p.write_text(p.read_text().replace("- --store\n", "- --storage\n"))
 
 
 def _break_worker_membership(chart: Path) -> None:  # every worker the same static member
