@@ -118,3 +118,21 @@ class LinearIncremental(_Sequential):
 
     def add(self, i: int) -> float:
         return float(self.c[i] * self.x[i])
+
+
+class SaturatedLinearIncremental(LinearIncremental):
+    """v = K (1 - exp(-c.x)): a saturating function of one linear aggregate; tracks c.x."""
+
+    def __init__(self, x: np.ndarray, graph: Any, c: np.ndarray, capacity: float) -> None:
+        super().__init__(x, graph, c)
+        self.k = float(capacity)
+
+    def reset(self) -> None:
+        super().reset()
+        self.s = 0.0
+
+    def add(self, i: int) -> float:
+        s_new = self.s + super().add(i)
+        delta = self.k * (np.exp(-self.s / self.k) - np.exp(-s_new / self.k))
+        self.s = s_new
+        return float(delta)

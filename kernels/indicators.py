@@ -345,6 +345,29 @@ def saturation(capacity_per_agent: float = 1.0, capacity: float | None = None) -
     return _stemmed("saturation", head, params, incremental, scaled=scaled, about=about)
 
 
+@register_indicator("saturated_exposure")
+def saturated_exposure(capacity_per_agent: float = 1.0, capacity: float | None = None) -> Indicator:
+    capacity_per_agent = _number("saturated_exposure", "capacity_per_agent", capacity_per_agent, positive=True)
+    capacity = _real("saturated_exposure", "capacity", capacity, positive=True, optional=True)
+
+    def head(e: jax.Array, x: jax.Array, graph: Any) -> jax.Array:
+        k = capacity if capacity is not None else capacity_per_agent * jnp.asarray(graph.n, e.dtype)
+        return k * -jnp.expm1(-graph.total(e) / k)
+
+    from kernels.incremental import SaturatedLinearIncremental
+
+    def incremental(x: np.ndarray, g: Any) -> IncrementalEvaluator:
+        k = capacity if capacity is not None else capacity_per_agent * g.n
+        return SaturatedLinearIncremental(x, g, attention_received(g), k)
+
+    params = {"capacity_per_agent": capacity_per_agent, "capacity": capacity}
+    scaled = (
+        None if capacity is not None else (lambda n: saturated_exposure(capacity_per_agent, capacity_per_agent * n))
+    )
+    about = "a response to total attended activity that saturates at capacity K: a nonlinear f of a linear c.x"
+    return _stemmed("saturated_exposure", head, params, incremental, scaled=scaled, about=about)
+
+
 @register_indicator("exposure")
 def exposure() -> Indicator:
     def head(e: jax.Array, x: jax.Array, graph: Any) -> jax.Array:

@@ -111,6 +111,52 @@ def exact_shapley(indicator: Indicator | str | Any, x: Any, graph: AttentionGrap
     return phi
 
 
+SPLIT_MAX_COMPOSITIONS = 1 << 22  # (pieces + 1)^n coalition compositions evaluated by split_shapley
+
+
+def split_shapley(indicator: Indicator | str | Any, x: Any, graph: AttentionGraph, pieces: int) -> np.ndarray:
+    """Exact Shapley values when every agent is split into ``pieces`` equal players (each with activity x_i / k and
+    the agent's attention), summed back per agent (float64). ``pieces=1`` is :func:`exact_shapley`.
+
+    Why: the Aumann–Shapley value is the limit of these as k grows (Aumann & Shapley 1974, the value of a game whose
+    players are an ocean of small ones), so the gap between the path integral and exact Shapley on a small game is
+    the effect of agents being *large* (atoms) relative to the indicator's curvature, not of any property of v; the
+    gap shrinks as the pieces shrink. A coalition is then a composition m (pieces of each agent present): v(m) =
+    v(x * m / k), and a piece of agent i joining compositions with m_i < k is weighted by the number of coalitions
+    of that composition, prod_j C(k_j, m_j) with k_i = k - 1, times s! (N - s - 1)! / N! (N = n k players, s =
+    sum m). Refuses more than :data:`SPLIT_MAX_COMPOSITIONS` compositions, (k + 1)^n."""
+    ind = as_indicator(indicator)
+    graph = _check_graph(graph)
+    n = graph.n
+    k = check_positive_int(pieces, "pieces")
+    if (k + 1) ** n > SPLIT_MAX_COMPOSITIONS:
+        raise ValueError(f"(pieces + 1)^n = {(k + 1) ** n:,} compositions exceed {SPLIT_MAX_COMPOSITIONS:,}")
+    x64 = check_activity(x, n)
+    grid = np.stack(np.meshgrid(*[np.arange(k + 1)] * n, indexing="ij"), axis=-1).reshape(-1, n)
+    fn = _coalition_values(ind)
+    with jax.enable_x64(True):
+        g = graph.padded(np.float64)
+        x_pad = jnp.asarray(np.pad(x64, (0, g.size - n)))
+        masks = np.pad(grid / k, ((0, 0), (0, g.size - n)))
+        vals = np.concatenate(
+            [np.asarray(fn(x_pad, jnp.asarray(masks[s : s + 8192]), g)) for s in range(0, len(masks), 8192)]
+        ).astype(np.float64)
+    total = n * k
+    size = grid.sum(axis=1)
+    log_order = np.array([math.lgamma(s + 1) + math.lgamma(total - s) - math.lgamma(total + 1) for s in range(total)])
+    log_binom = np.array([[math.lgamma(a + 1) - math.lgamma(b + 1) - math.lgamma(a - b + 1) if b <= a else -np.inf
+                           for b in range(k + 1)] for a in range(k + 1)])  # fmt: skip
+    strides = (k + 1) ** np.arange(n - 1, -1, -1)
+    phi = np.zeros(n)
+    for i in range(n):
+        rows = np.flatnonzero(grid[:, i] < k)
+        m = grid[rows]
+        log_count = log_binom[k][m].sum(axis=1) - log_binom[k][m[:, i]] + log_binom[k - 1][m[:, i]]
+        weight = np.exp(log_count + log_order[size[rows]])
+        phi[i] = k * np.sum(weight * (vals[rows + strides[i]] - vals[rows]))
+    return phi
+
+
 def sampled_shapley(
     indicator: Indicator | str | Any,
     x: Any,

@@ -30,6 +30,7 @@ from streamer.app.progress import JobProgress
 from streamer.app.record import record_command
 from streamer.app.relay_command import relay_command
 from streamer.app.report import report_command
+from streamer.app.study_command import study_command
 from streamer.app.synth_command import synth_command
 from streamer.app.terminal import figures_line, scale_table
 from streamer.core.population import load_npz, save_npz, synthetic
@@ -265,6 +266,7 @@ COMMANDS = [
     ("run", run_command, "Run live on a relay's firehose until SIGTERM."),
     ("attribute", attribute, "Attribute one population, full scale vs panel."),
     ("report", report_command, "Write a Markdown/HTML report of one attribution."),
+    ("study", study_command, "The paper's table with intervals, theorem rows and sweeps."),
     ("synth", synth_command, "Write a synthetic firehose archive."),
     ("record", record_command, "Record a relay's firehose into an archive."),
     ("relay", relay_command, "Serve an archive as a local relay."),

@@ -479,7 +479,7 @@ def render_html(blocks: list[Block]) -> str:
 # ------------------------------------------------------------------------------------------------ figures
 
 
-def _figure(width: float = 7.0, height: float = 4.5) -> Any:
+def new_figure(width: float = 7.0, height: float = 4.5) -> Any:
     """A figure on the Agg canvas, without pyplot: no display, no global state shared with other threads."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -492,7 +492,7 @@ def _figure(width: float = 7.0, height: float = 4.5) -> Any:
 def plot_tier_shares(data: ReportData, path: Path) -> None:
     """Grouped bars head/middle/tail × full/panel, from the result's shares (the numbers in the tables)."""
     r = data.result
-    fig = _figure()
+    fig = new_figure()
     ax = fig.add_subplot()
     x = np.arange(len(kernels.TIER_NAMES))
     width = 0.27
@@ -527,7 +527,7 @@ def plot_tier_shares(data: ReportData, path: Path) -> None:
 def plot_lorenz(data: ReportData, path: Path) -> None:
     """Lorenz curves of the panel's accounts: their full-scale attribution and the panel study's (the same accounts
     on both sides), with their Gini coefficients."""
-    fig = _figure(5.5, 5.0)
+    fig = new_figure(5.5, 5.0)
     ax = fig.add_subplot()
     ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1, label="equal split")
     if len(data.panel):
@@ -549,7 +549,7 @@ def plot_lorenz(data: ReportData, path: Path) -> None:
 def plot_attribution_vs_visibility(data: ReportData, path: Path) -> None:
     """phi against visibility, coloured by tier, panel members ringed: every account, on symmetric-log axes (linear
     near zero, logarithmic beyond), so accounts with phi <= 0 or no visibility are shown too, not left out."""
-    fig = _figure()
+    fig = new_figure()
     ax = fig.add_subplot()
     for k, name in enumerate(kernels.TIER_NAMES):
         sel = data.tiers == k

@@ -84,6 +84,25 @@ def test_any_function_of_one_linear_aggregate_gives_r_star_zero_in_the_same_game
     assert r_star(full.phi[panel], same.phi) <= 1e-9
 
 
+@SETTINGS
+@given(data=games(), k=st.sampled_from([0.5, 300.0]))
+def test_the_registered_saturated_exposure_is_that_function_of_one_linear_aggregate(data, k: float) -> None:  # type: ignore[no-untyped-def]
+    """``saturated_exposure`` (what ``skyattr study`` shows the theorem's f(linear) row with): v = K (1 − exp(−s/K)),
+    s = c . x, so the same game's r* is 0, and its sequential evaluator (sampled Shapley) adds up to v."""
+    x, g, panel = data
+    if not g.edges:
+        return
+    v = get_indicator("saturated_exposure", capacity=k)
+    full = attribute(v, x, g, nodes=16, dtype="float64")
+    s = float(attention_received(g) @ x)
+    assert full.value - full.baseline == pytest.approx(k * -np.expm1(-s / k), rel=1e-9, abs=1e-12)
+    same = panel_attribution(v, x, g, panel, nodes=16, dtype="float64", game="same_game")
+    assert r_star(full.phi[panel], same.phi) <= 1e-9
+    walk = v.incremental(x, g)
+    walk.reset()
+    assert sum(walk.add(i) for i in range(g.n)) == pytest.approx(k * -np.expm1(-s / k), rel=1e-9, abs=1e-12)
+
+
 @functools.cache
 def _saturated_exposure(k: float) -> Indicator:
     """One instance per K, so each compiles once."""

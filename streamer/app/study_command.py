@@ -1,0 +1,206 @@
+"""``skyattr study``: the command line around :mod:`streamer.app.study` (inputs, presets, progress, resume)."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+import kernels
+from streamer.app import options as opt
+from streamer.app.flags import ATTRIBUTION_FIELDS, WINDOW_FIELDS, load_or_exit, with_settings_options
+from streamer.app.options import visible
+from streamer.app.progress import JobProgress
+from streamer.app.report import ReportError, prepare_out_dir
+from streamer.app.study import Generator, Populations, StudyDirError, StudyPlan, Workspace, run_study, summarise, units
+from streamer.app.study_document import write_documents
+
+console = Console(stderr=True, soft_wrap=True)
+
+# (seeds, bootstrap replicates, panel sizes, pieces) of a full study and of --quick
+FULL = (3, 50, (10, 30, 100, 300, 1000, 3000, 10_000), (1, 2, 4, 8, 16))
+QUICK = (3, 20, (10, 100, 1000), (1, 2, 4, 8))
+STUDY_SETTINGS = ATTRIBUTION_FIELDS | WINDOW_FIELDS | {"followers"}
+
+
+def _fail(message: str) -> None:
+    console.print(f"[red]error:[/red] {escape(message)}", highlight=False)
+    raise typer.Exit(2)
+
+
+def _ints(text: str | None, what: str) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise typer.BadParameter(f"{what} must be comma-separated whole numbers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise typer.BadParameter(f"{what} must be whole numbers >= 1, got {text!r}")
+    return values
+
+
+def load_input(path: Path, settings: Any) -> kernels.Population:
+    """Population 0 from a file: a population ``.npz`` (``attribute --save``, ``replay --snapshot-out``), a
+    checkpoint directory (its state at the checkpoint) or an archive (replayed to its end). Raises ValueError."""
+    from streamer.core.followers import load_followers
+
+    followers = load_followers(settings.followers) if settings.followers else None
+    if path.is_dir() and (path / "state.npz").exists():
+        from streamer.core.checkpoint import load_checkpoint
+
+        loaded = load_checkpoint(path, followers)
+        if loaded is None:
+            raise ValueError(f"no checkpoint in {path}")
+        snap = loaded[0].snapshot()
+    elif path.is_file() and path.suffix == ".npz":
+        from streamer.core.population import load_npz
+
+        if followers is not None:
+            raise ValueError("--followers applies to an archive or a checkpoint, not to a population .npz")
+        return load_npz(path)
+    else:
+        from streamer.app.replay import replay
+
+        try:
+            result = replay(path, config=settings.state(), followers=followers)
+        except OSError as exc:
+            raise ValueError(f"cannot read archive {path}: {exc}") from None
+        if not result.report.readable:
+            raise ValueError(f"nothing readable in {path}")
+        snap = result.state.snapshot()
+    if snap.graph is None or snap.graph.edges == 0:
+        raise ValueError(f"{path} holds no attention edges in its window: nothing to study")
+    x, visibility = np.asarray(snap.x, np.float64), np.asarray(snap.visibility, np.float64)
+    return kernels.Population(x=x, visibility=visibility, graph=snap.graph)
+
+
+@with_settings_options(include=STUDY_SETTINGS, check_finite=True)
+def study_command(
+    out: Annotated[Path, typer.Option(metavar="DIR", help="Directory of the study (study.md/.html/.json, figures).")],
+    population: Annotated[
+        Path | None,
+        typer.Argument(help="A population .npz, a checkpoint directory or an archive (default: --synthetic)."),
+    ] = None,
+    synthetic: Annotated[
+        int | None, typer.Option(min=2, max=20_000_000, help="Study synthetic populations of this many agents.")
+    ] = None,
+    seeds: Annotated[int | None, typer.Option(min=1, max=1000, help="Synthetic populations (seeds 0, 1, ...).")] = None,
+    bootstrap: Annotated[
+        int | None, typer.Option(min=0, max=100_000, help="Vertex-bootstrap replicates of population 0.")
+    ] = None,
+    level: Annotated[float, typer.Option(min=0.5, max=0.999, help="Level of the intervals.")] = 0.95,
+    indicators: Annotated[
+        str | None, typer.Option(help="Comma-separated indicators (default: every registered one).")
+    ] = None,
+    panel_sizes: Annotated[str | None, typer.Option(help="Comma-separated panel sizes of the sweep.")] = None,
+    pieces: Annotated[
+        str | None, typer.Option(help="Comma-separated k of the Aumann–Shapley vs Shapley comparison ('' skips).")
+    ] = None,
+    edges_per_agent: Annotated[float, typer.Option(min=0.1, max=1000, callback=opt.finite)] = 8.0,
+    follower_exponent: Annotated[
+        float, typer.Option(min=0.05, max=10, callback=opt.finite, help="Pareto exponent of follower counts.")
+    ] = 1.1,
+    activity_exponent: Annotated[
+        float, typer.Option(min=0.05, max=10, callback=opt.finite, help="Pareto exponent of activity.")
+    ] = 1.6,
+    inactive_fraction: Annotated[float, typer.Option(min=0, max=0.99, callback=opt.finite)] = 0.3,
+    quick: Annotated[bool, typer.Option(help="Fewer replicates, panel sizes and pieces: minutes, not hours.")] = False,
+    fresh: Annotated[bool, typer.Option(help="Discard a study already in DIR instead of resuming it.")] = False,
+    config: opt.Config = None,
+    progress: Annotated[
+        bool, typer.Option(help="Progress on stderr: a bar on a terminal, else a line every 10 s.")
+    ] = True,
+    **flags: Any,
+) -> None:
+    """The paper's table for every indicator, with confidence intervals over agents (and over seeds for synthetic
+    populations), the theorem's rows, a panel-size sweep and Aumann–Shapley vs exact Shapley on small games.
+
+    Written into --out as study.md, study.html, study.json (every number) and figures. Each piece of work is kept
+    as it is done: an interrupted study run again with the same options resumes where it stopped. The line naming
+    the files written goes to stdout; progress and errors to stderr."""
+    if population is not None and synthetic is not None:
+        _fail("give a population file or --synthetic N, not both")
+    settings = load_or_exit(config, flags)
+    cfg = settings.attribution()
+    preset = QUICK if quick else FULL
+    names = tuple(n.strip() for n in indicators.split(",") if n.strip()) if indicators else None
+    names = names or tuple(kernels.available_indicators())
+    for name in names:
+        try:
+            kernels.get_indicator(name, **(cfg.params if name == cfg.indicator else {}))
+        except ValueError as exc:
+            _fail(str(exc))
+    n_seeds = seeds if seeds is not None else preset[0]
+    first = None
+    if population is not None:
+        try:
+            first = load_input(population, settings)
+        except ValueError as exc:
+            _fail(str(exc))
+            return
+        generator, seed_list, source = None, (), str(population)
+    else:
+        agents = synthetic if synthetic is not None else 20_000
+        generator = Generator(agents, edges_per_agent, follower_exponent, activity_exponent, inactive_fraction)
+        seed_list, source = tuple(range(n_seeds)), f"synthetic, {agents:,} agents"
+    plan = StudyPlan(
+        indicators=names,
+        source=source,
+        generator=generator,
+        seeds=seed_list,
+        bootstrap=bootstrap if bootstrap is not None else preset[1],
+        level=level,
+        attribution={
+            "nodes": cfg.nodes, "dtype": cfg.dtype, "head": cfg.head, "middle": cfg.middle,
+            "panel_size": cfg.panel_size, "top_k": cfg.top_k, "rule": cfg.rule,
+            "params": {cfg.indicator: dict(cfg.params)} if cfg.params else {},
+        },
+        panel_sizes=_ints(panel_sizes, "--panel-sizes") or preset[2],
+        pieces=() if pieces == "" else (_ints(pieces, "--pieces") or preset[3]),
+    )  # fmt: skip
+    created = not out.exists()
+    try:
+        prepare_out_dir(out)
+        workspace = Workspace(out, plan, fresh=fresh)
+    except (ReportError, StudyDirError, OSError) as exc:
+        if created:
+            with contextlib.suppress(OSError):
+                out.rmdir()
+        _fail(str(exc))
+        return
+    todo = units(plan)
+    already = sum(workspace.done(u) for u in todo)
+    if already:
+        console.print(f"resuming the study in {escape(str(out))}: {already} of {len(todo)} units done", highlight=False)
+    started = time.perf_counter()
+    try:
+        with JobProgress(progress) as bar:
+            task = bar.task("study", total=len(todo), unit="units", detail=source)
+            task.update(already)
+            run_study(workspace, Populations(plan, first), on_unit=lambda u, done, _t: task.update(done, detail=u.key))
+            task.done()
+    except KeyboardInterrupt:
+        done = sum(workspace.done(u) for u in todo)
+        console.print(
+            f"interrupted: {done} of {len(todo)} units done and kept in {escape(str(out))}; run the same command "
+            "again to resume",
+            highlight=False,
+        )
+        raise typer.Exit(130) from None
+    except ValueError as exc:
+        _fail(str(exc))
+        return
+    summary = summarise(workspace)
+    summary["seconds_this_run"] = time.perf_counter() - started
+    written = write_documents(summary, out)
+    typer.echo(visible(f"wrote {len(written)} files to {out}: " + ", ".join(p.name for p in written)))
+
+
+__all__ = ["load_input", "study_command"]

@@ -1,0 +1,167 @@
+"""``skyattr study``: the figures against numpy written here, the golden table at small N (fixed seeds), resume
+after an interruption equal to an uninterrupted study, the theorem's rows, and the command line end to end."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import kernels
+from kernels.indicators import attention_received
+from streamer.app.study import (
+    Generator,
+    Populations,
+    StudyDirError,
+    StudyPlan,
+    Workspace,
+    run_study,
+    summarise,
+    units,
+)
+from streamer.core.population import write_npz
+
+GOLDEN = Path(__file__).resolve().parents[2] / "golden" / "study_small.json"
+VOLATILE = {"seconds"}
+
+
+def small_plan(**changes: Any) -> StudyPlan:
+    fields: dict[str, Any] = {
+        "indicators": ("exposure", "saturated_exposure", "cascade", "reach"),
+        "source": "synthetic",
+        "generator": Generator(400, edges_per_agent=6.0),
+        "seeds": (0, 1),
+        "bootstrap": 4,
+        "level": 0.9,
+        "attribution": {
+            "nodes": 16, "dtype": "float64", "head": 0.01, "middle": 0.1, "panel_size": 20, "top_k": 5,
+            "rule": "uniform", "params": {},
+        },
+        "panel_sizes": (5, 20, 60),
+        "pieces": (1, 2),
+    }  # fmt: skip
+    fields.update(changes)
+    return StudyPlan(**fields)
+
+
+def _strip(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _strip(v) for k, v in value.items() if k not in VOLATILE}
+    if isinstance(value, list):
+        return [_strip(v) for v in value]
+    return value
+
+
+def _close(got: Any, want: Any, path: str = "") -> None:
+    if isinstance(want, dict):
+        assert isinstance(got, dict) and set(got) == set(want), path
+        for k in want:
+            _close(got[k], want[k], f"{path}.{k}")
+    elif isinstance(want, list):
+        assert isinstance(got, list) and len(got) == len(want), path
+        for i, (g, w) in enumerate(zip(got, want, strict=True)):
+            _close(g, w, f"{path}[{i}]")
+    elif isinstance(want, float):
+        assert got == pytest.approx(want, rel=1e-7, abs=1e-10), path
+    else:
+        assert got == want, path
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    plan = small_plan()
+    ws = Workspace(tmp_path_factory.mktemp("study"), plan)
+    run_study(ws, Populations(plan))
+    return summarise(ws)
+
+
+def test_the_figures_are_the_ones_numpy_gives_for_a_linear_indicator(small: dict[str, Any]) -> None:
+    """exposure: phi_i = x_i (W^T 1)_i. Tier shares, the panel's share and the top-k share from that closed form,
+    tiers and panel chosen here by visibility rank (the DESIGN's rules: head = top 1 %, middle = next 10 %; panel
+    = the 20 most visible active agents)."""
+    pop = small_plan().generator.population(0)  # type: ignore[union-attr]
+    phi = pop.x * attention_received(pop.graph)
+    order = np.argsort(-pop.visibility, kind="stable")
+    n = len(phi)
+    head, middle = order[: math.ceil(0.01 * n)], order[math.ceil(0.01 * n) : math.ceil(0.11 * n)]
+    got = small["indicators"]["exposure"]["figures"]
+    total = phi.sum()
+    assert got["full.head"]["estimate"] == pytest.approx(phi[head].sum() / total, rel=1e-9)
+    assert got["full.middle"]["estimate"] == pytest.approx(phi[middle].sum() / total, rel=1e-9)
+    active = order[pop.x[order] > 0][:20]
+    assert got["panel_share"]["estimate"] == pytest.approx(phi[active].sum() / total, rel=1e-9)
+    assert got["full.top_k"]["estimate"] == pytest.approx(np.sort(phi)[::-1][:5].sum() / total, rel=1e-9)
+    assert got["same_game.r_star"]["estimate"] <= 1e-12 and got["same_game.c_star"]["estimate"] == pytest.approx(1)
+
+
+def test_the_theorem_rows_hold(small: dict[str, Any]) -> None:
+    rows = {r["indicator"]: r for r in small["theorem"]}
+    assert rows["exposure"]["expected"] == "= 0" and rows["saturated_exposure"]["structure"] == "f(linear)"
+    assert rows["cascade"]["expected"] == "> 0" and rows["reach"]["expected"] == "> 0"
+    assert all(r["holds"] for r in rows.values()), rows
+    assert rows["saturated_exposure"]["r_star"] <= 1e-9 and rows["reach"]["low"] > 1e-3
+
+
+def test_the_small_study_is_the_golden_one(small: dict[str, Any]) -> None:
+    """Fixed seeds, float64: every number of study.json at small N. Regenerate with
+    ``python -m tests.streamer.app.test_study`` after a deliberate change, and say why in the commit."""
+    _close(_strip(small), json.loads(GOLDEN.read_text()))
+
+
+def test_an_interrupted_study_resumes_to_the_uninterrupted_one(tmp_path: Path, small: dict[str, Any]) -> None:
+    plan = small_plan()
+    ws = Workspace(tmp_path, plan)
+    ran: list[str] = []
+    run_study(ws, Populations(plan), on_unit=lambda u, *_: ran.append(u.key), stop=lambda: len(ran) >= 7)
+    assert len(ran) == 7 and summarise(ws)["missing_units"]
+    again = Workspace(tmp_path, plan)  # a new process: the bootstrap draws come from their own seed
+    rest: list[str] = []
+    run_study(again, Populations(plan), on_unit=lambda u, *_: rest.append(u.key))
+    assert not set(ran) & set(rest) and len(ran) + len(rest) == len(units(plan))
+    _close(_strip(summarise(again)), _strip(small))
+    with pytest.raises(StudyDirError, match="another plan"):
+        Workspace(tmp_path, small_plan(bootstrap=5))
+    Workspace(tmp_path, small_plan(bootstrap=5), fresh=True)
+    assert not list((tmp_path / "parts").glob("*.json"))
+
+
+def test_the_command_writes_the_documents_and_resumes(tmp_path: Path) -> None:
+    pop = kernels.heavy_tailed_population(300, 6.0, 3)
+    path = tmp_path / "pop.npz"
+    write_npz(path, pop.x, pop.visibility, pop.graph)
+    out = tmp_path / "study"
+    cmd = [
+        sys.executable, "-m", "streamer", "study", str(path), "--out", str(out), "--bootstrap", "3",
+        "--indicators", "exposure,cascade", "--panel-sizes", "5,20", "--pieces", "1,2", "--dtype", "float64",
+        "--panel-size", "20", "--no-progress",
+    ]  # fmt: skip
+    first = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr
+    names = ["study.md", "study.html", "study.json", "tier_shares.png", "residuals.png", "panel_size.png"]
+    assert first.stdout.startswith(f"wrote 7 files to {out}:") and all((out / n).stat().st_size for n in names)
+    summary = json.loads((out / "study.json").read_text())
+    assert summary["plan"]["source"] == str(path) and not summary["missing_units"]
+    assert "## cascade" in (out / "study.md").read_text() and "<table>" in (out / "study.html").read_text()
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and "resuming the study" in again.stderr
+    other = subprocess.run([*cmd[:-1], "--bootstrap", "4"], capture_output=True, text=True, timeout=600)
+    assert other.returncode == 2 and "another plan" in other.stderr and "Traceback" not in other.stderr
+    both = subprocess.run([*cmd, "--synthetic", "50"], capture_output=True, text=True, timeout=60)
+    assert both.returncode == 2 and "not both" in both.stderr
+
+
+if __name__ == "__main__":  # regenerate the golden file
+    plan = small_plan()
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        ws = Workspace(Path(d), plan)
+        run_study(ws, Populations(plan))
+        GOLDEN.write_text(json.dumps(_strip(summarise(ws)), indent=1, sort_keys=True) + "\n")
+    print(f"wrote {GOLDEN}")
