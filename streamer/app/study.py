@@ -94,6 +94,7 @@ class StudyPlan:
     attribution: dict[str, Any]  # nodes, dtype, head, middle, panel_size, top_k, rule, params (per indicator)
     panel_sizes: tuple[int, ...]
     pieces: tuple[int, ...]
+    sweeps: tuple[tuple[str, tuple[float, ...]], ...] = ()  # (option, values): see SWEEPABLE
     bootstrap_seed: int = 20261207
     schema: str = SCHEMA  # parts computed by another version of the figures are another plan
 
@@ -122,6 +123,7 @@ class Unit:
     panel_size: int = 0
     game: int = 0
     params: dict[str, float] = field(default_factory=dict)
+    variant: tuple[str, float] | None = None  # a sweep's (option, value): what differs from the plan
 
 
 def units(plan: StudyPlan) -> list[Unit]:
@@ -145,6 +147,14 @@ def units(plan: StudyPlan) -> list[Unit]:
         if n != size
         for ind in plan.indicators
     ]
+    for option, values in plan.sweeps:
+        which = _swept_indicators(plan, option)
+        out += [
+            Unit(f"sweep-{option}-{value:g}-{ind}", "study", ind, 0, 0, size, variant=(option, value))
+            for value in values
+            if value != base_value(plan, option)
+            for ind in which
+        ]
     if plan.pieces:
         out += [
             Unit(f"pieces-g{g}-{name}-{_params_key(params)}", "pieces", name, game=g, params=params)
@@ -152,6 +162,55 @@ def units(plan: StudyPlan) -> list[Unit]:
             for name, params in SMALL_GAME_INDICATORS
         ]
     return out
+
+
+# What a sweep may vary, one at a time, around the plan: the quadrature, the tiers' cut-offs, an indicator's
+# parameter (``<indicator>.<parameter>``: that indicator only) and, for synthetic populations, the generator.
+SWEEPABLE = ("nodes", "head", "middle", "generator.follower_exponent", "generator.activity_exponent",
+             "generator.edges_per_agent", "generator.inactive_fraction")  # fmt: skip
+DEFAULT_SWEEPS: tuple[tuple[str, tuple[float, ...]], ...] = (
+    ("nodes", (8, 16, 32, 64)),
+    ("head", (0.005, 0.01, 0.02)),
+    ("middle", (0.05, 0.1, 0.2)),
+    ("cascade.kappa", (0.5, 2.0, 8.0)),
+    ("cascade.theta", (2.0, 3.0, 4.0)),
+    ("saturation.capacity_per_agent", (0.1, 1.0, 10.0)),
+    ("generator.follower_exponent", (0.7, 0.9, 1.1, 1.5)),
+    ("generator.activity_exponent", (1.2, 1.6, 2.0)),
+    ("generator.edges_per_agent", (4.0, 8.0, 16.0)),
+)
+
+
+def check_sweep(option: str) -> None:
+    """Raises ValueError for an option no sweep can vary."""
+    if option in SWEEPABLE:
+        return
+    name, _, param = option.partition(".")
+    if param and name in kernels.available_indicators():
+        return
+    raise ValueError(f"cannot sweep {option!r}: one of {', '.join(SWEEPABLE)} or <indicator>.<parameter>")
+
+
+def base_value(plan: StudyPlan, option: str) -> float | None:
+    """The plan's own value of a swept option (its study is the headline's; None: the indicator's default)."""
+    group, _, name = option.partition(".")
+    if not name:
+        return float(plan.attribution[group])
+    if group == "generator":
+        return None if plan.generator is None else float(getattr(plan.generator, name))
+    held = plan.attribution["params"].get(group, {}).get(name)
+    if held is None:
+        held = kernels.get_indicator(group).params.get(name)
+    return None if held is None else float(held)
+
+
+def _swept_indicators(plan: StudyPlan, option: str) -> tuple[str, ...]:
+    group, _, name = option.partition(".")
+    if group == "generator" and plan.generator is None:
+        return ()  # an input population has no generator to vary
+    if name and group != "generator":
+        return (group,) if group in plan.indicators else ()
+    return plan.indicators
 
 
 def _params_key(params: dict[str, float]) -> str:
@@ -205,17 +264,24 @@ class Populations:
     def __init__(self, plan: StudyPlan, first: kernels.Population | None = None) -> None:
         self.plan = plan
         self._first = first
-        self._cache: dict[tuple[int, int], kernels.Population] = {}
+        self._cache: dict[tuple[int, int, tuple[str, float] | None], kernels.Population] = {}
 
-    def get(self, population: int, replicate: int) -> kernels.Population:
-        key = (population, replicate)
+    def get(self, population: int, replicate: int, variant: tuple[str, float] | None = None) -> kernels.Population:
+        key = (population, replicate, variant if variant and variant[0].startswith("generator.") else None)
         if key not in self._cache:
             if len(self._cache) > 4:  # the bootstrap walks replicate by replicate: keep memory to a few
                 self._cache.clear()
-            self._cache[key] = self._make(population, replicate)
+            self._cache[key] = self._make(population, replicate, key[2])
         return self._cache[key]
 
-    def _make(self, population: int, replicate: int) -> kernels.Population:
+    def _make(self, population: int, replicate: int, variant: tuple[str, float] | None) -> kernels.Population:
+        if variant is not None:
+            from dataclasses import replace
+
+            assert self.plan.generator is not None
+            name = variant[0].removeprefix("generator.")
+            generator = replace(self.plan.generator, **{name: variant[1]})
+            return generator.population(self.plan.seeds[population])
         if replicate:
             from kernels.resample import vertex_bootstrap
 
@@ -236,14 +302,23 @@ def run_unit(plan: StudyPlan, unit: Unit, populations: Populations) -> dict[str,
     a = plan.attribution
     if unit.kind == "pieces":
         return _pieces(unit, plan.pieces)
-    pop = populations.get(unit.population, unit.replicate)
+    pop = populations.get(unit.population, unit.replicate, unit.variant)
     if pop.graph.edges == 0:
         return {"nothing": "no attention edges", "figures": {}}
-    ind = kernels.get_indicator(unit.indicator, **a["params"].get(unit.indicator, {}))
+    params = dict(a["params"].get(unit.indicator, {}))
+    options = {"nodes": a["nodes"], "head": a["head"], "middle": a["middle"]}
+    if unit.variant is not None:
+        option, value = unit.variant
+        group, _, name = option.partition(".")
+        if not name:
+            options[group] = int(value) if group == "nodes" else value
+        elif group == unit.indicator:
+            params[name] = value
+    ind = kernels.get_indicator(unit.indicator, **params)
     started = time.perf_counter()
     st = kernels.scale_study(
-        ind, pop.x, pop.graph, pop.visibility, nodes=a["nodes"], dtype=a["dtype"], head=a["head"],
-        middle=a["middle"], panel_size=unit.panel_size, rule=a["rule"],
+        ind, pop.x, pop.graph, pop.visibility, nodes=options["nodes"], dtype=a["dtype"], head=options["head"],
+        middle=options["middle"], panel_size=unit.panel_size, rule=a["rule"],
     )  # fmt: skip
     return {
         "nothing": st.nothing,
@@ -389,6 +464,30 @@ def summarise(workspace: Workspace) -> dict[str, Any]:
             })  # fmt: skip
         out["panel_sizes"][ind] = sweep
     out["pieces"] = [v for k, (u, v) in parts.items() if u.kind == "pieces" and v is not None]
+    out["sweeps"] = _sweeps(plan, parts)
+    return out
+
+
+SWEPT_FIGURES = ("full.middle_tail", "panel_share", "same_game.r_star", "restricted.r_star")
+
+
+def _sweeps(plan: StudyPlan, parts: dict[str, tuple[Unit, dict[str, Any] | None]]) -> list[dict[str, Any]]:
+    """One entry per (option, indicator): the headline figures at each value of the option, the plan's own value
+    included (the headline study itself)."""
+    out = []
+    for option, values in plan.sweeps:
+        base = base_value(plan, option)
+        for ind in _swept_indicators(plan, option):
+            points = []
+            for value in sorted({*values, *(() if base is None else (base,))}):
+                key = f"study-p0-r0-{ind}" if value == base else f"sweep-{option}-{value:g}-{ind}"
+                part = parts.get(key, (None, None))[1]
+                if part is None or not part["figures"]:
+                    continue
+                figs = part["figures"]
+                points.append({"value": value, "base": value == base,
+                               **{f: _finite(figs.get(f, math.nan)) for f in SWEPT_FIGURES}})  # fmt: skip
+            out.append({"option": option, "indicator": ind, "points": points})
     return out
 
 

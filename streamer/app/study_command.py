@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -18,7 +19,18 @@ from streamer.app.flags import ATTRIBUTION_FIELDS, WINDOW_FIELDS, load_or_exit, 
 from streamer.app.options import visible
 from streamer.app.progress import JobProgress
 from streamer.app.report import ReportError, prepare_out_dir
-from streamer.app.study import Generator, Populations, StudyDirError, StudyPlan, Workspace, run_study, summarise, units
+from streamer.app.study import (
+    DEFAULT_SWEEPS,
+    Generator,
+    Populations,
+    StudyDirError,
+    StudyPlan,
+    Workspace,
+    check_sweep,
+    run_study,
+    summarise,
+    units,
+)
 from streamer.app.study_document import write_documents
 
 console = Console(stderr=True, soft_wrap=True)
@@ -26,6 +38,11 @@ console = Console(stderr=True, soft_wrap=True)
 # (seeds, bootstrap replicates, panel sizes, pieces) of a full study and of --quick
 FULL = (3, 50, (10, 30, 100, 300, 1000, 3000, 10_000), (1, 2, 4, 8, 16))
 QUICK = (3, 20, (10, 100, 1000), (1, 2, 4, 8))
+QUICK_SWEEPS: tuple[tuple[str, tuple[float, ...]], ...] = (
+    ("nodes", (16, 32)),
+    ("cascade.kappa", (0.5, 2.0, 8.0)),
+    ("generator.follower_exponent", (0.7, 1.1, 1.5)),
+)
 STUDY_SETTINGS = ATTRIBUTION_FIELDS | WINDOW_FIELDS | {"followers"}
 
 
@@ -44,6 +61,28 @@ def _ints(text: str | None, what: str) -> tuple[int, ...] | None:
     if not values or min(values) < 1:
         raise typer.BadParameter(f"{what} must be whole numbers >= 1, got {text!r}")
     return values
+
+
+def _sweeps(texts: list[str] | None, quick: bool) -> tuple[tuple[str, tuple[float, ...]], ...]:
+    """``--sweep OPTION=V1,V2`` (repeatable; ``--sweep none`` for none), or the preset's."""
+    if not texts:
+        return QUICK_SWEEPS if quick else DEFAULT_SWEEPS
+    if texts == ["none"]:
+        return ()
+    out = []
+    for text in texts:
+        option, sep, values = text.partition("=")
+        try:
+            if not sep:
+                raise ValueError("expected OPTION=V1,V2,...")
+            check_sweep(option.strip())
+            numbers = tuple(float(v) for v in values.split(",") if v.strip())
+            if not numbers or not all(math.isfinite(v) and v > 0 for v in numbers):
+                raise ValueError("the values must be positive numbers")
+        except ValueError as exc:
+            raise typer.BadParameter(f"--sweep {text!r}: {exc}") from None
+        out.append((option.strip(), numbers))
+    return tuple(out)
 
 
 def load_input(path: Path, settings: Any) -> kernels.Population:
@@ -111,6 +150,14 @@ def study_command(
         float, typer.Option(min=0.05, max=10, callback=opt.finite, help="Pareto exponent of activity.")
     ] = 1.6,
     inactive_fraction: Annotated[float, typer.Option(min=0, max=0.99, callback=opt.finite)] = 0.3,
+    sweep: Annotated[
+        list[str] | None,
+        typer.Option(
+            metavar="OPTION=V1,V2",
+            help="Vary one option around the study (nodes, head, middle, <indicator>.<parameter>, "
+            "generator.follower_exponent, ...); repeatable; 'none' for no sweep (default: a preset).",
+        ),
+    ] = None,
     quick: Annotated[bool, typer.Option(help="Fewer replicates, panel sizes and pieces: minutes, not hours.")] = False,
     fresh: Annotated[bool, typer.Option(help="Discard a study already in DIR instead of resuming it.")] = False,
     config: opt.Config = None,
@@ -164,6 +211,7 @@ def study_command(
         },
         panel_sizes=_ints(panel_sizes, "--panel-sizes") or preset[2],
         pieces=() if pieces == "" else (_ints(pieces, "--pieces") or preset[3]),
+        sweeps=_sweeps(sweep, quick),
     )  # fmt: skip
     created = not out.exists()
     try:

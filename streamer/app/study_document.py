@@ -150,7 +150,46 @@ def document(s: dict[str, Any]) -> list[Block]:
     blocks.append(Block("img", (FIGURE_FILES["tiers"], "Tier shares, full scale vs the panel study in both games")))
     blocks += _theorem(s)
     blocks += _panel_sizes(s)
+    blocks += _sensitivity(s)
     blocks += _pieces(s)
+    return blocks
+
+
+SWEEP_WORDS = {
+    "nodes": "quadrature nodes",
+    "head": "head tier cut-off (top fraction by visibility)",
+    "middle": "middle tier cut-off (the next fraction)",
+    "generator.follower_exponent": "the generator's follower (visibility) exponent",
+    "generator.activity_exponent": "the generator's activity exponent",
+    "generator.edges_per_agent": "the generator's attention edges per agent",
+    "generator.inactive_fraction": "the generator's inactive fraction",
+}
+
+
+def _sensitivity(s: dict[str, Any]) -> list[Block]:
+    sweeps = [sw for sw in s.get("sweeps", []) if len(sw["points"]) > 1]
+    if not sweeps:
+        return []
+    blocks = [
+        Block("h2", "Sensitivity"),
+        Block("p", "One option varied at a time around the study (population 0; * marks the study's own value): "
+                   "the full-scale middle + tail share, the panel's share and r* in both games. A synthetic "
+                   "population's generator exponents change the population itself (seed 0 each time)."),
+    ]  # fmt: skip
+    options = dict.fromkeys(sw["option"] for sw in sweeps)
+    for option in options:
+        rows = []
+        for sw in (sw for sw in sweeps if sw["option"] == option):
+            for p in sw["points"]:
+                rows.append([
+                    sw["indicator"], f"{p['value']:g}" + (" *" if p["base"] else ""), _num(p["full.middle_tail"]),
+                    _num(p["panel_share"]), _num(p["same_game.r_star"]), _num(p["restricted.r_star"]),
+                ])  # fmt: skip
+        name, _, param = option.partition(".")
+        words = SWEEP_WORDS.get(option, f"{name}'s parameter {param}")
+        blocks.append(Block("p", [Bold(option), f": {words}."]))
+        header = ("indicator", "value", "middle + tail", "panel's share", "r* same game", "r* restricted")
+        blocks.append(Block("table", rows, header, "lrrrrr"))
     return blocks
 
 

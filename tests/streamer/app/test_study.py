@@ -45,6 +45,8 @@ def small_plan(**changes: Any) -> StudyPlan:
         },
         "panel_sizes": (5, 20, 60),
         "pieces": (1, 2),
+        "sweeps": (("nodes", (8.0, 16.0)), ("head", (0.01, 0.05)), ("cascade.kappa", (0.5, 2.0)),
+                   ("saturation.capacity_per_agent", (0.1,)), ("generator.follower_exponent", (0.9, 1.1))),
     }  # fmt: skip
     fields.update(changes)
     return StudyPlan(**fields)
@@ -100,6 +102,29 @@ def test_the_figures_are_the_ones_numpy_gives_for_a_linear_indicator(small: dict
     assert got["same_game.r_star"]["estimate"] <= 1e-12 and got["same_game.c_star"]["estimate"] == pytest.approx(1)
 
 
+def test_a_sweep_varies_one_option_around_the_study(small: dict[str, Any]) -> None:
+    """The study's own value is the headline study itself; a linear indicator's figures do not move with the nodes;
+    the head cut-off's shares are numpy's at that cut-off; a parameter of an indicator not studied is no sweep; the
+    generator's exponent draws another population."""
+    sweeps = {(sw["option"], sw["indicator"]): sw["points"] for sw in small["sweeps"]}
+    assert ("saturation.capacity_per_agent", "saturation") not in sweeps
+    assert {o for o, i in sweeps if i == "cascade"} == {"nodes", "head", "cascade.kappa", "generator.follower_exponent"}
+    headline = small["indicators"]["cascade"]["figures"]
+    nodes = {p["value"]: p for p in sweeps[("nodes", "cascade")]}
+    assert nodes[16.0]["base"] and nodes[16.0]["same_game.r_star"] == headline["same_game.r_star"]["estimate"]
+    linear = {p["value"]: p for p in sweeps[("nodes", "exposure")]}
+    assert linear[8.0]["panel_share"] == pytest.approx(linear[16.0]["panel_share"], rel=1e-12)
+    pop = small_plan().generator.population(0)  # type: ignore[union-attr]
+    phi = pop.x * attention_received(pop.graph)
+    order = np.argsort(-pop.visibility, kind="stable")
+    head = order[: math.ceil(0.05 * len(phi))]
+    middle_tail = 1 - phi[head].sum() / phi.sum()
+    at = {p["value"]: p for p in sweeps[("head", "exposure")]}
+    assert at[0.05]["full.middle_tail"] == pytest.approx(middle_tail, rel=1e-9)
+    exponents = {p["value"]: p for p in sweeps[("generator.follower_exponent", "exposure")]}
+    assert exponents[0.9]["full.middle_tail"] != pytest.approx(exponents[1.1]["full.middle_tail"], rel=1e-3)
+
+
 def test_the_theorem_rows_hold(small: dict[str, Any]) -> None:
     rows = {r["indicator"]: r for r in small["theorem"]}
     assert rows["exposure"]["expected"] == "= 0" and rows["saturated_exposure"]["structure"] == "f(linear)"
@@ -139,7 +164,7 @@ def test_the_command_writes_the_documents_and_resumes(tmp_path: Path) -> None:
     cmd = [
         sys.executable, "-m", "streamer", "study", str(path), "--out", str(out), "--bootstrap", "3",
         "--indicators", "exposure,cascade", "--panel-sizes", "5,20", "--pieces", "1,2", "--dtype", "float64",
-        "--panel-size", "20", "--no-progress",
+        "--panel-size", "20", "--sweep", "nodes=8,16", "--no-progress",
     ]  # fmt: skip
     first = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert first.returncode == 0, first.stderr
@@ -154,6 +179,8 @@ def test_the_command_writes_the_documents_and_resumes(tmp_path: Path) -> None:
     assert other.returncode == 2 and "another plan" in other.stderr and "Traceback" not in other.stderr
     both = subprocess.run([*cmd, "--synthetic", "50"], capture_output=True, text=True, timeout=60)
     assert both.returncode == 2 and "not both" in both.stderr
+    bad = subprocess.run([*cmd, "--sweep", "window=3"], capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "cannot sweep 'window'" in bad.stderr and "Traceback" not in bad.stderr
 
 
 if __name__ == "__main__":  # regenerate the golden file
