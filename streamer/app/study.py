@@ -95,6 +95,8 @@ class StudyPlan:
     panel_sizes: tuple[int, ...]
     pieces: tuple[int, ...]
     sweeps: tuple[tuple[str, tuple[float, ...]], ...] = ()  # (option, values): see SWEEPABLE
+    epsilon: float = 0.05  # the stratified panel's target: tier shares within this (0: no stratified panel)
+    stratified_draws: int = 200
     bootstrap_seed: int = 20261207
     schema: str = SCHEMA  # parts computed by another version of the figures are another plan
 
@@ -155,6 +157,8 @@ def units(plan: StudyPlan) -> list[Unit]:
             if value != base_value(plan, option)
             for ind in which
         ]
+    if plan.epsilon > 0:
+        out += [Unit(f"stratified-{ind}", "stratified", ind) for ind in plan.indicators]
     if plan.pieces:
         out += [
             Unit(f"pieces-g{g}-{name}-{_params_key(params)}", "pieces", name, game=g, params=params)
@@ -302,6 +306,8 @@ def run_unit(plan: StudyPlan, unit: Unit, populations: Populations) -> dict[str,
     a = plan.attribution
     if unit.kind == "pieces":
         return _pieces(unit, plan.pieces)
+    if unit.kind == "stratified":
+        return _stratified(plan, unit, populations.get(0, 0))
     pop = populations.get(unit.population, unit.replicate, unit.variant)
     if pop.graph.edges == 0:
         return {"nothing": "no attention edges", "figures": {}}
@@ -327,6 +333,45 @@ def run_unit(plan: StudyPlan, unit: Unit, populations: Populations) -> dict[str,
         "active": int(np.count_nonzero(pop.x)),
         "edges": pop.graph.edges,
         "seconds": time.perf_counter() - started,
+    }
+
+
+STRATIFIED_SIZES = (10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10_000, 20_000, 50_000, 100_000)
+
+
+def _stratified(plan: StudyPlan, unit: Unit, pop: kernels.Population) -> dict[str, Any]:
+    """The smallest stratified panel of population 0 meeting ε (:mod:`kernels.stratified`), its error curve, and
+    the visibility panel's error at the same sizes."""
+    from kernels.stratified import smallest_stratified_panel
+
+    a = plan.attribution
+    ind = kernels.get_indicator(unit.indicator, **a["params"].get(unit.indicator, {}))
+    full = kernels.attribute(ind, pop.x, pop.graph, nodes=a["nodes"], dtype=a["dtype"], rule=a["rule"])
+    phi = np.asarray(full.phi, np.float64)
+    tiers = kernels.assign_tiers(pop.visibility, head=a["head"], middle=a["middle"])
+    active = pop.x > 0
+    if phi[active].sum() <= 0:
+        return {"nothing": "no attribution to estimate", "curve": []}
+    result = smallest_stratified_panel(
+        phi, tiers, active, list(STRATIFIED_SIZES), epsilon=plan.epsilon, draws=plan.stratified_draws, seed=7
+    )
+    truth = kernels.tier_shares(phi, tiers)
+    curve = []
+    for point in result.curve:
+        panel = kernels.select_panel(pop.visibility, pop.x, size=int(point["target"]))
+        shares = kernels.tier_shares(phi[panel], tiers[panel])
+        curve.append({**point, "visibility_panel_error": float(np.max(np.abs(shares - truth)))})
+    return {
+        "nothing": "",
+        "indicator": unit.indicator,
+        "size": result.size,
+        "allocation": result.allocation,
+        "weights": result.weights,
+        "epsilon": result.epsilon,
+        "quantile": result.quantile,
+        "draws": result.draws,
+        "held_out_within": result.held_out_within,
+        "curve": curve,
     }
 
 
@@ -465,6 +510,7 @@ def summarise(workspace: Workspace) -> dict[str, Any]:
         out["panel_sizes"][ind] = sweep
     out["pieces"] = [v for k, (u, v) in parts.items() if u.kind == "pieces" and v is not None]
     out["sweeps"] = _sweeps(plan, parts)
+    out["stratified"] = [v for k, (u, v) in parts.items() if u.kind == "stratified" and v is not None]
     return out
 
 

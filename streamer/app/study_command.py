@@ -158,6 +158,15 @@ def study_command(
             "generator.follower_exponent, ...); repeatable; 'none' for no sweep (default: a preset).",
         ),
     ] = None,
+    epsilon: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            max=0.5,
+            callback=opt.finite,
+            help="Target of the stratified panel: tier shares within this (0: none).",
+        ),
+    ] = 0.05,
     quick: Annotated[bool, typer.Option(help="Fewer replicates, panel sizes and pieces: minutes, not hours.")] = False,
     fresh: Annotated[bool, typer.Option(help="Discard a study already in DIR instead of resuming it.")] = False,
     config: opt.Config = None,
@@ -212,6 +221,8 @@ def study_command(
         panel_sizes=_ints(panel_sizes, "--panel-sizes") or preset[2],
         pieces=() if pieces == "" else (_ints(pieces, "--pieces") or preset[3]),
         sweeps=_sweeps(sweep, quick),
+        epsilon=epsilon,
+        stratified_draws=100 if quick else 200,
     )  # fmt: skip
     created = not out.exists()
     try:

@@ -1,5 +1,5 @@
 """The documents of ``skyattr study``: ``study.md`` and ``study.html`` (one list of blocks rendered twice, as the
-report's), ``study.json`` (every number) and four figures, each saying in its title what it compares.
+report's), ``study.json`` (every number) and five figures, each saying in its title what it compares.
 
 Every number shown comes from the summary (:func:`streamer.app.study.summarise`), which ``study.json`` holds whole.
 """
@@ -22,6 +22,7 @@ FIGURE_FILES = {
     "residuals": "residuals.png",
     "panel_sizes": "panel_size.png",
     "pieces": "shapley_pieces.png",
+    "stratified": "stratified_panel.png",
 }
 TABLE_FIGURES = (
     ("full.head", "full scale: head share"),
@@ -150,9 +151,52 @@ def document(s: dict[str, Any]) -> list[Block]:
     blocks.append(Block("img", (FIGURE_FILES["tiers"], "Tier shares, full scale vs the panel study in both games")))
     blocks += _theorem(s)
     blocks += _panel_sizes(s)
+    blocks += _stratified(s)
     blocks += _sensitivity(s)
     blocks += _pieces(s)
     return blocks
+
+
+def _stratified(s: dict[str, Any]) -> list[Block]:
+    found = [r for r in s.get("stratified", []) if r.get("curve")]
+    if not found:
+        return []
+    eps, q = found[0]["epsilon"], found[0]["quantile"]
+    rows = []
+    for r in found:
+        if r["size"] is None:
+            rows.append([r["indicator"], "none tried meets ε", "–", "–", "–", "–"])
+            continue
+        alloc = ", ".join(f"{t} {n:,}" for t, n in r["allocation"].items())
+        weights = ", ".join(f"{t} {w:.3g}" for t, w in r["weights"].items())
+        at = next((c for c in r["curve"] if c["size"] == r["size"]), None)  # the visibility panel asked that size
+        vis = _num(at["visibility_panel_error"]) if at else "–"
+        rows.append([r["indicator"], f"{r['size']:,}", alloc, weights, f"{r['held_out_within']:.0%}", vis])
+    sizes = sorted({c["target"] for r in found for c in r["curve"]})
+    curve_rows = []
+    for r in found:
+        by = {c["target"]: c for c in r["curve"]}
+        curve_rows.append([f"{r['indicator']}: stratified", *(_num(by[n]["error_quantile"]) if n in by else "–"
+                                                              for n in sizes)])  # fmt: skip
+        curve_rows.append([f"{r['indicator']}: visibility panel", *(_num(by[n]["visibility_panel_error"]) if n in by
+                                                                    else "–" for n in sizes)])  # fmt: skip
+    return [
+        Block("h2", "The panel a small study should have used"),
+        Block("p", f"The smallest stratified random sample of the active accounts (strata: the tiers; Neyman "
+                   f"allocation; each account weighted by the accounts of its stratum it stands for) whose weighted "
+                   f"tier shares are within ε = {eps:g} of the full-scale ones in {q:.0%} of {found[0]['draws']} "
+                   "samples, checked on as many held-out samples; if the study measured each of its accounts' "
+                   "full-scale attribution exactly, so a lower bound on what it needs. The visibility panel of the "
+                   "same size is its error with no weights (it sees the head first)."),
+        Block("table", rows, ("indicator", "sample size", "allocation", "weights", "held-out within ε",
+                              "visibility panel's error at that size"), "lrllrr"),
+        Block("p", f"Error of the tier shares (max over tiers; stratified: the {q:.0%} quantile over samples) "
+                   "against the sample's size asked for (Neyman's rounding and a stratum's size move the drawn "
+                   "size by a few; study.json has both):"),
+        Block("table", curve_rows, ("", *(f"{n:,}" for n in sizes)), "l" + "r" * len(sizes)),
+        Block("img", (FIGURE_FILES["stratified"], "Tier-share error against the panel's size: stratified vs "
+                                                   "visibility")),
+    ]  # fmt: skip
 
 
 SWEEP_WORDS = {
@@ -365,6 +409,27 @@ def plot_pieces(s: dict[str, Any], path: Path) -> None:
     fig.savefig(path)
 
 
+def plot_stratified(s: dict[str, Any], path: Path) -> None:
+    fig = new_figure(7.0, 4.2)
+    ax = fig.add_subplot()
+    found = [r for r in s.get("stratified", []) if r.get("curve")]
+    colours = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000"]
+    for r, colour in zip(found, colours * 4, strict=False):
+        sizes = [c["target"] for c in r["curve"]]
+        ax.plot(sizes, [c["error_quantile"] for c in r["curve"]], marker="o", color=colour,
+                label=f"{r['indicator']}: stratified ({r['quantile']:.0%} quantile)")  # fmt: skip
+        ax.plot(sizes, [c["visibility_panel_error"] for c in r["curve"]], linestyle="--", color=colour,
+                label=f"{r['indicator']}: visibility panel")  # fmt: skip
+    if found:
+        ax.axhline(found[0]["epsilon"], color="#444", linewidth=1, label=f"ε = {found[0]['epsilon']:g}")
+    ax.set_xscale("log")
+    ax.set_xlabel("panel size (accounts)")
+    ax.set_ylabel("error of the tier shares (max over tiers)")
+    ax.set_title("Stratified, weighted sample vs the visibility panel: tier-share error against size", fontsize=10)
+    ax.legend(fontsize=6, ncols=2)
+    fig.savefig(path)
+
+
 def write_documents(s: dict[str, Any], out: Path) -> list[Path]:
     """study.md, study.html, study.json and the figures, into ``out``; returns the paths written."""
     blocks = document(s)
@@ -377,9 +442,10 @@ def write_documents(s: dict[str, Any], out: Path) -> list[Path]:
     for name, text in files.items():
         (out / name).write_text(text, encoding="utf-8")
         written.append(out / name)
-    plots = {"tiers": plot_tiers, "residuals": plot_residuals, "panel_sizes": plot_panel_sizes, "pieces": plot_pieces}
+    plots = {"tiers": plot_tiers, "residuals": plot_residuals, "panel_sizes": plot_panel_sizes, "pieces": plot_pieces,
+             "stratified": plot_stratified}  # fmt: skip
     for key, plot in plots.items():
-        if key == "pieces" and not s["pieces"]:
+        if (key == "pieces" and not s["pieces"]) or (key == "stratified" and not s.get("stratified")):
             continue
         plot(s, out / FIGURE_FILES[key])
         written.append(out / FIGURE_FILES[key])

@@ -125,6 +125,16 @@ def test_a_sweep_varies_one_option_around_the_study(small: dict[str, Any]) -> No
     assert exponents[0.9]["full.middle_tail"] != pytest.approx(exponents[1.1]["full.middle_tail"], rel=1e-3)
 
 
+def test_the_stratified_panel_is_reported_against_the_visibility_panel(small: dict[str, Any]) -> None:
+    rows = {r["indicator"]: r for r in small["stratified"]}
+    assert set(rows) == set(small_plan().indicators)
+    for r in rows.values():
+        assert [c["target"] for c in r["curve"]] == sorted(c["target"] for c in r["curve"])
+        if r["size"] is not None:
+            at = next(c for c in r["curve"] if c["size"] == r["size"])
+            assert at["error_quantile"] <= r["epsilon"] and sum(r["allocation"].values()) == r["size"]
+
+
 def test_the_theorem_rows_hold(small: dict[str, Any]) -> None:
     rows = {r["indicator"]: r for r in small["theorem"]}
     assert rows["exposure"]["expected"] == "= 0" and rows["saturated_exposure"]["structure"] == "f(linear)"
@@ -168,8 +178,8 @@ def test_the_command_writes_the_documents_and_resumes(tmp_path: Path) -> None:
     ]  # fmt: skip
     first = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert first.returncode == 0, first.stderr
-    names = ["study.md", "study.html", "study.json", "tier_shares.png", "residuals.png", "panel_size.png"]
-    assert first.stdout.startswith(f"wrote 7 files to {out}:") and all((out / n).stat().st_size for n in names)
+    names = ["study.md", "study.html", "study.json", "tier_shares.png", "residuals.png", "stratified_panel.png"]
+    assert first.stdout.startswith(f"wrote 8 files to {out}:") and all((out / n).stat().st_size for n in names)
     summary = json.loads((out / "study.json").read_text())
     assert summary["plan"]["source"] == str(path) and not summary["missing_units"]
     assert "## cascade" in (out / "study.md").read_text() and "<table>" in (out / "study.html").read_text()

@@ -1,0 +1,49 @@
+"""The stratified panel: Horvitz–Thompson weights, Neyman's allocation, and the smallest sample meeting ε on
+held-out draws. Expected values by hand or from numpy here."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import kernels
+from kernels.indicators import attention_received
+from kernels.stratified import draw, neyman_allocation, smallest_stratified_panel, weighted_shares
+
+
+def test_a_census_is_exact_and_weights_are_the_accounts_each_draw_stands_for() -> None:
+    phi = np.array([5.0, 3.0, 1.0, 1.0, 2.0, 0.5, 0.5, 0.5, 0.5])
+    strata = np.array([0, 0, 1, 1, 1, 2, 2, 2, 2])
+    census = np.bincount(strata)
+    np.testing.assert_allclose(weighted_shares(phi, strata, np.arange(9), census), [8 / 14, 4 / 14, 2 / 14])
+    # one account of each: stratum totals 2·5, 3·1, 4·0.5 (each draw stands for its stratum's accounts)
+    one = np.array([1, 1, 1])
+    np.testing.assert_allclose(weighted_shares(phi, strata, np.array([0, 2, 5]), one), np.array([10, 3, 2]) / 15)
+
+
+def test_neyman_gives_more_to_the_spread_out_stratum_and_two_to_a_flat_one() -> None:
+    rng = np.random.default_rng(3)
+    phi = np.concatenate([rng.pareto(1.0, 100) * 10, np.full(900, 1.0)])
+    strata = np.concatenate([np.zeros(100, np.int64), np.full(900, 2)])
+    alloc = neyman_allocation(phi, strata, 50)
+    assert alloc[1] == 0 and alloc[2] == 2 and alloc[0] >= 40
+    sample = draw(strata, alloc, rng)
+    assert len(sample) == alloc.sum() and len(set(sample.tolist())) == len(sample)
+    assert np.bincount(strata[sample], minlength=3).tolist() == alloc.tolist()
+
+
+def test_the_smallest_panel_meets_epsilon_on_held_out_draws_where_the_visibility_panel_does_not() -> None:
+    pop = kernels.heavy_tailed_population(5000, 8.0, 11)
+    phi = pop.x * attention_received(pop.graph)  # exposure's attribution, in closed form
+    tiers = kernels.assign_tiers(pop.visibility)
+    found = smallest_stratified_panel(phi, tiers, pop.x > 0, [20, 50, 100, 200, 500, 1000, 2000], draws=300)
+    assert found.size is not None and found.held_out_within is not None
+    assert found.held_out_within >= 0.9, found
+    truth = kernels.tier_shares(phi, tiers)
+    panel = kernels.select_panel(pop.visibility, pop.x, size=found.size)
+    assert np.max(np.abs(kernels.tier_shares(phi[panel], tiers[panel]) - truth)) > found.epsilon
+    assert sum(found.allocation.values()) == found.size
+    errors = [c["error_quantile"] for c in found.curve]
+    assert errors[-1] < errors[0]
+    with pytest.raises(ValueError, match="no attribution"):
+        smallest_stratified_panel(np.zeros(10), np.zeros(10, np.int64), np.ones(10, bool), [5])
