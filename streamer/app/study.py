@@ -95,6 +95,7 @@ class StudyPlan:
     panel_sizes: tuple[int, ...]
     pieces: tuple[int, ...]
     sweeps: tuple[tuple[str, tuple[float, ...]], ...] = ()  # (option, values): see SWEEPABLE
+    visibility: str = ""  # where population 0's visibility comes from (follower counts, the proxy)
     epsilon: float = 0.05  # the stratified panel's target: tier shares within this (0: no stratified panel)
     stratified_draws: int = 200
     bootstrap_seed: int = 20261207

@@ -32,6 +32,7 @@ from streamer.app.study import (
     units,
 )
 from streamer.app.study_document import write_documents
+from streamer.sources.appview import AppViewError
 
 console = Console(stderr=True, soft_wrap=True)
 
@@ -85,9 +86,10 @@ def _sweeps(texts: list[str] | None, quick: bool) -> tuple[tuple[str, tuple[floa
     return tuple(out)
 
 
-def load_input(path: Path, settings: Any) -> kernels.Population:
-    """Population 0 from a file: a population ``.npz`` (``attribute --save``, ``replay --snapshot-out``), a
-    checkpoint directory (its state at the checkpoint) or an archive (replayed to its end). Raises ValueError."""
+def load_input(path: Path, settings: Any) -> tuple[kernels.Population, list[str] | None]:
+    """Population 0 from a file, with the accounts' DIDs where the file has them: a population ``.npz``
+    (``attribute --save``, ``replay --snapshot-out``), a checkpoint directory (its state at the checkpoint) or an
+    archive (replayed to its end). Raises ValueError."""
     from streamer.core.followers import load_followers
 
     followers = load_followers(settings.followers) if settings.followers else None
@@ -103,7 +105,10 @@ def load_input(path: Path, settings: Any) -> kernels.Population:
 
         if followers is not None:
             raise ValueError("--followers applies to an archive or a checkpoint, not to a population .npz")
-        return load_npz(path)
+        pop = load_npz(path)
+        with np.load(path, allow_pickle=False) as data:
+            dids = [str(d) for d in data["dids"]] if "dids" in data.files else None
+        return pop, dids
     else:
         from streamer.app.replay import replay
 
@@ -117,7 +122,38 @@ def load_input(path: Path, settings: Any) -> kernels.Population:
     if snap.graph is None or snap.graph.edges == 0:
         raise ValueError(f"{path} holds no attention edges in its window: nothing to study")
     x, visibility = np.asarray(snap.x, np.float64), np.asarray(snap.visibility, np.float64)
-    return kernels.Population(x=x, visibility=visibility, graph=snap.graph)
+    return kernels.Population(x=x, visibility=visibility, graph=snap.graph), list(snap.dids)
+
+
+def appview_visibility(
+    pop: kernels.Population, dids: list[str], cfg: Any, url: str, cache: Path, bar: JobProgress
+) -> tuple[kernels.Population, str]:
+    """Population 0 with follower counts from the AppView as its visibility: asked for the candidates that can
+    reach the head and middle tiers or the panel (:func:`streamer.sources.appview.candidates`), 0 for the others
+    and for accounts the AppView no longer has. Returns the population and a sentence saying so."""
+    from streamer.sources.appview import AppViewFollowers, candidates
+
+    picked = candidates(pop.visibility, pop.x, head=cfg.head, middle=cfg.middle, panel_size=cfg.panel_size)
+    fetch = AppViewFollowers(cache, url)
+    task = bar.task("followers", total=len(picked), unit="accounts", detail=f"getProfiles at {url}")
+    counts = fetch.counts([dids[i] for i in picked], on_batch=lambda done, _t: task.update(done))
+    task.done()
+    visibility = np.zeros(len(dids))
+    for i in picked:
+        visibility[i] = counts.get(dids[i], 0)
+    st = fetch.stats
+    console.print(
+        f"AppView {escape(url)}: {len(picked):,} accounts, {st.asked:,} asked in {st.calls:,} calls, {st.cached:,} "
+        f"from the cache, {st.rate_limited} rate-limited answer(s) waited out ({st.waited_s:.0f} s)",
+        highlight=False,
+    )
+    gone = sum(1 for i in picked if dids[i] not in counts)
+    words = (
+        f"follower counts from the AppView at {url} for the {len(picked):,} accounts the attention ranking puts "
+        f"within reach of the head and middle tiers or the panel ({gone:,} of them gone: 0), 0 for the other "
+        f"{len(dids) - len(picked):,} (taken to be in the tail)"
+    )
+    return kernels.Population(x=pop.x, visibility=visibility, graph=pop.graph), words
 
 
 @with_settings_options(include=STUDY_SETTINGS, check_finite=True)
@@ -150,6 +186,17 @@ def study_command(
         float, typer.Option(min=0.05, max=10, callback=opt.finite, help="Pareto exponent of activity.")
     ] = 1.6,
     inactive_fraction: Annotated[float, typer.Option(min=0, max=0.99, callback=opt.finite)] = 0.3,
+    appview: Annotated[
+        str | None,
+        typer.Option(
+            metavar="URL",
+            help="Visibility from the follower counts of this AppView (e.g. "
+            "https://public.api.bsky.app) instead of the attention received; needs the accounts' DIDs.",
+        ),
+    ] = None,
+    appview_cache: Annotated[
+        Path, typer.Option(help="Where follower counts are cached (resumable; a week before asked again).")
+    ] = Path("~/.cache/skyattr/appview"),
     sweep: Annotated[
         list[str] | None,
         typer.Option(
@@ -195,16 +242,25 @@ def study_command(
             _fail(str(exc))
     n_seeds = seeds if seeds is not None else preset[0]
     first = None
+    visibility = "followers file" if settings.followers else "attention received in the window (the proxy)"
     if population is not None:
         try:
-            first = load_input(population, settings)
-        except ValueError as exc:
+            first, dids = load_input(population, settings)
+            if appview is not None:
+                if dids is None:
+                    raise ValueError(f"{population} holds no DIDs: the AppView is asked by DID")
+                with JobProgress(progress) as bar:
+                    first, visibility = appview_visibility(first, dids, cfg, appview, appview_cache.expanduser(), bar)
+        except (ValueError, AppViewError) as exc:
             _fail(str(exc))
             return
         generator, seed_list, source = None, (), str(population)
     else:
         agents = synthetic if synthetic is not None else 20_000
+        if appview is not None:
+            _fail("--appview needs real accounts: a checkpoint, an archive or a population .npz with DIDs")
         generator = Generator(agents, edges_per_agent, follower_exponent, activity_exponent, inactive_fraction)
+        visibility = "the generator's follower counts"
         seed_list, source = tuple(range(n_seeds)), f"synthetic, {agents:,} agents"
     plan = StudyPlan(
         indicators=names,
@@ -221,6 +277,7 @@ def study_command(
         panel_sizes=_ints(panel_sizes, "--panel-sizes") or preset[2],
         pieces=() if pieces == "" else (_ints(pieces, "--pieces") or preset[3]),
         sweeps=_sweeps(sweep, quick),
+        visibility=visibility,
         epsilon=epsilon,
         stratified_draws=100 if quick else 200,
     )  # fmt: skip

@@ -77,6 +77,7 @@ def _plan_words(s: dict[str, Any]) -> list[Inline]:
     return [
         "Population: ",
         *what,
+        f"; visibility: {plan['visibility']}" if plan.get("visibility") else "",
         f". Attribution: {a['nodes']} quadrature nodes ({a['rule']} rule), {a['dtype']}; tiers: head = top "
         f"{a['head']:.0%} by visibility, middle = the next {a['middle']:.0%}; panel: the {a['panel_size']} most "
         f"visible active accounts; top-k with k = {a['top_k']}. Intervals: the {plan['level']:.0%} percentile "

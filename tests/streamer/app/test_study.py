@@ -202,3 +202,38 @@ if __name__ == "__main__":  # regenerate the golden file
         run_study(ws, Populations(plan))
         GOLDEN.write_text(json.dumps(_strip(summarise(ws)), indent=1, sort_keys=True) + "\n")
     print(f"wrote {GOLDEN}")
+
+
+def test_the_study_takes_visibility_from_the_appview_through_the_sdk(tmp_path: Path) -> None:
+    """--appview: follower counts asked for the candidates only, in batches of 25, cached (a resumed study asks
+    nothing), and used as the visibility (the plan says so)."""
+    from streamer.testing.appview_server import AppViewStandIn
+
+    pop = kernels.heavy_tailed_population(400, 6.0, 5)
+    dids = [f"did:plc:{i:024d}" for i in range(400)]
+    path = tmp_path / "pop.npz"
+    write_npz(path, pop.x, pop.visibility, pop.graph, dids)
+    followers = {d: int(v) for d, v in zip(dids, pop.visibility, strict=True) if int(v) % 7}  # some gone
+    out = tmp_path / "study"
+    with AppViewStandIn(followers) as appview:
+        cmd = [
+            sys.executable, "-m", "streamer", "study", str(path), "--out", str(out), "--bootstrap", "2",
+            "--indicators", "exposure", "--panel-sizes", "20", "--pieces", "", "--sweep", "none", "--epsilon", "0",
+            "--panel-size", "20", "--appview", appview.url, "--appview-cache", str(tmp_path / "cache"),
+            "--no-progress",
+        ]  # fmt: skip
+        first = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        assert first.returncode == 0, first.stderr
+        calls = list(appview.script.calls)
+        asked = [a for c in calls for a in c]
+        assert calls and all(len(c) <= 25 for c in calls) and len(set(asked)) == len(asked) < 400
+        plan = json.loads((out / "plan.json").read_text())["plan"]
+        assert plan["visibility"].startswith(f"follower counts from the AppView at {appview.url} for the ")
+        again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        assert again.returncode == 0 and "resuming the study" in again.stderr, again.stderr
+        assert appview.script.calls == calls, "the second run asked nothing: the cache answered"
+    synthetic = subprocess.run(
+        [sys.executable, "-m", "streamer", "study", "--synthetic", "50", "--out", str(tmp_path / "s"), "--appview",
+         "http://127.0.0.1:9"], capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert synthetic.returncode == 2 and "needs real accounts" in synthetic.stderr
