@@ -69,6 +69,7 @@ class Generator:
     follower_exponent: float = 1.1
     activity_exponent: float = 1.6
     inactive_fraction: float = 0.3
+    follower_scale: float = 20.0
 
     def population(self, seed: int) -> kernels.Population:
         return kernels.heavy_tailed_population(
@@ -78,6 +79,7 @@ class Generator:
             follower_exponent=self.follower_exponent,
             activity_exponent=self.activity_exponent,
             inactive_fraction=self.inactive_fraction,
+            follower_scale=self.follower_scale,
         )
 
 
@@ -172,7 +174,7 @@ def units(plan: StudyPlan) -> list[Unit]:
 # What a sweep may vary, one at a time, around the plan: the quadrature, the tiers' cut-offs, an indicator's
 # parameter (``<indicator>.<parameter>``: that indicator only) and, for synthetic populations, the generator.
 SWEEPABLE = ("nodes", "head", "middle", "generator.follower_exponent", "generator.activity_exponent",
-             "generator.edges_per_agent", "generator.inactive_fraction")  # fmt: skip
+             "generator.edges_per_agent", "generator.inactive_fraction", "generator.follower_scale")  # fmt: skip
 DEFAULT_SWEEPS: tuple[tuple[str, tuple[float, ...]], ...] = (
     ("nodes", (8, 16, 32, 64)),
     ("head", (0.005, 0.01, 0.02)),

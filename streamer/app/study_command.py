@@ -186,6 +186,16 @@ def study_command(
         float, typer.Option(min=0.05, max=10, callback=opt.finite, help="Pareto exponent of activity.")
     ] = 1.6,
     inactive_fraction: Annotated[float, typer.Option(min=0, max=0.99, callback=opt.finite)] = 0.3,
+    follower_scale: Annotated[
+        float, typer.Option(min=0.01, max=1e6, callback=opt.finite, help="Scale of follower counts.")
+    ] = 20.0,
+    calibrated: Annotated[
+        bool,
+        typer.Option(
+            help="Follower and activity exponents fitted to published Bluesky figures (docs/calibration.md)"
+            " instead of the options'."
+        ),
+    ] = False,
     appview: Annotated[
         str | None,
         typer.Option(
@@ -259,7 +269,15 @@ def study_command(
         agents = synthetic if synthetic is not None else 20_000
         if appview is not None:
             _fail("--appview needs real accounts: a checkpoint, an archive or a population .npz with DIDs")
-        generator = Generator(agents, edges_per_agent, follower_exponent, activity_exponent, inactive_fraction)
+        generator = Generator(
+            agents, edges_per_agent, follower_exponent, activity_exponent, inactive_fraction, follower_scale
+        )
+        if calibrated:
+            from dataclasses import replace
+
+            from kernels.synthetic import CALIBRATED
+
+            generator = replace(generator, **CALIBRATED)
         visibility = "the generator's follower counts"
         seed_list, source = tuple(range(n_seeds)), f"synthetic, {agents:,} agents"
     plan = StudyPlan(

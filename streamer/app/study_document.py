@@ -69,7 +69,8 @@ def _plan_words(s: dict[str, Any]) -> list[Inline]:
     if gen is not None:
         what: list[Inline] = [
             f"synthetic populations of {gen['agents']:,} agents (seeds {', '.join(map(str, plan['seeds']))}; "
-            f"{gen['edges_per_agent']:g} attention edges per agent, follower exponent {gen['follower_exponent']:g}, "
+            f"{gen['edges_per_agent']:g} attention edges per agent, follower exponent {gen['follower_exponent']:g} "
+            f"(scale {gen.get('follower_scale', 20.0):g}), "
             f"activity exponent {gen['activity_exponent']:g}, {gen['inactive_fraction']:.0%} inactive)"
         ]
     else:
@@ -208,6 +209,7 @@ SWEEP_WORDS = {
     "generator.activity_exponent": "the generator's activity exponent",
     "generator.edges_per_agent": "the generator's attention edges per agent",
     "generator.inactive_fraction": "the generator's inactive fraction",
+    "generator.follower_scale": "the generator's follower scale",
 }
 
 
