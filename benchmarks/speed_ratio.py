@@ -1,0 +1,101 @@
+"""The speed ratio of the path integral against sampled Shapley, measured at equal error rather than predicted.
+
+    python -m benchmarks.speed_ratio                       # n = 1e3 and 1e4, cascade and reach, both samplers
+    python -m benchmarks.speed_ratio --sizes 1000 --budget 120
+
+For each population size, indicator and sampler (``blackbox``: v re-evaluated on every prefix; ``incremental``:
+the indicator's sequential evaluator), at 5 % relative L2 error each against its own target:
+
+1. a pilot of sampled Shapley gives the per-agent spread of the marginals, hence P*, the permutations predicted to
+   reach 5 % (``benchmarks.kernels``' prediction);
+2. sampled Shapley is then **run at P*** (another seed), and the error it actually reached is measured against a
+   reference: sampled Shapley with ``--reference-factor`` × P* permutations (a third seed), whose own error is
+   P*'s divided by sqrt(factor) and is reported with it. When the reference would take longer than ``--budget``
+   seconds the row gives the run's own standard-error estimate instead and says so;
+3. the path integral's time to 5 %: the fewest Gauss–Legendre nodes (1, 2, 4, ...) within 5 % of a 256-node float64
+   attribution (reach: of its closed form), timed in steady state.
+
+The ratio is sampled Shapley's measured time at P* over the path integral's. Rows are printed as Markdown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+
+import numpy as np
+
+import kernels
+
+TARGET = 0.05
+
+
+def path_integral_to_target(name: str, pop: kernels.Population) -> tuple[int, float, float]:
+    """(nodes, steady seconds, error) of the fewest nodes within 5 % of the reference attribution."""
+    if name == "reach":
+        ref = kernels.reach_closed_form(pop.x, pop.graph)
+    else:
+        ref = np.asarray(kernels.attribute(name, pop.x, pop.graph, nodes=256, dtype="float64", rule="uniform").phi)
+    for m in (1, 2, 4, 8, 16, 32, 64):
+        kernels.attribute(name, pop.x, pop.graph, nodes=m, rule="uniform")  # compile
+        best = math.inf
+        for _ in range(3):
+            t0 = time.perf_counter()
+            out = kernels.attribute(name, pop.x, pop.graph, nodes=m, rule="uniform")
+            np.asarray(out.phi)
+            best = min(best, time.perf_counter() - t0)
+        err = float(np.linalg.norm(np.asarray(out.phi) - ref) / np.linalg.norm(ref))
+        if err <= TARGET:
+            return m, best, err
+    raise RuntimeError(f"{name}: the path integral did not reach 5 % with 64 nodes")
+
+
+def measured_row(name: str, pop: kernels.Population, mode: str, budget: float, factor: int) -> dict[str, object]:
+    kernels.sampled_shapley(name, pop.x, pop.graph, permutations=2, seed=99, mode=mode)  # compile / warm up
+    pilot = 4
+    while True:
+        est = kernels.sampled_shapley(name, pop.x, pop.graph, permutations=pilot, seed=1, mode=mode)
+        if est.seconds > budget / 20 or pilot >= 256:
+            break
+        pilot *= 4
+    per_perm = est.seconds / pilot
+    p_star = max(2, math.ceil(pilot * (est.relative_error / TARGET) ** 2))
+    run = kernels.sampled_shapley(name, pop.x, pop.graph, permutations=p_star, seed=2, mode=mode)
+    reference_s = per_perm * p_star * factor
+    if reference_s <= budget:
+        ref = kernels.sampled_shapley(name, pop.x, pop.graph, permutations=p_star * factor, seed=3, mode=mode)
+        err = float(np.linalg.norm(run.phi - ref.phi) / np.linalg.norm(ref.phi))
+        how = f"vs {p_star * factor:,} permutations (its own error ≈ {TARGET / math.sqrt(factor):.1%})"
+    else:
+        err = run.relative_error
+        how = f"standard error only (a reference would take ~{reference_s:,.0f} s)"
+    return {"p_star": p_star, "seconds": run.seconds, "error": err, "how": how, "pilot": pilot}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10_000])
+    parser.add_argument("--indicators", nargs="+", default=["cascade", "reach"])
+    parser.add_argument("--budget", type=float, default=240.0, help="most seconds of one reference run")
+    parser.add_argument("--reference-factor", type=int, default=16)
+    args = parser.parse_args()
+    print("| n | edges | indicator | sampler | P* (pilot) | Shapley at P*: s | error reached | how measured | "
+          "path integral: nodes, s, error | ratio |")  # fmt: skip
+    print("|---:|---:|---|---|---:|---:|---:|---|---|---:|")
+    for n in args.sizes:
+        pop = kernels.heavy_tailed_population(n, 8.0, seed=0)
+        for name in args.indicators:
+            nodes, as_s, as_err = path_integral_to_target(name, pop)
+            for mode in ("incremental", "blackbox"):
+                r = measured_row(name, pop, mode, args.budget, args.reference_factor)
+                print(
+                    f"| {n:,} | {pop.graph.edges:,} | {name} | {mode} | {r['p_star']:,} ({r['pilot']}) | "
+                    f"{r['seconds']:.3g} | {r['error']:.1%} | {r['how']} | {nodes}, {as_s:.3g}, {as_err:.1%} | "
+                    f"{float(r['seconds']) / as_s:,.0f} |",  # type: ignore[arg-type]
+                    flush=True,
+                )
+
+
+if __name__ == "__main__":
+    main()
