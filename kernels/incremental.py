@@ -52,22 +52,29 @@ class ReachIncremental(_Sequential):
         return float(np.log1p(self.e[touched]).sum() - before)
 
 
-class SaturationIncremental(ReachIncremental):
-    """v = K (1 - exp(-S/K)), S = sum_j log1p(e_j); tracks S."""
+class _Saturated:
+    """v = K (1 - exp(-S/K)) of the S its base evaluator adds up (listed after it in the bases): tracks S."""
 
-    def __init__(self, x: np.ndarray, graph: Any, capacity: float) -> None:
-        super().__init__(x, graph)
-        self.k = float(capacity)
+    k: float
+    s: float
 
     def reset(self) -> None:
-        super().reset()
+        super().reset()  # type: ignore[misc]
         self.s = 0.0
 
     def add(self, i: int) -> float:
-        s_new = self.s + super().add(i)
+        s_new = self.s + super().add(i)  # type: ignore[misc]
         delta = self.k * (np.exp(-self.s / self.k) - np.exp(-s_new / self.k))
         self.s = s_new
         return float(delta)
+
+
+class SaturationIncremental(_Saturated, ReachIncremental):
+    """v = K (1 - exp(-S/K)), S = sum_j log1p(e_j)."""
+
+    def __init__(self, x: np.ndarray, graph: Any, capacity: float) -> None:
+        ReachIncremental.__init__(self, x, graph)
+        self.k = float(capacity)
 
 
 class CascadeIncremental(_Sequential):
@@ -120,19 +127,9 @@ class LinearIncremental(_Sequential):
         return float(self.c[i] * self.x[i])
 
 
-class SaturatedLinearIncremental(LinearIncremental):
-    """v = K (1 - exp(-c.x)): a saturating function of one linear aggregate; tracks c.x."""
+class SaturatedLinearIncremental(_Saturated, LinearIncremental):
+    """v = K (1 - exp(-c.x)): a saturating function of one linear aggregate."""
 
     def __init__(self, x: np.ndarray, graph: Any, c: np.ndarray, capacity: float) -> None:
-        super().__init__(x, graph, c)
+        LinearIncremental.__init__(self, x, graph, c)
         self.k = float(capacity)
-
-    def reset(self) -> None:
-        super().reset()
-        self.s = 0.0
-
-    def add(self, i: int) -> float:
-        s_new = self.s + super().add(i)
-        delta = self.k * (np.exp(-self.s / self.k) - np.exp(-s_new / self.k))
-        self.s = s_new
-        return float(delta)
