@@ -24,7 +24,7 @@ from streamer.app.flags import ATTRIBUTION_FIELDS, load_or_exit, with_settings_o
 from streamer.app.help import Command
 from streamer.app.ingest_commands import events_command
 from streamer.app.ingest_kafka_command import ingest_command
-from streamer.app.options import plain
+from streamer.app.options import fail, plain
 from streamer.app.pipes import StdoutConsole, reader_gone
 from streamer.app.progress import JobProgress
 from streamer.app.record import record_command
@@ -118,11 +118,6 @@ def _root(
     pass
 
 
-def _fail(message: str) -> None:
-    console.print(f"[red]error:[/red] {plain(message)}", highlight=False)
-    raise typer.Exit(2)
-
-
 # The settings `attribute` reads (flags generated from Settings; also from --config and SKYATTR_*).
 ATTRIBUTE_SETTINGS = ATTRIBUTION_FIELDS - {"top_k"}  # it prints tiers and figures, no top list
 
@@ -154,7 +149,7 @@ def attribute(
     drawn at both ends, then sorted into the graph), the attribution in quadrature nodes evaluated over the whole
     graph (the full attribution's and the same game's)."""
     if population is not None and (agents, edges_per_agent, seed) != (100_000, 8.0, 0):
-        _fail("--agents, --edges-per-agent and --seed make a synthetic population: not with a population file")
+        fail("--agents, --edges-per-agent and --seed make a synthetic population: not with a population file")
     cfg = load_or_exit(config, flags).attribution()
     nodes, dtype = cfg.nodes, cfg.dtype
     try:
@@ -174,7 +169,7 @@ def attribute(
                 try:
                     save_npz(pop, save)
                 except OSError as exc:  # a missing directory, a parent that is a file: one line, not a traceback
-                    _fail(f"cannot write the population to {save}: {exc.strerror or exc}")
+                    fail(f"cannot write the population to {save}: {exc.strerror or exc}")
             what = f"full and panel, {pop.graph.n:,} agents, {pop.graph.edges:,} edges"
             nodes_done = bar.task("attribution", unit="nodes", detail=what)
             start = time.perf_counter()
@@ -186,7 +181,7 @@ def attribute(
             seconds = time.perf_counter() - start  # the study: the full population and the panel in both games
             nodes_done.done()
     except ValueError as exc:
-        _fail(str(exc))
+        fail(str(exc))
         return
     from streamer.core.attribution import published_figures
 

@@ -20,7 +20,7 @@ from streamer.app.daemon import configure_logging, live_pipeline, replay_pipelin
 from streamer.app.flags import load_or_exit
 from streamer.app.flags import with_settings_options as _with_settings_options
 from streamer.app.ingest_commands import nothing_readable, save_snapshot
-from streamer.app.options import plain
+from streamer.app.options import fail, plain
 from streamer.app.pipes import StdoutConsole
 from streamer.app.settings import ConfigError, Settings
 from streamer.core.durable import why_no_directory
@@ -36,12 +36,6 @@ def results_console(*, stdout_taken: bool) -> Console:
 
 REPLAY_ONLY = {"speed"}
 RUN_ONLY = {"relay", "queue_size", "source", "jetstream_url", "jetstream_collections", "jetstream_compress"}
-
-
-def _fail(message: str) -> None:
-    """One line and exit 2; the message names paths and values from the user or the stream, so it is escaped."""
-    console.print(f"[red]error:[/red] {plain(message)}", highlight=False)
-    raise typer.Exit(2)
 
 
 def _load(config: Path | None, flags: dict[str, Any]) -> Settings:
@@ -80,7 +74,7 @@ def replay_command(
 
     settings = _load(config, flags)
     if snapshot_out is not None and not snapshot_out.parent.is_dir():  # found out now, not after the whole replay
-        _fail(f"--snapshot-out {snapshot_out}: {why_no_directory(snapshot_out.parent)}")
+        fail(f"--snapshot-out {snapshot_out}: {why_no_directory(snapshot_out.parent)}")
     path = archive or default_archive()
     try:
         result, pipe = asyncio.run(
@@ -94,17 +88,17 @@ def replay_command(
             )
         )
     except (ConfigError, ValueError, FileNotFoundError, OSError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
         return
     if not result.report.readable and result.resumed_from == 0:
-        _fail(nothing_readable(path, result.report))
+        fail(nothing_readable(path, result.report))
     for err in result.report.errors:
         console.print(f"[yellow]warning:[/yellow] {plain(err)}", highlight=False)
     if snapshot_out:
         try:
             save_snapshot(result.state, snapshot_out)
         except OSError as exc:
-            _fail(f"--snapshot-out {snapshot_out}: cannot write it: {exc.strerror or exc}")
+            fail(f"--snapshot-out {snapshot_out}: cannot write it: {exc.strerror or exc}")
     stats = result.stats
     rate = stats.items / result.seconds if result.seconds > 0 else 0.0
     if result.resumed_from:  # this process read only what the checkpoint did not hold: say so, and the totals
@@ -195,4 +189,4 @@ def run_command(
             live_pipeline(settings, console=results_console(stdout_taken=str(settings.out) == "-"), tables=not quiet)
         )
     except (ConfigError, ValueError, OSError) as exc:
-        _fail(str(exc))
+        fail(str(exc))

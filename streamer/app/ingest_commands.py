@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from streamer.app.options import plain
+from streamer.app.options import fail, plain
 from streamer.core.frames import decode_frame
 from streamer.core.jetstream_json import from_jetstream, to_jetstream
 from streamer.core.population import write_npz
@@ -18,12 +18,6 @@ from streamer.core.state import AgentState
 from streamer.sources.archive import ReadReport, read_archive
 
 console = Console(stderr=True, soft_wrap=True)
-
-
-def _fail(message: str) -> None:
-    """One line and exit 2; paths and decoder details come from the user or the stream, so they are escaped."""
-    console.print(f"[red]error:[/red] {plain(message)}", highlight=False)
-    raise typer.Exit(2)
 
 
 def nothing_readable(path: Path, report: ReadReport) -> str:
@@ -75,8 +69,8 @@ def events_command(
     except BrokenPipeError:
         raise  # the reader went away (`| head`): the command ends quietly (streamer.app.help.Command)
     except (FileNotFoundError, OSError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     if not report.readable:
-        _fail(nothing_readable(archive, report))
+        fail(nothing_readable(archive, report))
     for err in report.errors:
         console.print(f"[yellow]warning:[/yellow] {plain(err)}", highlight=False)

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
+from rich.console import Console
 from rich.markup import escape
 
 # C0 and C1 control characters (newline, ESC, CSI, ...) shown as \xNN: a path or a stream value must not start a
@@ -22,10 +23,20 @@ def visible(text: object) -> str:
     return str(text).translate(_CONTROL)
 
 
+_errors = Console(stderr=True, soft_wrap=True)
+
+
 def plain(text: object) -> str:
     """``text`` as literal terminal text for rich: markup escaped (``[bold]`` stays visible, ``[/]`` cannot break
     the line) and control characters made visible, so one message stays one line."""
     return escape(visible(text))
+
+
+def fail(message: str) -> NoReturn:
+    """A command's error: one line on stderr (``error: ...``, the message as :func:`plain` text, since it names
+    paths and values from the user or the stream) and exit status 2."""
+    _errors.print(f"[red]error:[/red] {plain(message)}", highlight=False)
+    raise typer.Exit(2)
 
 
 def finite(value: float | None) -> float | None:

@@ -33,7 +33,7 @@ import kernels
 from kernels.inequality import gini, lorenz  # also importable from here, as before they moved to kernels
 from streamer.app import options as opt
 from streamer.app.flags import ATTRIBUTION_FIELDS, WINDOW_FIELDS, load_or_exit, with_settings_options
-from streamer.app.options import GAME_WORDS, figure, visible
+from streamer.app.options import GAME_WORDS, fail, figure, visible
 from streamer.app.progress import JobProgress, archive_frames
 from streamer.app.replay import replay
 from streamer.core.attribution import AttributionConfig, attribute_snapshot
@@ -628,11 +628,6 @@ def write_report(data: ReportData, out: Path) -> list[Path]:
     return written
 
 
-def _fail(message: str) -> None:
-    console.print(f"[red]error:[/red] {escape(message)}", highlight=False)
-    raise typer.Exit(2)
-
-
 # The settings `report` reads (flags generated from Settings; also from --config and SKYATTR_*).
 REPORT_SETTINGS = ATTRIBUTION_FIELDS | WINDOW_FIELDS | {"followers"}
 
@@ -660,7 +655,7 @@ def report_command(
     try:
         table = load_followers(settings.followers) if settings.followers else None
     except (ValueError, OSError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
         return
     created = not out.exists()
     try:
@@ -690,7 +685,7 @@ def report_command(
         if created:  # do not leave an empty directory behind a failed run (rmdir refuses a non-empty one)
             with contextlib.suppress(OSError):
                 out.rmdir()
-        _fail(str(exc))
+        fail(str(exc))
         return
     # the result: stdout
     typer.echo(visible(f"wrote {len(written)} files to {out}: " + ", ".join(p.name for p in written)))

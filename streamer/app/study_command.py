@@ -16,7 +16,7 @@ from rich.markup import escape
 import kernels
 from streamer.app import options as opt
 from streamer.app.flags import ATTRIBUTION_FIELDS, WINDOW_FIELDS, load_or_exit, with_settings_options
-from streamer.app.options import visible
+from streamer.app.options import fail, visible
 from streamer.app.progress import JobProgress
 from streamer.app.report import ReportError, prepare_out_dir
 from streamer.app.study import (
@@ -45,11 +45,6 @@ QUICK_SWEEPS: tuple[tuple[str, tuple[float, ...]], ...] = (
     ("generator.follower_exponent", (0.7, 1.1, 1.5)),
 )
 STUDY_SETTINGS = ATTRIBUTION_FIELDS | WINDOW_FIELDS | {"followers"}
-
-
-def _fail(message: str) -> None:
-    console.print(f"[red]error:[/red] {escape(message)}", highlight=False)
-    raise typer.Exit(2)
 
 
 def _ints(text: str | None, what: str) -> tuple[int, ...] | None:
@@ -239,7 +234,7 @@ def study_command(
     as it is done: an interrupted study run again with the same options resumes where it stopped. The line naming
     the files written goes to stdout; progress and errors to stderr."""
     if population is not None and synthetic is not None:
-        _fail("give a population file or --synthetic N, not both")
+        fail("give a population file or --synthetic N, not both")
     settings = load_or_exit(config, flags)
     cfg = settings.attribution()
     preset = QUICK if quick else FULL
@@ -249,7 +244,7 @@ def study_command(
         try:
             kernels.get_indicator(name, **(cfg.params if name == cfg.indicator else {}))
         except ValueError as exc:
-            _fail(str(exc))
+            fail(str(exc))
     n_seeds = seeds if seeds is not None else preset[0]
     first = None
     visibility = "followers file" if settings.followers else "attention received in the window (the proxy)"
@@ -262,13 +257,13 @@ def study_command(
                 with JobProgress(progress) as bar:
                     first, visibility = appview_visibility(first, dids, cfg, appview, appview_cache.expanduser(), bar)
         except (ValueError, AppViewError) as exc:
-            _fail(str(exc))
+            fail(str(exc))
             return
         generator, seed_list, source = None, (), str(population)
     else:
         agents = synthetic if synthetic is not None else 20_000
         if appview is not None:
-            _fail("--appview needs real accounts: a checkpoint, an archive or a population .npz with DIDs")
+            fail("--appview needs real accounts: a checkpoint, an archive or a population .npz with DIDs")
         generator = Generator(
             agents, edges_per_agent, follower_exponent, activity_exponent, inactive_fraction, follower_scale
         )
@@ -307,7 +302,7 @@ def study_command(
         if created:
             with contextlib.suppress(OSError):
                 out.rmdir()
-        _fail(str(exc))
+        fail(str(exc))
         return
     todo = units(plan)
     already = sum(workspace.done(u) for u in todo)
@@ -329,7 +324,7 @@ def study_command(
         )
         raise typer.Exit(130) from None
     except ValueError as exc:
-        _fail(str(exc))
+        fail(str(exc))
         return
     summary = summarise(workspace)
     summary["seconds_this_run"] = time.perf_counter() - started
