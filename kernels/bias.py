@@ -149,7 +149,8 @@ class ScaleBias:
         return asdict(self)
 
 
-def _top_share(phi: np.ndarray, k: int = 10) -> float:
+def top_share(phi: np.ndarray, k: int = 10) -> float:
+    """Share of the total held by the ``k`` largest entries (NaN when the total is 0)."""
     total = phi.sum()
     if total == 0:
         return math.nan
@@ -209,8 +210,8 @@ def scale_bias(full: Attribution, panel: Any, panel_attr: Attribution, tiers: An
         rescale=c,
         residual=r,
         spearman=_spearman(a, b),
-        top10_full=_top_share(phi),
-        top10_panel=_top_share(b),
+        top10_full=top_share(phi),
+        top10_panel=top_share(b),
         panel_size=int(panel.size),
         panel_sees_nothing=bool(panel.size and not np.any(b)),
     )

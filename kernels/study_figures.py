@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from kernels.bias import top_share
 from kernels.inequality import gini
 from kernels.study import Study
 from kernels.tiers import TIER_NAMES, tier_shares
@@ -46,13 +47,6 @@ FIGURES: dict[str, str] = {
 }
 
 
-def _top(phi: np.ndarray, k: int) -> float:
-    total = float(phi.sum())
-    if total == 0 or len(phi) == 0:
-        return math.nan
-    return float(np.sort(phi)[::-1][:k].sum() / total)
-
-
 def study_figures(study: Study, top_k: int = 10) -> dict[str, float]:
     """The figures of :data:`FIGURES` for ``study`` (empty when it has nothing to attribute)."""
     if study.nothing:
@@ -61,7 +55,7 @@ def study_figures(study: Study, top_k: int = 10) -> dict[str, float]:
     full = tier_shares(phi, study.tiers)
     out = {f"full.{t}": float(full[i]) for i, t in enumerate(TIER_NAMES)}
     out["full.middle_tail"] = float(full[1] + full[2])
-    out["full.top_k"] = _top(phi, top_k)
+    out["full.top_k"] = top_share(phi, top_k)
     out["full.gini"] = gini(phi)
     if study.panel.size:
         out["panel_in_head"] = float(np.all(np.asarray(study.tiers)[study.panel] == 0))
@@ -76,7 +70,7 @@ def study_figures(study: Study, top_k: int = 10) -> dict[str, float]:
         out[f"{g}.r_star"] = float(b.residual)
         out[f"{g}.spearman"] = float(b.spearman)
         out[f"{g}.tvd"] = float(b.tvd)
-        out[f"{g}.top_k"] = _top(np.asarray(game.attribution.phi, np.float64), top_k)
+        out[f"{g}.top_k"] = top_share(np.asarray(game.attribution.phi, np.float64), top_k)
     return out
 
 

@@ -235,7 +235,7 @@ def test_a_run_does_not_import_scipy() -> None:
 def test_orders_and_top_shares_equal_their_definitions(seed: int) -> None:
     """Visibility order (descending, ties by index), tiers and the top-10 share equal what a full lexsort and a
     full sort give, bit for bit, with many ties."""
-    from kernels.bias import _top_share
+    from kernels.bias import top_share
     from kernels.tiers import visibility_order
 
     rng = np.random.default_rng(seed)
@@ -243,8 +243,8 @@ def test_orders_and_top_shares_equal_their_definitions(seed: int) -> None:
     np.testing.assert_array_equal(visibility_order(vis), np.lexsort((np.arange(len(vis)), -vis)))
     phi = rng.standard_normal(5000) ** 2
     phi[:100] = phi[0]  # ties at the top
-    assert _top_share(phi) == float(np.sort(phi)[::-1][:10].sum() / phi.sum())
-    assert _top_share(phi[:7]) == float(np.sort(phi[:7])[::-1][:10].sum() / phi[:7].sum())
+    assert top_share(phi) == float(np.sort(phi)[::-1][:10].sum() / phi.sum())
+    assert top_share(phi[:7]) == float(np.sort(phi[:7])[::-1][:10].sum() / phi[:7].sum())
 
 
 def test_tvd_is_mechanical_once_the_panel_lies_inside_the_head_tier() -> None:
