@@ -324,48 +324,54 @@ def _hill(q: jax.Array, kappa: float, theta: float) -> tuple[jax.Array, jax.Arra
     return s, kappa * s * (1.0 - s) / q
 
 
-@register_indicator("saturation")
-def saturation(capacity_per_agent: float = 1.0, capacity: float | None = None) -> Indicator:
-    capacity_per_agent = _number("saturation", "capacity_per_agent", capacity_per_agent, positive=True)
-    capacity = _real("saturation", "capacity", capacity, positive=True, optional=True)
+def _saturating(
+    name: str,
+    aggregate: Callable[[jax.Array, Any], jax.Array],
+    evaluator: Callable[[np.ndarray, Any, float], IncrementalEvaluator],
+    factory: Factory,
+    capacity_per_agent: float,
+    capacity: float | None,
+    about: str,
+) -> Indicator:
+    """v = K (1 − exp(−S/K)) of a population-wide sum S = ``aggregate(e, graph)``; K = ``capacity``, or
+    ``capacity_per_agent`` · n (the full population's n when a study restricts the graph: ``scaled``). The
+    sequential ``evaluator(x, graph, K)`` tracks S."""
+    capacity_per_agent = _number(name, "capacity_per_agent", capacity_per_agent, positive=True)
+    capacity = _real(name, "capacity", capacity, positive=True, optional=True)
 
     def head(e: jax.Array, x: jax.Array, graph: Any) -> jax.Array:
         k = capacity if capacity is not None else capacity_per_agent * jnp.asarray(graph.n, e.dtype)
-        return k * -jnp.expm1(-graph.total(jnp.log1p(e)) / k)
-
-    from kernels.incremental import SaturationIncremental
+        return k * -jnp.expm1(-aggregate(e, graph) / k)
 
     def incremental(x: np.ndarray, g: Any) -> IncrementalEvaluator:
-        k = capacity if capacity is not None else capacity_per_agent * g.n
-        return SaturationIncremental(x, g, k)
+        return evaluator(x, g, capacity if capacity is not None else capacity_per_agent * g.n)
 
     params = {"capacity_per_agent": capacity_per_agent, "capacity": capacity}
-    scaled = None if capacity is not None else (lambda n: saturation(capacity_per_agent, capacity_per_agent * n))
-    about = "a population-wide response to reach that saturates at capacity K"
-    return _stemmed("saturation", head, params, incremental, scaled=scaled, about=about)
+    scaled = None if capacity is not None else (lambda n: factory(capacity_per_agent, capacity_per_agent * n))
+    return _stemmed(name, head, params, incremental, scaled=scaled, about=about)
+
+
+@register_indicator("saturation")
+def saturation(capacity_per_agent: float = 1.0, capacity: float | None = None) -> Indicator:
+    from kernels.incremental import SaturationIncremental
+
+    return _saturating(
+        "saturation", lambda e, g: g.total(jnp.log1p(e)), SaturationIncremental, saturation,
+        capacity_per_agent, capacity, "a population-wide response to reach that saturates at capacity K",
+    )  # fmt: skip
 
 
 @register_indicator("saturated_exposure")
 def saturated_exposure(capacity_per_agent: float = 1.0, capacity: float | None = None) -> Indicator:
-    capacity_per_agent = _number("saturated_exposure", "capacity_per_agent", capacity_per_agent, positive=True)
-    capacity = _real("saturated_exposure", "capacity", capacity, positive=True, optional=True)
-
-    def head(e: jax.Array, x: jax.Array, graph: Any) -> jax.Array:
-        k = capacity if capacity is not None else capacity_per_agent * jnp.asarray(graph.n, e.dtype)
-        return k * -jnp.expm1(-graph.total(e) / k)
-
     from kernels.incremental import SaturatedLinearIncremental
 
-    def incremental(x: np.ndarray, g: Any) -> IncrementalEvaluator:
-        k = capacity if capacity is not None else capacity_per_agent * g.n
+    def evaluator(x: np.ndarray, g: Any, k: float) -> IncrementalEvaluator:
         return SaturatedLinearIncremental(x, g, attention_received(g), k)
 
-    params = {"capacity_per_agent": capacity_per_agent, "capacity": capacity}
-    scaled = (
-        None if capacity is not None else (lambda n: saturated_exposure(capacity_per_agent, capacity_per_agent * n))
-    )
-    about = "a response to total attended activity that saturates at capacity K: a nonlinear f of a linear c.x"
-    return _stemmed("saturated_exposure", head, params, incremental, scaled=scaled, about=about)
+    return _saturating(
+        "saturated_exposure", lambda e, g: g.total(e), evaluator, saturated_exposure, capacity_per_agent, capacity,
+        "a response to total attended activity that saturates at capacity K: a nonlinear f of a linear c.x",
+    )  # fmt: skip
 
 
 @register_indicator("exposure")
