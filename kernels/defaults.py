@@ -18,6 +18,7 @@ TAU_RES = 0.2  # alert when the same-game rescaling residual r* exceeds this
 TAU_COVERAGE = 0.5  # alert when the panel holds less than this share of the full-scale attribution
 ALERT_CLEAR = 0.8  # an active alert resolves once each figure is within this fraction of its threshold
 INTERVAL_S = 300.0  # seconds between the daemon's attribution runs (the dashboard's staleness lines too)
+STRATIFIED_EPSILON = 0.05  # the stratified panel's target: its weighted tier shares within this of the full scale
 
 __all__ = [
     "ALERT_CLEAR",
@@ -28,6 +29,7 @@ __all__ = [
     "MIDDLE",
     "NODES",
     "PANEL_SIZE",
+    "STRATIFIED_EPSILON",
     "TAU_COVERAGE",
     "TAU_RES",
     "TOP_K",

@@ -528,6 +528,25 @@ def attribution() -> list[Any]:
         )
         .min(0)
         .max(1),
+        ts(
+            "The panel a small study should use (stratified)",
+            "The smallest stratified random sample of the active accounts (strata: the tiers, Neyman allocation) "
+            "whose weighted tier shares are within --stratified-epsilon of the full scale, and how many accounts it "
+            "draws from each tier. A lower bound: it assumes each sampled account's full-scale φ is measured "
+            "exactly. No line: none of the sizes tried meets ε.",
+            q(f"skyattr_stratified_panel_size{{{SEL_IND}}}", "size {{indicator}} {{instance}}"),
+            q(f"skyattr_stratified_panel_accounts{{{SEL_IND}}}", "{{tier}} {{indicator}} {{instance}}", "B"),
+            unit="none",
+            w=12,
+        ).min(0),
+        ts(
+            "Stratified panel: sampling weights",
+            "The weight of each tier's sampled accounts in the stratified panel's estimate: the accounts of its "
+            "tier each one stands for (N_h / n_h, Horvitz–Thompson).",
+            q(f"skyattr_stratified_panel_weight{{{SEL_IND}}}", "{{tier}} {{indicator}} {{instance}}"),
+            unit="none",
+            w=12,
+        ).min(0),
     ]
 
 

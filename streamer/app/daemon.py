@@ -31,7 +31,6 @@ from streamer.app.settings import DEFAULT_METRICS_PORT, ConfigError, Settings
 from streamer.app.terminal import TerminalSink
 from streamer.app.wiring import Resumed, Run, RunOptions
 from streamer.core.checkpoint import file_identity
-from streamer.core.followers import load_followers
 from streamer.core.journal import ResultJournal, ResultWriteError, identities
 from streamer.core.pipeline import Clock, Pipeline
 from streamer.core.results import Result
@@ -81,7 +80,7 @@ class Daemon:
         self.terminal = TerminalSink(console, tables=tables, every_run=every_run)
         self.kafka: Any = None
         self.loop: asyncio.AbstractEventLoop | None = None
-        self.followers = load_followers(settings.followers) if settings.followers else None
+        self.followers = settings.follower_source()
         self.journal: ResultJournal | None = None
         if settings.checkpoint_dir:
             check_writable(settings.checkpoint_dir)
@@ -111,6 +110,7 @@ class Daemon:
             "interval": self.settings.interval,
             "attribution": self.settings.attribution().as_dict(),
             "followers": file_identity(self.settings.followers) if self.settings.followers else None,
+            **({"appview": self.settings.appview.rstrip("/")} if self.settings.appview else {}),
         }
 
     def run_options(self, checkpoint_every_items: int | None = None) -> RunOptions:

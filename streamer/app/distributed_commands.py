@@ -107,7 +107,8 @@ def worker_command(config: opt.Config = None, **flags: Any) -> None:
         raise typer.Exit(2) from exc
 
 
-ATTRIBUTOR_SETTINGS = KAFKA_SETTINGS | ATTRIBUTION_FIELDS | {"followers", "kafka_topic_tiers", "kafka_topic_alerts"}
+ATTRIBUTOR_SETTINGS = KAFKA_SETTINGS | ATTRIBUTION_FIELDS | {"followers", "appview", "appview_cache"}
+ATTRIBUTOR_SETTINGS |= {"kafka_topic_tiers", "kafka_topic_alerts"}
 ATTRIBUTOR_SETTINGS |= {"metrics_port", "metrics_host", "out"}
 GATHER_BUCKETS = (0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300)
 
@@ -133,14 +134,13 @@ def attributor_command(
     the attributor's state and its position in the shards topic are committed in one Kafka transaction. Runs until
     SIGTERM (or --until-final). Its options are also the `attributor` and `topics` sections of the --config file
     and SKYATTR_ATTRIBUTOR__*, SKYATTR_TOPICS__*."""
-    from streamer.core.followers import load_followers
     from streamer.distributed.attributor import AttributorConfig, run_attributor
 
     settings = load_or_exit(config, flags)
     bootstrap = _bootstrap_or_exit(settings, "attributor")
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     attribution = settings.attribution()
-    followers = load_followers(settings.followers) if settings.followers else None
+    followers = settings.follower_source()
     sink = None
     if settings.out is not None:
         from streamer.sinks.jsonl import JsonlSink

@@ -47,6 +47,7 @@ ATTRIBUTION_FIELDS = frozenset(
         "alert_clear",
         "error_estimate",
         "quadrature",
+        "stratified_epsilon",
         "compilation_cache",
     }
 )

@@ -37,7 +37,7 @@ from streamer.app.options import GAME_WORDS, fail, figure, visible
 from streamer.app.progress import JobProgress, archive_frames
 from streamer.app.replay import replay
 from streamer.core.attribution import AttributionConfig, attribute_snapshot
-from streamer.core.followers import load_followers
+from streamer.core.followers import Followers, FollowerSource, VisibilityUnavailable
 from streamer.core.results import RunResult
 from streamer.core.state import StateConfig
 from streamer.testing.synth import default_archive
@@ -98,11 +98,17 @@ class ReportData:
         return gini(self.panel_phi[game])
 
 
+def _visibility_words(followers: Followers | None) -> str:
+    if isinstance(followers, FollowerSource):
+        return followers.describe()
+    return "follower counts" if followers is not None else "distinct attenders in the window"
+
+
 def build_report(
     archive: Path,
     *,
     state_config: StateConfig | None = None,
-    followers: dict[str, float] | None = None,
+    followers: Followers | None = None,
     config: AttributionConfig | None = None,
     on_progress: Callable[[int], None] | None = None,
     on_attribute: Callable[[], None] | None = None,
@@ -126,7 +132,10 @@ def build_report(
     state = result.state
     if on_attribute is not None:
         on_attribute()
-    snap = state.snapshot()
+    try:
+        snap = state.snapshot()
+    except VisibilityUnavailable as exc:
+        raise ReportError(str(exc)) from None
     out = attribute_snapshot(snap, config, run=1, as_of_us=state.last_time_us, alert_active=False)
     if out.result is None:
         raise ReportError(f"nothing to attribute in {archive}: {out.skipped}")
@@ -146,7 +155,7 @@ def build_report(
         panel_phi=out.arrays.panel_phi,
         state_config=state.config,
         config=config,
-        visibility_source="follower counts" if followers is not None else "distinct attenders in the window",
+        visibility_source=_visibility_words(followers),
         replay={
             "items": result.stats.items,
             "seconds": result.seconds,
@@ -240,6 +249,21 @@ def _reading(r: RunResult, cfg: AttributionConfig) -> list[Inline]:
             else "."
         )
     )
+    sp = r.stratified_panel
+    if sp is not None and sp.size is not None and sp.allocation is not None and sp.weights is not None:
+        a, w = sp.allocation, sp.weights
+        lines.append(
+            f"The panel this window needed: a stratified random sample of {sp.size:,} active accounts ({a.head:,} "
+            f"head, {a.middle:,} middle, {a.tail:,} tail, weighted {w.head:.3g}, {w.middle:.3g} and {w.tail:.3g}) "
+            f"estimates every tier share within {sp.epsilon:g} in {sp.quantile:.0%} of {sp.draws} draws "
+            f"({_pct(sp.held_out_within)} of held-out draws), if each sampled account's full-scale attribution is "
+            f"measured exactly: a lower bound on what a small study needs."
+        )
+    elif sp is not None:
+        lines.append(
+            f"No stratified sample of the sizes tried estimates every tier share within {sp.epsilon:g}: a small "
+            "study of this window cannot recover its tier shares."
+        )
     if r.alert.active:
         lines.append(Bold(f"The scale-bias alert fires: {_alert_words(r)}."))
     else:
@@ -629,7 +653,7 @@ def write_report(data: ReportData, out: Path) -> list[Path]:
 
 
 # The settings `report` reads (flags generated from Settings; also from --config and SKYATTR_*).
-REPORT_SETTINGS = ATTRIBUTION_FIELDS | WINDOW_FIELDS | {"followers"}
+REPORT_SETTINGS = ATTRIBUTION_FIELDS | WINDOW_FIELDS | {"followers", "appview", "appview_cache"}
 
 
 @with_settings_options(include=REPORT_SETTINGS, check_finite=True)
@@ -653,7 +677,7 @@ def report_command(
     path = archive or default_archive()
     settings = load_or_exit(config, flags)
     try:
-        table = load_followers(settings.followers) if settings.followers else None
+        table = settings.follower_source()
     except (ValueError, OSError) as exc:
         fail(str(exc))
         return

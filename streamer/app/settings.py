@@ -47,6 +47,7 @@ from streamer.app.role_settings import (
     section_flag,
 )
 from streamer.core.attribution import AttributionConfig
+from streamer.core.followers import Followers, load_followers
 from streamer.core.state import StateConfig
 from streamer.sources.endpoints import DEFAULT_JETSTREAM, DEFAULT_RELAY, JETSTREAM_PATH
 from streamer.sources.firehose import subscribe_url
@@ -144,6 +145,14 @@ class Settings(BaseSettings):
         description="Estimate each run's quadrature error (phi again at twice the nodes: about 3x the kernel time; "
         "always with the `auto` rule).",
     )
+    stratified_epsilon: float = Field(
+        defaults.STRATIFIED_EPSILON,
+        ge=0,
+        lt=1,
+        allow_inf_nan=False,
+        description="Each run reports the smallest stratified panel whose weighted tier shares are within this of the "
+        "full scale (0: none).",
+    )
     quadrature: Literal["auto", "log-graded", "uniform"] = Field(
         "auto",
         description="Quadrature rule: `auto` takes log-graded only where its error estimate is under a quarter of "
@@ -176,6 +185,16 @@ class Settings(BaseSettings):
     )
     followers: Path | None = Field(
         None, description="CSV or Parquet `did,followers` for visibility (else distinct attenders)."
+    )
+    appview: str | None = Field(
+        None,
+        description="AppView base URL (e.g. https://public.api.bsky.app): visibility from its follower counts "
+        "(getProfiles) for the accounts within reach of the head and middle tiers or the panel, 0 for the others; "
+        "instead of --followers.",
+    )
+    appview_cache: Path = Field(
+        Path("~/.cache/skyattr/appview"),
+        description="Directory where AppView follower counts are kept (asked again after a week; resumable).",
     )
     checkpoint_dir: Path | None = Field(None, description="Directory for checkpoints; resume from it on start.")
     checkpoint_every: float = Field(
@@ -313,6 +332,24 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
+    def _one_visibility(self) -> Settings:
+        if self.followers is not None and self.appview is not None:
+            raise ValueError("give --followers or --appview, not both: each sets every account's visibility")
+        return self
+
+    def follower_source(self) -> Followers | None:
+        """Where visibility comes from: the ``--followers`` table (read now: ``ValueError`` naming a bad row), the
+        AppView asked at each snapshot, or None (distinct attenders)."""
+        if self.followers is not None:
+            return load_followers(self.followers)
+        if self.appview is not None:
+            from streamer.sources.appview import AppViewFollowers, AppViewVisibility
+
+            fetch = AppViewFollowers(self.appview_cache.expanduser(), self.appview.rstrip("/"))
+            return AppViewVisibility(fetch, head=self.head, middle=self.middle, panel_size=self.panel_size)
+        return None
+
+    @model_validator(mode="after")
     def _sasl_complete(self) -> Settings:
         sasl = self.kafka_security_protocol.startswith("SASL")
         if sasl and not (self.kafka_sasl_mechanism and self.kafka_sasl_username and self.kafka_sasl_password):
@@ -351,6 +388,7 @@ class Settings(BaseSettings):
             ),
             estimate_error=self.error_estimate,
             rule=self.quadrature,
+            stratified_epsilon=self.stratified_epsilon,
         )
 
     @property

@@ -102,6 +102,7 @@ class StudyPlan:
     sweeps: tuple[tuple[str, tuple[float, ...]], ...] = ()  # (option, values): see SWEEPABLE
     visibility: str = ""  # where population 0's visibility comes from (follower counts, the proxy)
     epsilon: float = 0.05  # the stratified panel's target: tier shares within this (0: no stratified panel)
+    window_hours: float | None = None  # an archive's window (bucket_hours x buckets): what window.hours varies
     stratified_draws: int = 200
     bootstrap_seed: int = 20261207
     schema: str = SCHEMA  # parts computed by another version of the figures are another plan
@@ -175,9 +176,11 @@ def units(plan: StudyPlan) -> list[Unit]:
 
 
 # What a sweep may vary, one at a time, around the plan: the quadrature, the tiers' cut-offs, an indicator's
-# parameter (``<indicator>.<parameter>``: that indicator only) and, for synthetic populations, the generator.
+# parameter (``<indicator>.<parameter>``: that indicator only), for synthetic populations the generator, and for
+# an archive the window's length (``window.hours``: the archive replayed again with that window).
 SWEEPABLE = ("nodes", "head", "middle", "generator.follower_exponent", "generator.activity_exponent",
-             "generator.edges_per_agent", "generator.inactive_fraction", "generator.follower_scale")  # fmt: skip
+             "generator.edges_per_agent", "generator.inactive_fraction", "generator.follower_scale",
+             "window.hours")  # fmt: skip
 DEFAULT_SWEEPS: tuple[tuple[str, tuple[float, ...]], ...] = (
     ("nodes", (8, 16, 32, 64)),
     ("head", (0.005, 0.01, 0.02)),
@@ -188,6 +191,7 @@ DEFAULT_SWEEPS: tuple[tuple[str, tuple[float, ...]], ...] = (
     ("generator.follower_exponent", (0.7, 0.9, 1.1, 1.5)),
     ("generator.activity_exponent", (1.2, 1.6, 2.0)),
     ("generator.edges_per_agent", (4.0, 8.0, 16.0)),
+    ("window.hours", (6.0, 24.0, 72.0, 168.0, 336.0)),
 )
 
 
@@ -208,6 +212,8 @@ def base_value(plan: StudyPlan, option: str) -> float | None:
         return float(plan.attribution[group])
     if group == "generator":
         return None if plan.generator is None else float(getattr(plan.generator, name))
+    if group == "window":
+        return plan.window_hours
     held = plan.attribution["params"].get(group, {}).get(name)
     if held is None:
         held = kernels.get_indicator(group).params.get(name)
@@ -218,6 +224,8 @@ def _swept_indicators(plan: StudyPlan, option: str) -> tuple[str, ...]:
     group, _, name = option.partition(".")
     if group == "generator" and plan.generator is None:
         return ()  # an input population has no generator to vary
+    if group == "window":
+        return plan.indicators if plan.window_hours is not None else ()  # only an archive can be replayed again
     if name and group != "generator":
         return (group,) if group in plan.indicators else ()
     return plan.indicators
@@ -271,13 +279,20 @@ class Populations:
     """The populations of a plan, made once each: population 0 (the input, or the first seed), the other seeds,
     and population 0's bootstrap replicates (drawn from a seed of their own, so a resumed study draws the same)."""
 
-    def __init__(self, plan: StudyPlan, first: kernels.Population | None = None) -> None:
+    def __init__(
+        self,
+        plan: StudyPlan,
+        first: kernels.Population | None = None,
+        window: Callable[[float], kernels.Population] | None = None,
+    ) -> None:
         self.plan = plan
         self._first = first
+        self._window = window  # the input archive replayed with a window of that many hours
         self._cache: dict[tuple[int, int, tuple[str, float] | None], kernels.Population] = {}
 
     def get(self, population: int, replicate: int, variant: tuple[str, float] | None = None) -> kernels.Population:
-        key = (population, replicate, variant if variant and variant[0].startswith("generator.") else None)
+        made = variant is not None and variant[0].startswith(("generator.", "window."))
+        key = (population, replicate, variant if made else None)
         if key not in self._cache:
             if len(self._cache) > 4:  # the bootstrap walks replicate by replicate: keep memory to a few
                 self._cache.clear()
@@ -285,6 +300,10 @@ class Populations:
         return self._cache[key]
 
     def _make(self, population: int, replicate: int, variant: tuple[str, float] | None) -> kernels.Population:
+        if variant is not None and variant[0] == "window.hours":
+            if self._window is None:
+                raise ValueError("window.hours is swept by replaying an archive: give the study an archive")
+            return self._window(variant[1])
         if variant is not None:
             from dataclasses import replace
 
@@ -342,13 +361,10 @@ def run_unit(plan: StudyPlan, unit: Unit, populations: Populations) -> dict[str,
     }
 
 
-STRATIFIED_SIZES = (10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10_000, 20_000, 50_000, 100_000)
-
-
 def _stratified(plan: StudyPlan, unit: Unit, pop: kernels.Population) -> dict[str, Any]:
     """The smallest stratified panel of population 0 meeting ε (:mod:`kernels.stratified`), its error curve, and
     the visibility panel's error at the same sizes."""
-    from kernels.stratified import smallest_stratified_panel
+    from kernels.stratified import SIZES, smallest_stratified_panel
 
     a = plan.attribution
     ind = kernels.get_indicator(unit.indicator, **a["params"].get(unit.indicator, {}))
@@ -359,7 +375,7 @@ def _stratified(plan: StudyPlan, unit: Unit, pop: kernels.Population) -> dict[st
     if phi[active].sum() <= 0:
         return {"nothing": "no attribution to estimate", "curve": []}
     result = smallest_stratified_panel(
-        phi, tiers, active, list(STRATIFIED_SIZES), epsilon=plan.epsilon, draws=plan.stratified_draws, seed=7
+        phi, tiers, active, list(SIZES), epsilon=plan.epsilon, draws=plan.stratified_draws, seed=7
     )
     truth = kernels.tier_shares(phi, tiers)
     curve = []

@@ -6,7 +6,7 @@ import contextlib
 import math
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import numpy as np
 import typer
@@ -34,6 +34,10 @@ from streamer.app.study import (
 from streamer.app.study_document import write_documents
 from streamer.sources.appview import AppViewError
 
+if TYPE_CHECKING:
+    from streamer.core.followers import Followers
+    from streamer.core.state import Snapshot, StateConfig
+
 console = Console(stderr=True, soft_wrap=True)
 
 # (seeds, bootstrap replicates, panel sizes, pieces) of a full study and of --quick
@@ -44,7 +48,7 @@ QUICK_SWEEPS: tuple[tuple[str, tuple[float, ...]], ...] = (
     ("cascade.kappa", (0.5, 2.0, 8.0)),
     ("generator.follower_exponent", (0.7, 1.1, 1.5)),
 )
-STUDY_SETTINGS = ATTRIBUTION_FIELDS | WINDOW_FIELDS | {"followers"}
+STUDY_SETTINGS = ATTRIBUTION_FIELDS | WINDOW_FIELDS | {"followers", "appview", "appview_cache"}
 
 
 def _ints(text: str | None, what: str) -> tuple[int, ...] | None:
@@ -105,15 +109,43 @@ def load_input(path: Path, settings: Any) -> tuple[kernels.Population, list[str]
             dids = [str(d) for d in data["dids"]] if "dids" in data.files else None
         return pop, dids
     else:
-        from streamer.app.replay import replay
+        return archive_population(path, settings.state(), followers)
+    return _population(snap, path)
 
-        try:
-            result = replay(path, config=settings.state(), followers=followers)
-        except OSError as exc:
-            raise ValueError(f"cannot read archive {path}: {exc}") from None
-        if not result.report.readable:
-            raise ValueError(f"nothing readable in {path}")
-        snap = result.state.snapshot()
+
+def is_archive(path: Path) -> bool:
+    """Neither a checkpoint directory nor a population ``.npz``: what :func:`load_input` replays."""
+    return not (path.is_dir() and (path / "state.npz").exists()) and not (path.is_file() and path.suffix == ".npz")
+
+
+def archive_population(
+    path: Path, state: StateConfig, followers: Followers | None
+) -> tuple[kernels.Population, list[str]]:
+    """The population at the end of ``path`` replayed with the window ``state``. Raises ValueError."""
+    from streamer.app.replay import replay
+
+    try:
+        result = replay(path, config=state, followers=followers)
+    except OSError as exc:
+        raise ValueError(f"cannot read archive {path}: {exc}") from None
+    if not result.report.readable:
+        raise ValueError(f"nothing readable in {path}")
+    return _population(result.state.snapshot(), path)
+
+
+def window_population(path: Path, settings: Any, hours: float) -> kernels.Population:
+    """The archive replayed with a window of ``hours`` (the sweep's ``window.hours``): as many of the settings'
+    buckets as make it (one bucket of that width when it is shorter than a bucket), visibility as for the study."""
+    from dataclasses import replace
+
+    base = settings.state()
+    buckets = max(1, round(hours / base.bucket_hours))
+    width = hours if hours < base.bucket_hours else base.bucket_hours
+    state = replace(base, bucket_hours=width, buckets=buckets)
+    return archive_population(path, state, settings.follower_source())[0]
+
+
+def _population(snap: Snapshot, path: Path) -> tuple[kernels.Population, list[str]]:
     if snap.graph is None or snap.graph.edges == 0:
         raise ValueError(f"{path} holds no attention edges in its window: nothing to study")
     x, visibility = np.asarray(snap.x, np.float64), np.asarray(snap.visibility, np.float64)
@@ -126,29 +158,24 @@ def appview_visibility(
     """Population 0 with follower counts from the AppView as its visibility: asked for the candidates that can
     reach the head and middle tiers or the panel (:func:`streamer.sources.appview.candidates`), 0 for the others
     and for accounts the AppView no longer has. Returns the population and a sentence saying so."""
-    from streamer.sources.appview import AppViewFollowers, candidates
+    from streamer.sources.appview import AppViewFollowers, AppViewVisibility
 
-    picked = candidates(pop.visibility, pop.x, head=cfg.head, middle=cfg.middle, panel_size=cfg.panel_size)
     fetch = AppViewFollowers(cache, url)
-    task = bar.task("followers", total=len(picked), unit="accounts", detail=f"getProfiles at {url}")
-    counts = fetch.counts([dids[i] for i in picked], on_batch=lambda done, _t: task.update(done))
+    task = bar.task("followers", total=None, unit="accounts", detail=f"getProfiles at {url}")
+    source = AppViewVisibility(
+        fetch, head=cfg.head, middle=cfg.middle, panel_size=cfg.panel_size,
+        on_batch=lambda done, total: task.update(done, total=total),
+    )  # fmt: skip
+    visibility = source.visibility(dids, pop.visibility, pop.x)
     task.done()
-    visibility = np.zeros(len(dids))
-    for i in picked:
-        visibility[i] = counts.get(dids[i], 0)
     st = fetch.stats
+    assert source.last is not None
     console.print(
-        f"AppView {escape(url)}: {len(picked):,} accounts, {st.asked:,} asked in {st.calls:,} calls, {st.cached:,} "
-        f"from the cache, {st.rate_limited} rate-limited answer(s) waited out ({st.waited_s:.0f} s)",
+        f"AppView {escape(url)}: {source.last.candidates:,} accounts, {st.asked:,} asked in {st.calls:,} calls, "
+        f"{st.cached:,} from the cache, {st.rate_limited} rate-limited answer(s) waited out ({st.waited_s:.0f} s)",
         highlight=False,
     )
-    gone = sum(1 for i in picked if dids[i] not in counts)
-    words = (
-        f"follower counts from the AppView at {url} for the {len(picked):,} accounts the attention ranking puts "
-        f"within reach of the head and middle tiers or the panel ({gone:,} of them gone: 0), 0 for the other "
-        f"{len(dids) - len(picked):,} (taken to be in the tail)"
-    )
-    return kernels.Population(x=pop.x, visibility=visibility, graph=pop.graph), words
+    return kernels.Population(x=pop.x, visibility=visibility, graph=pop.graph), source.describe()
 
 
 @with_settings_options(include=STUDY_SETTINGS, check_finite=True)
@@ -191,17 +218,6 @@ def study_command(
             " instead of the options'."
         ),
     ] = False,
-    appview: Annotated[
-        str | None,
-        typer.Option(
-            metavar="URL",
-            help="Visibility from the follower counts of this AppView (e.g. "
-            "https://public.api.bsky.app) instead of the attention received; needs the accounts' DIDs.",
-        ),
-    ] = None,
-    appview_cache: Annotated[
-        Path, typer.Option(help="Where follower counts are cached (resumable; a week before asked again).")
-    ] = Path("~/.cache/skyattr/appview"),
     sweep: Annotated[
         list[str] | None,
         typer.Option(
@@ -247,22 +263,30 @@ def study_command(
             fail(str(exc))
     n_seeds = seeds if seeds is not None else preset[0]
     first = None
+    window_hours: float | None = None
+    window: Any = None
     visibility = "followers file" if settings.followers else "attention received in the window (the proxy)"
     if population is not None:
         try:
             first, dids = load_input(population, settings)
-            if appview is not None:
+            if settings.appview is not None:
                 if dids is None:
                     raise ValueError(f"{population} holds no DIDs: the AppView is asked by DID")
                 with JobProgress(progress) as bar:
-                    first, visibility = appview_visibility(first, dids, cfg, appview, appview_cache.expanduser(), bar)
+                    cache = settings.appview_cache.expanduser()
+                    first, visibility = appview_visibility(first, dids, cfg, settings.appview, cache, bar)
         except (ValueError, AppViewError) as exc:
             fail(str(exc))
             return
         generator, seed_list, source = None, (), str(population)
+        if is_archive(population):
+            window_hours = settings.bucket_hours * settings.buckets
+
+            def window(hours: float, path: Path = population) -> kernels.Population:
+                return window_population(path, settings, hours)
     else:
         agents = synthetic if synthetic is not None else 20_000
-        if appview is not None:
+        if settings.appview is not None:
             fail("--appview needs real accounts: a checkpoint, an archive or a population .npz with DIDs")
         generator = Generator(
             agents, edges_per_agent, follower_exponent, activity_exponent, inactive_fraction, follower_scale
@@ -275,6 +299,8 @@ def study_command(
             generator = replace(generator, **CALIBRATED)
         visibility = "the generator's follower counts"
         seed_list, source = tuple(range(n_seeds)), f"synthetic, {agents:,} agents"
+    if window_hours is None and any(t.strip().startswith("window.") for t in sweep or []):
+        fail("--sweep window.hours replays an archive with each window: give the study an archive")
     plan = StudyPlan(
         indicators=names,
         source=source,
@@ -292,6 +318,7 @@ def study_command(
         sweeps=_sweeps(sweep, quick),
         visibility=visibility,
         epsilon=epsilon,
+        window_hours=window_hours,
         stratified_draws=100 if quick else 200,
     )  # fmt: skip
     created = not out.exists()
@@ -313,7 +340,9 @@ def study_command(
         with JobProgress(progress) as bar:
             task = bar.task("study", total=len(todo), unit="units", detail=source)
             task.update(already)
-            run_study(workspace, Populations(plan, first), on_unit=lambda u, done, _t: task.update(done, detail=u.key))
+            run_study(
+                workspace, Populations(plan, first, window), on_unit=lambda u, done, _t: task.update(done, detail=u.key)
+            )
             task.done()
     except KeyboardInterrupt:
         done = sum(workspace.done(u) for u in todo)

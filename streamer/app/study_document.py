@@ -210,6 +210,7 @@ SWEEP_WORDS = {
     "generator.edges_per_agent": "the generator's attention edges per agent",
     "generator.inactive_fraction": "the generator's inactive fraction",
     "generator.follower_scale": "the generator's follower scale",
+    "window.hours": "the window's length in hours: the archive replayed again with that window, ending where it ends",
 }
 
 
@@ -221,7 +222,8 @@ def _sensitivity(s: dict[str, Any]) -> list[Block]:
         Block("h2", "Sensitivity"),
         Block("p", "One option varied at a time around the study (population 0; * marks the study's own value): "
                    "the full-scale middle + tail share, the panel's share and r* in both games. A synthetic "
-                   "population's generator exponents change the population itself (seed 0 each time)."),
+                   "population's generator exponents change the population itself (seed 0 each time); an archive's "
+                   "window is replayed again."),
     ]  # fmt: skip
     options = dict.fromkeys(sw["option"] for sw in sweeps)
     for option in options:

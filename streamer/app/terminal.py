@@ -9,7 +9,7 @@ import kernels
 from streamer.app.options import GAME_WORDS, figure
 from streamer.app.pipes import StdoutConsole
 from streamer.core.events import rfc3339
-from streamer.core.results import AlertTransition, Result, RunResult, ScaleBias, Tiers, TierSizes
+from streamer.core.results import AlertTransition, Result, RunResult, ScaleBias, StratifiedPanel, Tiers, TierSizes
 
 
 def scale_table(title: str, sizes: TierSizes | None, tiers: Tiers, sb: ScaleBias, caption: str = "") -> Table:
@@ -43,6 +43,20 @@ def figures_line(sb: ScaleBias) -> str:
     return " | ".join(parts)
 
 
+def stratified_words(sp: StratifiedPanel | None) -> str:
+    """The stratified panel in one clause: its size and accounts per tier, or that none of the sizes tried meets
+    its epsilon ("" when the run did not look for one)."""
+    if sp is None:
+        return ""
+    if sp.size is None or sp.allocation is None:
+        return f"no stratified panel within {sp.epsilon:g} up to the active accounts tried"
+    a = sp.allocation
+    return (
+        f"stratified panel within {sp.epsilon:g}: {sp.size:,} accounts ({a.head:,} head, {a.middle:,} middle, "
+        f"{a.tail:,} tail)"
+    )
+
+
 def tier_table(result: RunResult) -> Table:
     """Tiers x {full, panel in each game} with the scale-bias figures in the caption; in words when there is
     nothing to attribute."""
@@ -61,7 +75,8 @@ def tier_table(result: RunResult) -> Table:
         return table
     criteria = result.alert.criteria
     fired = f" ({', '.join(criteria)})" if criteria else ""
-    caption = f"{figures_line(sb)} · alert {state}{fired}"
+    stratified = stratified_words(result.stratified_panel)
+    caption = f"{figures_line(sb)} · alert {state}{fired}" + (f" · {stratified}" if stratified else "")
     return scale_table(title, result.tier_sizes, result.tiers, sb, caption)
 
 

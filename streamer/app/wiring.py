@@ -34,6 +34,7 @@ from kernels import defaults
 from streamer.core.attribution import AttributionConfig
 from streamer.core.checkpoint import Checkpoints
 from streamer.core.dispatch import SequentialDispatcher
+from streamer.core.followers import Followers
 from streamer.core.pipeline import Clock, Ended, Pipeline
 from streamer.core.results import Result
 from streamer.core.schedule import ScheduleState
@@ -139,7 +140,7 @@ class RunOptions:
     """The options of a run that do not depend on its feed. ``attribution`` None: ingest only, no runs."""
 
     config: StateConfig | None = None
-    followers: dict[str, float] | None = None
+    followers: Followers | None = None
     checkpoint_dir: str | Path | None = None
     depends: dict[str, Any] = field(default_factory=dict)
     attribution: AttributionConfig | None = None

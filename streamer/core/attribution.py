@@ -26,16 +26,19 @@ from streamer.core.results import (
     GameFigures,
     RunResult,
     ScaleBias,
+    StratifiedPanel,
     Thresholds,
     Tiers,
     TierShares,
     TierSizes,
+    TierWeights,
     TopAccount,
     Window,
 )
 from streamer.core.state import Snapshot
 
 if TYPE_CHECKING:  # the kernels load their modules (and JAX) at first use
+    from kernels.stratified import SampleSize
     from kernels.study import Study
 
 
@@ -55,6 +58,7 @@ class AttributionConfig:
     thresholds: kernels.AlertThresholds = field(default_factory=lambda: kernels.AlertThresholds())
     estimate_error: bool = True
     rule: str = "auto"
+    stratified_epsilon: float = defaults.STRATIFIED_EPSILON  # 0: no stratified panel
 
     def as_dict(self) -> dict[str, Any]:
         """Every option as plain JSON values (what a checkpoint records to refuse resuming with other options)."""
@@ -71,6 +75,7 @@ class AttributionConfig:
             "thresholds": {"residual": t.residual, "coverage": t.coverage, "clear": t.clear},
             "estimate_error": self.estimate_error,
             "rule": self.rule,
+            "stratified_epsilon": self.stratified_epsilon,
         }
 
     def validate(self) -> None:
@@ -83,6 +88,8 @@ class AttributionConfig:
             raise ValueError(f"quadrature rule must be auto, log-graded or uniform, got {self.rule!r}")
         if self.dtype not in ("float32", "float64"):
             raise ValueError(f"dtype must be float32 or float64, got {self.dtype!r}")
+        if not 0 <= self.stratified_epsilon < 1:
+            raise ValueError(f"the stratified panel's epsilon must be in [0, 1), got {self.stratified_epsilon!r}")
 
 
 @dataclass
@@ -128,18 +135,22 @@ def _finite(value: float) -> float | None:
 @dataclass(frozen=True)
 class Studied:
     """The scale study of one snapshot (:class:`kernels.study.Study`: full-scale attribution, tiers, panel, both
-    panel games; or, with ``study.nothing``, the full attribution alone, published as that outcome)."""
+    panel games; or, with ``study.nothing``, the full attribution alone, published as that outcome) and the
+    smallest stratified panel that would have measured its tier shares (None when not asked for or nothing to
+    attribute)."""
 
     snap: Snapshot
     study: Study
     seconds: float
+    stratified: SampleSize | None = None
 
 
 @dataclass(frozen=True)
 class Skipped:
-    """A run with nothing to publish, and why (no edges, no active agent, a non-finite figure)."""
+    """A run with nothing to publish, and why (no edges, no active agent, a non-finite figure, visibility that
+    could not be had: then there is no snapshot)."""
 
-    snap: Snapshot
+    snap: Snapshot | None
     reason: str
 
 
@@ -167,7 +178,23 @@ def measure(snap: Snapshot, config: AttributionConfig) -> Measured:
         needed += [game.bias.rescale, game.bias.residual]
     if not st.nothing and not all(np.isfinite(v) for v in needed):
         return Skipped(snap, f"non-finite result {tuple(needed)}")
-    return Studied(snap, st, time.perf_counter() - start)
+    stratified = None
+    if config.stratified_epsilon > 0 and not st.nothing:
+        stratified = stratified_panel(full.phi, st.tiers, snap.x > 0, config.stratified_epsilon)
+    return Studied(snap, st, time.perf_counter() - start, stratified)
+
+
+def stratified_panel(phi: np.ndarray, tiers: np.ndarray, active: np.ndarray, epsilon: float) -> SampleSize | None:
+    """The smallest stratified random sample of the active accounts whose weighted tier shares are within
+    ``epsilon`` of the full-scale ones (:func:`kernels.stratified.smallest_stratified_panel`: the sizes tried stop
+    at the first that meets it; a fixed seed, so a run is reproducible and both modes publish the same), or None
+    when the active accounts' attribution sums to zero or less (no shares to estimate)."""
+    from kernels.stratified import SIZES, smallest_stratified_panel
+
+    phi = np.asarray(phi, np.float64)
+    if phi[active].sum() <= 0:
+        return None
+    return smallest_stratified_panel(phi, tiers, active, list(SIZES), epsilon=epsilon, whole_curve=False)
 
 
 def published_figures(games: dict[str, kernels.ScaleBias]) -> tuple[ScaleBias, Tiers]:
@@ -202,6 +229,21 @@ def published_figures(games: dict[str, kernels.ScaleBias]) -> tuple[ScaleBias, T
         same_game=panel(games["same_game"]),
     )
     return figures, tiers
+
+
+def published_stratified(found: SampleSize) -> StratifiedPanel:
+    """The kernels' smallest stratified panel as a result publishes it."""
+    none = found.size is None
+    return StratifiedPanel(
+        epsilon=found.epsilon,
+        quantile=found.quantile,
+        draws=found.draws,
+        size=found.size,
+        allocation=None if none else TierSizes(**found.allocation),
+        weights=None if none else TierWeights(**found.weights),
+        error_quantile=found.error_quantile,
+        held_out_within=found.held_out_within,
+    )
 
 
 def _criteria(names: Iterable[str]) -> tuple[Criterion, ...]:
@@ -285,6 +327,7 @@ def finish(m: Measured, config: AttributionConfig, *, run: int, as_of_us: int, a
         top=tuple(TopAccount(**a) for a in top),
         error_estimate=None if full.error_estimate is None else float(full.error_estimate),
         error_max=None if full.error_max is None else float(full.error_max),
+        stratified_panel=None if m.stratified is None else published_stratified(m.stratified),
     )
     alert = None
     if decision.firing != alert_active:

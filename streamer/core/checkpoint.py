@@ -19,6 +19,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from streamer.core.durable import atomic_write
+from streamer.core.followers import Followers
 from streamer.core.seqs import SeenSeqs
 from streamer.core.state import AgentState, StateConfig
 
@@ -150,7 +151,7 @@ def check_dependencies(directory: str | Path, recorded: dict[str, Any], current:
 
 
 def load_checkpoint(
-    directory: str | Path, followers: dict[str, float] | None = None
+    directory: str | Path, followers: Followers | None = None
 ) -> tuple[AgentState, int, dict[str, Any]] | None:
     """(state, cursor, extra) from ``directory/state.npz``, or None when there is no checkpoint yet; ``extra["seen"]``
     holds the ring of relay seqs seen lately when the checkpoint recorded one.
@@ -207,7 +208,7 @@ class Checkpoints:
     def resume(
         self,
         config: StateConfig | None = None,
-        followers: dict[str, float] | None = None,
+        followers: Followers | None = None,
         check: Callable[[dict[str, Any]], None] | None = None,
     ) -> tuple[AgentState, int, dict[str, Any]] | None:
         """``check(extra)``: the run's own check of what the checkpoint says (a replay's archive path), before the

@@ -1,12 +1,34 @@
-"""Follower counts per DID, for visibility: the tiers and the panel are set by them when a table is given."""
+"""Follower counts per DID, for visibility: the tiers and the panel are set by them when a table is given, or
+when a :class:`FollowerSource` (the AppView) answers for the accounts of each snapshot."""
 
 from __future__ import annotations
 
 import csv
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
+
+
+class VisibilityUnavailable(RuntimeError):
+    """A follower source could not answer for a snapshot (its server unreachable, a wait longer than allowed): the
+    run is skipped with this line, never run on made-up visibility."""
+
+
+@runtime_checkable
+class FollowerSource(Protocol):
+    """Visibility decided when a snapshot is taken, from what the snapshot shows: ``proxy`` (distinct attenders)
+    and activity ``x`` pick the accounts worth asking about (:class:`streamer.sources.appview.AppViewVisibility`)."""
+
+    def visibility(self, dids: Sequence[str], proxy: np.ndarray, x: np.ndarray) -> np.ndarray: ...
+
+    def describe(self) -> str:
+        """Where the last snapshot's visibility came from, in words (for reports)."""
+        ...
+
+
+Followers = Mapping[str, float] | FollowerSource  # a table by DID, or a source asked at each snapshot
 
 
 def load_followers(path: str | Path) -> dict[str, float]:

@@ -33,13 +33,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
-from streamer.core.attribution import AttributionConfig, Measured, RunOutput, attribute_snapshot, finish, measure
+from streamer.core.attribution import AttributionConfig, Measured, RunOutput, Skipped, finish, measure
 from streamer.core.dispatch import Dispatcher, repo_of
+from streamer.core.followers import VisibilityUnavailable
 from streamer.core.pace import Pace
 from streamer.core.results import Result
 from streamer.core.schedule import ScheduleState, accepted, align, interval_us, step, tail
 from streamer.core.source import Source
-from streamer.core.state import AgentState, FrozenState, Snapshot
+from streamer.core.state import AgentState, FrozenState
 
 log = logging.getLogger("skyattr.pipeline")
 FLIGHT_BYTES = 512 << 20  # frozen state held by runs in flight before ingest waits (one run may always fly)
@@ -106,12 +107,11 @@ class Pipeline:
         if due is not None:
             self._due.append((due, self.state.freeze()))
 
-    def compute(self, snap: Snapshot, as_of_us: int) -> RunOutput:
-        """The attribution of one snapshot; pure, so it runs in a worker thread."""
+    def compute(self, frozen: FrozenState, as_of_us: int) -> RunOutput:
+        """The attribution of one state's snapshot; pure, so it runs in a worker thread."""
         assert self.config is not None
-        return attribute_snapshot(
-            snap, self.config, run=self.schedule.run + 1, as_of_us=as_of_us, alert_active=self.schedule.alert_active
-        )
+        s = self.schedule
+        return finish(self._measure(frozen), self.config, run=s.run + 1, as_of_us=as_of_us, alert_active=s.alert_active)
 
     def _accept(self, out: RunOutput) -> None:
         self.last = out
@@ -126,8 +126,14 @@ class Pipeline:
             self.deliver(out.alert)
 
     def _measure(self, frozen: FrozenState) -> Measured:
+        """The run's snapshot and its measurement; a follower source that cannot answer (the AppView unreachable)
+        skips the run with its line rather than run it on visibility it does not have."""
         assert self.config is not None
-        return measure(frozen.snapshot(), self.config)
+        try:
+            snap = frozen.snapshot()
+        except VisibilityUnavailable as exc:
+            return Skipped(None, f"no visibility: {exc}")
+        return measure(snap, self.config)
 
     async def _launch(self) -> None:
         """Hand the due runs to the workers; finish those already done, and the oldest while too many runs (or too
@@ -166,7 +172,7 @@ class Pipeline:
         self.schedule, due = tail(self.schedule, self.state.last_time_us, self.every_us)
         if due is None:
             return None
-        out = await asyncio.to_thread(self.compute, self.state.snapshot(), due)
+        out = await asyncio.to_thread(self.compute, self.state.freeze(), due)
         self._accept(out)
         return out
 
@@ -178,7 +184,7 @@ class Pipeline:
         if due is None:
             return
         try:
-            out = await asyncio.to_thread(self.compute, self.state.snapshot(), due)
+            out = await asyncio.to_thread(self.compute, self.state.freeze(), due)
         except Exception as exc:
             log.exception("attribution run failed")
             if self.on_failure is not None:

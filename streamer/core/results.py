@@ -25,7 +25,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 
 from streamer.core.events import rfc3339
 
-TIERS_SCHEMA = "skyattr.tiers/2"
+TIERS_SCHEMA = "skyattr.tiers/3"
 ALERTS_SCHEMA = "skyattr.alerts/2"
 GAME_NAMES = ("restricted", "same_game")  # the panel games every result publishes (kernels.panel.GAMES)
 TIER_NAMES = ("head", "middle", "tail")
@@ -162,6 +162,48 @@ class Tiers(_Part):
         return self.restricted if game == "restricted" else self.same_game
 
 
+class TierWeights(_Part):
+    head: NonNegative
+    middle: NonNegative
+    tail: NonNegative
+
+
+class StratifiedPanel(_Part):
+    """The panel a small study of this window should have used: the smallest stratified random sample of the active
+    accounts (strata: the tiers, Neyman allocation) whose weighted tier shares are within ``epsilon`` of the
+    full-scale ones in a ``quantile`` of ``draws`` samples (:mod:`kernels.stratified`)."""
+
+    epsilon: float = Field(gt=0, lt=1, description="target: max over tiers of |estimated - full-scale share|")
+    quantile: float = Field(gt=0, le=1, description="share of the samples that must meet epsilon")
+    draws: int = Field(ge=1, description="samples drawn at each size tried (and again, held out, at the one found)")
+    size: int | None = Field(
+        ge=1,
+        description="accounts in the smallest sample found; null when none of the sizes tried (up to the active "
+        "accounts) meets epsilon",
+    )
+    allocation: TierSizes | None = Field(description="accounts to draw per tier; null when none was found")
+    weights: TierWeights | None = Field(
+        description="sampling weight per tier (the accounts of its tier each sampled account stands for, N_h / n_h); "
+        "null when none was found"
+    )
+    error_quantile: float | None = Field(
+        ge=0,
+        description="the quantile of the tier-share error at the size found (at the largest size tried when none "
+        "was); null when no size could be tried",
+    )
+    held_out_within: float | None = Field(
+        ge=0,
+        le=1,
+        description="share of held-out samples of the size found that meet epsilon (the choice is made in-sample); "
+        "null when none was found",
+    )
+    assumes: Literal["exact_phi"] = Field(
+        default="exact_phi",
+        description="the figures assume each sampled account's full-scale phi is measured exactly: the size is a "
+        "lower bound on what a small study needs",
+    )
+
+
 class AlertState(_Part):
     """The scale-bias alert after this run."""
 
@@ -244,7 +286,7 @@ class RunResult(_Result):
     topic: ClassVar[Topic] = "tiers"
     schema_name: ClassVar[str] = TIERS_SCHEMA
 
-    schema_: Literal["skyattr.tiers/2"] = Field(default="skyattr.tiers/2", alias="schema")
+    schema_: Literal["skyattr.tiers/3"] = Field(default="skyattr.tiers/3", alias="schema")
     run: int = Field(ge=1, description="Run number since the daemon started (or resumed).")
     indicator: str
     params: dict[str, Any]
@@ -287,6 +329,11 @@ class RunResult(_Result):
     )
     scale_bias: ScaleBias | None = Field(
         description="Full scale against the panel study, per game; null when there is nothing to attribute."
+    )
+    stratified_panel: StratifiedPanel | None = Field(
+        default=None,
+        description="The smallest stratified panel whose weighted tier shares match the full scale within epsilon; "
+        "null when there is nothing to attribute or the daemon was told not to look for one (stratified_epsilon 0).",
     )
     alert: AlertState
     top: Annotated[tuple[TopAccount, ...], BeforeValidator(_tuple)]
@@ -375,8 +422,7 @@ def result_from_message(topic: str, message: Mapping[str, Any]) -> Result:
     written, current = message.get("schema"), kind.schema_name
     if isinstance(written, str) and written != current and written.split("/")[0] == current.split("/")[0]:
         raise ValueError(
-            f"{topic} message is {written}, written by an older skyattr; this one reads {current} (scale-bias "
-            "figures per panel game, the alert on the same-game r* and the panel's coverage): attribute again"
+            f"{topic} message is {written}, written by an older skyattr; this one reads {current}: attribute again"
         )
     try:
         return kind.model_validate(message)

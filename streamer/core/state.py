@@ -77,6 +77,7 @@ if TYPE_CHECKING:  # the kernels (and JAX) load when a snapshot is first taken, 
 
 from streamer.core.decisions import ACCEPTED, Decider, Decision, storable_did
 from streamer.core.events import DELETE, FOLLOW, LIKE, POST, QUOTE, REPLY, REPOST, Event
+from streamer.core.followers import Followers, FollowerSource
 from streamer.core.watermark import (  # noqa: F401  (re-exported: the rule's constants are the state's)
     FUTURE_TIME,
     LATE,
@@ -214,12 +215,16 @@ def window_bounds(config: StateConfig, head: int, buckets: Iterable[int]) -> tup
     return (head - config.buckets + 1) * config.bucket_us, (max([head, *buckets]) + 1) * config.bucket_us
 
 
-def visibility_of(dids: list[str], source: np.ndarray, followers: dict[str, float] | None) -> np.ndarray:
-    """Each account's visibility: its followers when a table is given, else its distinct attenders (``source``:
-    the source of each distinct attention pair)."""
+def visibility_of(dids: list[str], source: np.ndarray, followers: Followers | None, x: np.ndarray) -> np.ndarray:
+    """Each account's visibility: its followers when a table is given, what a follower source answers (asked with
+    the proxy below and the activity ``x``), else its distinct attenders (``source``: the source of each distinct
+    attention pair)."""
+    proxy = np.bincount(source, minlength=len(dids)).astype(np.float64)
+    if isinstance(followers, FollowerSource):
+        return np.asarray(followers.visibility(dids, proxy, x), np.float64)
     if followers is not None:
         return np.array([float(followers.get(d, 0.0)) for d in dids])
-    return np.bincount(source, minlength=len(dids)).astype(np.float64)
+    return proxy
 
 
 def encode_strings(strings: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -439,7 +444,7 @@ class FrozenState:
     weight), the DIDs, the window and the event count."""
 
     config: StateConfig
-    followers: dict[str, float] | None
+    followers: Followers | None
     dids: list[str]
     buckets: tuple[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray], ...]
     window_start_us: int
@@ -470,14 +475,14 @@ class FrozenState:
             from kernels import AttentionGraph
 
             graph = AttentionGraph(att, src, w.astype(np.float64), max(n, 1))
-        visibility = visibility_of(self.dids, src, self.followers)
+        visibility = visibility_of(self.dids, src, self.followers, x)
         return Snapshot(x, visibility, graph, self.dids, self.window_start_us, self.window_end_us, self.events)
 
 
 class AgentState:
     """Interning, rolling activity and attention. Feed events with :meth:`apply`; read with :meth:`snapshot`."""
 
-    def __init__(self, config: StateConfig | None = None, followers: dict[str, float] | None = None) -> None:
+    def __init__(self, config: StateConfig | None = None, followers: Followers | None = None) -> None:
         self.config = config or StateConfig()
         self.followers = followers
         self._bucket_us = self.config.bucket_us
@@ -857,7 +862,7 @@ class AgentState:
 
     @classmethod
     def from_arrays(
-        cls, arrays: dict[str, np.ndarray], meta: dict[str, Any], followers: dict[str, float] | None = None
+        cls, arrays: dict[str, np.ndarray], meta: dict[str, Any], followers: Followers | None = None
     ) -> AgentState:
         """The state :meth:`to_arrays` saved; ``ValueError`` (or ``KeyError`` for a missing array) when the arrays
         are inconsistent, so a damaged checkpoint is refused rather than half-read."""

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import zstandard
 
+from streamer.core.followers import Followers
 from streamer.core.state import Snapshot, StateConfig, decode_strings, encode_strings, visibility_of, window_bounds
 
 SCHEMA = "skyattr.shard/1"
@@ -117,7 +118,7 @@ def from_chunks(meta: dict[str, Any], pieces: Sequence[bytes]) -> Shard:
     return Shard(**{k: meta[k] for k in keys}, arrays=arrays)
 
 
-def merge(shards: Sequence[Shard], config: StateConfig, followers: dict[str, float] | None = None) -> Snapshot:
+def merge(shards: Sequence[Shard], config: StateConfig, followers: Followers | None = None) -> Snapshot:
     """The snapshot the shards of one due time add up to (see the module doc)."""
     if not shards:
         raise ValueError("no shards to merge")
@@ -149,7 +150,7 @@ def merge(shards: Sequence[Shard], config: StateConfig, followers: dict[str, flo
         by_pair = np.lexsort((src, att))
         att, src, w = att[by_pair], src[by_pair], w[by_pair]
         graph = AttentionGraph(att.astype(np.int32), src.astype(np.int32), w, max(n, 1))
-    visibility = visibility_of(dids, src, followers)
+    visibility = visibility_of(dids, src, followers, x)
     start, end = window_bounds(config, max(s.head for s in shards), (s.newest_bucket for s in shards))
     events = sum(s.events for s in shards)
     return Snapshot(x, visibility, graph, dids, start, end, events)

@@ -190,6 +190,24 @@ class Metrics(Endpoint):
             registry=r,
         )
         self.value = Gauge("skyattr_indicator_value", "Macro indicator v(x) now.", ["indicator"], registry=r)
+        self.stratified_size = Gauge(
+            "skyattr_stratified_panel_size",
+            "Accounts in the smallest stratified panel whose weighted tier shares match the full scale within epsilon.",
+            ["indicator"],
+            registry=r,
+        )
+        self.stratified_accounts = Gauge(
+            "skyattr_stratified_panel_accounts",
+            "Accounts the stratified panel draws from each tier.",
+            ["indicator", "tier"],
+            registry=r,
+        )
+        self.stratified_weight = Gauge(
+            "skyattr_stratified_panel_weight",
+            "Sampling weight of each tier's accounts in the stratified panel (accounts of the tier each stands for).",
+            ["indicator", "tier"],
+            registry=r,
+        )
         self.results_repeated = Counter(
             "skyattr_results_repeated",
             "Results computed again after a restart whose identity was already delivered (not sent again).",
@@ -252,6 +270,13 @@ class Metrics(Endpoint):
         self.completeness.labels(ind).set(result.residual)
         self.error_estimate.labels(ind).set(nan if result.error_estimate is None else result.error_estimate)
         self.value.labels(ind).set(result.value)
+        sp = result.stratified_panel
+        self.stratified_size.labels(ind).set(nan if sp is None or sp.size is None else sp.size)
+        for tier in TIER_NAMES:
+            accounts = nan if sp is None or sp.allocation is None else getattr(sp.allocation, tier)
+            weight = nan if sp is None or sp.weights is None else getattr(sp.weights, tier)
+            self.stratified_accounts.labels(ind, tier).set(accounts)
+            self.stratified_weight.labels(ind, tier).set(weight)
         self.active_agents.set(result.active_agents)
         self.duration.labels(ind).observe(result.runtime_s)
 

@@ -25,6 +25,7 @@ import logging
 import math
 import os
 import random
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from streamer.core.backoff import backoff_delay
+from streamer.core.followers import VisibilityUnavailable
 
 log = logging.getLogger("skyattr.appview")
 
@@ -45,7 +47,7 @@ MAX_WAIT_S = 900.0
 NETWORK_ATTEMPTS = 6
 
 
-class AppViewError(RuntimeError):
+class AppViewError(VisibilityUnavailable):
     """The AppView could not be asked (unreachable, refusing, a wait longer than allowed): one line for the user."""
 
 
@@ -120,12 +122,16 @@ class AppViewFollowers:
         self._sleep, self._clock = sleep, clock
         self._rng = random.Random()
         self._reset_at: float | None = None  # a successful answer said the budget is spent until then
+        self._lock = threading.Lock()  # a pipeline measures runs in worker threads: one fetch at a time
         self.stats = FetchStats()
 
     def counts(self, dids: Iterable[str], on_batch: Callable[[int, int], None] | None = None) -> dict[str, int]:
         """``{did: followers}`` for every DID the AppView knows (gone ones left out); ``on_batch(done, total)``
-        after each call."""
-        wanted = list(dict.fromkeys(dids))
+        after each call. Thread-safe: concurrent callers wait, then find what the first fetched in the cache."""
+        with self._lock:
+            return self._counts(list(dict.fromkeys(dids)), on_batch)
+
+    def _counts(self, wanted: list[str], on_batch: Callable[[int, int], None] | None) -> dict[str, int]:
         now = self._clock()
         todo = [d for d in wanted if not self.cache.fresh(d, now, self.max_age_s)]
         self.stats.cached += len(wanted) - len(todo)
@@ -220,4 +226,67 @@ def candidates(
     return np.union1d(top, active)
 
 
-__all__ = ["PUBLIC_APPVIEW", "AppViewError", "AppViewFollowers", "FetchStats", "FollowerCache", "candidates"]
+@dataclass(frozen=True)
+class Asked:
+    """What one snapshot's visibility came from: the accounts asked about (the candidates), of which ``gone`` the
+    AppView no longer has, out of ``accounts``."""
+
+    accounts: int
+    candidates: int
+    gone: int
+
+    def words(self, url: str) -> str:
+        return (
+            f"follower counts from the AppView at {url} for the {self.candidates:,} accounts the attention ranking "
+            f"puts within reach of the head and middle tiers or the panel ({self.gone:,} of them gone: 0), 0 for the "
+            f"other {self.accounts - self.candidates:,} (taken to be in the tail)"
+        )
+
+
+class AppViewVisibility:
+    """A :class:`~streamer.core.followers.FollowerSource`: at each snapshot, follower counts for the accounts that
+    can reach the head and middle tiers or the panel (:func:`candidates`, by the snapshot's attention ranking),
+    0 for the others; asked through ``fetch`` (cached, rate limited). One object serves ``run``, ``replay``,
+    ``report`` and ``study``; an AppView that cannot answer raises :class:`AppViewError`, and the run is skipped."""
+
+    def __init__(
+        self,
+        fetch: AppViewFollowers,
+        *,
+        head: float,
+        middle: float,
+        panel_size: int,
+        on_batch: Callable[[int, int], None] | None = None,
+    ) -> None:
+        self.fetch = fetch
+        self.head, self.middle, self.panel_size = head, middle, panel_size
+        self.on_batch = on_batch
+        self.last: Asked | None = None
+
+    def visibility(self, dids: Sequence[str], proxy: np.ndarray, x: np.ndarray) -> np.ndarray:
+        picked = candidates(proxy, x, head=self.head, middle=self.middle, panel_size=self.panel_size)
+        counts = self.fetch.counts([dids[i] for i in picked], on_batch=self.on_batch)
+        out = np.zeros(len(dids))
+        gone = 0
+        for i in picked.tolist():
+            held = counts.get(dids[i])
+            gone += held is None
+            out[i] = held or 0
+        self.last = Asked(len(dids), len(picked), gone)
+        return out
+
+    def describe(self) -> str:
+        url = self.fetch.base_url
+        return self.last.words(url) if self.last is not None else f"follower counts from the AppView at {url}"
+
+
+__all__ = [
+    "PUBLIC_APPVIEW",
+    "AppViewError",
+    "AppViewFollowers",
+    "AppViewVisibility",
+    "Asked",
+    "FetchStats",
+    "FollowerCache",
+    "candidates",
+]

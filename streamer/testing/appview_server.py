@@ -22,12 +22,14 @@ LIMIT = 25
 @dataclass
 class Script:
     """What the stand-in does next: ``refuse`` 429s first (each with ``reset_in`` seconds to the reset, or
-    ``retry_after`` seconds), and ``remaining`` is the budget it reports on a success (0: spent until the reset)."""
+    ``retry_after`` seconds), and ``remaining`` is the budget it reports on a success (0: spent until the reset);
+    ``down`` refuses every call."""
 
     refuse: int = 0
     reset_in: float | None = 2.0
     retry_after: float | None = None
     remaining: int = 2999
+    down: bool = False  # answer every call with an error (400 InternalServerError), as an AppView that is down
     calls: list[list[str]] = field(default_factory=list)
 
 
@@ -73,6 +75,8 @@ class AppViewStandIn:
         self.script.calls.append(actors)
         reset = int(self.clock() + (self.script.reset_in or 0))
         headers = {"RateLimit-Limit": "3000", "RateLimit-Policy": "3000;w=300", "RateLimit-Reset": str(reset)}
+        if self.script.down:
+            return self._send(req, 400, {"error": "InternalServerError", "message": "down for maintenance"}, headers)
         if self.script.refuse > 0:
             self.script.refuse -= 1
             headers["RateLimit-Remaining"] = "0"

@@ -8,7 +8,7 @@ import pytest
 
 import kernels
 from kernels.indicators import attention_received
-from kernels.stratified import draw, neyman_allocation, smallest_stratified_panel, weighted_shares
+from kernels.stratified import draw, neyman_allocation, pools, smallest_stratified_panel, weighted_shares
 
 
 def test_a_census_is_exact_and_weights_are_the_accounts_each_draw_stands_for() -> None:
@@ -27,7 +27,7 @@ def test_neyman_gives_more_to_the_spread_out_stratum_and_two_to_a_flat_one() -> 
     strata = np.concatenate([np.zeros(100, np.int64), np.full(900, 2)])
     alloc = neyman_allocation(phi, strata, 50)
     assert alloc[1] == 0 and alloc[2] == 2 and alloc[0] >= 40
-    sample = draw(strata, alloc, rng)
+    sample = draw(pools(strata), alloc, rng)
     assert len(sample) == alloc.sum() and len(set(sample.tolist())) == len(sample)
     assert np.bincount(strata[sample], minlength=3).tolist() == alloc.tolist()
 
@@ -47,3 +47,37 @@ def test_the_smallest_panel_meets_epsilon_on_held_out_draws_where_the_visibility
     assert errors[-1] < errors[0]
     with pytest.raises(ValueError, match="no attribution"):
         smallest_stratified_panel(np.zeros(10), np.zeros(10, np.int64), np.ones(10, bool), [5])
+
+
+def test_a_stratum_too_small_for_its_share_is_taken_whole_and_the_rest_goes_to_the_others() -> None:
+    rng = np.random.default_rng(5)
+    # 6 head accounts spread far apart want most of any sample; they can give only 6, the other 94 go elsewhere
+    phi = np.concatenate([rng.pareto(0.8, 6) * 1e4, rng.pareto(1.5, 60), rng.pareto(2.5, 900)])
+    strata = np.repeat([0, 1, 2], [6, 60, 900])
+    alloc = neyman_allocation(phi, strata, 100)
+    assert alloc[0] == 6 and alloc.sum() == 100
+    spread = np.array([phi[strata == h].std() for h in (1, 2)])  # the others in Neyman's ratio N_h S_h
+    assert abs(alloc[1] / alloc[2] - (60 * spread[0]) / (900 * spread[1])) < 0.1 * alloc[1] / alloc[2] + 0.05
+    assert neyman_allocation(phi, strata, 5000).tolist() == [6, 60, 900]  # more than all of them: a census
+
+
+def test_the_size_is_bisected_between_the_grid_points_and_a_daemon_run_stops_there() -> None:
+    pop = kernels.heavy_tailed_population(5000, 8.0, 11)
+    phi = pop.x * attention_received(pop.graph)
+    tiers = kernels.assign_tiers(pop.visibility)
+    grid = [20, 50, 100, 200, 500, 1000, 2000, 3000]
+    whole = smallest_stratified_panel(phi, tiers, pop.x > 0, grid, draws=200)
+    short = smallest_stratified_panel(phi, tiers, pop.x > 0, grid, draws=200, whole_curve=False)
+    assert whole.size is not None and (whole.size, whole.allocation) == (short.size, short.allocation)
+    assert whole.size not in grid  # bisected, not a grid point
+    found = next(c for c in short.curve if c["size"] == short.size)
+    assert short.error_quantile == found["error_quantile"] <= short.epsilon
+    failing = [c["target"] for c in short.curve if c["error_quantile"] > short.epsilon]
+    assert failing and found["target"] - max(failing) <= max(1, 0.05 * found["target"])
+    bracket = min(g for g in grid if g >= short.size)  # the grid point that met ε first: the run looks no further
+    assert max(c["target"] for c in short.curve) == bracket
+    assert {c["target"] for c in whole.curve} >= set(grid)
+    # the weights are the accounts of each tier each sampled account stands for
+    counts = np.bincount(tiers[pop.x > 0], minlength=3)
+    for h, name in enumerate(kernels.TIER_NAMES):
+        assert short.weights[name] == pytest.approx(counts[h] / short.allocation[name])

@@ -237,3 +237,39 @@ def test_the_study_takes_visibility_from_the_appview_through_the_sdk(tmp_path: P
          "http://127.0.0.1:9"], capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert synthetic.returncode == 2 and "needs real accounts" in synthetic.stderr
+
+
+def test_the_window_sweep_replays_the_archive_with_each_window(tmp_path: Path) -> None:
+    """window.hours: the archive replayed again with a window of that length; each point's figures are those of a
+    replay with that window studied directly (kernels.scale_study), and a synthetic study has no window to vary."""
+    from streamer.app.replay import replay
+    from streamer.core.state import StateConfig
+    from streamer.testing.synth import default_archive
+
+    out = tmp_path / "study"
+    cmd = [
+        sys.executable, "-m", "streamer", "study", str(default_archive()), "--out", str(out), "--bootstrap", "0",
+        "--indicators", "exposure", "--panel-sizes", "20", "--pieces", "", "--epsilon", "0", "--no-progress",
+        "--sweep", "window.hours=3,6,336", "--dtype", "float64",
+    ]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    summary = json.loads((out / "study.json").read_text())
+    (sweep,) = [s for s in summary["sweeps"] if s["option"] == "window.hours"]
+    points = {p["value"]: p for p in sweep["points"]}
+    assert points[336.0]["base"] and not points[3.0]["base"]
+    for hours in (3.0, 6.0):
+        snap = replay(default_archive(), config=StateConfig(bucket_hours=hours, buckets=1)).state.snapshot()
+        ind = kernels.get_indicator("exposure")
+        st = kernels.scale_study(ind, snap.x, snap.graph, snap.visibility, nodes=32, dtype="float64", panel_size=100)
+        want = st.games["restricted"].bias.residual
+        assert points[hours]["restricted.r_star"] == pytest.approx(want, rel=1e-9)
+        assert points[hours]["full.middle_tail"] == pytest.approx(1 - st.games["restricted"].bias.tiers_full[0])
+    assert len({round(p["full.middle_tail"], 6) for p in points.values()}) == 3  # the window changes the figures
+    synthetic = subprocess.run(
+        [sys.executable, "-m", "streamer", "study", "--synthetic", "50", "--out", str(tmp_path / "s"), "--sweep",
+         "window.hours=6"], capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert synthetic.returncode == 2 and "give the study an archive" in synthetic.stderr
+    plan = small_plan(sweeps=(("window.hours", (6.0, 24.0)),))
+    assert not [u for u in units(plan) if u.variant is not None]  # a synthetic population has no window to vary

@@ -47,7 +47,7 @@ def test_v_equal_to_v0_publishes_the_outcome_and_leaves_the_alert_as_it_was(acti
     assert r is not None and out.alert is None and out.alert_active is active_before
     assert r.outcome == "nothing_to_attribute" and not r.attributed
     assert r.tiers is None and r.scale_bias is None and r.top == ()
-    assert r.error_estimate is None and r.alert.criteria == ()
+    assert r.error_estimate is None and r.alert.criteria == () and r.stratified_panel is None
     assert r.alert.active is active_before and r.alert.changed is False
     message = r.to_message()  # valid against the schema (checked when made) and read back as the same
     assert message["tiers"] is None and message["scale_bias"] is None and message["outcome"] == "nothing_to_attribute"
