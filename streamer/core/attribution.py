@@ -9,7 +9,7 @@ configuration except ``runtime_s`` and ``device``.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +17,7 @@ import numpy as np
 
 import kernels
 from kernels import defaults
+from streamer.core.followers import VisibilityUnavailable
 from streamer.core.results import (
     GAME_NAMES,
     AlertFigures,
@@ -182,6 +183,17 @@ def measure(snap: Snapshot, config: AttributionConfig) -> Measured:
     if config.stratified_epsilon > 0 and not st.nothing:
         stratified = stratified_panel(full.phi, st.tiers, snap.x > 0, config.stratified_epsilon)
     return Studied(snap, st, time.perf_counter() - start, stratified)
+
+
+def measure_snapshot(take: Callable[[], Snapshot], config: AttributionConfig) -> Measured:
+    """:func:`measure` of the snapshot ``take()`` gives; a follower source that cannot answer for it (the AppView
+    unreachable) skips the run with its line rather than run it on visibility it does not have. What both modes'
+    runs call."""
+    try:
+        snap = take()
+    except VisibilityUnavailable as exc:
+        return Skipped(None, f"no visibility: {exc}")
+    return measure(snap, config)
 
 
 def stratified_panel(phi: np.ndarray, tiers: np.ndarray, active: np.ndarray, epsilon: float) -> SampleSize | None:

@@ -33,9 +33,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
-from streamer.core.attribution import AttributionConfig, Measured, RunOutput, Skipped, finish, measure
+from streamer.core.attribution import AttributionConfig, Measured, RunOutput, finish, measure_snapshot
 from streamer.core.dispatch import Dispatcher, repo_of
-from streamer.core.followers import VisibilityUnavailable
 from streamer.core.pace import Pace
 from streamer.core.results import Result
 from streamer.core.schedule import ScheduleState, accepted, align, interval_us, step, tail
@@ -129,11 +128,7 @@ class Pipeline:
         """The run's snapshot and its measurement; a follower source that cannot answer (the AppView unreachable)
         skips the run with its line rather than run it on visibility it does not have."""
         assert self.config is not None
-        try:
-            snap = frozen.snapshot()
-        except VisibilityUnavailable as exc:
-            return Skipped(None, f"no visibility: {exc}")
-        return measure(snap, self.config)
+        return measure_snapshot(frozen.snapshot, self.config)
 
     async def _launch(self) -> None:
         """Hand the due runs to the workers; finish those already done, and the oldest while too many runs (or too

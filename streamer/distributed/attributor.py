@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from streamer.core.attribution import AttributionConfig, finish, measure
+from streamer.core.attribution import AttributionConfig, finish, measure_snapshot
 from streamer.core.results import Result
 from streamer.core.schedule import ScheduleState, accepted
 from streamer.core.state import StateConfig
@@ -222,9 +222,8 @@ def _attribute(ready: Complete, attribution: AttributionConfig, followers: Any, 
     if len(configs) != 1:
         raise ValueError(f"the shards of the run at {ready.as_of_us} were made with different configurations")
     state_config = StateConfig(**ready.shards[0].config["state"])
-    snap = merge(ready.shards, state_config, followers)
     started = time.perf_counter()
-    m = measure(snap, attribution)
+    m = measure_snapshot(lambda: merge(ready.shards, state_config, followers), attribution)
     out = finish(m, attribution, run=state.run + 1, as_of_us=ready.as_of_us, alert_active=state.alert_active)
     log.debug("run at %d: %.0f ms", ready.as_of_us, 1000 * (time.perf_counter() - started))
     return out

@@ -84,3 +84,18 @@ def test_an_appview_that_cannot_answer_skips_the_runs_with_one_line(
 def test_followers_and_appview_are_one_choice() -> None:
     with pytest.raises(ConfigError, match="--followers or --appview, not both"):
         load_settings(flags={"followers": Path("f.csv"), "appview": "http://127.0.0.1:1"}, env={})
+
+
+def test_both_modes_skip_a_run_whose_visibility_cannot_be_had() -> None:
+    """The single process's pipeline and the distributed attributor measure through one function: a follower
+    source that raises skips the run with its line (no snapshot, nothing published)."""
+    from streamer.core.attribution import AttributionConfig, Skipped, finish, measure_snapshot
+    from streamer.sources.appview import AppViewError
+
+    def take() -> object:
+        raise AppViewError("the AppView at http://127.0.0.1:9 is unreachable: refused")
+
+    m = measure_snapshot(take, AttributionConfig())  # type: ignore[arg-type]
+    assert isinstance(m, Skipped) and m.snap is None and m.reason.startswith("no visibility: the AppView at")
+    out = finish(m, AttributionConfig(), run=3, as_of_us=0, alert_active=True)
+    assert out.result is None and out.alert is None and out.alert_active is True
