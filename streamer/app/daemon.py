@@ -359,7 +359,19 @@ def live_source(
     stop: asyncio.Event,
     stats: SourceStats,
 ) -> Source:
-    """The live source the settings name: the relay's firehose (default) or a Jetstream server."""
+    """The live source the settings name: the relay's firehose (default) or a Jetstream (v1 or v2) server."""
+    if settings.source == "jetstream2":
+        from streamer.sources.jetstream2 import Jetstream2Source
+
+        return Jetstream2Source(
+            settings.jetstream2_url,
+            cursor=cursor,
+            collections=settings.jetstream_collections,
+            kinds=settings.jetstream2_kinds,
+            compress=settings.jetstream_compress,
+            stop=stop,
+            stats=stats,
+        )
     if settings.source == "jetstream":
         from streamer.sources.jetstream import JetstreamSource
 
@@ -390,7 +402,7 @@ class LiveFeed:
     @property
     def where(self) -> str:
         s = self.settings
-        return s.jetstream_url if s.source == "jetstream" else s.relay
+        return {"jetstream": s.jetstream_url, "jetstream2": s.jetstream2_url}.get(s.source, s.relay)
 
     def identity(self) -> dict[str, Any]:
         return {"relay": self.where}

@@ -36,6 +36,7 @@ def results_console(*, stdout_taken: bool) -> Console:
 
 REPLAY_ONLY = {"speed"}
 RUN_ONLY = {"relay", "queue_size", "source", "jetstream_url", "jetstream_collections", "jetstream_compress"}
+RUN_ONLY |= {"jetstream2_url", "jetstream2_kinds"}
 
 
 def _load(config: Path | None, flags: dict[str, Any]) -> Settings:

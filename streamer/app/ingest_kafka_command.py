@@ -32,6 +32,11 @@ if TYPE_CHECKING:
 
 INGEST_SETTINGS = {
     "relay",
+    "source",
+    "jetstream2_url",
+    "jetstream2_kinds",
+    "jetstream_collections",
+    "jetstream_compress",
     "speed",
     "kafka_bootstrap",
     "kafka_connect_timeout",
@@ -54,9 +59,9 @@ INGEST_SETTINGS = {
 def source_id(archive: Path | None, relay: str) -> str:
     """What names a source (in its cursor's key and its transactional id, with the events topic): an archive by
     its name, size and the hash of its head (renaming it keeps its cursor, another file does not get it); a relay
-    by its URL."""
+    (``relay:<url>``) or a Jetstream v2 (``jetstream2:<url>``, given whole) by its URL."""
     if archive is None:
-        return f"relay:{relay}"
+        return relay if relay.startswith("jetstream2:") else f"relay:{relay}"
     identity = file_identity(archive)
     digest = hashlib.sha256(repr(sorted(identity.items())).encode()).hexdigest()[:16]
     return f"archive:{archive.name}:{digest}"
@@ -90,7 +95,11 @@ def ingest_command(
     if archive is not None and not archive.exists():
         typer.echo(f"error: archive {archive} does not exist", err=True)
         raise typer.Exit(2)
-    name = source_id(archive, settings.relay)
+    if archive is None and settings.source == "jetstream":
+        typer.echo("error: ingest reads a relay or a Jetstream v2 (--source jetstream2), not Jetstream v1", err=True)
+        raise typer.Exit(2)
+    v2 = archive is None and settings.source == "jetstream2"
+    name = source_id(archive, f"jetstream2:{settings.jetstream2_url}" if v2 else settings.relay)
 
     def make_source(cursor: IngestCursor | None) -> Source:
         if archive is not None:
@@ -98,7 +107,15 @@ def ingest_command(
                 return ArchiveSource(archive)
             seq_cursor = cursor.seq_cursor if cursor.seq_cursor >= 0 else None
             return ArchiveSource(archive, skip=cursor.position, seq_cursor=seq_cursor, seen=cursor.seen_seqs())
-        return FirehoseSource(settings.relay, cursor=cursor.position if cursor and cursor.position >= 0 else None)
+        position = cursor.position if cursor and cursor.position >= 0 else None
+        if v2:
+            from streamer.sources.jetstream2 import Jetstream2Source
+
+            return Jetstream2Source(
+                settings.jetstream2_url, cursor=position, collections=settings.jetstream_collections,
+                kinds=settings.jetstream2_kinds, compress=settings.jetstream_compress,
+            )  # fmt: skip
+        return FirehoseSource(settings.relay, cursor=position)
 
     stats = IngestStats()
     endpoint = _endpoint(settings, stats, live=archive is None)

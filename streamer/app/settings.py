@@ -49,7 +49,7 @@ from streamer.app.role_settings import (
 from streamer.core.attribution import AttributionConfig
 from streamer.core.followers import Followers, load_followers
 from streamer.core.state import StateConfig
-from streamer.sources.endpoints import DEFAULT_JETSTREAM, DEFAULT_RELAY, JETSTREAM_PATH
+from streamer.sources.endpoints import DEFAULT_JETSTREAM, DEFAULT_JETSTREAM2, DEFAULT_RELAY, JETSTREAM_PATH
 from streamer.sources.firehose import subscribe_url
 
 ENV_PREFIX = "SKYATTR_"
@@ -79,8 +79,10 @@ class Settings(BaseSettings):
     relay: str = Field(
         DEFAULT_RELAY, description="Relay for `run` and `record` (subscribeRepos websocket base URL, or the full URL)."
     )
-    source: Literal["relay", "jetstream"] = Field(
-        "relay", description="Live source of `run`: the relay's firehose, or a Jetstream server (--jetstream-url)."
+    source: Literal["relay", "jetstream", "jetstream2"] = Field(
+        "relay",
+        description="Live source of `run`: the relay's firehose, a Jetstream v1 server (--jetstream-url) or a "
+        "Jetstream v2 one (--jetstream2-url).",
     )
     jetstream_url: str = Field(
         DEFAULT_JETSTREAM + JETSTREAM_PATH,
@@ -91,6 +93,15 @@ class Settings(BaseSettings):
         description="Jetstream wantedCollections (NSIDs or `prefix.*`; empty: all). JSON list in the env var.",
     )
     jetstream_compress: bool = Field(False, description="Ask Jetstream for zstd-compressed messages.")
+    jetstream2_url: str = Field(
+        DEFAULT_JETSTREAM2,
+        description="Jetstream v2 server for `run --source jetstream2` (its `jetstream_collections` and "
+        "`jetstream_compress` apply too: v2's `collections` and dict-zstd frames).",
+    )
+    jetstream2_kinds: list[str] = Field(
+        default_factory=list,
+        description="Jetstream v2 `kinds` filter: commit, identity, account, sync (empty: all). JSON list in env.",
+    )
     interval: float = Field(
         defaults.INTERVAL_S,
         ge=0.001,
@@ -330,6 +341,14 @@ class Settings(BaseSettings):
                 f"longer than 10 years ({TEN_YEARS_H:g} h)"
             )
         return self
+
+    @field_validator("jetstream2_kinds")
+    @classmethod
+    def _kinds(cls, value: list[str]) -> list[str]:
+        bad = [k for k in value if k not in ("commit", "identity", "account", "sync")]
+        if bad:
+            raise ValueError(f"{bad[0]!r} is not a Jetstream v2 kind (commit, identity, account, sync)")
+        return value
 
     @model_validator(mode="after")
     def _one_visibility(self) -> Settings:

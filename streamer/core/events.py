@@ -196,8 +196,10 @@ def classify(collection: str, record: Any) -> tuple[str, str]:
     return kind, subject
 
 
-def rfc3339(time_us: int) -> str:
-    """``2026-07-04T14:38:07.517Z``: UTC with milliseconds and "Z", as relays write a commit's ``time``; the one
-    formatter for every time skyattr writes (integer arithmetic, so no float rounding moves a millisecond)."""
+def rfc3339(time_us: int, digits: int = 3) -> str:
+    """``2026-07-04T14:38:07.517Z``: UTC with milliseconds and "Z", as relays write a commit's ``time`` (``digits=6``:
+    microseconds, as Jetstream v2 writes its ``time``); the one formatter for every time skyattr writes (integer
+    arithmetic, so no float rounding moves a millisecond)."""
     dt = datetime.fromtimestamp(time_us // 1_000_000, UTC).replace(microsecond=time_us % 1_000_000)
-    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+    fraction = dt.microsecond // 1000 if digits == 3 else dt.microsecond
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{fraction:0{digits}d}Z"

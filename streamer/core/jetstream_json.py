@@ -57,7 +57,7 @@ def _fail(reason: str, detail: str, type_: str = "", seq: int = -1) -> Decoded:
     return Decoded(type_, seq, error=reason, detail=clean_text(detail))
 
 
-def _strings_encode(value: Any) -> bool:
+def strings_encode(value: Any) -> bool:
     """Whether every string in ``value`` (keys included) encodes as UTF-8; ``value`` is known not to nest deeper
     than :data:`MAX_DEPTH`."""
     strings: list[str] = []
@@ -97,10 +97,10 @@ def _from_jetstream(obj: Any) -> Decoded:
         return _fail("bad_did", f"did {short_repr(did)}", type_, time_us)
     if nesting_exceeds((obj,)):
         return _fail("too_deep", f"nested deeper than {MAX_DEPTH}", type_, time_us)
-    if not _strings_encode(obj):
+    if not strings_encode(obj):
         return _fail("bad_string", "a string that is not valid Unicode (lone surrogate)", type_, time_us)
     if kind == "commit":
-        return _commit(obj.get("commit"), did, time_us)
+        return commit_op(obj.get("commit"), did, time_us, time_us)
     body = obj.get(kind)
     if type(body) is not dict:
         return _fail("bad_body", f"{kind} is not an object", type_, time_us)
@@ -116,17 +116,20 @@ def _from_jetstream(obj: Any) -> Decoded:
     return Decoded(type_, seq, [Event(time_us, seq, IDENTITY if kind == "identity" else ACCOUNT, did, extra=extra)])
 
 
-def _commit(c: Any, did: Any, time_us: int) -> Decoded:
+def commit_op(c: Any, did: Any, time_us: int, seq: int) -> Decoded:
+    """One repo operation of Jetstream's shape (``operation``, ``collection``, ``rkey``, ``rev``, ``cid``,
+    ``record``), v1's ``commit`` object or a v2 ``#commit`` message alike, at ``time_us`` with stream position
+    ``seq``; never raises."""
     if type(c) is not dict:
-        return _fail("bad_body", "commit is not an object", "#commit", time_us)
+        return _fail("bad_body", "commit is not an object", "#commit", seq)
     op, collection, rkey, rev, cid = (c.get(k) for k in ("operation", "collection", "rkey", "rev", "cid"))
     if op not in ("create", "update", "delete"):
-        return _fail("bad_body", f"operation {short_repr(op)}", "#commit", time_us)
+        return _fail("bad_body", f"operation {short_repr(op)}", "#commit", seq)
     if rev is not None and (type(rev) is not str or len(rev) > MAX_REV_CHARS or not is_valid_rkey(rev)):
-        return _fail("bad_body", f"rev {short_repr(rev)}", "#commit", time_us)
+        return _fail("bad_body", f"rev {short_repr(rev)}", "#commit", seq)
     if cid is not None and (type(cid) is not str or len(cid) > MAX_CID_CHARS or not cid.isalnum() or not cid.isascii()):
-        return _fail("bad_body", f"cid {short_repr(cid)}", "#commit", time_us)
-    out = Decoded("#commit", time_us)
+        return _fail("bad_body", f"cid {short_repr(cid)}", "#commit", seq)
+    out = Decoded("#commit", seq)
     if not is_valid_nsid(collection):
         out.skipped["bad_collection"] += 1
         return out
@@ -135,7 +138,7 @@ def _commit(c: Any, did: Any, time_us: int) -> Decoded:
         return out
     rev = rev or ""
     if op == "delete":
-        out.events.append(Event(time_us, time_us, DELETE, did, "", collection, rkey, op, rev))
+        out.events.append(Event(time_us, seq, DELETE, did, "", collection, rkey, op, rev))
         return out
     record = c.get("record")
     if type(record) is not dict:
@@ -144,7 +147,7 @@ def _commit(c: Any, did: Any, time_us: int) -> Decoded:
     kind, subject, dropped = classify_record(collection, record)
     if dropped:
         out.skipped["bad_subject"] += 1
-    event = Event(time_us, time_us, kind, did, subject, collection, rkey, op, rev, cid or "")
+    event = Event(time_us, seq, kind, did, subject, collection, rkey, op, rev, cid or "")
     event.record = record
     out.events.append(event)
     return out
@@ -170,4 +173,4 @@ def to_jetstream(event: Event) -> dict[str, Any]:
     return out
 
 
-__all__ = ["from_jetstream", "parse_time_us", "to_jetstream"]
+__all__ = ["commit_op", "from_jetstream", "parse_time_us", "strings_encode", "to_jetstream"]

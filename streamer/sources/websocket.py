@@ -9,10 +9,13 @@ ends no connection, so it must not make an open one look closed: ``SourceStats.c
 disconnects), ``reconnects`` for each attempt after a wait. So what readiness and the metrics say of a connection
 is the same for every source, and a new one cannot count it differently.
 
-What differs is the :class:`WebsocketSource` subclass's, in four hooks:
+What differs is the :class:`WebsocketSource` subclass's, in six hooks:
 
+* :meth:`~WebsocketSource._prepare`: what must be fetched before a connection (Jetstream v2's zstd dictionary);
 * :meth:`~WebsocketSource._connect_url`: the URL of the next connection (the cursor to ask for, and whatever the
   source must remember of having asked for it);
+* :meth:`~WebsocketSource._refused`: what a 4xx answer to the handshake means (a cursor too old, a dictionary
+  retired, a filter refused): raise to give up, return to retry;
 * :meth:`~WebsocketSource._take`: what one message yields, and whether it ends the connection (a relay's error
   frame does);
 * :meth:`~WebsocketSource._too_big`: what to do when ``websockets`` failed the connection for a message over
@@ -35,7 +38,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, TypeVar
 
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, ConnectionClosedOK, InvalidHandshake
+from websockets.exceptions import ConnectionClosed, ConnectionClosedOK, InvalidHandshake, InvalidStatus
 from websockets.frames import CloseCode
 
 from streamer.core.backoff import Backoff
@@ -71,6 +74,7 @@ class Connection:
     max_size: int = CLIENT_MAX_SIZE
     idle_timeout: float | None = None
     text: bool = True
+    subprotocols: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -116,8 +120,15 @@ class WebsocketSource(Generic[T]):
     def cursor(self) -> int | None:
         raise NotImplementedError
 
+    async def _prepare(self) -> None:
+        """Before each connection attempt (after any wait)."""
+
     def _connect_url(self) -> str:
         raise NotImplementedError
+
+    def _refused(self, status: int, body: bytes) -> None:
+        """The server answered the handshake with a 4xx ``status`` and ``body``: raise to give up; by default it is
+        retried like any failed connection."""
 
     def _take(self, message: bytes | str) -> Taken[T]:
         raise NotImplementedError
@@ -169,11 +180,16 @@ class WebsocketSource(Generic[T]):
             first = False
             progressed = opened = False
             reason = "closed"
-            url = self._connect_url()
             conn = self.connection
             try:
+                await self._prepare()
+                url = self._connect_url()
                 async with connect(
-                    url, max_size=conn.max_size, open_timeout=conn.open_timeout, close_timeout=conn.close_timeout
+                    url,
+                    max_size=conn.max_size,
+                    open_timeout=conn.open_timeout,
+                    close_timeout=conn.close_timeout,
+                    subprotocols=[*conn.subprotocols] or None,  # type: ignore[list-item]
                 ) as ws:
                     opened = True
                     self.stats.connects += 1
@@ -202,6 +218,9 @@ class WebsocketSource(Generic[T]):
                 pass
             except RETRYABLE as exc:
                 reason = type(exc).__name__
+                if isinstance(exc, InvalidStatus) and 400 <= exc.response.status_code < 500:
+                    reason = f"http_{exc.response.status_code}"
+                    self._refused(exc.response.status_code, bytes(exc.response.body or b""))
                 if closed_for_size(exc):
                     reason = "message_too_big"
                     progressed = self._too_big(progressed) or progressed

@@ -319,3 +319,50 @@ def test_a_live_ingest_is_ready_only_while_its_relay_is_connected(bootstrap: str
         if relay is not None and relay.poll() is None:
             relay.terminate()
             relay.wait(10)
+
+
+class _ServerThread:
+    """A :class:`~streamer.testing.jetstream2_server.Jetstream2Server` on its own event loop in a thread, for a
+    subprocess to read while the test waits."""
+
+    def __init__(self, archive: Path) -> None:
+        import threading
+
+        from streamer.testing.jetstream2_server import Jetstream2Server
+
+        self.server = Jetstream2Server(archive)
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+
+    def __enter__(self) -> _ServerThread:
+        self.thread.start()
+        asyncio.run_coroutine_threadsafe(self.server.start(), self.loop).result(60)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        asyncio.run_coroutine_threadsafe(self.server.close(), self.loop).result(30)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+def test_a_jetstream_v2_source_resumes_at_its_committed_seq(bootstrap: str, archive: Path) -> None:
+    """``ingest --to-kafka --source jetstream2``: killed once mid-stream, restarted, stopped with SIGTERM once the
+    cursor is the last seq; every event of the archive is in the topic once (its v2 seq is the position)."""
+    with _ServerThread(archive) as served:
+        url = served.server.url
+        last = len(served.server.messages)
+        events, cursors = _topics()
+        source = ingest_key(f"jetstream2:{url}", events)
+        args = ("--source", "jetstream2", "--jetstream2-url", url, "--batch-items", "5", "--batch-seconds", "0.05")
+        first = _ingest_live(bootstrap, events, cursors, *args)
+        signal_when(first, lambda: _committed(bootstrap, cursors, source).items >= 50, 60, "50 items committed")
+        first.communicate(timeout=30)
+        assert _committed(bootstrap, cursors, source).position < last, "killed mid-stream"
+        second = _ingest_live(bootstrap, events, cursors, *args)
+        wait_until(lambda: _committed(bootstrap, cursors, source).position >= last, 120, f"the cursor at seq {last}")
+        second.send_signal(signal.SIGTERM)
+        _, err = second.communicate(timeout=30)
+        assert second.returncode == 0 and "resumed after" in err, err
+    got = Counter((k[2], *k[4:]) for k in asyncio.run(_read_all(bootstrap, events))[0].elements())
+    want = Counter((k[2], *k[4:]) for k in _expected(archive).elements())
+    assert got == want

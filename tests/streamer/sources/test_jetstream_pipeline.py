@@ -112,3 +112,22 @@ async def test_relay_and_jetstream_give_the_same_state_and_results(archive: Path
         sorted(t.phi for t in out_r.result.top), sorted(t.phi for t in out_j.result.top), rtol=1e-5
     )
     assert a["tier_sizes"] == b["tier_sizes"] and a["edges"] == b["edges"] and a["agents"] == b["agents"]
+
+
+async def test_jetstream_v2_gives_the_relays_state_through_drops_and_a_restart(archive: Path, tmp_path: Path) -> None:
+    """``run --source jetstream2``: the same archive served as Jetstream v2 (seq cursor, connections cut every 7
+    events, then the daemon stopped half way and restarted from its checkpoint) applies every event once."""
+    from streamer.testing.jetstream2_server import Jetstream2Server
+
+    async with Relay(archive) as relay:
+        await _run({"relay": relay.url}, tmp_path / "relay", lambda d: d.source.cursor == relay.range.last_seq)
+    flags = {"source": "jetstream2"}
+    async with Jetstream2Server(archive, drop_after=7) as server:
+        last = len(server.messages)
+        flags["jetstream2_url"] = server.url
+        await _run(flags, tmp_path / "v2", lambda d: d.pipeline.dispatcher.applied >= last // 2)
+        restart = len(server.requests)
+        await _run(flags, tmp_path / "v2", lambda d: d.pipeline.dispatcher.cursor == last)
+        assert server.connections > 3, "the connection was cut and resumed by seq"
+        assert "cursor=" in server.requests[restart], "the restart asked for the checkpoint's seq"
+    assert _by_did(load_checkpoint(tmp_path / "v2")[0]) == _by_did(load_checkpoint(tmp_path / "relay")[0])
