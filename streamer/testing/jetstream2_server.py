@@ -29,7 +29,6 @@ from __future__ import annotations
 import asyncio
 import http
 import json
-import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +36,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import zstandard
-from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.asyncio.server import ServerConnection
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
@@ -46,9 +45,7 @@ from streamer.core.decode import decode_item
 from streamer.core.events import Event
 from streamer.core.jetstream2_json import NSID, PREFIX, to_jetstream2
 from streamer.sources.jetstream2 import DICTIONARY_NSID, SUBPROTOCOL
-from streamer.testing.jetstream_server import JetstreamServer, jetstream_events
-
-log = logging.getLogger(__name__)
+from streamer.testing.jetstream_server import JetstreamServer
 
 SUBSCRIBE_PATH = f"/xrpc/{NSID}"
 DICTIONARY_PATH = f"/xrpc/{DICTIONARY_NSID}"
@@ -117,9 +114,12 @@ def _events(items: Iterable[dict[str, Any] | Event | str | bytes]) -> list[Event
     return out
 
 
-class Jetstream2Server:
+class Jetstream2Server(JetstreamServer):
     """Serve an archive (a path) or a list of events as Jetstream v2 on ``host:port`` (0: a free port); an async
-    context manager whose ``url`` is the base a client connects to. See the module doc for the options."""
+    context manager whose ``url`` is the base a client connects to (the lifecycle is the v1 server's). See the
+    module doc for the options."""
+
+    subprotocols = (SUBPROTOCOL,)
 
     def __init__(
         self,
@@ -134,23 +134,12 @@ class Jetstream2Server:
         error_after: int | None = None,
         drop_after: int | None = None,
     ) -> None:
-        self.archive = archive_path_or_events
-        self.host, self.port = host, port
+        super().__init__(archive_path_or_events, host, port, drop_after=drop_after)
         self.first_seq, self.oldest_seq = first_seq, oldest_seq
-        self.info, self.error_after, self.drop_after = info, error_after, drop_after
+        self.info, self.error_after = info, error_after
         self.dictionary: bytes | None = None
-        self._dict: zstandard.ZstdCompressionDict | None = None
         if zstd_dictionary is not None:
             self.rotate(zstd_dictionary)
-        self.messages: list[_Message] = []
-        self.connections = 0
-        self.sent = 0
-        self.requests: list[str] = []
-        self._server: Server | None = None
-
-    @property
-    def url(self) -> str:
-        return f"ws://{self.host}:{self.port}"
 
     @property
     def dictionary_id(self) -> int | None:
@@ -164,39 +153,18 @@ class Jetstream2Server:
         """The v2 payloads served (hostile messages left out)."""
         return [json.loads(m.text)["payload"] for m in self.messages if m.did is not None]
 
-    async def start(self) -> None:
-        items: Iterable[Any]
-        if isinstance(self.archive, str | Path):
-            items = await asyncio.to_thread(jetstream_events, self.archive)
-        else:
-            items = self.archive
+    def _build(self, items: Iterable[Any]) -> None:
         seq = self.first_seq
+        messages: list[_Message] = []
         for item in _events(items):
             if isinstance(item, str | bytes):  # numbered as the event before it: a resume past that one skips it
-                self.messages.append(_Message(seq - 1, item))
+                messages.append(_Message(seq - 1, item))
                 continue
             payload = to_jetstream2(item, seq)
             kind = str(payload["$type"]).removeprefix(PREFIX)
-            self.messages.append(_Message(seq, _frame(payload), item.actor, kind, payload.get("collection")))
+            messages.append(_Message(seq, _frame(payload), item.actor, kind, payload.get("collection")))
             seq += 1
-        self._server = await serve(
-            self._handle, self.host, self.port, process_request=self._check_request, compression=None,
-            subprotocols=[SUBPROTOCOL],  # type: ignore[list-item]
-        )  # fmt: skip
-        self.port = self._server.sockets[0].getsockname()[1]
-
-    async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-            self._server = None
-
-    async def __aenter__(self) -> Jetstream2Server:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
+        self.messages = messages
 
     @staticmethod
     def _xrpc(connection: ServerConnection, status: int, error: str, message: str) -> Response:
@@ -253,7 +221,7 @@ class Jetstream2Server:
                     await ws.close()
                     return
                 if self.drop_after is not None and sent >= self.drop_after:
-                    await JetstreamServer._drop(ws)
+                    await self._drop(ws)
                     return
                 if sent % 64 == 0:
                     await asyncio.sleep(0)

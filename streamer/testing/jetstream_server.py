@@ -141,7 +141,11 @@ def _message(item: dict[str, Any] | Event | str | bytes | bytearray, time_us: in
 class JetstreamServer:
     """Serve an archive (a path) or a list of events as Jetstream ``/subscribe`` on ``host:port`` (0: a free
     port). Use as an async context manager; ``url`` is the base a client connects to (``ws://127.0.0.1:PORT``).
-    ``drop_after``, ``rewind_us``, ``zstd_dictionary``: see the module doc."""
+    ``drop_after``, ``rewind_us``, ``zstd_dictionary``: see the module doc. A v2 server
+    (:class:`~streamer.testing.jetstream2_server.Jetstream2Server`) keeps the lifecycle and fills the hooks:
+    ``subprotocols``, :meth:`_build` (the messages), :meth:`_check_request` and :meth:`_handle`."""
+
+    subprotocols: tuple[str, ...] = ()
 
     def __init__(
         self,
@@ -163,7 +167,7 @@ class JetstreamServer:
         if isinstance(zstd_dictionary, Path):
             zstd_dictionary = zstd_dictionary.read_bytes()
         self._dict = zstandard.ZstdCompressionDict(zstd_dictionary) if zstd_dictionary else None
-        self.messages: list[_Message] = []
+        self.messages: list[Any] = []  # this server's _Message, or a v2 server's
         self.connections = 0
         self.sent = 0
         self.requests: list[str] = []
@@ -179,17 +183,22 @@ class JetstreamServer:
             items = await asyncio.to_thread(jetstream_events, self.archive)
         else:
             items = self.archive
+        self._build(items)
+        self._server = await serve(
+            self._handle, self.host, self.port, process_request=self._check_request, compression=None,
+            subprotocols=[*self.subprotocols] or None,  # type: ignore[list-item]
+        )  # fmt: skip
+        self.port = self._server.sockets[0].getsockname()[1]
+        log.info("%s serving %d messages at %s", type(self).__name__, len(self.messages), self.url)
+
+    def _build(self, items: Iterable[Any]) -> None:
+        """The messages to serve, from the archive's events or the list given."""
         messages: list[_Message] = []
         time_us = 0
         for item in items:
             messages.append(_message(item, time_us))
             time_us = messages[-1].time_us
         self.messages = messages
-        self._server = await serve(
-            self._handle, self.host, self.port, process_request=self._check_request, compression=None
-        )
-        self.port = self._server.sockets[0].getsockname()[1]
-        log.info("jetstream serving %d messages at %s", len(self.messages), self.url)
 
     async def close(self) -> None:
         if self._server is not None:
