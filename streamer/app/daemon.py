@@ -17,6 +17,7 @@ import contextlib
 import logging
 import os
 import signal
+import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -361,17 +362,7 @@ def live_source(
 ) -> Source:
     """The live source the settings name: the relay's firehose (default) or a Jetstream (v1 or v2) server."""
     if settings.source == "jetstream2":
-        from streamer.sources.jetstream2 import Jetstream2Source
-
-        return Jetstream2Source(
-            settings.jetstream2_url,
-            cursor=cursor,
-            collections=settings.jetstream_collections,
-            kinds=settings.jetstream2_kinds,
-            compress=settings.jetstream_compress,
-            stop=stop,
-            stats=stats,
-        )
+        return jetstream2_source(settings, cursor=cursor, stop=stop, stats=stats)
     if settings.source == "jetstream":
         from streamer.sources.jetstream import JetstreamSource
 
@@ -387,6 +378,57 @@ def live_source(
     from streamer.sources.firehose import FirehoseSource
 
     return FirehoseSource(settings.relay, cursor=cursor, stop=stop, seen=seen, stats=stats)
+
+
+def jetstream2_source(
+    settings: Settings, *, cursor: int | None, stop: asyncio.Event | None = None, stats: SourceStats | None = None
+) -> Source:
+    """A Jetstream v2 source: the live tail alone, or, with an archive key and ``--backfill`` (or a cursor to
+    resume from, which may be past the live lookback), the archive swept first and the tail after it
+    (:class:`~streamer.sources.jetstream2_backfill.Jetstream2Backfill`), its progress logged every 10 s."""
+    from streamer.sources.jetstream2 import Jetstream2Source
+
+    options: dict[str, Any] = {
+        "collections": settings.jetstream_collections, "kinds": settings.jetstream2_kinds,
+        "compress": settings.jetstream_compress, "stop": stop, "stats": stats,
+    }  # fmt: skip
+    key = settings.archive_key()
+    if key is None or (settings.backfill is None and cursor is None):
+        return Jetstream2Source(settings.jetstream2_url, cursor=cursor, **options)
+    from streamer.app.settings import duration_s
+    from streamer.sources.jetstream2_backfill import Jetstream2Backfill
+
+    since = None if cursor is not None else int((time.time() - duration_s(settings.backfill or "0s")) * 1e6)
+    return Jetstream2Backfill(
+        settings.jetstream2_url, api_key=key, archive_url=settings.jetstream2_archive_url, cursor=cursor,
+        since_us=since, on_progress=BackfillLog(), **options,
+    )  # fmt: skip
+
+
+class BackfillLog:
+    """A backfill's progress in one log line every ``every_s``: segments, bytes, events, seq against the sealed
+    tip, rate and the time left at that rate (by seq)."""
+
+    def __init__(self, every_s: float = 10.0) -> None:
+        self.every_s, self.started, self.last = every_s, time.monotonic(), 0.0
+        self.first_seq: int | None = None
+
+    def __call__(self, p: Any) -> None:
+        now = time.monotonic()
+        if self.first_seq is None:
+            self.first_seq = p.seq
+        if not p.live and now - self.last < self.every_s:
+            return
+        self.last = now
+        rate = p.events / max(now - self.started, 1e-9)
+        done = p.seq - (self.first_seq or 0)
+        left = (p.tip - p.seq) * (now - self.started) / done if p.tip and done > 0 else None
+        eta = f", about {left / 60:.0f} min left" if left is not None and not p.live else ""
+        log.info(
+            "backfill: %d of %d segments, %.1f MB, %s events (%.0f/s), seq %d of %s%s%s", p.units_done,
+            p.units_planned, p.bytes / 1e6, f"{p.events:,}", rate, p.seq, p.tip, eta,
+            "; the live tail from here" if p.live else "",
+        )  # fmt: skip
 
 
 @dataclass

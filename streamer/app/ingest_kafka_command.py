@@ -37,6 +37,10 @@ INGEST_SETTINGS = {
     "jetstream2_kinds",
     "jetstream_collections",
     "jetstream_compress",
+    "backfill",
+    "jetstream2_api_key",
+    "jetstream2_api_key_file",
+    "jetstream2_archive_url",
     "speed",
     "kafka_bootstrap",
     "kafka_connect_timeout",
@@ -109,12 +113,9 @@ def ingest_command(
             return ArchiveSource(archive, skip=cursor.position, seq_cursor=seq_cursor, seen=cursor.seen_seqs())
         position = cursor.position if cursor and cursor.position >= 0 else None
         if v2:
-            from streamer.sources.jetstream2 import Jetstream2Source
+            from streamer.app.daemon import jetstream2_source
 
-            return Jetstream2Source(
-                settings.jetstream2_url, cursor=position, collections=settings.jetstream_collections,
-                kinds=settings.jetstream2_kinds, compress=settings.jetstream_compress,
-            )  # fmt: skip
+            return jetstream2_source(settings, cursor=position)
         return FirehoseSource(settings.relay, cursor=position)
 
     stats = IngestStats()

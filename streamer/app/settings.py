@@ -66,6 +66,17 @@ class ConfigError(ValueError):
     """A configuration problem, phrased for the person who wrote the configuration."""
 
 
+_UNITS = {"d": 86_400.0, "h": 3_600.0, "m": 60.0, "s": 1.0}
+
+
+def duration_s(text: str) -> float:
+    """Seconds of a duration written ``14d``, ``36h``, ``90m`` or ``30s``; ``ValueError`` for anything else."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([dhms])\s*", text)
+    if match is None or float(match.group(1)) <= 0:
+        raise ValueError(f"not a duration: {text!r} (a positive number and d, h, m or s, e.g. 14d)")
+    return float(match.group(1)) * _UNITS[match.group(2)]
+
+
 class Settings(BaseSettings):
     """All options. Field names are the YAML keys; flags are --field-name; env vars SKYATTR_FIELD_NAME.
 
@@ -97,6 +108,20 @@ class Settings(BaseSettings):
         DEFAULT_JETSTREAM2,
         description="Jetstream v2 server for `run --source jetstream2` (its `jetstream_collections` and "
         "`jetstream_compress` apply too: v2's `collections` and dict-zstd frames).",
+    )
+    backfill: str | None = Field(
+        None,
+        description="`run --source jetstream2`: fill this much of the past from the Jetstream v2 archive first "
+        "(14d, 36h, 90m), then go live with no gap (needs an archive API key).",
+    )
+    jetstream2_api_key: SecretStr | None = Field(
+        None, description="Jetstream v2 archive API key (for --backfill and resuming past the live lookback)."
+    )
+    jetstream2_api_key_file: Path | None = Field(
+        None, description="File holding the Jetstream v2 archive API key (a mounted Secret; never logged)."
+    )
+    jetstream2_archive_url: str | None = Field(
+        None, description="HTTP origin of the Jetstream v2 archive when it is not the server's own."
     )
     jetstream2_kinds: list[str] = Field(
         default_factory=list,
@@ -341,6 +366,36 @@ class Settings(BaseSettings):
                 f"longer than 10 years ({TEN_YEARS_H:g} h)"
             )
         return self
+
+    @field_validator("backfill")
+    @classmethod
+    def _duration(cls, value: str | None) -> str | None:
+        if value is not None:
+            duration_s(value)
+        return value
+
+    @model_validator(mode="after")
+    def _backfill_needs(self) -> Settings:
+        if self.backfill is not None and self.source != "jetstream2":
+            raise ValueError("--backfill reads the Jetstream v2 archive: give --source jetstream2")
+        if self.jetstream2_api_key is not None and self.jetstream2_api_key_file is not None:
+            raise ValueError("give jetstream2_api_key or jetstream2_api_key_file, not both")
+        return self
+
+    def archive_key(self) -> str | None:
+        """The Jetstream v2 archive API key, from the setting or its file (``ValueError`` naming an unreadable
+        or empty file); None when neither is given."""
+        if self.jetstream2_api_key is not None:
+            return self.jetstream2_api_key.get_secret_value() or None
+        if self.jetstream2_api_key_file is None:
+            return None
+        try:
+            key = self.jetstream2_api_key_file.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValueError(f"cannot read jetstream2_api_key_file {self.jetstream2_api_key_file}: {exc}") from None
+        if not key:
+            raise ValueError(f"jetstream2_api_key_file {self.jetstream2_api_key_file} is empty")
+        return key
 
     @field_validator("jetstream2_kinds")
     @classmethod

@@ -24,7 +24,7 @@ Guarantees:
 * An error frame ends the connection (``ConsumerTooSlow``: reconnect from the cursor, counted; anything else: the
   same, with its name in the log).
 * A handshake refused with ``CursorTooOld`` raises :class:`CursorTooOld` naming the cursor and what to do (the live
-  tail keeps about 36 hours; older is only in the archive, not read yet); ``UnknownZstdDictionary`` fetches the
+  tail keeps about 36 hours; older is in the archive, read with a key); ``UnknownZstdDictionary`` fetches the
   dictionary again (a second refusal of the same id gives up compression for good); any other 4xx raises
   :class:`Jetstream2Refused` (a ValueError: the commands print it in one line) with the server's error and message.
   Network failures retry with backoff, keeping the cursor.
@@ -239,8 +239,9 @@ class Jetstream2Source(JetstreamSource):
         if error == "CursorTooOld":
             raise CursorTooOld(
                 f"{self.url} no longer serves cursor {self._cursor} (its live tail keeps about {LOOKBACK_HOURS} h; "
-                "what came before is only in its archive, which this skyattr does not read yet): start afresh with "
-                f"another --checkpoint-dir{f' ({message})' if message else ''}"
+                "what came before is in its archive): give an archive key (SKYATTR_JETSTREAM2_API_KEY or "
+                "--jetstream2-api-key-file) to read it from there, or start afresh with another --checkpoint-dir"
+                f"{f' ({message})' if message else ''}"
             )
         raise Jetstream2Refused(f"{self.url} refused the subscription (HTTP {status} {error or ''}): {message}")
 

@@ -22,6 +22,10 @@ Frames are ``{"$type": "message", "payload": ...}``; ``info`` sends an ``#info``
 the connection without a close frame. A ``str`` or ``bytes`` in an event list goes out verbatim (hostile input),
 after the event before it.
 Counters: ``connections``, ``sent``, ``requests`` (the path each connection asked for).
+
+``sealed=N`` also serves the first N events as the sealed archive (``segment_events`` a segment) over HTTP XRPC
+at ``archive_url`` (:mod:`streamer.testing.jetstream2_archive`), behind ``api_key``; the live tail still serves
+every event, from any cursor at or above ``oldest_seq``.
 """
 
 from __future__ import annotations
@@ -45,6 +49,8 @@ from streamer.core.decode import decode_item
 from streamer.core.events import Event
 from streamer.core.jetstream2_json import NSID, PREFIX, to_jetstream2
 from streamer.sources.jetstream2 import DICTIONARY_NSID, SUBPROTOCOL
+from streamer.testing import jss
+from streamer.testing.jetstream2_archive import ArchiveServer
 from streamer.testing.jetstream_server import JetstreamServer
 
 SUBSCRIBE_PATH = f"/xrpc/{NSID}"
@@ -133,13 +139,39 @@ class Jetstream2Server(JetstreamServer):
         info: dict[str, str] | None = None,
         error_after: int | None = None,
         drop_after: int | None = None,
+        sealed: int = 0,
+        segment_events: int = 500,
+        api_key: str = "local-archive-key",
     ) -> None:
         super().__init__(archive_path_or_events, host, port, drop_after=drop_after)
+        self.sealed, self.segment_events, self.api_key = sealed, segment_events, api_key
+        self.archive_server: ArchiveServer | None = None
         self.first_seq, self.oldest_seq = first_seq, oldest_seq
         self.info, self.error_after = info, error_after
         self.dictionary: bytes | None = None
         if zstd_dictionary is not None:
             self.rotate(zstd_dictionary)
+
+    @property
+    def archive_url(self) -> str:
+        """The HTTP origin of the archive half (``sealed`` events in segments; see
+        :mod:`streamer.testing.jetstream2_archive`)."""
+        assert self.archive_server is not None, "no archive: give sealed=N"
+        return self.archive_server.url
+
+    async def start(self) -> None:
+        await super().start()
+        if self.sealed:
+            rows = [jss.row_of(p) for p in self.payloads()[: self.sealed]]
+            n = self.segment_events
+            self.archive_server = ArchiveServer([rows[i : i + n] for i in range(0, len(rows), n)], self.api_key)
+            self.archive_server.start()
+
+    async def close(self) -> None:
+        if self.archive_server is not None:
+            self.archive_server.close()
+            self.archive_server = None
+        await super().close()
 
     @property
     def dictionary_id(self) -> int | None:

@@ -131,3 +131,32 @@ async def test_jetstream_v2_gives_the_relays_state_through_drops_and_a_restart(a
         assert server.connections > 3, "the connection was cut and resumed by seq"
         assert "cursor=" in server.requests[restart], "the restart asked for the checkpoint's seq"
     assert _by_did(load_checkpoint(tmp_path / "v2")[0]) == _by_did(load_checkpoint(tmp_path / "relay")[0])
+
+
+async def test_a_backfill_from_the_v2_archive_then_live_gives_the_relays_state(tmp_path: Path) -> None:
+    """``run --source jetstream2 --backfill``: two thirds of the archive sealed in the local v2's archive, the rest
+    only on the live tail; stopped during the archive sweep and restarted from the checkpoint (which resumes the
+    sweep at its seq), every event is applied once: the state is the relay's."""
+    from streamer.testing.jetstream2_server import Jetstream2Server
+
+    archive = tmp_path / "synth.skyarch.zst"
+    write_synth_archive(archive, 600, 4, 3)
+    async with Relay(archive) as relay:
+        await _run({"relay": relay.url}, tmp_path / "relay", lambda d: d.source.cursor == relay.range.last_seq)
+    async with Jetstream2Server(archive) as probe:
+        total = len(probe.messages)
+    key_file = tmp_path / "key"
+    key_file.write_text("local-archive-key\n")
+    async with Jetstream2Server(archive, sealed=2 * total // 3, segment_events=40, oldest_seq=total // 2) as server:
+        assert server.archive_server is not None
+        server.archive_server.delay_s = 0.1  # a slow archive: the first run is stopped in the middle of the sweep
+        flags = {"source": "jetstream2", "jetstream2_url": server.url, "backfill": "36500d",
+                 "jetstream2_api_key_file": key_file, "jetstream2_archive_url": server.archive_url}  # fmt: skip
+        await _run(flags, tmp_path / "v2", lambda d: d.pipeline.dispatcher.applied >= total // 4)
+        assert server.connections == 0, f"stopped during the archive sweep ({total} events)"
+        swept = server.archive_server.calls.count("getSegment")
+        server.archive_server.delay_s = 0.0
+        await _run(flags, tmp_path / "v2", lambda d: d.pipeline.dispatcher.cursor == total)
+        assert server.archive_server.calls.count("getSegment") - swept < 2 * total // 3 // 40 + 1, "resumed"
+        assert server.connections >= 1 and f"cursor={2 * total // 3}" in server.requests[0], "cut over at the tip"
+    assert _by_did(load_checkpoint(tmp_path / "v2")[0]) == _by_did(load_checkpoint(tmp_path / "relay")[0])
