@@ -112,7 +112,7 @@ class Settings(BaseSettings):
     backfill: str | None = Field(
         None,
         description="`run --source jetstream2`: fill this much of the past from the Jetstream v2 archive first "
-        "(14d, 36h, 90m), then go live with no gap (needs an archive API key).",
+        "(14d, 36h, 90m; its runs in event time), then go live with no gap (needs an archive API key).",
     )
     jetstream2_api_key: SecretStr | None = Field(
         None, description="Jetstream v2 archive API key (for --backfill and resuming past the live lookback)."

@@ -14,6 +14,12 @@ One :class:`Pipeline` runs both clocks with the same pure :func:`~streamer.core.
 * **wall time** (live): a reader task fills a bounded queue from the source, the ingest task applies it, and a
   ticker steps the schedule on the wall clock; the attribution runs in a worker thread while the websocket keeps
   being read.
+* **a backfill, then wall time**: a live source that first sweeps an archive (its ``backfilling`` true, the seq it
+  cuts over at in ``cutover_seq`` once known: :class:`~streamer.sources.jetstream2_backfill.Jetstream2Backfill`)
+  has the archive's runs made in event time, exactly as a replay makes them (the ingest task checkpoints between
+  items then, with every due run delivered first), and the wall clock takes over at the first item past the
+  cut-over (or once the archive is done and nothing else waits), with its schedule started afresh from the run
+  counter and the alert state.
 
 Everything here is I/O-free apart from the source it is given and the callables it is handed: ``deliver(result)``
 (the sinks, behind the app's journal), ``checkpoint()`` (async; called between items, never with a run
@@ -268,31 +274,61 @@ class Pipeline:
     ) -> None:
         queue: asyncio.Queue[Any] = asyncio.Queue(queue_size)
         dispatcher = self.dispatcher
+        backfill = self.config is not None and bool(getattr(source, "backfilling", False))
+        if backfill:
+            dispatcher.before_fold = self._event_time  # the archive's runs, as a replay makes them
+
+        def archived(item: Any) -> bool:
+            cut = getattr(source, "cutover_seq", None)
+            return cut is None or item.source_cursor <= cut
+
+        async def to_wall_clock() -> None:
+            nonlocal backfill
+            backfill = False
+            dispatcher.before_fold = None
+            await self._drain()
+            s = self.schedule
+            self.schedule = ScheduleState(s.run, -1, s.alert_active)
+            log.info("backfill done after run %d: runs on the wall clock from now on", s.run)
 
         async def read() -> None:
             async for item in source:
                 await queue.put(item)
 
         async def ingest() -> None:
-            n = 0
+            n, last_ckpt = 0, time.monotonic()
             while True:
                 item = await queue.get()
+                if backfill and not archived(item):
+                    await to_wall_clock()
                 dispatcher.add(repo_of(item), item)
                 n += 1
+                if backfill:
+                    if self._due or self._flight:
+                        await self._launch()
+                    if checkpoint is not None and time.monotonic() - last_ckpt >= every_s:
+                        await self._drain()  # as in a replay: no checkpoint between a due time and its result
+                        await checkpoint()
+                        last_ckpt = time.monotonic()
                 if on_progress is not None and n % progress_every == 0:
                     on_progress()
 
         async def ticker() -> None:
             while True:
-                await self.tick()
-                wait = (self.schedule.next_due_us - self.wall_us()) / 1e6 if self.schedule.next_due_us >= 0 else 1
+                if backfill and queue.empty() and getattr(source, "cutover_seq", None) is not None:
+                    await to_wall_clock()  # the archive is all applied and the tail has nothing yet
+                if not backfill:
+                    await self.tick()
+                due = self.schedule.next_due_us
+                wait = (due - self.wall_us()) / 1e6 if due >= 0 and not backfill else 1
                 await asyncio.sleep(min(max(wait, 0.05), 1.0))
 
         async def checkpoints() -> None:
             assert checkpoint is not None
             while True:
                 await asyncio.sleep(every_s)
-                await checkpoint()
+                if not backfill:  # during a backfill the ingest task checkpoints, between items
+                    await checkpoint()
 
         # any of these ending (the source ran out, or one raised) ends the run; the checkpoint task only exists
         # when there is a checkpoint to write
@@ -315,3 +351,9 @@ class Pipeline:
             while not queue.empty():  # items already read are applied before the final checkpoint
                 item = queue.get_nowait()
                 dispatcher.add(repo_of(item), item)
+            if backfill:  # the archive's due runs are delivered before the final checkpoint, as a replay's are
+                await self._drain()
+                dispatcher.before_fold = None
+            if self._worker is not None:
+                self._worker.shutdown(wait=False)
+                self._worker = None

@@ -137,6 +137,8 @@ class Jetstream2Backfill:
         self._live_options = live_options
         self._tail: Jetstream2Source | None = None
         self._rng = random.Random(seed)
+        self.backfilling = True  # what a pipeline reads: the archive's runs are made in event time
+        self.cutover_seq: int | None = None  # the seq the live tail starts after, once the sweep is done
 
     @property
     def cursor(self) -> int | None:
@@ -197,9 +199,10 @@ class Jetstream2Backfill:
                         await self._stop.wait()
                 except TimeoutError:
                     pass
+        cutover = max(self.progress.tip or 0, self._cursor or 0)
+        self.cutover_seq = cutover
         if self._stop.is_set() or not self.live:
             return
-        cutover = max(self.progress.tip or 0, self._cursor or 0)
         self.progress.live = True
         self._report()
         log.info("archive swept through seq %d: the live tail from there", cutover)

@@ -160,3 +160,31 @@ async def test_a_backfill_from_the_v2_archive_then_live_gives_the_relays_state(t
         assert server.archive_server.calls.count("getSegment") - swept < 2 * total // 3 // 40 + 1, "resumed"
         assert server.connections >= 1 and f"cursor={2 * total // 3}" in server.requests[0], "cut over at the tip"
     assert _by_did(load_checkpoint(tmp_path / "v2")[0]) == _by_did(load_checkpoint(tmp_path / "relay")[0])
+
+
+async def test_the_runs_of_a_backfill_are_the_replays_runs(tmp_path: Path) -> None:
+    """The bundled archive sealed whole in the local v2's archive: ``run --backfill`` makes its runs in event time,
+    each equal to the replay's (the golden file's hourly runs; the replay's extra run at the archive's end is a
+    finite source's), and goes on with the wall clock after the cut-over."""
+    import json
+
+    from streamer.testing.jetstream2_server import Jetstream2Server
+    from streamer.testing.synth import default_archive
+    from tests.compare import assert_close
+
+    golden = [json.loads(line) for line in (Path(__file__).parents[2] / "golden" / "default_replay.jsonl").open()]
+    volatile = {"runtime_s", "device", "topic"}
+    async with Jetstream2Server(default_archive()) as probe:
+        total = len(probe.messages)
+    out = tmp_path / "results.jsonl"
+    async with Jetstream2Server(default_archive(), sealed=total, segment_events=2000) as server:
+        flags = {"source": "jetstream2", "jetstream2_url": server.url, "backfill": "36500d", "out": out,
+                 "jetstream2_api_key": "local-archive-key", "jetstream2_archive_url": server.archive_url}  # fmt: skip
+        daemon = await _run(flags, tmp_path / "bf", lambda d: d.pipeline.dispatcher.cursor == total, timeout=120)
+    got = [json.loads(line) for line in out.read_text().splitlines()]
+    want = [m for m in golden if m["topic"] == "tiers"][:-1]  # the replay's runs but its tail
+    assert [m["run"] for m in got] == [m["run"] for m in want] and len(got) == 23
+    for g, w in zip(got, want, strict=True):
+        same = {k: v for k, v in w.items() if k not in volatile}
+        assert_close({k: v for k, v in g.items() if k not in volatile}, same, f"run {g['run']}")
+    assert daemon.pipeline.schedule.run == 23 and daemon.pipeline.dispatcher.before_fold is None
