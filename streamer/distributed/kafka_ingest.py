@@ -220,6 +220,7 @@ async def ingest_to_kafka(
 
         async def commit(ended: bool = False) -> None:
             nonlocal batch, state, last_seq
+            position = source.cursor if source.cursor is not None else -1  # before any await: the batch's own
             events = 0
             async with producer.transaction():
                 await broadcast()
@@ -252,7 +253,7 @@ async def ingest_to_kafka(
                     await broadcast()
                 state = IngestCursor(
                     source_id,
-                    position=source.cursor if source.cursor is not None else -1,
+                    position=position,
                     seq_cursor=last_seq,
                     seen=pack_seen(ring) if last_seq >= 0 else "",
                     items=state.items + len(batch),
@@ -274,8 +275,27 @@ async def ingest_to_kafka(
 
         stopper = asyncio.create_task(stop_source()) if stop is not None else None
         pace, paused = Pace(speed), stop if stop is not None else asyncio.Event()  # a pause ends with the stop
+        items = aiter(source)
+        pending: asyncio.Future[Any] | None = None
         try:
-            async for item in source:
+            while True:
+                # live, a partial batch is committed batch_seconds after it began even when the stream is quiet:
+                # the next item is awaited as a future kept across the wait (cancelling it would end the source)
+                if pending is None:
+                    pending = asyncio.ensure_future(anext(items))
+                wait = max(0.0, due - time.monotonic()) if live and batch else None
+                done, _ = await asyncio.wait({pending}, timeout=wait)
+                if not done:
+                    await commit()
+                    due = time.monotonic() + batch_seconds
+                    continue
+                future, pending = pending, None
+                try:
+                    item = future.result()
+                except StopAsyncIteration:
+                    break
+                if live and not batch:  # a quiet stream's next batch has its whole batch_seconds
+                    due = time.monotonic() + batch_seconds
                 batch.append(item)
                 if len(batch) >= batch_items or time.monotonic() >= due:
                     await commit()
@@ -288,6 +308,9 @@ async def ingest_to_kafka(
             if batch or controls or (ended and not seq.finished):
                 await commit(ended)
         finally:
+            if pending is not None:
+                pending.cancel()
+                await asyncio.gather(pending, return_exceptions=True)
             if stopper is not None:
                 stopper.cancel()
             await source.aclose()
