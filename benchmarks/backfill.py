@@ -16,9 +16,11 @@ child process pinned to one core, measured in that process's CPU time:
   the same dispatcher and state.
 
 The figure is events per CPU-second of each and their ratio (target: the backfill at least as fast per event), and
-the same final state is checked (accounts, activity). Bytes per event: the firehose's frames as the relay sends them,
-Jetstream v1 JSON, v2 frames (plain, and dict-zstd with a 64 KiB dictionary trained on a tenth of them), and the
-v2 archive's segments. Printed as Markdown; ``--json`` writes the figures.
+the same final state is checked (accounts, activity). Each side's modules are imported before its clock starts (the
+atproto SDK's models take about a second to import: a cost per process, not per event). Bytes per event: the
+firehose's frames as the relay sends them, Jetstream v1 JSON, v2 frames (plain, and dict-zstd with a 64 KiB
+dictionary trained on a tenth of them), and the v2 archive's segments. Printed as Markdown; ``--json`` writes
+the figures.
 """
 
 from __future__ import annotations
@@ -50,6 +52,8 @@ async def main():
         from streamer.sources.archive import ArchiveSource
         source = ArchiveSource(where)
     else:
+        import atproto_jetstream.archive.downloader, atproto_jetstream.archive.matcher  # imported before the clock
+        import atproto_jetstream.archive.planner, atproto_jetstream.archive.segment  # as the firehose's decoder is
         from streamer.sources.jetstream2_backfill import Jetstream2Backfill
         url, archive_url = where.split(" ")
         source = Jetstream2Backfill(url, api_key="local-archive-key", archive_url=archive_url, live=False, stats=stats)

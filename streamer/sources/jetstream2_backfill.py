@@ -30,7 +30,7 @@ from urllib.parse import urlsplit, urlunsplit
 from streamer.core.backoff import Backoff
 from streamer.core.decode import decode_item
 from streamer.core.events import rfc3339
-from streamer.core.frames import clean_text, decode_cbor, exception_text, record_json
+from streamer.core.frames import clean_text, decode_cbor, exception_text, to_json_model
 from streamer.core.jetstream2_json import PREFIX
 from streamer.core.seqs import Sequenced, fingerprint
 from streamer.core.source import SourceStats
@@ -70,12 +70,12 @@ def payload_of(row: Any) -> dict[str, Any]:
         out = {"$type": PREFIX + "commit", **base, "rev": row.rev or None, "operation": row.operation,
                "collection": row.collection, "rkey": row.rkey}  # fmt: skip
         if row.operation != "delete" and row.payload:
-            out["record"] = record_json(row.payload, decode_cbor(row.payload))
+            out["record"] = to_json_model(decode_cbor(row.payload))
         return {k: v for k, v in out.items() if v is not None}
     kind = MARKER_KINDS.get(row.kind)
     if kind is None or not row.payload:
         raise ValueError(f"row kind {row.kind!r} at seq {row.seq}")
-    return {"$type": PREFIX + kind, **base, kind: record_json(row.payload, decode_cbor(row.payload))}
+    return {"$type": PREFIX + kind, **base, kind: to_json_model(decode_cbor(row.payload))}
 
 
 async def seq_at(downloader: Any, since_us: int) -> int:
