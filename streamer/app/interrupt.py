@@ -4,7 +4,9 @@ Python turns SIGINT into ``KeyboardInterrupt`` in whatever Python code the main 
 it: a garbage-collection callback (JAX registers one; an exception raised there is printed as "Exception ignored"
 and dropped, so the command runs on to the end and exits 0), and the imports of the first second (a traceback
 through importlib). So the handler here raises as Python would and also arms a watchdog: if the process is still
-alive :data:`GRACE_S` later, the interrupt was lost or is stuck in a long C call, and it exits 130 itself.
+alive :data:`GRACE_S` later, the interrupt was lost or is stuck in a long C call, and it exits 130 itself. When the
+signal lands inside a garbage-collection callback, where raising can only print "Exception ignored" and be lost,
+it exits 130 at once instead.
 
 The long-running commands (``replay``, ``run``, the distributed roles) stop on SIGINT through their event loop's own
 handler (:mod:`streamer.app.signals`), which replaces this one while the loop runs: their orderly stop (a
@@ -13,6 +15,7 @@ checkpoint, the Kafka flush) is not cut short.
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import sys
@@ -38,7 +41,19 @@ def _force() -> None:
     os._exit(EXIT_INTERRUPTED)
 
 
+def _in_gc_callback(frame: FrameType | None) -> bool:
+    """Whether ``frame`` (or one of the frames below it) runs a garbage-collection callback."""
+    codes = {getattr(cb, "__code__", None) for cb in gc.callbacks} - {None}
+    while frame is not None and codes:
+        if frame.f_code in codes:
+            return True
+        frame = frame.f_back
+    return False
+
+
 def _handler(signum: int, frame: FrameType | None) -> None:
+    if _in_gc_callback(frame):
+        _force()
     if not _armed.is_set():
         _armed.set()
         watchdog = threading.Timer(GRACE_S, _force)
