@@ -8,7 +8,14 @@ import pytest
 
 import kernels
 from kernels.indicators import attention_received
-from kernels.stratified import draw, neyman_allocation, pools, smallest_stratified_panel, weighted_shares
+from kernels.stratified import (
+    StratumSums,
+    neyman_allocation,
+    pools,
+    random_prefixes,
+    smallest_stratified_panel,
+    weighted_shares,
+)
 
 
 def test_a_census_is_exact_and_weights_are_the_accounts_each_draw_stands_for() -> None:
@@ -27,9 +34,23 @@ def test_neyman_gives_more_to_the_spread_out_stratum_and_two_to_a_flat_one() -> 
     strata = np.concatenate([np.zeros(100, np.int64), np.full(900, 2)])
     alloc = neyman_allocation(phi, strata, 50)
     assert alloc[1] == 0 and alloc[2] == 2 and alloc[0] >= 40
-    sample = draw(pools(strata), alloc, rng)
-    assert len(sample) == alloc.sum() and len(set(sample.tolist())) == len(sample)
-    assert np.bincount(strata[sample], minlength=3).tolist() == alloc.tolist()
+    # the sums a sample of that allocation gives are those of alloc[h] distinct accounts of stratum h
+    by_stratum = pools(strata)
+    sums = StratumSums(phi, by_stratum, rng, 5).sums(alloc)
+    assert sums.shape == (5, 3) and (sums[:, 1] == 0).all() and (sums[:, 2] == 2.0).all()
+    assert (sums[:, 0] >= np.sort(phi[:100])[: alloc[0]].sum() - 1e-9).all()
+
+
+@pytest.mark.parametrize("size", [50, 100_000])  # a stratum ordered whole, and one sampled by numpy's choice
+def test_every_prefix_of_a_random_order_is_a_uniform_sample_without_replacement(size: int) -> None:
+    count, k = (4000, 20) if size == 50 else (2000, 20)
+    rows = random_prefixes(size, k, np.random.default_rng(7), count)
+    assert rows.shape == (count, k) and all(len(set(r.tolist())) == k for r in rows[:200])
+    # the first n of each row: every index of a fixed set of 10 taken n/size of the time (binomial bounds)
+    for n in (1, 5, 20):
+        hits = (rows[:, :n, None] == np.arange(10)).any(axis=1).sum(axis=0)
+        p = n / size
+        assert (np.abs(hits - count * p) <= 5 * np.sqrt(count * p * (1 - p)) + 1).all(), (n, hits)
 
 
 def test_the_smallest_panel_meets_epsilon_on_held_out_draws_where_the_visibility_panel_does_not() -> None:
@@ -69,7 +90,7 @@ def test_the_size_is_bisected_between_the_grid_points_and_a_daemon_run_stops_the
     whole = smallest_stratified_panel(phi, tiers, pop.x > 0, grid, draws=200)
     short = smallest_stratified_panel(phi, tiers, pop.x > 0, grid, draws=200, whole_curve=False)
     assert whole.size is not None and (whole.size, whole.allocation) == (short.size, short.allocation)
-    assert whole.size not in grid  # bisected, not a grid point
+    assert {c["target"] for c in short.curve} - set(grid)  # sizes between the grid points were tried
     found = next(c for c in short.curve if c["size"] == short.size)
     assert short.error_quantile == found["error_quantile"] <= short.epsilon
     failing = [c["target"] for c in short.curve if c["error_quantile"] > short.epsilon]
