@@ -15,9 +15,10 @@ from typing import Any
 from streamer.core.frames import MAX_FRAME_BYTES, Decoded, decode_frame
 from streamer.core.jetstream2_json import from_jetstream2
 from streamer.core.jetstream_json import from_jetstream
+from streamer.core.logonce import OncePerKind
 
 log = logging.getLogger("skyattr.decode")
-_logged: set[str] = set()
+_warn = OncePerKind(log)
 
 
 def decode_item(
@@ -31,7 +32,7 @@ def decode_item(
         return from_jetstream2(item) if jetstream == 2 else from_jetstream(item)
     except Exception as exc:
         name = type(exc).__name__
-        if name not in _logged:
-            _logged.add(name)
-            log.error("decoder raised %s on an item; counted as decoder_exception and skipped", name)
+        _warn.log(
+            name, "decoder raised %s on an item; counted as decoder_exception and skipped", name, level=logging.ERROR
+        )
         return Decoded(error="decoder_exception", detail=name)

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from streamer.core.frames import Decoded
+from streamer.core.logonce import OncePerKind
 
 log = logging.getLogger("skyattr.seqs")
 
@@ -152,7 +153,7 @@ class SeqJudge:
         self.name = name
         self.reset_window = reset_window
         self._seen = seen.copy() if seen is not None and seen.window == reset_window else SeenSeqs(reset_window)
-        self._logged: set[str] = set()
+        self._warn = OncePerKind(log)
         self.recovering = ""  # why the source is recovering from a relay reset; "" when it is not
         self.last_anomaly = -math.inf  # time.monotonic() of the last reset or out-of-order frame
         self._follow = False  # after FutureCursor: take the relay's stream as it is
@@ -335,14 +336,7 @@ class SeqJudge:
         self._once(kind, message, *args)
 
     def _once(self, kind: str, message: str, *args: object) -> None:
-        """The first of each kind is worth a warning; a relay doing it thousands of times must not flood the log."""
-        level = logging.DEBUG if kind in self._logged else logging.WARNING
-        self._logged.add(kind)
-        log.log(level, message, self.name, *args)
+        self._warn.log(kind, message, self.name, *args)
 
     def count_error(self, reason: str, detail: str) -> None:
-        self.stats.errors[reason] += 1
-        # The first of each kind is worth a warning; a relay sending thousands must not flood the log.
-        level = logging.DEBUG if reason in self._logged else logging.WARNING
-        self._logged.add(reason)
-        log.log(level, "skipped an undecodable frame (%s): %s", reason, detail)
+        self._warn.skipped(self.stats.errors, reason, detail, "an undecodable frame")

@@ -59,7 +59,8 @@ import zstandard
 from streamer.core.backoff import Backoff
 from streamer.core.decode import decode_item
 from streamer.core.events import is_valid_did, is_valid_nsid
-from streamer.core.frames import MAX_DEPTH, MAX_FRAME_BYTES, clean_text
+from streamer.core.frames import MAX_DEPTH, MAX_FRAME_BYTES
+from streamer.core.logonce import OncePerKind
 from streamer.core.seqs import Sequenced, fingerprint
 from streamer.core.source import SourceStats
 from streamer.sources.endpoints import JETSTREAM_PATH as SUBSCRIBE_PATH
@@ -183,144 +184,50 @@ def too_deep_to_parse(data: bytes, limit: int = MAX_DEPTH) -> bool:
     return int(np.cumsum(steps).max()) > limit
 
 
-class JetstreamSource(WebsocketSource[Sequenced]):
-    """Async iterator of :class:`~streamer.core.seqs.Sequenced` items from a Jetstream, resuming by ``time_us``.
-
-    ``url``: the Jetstream (see :func:`jetstream_url`). ``cursor``: resume from this ``time_us`` (None: live).
-    ``wanted_collections``/``wanted_dids``: Jetstream's filters. ``compress``: ask for zstd frames;
-    ``zstd_dictionary``: Jetstream's custom dictionary (bytes or a file), needed to read its compressed frames.
-    ``backoff``: reconnect delays. ``max_retries``: see the module doc.
-    ``stop``: an event that ends the iteration cleanly when set (also :meth:`stop`). ``idle_timeout``: reconnect
-    when nothing arrived for that long. ``max_size``: the websocket's message limit; ``max_bytes``: the limit on a
-    message (decompressed), above it a counted ``too_big``. ``stats``: the :class:`SourceStats` to count into
-    (shared with the dispatcher). ``seen``: fingerprints of the events already consumed at ``cursor``'s
-    ``time_us`` (from a checkpoint; see :attr:`seen_at_cursor`). Use as an async context manager so the connection
-    is closed when the consumer stops early.
-    """
-
-    unavailable = JetstreamUnavailable
+class JetstreamMessages(WebsocketSource[Sequenced]):
+    """What both Jetstream versions read alike: a message as bytes, bounded at ``max_bytes`` (compressed or not),
+    zstd-decompressed by a streaming read, measured for depth before JSON parsing, each bad one counted by reason and
+    said once per reason; a message over the websocket limit counted and left out of the next connections
+    (``maxMessageSizeBytes``). Each version says what its cursor is and what a parsed message yields."""
 
     def __init__(
         self,
         url: str,
+        connection: Connection,
         *,
-        cursor: int | None = None,
-        wanted_collections: Sequence[str] = (),
-        wanted_dids: Sequence[str] = (),
-        compress: bool = False,
-        zstd_dictionary: bytes | Path | None = None,
-        backoff: Backoff = RECONNECT,
-        max_retries: int | None = None,
-        stop: asyncio.Event | None = None,
-        idle_timeout: float | None = None,
-        open_timeout: float = 10.0,
-        close_timeout: float = 2.0,
-        max_size: int = CLIENT_MAX_SIZE,
-        max_bytes: int = MAX_FRAME_BYTES,
-        seed: int | None = None,
-        stats: SourceStats | None = None,
-        seen: Iterable[int] = (),
+        cursor: int | None,
+        dictionary: zstandard.ZstdCompressionDict | None,
+        backoff: Backoff,
+        max_retries: int | None,
+        stop: asyncio.Event | None,
+        max_bytes: int,
+        seed: int | None,
+        stats: SourceStats | None,
     ) -> None:
-        if cursor is not None and type(cursor) is not int:
-            raise ValueError(f"cursor must be an int (unix microseconds) or None: {cursor!r}")
-        self.wanted_collections = tuple(_as_list(wanted_collections))
-        self.wanted_dids = tuple(_as_list(wanted_dids))
-        # fail now on a malformed URL or filter, not at the first connection
-        jetstream_url(url, cursor, self.wanted_collections, self.wanted_dids, compress=compress)
-        if max_bytes < 1 or max_size < 1:
+        if max_bytes < 1 or connection.max_size < 1:
             raise ValueError("max_bytes and max_size must be positive")
-        connection = Connection(open_timeout, close_timeout, max_size, idle_timeout, text=False)
         super().__init__(
             url, connection=connection, backoff=backoff, max_retries=max_retries, stats=stats, stop=stop, seed=seed
         )
-        self.compress = compress
         self.max_bytes = max_bytes
-        window = 1 << max(23, (max_bytes - 1).bit_length())  # a frame's window never needs more than its content
-        self._dctx = zstandard.ZstdDecompressor(dict_data=_load_dictionary(zstd_dictionary), max_window_size=window)
-        self._logged: set[str] = set()
+        self._window = 1 << max(23, (max_bytes - 1).bit_length())  # a frame's window never needs more than that
+        self._dctx = zstandard.ZstdDecompressor(dict_data=dictionary, max_window_size=self._window)
+        self._warn = OncePerKind(log)
         self._cursor = cursor if cursor is None or cursor >= 0 else None
-        # fingerprints of the events yielded at exactly the cursor's time_us (a multiset)
-        self._at_cursor: Counter[int] = Counter(seen) if self._cursor is not None else Counter()
-        self._asked: int | None = None  # the cursor the open connection asked for
-        self._replay: Counter[int] = Counter()  # of _at_cursor, what the open connection has not re-sent yet
         self._server_max: int | None = None  # maxMessageSizeBytes to ask for, after a message too big for us
-
-    # -- public API ---------------------------------------------------------------------------------------------
 
     @property
     def cursor(self) -> int | None:
-        """The highest ``time_us`` yielded (or given); None before anything."""
+        """Where a (re)connection resumes: the position of the last item yielded (or given); None before any."""
         return self._cursor
-
-    @property
-    def seen_at_cursor(self) -> list[int]:
-        """Fingerprints of the events consumed at exactly :attr:`cursor`'s ``time_us``: what a checkpoint keeps
-        with the cursor and passes back as ``seen``, so a resume drops their re-sends too."""
-        return sorted(self._at_cursor.elements())
-
-    def subscribe_url(self) -> str:
-        """The URL the next connection asks for."""
-        return jetstream_url(
-            self.url,
-            self._cursor,
-            self.wanted_collections,
-            self.wanted_dids,
-            compress=self.compress,
-            max_message_size=self._server_max,
-        )
 
     def __aiter__(self) -> AsyncIterator[Sequenced]:
         return self._track(self._connections())
-
-    # -- the loop -----------------------------------------------------------------------------------------------
-
-    # -- the hooks of the reconnect loop (streamer.sources.websocket) ---------------------------------------------
-
-    def _connect_url(self) -> str:
-        self._asked = self._cursor
-        self._replay = Counter(self._at_cursor) if self._asked is not None else Counter()
-        return self.subscribe_url()
-
-    def _take(self, message: bytes | str) -> Taken[Sequenced]:
-        item = self._accept(message if isinstance(message, bytes) else message.encode())
-        return Taken((item,)) if item is not None else _NOTHING
 
     def _too_big(self, progressed: bool) -> bool:
         self._server_max = self.connection.max_size  # ask the server to leave such messages out
         self._count_error("too_big", f"a message over the websocket limit of {self.connection.max_size} bytes")
         return False
-
-    def _accept(self, message: bytes) -> Sequenced | None:
-        """Count one message and judge its ``time_us`` (see the module doc): the item to yield, or None."""
-        self.stats.items += 1
-        obj = self._parse(message)
-        if obj is None:
-            return None
-        decoded = decode_item(obj)
-        if decoded.error:
-            self._count_error(decoded.error, decoded.detail)
-            return None
-        self.stats.frames[decoded.type] += 1
-        time_us = obj["time_us"]  # decoded without error: an int in range
-        print_ = fingerprint(decoded)
-        asked = self._asked
-        if asked is not None and time_us <= asked and (time_us < asked or self._replay[print_] > 0):
-            if time_us == asked:
-                self._replay[print_] -= 1
-            self.stats.duplicates += 1
-            return None
-        cursor = self._cursor
-        if cursor is None or time_us > cursor:
-            self._cursor = time_us
-            self._at_cursor = Counter({print_: 1})
-        elif time_us == cursor:
-            if len(self._at_cursor) < MAX_AT_CURSOR:
-                self._at_cursor[print_] += 1
-        else:
-            self.stats.out_of_order += 1
-            self._once("out_of_order", "%s sent time_us %d after %d (kept, counted as out of order)", time_us, cursor)
-        assert self._cursor is not None
-        return Sequenced.of(decoded, self._cursor, print_)
 
     def _parse(self, message: bytes) -> Any:
         """The message as parsed JSON, or None with the reason counted."""
@@ -370,14 +277,126 @@ class JetstreamSource(WebsocketSource[Sequenced]):
         return b"".join(chunks)
 
     def _once(self, kind: str, message: str, *args: object) -> None:
-        """The first of each kind is worth a warning; a server doing it thousands of times must not flood the log."""
-        level = logging.DEBUG if kind in self._logged else logging.WARNING
-        self._logged.add(kind)
-        log.log(level, message, self.url, *args)
+        self._warn.log(kind, message, self.url, *args)
 
     def _count_error(self, reason: str, detail: str) -> None:
-        self.stats.errors[reason] += 1
-        level = logging.DEBUG if reason in self._logged else logging.WARNING
-        self._logged.add(reason)
         hint = " (Jetstream's compress=true needs its zstd dictionary)" if reason == "bad_zstd" else ""
-        log.log(level, "skipped a Jetstream message (%s): %s%s", reason, clean_text(detail), hint)
+        self._warn.skipped(self.stats.errors, reason, detail + hint, "a Jetstream message")
+
+
+class JetstreamSource(JetstreamMessages):
+    """Async iterator of :class:`~streamer.core.seqs.Sequenced` items from a Jetstream, resuming by ``time_us``.
+
+    ``url``: the Jetstream (see :func:`jetstream_url`). ``cursor``: resume from this ``time_us`` (None: live).
+    ``wanted_collections``/``wanted_dids``: Jetstream's filters. ``compress``: ask for zstd frames;
+    ``zstd_dictionary``: Jetstream's custom dictionary (bytes or a file), needed to read its compressed frames.
+    ``backoff``: reconnect delays. ``max_retries``: see the module doc.
+    ``stop``: an event that ends the iteration cleanly when set (also :meth:`stop`). ``idle_timeout``: reconnect
+    when nothing arrived for that long. ``max_size``: the websocket's message limit; ``max_bytes``: the limit on a
+    message (decompressed), above it a counted ``too_big``. ``stats``: the :class:`SourceStats` to count into
+    (shared with the dispatcher). ``seen``: fingerprints of the events already consumed at ``cursor``'s
+    ``time_us`` (from a checkpoint; see :attr:`seen_at_cursor`). Use as an async context manager so the connection
+    is closed when the consumer stops early.
+    """
+
+    unavailable = JetstreamUnavailable
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        cursor: int | None = None,
+        wanted_collections: Sequence[str] = (),
+        wanted_dids: Sequence[str] = (),
+        compress: bool = False,
+        zstd_dictionary: bytes | Path | None = None,
+        backoff: Backoff = RECONNECT,
+        max_retries: int | None = None,
+        stop: asyncio.Event | None = None,
+        idle_timeout: float | None = None,
+        open_timeout: float = 10.0,
+        close_timeout: float = 2.0,
+        max_size: int = CLIENT_MAX_SIZE,
+        max_bytes: int = MAX_FRAME_BYTES,
+        seed: int | None = None,
+        stats: SourceStats | None = None,
+        seen: Iterable[int] = (),
+    ) -> None:
+        if cursor is not None and type(cursor) is not int:
+            raise ValueError(f"cursor must be an int (unix microseconds) or None: {cursor!r}")
+        self.wanted_collections = tuple(_as_list(wanted_collections))
+        self.wanted_dids = tuple(_as_list(wanted_dids))
+        # fail now on a malformed URL or filter, not at the first connection
+        jetstream_url(url, cursor, self.wanted_collections, self.wanted_dids, compress=compress)
+        super().__init__(
+            url, Connection(open_timeout, close_timeout, max_size, idle_timeout, text=False), cursor=cursor,
+            dictionary=_load_dictionary(zstd_dictionary), backoff=backoff, max_retries=max_retries, stop=stop,
+            max_bytes=max_bytes, seed=seed, stats=stats,
+        )  # fmt: skip
+        self.compress = compress
+        # fingerprints of the events yielded at exactly the cursor's time_us (a multiset)
+        self._at_cursor: Counter[int] = Counter(seen) if self._cursor is not None else Counter()
+        self._asked: int | None = None  # the cursor the open connection asked for
+        self._replay: Counter[int] = Counter()  # of _at_cursor, what the open connection has not re-sent yet
+
+    # -- public API ---------------------------------------------------------------------------------------------
+
+    @property
+    def seen_at_cursor(self) -> list[int]:
+        """Fingerprints of the events consumed at exactly :attr:`cursor`'s ``time_us``: what a checkpoint keeps
+        with the cursor and passes back as ``seen``, so a resume drops their re-sends too."""
+        return sorted(self._at_cursor.elements())
+
+    def subscribe_url(self) -> str:
+        """The URL the next connection asks for."""
+        return jetstream_url(
+            self.url,
+            self._cursor,
+            self.wanted_collections,
+            self.wanted_dids,
+            compress=self.compress,
+            max_message_size=self._server_max,
+        )
+
+    # -- the hooks of the reconnect loop (streamer.sources.websocket) ---------------------------------------------
+
+    def _connect_url(self) -> str:
+        self._asked = self._cursor
+        self._replay = Counter(self._at_cursor) if self._asked is not None else Counter()
+        return self.subscribe_url()
+
+    def _take(self, message: bytes | str) -> Taken[Sequenced]:
+        item = self._accept(message if isinstance(message, bytes) else message.encode())
+        return Taken((item,)) if item is not None else _NOTHING
+
+    def _accept(self, message: bytes) -> Sequenced | None:
+        """Count one message and judge its ``time_us`` (see the module doc): the item to yield, or None."""
+        self.stats.items += 1
+        obj = self._parse(message)
+        if obj is None:
+            return None
+        decoded = decode_item(obj)
+        if decoded.error:
+            self._count_error(decoded.error, decoded.detail)
+            return None
+        self.stats.frames[decoded.type] += 1
+        time_us = obj["time_us"]  # decoded without error: an int in range
+        print_ = fingerprint(decoded)
+        asked = self._asked
+        if asked is not None and time_us <= asked and (time_us < asked or self._replay[print_] > 0):
+            if time_us == asked:
+                self._replay[print_] -= 1
+            self.stats.duplicates += 1
+            return None
+        cursor = self._cursor
+        if cursor is None or time_us > cursor:
+            self._cursor = time_us
+            self._at_cursor = Counter({print_: 1})
+        elif time_us == cursor:
+            if len(self._at_cursor) < MAX_AT_CURSOR:
+                self._at_cursor[print_] += 1
+        else:
+            self.stats.out_of_order += 1
+            self._once("out_of_order", "%s sent time_us %d after %d (kept, counted as out of order)", time_us, cursor)
+        assert self._cursor is not None
+        return Sequenced.of(decoded, self._cursor, print_)

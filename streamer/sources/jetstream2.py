@@ -36,7 +36,7 @@ import asyncio
 import json
 import logging
 import urllib.request
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode, urlsplit, urlunsplit
@@ -50,7 +50,7 @@ from streamer.core.frames import MAX_FRAME_BYTES, clean_text
 from streamer.core.jetstream2_json import NSID
 from streamer.core.seqs import Sequenced, fingerprint
 from streamer.core.source import SourceStats
-from streamer.sources.jetstream import JetstreamSource, JetstreamUnavailable, check_collection
+from streamer.sources.jetstream import JetstreamMessages, JetstreamUnavailable, check_collection
 from streamer.sources.websocket import CLIENT_MAX_SIZE, RECONNECT, Connection, Taken
 
 log = logging.getLogger(__name__)
@@ -132,14 +132,14 @@ def _xrpc_error(body: bytes) -> tuple[str, str]:
     return str(obj.get("error", "")), clean_text(str(obj.get("message", "")))
 
 
-class Jetstream2Source(JetstreamSource):
+class Jetstream2Source(JetstreamMessages):
     """Async iterator of :class:`~streamer.core.seqs.Sequenced` items from a Jetstream v2, resuming by ``seq``.
 
     ``url``: the server (see :func:`subscribe_url`); ``cursor``: resume after this seq (None: live);
     ``collections``/``dids``/``kinds``: the server's filters, passed through; ``compress``: ask for dict-zstd frames
     (the dictionary fetched from the server, or ``zstd_dictionary``: bytes or a file). The rest as
     :class:`~streamer.sources.jetstream.JetstreamSource`, whose message reading (size bounds, zstd, JSON depth) and
-    error counting this source shares."""
+    error counting this source shares (:class:`~streamer.sources.jetstream.JetstreamMessages`)."""
 
     unavailable = Jetstream2Unavailable
 
@@ -169,18 +169,16 @@ class Jetstream2Source(JetstreamSource):
         self.collections, self.dids, self.kinds = tuple(collections), tuple(dids), tuple(kinds)
         subscribe_url(url, cursor, collections=self.collections, dids=self.dids, kinds=self.kinds)  # fail now
         given = Path(zstd_dictionary).read_bytes() if isinstance(zstd_dictionary, str | Path) else zstd_dictionary
+        connection = Connection(open_timeout, close_timeout, max_size, idle_timeout, text=False,
+                                subprotocols=(SUBPROTOCOL,))  # fmt: skip
         super().__init__(
-            url, cursor=cursor, compress=False, backoff=backoff, max_retries=max_retries, stop=stop,
-            idle_timeout=idle_timeout, open_timeout=open_timeout, close_timeout=close_timeout, max_size=max_size,
+            url, connection, cursor=cursor, dictionary=None, backoff=backoff, max_retries=max_retries, stop=stop,
             max_bytes=max_bytes, seed=seed, stats=stats,
         )  # fmt: skip
-        self.connection = Connection(open_timeout, close_timeout, max_size, idle_timeout, text=False,
-                                     subprotocols=(SUBPROTOCOL,))  # fmt: skip
         self.want_compression = compress
         self._dictionary: bytes | None = given
         self._dictionary_id: int | None = None
         self._refused_id: int | None = None
-        self._window = 1 << max(23, (max_bytes - 1).bit_length())
         if given is not None:
             self._use_dictionary(given)
 
@@ -227,7 +225,6 @@ class Jetstream2Source(JetstreamSource):
         )  # fmt: skip
 
     def _connect_url(self) -> str:
-        self._asked = self._cursor
         return self.subscribe_url()
 
     def _refused(self, status: int, body: bytes) -> None:
@@ -280,9 +277,6 @@ class Jetstream2Source(JetstreamSource):
             return None
         self._cursor = seq
         return Sequenced.of(decoded, seq, fingerprint(decoded))
-
-    def __aiter__(self) -> AsyncIterator[Sequenced]:
-        return self._track(self._connections())
 
     @property
     def seen_at_cursor(self) -> list[int]:

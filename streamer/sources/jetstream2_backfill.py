@@ -32,6 +32,7 @@ from streamer.core.decode import decode_item
 from streamer.core.events import rfc3339
 from streamer.core.frames import clean_text, decode_cbor, exception_text, to_json_model
 from streamer.core.jetstream2_json import PREFIX
+from streamer.core.logonce import OncePerKind
 from streamer.core.seqs import Sequenced, fingerprint
 from streamer.core.source import SourceStats
 from streamer.sources.jetstream2 import Jetstream2Refused, Jetstream2Source, Jetstream2Unavailable, subscribe_url
@@ -78,14 +79,15 @@ def payload_of(row: Any) -> dict[str, Any]:
     return {"$type": PREFIX + kind, **base, kind: to_json_model(decode_cbor(row.payload))}
 
 
-async def seq_at(downloader: Any, since_us: int) -> int:
+async def seq_at(client: Any, api_key: str, since_us: int) -> int:
     """The ``after_seq`` that starts a sweep at the first segment holding events witnessed at or after ``since_us``
-    (``listSegments``, paged); the last sealed seq when none does (the window is all in the live tail)."""
+    (``listSegments`` through ``client``, the SDK's ``AsyncClientRaw`` at the archive, paged); the last sealed seq
+    when none does (the window is all in the live tail)."""
     cursor, last = None, 0
+    headers = {"Authorization": f"Bearer {api_key}"}
     while True:
         params: dict[str, Any] = {"limit": 1000, **({"cursor": cursor} if cursor else {})}
-        page = await downloader._call(lambda p=params: downloader._client.network.bsky.jetstream.list_segments(
-            p, headers=downloader._headers))  # fmt: skip
+        page = await client.network.bsky.jetstream.list_segments(params, headers=headers)
         for segment in page.segments:
             if segment.max_witnessed_at >= since_us:
                 return max(0, int(segment.min_seq) - 1)
@@ -130,6 +132,7 @@ class Jetstream2Backfill:
         self.collections, self.dids, self.kinds = tuple(collections), tuple(dids), tuple(kinds)
         self.live, self.backoff, self.max_retries = live, backoff, max_retries
         self.stats = stats if stats is not None else SourceStats()
+        self._warn = OncePerKind(log)
         self._stop = stop if stop is not None else asyncio.Event()
         self._cursor, self._since = cursor, since_us
         self.on_progress = on_progress
@@ -223,7 +226,12 @@ class Jetstream2Backfill:
 
         after = self._cursor
         if after is None:
-            after = await seq_at(downloader, self._since) if self._since is not None else 0
+            if self._since is not None:
+                from atproto_client.client.async_raw import AsyncClientRaw
+
+                after = await seq_at(AsyncClientRaw(base_url=self.archive_url), self._key, self._since)
+            else:
+                after = 0
             self._cursor = after
         filters = PlanFilters(kinds=list(self.kinds), dids=list(self.dids), collections=list(self.collections))
         plan = SnapshotPlan(filters, after_seq=after)
@@ -276,10 +284,7 @@ class Jetstream2Backfill:
         return Sequenced.of(decoded, decoded.seq, fingerprint(decoded))
 
     def _count(self, reason: str, detail: str) -> None:
-        first = reason not in self.stats.errors
-        self.stats.errors[reason] += 1
-        log.log(logging.WARNING if first else logging.DEBUG, "skipped an archived row (%s): %s", reason,
-                clean_text(detail))  # fmt: skip
+        self._warn.skipped(self.stats.errors, reason, detail, "an archived row")
 
     def _report(self) -> None:
         if self.on_progress is not None:

@@ -9,11 +9,9 @@ agents, a two-hour 60-account archive), so the module runs in seconds.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +31,7 @@ from streamer.app.settings import ConfigError, Settings, load_settings
 from streamer.distributed import defaults as dd
 from streamer.sources.archive import read_archive
 from streamer.sources.relay_server import Relay
+from streamer.testing.threaded import serving_in_thread
 
 from ...net import free_port
 
@@ -157,24 +156,6 @@ def test_relay_bad_env_value_is_one_line(archive: Path, relay_once: list[Relay])
 
 
 # --- record ----------------------------------------------------------------------------------------------------------
-@contextlib.contextmanager
-def _serving(archive: Path) -> Iterator[Relay]:
-    """A real relay on its own event loop in a thread, so the command under test can run its own."""
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    relay = Relay(archive)
-    try:
-        asyncio.run_coroutine_threadsafe(relay.__aenter__(), loop).result(30)
-        yield relay
-    finally:
-        with contextlib.suppress(Exception):
-            asyncio.run_coroutine_threadsafe(relay.__aexit__(None, None, None), loop).result(30)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
-        loop.close()
-
-
 def _record(args: list[str], env: dict[str, str] | None = None) -> Result:
     """``record`` in a thread with a deadline: a relay URL that is not honoured would have it retry forever."""
     done: list[Result] = []
@@ -187,7 +168,7 @@ def _record(args: list[str], env: dict[str, str] | None = None) -> Result:
 
 def test_record_reads_the_config_file_then_env_then_flags(tmp_path: Path, archive: Path) -> None:
     dead = f"ws://127.0.0.1:{free_port()}"  # nobody listens: recording from it would never finish
-    with _serving(archive) as relay:
+    with serving_in_thread(Relay(archive)) as relay:
         cases = [
             (f"relay: {relay.url}\n", [], None),
             (f"relay: {dead}\n", [], {"SKYATTR_RELAY": relay.url}),

@@ -25,7 +25,9 @@ from streamer.distributed.kafka_ingest import IngestCursor, ingest_key, load_cur
 from streamer.distributed.sequencer import Tick
 from streamer.sinks.kafka_topics import partitions_of, stop_consumer
 from streamer.sources.archive import read_archive
+from streamer.testing.jetstream2_server import Jetstream2Server
 from streamer.testing.synth import default_archive
+from streamer.testing.threaded import serving_in_thread
 from tests.broker import kafka_bootstrap
 from tests.faults import Lines, signal_when, wait_until
 
@@ -321,36 +323,12 @@ def test_a_live_ingest_is_ready_only_while_its_relay_is_connected(bootstrap: str
             relay.wait(10)
 
 
-class _ServerThread:
-    """A :class:`~streamer.testing.jetstream2_server.Jetstream2Server` on its own event loop in a thread, for a
-    subprocess to read while the test waits."""
-
-    def __init__(self, archive: Path) -> None:
-        import threading
-
-        from streamer.testing.jetstream2_server import Jetstream2Server
-
-        self.server = Jetstream2Server(archive)
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-
-    def __enter__(self) -> _ServerThread:
-        self.thread.start()
-        asyncio.run_coroutine_threadsafe(self.server.start(), self.loop).result(60)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        asyncio.run_coroutine_threadsafe(self.server.close(), self.loop).result(30)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-
-
 def test_a_jetstream_v2_source_resumes_at_its_committed_seq(bootstrap: str, archive: Path) -> None:
     """``ingest --to-kafka --source jetstream2``: killed once mid-stream, restarted, stopped with SIGTERM once the
     cursor is the last seq; every event of the archive is in the topic once (its v2 seq is the position)."""
-    with _ServerThread(archive) as served:
-        url = served.server.url
-        last = len(served.server.messages)
+    with serving_in_thread(Jetstream2Server(archive)) as server:
+        url = server.url
+        last = len(server.messages)
         events, cursors = _topics()
         source = ingest_key(f"jetstream2:{url}", events)
         args = ("--source", "jetstream2", "--jetstream2-url", url, "--batch-items", "5", "--batch-seconds", "0.05")

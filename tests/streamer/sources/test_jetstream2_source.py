@@ -26,6 +26,7 @@ from streamer.sources.archive import read_archive
 from streamer.sources.jetstream2 import CursorTooOld, Jetstream2Refused, Jetstream2Source, Jetstream2Unavailable
 from streamer.testing.jetstream2_server import Jetstream2Server
 from streamer.testing.synth import write_synth_archive
+from streamer.testing.threaded import serving_in_thread
 
 FAST: dict[str, Any] = {"backoff": Backoff(0.005, 0.02), "close_timeout": 0.2, "idle_timeout": 0.4, "max_retries": 2}
 
@@ -267,24 +268,14 @@ def test_run_says_a_refusal_in_one_line_and_exits_2() -> None:
     """``skyattr run --source jetstream2`` against a server that refuses the subscription: one line, exit 2."""
     import subprocess
     import sys
-    import threading
 
     class Refusing(Jetstream2Server):
         def _check_request(self, connection: Any, request: Any) -> Any:
             return self._xrpc(connection, 400, "InvalidRequest", "dids: too many")
 
-    server = Refusing([])
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    try:
-        asyncio.run_coroutine_threadsafe(server.start(), loop).result(30)
+    with serving_in_thread(Refusing([])) as server:
         cmd = [sys.executable, "-m", "streamer", "run", "--source", "jetstream2", "--jetstream2-url", server.url]
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-    finally:
-        asyncio.run_coroutine_threadsafe(server.close(), loop).result(30)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
     assert done.returncode == 2, done.stderr
     assert "refused the subscription (HTTP 400 InvalidRequest): dids: too many" in done.stderr
     assert "Traceback" not in done.stderr
