@@ -123,6 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     from streamer.testing.jetstream2_archive import ArchiveServer
     from streamer.testing.jetstream2_server import Jetstream2Server
     from streamer.testing.synth import write_synth_archive
+    from streamer.testing.threaded import serving_in_thread
 
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="skyattr-backfill-"))
     archive = work / f"synth-{args.agents}-{args.hours:g}h.skyarch.zst"
@@ -140,16 +141,12 @@ def main(argv: list[str] | None = None) -> int:
     payloads = asyncio.run(payloads_of())
     rows = [jss.row_of(p) for p in payloads]
     chunks = [rows[i : i + 5000] for i in range(0, len(rows), 5000)]
-    store = ArchiveServer(chunks, "local-archive-key", page_segments=50, block_rows=512)
-    store.start()
-    try:
+    with serving_in_thread(ArchiveServer(chunks, "local-archive-key", page_segments=50, block_rows=512)) as store:
         where = f"ws://127.0.0.1:9 {store.url}"  # the tail is never reached (live=False)
         firehose, backfill = [], []
         for _ in range(args.rounds):
             firehose.append(child("firehose", str(archive)))
             backfill.append(child("backfill", where))
-    finally:
-        store.close()
     f, b = firehose[-1], backfill[-1]
     assert (f["events"], f["agents"]) == (b["events"], b["agents"]), (f, b)
     assert abs(f["x"] - b["x"]) <= 1e-9 * max(1.0, f["x"]), (f, b)

@@ -11,11 +11,10 @@ import typer
 from rich.console import Console
 
 from streamer.app.options import fail, plain
-from streamer.core.frames import decode_frame
-from streamer.core.jetstream_json import from_jetstream, to_jetstream
+from streamer.core.frames import Decoded
 from streamer.core.population import write_npz
 from streamer.core.state import AgentState
-from streamer.sources.archive import ReadReport, read_archive
+from streamer.sources.archive import ReadReport, jetstream_lines
 
 console = Console(stderr=True, soft_wrap=True)
 
@@ -44,28 +43,21 @@ def events_command(
     ``time_us`` is monotone in the archive's order (the order the relay sent the frames, which is what a
     Jetstream's receive clock gives): the commit time, moved 1 µs past the previous line's where it would go back.
     A consumer can resume or deduplicate on it; ``skyattr.commit_time_us`` keeps the commit's own time and
-    ``skyattr.cursor`` the source's cursor (the relay seq; Jetstream input: its ``time_us``)."""
+    ``skyattr.cursor`` the source's cursor (the relay seq; Jetstream input: its ``time_us``). The local Jetstreams
+    (``skyattr relay --jetstream2-port``) serve these very lines."""
     report = ReadReport()
-    count = 0
-    last_us = -1
     out = sys.stdout
     if limit == 0:
         return
+
+    def skipped(decoded: Decoded) -> None:
+        console.print(f"[yellow]skipped[/yellow] {plain(f'{decoded.error}: {decoded.detail}')}", highlight=False)
+
     try:
-        for item in read_archive(archive, report):
-            decoded = from_jetstream(item.json) if item.frame is None else decode_frame(item.frame, records=True)
-            if decoded.error:
-                skipped = plain(f"{decoded.error}: {decoded.detail}")
-                console.print(f"[yellow]skipped[/yellow] {skipped}", highlight=False)
-                continue
-            for event in decoded.events:
-                line = to_jetstream(event)
-                last_us = line["time_us"] = max(event.time_us, last_us + 1)
-                line["skyattr"].update(cursor=event.seq, commit_time_us=event.time_us)
-                out.write(json.dumps(line, separators=(",", ":")) + "\n")
-                count += 1
-                if limit is not None and count >= limit:
-                    return
+        for count, line in enumerate(jetstream_lines(archive, report, skipped), 1):
+            out.write(json.dumps(line, separators=(",", ":")) + "\n")
+            if limit is not None and count >= limit:
+                return
     except BrokenPipeError:
         raise  # the reader went away (`| head`): the command ends quietly (streamer.app.help.Command)
     except (FileNotFoundError, OSError) as exc:

@@ -7,6 +7,7 @@ options are the relay's own.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 from pathlib import Path
 from typing import Annotated, Any
@@ -23,6 +24,7 @@ from streamer.sources.relay_server import (
     Misbehaviour,
     Relay,
 )
+from streamer.testing.jetstream2_server import Jetstream2Server
 
 
 def banner(relay: Relay) -> str:
@@ -51,11 +53,27 @@ def _documents_line(relay: Relay) -> str:
     return f"; DID documents of {len(relay.documents):,} accounts at {base}/{{did}} (a PLC directory's URL scheme)"
 
 
-async def _serve(relay: Relay) -> None:
+def v2_banner(server: Jetstream2Server) -> str:
+    """The start-up line of the local Jetstream v2: how much is sealed, where the SDK's client points."""
+    events, sealed = len(server.payloads()), server.archive_server
+    tip, segments = (sealed.sealed_tip, len(sealed.files)) if sealed is not None else (0, 0)
+    return (
+        f"jetstream v2: {events:,} events, seq {server.first_seq}..{server.first_seq + events - 1}, sealed through "
+        f"seq {tip} in {segments} segments, dict-zstd frames with dictionary {server.dictionary_id} (archive key: "
+        f"the jetstream2_api_key setting, or {LOCAL_KEY!r}); "
+        f"JetstreamClient(base_uri={server.url + '/xrpc'!r}) or --source jetstream2 --jetstream2-url {server.url}"
+    )
+
+
+async def _serve(relay: Relay, v2: Jetstream2Server | None) -> None:
     stop = stop_event()
-    async with relay:
+    async with relay, v2 if v2 is not None else contextlib.nullcontext():
         typer.echo(banner(relay), err=True)
+        if v2 is not None:
+            typer.echo(v2_banner(v2), err=True)
         typer.echo(relay.url)
+        if v2 is not None:
+            typer.echo(v2.url)
         await stop.wait()
     typer.echo(
         f"relay: stopped after {relay.connections} connection(s), {relay.frames_sent:,} frames sent, "
@@ -65,7 +83,8 @@ async def _serve(relay: Relay) -> None:
 
 
 # The settings `relay` reads (flags generated from Settings; also from --config and SKYATTR_*).
-RELAY_SETTINGS = {"speed"}
+RELAY_SETTINGS = {"speed", "jetstream2_api_key", "jetstream2_api_key_file"}
+LOCAL_KEY = "local-archive-key"  # the local v2 archive's key when none is set
 
 
 @with_settings_options(include=RELAY_SETTINGS)
@@ -105,6 +124,20 @@ def relay_command(
     swap_every: Annotated[
         int | None, typer.Option(min=2, help="Test mode: send every n-th frame after the next one (out of order).")
     ] = None,
+    jetstream2_port: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            max=65535,
+            help="Also serve the archive's events as a Jetstream v2 on this port (0 picks a free one): "
+            "subscribeEvents, getZstdDictionary and the sealed archive (listSegments, planSnapshot, getSegment, "
+            "getBlock), all on the one port, as the atproto SDK's JetstreamClient expects.",
+        ),
+    ] = None,
+    jetstream2_unsealed: Annotated[
+        int,
+        typer.Option(min=0, help="Events at the end left out of the v2 archive's sealed segments (live tail only)."),
+    ] = 500,
     **flags: Any,
 ) -> None:
     """Serve an archive as a local com.atproto.sync.subscribeRepos relay (honours ?cursor=) until Ctrl-C.
@@ -114,7 +147,8 @@ def relay_command(
     `skyattr synth`): point a verifying consumer's PLC host at the relay. A live relay
     by default (no cursor: what happens from now on; --speed sets how fast the archive happens); --from-start
     replays it to every client that gives no cursor. The test-mode misbehaviours imply --from-start."""
-    speed = load_or_exit(config, flags).speed
+    settings = load_or_exit(config, flags)
+    speed = settings.speed
     try:
         misbehave = Misbehaviour(
             restart_at=restart_at, restart_head=restart_head, skip_every=skip_every, swap_every=swap_every
@@ -129,7 +163,13 @@ def relay_command(
             misbehave=misbehave,
             live=not from_start and misbehave == Misbehaviour(),
         )
-        asyncio.run(_serve(relay))
+        v2 = None
+        if jetstream2_port is not None:
+            key = settings.archive_key() or LOCAL_KEY
+            v2 = Jetstream2Server(
+                archive, host, jetstream2_port, unsealed=jetstream2_unsealed, api_key=key, train_dictionary=True
+            )
+        asyncio.run(_serve(relay, v2))
     except OSError as exc:
         if exc.errno == errno.EADDRINUSE:
             typer.echo(

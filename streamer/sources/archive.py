@@ -23,13 +23,16 @@ import itertools
 import json
 import os
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import zstandard
+
+from streamer.core.frames import Decoded, decode_frame
+from streamer.core.jetstream_json import from_jetstream, to_jetstream
 
 FORMAT = "skyattr-frames"
 VERSION = 1
@@ -434,6 +437,29 @@ def read_archive(path: str | Path, report: ReadReport | None = None) -> Iterator
             else:
                 fr.layout = "skyattr" if fr.header else "length-prefixed"
                 yield from _length_prefixed(itertools.chain([first], chunks), fr)
+
+
+def jetstream_lines(
+    path: str | Path, report: ReadReport | None = None, skipped: Callable[[Decoded], None] | None = None
+) -> Iterator[dict[str, Any]]:
+    """Every event of an archive as a Jetstream v1 line with skyattr's fields: what ``skyattr events`` prints and
+    the local Jetstreams serve. ``time_us`` is monotone in the archive's order (the order the relay sent the
+    frames, which is what a Jetstream's receive clock gives): the commit time, moved 1 µs past the previous line's
+    where it would go back, so it is a cursor; ``skyattr.commit_time_us`` keeps the commit's own time and
+    ``skyattr.cursor`` the source's position (the relay seq; Jetstream input: its ``time_us``). An item that does
+    not decode is handed to ``skipped`` and left out."""
+    last_us = -1
+    for item in read_archive(path, report):
+        decoded = from_jetstream(item.json) if item.frame is None else decode_frame(item.frame, records=True)
+        if decoded.error:
+            if skipped is not None:
+                skipped(decoded)
+            continue
+        for event in decoded.events:
+            line = to_jetstream(event)
+            last_us = line["time_us"] = max(event.time_us, last_us + 1)
+            line["skyattr"].update(cursor=event.seq, commit_time_us=event.time_us)
+            yield line
 
 
 class ArchiveSource:

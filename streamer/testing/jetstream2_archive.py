@@ -4,29 +4,28 @@ Jetstream v2 keeps everything it saw in sealed ``jss0`` segments (:mod:`streamer
 an API key: ``listSegments`` (each segment's seq and witnessed-time range, paged), ``planSnapshot`` (a procedure:
 the segments holding seqs after ``after_seq`` up to ``before_seq``, pinned to the sealed tip, paged by
 ``plannedThroughSeq``), ``getSegment`` (a whole file, by HTTP ``Range`` slices) and ``getBlock`` (one block frame).
-This server answers those four from segments made of the first events of a local v2
-(:class:`~streamer.testing.jetstream2_server.Jetstream2Server` ``sealed=``), on its own port (``url``): the
-websocket library the live half runs on serves GET only, and ``planSnapshot`` is a POST. A call without the key
-(``Authorization: Bearer <key>``) is answered 401 ``AuthRequired``; ``page_segments`` bounds a plan page, so a
-client has to page; ``fail_once`` names segments whose next download is answered 503; ``delay_s`` slows each.
+:class:`SealedArchive` answers those four (aiohttp routes, :meth:`SealedArchive.add_routes`), on the port of a local
+v2 (:class:`~streamer.testing.jetstream2_server.Jetstream2Server` ``sealed=``: the same origin as its websocket, as
+the SDK's client expects) or alone (:class:`ArchiveServer`: an archive elsewhere than the live tail). A call without
+the key (``Authorization: Bearer <key>``) is answered 401 ``AuthRequired``; ``page_segments`` bounds a plan page, so
+a client has to page; ``fail_once`` names segments whose next download is answered 503; ``delay_s`` slows each.
 Counters: ``calls`` (the method of each call) and ``bytes_served``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
-import threading
-import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+
+from aiohttp import web
 
 from streamer.testing import jss
 
 PREFIX = "/xrpc/network.bsky.jetstream."
 
 
-class ArchiveServer:
+class SealedArchive:
     """``segments``: the sealed segments' rows, each list in seq order; ``api_key``: what a call must carry."""
 
     def __init__(self, segments: list[list[jss.Row]], api_key: str, *, page_segments: int = 2, block_rows: int = 64):
@@ -39,54 +38,34 @@ class ArchiveServer:
         self.bytes_served = 0
         self.fail_once: set[str] = set()  # segment names whose next getSegment is answered 503
         self.delay_s = 0.0  # each download waits this long first (a slow archive, for a test to stop a sweep)
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def do_GET(self) -> None:
-                server._answer(self, None)
-
-            def do_POST(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                server._answer(self, json.loads(self.rfile.read(length) or b"{}"))
-
-        self._http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._thread = threading.Thread(target=self._http.serve_forever, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self._http.server_address[1]}"
 
     @property
     def sealed_tip(self) -> int:
         return self.files[-1][2][-1].seq if self.files else 0
 
-    def start(self) -> None:
-        self._thread.start()
+    def add_routes(self, app: web.Application) -> None:
+        for method in ("listSegments", "getSegment", "getBlock"):
+            app.router.add_get(PREFIX + method, self._answer)
+        app.router.add_post(PREFIX + "planSnapshot", self._answer)
 
-    def close(self) -> None:
-        self._http.shutdown()
-        self._http.server_close()
-
-    def _answer(self, req: BaseHTTPRequestHandler, body: dict[str, Any] | None) -> None:
-        url = urlsplit(req.path)
-        method = url.path.removeprefix(PREFIX)
+    async def _answer(self, request: web.Request) -> web.StreamResponse:
+        method = request.path.removeprefix(PREFIX)
         self.calls.append(method)
-        if req.headers.get("Authorization") != f"Bearer {self.api_key}":
-            return _json(req, 401, {"error": "AuthRequired", "message": "an archive API key is required"})
-        query = {k: v[-1] for k, v in parse_qs(url.query).items()}
-        if method == "listSegments" and body is None:
-            return _json(req, 200, self._list(query))
-        if method == "planSnapshot" and body is not None:
-            return _json(req, 200, self._plan(body))
-        if method == "getSegment" and body is None:
-            return self._segment(req, query.get("name", ""))
-        if method == "getBlock" and body is None:
-            index = query.get("blockIndex", query.get("block_index", "-1"))
-            return self._block(req, query.get("segment", ""), int(index))
-        return _json(req, 404, {"error": "MethodNotImplemented", "message": url.path})
+        if request.headers.get("Authorization") != f"Bearer {self.api_key}":
+            return _error(401, "AuthRequired", "an archive API key is required")
+        query = {k: v for k, v in request.query.items()}
+        if method == "listSegments":
+            return web.json_response(self._list(query))
+        if method == "planSnapshot":
+            try:
+                body = json.loads(await request.read() or b"{}")
+            except ValueError as exc:
+                return _error(400, "InvalidRequest", f"body: {exc}")
+            return web.json_response(self._plan(body))
+        if method == "getSegment":
+            return await self._segment(request, query.get("name", ""))
+        index = query.get("blockIndex", query.get("block_index", "-1"))
+        return self._block(query.get("segment", ""), int(index) if index.lstrip("-").isdigit() else -1)
 
     def _list(self, query: dict[str, str]) -> dict[str, Any]:
         start, limit = int(query.get("cursor") or 0), int(query.get("limit") or 100)
@@ -116,31 +95,75 @@ class ArchiveServer:
                  "segments_matched": len(page)}  # fmt: skip
         return _camel({"planned_through_seq": through, "sealed_tip_seq": tip, "segments": segments, "stats": stats})
 
-    def _segment(self, req: BaseHTTPRequestHandler, name: str) -> None:
+    async def _segment(self, request: web.Request, name: str) -> web.StreamResponse:
         data = next((d for n, d, _ in self.files if n == name), None)
         if data is None:
-            return _json(req, 404, {"error": "NotFound", "message": name})
+            return _error(404, "NotFound", name)
         start, end = 0, len(data) - 1
-        ranged = req.headers.get("Range", "")
+        ranged = request.headers.get("Range", "")
         if ranged.startswith("bytes="):
             first, _, last = ranged.removeprefix("bytes=").partition("-")
             start, end = int(first), min(int(last or end), end)
         if self.delay_s:
-            time.sleep(self.delay_s)
+            await asyncio.sleep(self.delay_s)
         if name in self.fail_once:
             self.fail_once.discard(name)
-            return _json(req, 503, {"error": "Unavailable", "message": "try again"})
+            return _error(503, "Unavailable", "try again")
         chunk = data[start : end + 1]
         self.bytes_served += len(chunk)
-        return _bytes(req, 206 if ranged else 200, chunk)
+        return web.Response(status=206 if ranged else 200, body=chunk, content_type="application/octet-stream")
 
-    def _block(self, req: BaseHTTPRequestHandler, name: str, index: int) -> None:
+    def _block(self, name: str, index: int) -> web.StreamResponse:
         data = next((d for n, d, _ in self.files if n == name), None)
         frames = jss.block_frames(data) if data is not None else []
         if not 0 <= index < len(frames):
-            return _json(req, 404, {"error": "NotFound", "message": f"{name} block {index}"})
+            return _error(404, "NotFound", f"{name} block {index}")
         self.bytes_served += len(frames[index])
-        return _bytes(req, 200, frames[index])
+        return web.Response(body=frames[index], content_type="application/octet-stream")
+
+
+class ArchiveServer(SealedArchive):
+    """A :class:`SealedArchive` alone on ``host:port`` (0: a free port); an async context manager whose ``url`` is
+    its HTTP origin."""
+
+    def __init__(self, segments: list[list[jss.Row]], api_key: str, *, host: str = "127.0.0.1", port: int = 0,
+                 **options: Any) -> None:  # fmt: skip
+        super().__init__(segments, api_key, **options)
+        self.host, self.port = host, port
+        self._runner: web.AppRunner | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    async def __aenter__(self) -> ArchiveServer:
+        app = web.Application()
+        self.add_routes(app)
+        self._runner = await start_app(app, self.host, self.port)
+        self.port = bound_port(self._runner)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+
+async def start_app(app: web.Application, host: str, port: int) -> web.AppRunner:
+    """Serve ``app`` on ``host:port`` without aiohttp's access log; the runner, to clean up."""
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
+    return runner
+
+
+def bound_port(runner: web.AppRunner) -> int:
+    """The port ``runner`` listens on (what port 0 became)."""
+    return int(runner.addresses[0][1])
+
+
+def _error(status: int, error: str, message: str) -> web.Response:
+    return web.json_response({"error": error, "message": message}, status=status)
 
 
 def _camel(value: Any) -> Any:
@@ -157,21 +180,4 @@ def _camel_key(key: str) -> str:
     return head + "".join(part.title() for part in rest)
 
 
-def _json(req: BaseHTTPRequestHandler, status: int, body: dict[str, Any]) -> None:
-    data = json.dumps(body).encode()
-    req.send_response(status)
-    req.send_header("Content-Type", "application/json")
-    req.send_header("Content-Length", str(len(data)))
-    req.end_headers()
-    req.wfile.write(data)
-
-
-def _bytes(req: BaseHTTPRequestHandler, status: int, data: bytes) -> None:
-    req.send_response(status)
-    req.send_header("Content-Type", "application/octet-stream")
-    req.send_header("Content-Length", str(len(data)))
-    req.end_headers()
-    req.wfile.write(data)
-
-
-__all__ = ["ArchiveServer"]
+__all__ = ["ArchiveServer", "SealedArchive", "bound_port", "start_app"]

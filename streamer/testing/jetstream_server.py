@@ -44,11 +44,11 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from streamer.core.decode import decode_item
 from streamer.core.events import Event
 from streamer.core.jetstream_json import to_jetstream
-from streamer.sources.archive import ReadReport, read_archive
+from streamer.sources.archive import ReadReport, jetstream_lines
 from streamer.sources.endpoints import JETSTREAM_PATH as SUBSCRIBE_PATH
+from streamer.testing.threaded import Served
 
 log = logging.getLogger(__name__)
 
@@ -56,17 +56,23 @@ DRAIN_TIMEOUT_S = 2.0
 
 
 def jetstream_events(archive: str | Path) -> list[dict[str, Any]]:
-    """Every event of ``archive`` as a Jetstream v1 dict, as ``skyattr events`` prints them, stably sorted by
-    ``time_us`` (the order a Jetstream's own clock gives them). Items that do not decode are left out."""
+    """Every event of ``archive`` as a Jetstream v1 dict (:func:`~streamer.sources.archive.jetstream_lines`, the
+    lines of ``skyattr events``), stably sorted by commit time, each ``time_us`` the commit's: a Jetstream whose
+    receive clock saw the commits as they were made. Items that do not decode are left out."""
     report = ReadReport()
-    out: list[dict[str, Any]] = []
-    for item in read_archive(archive, report):
-        decoded = decode_item(item.frame if item.frame is not None else item.json, records=True)
-        out.extend(to_jetstream(event) for event in decoded.events)
+    out = [{**line, "time_us": line["skyattr"]["commit_time_us"]} for line in jetstream_lines(archive, report)]
     for err in report.errors:
         log.warning("archive: %s", err)
     out.sort(key=lambda e: e["time_us"])
     return out
+
+
+async def events_of(archive_path_or_events: str | Path | Iterable[Any]) -> Iterable[Any]:
+    """What a local Jetstream serves: an archive's events (:func:`jetstream_events`, read off the loop) or the
+    list given."""
+    if isinstance(archive_path_or_events, str | Path):
+        return await asyncio.to_thread(jetstream_events, archive_path_or_events)
+    return archive_path_or_events
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,7 +144,7 @@ def _message(item: dict[str, Any] | Event | str | bytes | bytearray, time_us: in
     )
 
 
-class JetstreamServer:
+class JetstreamServer(Served):
     """Serve an archive (a path) or a list of events as Jetstream ``/subscribe`` on ``host:port`` (0: a free
     port). Use as an async context manager; ``url`` is the base a client connects to (``ws://127.0.0.1:PORT``).
     ``drop_after``, ``rewind_us``, ``zstd_dictionary``: see the module doc. A v2 server
@@ -178,12 +184,7 @@ class JetstreamServer:
         return f"ws://{self.host}:{self.port}"
 
     async def start(self) -> None:
-        items: Iterable[Any]
-        if isinstance(self.archive, str | Path):
-            items = await asyncio.to_thread(jetstream_events, self.archive)
-        else:
-            items = self.archive
-        self._build(items)
+        self._build(await events_of(self.archive))
         self._server = await serve(
             self._handle, self.host, self.port, process_request=self._check_request, compression=None,
             subprotocols=[*self.subprotocols] or None,  # type: ignore[list-item]
@@ -205,13 +206,6 @@ class JetstreamServer:
             self._server.close()
             await self._server.wait_closed()
             self._server = None
-
-    async def __aenter__(self) -> JetstreamServer:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
 
     def _check_request(self, connection: ServerConnection, request: Request) -> Response | None:
         if urlsplit(request.path).path != SUBSCRIBE_PATH:

@@ -47,8 +47,11 @@ class Row:
 
 
 def row_of(payload: dict) -> Row:
-    """The row of a v2 message payload (as :func:`streamer.core.jetstream2_json.to_jetstream2` writes them)."""
+    """The row of a v2 message payload (as :func:`streamer.core.jetstream2_json.to_jetstream2` writes them): the
+    record's (or marker's) JSON data model back to the DAG-CBOR it was (links as CID links, ``$bytes`` as bytes),
+    so the row's payload is the very block the relay carried and a reader deriving its CID gets the commit's."""
     from streamer.core.events import parse_time_us
+    from streamer.core.frames import from_json_model
     from streamer.core.jetstream2_json import PREFIX
 
     kind = str(payload["$type"]).removeprefix(PREFIX)
@@ -56,10 +59,10 @@ def row_of(payload: dict) -> Row:
     if kind == "commit":
         op = str(payload["operation"])
         record = payload.get("record")
-        data = libipld.encode_dag_cbor(record) if op != "delete" and record is not None else None
+        data = libipld.encode_dag_cbor(from_json_model(record)) if op != "delete" and record is not None else None
         return Row(seq, time_us, OPERATIONS[op], did, str(payload["collection"]), str(payload["rkey"]),
                    str(payload.get("rev") or ""), data)  # fmt: skip
-    return Row(seq, time_us, MARKERS[kind], did, payload=libipld.encode_dag_cbor(payload[kind]))
+    return Row(seq, time_us, MARKERS[kind], did, payload=libipld.encode_dag_cbor(from_json_model(payload[kind])))
 
 
 def block(rows: Sequence[Row]) -> bytes:

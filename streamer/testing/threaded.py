@@ -8,9 +8,26 @@ import contextlib
 import threading
 from collections.abc import Iterator
 from contextlib import AbstractAsyncContextManager
-from typing import TypeVar
+from typing import Self, TypeVar
 
 S = TypeVar("S", bound=AbstractAsyncContextManager)
+
+
+class Served:
+    """A server with ``start()`` and ``close()`` used as an async context manager (``async with Server(...)``)."""
+
+    async def start(self) -> None:
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
 
 
 @contextlib.contextmanager
@@ -34,4 +51,4 @@ def serving_in_thread(server: S, timeout: float = 60.0) -> Iterator[S]:
             loop.close()
 
 
-__all__ = ["serving_in_thread"]
+__all__ = ["Served", "serving_in_thread"]

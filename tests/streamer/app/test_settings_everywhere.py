@@ -128,7 +128,7 @@ def relay_once(monkeypatch: pytest.MonkeyPatch) -> list[Relay]:
     """``relay`` starts its real server, prints its real start-up line, and stops (instead of waiting for ^C)."""
     served: list[Relay] = []
 
-    async def once(relay: Relay) -> None:
+    async def once(relay: Relay, v2: object) -> None:
         async with relay:
             typer.echo(relay_module.banner(relay), err=True)
         served.append(relay)

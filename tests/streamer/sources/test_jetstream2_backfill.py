@@ -131,14 +131,12 @@ def test_a_row_that_is_not_an_event_is_counted_and_the_sweep_goes_on(direct: lis
     rows[20] = jss.Row(21, rows[20].witnessed_at, 9, rows[20].did, payload=b"\xa0")  # a kind no v2 has
 
     async def main() -> tuple[list[Sequenced], Jetstream2Backfill]:
-        archive_server = ArchiveServer([rows[:25], rows[25:]], KEY)
-        archive_server.start()
-        try:
-            async with Jetstream2Server(direct[:50]) as server:
-                source = Jetstream2Backfill(server.url, api_key=KEY, archive_url=archive_server.url, **LIVE)
-                return await _drain(source), source
-        finally:
-            archive_server.close()
+        async with (
+            ArchiveServer([rows[:25], rows[25:]], KEY) as archive_server,
+            Jetstream2Server(direct[:50]) as server,
+        ):
+            source = Jetstream2Backfill(server.url, api_key=KEY, archive_url=archive_server.url, **LIVE)
+            return await _drain(source), source
 
     got, source = asyncio.run(main())
     assert [e.seq for e in _events(got)] == [s for s in range(1, 51) if s not in (11, 21)]

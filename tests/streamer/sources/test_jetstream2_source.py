@@ -180,8 +180,8 @@ def test_filters_pass_through_and_a_refused_filter_is_one_line(archive: Path, di
         Jetstream2Source("ws://127.0.0.1:1", kinds=["commits"])
 
     class Refusing(Jetstream2Server):
-        def _check_request(self, connection: Any, request: Any) -> Any:
-            return self._xrpc(connection, 400, "InvalidRequest", "too many dids")
+        def _check_request(self, request: Any) -> Any:
+            return self._xrpc(400, "InvalidRequest", "too many dids")
 
     async def refused() -> None:
         async with Refusing([]) as server, asyncio.timeout(10), Jetstream2Source(server.url, **FAST) as source:
@@ -270,8 +270,8 @@ def test_run_says_a_refusal_in_one_line_and_exits_2() -> None:
     import sys
 
     class Refusing(Jetstream2Server):
-        def _check_request(self, connection: Any, request: Any) -> Any:
-            return self._xrpc(connection, 400, "InvalidRequest", "dids: too many")
+        def _check_request(self, request: Any) -> Any:
+            return self._xrpc(400, "InvalidRequest", "dids: too many")
 
     with serving_in_thread(Refusing([])) as server:
         cmd = [sys.executable, "-m", "streamer", "run", "--source", "jetstream2", "--jetstream2-url", server.url]
