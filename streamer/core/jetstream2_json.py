@@ -56,16 +56,24 @@ def _from(obj: Any) -> Decoded:
         return _fail("bad_string", "a string that is not valid Unicode (lone surrogate)", type_)
     if kind == "info":
         return Decoded(type_, -1, info={k: v for k, v in obj.items() if k != "$type"})
-    seq = obj.get("seq")
+    return message(kind, obj.get("seq"), obj.get("time"), obj.get("did"), obj)
+
+
+def message(kind: str, seq: Any, time: Any, did: Any, obj: dict[str, Any]) -> Decoded:
+    """A v2 message of ``kind`` (not ``info``) past its envelope's parsing: the checks of its ``seq``, ``time``
+    (RFC 3339, or unix microseconds already) and DID, then its commit operation (``obj`` holds the commit's fields)
+    or its marker's body (``obj[kind]``). What a live payload and an archived row
+    (:mod:`streamer.sources.jetstream2_backfill`, whose record is DAG-CBOR data, not its JSON model) both go
+    through; never raises on bad values."""
+    type_ = "#" + kind
     if type(seq) is not int or not 0 <= seq < MAX_SEQ:
         return _fail("bad_body", f"seq {short_repr(seq)}", type_)
     try:
-        time_us = parse_time_us(obj.get("time"))
+        time_us = time if type(time) is int else parse_time_us(time)
     except ValueError as exc:
         return _fail("bad_time", str(exc), type_, seq)
     if not is_valid_time_us(time_us):
-        return _fail("bad_time", f"time {short_repr(obj.get('time'))}", type_, seq)
-    did = obj.get("did")
+        return _fail("bad_time", f"time {short_repr(time)}", type_, seq)
     if not is_valid_did(did):
         if kind == "commit":  # as v1: a commit by no valid account is a counted skip, not an error
             out = Decoded(type_, seq, detail=clean_text(f"did {short_repr(did)}"))
@@ -99,4 +107,4 @@ def to_jetstream2(event: Event, seq: int) -> dict[str, Any]:
     return {"$type": PREFIX + "commit", **out, **{k: v for k, v in commit.items() if v is not None}}
 
 
-__all__ = ["KINDS", "NSID", "PREFIX", "from_jetstream2", "to_jetstream2"]
+__all__ = ["KINDS", "NSID", "PREFIX", "from_jetstream2", "message", "to_jetstream2"]

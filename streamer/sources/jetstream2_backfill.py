@@ -28,10 +28,8 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from streamer.core.backoff import Backoff
-from streamer.core.decode import decode_item
-from streamer.core.events import rfc3339
-from streamer.core.frames import clean_text, decode_cbor, exception_text, to_json_model
-from streamer.core.jetstream2_json import PREFIX
+from streamer.core.frames import Decoded, clean_text, decode_cbor, exception_text, to_json_model
+from streamer.core.jetstream2_json import message
 from streamer.core.logonce import OncePerKind
 from streamer.core.seqs import Sequenced, fingerprint
 from streamer.core.source import SourceStats
@@ -63,20 +61,29 @@ def archive_origin(url: str) -> str:
     return urlunsplit(({"ws": "http", "wss": "https"}[parts.scheme], parts.netloc, "", "", ""))
 
 
-def payload_of(row: Any) -> dict[str, Any]:
-    """A segment row (the SDK's ``SegmentEvent``) as the v2 message payload the live tail would have sent;
-    ``ValueError`` for a row that cannot be one (an unknown kind, a payload that is not DAG-CBOR)."""
-    base = {"seq": row.seq, "did": row.did, "time": rfc3339(row.time_us, 6)}
-    if row.is_commit:
-        out = {"$type": PREFIX + "commit", **base, "rev": row.rev or None, "operation": row.operation,
-               "collection": row.collection, "rkey": row.rkey}  # fmt: skip
-        if row.operation != "delete" and row.payload:
-            out["record"] = to_json_model(decode_cbor(row.payload))
-        return {k: v for k, v in out.items() if v is not None}
-    kind = MARKER_KINDS.get(row.kind)
-    if kind is None or not row.payload:
-        raise ValueError(f"row kind {row.kind!r} at seq {row.seq}")
-    return {"$type": PREFIX + kind, **base, kind: to_json_model(decode_cbor(row.payload))}
+def decoded_row(row: Any) -> Decoded:
+    """A segment row (the SDK's ``SegmentEvent``) read as the live tail's message would be
+    (:func:`~streamer.core.jetstream2_json.message`: the same checks of seq, time and DID, the same commit reading);
+    a row that cannot be one (an unknown kind, a payload that is not DAG-CBOR) is ``bad_row``. A commit's record is
+    passed as DAG-CBOR data, not converted to its JSON model: what is read of it (its subject) is strings either way,
+    and nothing downstream of a backfill reads the rest."""
+    try:
+        if row.is_commit:
+            fields = {
+                "operation": row.operation,
+                "collection": row.collection,
+                "rkey": row.rkey,
+                "rev": row.rev or None,
+            }
+            if row.operation != "delete" and row.payload:
+                fields["record"] = decode_cbor(row.payload)
+            return message("commit", row.seq, row.time_us, row.did, fields)
+        kind = MARKER_KINDS.get(row.kind)
+        if kind is None or not row.payload:
+            return Decoded(error="bad_row", detail=f"row kind {row.kind!r} at seq {row.seq}")
+        return message(kind, row.seq, row.time_us, row.did, {kind: to_json_model(decode_cbor(row.payload))})
+    except ValueError as exc:  # TooDeep, not DAG-CBOR
+        return Decoded(error="bad_row", detail=clean_text(exception_text(exc)))
 
 
 async def seq_at(client: Any, api_key: str, since_us: int) -> int:
@@ -265,12 +272,7 @@ class Jetstream2Backfill:
 
     def _accept(self, row: Any) -> Sequenced | None:
         self.stats.items += 1
-        try:
-            payload = payload_of(row)
-        except ValueError as exc:
-            self._count("bad_row", str(exc))
-            return None
-        decoded = decode_item(payload, jetstream=2)
+        decoded = decoded_row(row)
         if decoded.error:
             self._count(decoded.error, decoded.detail)
             return None
@@ -303,4 +305,4 @@ def _refusal(exc: BaseException) -> str | None:
     return None
 
 
-__all__ = ["Jetstream2Backfill", "Progress", "archive_origin", "payload_of", "seq_at"]
+__all__ = ["Jetstream2Backfill", "Progress", "archive_origin", "decoded_row", "seq_at"]
