@@ -20,9 +20,9 @@ What it honours, as Jetstream v2 does:
   (``zstd_dictionary``, or ``train_dictionary``: one trained on the first messages, as v2 trains its own).
 
 Frames are ``{"$type": "message", "payload": ...}``; ``info`` sends an ``#info`` advisory first on every connection;
-``error_after`` sends an error frame (``ConsumerTooSlow``) after that many messages and closes; ``drop_after`` cuts
-the connection without a close frame. A ``str`` or ``bytes`` in an event list goes out verbatim (hostile input),
-after the event before it.
+``error_after`` sends an error frame (``ConsumerTooSlow``) after that many messages and closes; ``drop_after`` cuts the
+connection without a close frame; ``live_delay_s`` paces the messages past the sealed tip. A ``str`` or ``bytes`` in an
+event list goes out verbatim (hostile input), after the event before it.
 Counters: ``connections``, ``sent``, ``requests`` (the path each connection asked for).
 
 ``sealed=N`` (or ``unsealed=M``: all but the last M) also serves the first N events as the sealed archive
@@ -156,6 +156,7 @@ class Jetstream2Server(Served):
         self.archive_server: SealedArchive | None = None
         self.first_seq, self.oldest_seq = first_seq, oldest_seq
         self.info, self.error_after, self.drop_after = info, error_after, drop_after
+        self.live_delay_s = 0.0  # each message past the sealed tip waits this long first (a tail as slow as life)
         self.dictionary: bytes | None = None
         self.train_dictionary = train_dictionary
         self._dict: zstandard.ZstdCompressionDict | None = None
@@ -274,6 +275,8 @@ class Jetstream2Server(Served):
             for message in self.messages:
                 if not options.wants(message):
                     continue
+                if self.live_delay_s and message.seq > self.sealed:
+                    await asyncio.sleep(self.live_delay_s)
                 await send(message.text)
                 self.sent += 1
                 sent += 1
