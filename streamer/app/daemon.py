@@ -401,7 +401,7 @@ def jetstream2_source(
     since = None if cursor is not None else int((time.time() - duration_s(settings.backfill or "0s")) * 1e6)
     return Jetstream2Backfill(
         settings.jetstream2_url, api_key=key, archive_url=settings.jetstream2_archive_url, cursor=cursor,
-        since_us=since, on_progress=BackfillLog(), **options,
+        since_us=since, live=not settings.backfill_only, on_progress=BackfillLog(), **options,
     )  # fmt: skip
 
 
@@ -435,7 +435,8 @@ class BackfillLog:
 class LiveFeed:
     """The live source the settings name, on the wall clock (the :class:`~streamer.app.wiring.Feed` of ``run``):
     a checkpoint records the relay (or Jetstream server) it followed, as a dependency too, and the wall-clock
-    schedule restarts from now on a resume (the run counter and the alert state continue)."""
+    schedule restarts from now on a resume (the run counter and the alert state continue). A backfill that ends at
+    the archive's tip (``--backfill-only``) is a replay of the window: event time, its schedule kept on a resume."""
 
     settings: Settings
     mode: Literal["live", "replay"] = "live"
@@ -453,7 +454,7 @@ class LiveFeed:
         pass  # the relay is a dependency: check_dependencies names it
 
     def schedule(self, held: ScheduleState) -> ScheduleState:
-        return ScheduleState(held.run, -1, held.alert_active)
+        return held if self.clock == "event" else ScheduleState(held.run, -1, held.alert_active)
 
     def open(self, resumed: Resumed, stats: SourceStats, stop: asyncio.Event) -> Source:
         at_cursor = list(resumed.extra.get("at_cursor") or [])
@@ -478,7 +479,8 @@ async def live_pipeline(
     daemon = Daemon(settings, console=console, tables=tables, every_run=True, sinks=sinks)
     stop = stop if stop is not None else asyncio.Event()
     _install_signals(asyncio.get_running_loop(), stop.set, settings.checkpoint_dir is not None)
-    feed = LiveFeed(settings)
+    # --backfill-only: the archive's window replayed, a finite feed on event time (its own kind of checkpoint)
+    feed = LiveFeed(settings, "replay", "event") if settings.backfill_only else LiveFeed(settings)
     run = Run.open(feed, daemon.run_options(), daemon, stop)
     daemon.pipeline, daemon.source = run.pipeline, run.source
     daemon.metrics.not_ready_reason = f"{feed.where} not connected yet"

@@ -36,7 +36,14 @@ def results_console(*, stdout_taken: bool) -> Console:
 
 REPLAY_ONLY = {"speed"}
 RUN_ONLY = {"relay", "queue_size", "source", "jetstream_url", "jetstream_collections", "jetstream_compress"}
-RUN_ONLY |= {"jetstream2_url", "jetstream2_kinds", "backfill", "jetstream2_api_key", "jetstream2_api_key_file"}
+RUN_ONLY |= {
+    "jetstream2_url",
+    "jetstream2_kinds",
+    "backfill",
+    "backfill_only",
+    "jetstream2_api_key",
+    "jetstream2_api_key_file",
+}
 RUN_ONLY |= {"jetstream2_archive_url"}
 
 

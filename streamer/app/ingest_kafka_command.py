@@ -38,6 +38,7 @@ INGEST_SETTINGS = {
     "jetstream_collections",
     "jetstream_compress",
     "backfill",
+    "backfill_only",
     "jetstream2_api_key",
     "jetstream2_api_key_file",
     "jetstream2_archive_url",

@@ -114,6 +114,11 @@ class Settings(BaseSettings):
         description="`run --source jetstream2`: fill this much of the past from the Jetstream v2 archive first "
         "(14d, 36h, 90m; its runs in event time), then go live with no gap (needs an archive API key).",
     )
+    backfill_only: bool = Field(
+        False,
+        description="With --backfill: end at the archive's sealed tip instead of going live (the window replayed: "
+        "its runs in event time and a last one at the tip, then exit).",
+    )
     jetstream2_api_key: SecretStr | None = Field(
         None, description="Jetstream v2 archive API key (for --backfill and resuming past the live lookback)."
     )
@@ -378,6 +383,8 @@ class Settings(BaseSettings):
     def _backfill_needs(self) -> Settings:
         if self.backfill is not None and self.source != "jetstream2":
             raise ValueError("--backfill reads the Jetstream v2 archive: give --source jetstream2")
+        if self.backfill_only and self.backfill is None:
+            raise ValueError("--backfill-only ends a backfill at the archive's tip: give --backfill too")
         if self.jetstream2_api_key is not None and self.jetstream2_api_key_file is not None:
             raise ValueError("give jetstream2_api_key or jetstream2_api_key_file, not both")
         return self

@@ -188,3 +188,34 @@ async def test_the_runs_of_a_backfill_are_the_replays_runs(tmp_path: Path) -> No
         same = {k: v for k, v in w.items() if k not in volatile}
         assert_close({k: v for k, v in g.items() if k not in volatile}, same, f"run {g['run']}")
     assert daemon.pipeline.schedule.run == 23 and daemon.pipeline.dispatcher.before_fold is None
+
+
+async def test_a_backfill_only_run_replays_the_window_and_ends_at_the_tip(tmp_path: Path) -> None:
+    """``run --backfill 36500d --backfill-only``: the archive swept in event time, a last run at the sealed tip, and
+    the run ends by itself without opening the live tail; its runs are the replay's up to the tip (the golden
+    hourly runs), and the last one is made at the tip's event."""
+    import json
+
+    from streamer.testing.jetstream2_server import Jetstream2Server
+    from streamer.testing.synth import default_archive
+    from tests.compare import assert_close
+
+    golden = [json.loads(line) for line in (Path(__file__).parents[2] / "golden" / "default_replay.jsonl").open()]
+    volatile = {"runtime_s", "device", "topic"}
+    out = tmp_path / "results.jsonl"
+    async with Jetstream2Server(default_archive(), unsealed=3000, segment_events=2000) as server:
+        assert server.archive_server is not None
+        tip, tip_us = server.archive_server.sealed_tip, server.archive_server.files[-1][2][-1].witnessed_at
+        flags = {"source": "jetstream2", "jetstream2_url": server.url, "backfill": "36500d", "backfill_only": True,
+                 "out": out, "jetstream2_api_key": "local-archive-key", "checkpoint_dir": tmp_path / "bf",
+                 "metrics_port": 0, "interval": 3600}  # fmt: skip
+        daemon = await asyncio.wait_for(live_pipeline(load_settings(flags=flags, env={}), tables=False), 120)
+        assert server.connections == 0, "the live tail was never opened"
+    assert daemon.pipeline.dispatcher.cursor == tip
+    got = [m for m in map(json.loads, out.read_text().splitlines()) if m["topic"] == "tiers"]
+    assert [m["run"] for m in got] == list(range(1, len(got) + 1)) and got[-1]["as_of_us"] == tip_us
+    want = [m for m in golden if m["topic"] == "tiers" and m["as_of_us"] < tip_us]
+    assert len(got) == len(want) + 1 >= 10
+    for g, w in zip(got, want, strict=False):
+        same = {k: v for k, v in w.items() if k not in volatile}
+        assert_close({k: v for k, v in g.items() if k not in volatile}, same, f"run {g['run']}")
