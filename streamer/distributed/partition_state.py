@@ -38,6 +38,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterator, MutableMapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -50,6 +51,70 @@ from streamer.distributed.shards import Shard
 
 SEP = "\x1f"
 KINDS = len(ACTIVITY_KINDS)
+
+
+@dataclass(frozen=True, slots=True)
+class _BucketView:
+    """One bucket's ``a`` entries (actor ids, first positions, activity totals) and ``e`` entries (attender and
+    source ids, first positions, weights), over the partition's interned DIDs."""
+
+    act_ids: np.ndarray
+    act_pos: np.ndarray
+    act_total: np.ndarray
+    att: np.ndarray
+    src: np.ndarray
+    edge_pos: np.ndarray
+    weight: np.ndarray
+
+
+class _BucketArrays:
+    """A bucket's ``a`` and ``e`` entries as growing arrays, a row per key: what :meth:`PartitionState.arrays`
+    reads at each tick without a pass in Python over the bucket."""
+
+    def __init__(self) -> None:
+        self.rows: dict[str, int] = {}
+        self.acts = self.edges = 0
+        self.act_ids = np.zeros(16, np.int64)
+        self.act_pos = np.zeros(16, np.int64)
+        self.counts = np.zeros((16, KINDS), np.int64)
+        self.att = np.zeros(16, np.int64)
+        self.src = np.zeros(16, np.int64)
+        self.edge_pos = np.zeros(16, np.int64)
+        self.weight = np.zeros(16)
+
+    def put(self, key: str, parts: tuple[str, ...], value: list[Any], intern: Any) -> None:
+        row = self.rows.get(key)
+        if len(parts) == 1:
+            if row is None:
+                row = self.rows[key] = self.acts
+                self.acts += 1
+                if row == len(self.act_ids):
+                    self.act_ids, self.act_pos = np.resize(self.act_ids, 2 * row), np.resize(self.act_pos, 2 * row)
+                    self.counts = np.resize(self.counts, (2 * row, KINDS))
+                self.act_ids[row] = intern(parts[0])
+                self.act_pos[row] = 2 * value[KINDS]
+            self.counts[row] = value[:KINDS]
+        else:
+            if row is None:
+                row = self.rows[key] = self.edges
+                self.edges += 1
+                if row == len(self.att):
+                    self.att, self.src, self.edge_pos, self.weight = (
+                        np.resize(a, 2 * row) for a in (self.att, self.src, self.edge_pos, self.weight)
+                    )
+                self.att[row], self.src[row] = intern(parts[0]), intern(parts[1])
+                self.edge_pos[row] = 2 * value[1]
+            self.weight[row] = float(value[0])
+
+    def view(self, weights: list[float]) -> _BucketView:
+        """The rows, with each actor's activity total: count times weight added kind by kind, in float64 (the
+        single process's sum, in its order)."""
+        n, m = self.acts, self.edges
+        total = np.zeros(n)
+        for k, wk in enumerate(weights):
+            total += self.counts[:n, k] * wk
+        return _BucketView(self.act_ids[:n], self.act_pos[:n], total, self.att[:m], self.src[:m],
+                           self.edge_pos[:m], self.weight[:m])  # fmt: skip
 
 
 class PartitionState:
@@ -68,6 +133,11 @@ class PartitionState:
         self._dangling: dict[str, tuple[str, int]] = {}  # d key -> (DID, position 2 n + role)
         self._records: dict[int, dict[str, tuple[int, int, str]]] = {}  # bucket -> r key -> (bucket, kind, subject)
         self._record_bucket: dict[str, int] = {}  # r key -> its bucket
+        # each bucket's a and e entries as arrays, kept until the bucket changes (see arrays()), over DIDs interned
+        # here (ids in self._names, forgotten at a prune)
+        self._arrays: dict[int, _BucketArrays] = {}
+        self._ids: dict[str, int] = {}
+        self._names: list[str] = []
         self.skipped: Counter[str] = Counter()  # records not folded, by reason (this process's, not durable)
         self._rebuild()
 
@@ -85,6 +155,7 @@ class PartitionState:
         self._dangling.clear()
         self._records.clear()
         self._record_bucket.clear()
+        self._forget_arrays()
         for key in self._own_keys():
             parts = key.split(SEP)
             if parts[1] in ("a", "e"):
@@ -182,15 +253,12 @@ class PartitionState:
             if entry is None:
                 counts = [0] * KINDS
                 counts[code] = 1
-                value = [*counts, ordinal, offset]
-                store[key] = value
-                bucket[key] = ((actor,), value)
+                self._put(b, key, (actor,), [*counts, ordinal, offset])
             elif offset > entry[1][-1]:
                 value = list(entry[1])
                 value[code] += 1
                 value[-1] = offset
-                store[key] = value
-                bucket[key] = (entry[0], value)
+                self._put(b, key, entry[0], value)
             left_trace = True
         w = self._att.get(event.kind)
         subject = event.subject
@@ -198,14 +266,10 @@ class PartitionState:
             key = self._key("e", b, actor, subject)
             entry = bucket.get(key)
             if entry is None:
-                value = [w, ordinal, offset]
-                store[key] = value
-                bucket[key] = ((actor, subject), value)
+                self._put(b, key, (actor, subject), [w, ordinal, offset])
             elif offset > entry[1][2]:
                 held = entry[1]
-                value = [held[0] + w, held[1], offset]
-                store[key] = value
-                bucket[key] = (entry[0], value)
+                self._put(b, key, entry[0], [held[0] + w, held[1], offset])
             left_trace = True
         if not left_trace:
             self._dangle(actor, ordinal, offset)
@@ -215,6 +279,15 @@ class PartitionState:
             if key not in self._record_bucket:
                 store[key] = [b, ACTIVITY_INDEX[event.kind], edge, offset]
                 self._remember(key, b, ACTIVITY_INDEX[event.kind], edge)
+
+    def _put(self, b: int, key: str, parts: tuple[str, ...], value: list[Any]) -> None:
+        """Write an ``a`` or ``e`` key of bucket ``b``: to the store, its copy in memory and, when the bucket's
+        arrays are made, their row (see :meth:`arrays`)."""
+        self.store[key] = value
+        self._by_bucket[b][key] = (parts, value)
+        arrays = self._arrays.get(b)
+        if arrays is not None:
+            arrays.put(key, parts, value, self._id)
 
     def _remember(self, key: str, b: int, k: int, subject: str) -> None:
         self._records.setdefault(b, {})[key] = (b, k, subject)
@@ -228,21 +301,19 @@ class PartitionState:
             return
         _, k, subject = self._records[b].pop(key)
         kind = ACTIVITY_KINDS[k]
-        store, bucket = self.store, self._by_bucket.get(b, {})
+        bucket = self._by_bucket.get(b, {})
         actor = key.split(SEP)[2]
         code = self._act.get(kind)
-        if code is not None and (entry := bucket.get(self._key("a", b, actor))) is not None and offset > entry[1][-1]:
+        akey = self._key("a", b, actor)
+        if code is not None and (entry := bucket.get(akey)) is not None and offset > entry[1][-1]:
             value = list(entry[1])
             value[code] -= 1
             value[-1] = offset
-            store[self._key("a", b, actor)] = value
-            bucket[self._key("a", b, actor)] = (entry[0], value)
+            self._put(b, akey, entry[0], value)
         ekey = self._key("e", b, actor, subject)
         if subject and (entry := bucket.get(ekey)) is not None and offset > entry[1][2]:
-            value = [entry[1][0] - self._att[kind], entry[1][1], offset]
-            store[ekey] = value
-            bucket[ekey] = (entry[0], value)
-        store.pop(key, None)
+            self._put(b, ekey, entry[0], [entry[1][0] - self._att[kind], entry[1][1], offset])
+        self.store.pop(key, None)
 
     def _dangle(self, did: str, ordinal: int, offset: int, role: int = 0) -> None:
         """Hold ``did`` without a trace, at its first appearance (ordinal ``ordinal``, as actor: role 0, or as
@@ -263,12 +334,14 @@ class PartitionState:
             store[key] = [moved.head, offset]
         for b in sorted(set(self._by_bucket) | set(self._records)):
             if b < moved.oldest or (moved.drop_beyond is not None and b > moved.drop_beyond):
+                self._arrays.pop(b, None)
                 for k in self._by_bucket.pop(b, {}):
                     store.pop(k, None)  # (iterating a dict yields its keys: the store keys)
                 for k in self._records.pop(b, {}):
                     store.pop(k, None)
                     del self._record_bucket[k]
         if moved.prune:
+            self._forget_arrays()  # the DIDs interned for the arrays go too: held since the last prune at most
             for k in self._dangling:
                 store.pop(k, None)
             self._dangling.clear()
@@ -291,6 +364,7 @@ class PartitionState:
         if held is not None and offset <= held[1]:  # read again after a crash: done already
             return
         store[key] = [(held[0] if held else 0) + 1, offset]
+        self._arrays.clear()
         for entries in self._by_bucket.values():
             for k in [k for k, (parts, _) in entries.items() if did in parts]:
                 parts, value = entries.pop(k)
@@ -333,58 +407,73 @@ class PartitionState:
     def buckets(self) -> list[int]:
         return sorted(b for b, entries in self._by_bucket.items() if entries)
 
+    def _forget_arrays(self) -> None:
+        self._arrays.clear()
+        self._ids.clear()
+        self._names.clear()
+
+    def _id(self, did: str) -> int:
+        i = self._ids.get(did)
+        if i is None:
+            i = self._ids[did] = len(self._names)
+            self._names.append(did)
+        return i
+
+    def _bucket_arrays(self, b: int) -> _BucketArrays:
+        """Bucket ``b``'s entries as arrays over interned DIDs, made from the copy in memory when they are not
+        made yet (after a recovery, a prune or a deactivation) and kept row by row from then on (:meth:`_put`): a
+        tick reads what changed since the last, not the whole window in Python."""
+        held = self._arrays.get(b)
+        if held is None:
+            held = self._arrays[b] = _BucketArrays()
+            for key, (parts, value) in self._by_bucket.get(b, {}).items():
+                held.put(key, parts, value, self._id)
+        return held
+
     def arrays(self) -> dict[str, Any]:
         """The partition's window as arrays: DIDs with the position of their first appearance (``2 n + role``,
         role 0 as actor, 1 as subject: a single process interns the actor of an event before its subject), each
-        DID's activity, and the attention edges summed over the buckets, sorted by (attender, source). Read from
-        the copy in memory, one pass over the window's entries; the sorting is numpy's."""
+        DID's activity, and the attention edges summed over the buckets, sorted by (attender, source). Each
+        bucket's arrays are kept until it changes (:meth:`_bucket_arrays`); they are put together in bucket order
+        by numpy's unbuffered ``add.at`` (in the order given: the single process's sums, term for term) and
+        ``minimum.at``."""
         assert self.config is not None
         weights = [float(self.config.activity_weights.get(k, 0.0)) for k in ACTIVITY_KINDS]
-        first: dict[str, int] = {}
-        activity: dict[str, float] = {}
-        edges: dict[tuple[str, ...], float] = {}
-        for b in sorted(self._by_bucket):
-            for parts, value in self._by_bucket[b].values():
-                if len(parts) == 1:
-                    actor = parts[0]
-                    pos = 2 * value[KINDS]
-                    if first.get(actor, pos) >= pos:
-                        first[actor] = pos
-                    # count times weight added kind by kind, in float64: the single process's sum, in its order
-                    total = 0.0
-                    for c, wk in zip(value[:KINDS], weights, strict=True):
-                        total += c * wk
-                    activity[actor] = activity.get(actor, 0.0) + total
-                else:
-                    actor, subject = parts
-                    pos = 2 * value[1]
-                    if first.get(actor, pos) >= pos:
-                        first[actor] = pos
-                    if first.get(subject, pos + 1) >= pos + 1:
-                        first[subject] = pos + 1
-                    if value[0] > self._edge_floor:  # an edge deletes brought to zero is no edge
-                        edges[parts] = edges.get(parts, 0.0) + float(value[0])
-        for did, pos in self._dangling.values():
-            if first.get(did, pos) >= pos:
-                first[did] = pos
-        names = list(first)
-        positions = np.fromiter(first.values(), np.int64, len(first))
-        order = np.argsort(positions, kind="stable")  # positions are unique: one DID, one first appearance
-        dids = [names[i] for i in order]
-        rank = np.empty(len(order), np.int64)
+        parts = [self._bucket_arrays(b).view(weights) for b in sorted(self._by_bucket) if self._by_bucket[b]]
+        dangling = [(self._id(did), pos) for did, pos in self._dangling.values()]
+        n = len(self._names)
+        never = np.iinfo(np.int64).max
+        first = np.full(n, never, np.int64)
+        x = np.zeros(n)
+        for p in parts:
+            np.minimum.at(first, p.act_ids, p.act_pos)
+            np.add.at(x, p.act_ids, p.act_total)
+            np.minimum.at(first, p.att, p.edge_pos)
+            np.minimum.at(first, p.src, p.edge_pos + 1)
+        if dangling:
+            held_ids, held_pos = np.array(dangling, np.int64).T
+            np.minimum.at(first, held_ids, held_pos)
+        floor = self._edge_floor
+        live = [p.weight > floor for p in parts]  # an edge deletes brought to zero is no edge
+        att = np.concatenate([p.att[m] for p, m in zip(parts, live, strict=True)] or [np.zeros(0, np.int64)])
+        src = np.concatenate([p.src[m] for p, m in zip(parts, live, strict=True)] or [np.zeros(0, np.int64)])
+        w = np.concatenate([p.weight[m] for p, m in zip(parts, live, strict=True)] or [np.zeros(0)])
+        pairs, where = np.unique(att * max(n, 1) + src, return_inverse=True)
+        summed = np.zeros(len(pairs))
+        np.add.at(summed, where.reshape(-1), w)  # bucket by bucket, as the single process adds them
+        present = np.flatnonzero(first != never)
+        order = present[np.argsort(first[present], kind="stable")]  # unique positions: one DID, one first
+        rank = np.full(n, -1, np.int64)
         rank[order] = np.arange(len(order))
-        index = dict(zip(names, rank.tolist(), strict=True))
-        att = np.fromiter((index[a] for a, _ in edges), np.int64, len(edges))
-        src = np.fromiter((index[s] for _, s in edges), np.int64, len(edges))
-        w = np.fromiter(edges.values(), np.float64, len(edges))
-        by_pair = np.lexsort((src, att))
+        edge_att, edge_src = rank[pairs // max(n, 1)], rank[pairs % max(n, 1)]
+        by_pair = np.lexsort((edge_src, edge_att))
         return {
-            "dids": dids,
-            "first": positions[order],
-            "x": np.fromiter((activity.get(d, 0.0) for d in dids), np.float64, len(dids)),
-            "att": att[by_pair],
-            "src": src[by_pair],
-            "w": w[by_pair],
+            "dids": [self._names[i] for i in order],
+            "first": first[order],
+            "x": x[order],
+            "att": edge_att[by_pair],
+            "src": edge_src[by_pair],
+            "w": summed[by_pair],
         }
 
     def shard(self, tick: Tick, partitions: int) -> Shard:

@@ -1,0 +1,91 @@
+"""A partition's shard arrays, kept row by row as events fold, equal a plain recomputation from its store's keys:
+bit for bit (the activity sums in the single process's order), at every tick of a hostile stream (deletes, edits,
+deactivations, expiries and prunes) and of the bundled archive."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+from streamer.core.state import ACTIVITY_KINDS, StateConfig
+from streamer.distributed import partition_state as ps
+from streamer.distributed.partition_state import KINDS, SEP, PartitionState
+from tests.streamer.distributed import test_partitioned_equality as equality
+
+
+def from_store(state: PartitionState) -> dict[str, Any]:
+    """The oracle: the window read from the store's own keys in bucket order, summed in plain Python floats."""
+    assert state.config is not None
+    weights = [float(state.config.activity_weights.get(k, 0.0)) for k in ACTIVITY_KINDS]
+    floor = state.config.edge_floor
+    prefix = state.prefix
+    keys = [k.split(SEP)[1:] for k in state.store if k.startswith(prefix)]
+    first: dict[str, int] = {}
+    activity: dict[str, float] = {}
+    edges: dict[tuple[str, str], float] = {}
+
+    def seen(did: str, pos: int) -> None:
+        first[did] = min(first.get(did, pos), pos)
+
+    for parts in sorted((p for p in keys if p[0] in "ae"), key=lambda p: int(p[1])):  # stable: bucket order
+        value = state.store[prefix + SEP.join(parts)]
+        if parts[0] == "a":
+            seen(parts[2], 2 * value[KINDS])
+            total = 0.0
+            for c, wk in zip(value[:KINDS], weights, strict=True):
+                total += c * wk
+            activity[parts[2]] = activity.get(parts[2], 0.0) + total
+        else:
+            seen(parts[2], 2 * value[1])
+            seen(parts[3], 2 * value[1] + 1)
+            if value[0] > floor:
+                edges[(parts[2], parts[3])] = edges.get((parts[2], parts[3]), 0.0) + float(value[0])
+    for parts in (p for p in keys if p[0] == "d"):
+        held = state.store[prefix + SEP.join(parts)]
+        seen(parts[1], 2 * held[0] + (held[2] if len(held) > 2 else 0))
+    dids = sorted(first, key=first.__getitem__)
+    rank = {d: i for i, d in enumerate(dids)}
+    pairs = sorted((rank[a], rank[s], w) for (a, s), w in edges.items())
+    return {
+        "dids": dids,
+        "first": np.array([first[d] for d in dids], np.int64),
+        "x": np.array([activity.get(d, 0.0) for d in dids]),
+        "att": np.array([p[0] for p in pairs], np.int64),
+        "src": np.array([p[1] for p in pairs], np.int64),
+        "w": np.array([p[2] for p in pairs], np.float64),
+    }
+
+
+@pytest.fixture
+def checked(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Every arrays() call compared with the oracle; the count of comparisons."""
+    made = ps.PartitionState.arrays
+    count: list[int] = []
+
+    def compared(self: PartitionState) -> dict[str, Any]:
+        got, want = made(self), from_store(self)
+        assert got["dids"] == want["dids"]
+        for k in ("first", "x", "att", "src", "w"):
+            assert got[k].dtype == want[k].dtype and np.array_equal(got[k], want[k]), k
+        count.append(1)
+        return got
+
+    monkeypatch.setattr(ps.PartitionState, "arrays", compared)
+    return count
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_the_arrays_equal_the_store_through_a_hostile_stream(checked: list[int], seed: int) -> None:
+    equality._both_modes(equality.hostile_stream(seed))
+    assert len(checked) > 60
+
+
+def test_the_arrays_equal_the_store_over_the_bundled_archive(checked: list[int]) -> None:
+    from streamer.core.attribution import AttributionConfig
+    from streamer.distributed.sequencer import Sequencer
+
+    dist = equality.Partitioned(3, StateConfig(), AttributionConfig(), 1 << 20)
+    dist.run(equality.ARCHIVE, Sequencer(StateConfig(), 3600.0))
+    assert len(checked) == 3 * 24
