@@ -37,7 +37,7 @@ published before any later record was folded, and one made now would hold events
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator, MutableMapping
+from collections.abc import Iterable, Iterator, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -121,7 +121,7 @@ class PartitionState:
     """See the module doc. ``config`` is taken from the store when the partition has one (the ``config`` control
     record, see :meth:`configure`)."""
 
-    def __init__(self, partition: int, store: MutableMapping[str, Any]) -> None:
+    def __init__(self, partition: int, store: MutableMapping[str, Any], keys: Iterable[str] | None = None) -> None:
         self.partition = partition
         self.store = store
         self.prefix = f"{partition}{SEP}"
@@ -139,7 +139,7 @@ class PartitionState:
         self._ids: dict[str, int] = {}
         self._names: list[str] = []
         self.skipped: Counter[str] = Counter()  # records not folded, by reason (this process's, not durable)
-        self._rebuild()
+        self._rebuild(keys)
 
     # the keys --------------------------------------------------------------------------------------------------
     def _key(self, *parts: object) -> str:
@@ -149,14 +149,15 @@ class PartitionState:
         prefix = self.prefix
         return (k for k in list(self.store.keys()) if isinstance(k, str) and k.startswith(prefix))
 
-    def _rebuild(self) -> None:
-        """The in-memory index of the partition's keys, from the store (after a recovery)."""
+    def _rebuild(self, keys: Iterable[str] | None = None) -> None:
+        """The in-memory index of the partition's keys, from the store (after a recovery); ``keys``: the
+        partition's keys when the caller has them (:func:`keys_by_partition`), else the store is scanned."""
         self._by_bucket.clear()
         self._dangling.clear()
         self._records.clear()
         self._record_bucket.clear()
         self._forget_arrays()
-        for key in self._own_keys():
+        for key in self._own_keys() if keys is None else keys:
             parts = key.split(SEP)
             if parts[1] in ("a", "e"):
                 self._by_bucket.setdefault(int(parts[2]), {})[key] = (tuple(parts[3:]), list(self.store[key]))
@@ -490,3 +491,15 @@ class PartitionState:
             arrays=self.arrays(),
             config=dict(self.store[self._key("c")]),
         )
+
+
+def keys_by_partition(store: MutableMapping[str, Any]) -> dict[int, list[str]]:
+    """Every key of a table holding several partitions, grouped by partition in one pass: a worker given many
+    partitions after a rebalance reads its table once, not once per partition."""
+    out: dict[int, list[str]] = {}
+    for key in list(store.keys()):
+        if isinstance(key, str):
+            head, sep, _ = key.partition(SEP)
+            if sep and head.isdigit():
+                out.setdefault(int(head), []).append(key)
+    return out

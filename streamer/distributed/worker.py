@@ -40,7 +40,7 @@ from streamer.distributed.defaults import (
     WORKER_DATA_DIR,
     WORKER_STORE,
 )
-from streamer.distributed.partition_state import PartitionState
+from streamer.distributed.partition_state import PartitionState, keys_by_partition
 from streamer.distributed.ride_out import BrokerLink, probe, reachable
 from streamer.distributed.shards import CHUNK_BYTES
 
@@ -247,12 +247,14 @@ def make_app(config: WorkerConfig, partitions: int, metrics: WorkerMetrics | Non
     schema = faust.Schema(key_type=str, key_serializer="json", value_serializer="json")
     table = app.Table(TABLE, partitions=partitions, schema=schema)
     states: dict[int, PartitionState] = {}
+    owned: dict[int, list[str]] = {}  # the table's keys by partition, read once after a rebalance
     if metrics is not None:
         metrics.bind(app)
 
     @app.on_partitions_revoked.connect
     async def _forget(sender: Any, revoked: Any, **kwargs: Any) -> None:
         states.clear()  # partitions may move: each index is rebuilt from the (recovered) table when next used
+        owned.clear()
         if metrics is not None:
             metrics.forget()
 
@@ -267,7 +269,11 @@ def make_app(config: WorkerConfig, partitions: int, metrics: WorkerMetrics | Non
             msg = event.message
             state = states.get(msg.partition)
             if state is None:
-                state = states[msg.partition] = PartitionState(msg.partition, table)
+                if not states:  # the first partition used since the (re)assignment: one pass over the table
+                    owned.clear()
+                    owned.update(keys_by_partition(table))
+                keys = owned.pop(msg.partition, [])
+                state = states[msg.partition] = PartitionState(msg.partition, table, keys)
                 log.info(
                     "partition %d: folding from offset %d (%d events held)", msg.partition, msg.offset, state.events
                 )

@@ -89,3 +89,36 @@ def test_the_arrays_equal_the_store_over_the_bundled_archive(checked: list[int])
     dist = equality.Partitioned(3, StateConfig(), AttributionConfig(), 1 << 20)
     dist.run(equality.ARCHIVE, Sequencer(StateConfig(), 3600.0))
     assert len(checked) == 3 * 24
+
+
+class CountingStore(dict):  # type: ignore[type-arg]
+    """A store that counts how often it is scanned."""
+
+    scans = 0
+
+    def keys(self) -> Any:
+        type(self).scans += 1
+        return super().keys()
+
+
+def test_a_worker_given_many_partitions_reads_its_table_once() -> None:
+    """After a rebalance a worker's partitions are rebuilt from one pass over the table (``keys_by_partition``),
+    and each is the partition a scan of its own rebuilds."""
+    from streamer.core.attribution import AttributionConfig
+    from streamer.distributed.partition_state import keys_by_partition
+    from streamer.distributed.sequencer import Sequencer, Tick
+
+    dist = equality.Partitioned(4, StateConfig(), AttributionConfig(), 1 << 20)
+    dist.run(equality.ARCHIVE, Sequencer(StateConfig(), 3600.0))
+    store = CountingStore(dist.store)
+    CountingStore.scans = 0
+    owned = keys_by_partition(store)
+    rebuilt = [PartitionState(p, store, owned.pop(p, [])) for p in range(4)]
+    assert CountingStore.scans == 1 and not owned
+    tick = Tick(as_of_us=1, final=True)
+    for p, state in enumerate(rebuilt):
+        scanned = PartitionState(p, dict(dist.store))
+        a, b = state.shard(tick, 4), scanned.shard(tick, 4)
+        assert a.arrays["dids"] == b.arrays["dids"] and (a.events, a.head) == (b.events, b.head)
+        for k in ("first", "x", "att", "src", "w"):
+            assert np.array_equal(a.arrays[k], b.arrays[k]), k
