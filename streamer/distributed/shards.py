@@ -124,19 +124,28 @@ def merge(shards: Sequence[Shard], config: StateConfig, followers: Followers | N
         raise ValueError("no shards to merge")
     dids_all = [d for s in shards for d in s.arrays["dids"]]
     first_all = np.concatenate([s.arrays["first"] for s in shards])
-    order = np.argsort(first_all, kind="stable")
-    index: dict[str, int] = {}
-    for i in order.tolist():  # earliest appearance first; a DID met again (as a subject elsewhere) keeps its place
-        index.setdefault(dids_all[i], len(index))
-    dids = list(index)
+    group, names = _group(dids_all)  # each entry's DID as a number, and the DIDs those numbers name
+    # earliest appearance first (a DID met again, as a subject elsewhere, keeps its place): a DID's place is that
+    # of its first entry in the stable order of the positions
+    place = np.empty(len(first_all), np.int64)
+    place[np.argsort(first_all, kind="stable")] = np.arange(len(first_all))
+    earliest = np.full(len(names), np.iinfo(np.int64).max)
+    np.minimum.at(earliest, group, place)
+    ranked = np.argsort(earliest, kind="stable")
+    rank = np.empty(len(names), np.int64)
+    rank[ranked] = np.arange(len(names))
+    dids = [names[i] for i in ranked.tolist()]
     n = len(dids)
+    global_of = rank[group]  # each entry's index in the snapshot
     x = np.zeros(n)
+    np.add.at(x, global_of, np.concatenate([s.arrays["x"] for s in shards]))  # shard by shard, in order
     att_parts, src_parts, w_parts = [], [], []
+    start = 0
     for s in shards:
         a = s.arrays
-        local = np.array([index[d] for d in a["dids"]], np.int64)
+        local = global_of[start : start + len(a["dids"])]
+        start += len(a["dids"])
         if len(local):
-            np.add.at(x, local, a["x"])
             att_parts.append(local[a["att"]])
             src_parts.append(local[a["src"]])
             w_parts.append(a["w"])
@@ -147,10 +156,27 @@ def merge(shards: Sequence[Shard], config: StateConfig, followers: Followers | N
     if len(att):
         from kernels import AttentionGraph
 
-        by_pair = np.lexsort((src, att))
+        by_pair = np.argsort(att * max(n, 1) + src)  # pairs are unique: one key each, sorted by (attender, source)
         att, src, w = att[by_pair], src[by_pair], w[by_pair]
         graph = AttentionGraph(att.astype(np.int32), src.astype(np.int32), w, max(n, 1))
     visibility = visibility_of(dids, src, followers, x)
     start, end = window_bounds(config, max(s.head for s in shards), (s.newest_bucket for s in shards))
     events = sum(s.events for s in shards)
     return Snapshot(x, visibility, graph, dids, start, end, events)
+
+
+def _group(dids: list[str]) -> tuple[np.ndarray, list[str]]:
+    """Each DID of ``dids`` as the number of its distinct value, and those values (in order of first entry):
+    grouped by Python's string hash (mapped in C, sorted by numpy), the groups checked string for string, so a
+    shard of millions of accounts is merged without a Python loop over them; hashes that collide (or a check that
+    fails) fall back to a dict."""
+    hashes = np.fromiter(map(hash, dids), np.int64, len(dids))
+    _, first, group = np.unique(hashes, return_index=True, return_inverse=True)
+    group = group.reshape(-1)
+    values = np.array(dids, dtype=object)
+    named = values[first]
+    if bool((named[group] == values).all()):  # each DID the same string as its group's first: no collision
+        return group, named.tolist()
+    index: dict[str, int] = {}  # two DIDs share a hash: number them by the strings themselves
+    group = np.fromiter((index.setdefault(d, len(index)) for d in dids), np.int64, len(dids))
+    return group, list(index)

@@ -122,3 +122,22 @@ def test_a_worker_given_many_partitions_reads_its_table_once() -> None:
         assert a.arrays["dids"] == b.arrays["dids"] and (a.events, a.head) == (b.events, b.head)
         for k in ("first", "x", "att", "src", "w"):
             assert np.array_equal(a.arrays[k], b.arrays[k]), k
+
+
+def test_shards_merge_alike_when_every_did_hash_collides(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The merge numbers DIDs by their string hash and checks each group string for string: with every hash the
+    same it falls back to numbering by the strings, and the snapshot is the same."""
+    from streamer.core.attribution import AttributionConfig
+    from streamer.distributed import shards
+    from streamer.distributed.sequencer import Sequencer, Tick
+
+    dist = equality.Partitioned(3, StateConfig(), AttributionConfig(), 1 << 20)
+    dist.run(equality.ARCHIVE, Sequencer(StateConfig(), 3600.0))
+    parts = [state.shard(Tick(as_of_us=1, final=True), 3) for state in dist.states]
+    want = shards.merge(parts, StateConfig())
+    monkeypatch.setattr(shards, "hash", lambda did: 7, raising=False)
+    got = shards.merge(parts, StateConfig())
+    assert got.dids == want.dids and len(set(got.dids)) == len(got.dids) > 1000
+    assert np.array_equal(got.x, want.x) and np.array_equal(got.visibility, want.visibility)
+    for k in ("attender", "source", "weight"):
+        assert np.array_equal(np.asarray(getattr(got.graph, k)), np.asarray(getattr(want.graph, k))), k
