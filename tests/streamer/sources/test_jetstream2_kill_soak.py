@@ -47,21 +47,8 @@ def _by_did(state: object) -> tuple[dict[str, float], set[tuple[str, str, float]
 
 def test_backfill_then_live_survives_sigkill_in_both_phases(tmp_path: Path) -> None:
     reference = tmp_path / "reference"
-    replay = [
-        sys.executable,
-        "-m",
-        "streamer",
-        "replay",
-        str(default_archive()),
-        "--no-progress",
-        "--quiet",
-        "--interval",
-        "3600",
-        "--checkpoint-dir",
-        str(reference),
-        "--out",
-        str(tmp_path / "replay.jsonl"),
-    ]
+    flags = f"--no-progress --quiet --interval 3600 --checkpoint-dir {reference} --out {tmp_path / 'replay.jsonl'}"
+    replay = [sys.executable, "-m", "streamer", "replay", str(default_archive()), *flags.split()]
     subprocess.run(replay, check=True, capture_output=True, timeout=300)
     ckpt, out = tmp_path / "ckpt", tmp_path / "results.jsonl"
     env = {**os.environ, "SKYATTR_JETSTREAM2_API_KEY": KEY}
