@@ -107,11 +107,20 @@ async def _consume_all(bootstrap: str, topic: str, n: int) -> list[Any]:
     try:
         consumer.assign([tp])
         await consumer.seek_to_beginning(tp)
-        end = (await consumer.end_offsets([tp]))[tp]  # the last stable offset: commit markers count
         got: list[Any] = []
-        while await consumer.position(tp) < end:
-            batch = await consumer.getmany(tp, timeout_ms=1000)
-            got.extend(batch.get(tp, []))
+        # The broker writes a committed transaction's markers after answering the commit, so the last stable
+        # offset can trail the sink's flush for a moment (long after a broker restart): read until the n records
+        # are there or 30 s pass, then once more after a second, so a duplicate written late shows too.
+        deadline, settled = time.monotonic() + 30.0, False
+        while True:
+            end = (await consumer.end_offsets([tp]))[tp]  # the last stable offset: commit markers count
+            while await consumer.position(tp) < end:
+                batch = await consumer.getmany(tp, timeout_ms=1000)
+                got.extend(batch.get(tp, []))
+            if (len(got) >= n and settled) or time.monotonic() > deadline:
+                break
+            settled = len(got) >= n
+            await asyncio.sleep(1.0 if settled else 0.2)
         assert len(got) == n, f"{topic} holds {len(got)} committed records, expected exactly {n}"
         return got
     finally:
