@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import errno
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -24,7 +24,9 @@ from streamer.sources.relay_server import (
     Misbehaviour,
     Relay,
 )
-from streamer.testing.jetstream2_server import Jetstream2Server
+
+if TYPE_CHECKING:  # aiohttp, which the local v2 runs on, is imported only when it is asked for
+    from streamer.testing.jetstream2_server import Jetstream2Server
 
 
 def banner(relay: Relay) -> str:
@@ -165,6 +167,8 @@ def relay_command(
         )
         v2 = None
         if jetstream2_port is not None:
+            from streamer.testing.jetstream2_server import Jetstream2Server
+
             key = settings.archive_key() or LOCAL_KEY
             v2 = Jetstream2Server(
                 archive, host, jetstream2_port, unsealed=jetstream2_unsealed, api_key=key, train_dictionary=True

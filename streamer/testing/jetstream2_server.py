@@ -72,6 +72,7 @@ class _Message:
     did: str | None = None
     kind: str | None = None
     collection: str | None = None
+    payload: dict[str, Any] | None = None  # what ``text`` holds, kept: not parsed back for the archive or a banner
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,7 +217,7 @@ class Jetstream2Server(Served):
 
     def payloads(self) -> list[dict[str, Any]]:
         """The v2 payloads served (hostile messages left out)."""
-        return [json.loads(m.text)["payload"] for m in self.messages if m.did is not None]
+        return [m.payload for m in self.messages if m.payload is not None]
 
     def _build(self, items: Iterable[Any]) -> None:
         seq = self.first_seq
@@ -227,7 +228,7 @@ class Jetstream2Server(Served):
                 continue
             payload = to_jetstream2(item, seq)
             kind = str(payload["$type"]).removeprefix(PREFIX)
-            messages.append(_Message(seq, _frame(payload), item.actor, kind, payload.get("collection")))
+            messages.append(_Message(seq, _frame(payload), item.actor, kind, payload.get("collection"), payload))
             seq += 1
         self.messages = messages
 
