@@ -1,7 +1,7 @@
 """Prometheus metrics and the HTTP endpoints ``/metrics``, ``/healthz`` and ``/readyz``.
 
 Each :class:`Metrics` owns its own registry (several daemons or tests can live in one process). The HTTP server is
-the standard library's threading server around prometheus-client's exposition, so a slow scrape never blocks
+the standard library's threading WSGI server around prometheus-client's exposition app, so a slow scrape never blocks
 ingest; it is bounded (at most ``MAX_CONNECTIONS`` at once, each with ``CONNECTION_TIMEOUT_S`` for its whole
 request and reply), so idle or slow clients cannot pile up threads. ``/healthz`` answers 200 while the process is
 alive; ``/readyz`` answers 200 once the state is restored and the source is connected (or replaying), else 503
@@ -17,12 +17,13 @@ import socket
 import socketserver
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from socketserver import ThreadingMixIn
 from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.exposition import make_wsgi_app
 from prometheus_client.registry import Collector
 
 from kernels.bias import CRITERIA
@@ -45,7 +46,8 @@ class Endpoint:
         self.ready = False
         self.not_ready_reason = "starting"
         self.port: int | None = None
-        self._server: ThreadingHTTPServer | None = None
+        self._server: _BoundedWSGIServer | None = None
+        self._exposition = make_wsgi_app(self.registry)
         self.kafka_connected: bool | None = None  # None: no broker to track (see track_kafka)
         self._kafka_waiting = "connecting to Kafka"
 
@@ -76,6 +78,26 @@ class Endpoint:
         return self.ready, self.not_ready_reason
 
     # HTTP ----------------------------------------------------------------------------------------------------
+    def app(self, environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        """The WSGI application: ``/metrics`` is prometheus-client's own exposition app (text or OpenMetrics by
+        the ``Accept`` header, gzip when asked, ``name[]`` to select families, ``HEAD``/``OPTIONS``);
+        ``/healthz`` and ``/readyz`` are answered here."""
+        path = environ.get("PATH_INFO", "")
+        if path == "/metrics":
+            return self._exposition(environ, start_response)  # type: ignore[no-any-return]
+        if path == "/healthz":
+            status, body = "200 OK", b"ok\n"
+        elif path == "/readyz":
+            ready, reason = self.readiness()
+            status, body = (
+                ("200 OK", b"ready\n") if ready else ("503 Service Unavailable", f"not ready: {reason}\n".encode())
+            )
+        else:
+            status, body = "404 Not Found", b"not found\n"
+        data = body if isinstance(body, bytes) else body.encode()
+        start_response(status, [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(data)))])
+        return [data]
+
     def serve(
         self,
         port: int,
@@ -88,47 +110,17 @@ class Endpoint:
 
         ``host`` is loopback unless told otherwise (``--metrics-host``): the endpoints carry no authentication. A
         bind failure is an ``OSError`` naming the address."""
-        metrics = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def setup(self) -> None:
-                super().setup()
-                # one deadline for the whole request: a per-read timeout alone lets a client that sends a byte
-                # every few seconds hold its thread (and pool slot) forever
-                self.rfile.close()
-                self.rfile = io.BufferedReader(_DeadlineReader(self.connection, time.monotonic() + timeout))
-
-            def do_GET(self) -> None:
-                path = self.path.split("?", 1)[0]
-                if path == "/metrics":
-                    self._reply(200, generate_latest(metrics.registry), CONTENT_TYPE_LATEST)
-                elif path == "/healthz":
-                    self._reply(200, b"ok\n")
-                elif path == "/readyz":
-                    ready, reason = metrics.readiness()
-                    if ready:
-                        self._reply(200, b"ready\n")
-                    else:
-                        self._reply(503, f"not ready: {reason}\n".encode())
-                else:
-                    self._reply(404, b"not found\n")
-
-            def _reply(self, code: int, body: bytes, ctype: str = "text/plain; charset=utf-8") -> None:
-                self.send_response(code)
-                self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: Any) -> None:  # scrapes (and timed-out idlers) are not worth a log line
-                return
+        class Handler(_QuietHandler):
+            deadline_s = timeout
 
         Handler.timeout = timeout  # socket timeout of each read and write, under the deadline above
-        server_class = _BoundedHTTPServer6 if ":" in host else _BoundedHTTPServer
+        server_class = _BoundedWSGIServer6 if ":" in host else _BoundedWSGIServer
         try:
             self._server = server_class((host, port), Handler, max_connections)
         except OSError as exc:
             raise OSError(exc.errno, f"cannot serve /metrics on {host}:{port}: {exc.strerror or exc}") from None
+        self._server.set_app(self.app)
         self.port = int(self._server.server_address[1])
         threading.Thread(target=self._server.serve_forever, name="skyattr-metrics", daemon=True).start()
         return self.port
@@ -298,7 +290,22 @@ class _DeadlineReader(io.RawIOBase):
         return self._sock.recv_into(buffer)
 
 
-class _BoundedHTTPServer(ThreadingHTTPServer):
+class _QuietHandler(WSGIRequestHandler):
+    """wsgiref's handler with one deadline for the whole request (a per-read timeout alone lets a client that
+    sends a byte every few seconds hold its thread, and its slot, forever), and no log line per scrape."""
+
+    deadline_s = CONNECTION_TIMEOUT_S
+
+    def setup(self) -> None:
+        super().setup()
+        self.rfile.close()
+        self.rfile = io.BufferedReader(_DeadlineReader(self.connection, time.monotonic() + self.deadline_s))
+
+    def log_message(self, *args: Any) -> None:  # scrapes (and timed-out idlers) are not worth a log line
+        return
+
+
+class _BoundedWSGIServer(ThreadingMixIn, WSGIServer):
     """A thread per connection, at most ``max_connections`` of them: one more is closed as soon as it is accepted,
     so a thousand idle clients cost a thousand short-lived sockets, not a thousand threads."""
 
@@ -306,7 +313,7 @@ class _BoundedHTTPServer(ThreadingHTTPServer):
     block_on_close = False  # close() does not wait for clients still within their deadline
     request_queue_size = 1024  # listen backlog: a burst of connections waits here instead of being refused
 
-    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], max_connections: int) -> None:
+    def __init__(self, address: tuple[str, int], handler: type[WSGIRequestHandler], max_connections: int) -> None:
         self._slots = threading.BoundedSemaphore(max_connections)
         super().__init__(address, handler)
 
@@ -315,6 +322,7 @@ class _BoundedHTTPServer(ThreadingHTTPServer):
         socketserver.TCPServer.server_bind(self)
         host, port = self.server_address[:2]
         self.server_name, self.server_port = str(host), int(port)
+        self.setup_environ()
 
     def process_request(self, request: Any, client_address: Any) -> None:
         if not self._slots.acquire(blocking=False):
@@ -337,7 +345,7 @@ class _BoundedHTTPServer(ThreadingHTTPServer):
         log.debug("metrics connection from %s ended with an error", client_address, exc_info=True)
 
 
-class _BoundedHTTPServer6(_BoundedHTTPServer):
+class _BoundedWSGIServer6(_BoundedWSGIServer):
     address_family = socket.AF_INET6
 
 

@@ -162,3 +162,33 @@ def test_a_worker_metric_named_like_one_its_app_collector_yields_is_refused() ->
     m = WorkerMetrics("skyattr.events")
     with pytest.raises(ValueError, match="skyattr_worker_consumer_lag"):
         Gauge("skyattr_worker_consumer_lag", "a second metric of that name", ["partition"], registry=m.registry)
+
+
+def test_metrics_negotiates_openmetrics_gzip_and_a_family_filter_as_prometheus_asks() -> None:
+    """Prometheus asks for OpenMetrics (exemplars, ``# EOF``) and gzip; a hand-written text-only reply would pass
+    every other test here and fail this one. Parsed back by prometheus-client's own OpenMetrics parser."""
+    import gzip
+    import urllib.request
+
+    from prometheus_client.openmetrics.parser import text_string_to_metric_families
+
+    metrics = Metrics()
+    metrics.active_agents.set(7)
+    port = metrics.serve(0)
+    try:
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/metrics?name[]=skyattr_active_agents",
+            headers={"Accept": "application/openmetrics-text; version=1.0.0", "Accept-Encoding": "gzip"},
+        )
+        with urllib.request.urlopen(request, timeout=10) as reply:
+            assert reply.headers["Content-Type"].startswith("application/openmetrics-text")
+            assert reply.headers["Content-Encoding"] == "gzip"
+            text = gzip.decompress(reply.read()).decode()
+        assert text.endswith("# EOF\n")
+        families = {f.name: f for f in text_string_to_metric_families(text)}
+        assert list(families) == ["skyattr_active_agents"]  # the filter: one family, not the registry
+        assert families["skyattr_active_agents"].samples[0].value == 7
+        status, plain = http_get(f"http://127.0.0.1:{port}/metrics")  # no Accept: the classic text, every family
+        assert status == 200 and "# EOF" not in plain and "skyattr_attribution_runs" in plain
+    finally:
+        metrics.stop_serving()
