@@ -11,13 +11,10 @@ commands turn that into exit status 2.
 
 from __future__ import annotations
 
-import contextvars
 import ipaddress
 import json
-import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Literal
@@ -28,10 +25,10 @@ from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
     EnvSettingsSource,
+    InitSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     SettingsError,
-    YamlConfigSettingsSource,
 )
 
 import kernels
@@ -310,16 +307,9 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        """Flags (init kwargs) > environment > YAML file; no .env file, no secrets directory. What to read comes
-        from the :func:`load_settings` call in progress (none: ``os.environ`` and no file)."""
-        load = _LOAD.get() or _Load()
-        sources: list[tuple[PydanticBaseSettingsSource, str]] = [
-            (init_settings, "flags"),
-            (_Environment(settings_cls, load.env), "environment"),
-        ]
-        if load.config_file is not None:
-            sources.append((_YamlFile(settings_cls, load.config_file), "config file"))
-        return tuple(_Traced(settings_cls, source, where, load.origin) for source, where in sources)
+        """``Settings(**flags)`` alone: flags > ``os.environ``; no .env file, no secrets directory, no YAML file
+        (:func:`load_settings` hands its own sources, the file among them, to the one instance it builds)."""
+        return init_settings, _Environment(settings_cls, None)
 
     @field_validator("*", mode="before")
     @classmethod
@@ -541,18 +531,6 @@ def _message(err: Any) -> str:
 # ------------------------------------------------------------------------------------------------ sources
 
 
-@dataclass
-class _Load:
-    """What one :func:`load_settings` call reads, and where each option it got came from (for the error line)."""
-
-    config_file: Path | None = None
-    env: Mapping[str, str] | None = None
-    origin: dict[str, str] = field(default_factory=dict)
-
-
-_LOAD: contextvars.ContextVar[_Load | None] = contextvars.ContextVar("skyattr_settings_load", default=None)
-
-
 class _Traced(PydanticBaseSettingsSource):
     """A source that records which options it supplied (sources are called highest priority first, so the first
     to name an option is where its value came from). A mapping value is handed on read-only: pydantic-settings
@@ -585,15 +563,13 @@ class _Environment(EnvSettingsSource):
     :func:`parse_json_object`, naming the variable in its error; another complex one (a list) as JSON."""
 
     def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str] | None) -> None:
-        self._environ = os.environ if environ is None else environ
-        super().__init__(settings_cls)
-
-    def _load_env_vars(self) -> Mapping[str, str | None]:
-        return {
-            (k if self.case_sensitive else k.lower()): v
-            for k, v in self._environ.items()
-            if not (self.env_ignore_empty and v == "")
-        }
+        super().__init__(settings_cls)  # reads os.environ
+        if environ is not None:  # a given mapping instead, keyed as the stock source keys os.environ
+            self.env_vars = {
+                (k if self.case_sensitive else k.lower()): v
+                for k, v in environ.items()
+                if not (self.env_ignore_empty and v == "")
+            }
 
     def decode_complex_value(self, field_name: str, field: FieldInfo, value: Any) -> Any:
         if field_name in DICT_FIELDS:
@@ -607,28 +583,21 @@ class _Environment(EnvSettingsSource):
             raise ConfigError(f"invalid config: {where} must be JSON ({exc})") from None
 
 
-class _YamlFile(YamlConfigSettingsSource):
-    """The ``--config`` file: it must exist and hold a mapping; keys may use ``-`` for ``_``."""
-
-    def __init__(self, settings_cls: type[BaseSettings], path: Path) -> None:
-        if not path.is_file():  # the stock source skips a missing file; a named one that is not there is an error
-            _read_text(path)
-        super().__init__(settings_cls, yaml_file=path)
-
-    def _read_file(self, file_path: Any) -> dict[str, Any]:
-        path = Path(file_path)
-        text = _read_text(path)
-        try:
-            data = yaml.load(text, Loader=_Loader)
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"config file {path} is not valid YAML: {' '.join(str(exc).split())}") from None
-        except RecursionError:
-            raise ConfigError(f"config file {path} is nested too deeply") from None
-        if data is None:
-            return {}
-        if not isinstance(data, dict):
-            raise ConfigError(f"config file {path} must hold a mapping of option: value")
-        return {str(k).replace("-", "_"): v for k, v in data.items()}
+def _read_config_file(path: Path) -> dict[str, Any]:
+    """The ``--config`` file as a mapping (keys may use ``-`` for ``_``); it must exist, be YAML and hold a
+    mapping, else one ConfigError naming it. Handed to pydantic-settings as any other mapping source."""
+    text = _read_text(path)
+    try:
+        data = yaml.load(text, Loader=_Loader)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {' '.join(str(exc).split())}") from None
+    except RecursionError:
+        raise ConfigError(f"config file {path} is nested too deeply") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of option: value")
+    return {str(k).replace("-", "_"): v for k, v in data.items()}
 
 
 def _read_text(path: Path) -> str:
@@ -726,10 +695,16 @@ def load_settings(
             given.setdefault(section, {})[name] = v
         else:
             given[k] = parse_json_object(v, flag_name(k)) if k in DICT_FIELDS and isinstance(v, str) else v
-    load = _Load(config_file=config_file, env=env)
-    token = _LOAD.set(load)
+    origin: dict[str, str] = {}  # option -> where its value came from (for the error line)
+    layers: list[tuple[PydanticBaseSettingsSource, str]] = [
+        (InitSettingsSource(Settings, init_kwargs=given), "flags"),
+        (_Environment(Settings, env), "environment"),
+    ]
+    if config_file is not None:
+        layers.append((InitSettingsSource(Settings, init_kwargs=_read_config_file(config_file)), "config file"))
+    sources = tuple(_Traced(Settings, source, where, origin) for source, where in layers)
     try:
-        settings = Settings(**given)
+        settings = Settings(_build_sources=(sources, given))
     except ValidationError as exc:
         err = exc.errors()[0]
         message = _message(err)
@@ -739,11 +714,9 @@ def load_settings(
         field_name = str(err["loc"][0])
         if err["type"] in BOUNDS and field_name in RULES:
             message += f"; {RULES[field_name]}"
-        source = load.origin.get(field_name, "defaults")
+        source = origin.get(field_name, "defaults")
         raise ConfigError(f"invalid config: {name}: {message} (from {source})") from None
-    finally:
-        _LOAD.reset(token)
-    params_from = load.origin.get("indicator_params", load.origin.get("indicator", "defaults"))
+    params_from = origin.get("indicator_params", origin.get("indicator", "defaults"))
     _check_indicator_params(settings.indicator_params, params_from)
     try:  # the indicator's own parameter checks (kernels.indicators), before anything starts
         kernels.get_indicator(settings.indicator, **settings.indicator_params)
