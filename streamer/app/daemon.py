@@ -443,6 +443,11 @@ class LiveFeed:
     clock: Clock = "wall"
 
     @property
+    def at_least_once(self) -> bool:
+        """Jetstream v2 delivers at least once (a commit can come again under a new seq)."""
+        return self.settings.source == "jetstream2"
+
+    @property
     def where(self) -> str:
         s = self.settings
         return {"jetstream": s.jetstream_url, "jetstream2": s.jetstream2_url}.get(s.source, s.relay)

@@ -142,6 +142,7 @@ def ingest_command(
             transactional_id=settings.ingest.transactional_id,
             link=link,
             totals=stats,
+            at_least_once=v2,
         )
 
     try:

@@ -52,6 +52,7 @@ class ArchiveFeed:
     source: ArchiveSource | None = None
     mode: Literal["live", "replay"] = "replay"
     clock: Clock = "event"
+    at_least_once: bool = False  # an archive's items are each read once
 
     def identity(self) -> dict[str, Any]:
         return {"archive": file_identity(self.path)}

@@ -37,6 +37,7 @@ from streamer.core.dispatch import SequentialDispatcher
 from streamer.core.followers import Followers
 from streamer.core.pipeline import Clock, Ended, Pipeline
 from streamer.core.results import Result
+from streamer.core.revs import RevGuard
 from streamer.core.schedule import ScheduleState
 from streamer.core.seqs import SeenSeqs
 from streamer.core.source import Source, SourceStats
@@ -52,6 +53,7 @@ class Resumed:
     cursor: int = -1
     seen: SeenSeqs | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    revs: RevGuard | None = None
 
     @property
     def fresh(self) -> bool:
@@ -63,6 +65,7 @@ class Feed(Protocol):
 
     mode: Literal["live", "replay"]
     clock: Clock
+    at_least_once: bool  # its source may send an event again under a new position: dedupe by (DID, rev)
 
     def identity(self) -> dict[str, Any]:
         """What the checkpoint's dependencies record of the feed (an archive's size and head hash)."""
@@ -180,12 +183,13 @@ class Run:
         loaded = store.resume(options.config, options.followers, check=feed.check) if store is not None else None
         if loaded is not None:
             state, cursor, extra = loaded
-            resumed = Resumed(cursor, extra.get("seen"), extra)
+            resumed = Resumed(cursor, extra.get("seen"), extra, extra.get("revs"))
         else:
             state, resumed = AgentState(options.config, options.followers), Resumed()
         stats = SourceStats()
+        revs = (resumed.revs if resumed.revs is not None else RevGuard()) if feed.at_least_once else None
         dispatcher = SequentialDispatcher(
-            state, stats, cursor=resumed.cursor, seen=resumed.seen, clock=_receive_clock(feed.clock)
+            state, stats, cursor=resumed.cursor, seen=resumed.seen, clock=_receive_clock(feed.clock), revs=revs
         )
         dispatcher.at_cursor = list(resumed.extra.get("at_cursor") or [])
         pipeline = Pipeline(
@@ -221,7 +225,7 @@ class Run:
             "at_cursor": list(d.at_cursor),
         }
         try:
-            await self.store.save(d.state, d.cursor, d.seen, info)
+            await self.store.save(d.state, d.cursor, d.seen, info, d.revs)
         except OSError as exc:
             log.error("checkpoint to %s failed: %s", self.store.directory, exc)
             self.outlet.checkpointed(None)

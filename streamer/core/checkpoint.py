@@ -20,6 +20,8 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from streamer.core.durable import atomic_write
 from streamer.core.followers import Followers
+from streamer.core.revs import ARRAY as REV_GUARD
+from streamer.core.revs import RevGuard
 from streamer.core.seqs import SeenSeqs
 from streamer.core.state import AgentState, StateConfig
 
@@ -33,24 +35,33 @@ def save_checkpoint(
     cursor: int,
     extra: dict[str, Any] | None = None,
     seen: SeenSeqs | None = None,
+    revs: RevGuard | None = None,
 ) -> Path:
-    """Write state + cursor (+ the ring of seqs seen lately) atomically to ``directory/state.npz``."""
-    arrays, meta = _arrays(state, seen)
+    """Write state + cursor (+ the ring of seqs seen lately, + the (DID, rev) guard) atomically to
+    ``directory/state.npz``."""
+    arrays, meta = _arrays(state, seen, revs)
     return write_checkpoint(directory, arrays, meta, cursor, extra)
 
 
-def capture(state: AgentState, seen: SeenSeqs | None = None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+def capture(
+    state: AgentState, seen: SeenSeqs | None = None, revs: RevGuard | None = None
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """A private copy of the state's arrays: taken on the ingest thread (a memory copy), written elsewhere while
     ingest goes on."""
-    arrays, meta = _arrays(state, seen)
+    arrays, meta = _arrays(state, seen, revs)
     return {k: np.array(v, copy=True) for k, v in arrays.items()}, meta
 
 
-def _arrays(state: AgentState, seen: SeenSeqs | None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """What a checkpoint holds besides its metadata: the state's arrays and, when given, the seen-seq ring."""
+def _arrays(
+    state: AgentState, seen: SeenSeqs | None, revs: RevGuard | None
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """What a checkpoint holds besides its metadata: the state's arrays and, when given, the seen-seq ring and
+    the (DID, rev) guard, both as the dispatcher held them with this state."""
     arrays, meta = state.to_arrays()
     if seen is not None:
         arrays.update(seen.to_arrays())
+    if revs is not None:
+        arrays.update(revs.to_arrays())
     return arrays, meta
 
 
@@ -154,7 +165,8 @@ def load_checkpoint(
     directory: str | Path, followers: Followers | None = None
 ) -> tuple[AgentState, int, dict[str, Any]] | None:
     """(state, cursor, extra) from ``directory/state.npz``, or None when there is no checkpoint yet; ``extra["seen"]``
-    holds the ring of relay seqs seen lately when the checkpoint recorded one.
+    holds the ring of relay seqs seen lately and ``extra["revs"]`` the (DID, rev) guard when the checkpoint recorded
+    them (None otherwise).
     A file that exists but cannot be read raises ``ValueError`` naming it (never a silent fresh start)."""
     path = Path(directory) / FILENAME
     if not path.exists():
@@ -172,6 +184,7 @@ def load_checkpoint(
         seen = None
         if "seen_seqs" in arrays or "seen_prints" in arrays:
             seen = SeenSeqs.from_arrays(arrays.pop("seen_seqs"), arrays.pop("seen_prints"))
+        revs = RevGuard.from_arrays(arrays.pop(REV_GUARD)) if REV_GUARD in arrays else None
         state = AgentState.from_arrays(arrays, meta["state"], followers)
     except ValidationError as exc:
         err = exc.errors()[0]
@@ -184,6 +197,7 @@ def load_checkpoint(
         raise ValueError(f"cannot read checkpoint {path}: {detail[:300]}; move it away to start afresh") from None
     extra = checked.extra.model_dump()
     extra["seen"] = seen  # the ring of relay seqs seen lately (streamer.core.seqs.SeenSeqs), None when not recorded
+    extra["revs"] = revs  # the (DID, rev) guard (streamer.core.revs.RevGuard), None when not recorded
     return state, checked.cursor, extra
 
 
@@ -230,9 +244,16 @@ class Checkpoints:
         check_dependencies(self.directory, extra.get("deps") or {}, self.deps)
         return loaded
 
-    async def save(self, state: AgentState, cursor: int, seen: SeenSeqs | None, info: dict[str, Any]) -> Path:
-        """Write ``state`` at ``cursor`` (with the ring of seqs ``seen``) and ``info``, which the run adds to the
-        mode and the dependencies; returns the file once it is durable."""
-        arrays, meta = capture(state, seen)
+    async def save(
+        self,
+        state: AgentState,
+        cursor: int,
+        seen: SeenSeqs | None,
+        info: dict[str, Any],
+        revs: RevGuard | None = None,
+    ) -> Path:
+        """Write ``state`` at ``cursor`` (with the ring of seqs ``seen`` and the (DID, rev) guard ``revs``) and
+        ``info``, which the run adds to the mode and the dependencies; returns the file once it is durable."""
+        arrays, meta = capture(state, seen, revs)
         extra = {**info, "mode": self.mode, "deps": self.deps}
         return await asyncio.to_thread(write_checkpoint, self.directory, arrays, meta, cursor, extra)

@@ -9,7 +9,8 @@ The sequential one folds each item into one :class:`~streamer.core.state.AgentSt
 and counts what it applied into the stream's :class:`~streamer.core.source.SourceStats` (``events`` by kind,
 ``skipped`` by reason). It also keeps the source position *in step with the state* (``cursor`` and the ring of
 seqs seen, from each :class:`~streamer.core.seqs.Sequenced` item): a source may run ahead of the state (a queue
-between them), but a checkpoint must resume from what the state holds.
+between them), but a checkpoint must resume from what the state holds. For the same reason the (DID, rev) dedupe
+of an at-least-once source (:mod:`streamer.core.revs`) is done here, when given one, and saved with the state.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
+from streamer.core.revs import RevGuard, repeated
 from streamer.core.seqs import RESET_WINDOW, SeenSeqs, Sequenced
 from streamer.core.source import SourceStats
 from streamer.core.state import AgentState
@@ -56,8 +58,10 @@ class SequentialDispatcher:
         cursor: int = -1,
         seen: SeenSeqs | None = None,
         clock: Callable[[], int] | None = None,
+        revs: RevGuard | None = None,
     ) -> None:
         self.state = state
+        self.revs = revs  # the (DID, rev) dedupe of an at-least-once source; None: the source's seqs suffice
         self.stats = stats
         self.cursor = cursor
         self.seen = seen if seen is not None else SeenSeqs(RESET_WINDOW)
@@ -78,6 +82,9 @@ class SequentialDispatcher:
                 self.at_cursor = []
             self.cursor = item.source_cursor
             self.at_cursor.append(item.fingerprint)
+        if self.revs is not None and repeated(self.revs, item):  # consumed (the cursor moved), not applied twice
+            self.stats.duplicates += 1
+            return
         state, before_fold = self.state, self.before_fold
         for event in item.events:
             decision = state.decide(event, self.clock() if self.clock is not None else None)

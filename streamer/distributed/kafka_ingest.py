@@ -39,6 +39,7 @@ from typing import Any
 
 from kernels.defaults import INTERVAL_S
 from streamer.core.pace import Pace
+from streamer.core.revs import CAPACITY, RevGuard, repeated
 from streamer.core.seqs import RESET_WINDOW, SeenSeqs
 from streamer.core.source import SourceStats
 from streamer.core.state import StateConfig
@@ -46,7 +47,7 @@ from streamer.distributed import event_records, packed
 from streamer.distributed.defaults import BATCH_ITEMS, BATCH_SECONDS, CURSOR_TOPIC, EVENTS_TOPIC, PARTITIONS
 from streamer.distributed.ride_out import BrokerLink, probe
 from streamer.distributed.sequencer import Sequencer
-from streamer.sinks.kafka_topics import ensure_topics, load_latest, partitions_of, stop_consumer
+from streamer.sinks.kafka_topics import ensure_topics, load_latest, partitions_of, read_back, stop_consumer
 from streamer.sources.base import Source
 
 log = logging.getLogger("skyattr.ingest")
@@ -127,6 +128,34 @@ async def holds_records(bootstrap: str, topic: str, security: dict[str, Any] | N
         await stop_consumer(consumer)
 
 
+async def applied_revs(
+    bootstrap: str, events_topic: str, source_id: str, security: dict[str, Any] | None = None, last: int = CAPACITY
+) -> RevGuard:
+    """The (DID, rev) guard as this ingest's committed event records leave it: the last ``last`` records of each
+    partition of ``events_topic`` written by ``source_id``, applied in the order the ingest applied them (by source
+    position; an account's records are all in one partition, in its order). An at-least-once source's ingest
+    rebuilds its guard so at each start, from what it wrote rather than from a copy that could run ahead of it."""
+    wanted_source, wanted_schema = source_id.encode(), event_records.SCHEMA.encode()
+    applied: list[tuple[int, int, Any]] = []
+
+    def take(record: Any) -> None:
+        headers = dict(record.headers or ())
+        if headers.get(event_records.SOURCE_HEADER) != wanted_source:
+            return
+        if headers.get(event_records.SCHEMA_HEADER) != wanted_schema:
+            return
+        try:
+            rec = event_records.decode(record.value)
+        except ValueError:
+            return
+        if rec.event.rev:
+            applied.append((rec.position, rec.index, rec.event))
+
+    await read_back(bootstrap, events_topic, take, security, last=last)
+    applied.sort(key=lambda row: (row[0], row[1]))
+    return RevGuard.replayed(event for _, _, event in applied)
+
+
 async def ingest_to_kafka(
     make_source: Callable[[IngestCursor | None], Source],
     *,
@@ -146,6 +175,7 @@ async def ingest_to_kafka(
     transactional_id: str | None = None,
     link: BrokerLink | None = None,
     totals: IngestStats | None = None,
+    at_least_once: bool = False,
 ) -> IngestStats:
     """Ingest until the source ends or ``stop`` is set (see the module doc). ``make_source(cursor)`` builds the
     source resuming after ``cursor`` (None: from its start). ``state_config`` and ``interval_s`` are what the
@@ -155,7 +185,10 @@ async def ingest_to_kafka(
     --speed`` plays it; None: as fast as the broker takes it. ``transactional_id``: the producer's (default
     ``skyattr-ingest:`` and the :func:`ingest_key`). ``link``: told when the producer is up (see
     :mod:`streamer.distributed.ride_out`: a run of this function after a lost broker resumes from the cursor
-    topic, so nothing is written twice); ``totals``, when given, is added to (so several attempts add up)."""
+    topic, so nothing is written twice); ``totals``, when given, is added to (so several attempts add up).
+    ``at_least_once``: the source may send an event again under a new position (Jetstream v2): events are deduped
+    by (DID, rev) as they are written, the guard rebuilt at each start from the records written
+    (:func:`applied_revs`)."""
     from aiokafka import AIOKafkaProducer
 
     if batch_items < 1 or batch_seconds <= 0:
@@ -203,6 +236,7 @@ async def ingest_to_kafka(
                 )
             seq = held
         parts = await partitions_of(bootstrap, events_topic, security)
+        revs = await applied_revs(bootstrap, events_topic, source_id, security) if at_least_once else None
         source = make_source(cursor)
         stats.source = source.stats
         hdrs = event_records.headers(source_id)
@@ -230,6 +264,9 @@ async def ingest_to_kafka(
                             ring.clear()  # the source followed a relay that restarted its sequence
                         ring.add(item.seq, item.fingerprint)
                         last_seq = item.seq
+                    if revs is not None and repeated(revs, item):  # consumed (the cursor moves), not written again
+                        source.stats.duplicates += 1
+                        continue
                     for index, event in enumerate(item.events):
                         verdict = seq.decide(event)
                         if verdict.controls:

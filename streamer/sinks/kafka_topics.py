@@ -2,7 +2,7 @@
 
 Both the results publisher (:mod:`streamer.sinks.kafka_sender`) and the distributed roles keep where they stand in
 compacted topics written in the same transaction as their output; these are the helpers that create such topics and
-read the last committed record of a key back.
+read committed records back (the last of a key, or the tail of each partition).
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Callable
 from typing import Any
 
 READ_BACK_TIMEOUT_S = 30.0  # a compacted topic read back with no record for this long: the broker is away
@@ -65,19 +66,41 @@ async def partitions_of(bootstrap: str, topic: str, security: dict[str, Any] | N
 
 async def load_latest(bootstrap: str, topic: str, key: str, security: dict[str, Any] | None = None) -> bytes | None:
     """The value of the last committed record of ``key`` in a compacted ``topic`` (None when there is none): the
-    topic read from its start through every record written before the call, committed records only.
+    topic read from its start through every record written before the call (:func:`read_back`)."""
+    latest: bytes | None = None
+    wanted = key.encode()
+
+    def take(record: Any) -> None:
+        nonlocal latest
+        if record.key == wanted:
+            latest = record.value
+
+    await read_back(bootstrap, topic, take, security)
+    return latest
+
+
+async def read_back(
+    bootstrap: str,
+    topic: str,
+    each: Callable[[Any], None],
+    security: dict[str, Any] | None = None,
+    *,
+    last: int | None = None,
+) -> None:
+    """Hand ``each`` every committed record of ``topic`` written before the call, partition by partition, each in
+    offset order: all of them, or those among the ``last`` offsets of each partition.
 
     Under ``read_committed`` a consumer stops at the last stable offset, the start of the oldest transaction still
     open on the partition, which may be another writer's (or a killed one's, until the broker aborts it); a record
-    of ``key`` committed after that offset would be missed, and a stale position read. So each partition is read
-    up to its high watermark as it was at the start, waiting (at most :data:`SETTLE_S`) for transactions open
-    before it to end. Raises ``TimeoutError`` when no record arrives for :data:`READ_BACK_TIMEOUT_S` (the broker
-    went away under the read) or the wait is over."""
+    committed after that offset would be missed, and a stale position read. So each partition is read up to its
+    high watermark as it was at the start, waiting (at most :data:`SETTLE_S`) for transactions open before it to
+    end. Raises ``TimeoutError`` when no record arrives for :data:`READ_BACK_TIMEOUT_S` (the broker went away under
+    the read) or the wait is over."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
     tps = [TopicPartition(topic, p) for p in await partitions_of(bootstrap, topic, security)]
     if not tps:
-        return None
+        return
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap,
         isolation_level="read_committed",
@@ -88,9 +111,12 @@ async def load_latest(bootstrap: str, topic: str, key: str, security: dict[str, 
     try:
         await consumer.start()
         consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        latest: bytes | None = None
-        wanted = key.encode()
+        if last is None:
+            await consumer.seek_to_beginning(*tps)
+        else:
+            begins, ends = await consumer.beginning_offsets(tps), await consumer.end_offsets(tps)
+            for tp in tps:
+                consumer.seek(tp, max(begins[tp], ends[tp] - last))
         for tp in tps:
             settle_by = time.monotonic() + SETTLE_S
             progress = time.monotonic()
@@ -108,9 +134,7 @@ async def load_latest(bootstrap: str, topic: str, key: str, security: dict[str, 
                 elif time.monotonic() > settle_by:
                     raise TimeoutError(f"a transaction on {tp.topic}[{tp.partition}] stayed open for {SETTLE_S:g} s")
                 for record in batch.get(tp, []):
-                    if record.key == wanted:
-                        latest = record.value
-        return latest
+                    each(record)
     finally:
         await stop_consumer(consumer)
 

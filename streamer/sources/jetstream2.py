@@ -51,7 +51,6 @@ from streamer.core.jetstream2_json import NSID
 from streamer.core.seqs import Sequenced, fingerprint
 from streamer.core.source import SourceStats
 from streamer.sources.jetstream import JetstreamMessages, JetstreamUnavailable, check_collection
-from streamer.sources.jetstream2_revs import RevGuard, repeated
 from streamer.sources.websocket import CLIENT_MAX_SIZE, RECONNECT, Connection, Taken
 
 log = logging.getLogger(__name__)
@@ -138,8 +137,8 @@ class Jetstream2Source(JetstreamMessages):
 
     ``url``: the server (see :func:`subscribe_url`); ``cursor``: resume after this seq (None: live);
     ``collections``/``dids``/``kinds``: the server's filters, passed through; ``compress``: ask for dict-zstd frames
-    (the dictionary fetched from the server, or ``zstd_dictionary``: bytes or a file); ``revs``: the (DID, rev)
-    dedupe (:mod:`streamer.sources.jetstream2_revs`), shared with a backfill before it. The rest as
+    (the dictionary fetched from the server, or ``zstd_dictionary``: bytes or a file); v2 is at-least-once: what
+    applies the items dedupes them by (DID, rev) (:mod:`streamer.core.revs`). The rest as
     :class:`~streamer.sources.jetstream.JetstreamSource`, whose message reading (size bounds, zstd, JSON depth) and
     error counting this source shares (:class:`~streamer.sources.jetstream.JetstreamMessages`)."""
 
@@ -165,11 +164,9 @@ class Jetstream2Source(JetstreamMessages):
         max_bytes: int = MAX_FRAME_BYTES,
         seed: int | None = None,
         stats: SourceStats | None = None,
-        revs: RevGuard | None = None,
     ) -> None:
         if cursor is not None and type(cursor) is not int:
             raise ValueError(f"cursor must be an int (a Jetstream v2 seq) or None: {cursor!r}")
-        self.revs = revs if revs is not None else RevGuard()
         self.collections, self.dids, self.kinds = tuple(collections), tuple(dids), tuple(kinds)
         subscribe_url(url, cursor, collections=self.collections, dids=self.dids, kinds=self.kinds)  # fail now
         given = Path(zstd_dictionary).read_bytes() if isinstance(zstd_dictionary, str | Path) else zstd_dictionary
@@ -280,9 +277,6 @@ class Jetstream2Source(JetstreamMessages):
             self.stats.duplicates += 1
             return None
         self._cursor = seq
-        if repeated(self.revs, decoded):  # a commit again under another seq: consumed, not applied twice
-            self.stats.duplicates += 1
-            return None
         return Sequenced.of(decoded, seq, fingerprint(decoded))
 
     @property

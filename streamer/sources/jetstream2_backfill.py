@@ -34,7 +34,6 @@ from streamer.core.logonce import OncePerKind
 from streamer.core.seqs import Sequenced, fingerprint
 from streamer.core.source import SourceStats
 from streamer.sources.jetstream2 import Jetstream2Refused, Jetstream2Source, Jetstream2Unavailable, subscribe_url
-from streamer.sources.jetstream2_revs import RevGuard, repeated
 from streamer.sources.websocket import RECONNECT
 
 log = logging.getLogger(__name__)
@@ -140,7 +139,6 @@ class Jetstream2Backfill:
         self.collections, self.dids, self.kinds = tuple(collections), tuple(dids), tuple(kinds)
         self.live, self.backoff, self.max_retries = live, backoff, max_retries
         self.stats = stats if stats is not None else SourceStats()
-        self.revs = RevGuard()  # the (DID, rev) dedupe, handed on to the live tail
         self._warn = OncePerKind(log)
         self._stop = stop if stop is not None else asyncio.Event()
         self._cursor, self._since = cursor, since_us
@@ -220,7 +218,7 @@ class Jetstream2Backfill:
         log.info("archive swept through seq %d: the live tail from there", cutover)
         self._tail = Jetstream2Source(
             self.url, cursor=cutover, collections=self.collections, dids=self.dids, kinds=self.kinds,
-            backoff=self.backoff, max_retries=self.max_retries, stop=self._stop, stats=self.stats, revs=self.revs,
+            backoff=self.backoff, max_retries=self.max_retries, stop=self._stop, stats=self.stats,
             **self._live_options,
         )  # fmt: skip
         async for item in self._tail:
@@ -283,9 +281,6 @@ class Jetstream2Backfill:
             self.stats.duplicates += 1
             return None
         self._cursor = decoded.seq
-        if repeated(self.revs, decoded):  # a commit again under another seq: consumed, not applied twice
-            self.stats.duplicates += 1
-            return None
         self.progress.seq, self.progress.events = decoded.seq, self.progress.events + 1
         self.stats.yielded += 1
         return Sequenced.of(decoded, decoded.seq, fingerprint(decoded))

@@ -344,3 +344,37 @@ def test_a_jetstream_v2_source_resumes_at_its_committed_seq(bootstrap: str, arch
     got = Counter((k[2], *k[4:]) for k in asyncio.run(_read_all(bootstrap, events))[0].elements())
     want = Counter((k[2], *k[4:]) for k in _expected(archive).elements())
     assert got == want
+
+
+def test_a_jetstream_v2_commit_sent_again_after_a_restart_is_written_once(bootstrap: str) -> None:
+    """``ingest --to-kafka --source jetstream2`` stopped once the first 300 events are committed, restarted on a
+    server (same address) that sends 40 of those commits again under new seqs before the rest: the restarted ingest
+    rebuilds its (DID, rev) guard from the records it wrote, so the topic holds every operation once. (With a guard
+    kept only in memory the 40 are written twice.)"""
+    import dataclasses
+
+    from streamer.core.decode import decode_item
+    from streamer.testing.jetstream_server import jetstream_events
+    from tests.net import free_port
+
+    events = [e for line in jetstream_events(default_archive())[:600] for e in decode_item(line).events]
+    first = events[:300]
+    again = [dataclasses.replace(e, time_us=e.time_us + 1) for e in [e for e in first if e.rev][-40:]]
+    port, (topic, cursors) = free_port(), _topics()
+    for served in (first, first + again + events[300:]):
+        with serving_in_thread(Jetstream2Server(served, port=port)) as server:
+            source = ingest_key(f"jetstream2:{server.url}", topic)
+            args = ("--source", "jetstream2", "--jetstream2-url", server.url, "--batch-items", "50")
+            proc = _ingest_live(bootstrap, topic, cursors, *args)
+            try:
+                n = len(served)
+                wait_until(lambda n=n, s=source: _committed(bootstrap, cursors, s).position >= n, 120, f"seq {n}")
+                proc.send_signal(signal.SIGTERM)
+                _, err = proc.communicate(timeout=30)
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+            assert proc.returncode == 0, err[-2000:]
+    got = asyncio.run(_read_all(bootstrap, topic))[0]
+    written = Counter(k[4:] for k in got.elements())  # kind, actor, subject, rkey, operation
+    assert written == Counter((e.kind, e.actor, e.subject, e.rkey, e.operation) for e in events)
