@@ -1,11 +1,14 @@
 """Gathering the shards of each run, in due order, with a deadline: the attributor's pure part.
 
 Chunks arrive from ``skyattr.shards`` in any interleaving of partitions and due times. :class:`Gatherer` puts each
-shard together from its chunks (the first complete copy of a (due time, partition) wins: a worker that published
-again after a crash sent the same shard), and :meth:`Gatherer.next_ready` hands out, oldest due time first, each run
-whose every partition is there. A run that stays incomplete for ``timeout_s`` after its first chunk arrived is
-handed out as :class:`Incomplete` (and counted), so one lost worker cannot hold back every later run; shards of a
-run already handed out, or older than where the attributor resumed, are dropped.
+shard together from its chunks, hands it to its partition's copy (:class:`~streamer.distributed.replica.
+PartitionReplica`, which turns a delta back into the full shard it stands for: every shard goes there, in the
+topic's order, those of runs already done too, so a restarted attributor rebuilds its copies by reading again), and
+:meth:`Gatherer.next_ready` hands out, oldest due time first, each run whose every partition is there (the first
+complete copy of a (due time, partition) wins: a worker that published again after a crash sent the same shard). A
+run that stays incomplete for ``timeout_s`` after its first chunk arrived is handed out as :class:`Incomplete` (and
+counted), so one lost worker cannot hold back every later run; shards of a run already handed out, or older than
+where the attributor resumed, are not gathered.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from streamer.distributed.replica import PartitionReplica
 from streamer.distributed.shards import Shard, from_chunks
 
 
@@ -38,7 +42,6 @@ class _Run:
     first_seen: float
     partitions: int
     shards: dict[int, Shard] = field(default_factory=dict)
-    chunks: dict[int, dict[int, bytes]] = field(default_factory=dict)
     offsets: list[int] = field(default_factory=list)
 
 
@@ -52,11 +55,36 @@ class Gatherer:
         self.timeout_s = timeout_s
         self.clock = clock
         self.runs: dict[int, _Run] = {}
-        self.dropped = 0  # chunks of runs already done, or shards already held
+        self.replicas: dict[int, PartitionReplica] = {}
+        # (due time, partition, base) -> (offset of its first chunk, the chunks so far): a full shard and a delta of
+        # the same run (a worker restarted mid-publish) are put together apart
+        self._pieces: dict[tuple[int, int, int], tuple[int, dict[int, bytes]]] = {}
+        self.dropped = 0  # shards of runs already done, or already held
+        self.unchained = 0  # deltas that did not follow their partition's copy
 
     def add(self, offset: int, meta: dict[str, Any], value: bytes) -> None:
         """One chunk (``meta`` from :func:`~streamer.distributed.shards.chunk_meta`) read at ``offset``."""
         t, p = meta["as_of_us"], meta["partition"]
+        at, pieces = self._pieces.setdefault((t, p, meta["base"]), (offset, {}))
+        pieces[meta["chunk"]] = value
+        if len(pieces) < meta["chunks"]:
+            return
+        del self._pieces[(t, p, meta["base"])]
+        replica = self.replicas.get(p)
+        if replica is None:
+            replica = self.replicas[p] = PartitionReplica(p)
+        was = replica.as_of_us
+        given = from_chunks(meta, [pieces[i] for i in range(meta["chunks"])])
+        shard = replica.apply(given, at)
+        if replica.as_of_us is not None:  # a shard left in pieces at or before the copy can never be used now
+            stale = [k for k in self._pieces if k[1] == p and k[0] <= replica.as_of_us]
+            for k in stale:
+                del self._pieces[k]
+        if shard is None:
+            if not given.full and was != t:  # not the same delta again: one after a gap
+                self.unchained += 1
+            self.dropped += 1
+            return
         if t <= self.done_through_us:
             self.dropped += 1
             return
@@ -66,12 +94,8 @@ class Gatherer:
         if p in run.shards:
             self.dropped += 1
             return
-        run.offsets.append(offset)
-        pieces = run.chunks.setdefault(p, {})
-        pieces[meta["chunk"]] = value
-        if len(pieces) == meta["chunks"]:
-            run.shards[p] = from_chunks(meta, [pieces[i] for i in range(meta["chunks"])])
-            del run.chunks[p]
+        run.shards[p] = shard
+        run.offsets.append(at)
 
     def next_ready(self) -> Complete | Incomplete | None:
         """The oldest run to attribute now (see the module doc), or None. One at a time: the runs after it stay
@@ -94,6 +118,9 @@ class Gatherer:
         return out
 
     def low_offset(self) -> int | None:
-        """The first offset a restart must read again to see every chunk held now (None: nothing is held)."""
+        """The first offset a restart must read again to see every chunk held now and to rebuild every partition's
+        copy from its full shard (None: nothing is held)."""
         offsets = [o for run in self.runs.values() for o in run.offsets]
+        offsets += [at for at, _ in self._pieces.values()]
+        offsets += [r.full_offset for r in self.replicas.values() if r.full_offset is not None]
         return min(offsets) if offsets else None

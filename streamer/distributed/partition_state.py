@@ -47,7 +47,8 @@ from streamer.core.events import DELETE, Event
 from streamer.core.state import ACTIVITY_INDEX, ACTIVITY_KINDS, StateConfig
 from streamer.distributed import event_records
 from streamer.distributed.sequencer import Deactivate, Tick, WindowMove
-from streamer.distributed.shards import Shard
+from streamer.distributed.shards import FULL_EVERY, Shard
+from streamer.distributed.shards import Window as _Window
 
 SEP = "\x1f"
 KINDS = len(ACTIVITY_KINDS)
@@ -117,6 +118,16 @@ class _BucketArrays:
                            self.edge_pos[:m], self.weight[:m])  # fmt: skip
 
 
+@dataclass(frozen=True)
+class _Shipped:
+    """The last shard published: its due time, the DIDs' interning it used, deltas since a full one, its window."""
+
+    as_of_us: int
+    generation: int
+    deltas: int
+    window: _Window
+
+
 class PartitionState:
     """See the module doc. ``config`` is taken from the store when the partition has one (the ``config`` control
     record, see :meth:`configure`)."""
@@ -138,6 +149,11 @@ class PartitionState:
         self._arrays: dict[int, _BucketArrays] = {}
         self._ids: dict[str, int] = {}
         self._names: list[str] = []
+        self._generation = 0
+        # the window this object published last (a delta is taken against it) and the ids whose DIDs it named
+        self._shipped: _Shipped | None = None
+        self._pending: _Shipped | None = None
+        self._known = np.zeros(0, bool)
         self.skipped: Counter[str] = Counter()  # records not folded, by reason (this process's, not durable)
         self._rebuild(keys)
 
@@ -412,6 +428,7 @@ class PartitionState:
         self._arrays.clear()
         self._ids.clear()
         self._names.clear()
+        self._generation += 1  # ids mean other DIDs from here: the next shard is a full one
 
     def _id(self, did: str) -> int:
         i = self._ids.get(did)
@@ -431,13 +448,8 @@ class PartitionState:
                 held.put(key, parts, value, self._id)
         return held
 
-    def arrays(self) -> dict[str, Any]:
-        """The partition's window as arrays: DIDs with the position of their first appearance (``2 n + role``,
-        role 0 as actor, 1 as subject: a single process interns the actor of an event before its subject), each
-        DID's activity, and the attention edges summed over the buckets, sorted by (attender, source). Each
-        bucket's arrays are kept until it changes (:meth:`_bucket_arrays`); they are put together in bucket order
-        by numpy's unbuffered ``add.at`` (in the order given: the single process's sums, term for term) and
-        ``minimum.at``."""
+    def _window(self) -> _Window:
+        """The partition's window over its interned DIDs (see :meth:`arrays`), rows and edges in shard order."""
         assert self.config is not None
         weights = [float(self.config.activity_weights.get(k, 0.0)) for k in ACTIVITY_KINDS]
         parts = [self._bucket_arrays(b).view(weights) for b in sorted(self._by_bucket) if self._by_bucket[b]]
@@ -466,20 +478,45 @@ class PartitionState:
         order = present[np.argsort(first[present], kind="stable")]  # unique positions: one DID, one first
         rank = np.full(n, -1, np.int64)
         rank[order] = np.arange(len(order))
-        edge_att, edge_src = rank[pairs // max(n, 1)], rank[pairs % max(n, 1)]
-        by_pair = np.lexsort((edge_src, edge_att))
-        return {
-            "dids": [self._names[i] for i in order],
-            "first": first[order],
-            "x": x[order],
-            "att": edge_att[by_pair],
-            "src": edge_src[by_pair],
-            "w": summed[by_pair],
-        }
+        att_ids, src_ids = pairs // max(n, 1), pairs % max(n, 1)
+        by_pair = np.lexsort((rank[src_ids], rank[att_ids]))
+        return _Window(order, first[order], x[order], att_ids[by_pair], src_ids[by_pair], summed[by_pair])
+
+    def arrays(self) -> dict[str, Any]:
+        """The partition's window as arrays: DIDs with the position of their first appearance (``2 n + role``,
+        role 0 as actor, 1 as subject: a single process interns the actor of an event before its subject), each
+        DID's activity, and the attention edges summed over the buckets, sorted by (attender, source). Each
+        bucket's arrays are kept until it changes (:meth:`_bucket_arrays`); they are put together in bucket order
+        by numpy's unbuffered ``add.at`` (in the order given: the single process's sums, term for term) and
+        ``minimum.at``."""
+        return self._window().arrays(self._names)
 
     def shard(self, tick: Tick, partitions: int) -> Shard:
-        """The partition's shard for ``tick`` (the state as it stands at the tick's record)."""
+        """The partition's shard for ``tick`` (the state as it stands at the tick's record): the whole window,
+        or what changed since the shard this object published last (see :mod:`streamer.distributed.shards`). A
+        full one when there is no earlier one to be relative to (a worker's first tick of the partition, after a
+        restart or a rebalance), when the DIDs were interned afresh (a prune), and every :data:`FULL_EVERY`
+        ticks, so an attributor that restarts reads back a bounded stretch of the shards topic. The caller says
+        when the broker has it (:meth:`published`)."""
         buckets = self.buckets
+        window = self._window()
+        shipped = self._shipped
+        full = shipped is None or shipped.generation != self._generation or shipped.deltas + 1 >= FULL_EVERY
+        n = len(self._names)
+        if full:
+            self._known = np.zeros(n, bool)  # ids whose DIDs the attributor was told, since this full shard
+        elif len(self._known) < n:
+            self._known = np.concatenate([self._known, np.zeros(n - len(self._known), bool)])
+        if full:
+            arrays, base = window.full(self._names), -1
+        else:
+            assert shipped is not None
+            arrays, base = window.delta(shipped.window, self._names, self._known), shipped.as_of_us
+        self._known[window.ids] = True
+        deltas = 0 if full or shipped is None else shipped.deltas + 1
+        # the base of the next delta once the broker has this one (:meth:`published`); until then none, so a shard
+        # that may or may not have reached the attributor is followed by a full one
+        self._shipped, self._pending = None, _Shipped(tick.as_of_us, self._generation, deltas, window)
         return Shard(
             as_of_us=tick.as_of_us,
             final=tick.final,
@@ -488,9 +525,14 @@ class PartitionState:
             events=self.events,
             head=self.head,
             newest_bucket=buckets[-1] if buckets else -1,
-            arrays=self.arrays(),
+            arrays=arrays,
             config=dict(self.store[self._key("c")]),
+            base=base,
         )
+
+    def published(self) -> None:
+        """The shard :meth:`shard` made last is acknowledged by the broker: the next may be relative to it."""
+        self._shipped, self._pending = self._pending, None
 
 
 def keys_by_partition(store: MutableMapping[str, Any]) -> dict[int, list[str]]:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -248,6 +249,7 @@ def make_app(config: WorkerConfig, partitions: int, metrics: WorkerMetrics | Non
     table = app.Table(TABLE, partitions=partitions, schema=schema)
     states: dict[int, PartitionState] = {}
     owned: dict[int, list[str]] = {}  # the table's keys by partition, read once after a rebalance
+    folded_bytes: Counter[int] = Counter()  # record bytes folded into each partition since its last shard
     if metrics is not None:
         metrics.bind(app)
 
@@ -278,6 +280,7 @@ def make_app(config: WorkerConfig, partitions: int, metrics: WorkerMetrics | Non
                     "partition %d: folding from offset %d (%d events held)", msg.partition, msg.offset, state.events
                 )
             again = state.skipped["tick_read_again"]
+            folded_bytes[msg.partition] += len(msg.value or b"")
             try:
                 tick = state.fold(msg.offset, msg.value, msg.headers)
             except ValueError as exc:
@@ -301,19 +304,24 @@ def make_app(config: WorkerConfig, partitions: int, metrics: WorkerMetrics | Non
             for value, headers in chunks:
                 fut = await shards.send(key=str(msg.partition).encode(), value=value, headers=headers, partition=0)
                 await fut
+            state.published()
             size = sum(len(v) for v, _ in chunks)
             if metrics is not None:
                 metrics.shards.inc()
                 metrics.shard_bytes.inc(size)
                 metrics.publish.observe(time.monotonic() - started)
             log.info(
-                "partition %d: shard at %d published (%d accounts, %d edges, %d bytes, %.0f ms)",
+                "partition %d: %s shard at %d published (%d accounts, %d edges%s, %d bytes, %.0f ms; %d record "
+                "bytes folded since the last)",
                 msg.partition,
+                "full" if shard.full else "delta",
                 tick.as_of_us,
-                len(shard.arrays["dids"]),
-                len(shard.arrays["att"]),
+                len(shard.arrays["dids" if shard.full else "up_ids"]),
+                len(shard.arrays["att" if shard.full else "up_edges"]),
+                "" if shard.full else " changed",
                 size,
                 1000 * (time.monotonic() - started),
+                folded_bytes.pop(msg.partition, 0),
             )
 
     stuck = StuckWatch(config.stuck_timeout_s, config.events_topic)

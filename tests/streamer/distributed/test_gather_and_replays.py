@@ -75,9 +75,11 @@ def test_the_gatherer_hands_out_runs_in_order_first_copy_wins_and_gives_up_after
     now = [0.0]
     g = Gatherer(timeout_s=10.0, clock=lambda: now[0])
     offset = 0
+    starts: dict[tuple[int, int], int] = {}
 
     def add(p: int, tick: Tick) -> None:
         nonlocal offset
+        starts.setdefault((p, tick.as_of_us), offset)
         for meta, value in _chunks(parts[p], tick, 2):
             g.add(offset, meta, value)
             offset += 1
@@ -95,7 +97,8 @@ def test_the_gatherer_hands_out_runs_in_order_first_copy_wins_and_gives_up_after
     second = g.next_ready()
     assert isinstance(second, Complete) and second.as_of_us == ticks[1].as_of_us and len(second.shards) == 2
     np.testing.assert_array_equal(second.shards[0].arrays["x"], parts[0].shard(ticks[1], 2).arrays["x"])
-    assert g.next_ready() is None and g.low_offset() is None
+    # nothing is pending; a restart reads again from the oldest full shard the partitions' copies were built from
+    assert g.next_ready() is None and g.low_offset() == starts[(0, ticks[1].as_of_us)]
     add(1, ticks[0])  # too late: that run is given up
     assert not g.runs
 
@@ -126,3 +129,65 @@ def test_records_out_of_place_are_refused_by_name_and_the_partition_goes_on() ->
     for offset, record in enumerate(records[1:], start=6):
         state.fold(offset, *record)
     assert state.events == PartitionState(0, good).events == 60
+
+
+def test_delta_shards_rebuild_every_window_and_a_restart_reads_back_from_the_oldest_full_one() -> None:
+    """A partition's shards (a full one, then deltas) through the topic's encoding: the gatherer hands out, for
+    every run, the full window of each partition, bit for bit; a delta published again is dropped; a delta after a
+    gap gives no shard (counted) until the next full one. A gatherer started afresh at :meth:`low_offset` with the
+    runs done so far (an attributor's restart) hands out the later runs the same."""
+    from streamer.distributed import partition_state
+
+    records = _records(1500)
+    part = PartitionState(0, {})
+    topic: list[tuple[dict[str, Any], bytes]] = []
+    windows: dict[int, dict[str, Any]] = {}
+    ticks: list[Tick] = []
+    for offset, (value, headers) in enumerate(records):
+        tick = part.fold(offset, value, headers)
+        if tick is not None:
+            shard = part.shard(tick, 1)
+            topic += [(chunk_meta(h), v) for v, h in shard.to_chunks(64)]
+            part.published()
+            windows[tick.as_of_us] = part.arrays()
+            ticks.append(tick)
+    kinds = [m["base"] < 0 for m, _ in topic if m["chunk"] == 0]
+    assert len(ticks) > partition_state.FULL_EVERY and kinds.count(True) >= 2 and kinds.count(False) > kinds.count(True)
+
+    def replayed(g: Gatherer, start: int, stop: int | None = None) -> list[Complete]:
+        out = []
+        for offset, (meta, value) in enumerate(topic[start:stop], start=start):
+            g.add(offset, meta, value)
+            while (ready := g.next_ready()) is not None:
+                assert isinstance(ready, Complete)
+                out.append(ready)
+        return out
+
+    def same(runs: list[Complete]) -> None:
+        for r in runs:
+            got, want = r.shards[0].arrays, windows[r.as_of_us]
+            assert got["dids"] == want["dids"]
+            for k in ("first", "x", "att", "src", "w"):
+                assert np.array_equal(got[k], want[k]), (r.as_of_us, k)
+
+    runs = replayed(Gatherer(timeout_s=10.0, clock=lambda: 0.0), 0)
+    assert [r.as_of_us for r in runs] == [t.as_of_us for t in ticks]
+    same(runs)
+    # an attributor that committed the run 4 before the end (its due time and the gatherer's low offset), killed
+    for done_at in range(2, len(ticks) - 1):
+        done = ticks[done_at].as_of_us
+        cut = 1 + max(i for i, (m, _) in enumerate(topic) if m["as_of_us"] == done)
+        before = Gatherer(timeout_s=10.0, clock=lambda: 0.0)
+        assert replayed(before, 0, cut)[-1].as_of_us == done
+        low = before.low_offset()
+        assert low is not None and low <= cut
+        again = replayed(Gatherer(done, 10.0, lambda: 0.0), low)
+        assert [r.as_of_us for r in again] == [t.as_of_us for t in ticks[done_at + 1 :]], done_at
+        same(again)
+    # a delta published again is dropped in silence; one after a gap is counted and gives no shard
+    g2 = Gatherer(timeout_s=10.0, clock=lambda: 0.0)
+    firsts = [i for i, (m, _) in enumerate(topic) if m["chunk"] == 0]
+    whole = [topic[a:b] for a, b in zip(firsts, [*firsts[1:], len(topic)], strict=True)]
+    for offset, (meta, value) in enumerate([*whole[0], *whole[1], *whole[1], *whole[3]]):
+        g2.add(offset, meta, value)
+    assert g2.unchained == 1 and sorted(g2.runs) == [ticks[0].as_of_us, ticks[1].as_of_us]

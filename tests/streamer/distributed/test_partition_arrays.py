@@ -12,6 +12,7 @@ import pytest
 from streamer.core.state import ACTIVITY_KINDS, StateConfig
 from streamer.distributed import partition_state as ps
 from streamer.distributed.partition_state import KINDS, SEP, PartitionState
+from streamer.distributed.replica import PartitionReplica
 from tests.streamer.distributed import test_partitioned_equality as equality
 
 
@@ -59,36 +60,59 @@ def from_store(state: PartitionState) -> dict[str, Any]:
 
 
 @pytest.fixture
-def checked(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Every arrays() call compared with the oracle; the count of comparisons."""
-    made = ps.PartitionState.arrays
-    count: list[int] = []
+def checked(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every window a partition makes compared with the oracle, and every shard the attributor's copy of the
+    partition turns it back into (full, or rebuilt from a delta) compared with the worker's window at that tick;
+    the kinds of shard seen."""
+    made = ps.PartitionState._window
+    made_shard = ps.PartitionState.shard
+    applied = PartitionReplica.apply
+    windows: dict[tuple[int, int], dict[str, Any]] = {}
+    kinds: list[str] = []
 
-    def compared(self: PartitionState) -> dict[str, Any]:
-        got, want = made(self), from_store(self)
-        assert got["dids"] == want["dids"]
-        for k in ("first", "x", "att", "src", "w"):
-            assert got[k].dtype == want[k].dtype and np.array_equal(got[k], want[k]), k
-        count.append(1)
-        return got
+    def compared(self: PartitionState) -> Any:
+        window = made(self)
+        got, want = window.arrays(self._names), from_store(self)
+        _same(got, want)
+        return window
 
-    monkeypatch.setattr(ps.PartitionState, "arrays", compared)
-    return count
+    def shard(self: PartitionState, tick: Any, partitions: int) -> Any:
+        out = made_shard(self, tick, partitions)
+        windows[(self.partition, tick.as_of_us)] = self.arrays()
+        kinds.append("full" if out.full else "delta")
+        return out
+
+    def apply(self: PartitionReplica, shard: Any, offset: int) -> Any:
+        out = applied(self, shard, offset)
+        if out is not None:
+            _same(out.arrays, windows[(shard.partition, shard.as_of_us)])
+        return out
+
+    monkeypatch.setattr(ps.PartitionState, "_window", compared)
+    monkeypatch.setattr(ps.PartitionState, "shard", shard)
+    monkeypatch.setattr(PartitionReplica, "apply", apply)
+    return kinds
+
+
+def _same(got: dict[str, Any], want: dict[str, Any]) -> None:
+    assert list(got["dids"]) == list(want["dids"])
+    for k in ("first", "x", "att", "src", "w"):
+        assert got[k].dtype == want[k].dtype and np.array_equal(got[k], want[k]), k
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2, 3])
-def test_the_arrays_equal_the_store_through_a_hostile_stream(checked: list[int], seed: int) -> None:
+def test_the_arrays_equal_the_store_through_a_hostile_stream(checked: list[str], seed: int) -> None:
     equality._both_modes(equality.hostile_stream(seed))
-    assert len(checked) > 60
+    assert len(checked) > 60 and checked.count("delta") > checked.count("full") > 0
 
 
-def test_the_arrays_equal_the_store_over_the_bundled_archive(checked: list[int]) -> None:
+def test_the_arrays_equal_the_store_over_the_bundled_archive(checked: list[str]) -> None:
     from streamer.core.attribution import AttributionConfig
     from streamer.distributed.sequencer import Sequencer
 
     dist = equality.Partitioned(3, StateConfig(), AttributionConfig(), 1 << 20)
     dist.run(equality.ARCHIVE, Sequencer(StateConfig(), 3600.0))
-    assert len(checked) == 3 * 24
+    assert len(checked) == 3 * 24 and checked.count("delta") > checked.count("full") > 0
 
 
 class CountingStore(dict):  # type: ignore[type-arg]

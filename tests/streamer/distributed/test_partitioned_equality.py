@@ -21,9 +21,10 @@ from streamer.core.results import RunResult
 from streamer.core.schedule import ScheduleState, accepted
 from streamer.core.state import StateConfig
 from streamer.distributed import event_records
+from streamer.distributed.gather import Complete, Gatherer
 from streamer.distributed.partition_state import PartitionState
 from streamer.distributed.sequencer import Sequencer, Tick
-from streamer.distributed.shards import chunk_meta, from_chunks, merge
+from streamer.distributed.shards import chunk_meta, merge
 from streamer.sources.archive import ArchiveSource
 from tests.compare import VOLATILE, assert_close
 
@@ -44,6 +45,8 @@ class Partitioned:
         self.offsets = [0] * partitions
         self.schedule = ScheduleState()
         self.results: list[RunResult] = []
+        self.gatherer = Gatherer(timeout_s=float("inf"), clock=lambda: 0.0)
+        self.shard_offset = 0
 
     def send(self, partition: int, value: bytes, headers: list[tuple[str, bytes]]) -> None:
         offset = self.offsets[partition]
@@ -57,20 +60,22 @@ class Partitioned:
             self.send(p, event_records.encode_control(control), event_records.control_headers("test"))
 
     def shard(self, partition: int, tick: Tick) -> None:
-        chunks = self.states[partition].shard(tick, self.partitions).to_chunks(self.chunk)
-        self.pending.setdefault(tick.as_of_us, []).append(chunks)
-        if len(self.pending[tick.as_of_us]) == self.partitions:
-            shards = []
-            for chunk_list in self.pending.pop(tick.as_of_us):
-                meta = chunk_meta(chunk_list[0][1])
-                shards.append(from_chunks(meta, [v for v, _ in chunk_list]))
-            snap = merge(shards, self.config)
+        """Publish the partition's shard (full or delta) through the topic's encoding to the attributor's gatherer,
+        which rebuilds each partition's window from its shards; attribute every run it completes."""
+        state = self.states[partition]
+        for value, headers in state.shard(tick, self.partitions).to_chunks(self.chunk):
+            self.gatherer.add(self.shard_offset, chunk_meta(headers), value)
+            self.shard_offset += 1
+        state.published()
+        while (ready := self.gatherer.next_ready()) is not None:
+            assert isinstance(ready, Complete), ready
+            snap = merge(ready.shards, self.config)
             s = self.schedule
             out = finish(
                 measure(snap, self.attribution),
                 self.attribution,
                 run=s.run + 1,
-                as_of_us=tick.as_of_us,
+                as_of_us=ready.as_of_us,
                 alert_active=s.alert_active,
             )
             if out.result is not None:
@@ -78,7 +83,6 @@ class Partitioned:
                 self.results.append(out.result)
 
     def run(self, path: Path, sequencer: Sequencer) -> None:
-        self.pending: dict[int, list[Any]] = {}
         self.broadcast(sequencer.config_dict())
         for item in _items(path):
             for index, event in enumerate(item.events):
@@ -212,10 +216,21 @@ def _both_modes(events: list[Any]) -> tuple[Any, list[str | None], list[tuple[in
         offsets[p] += 1
         return parts[p].fold(offsets[p], value, headers)
 
+    gatherer = Gatherer(timeout_s=float("inf"), clock=lambda: 0.0)
+    shard_offset = 0
+
     def broadcast(control: Any) -> None:
+        nonlocal shard_offset
         ticks = [send(p, event_records.encode_control(control), event_records.control_headers("t")) for p in range(3)]
-        if ticks[0] is not None:
-            merged.append((ticks[0].as_of_us, merge([s.shard(ticks[0], partitions) for s in parts], config)))
+        if ticks[0] is not None:  # each partition's shard (full or delta) through the topic's encoding and the
+            for part in parts:  # attributor's copies of the windows
+                for value, headers in part.shard(ticks[0], partitions).to_chunks(1 << 20):
+                    gatherer.add(shard_offset, chunk_meta(headers), value)
+                    shard_offset += 1
+                part.published()
+            ready = gatherer.next_ready()
+            assert isinstance(ready, Complete) and ready.as_of_us == ticks[0].as_of_us, ready
+            merged.append((ready.as_of_us, merge(ready.shards, config)))
 
     broadcast(seq.config_dict())
     verdicts = []
