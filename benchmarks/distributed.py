@@ -5,8 +5,11 @@ against ``skyattr replay`` of the same archive, in one run on one machine.
 writes (once) a synthetic archive, replays it in one process (attribution every ``--interval`` s of event time),
 ingests it into fresh topics, then for each worker count starts the workers and the attributor (``--until-final``)
 on their own groups and times from their start to the attributor's exit: end-to-end events/s, and per run the
-shard bytes and the gather time (first chunk to last shard) the attributor saw. Every figure is printed as a
-markdown table and written as JSON to ``--json``.
+shard bytes and the gather time (first chunk to last shard) the attributor saw. CPU seconds are each phase's
+children's own (user + system, from ``getrusage``; the broker's are not counted), so ``CPU per event`` compares what
+the distributed roles spend with what the single process spends on the same events; shard bytes are compared with
+the bytes of the event records the workers folded between two shards. Every figure is printed as a markdown table
+and written as JSON to ``--json``.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import argparse
 import json
 import os
 import re
+import resource
 import statistics
 import subprocess
 import sys
@@ -35,14 +39,20 @@ def _cli(*args: str, log: Path) -> subprocess.Popen[str]:
     )
 
 
+def _children_cpu() -> float:
+    """CPU seconds (user + system) of the children waited for so far."""
+    used = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return used.ru_utime + used.ru_stime
+
+
 def single_process(archive: Path, interval: float, work: Path) -> dict[str, float]:
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), _children_cpu()
     proc = _cli(
         "replay", str(archive), "--quiet", "--no-progress", "--interval", str(interval), log=work / "replay.log"
     )
     if proc.wait() != 0:
         raise SystemExit((work / "replay.log").read_text()[-3000:])
-    return {"seconds": time.perf_counter() - start}
+    return {"seconds": time.perf_counter() - start, "cpu_s": _children_cpu() - cpu}
 
 
 def distributed(bootstrap: str, archive: Path, interval: float, workers: int, partitions: int, work: Path) -> dict:
@@ -50,7 +60,7 @@ def distributed(bootstrap: str, archive: Path, interval: float, workers: int, pa
     events, cursors = f"bench.events.{run}", f"bench.cursors.{run}"
     shards, state = f"bench.shards.{run}", f"bench.attributor.{run}"
     kafka = ("--kafka-bootstrap", bootstrap)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), _children_cpu()
     ingest = _cli(
         "ingest",
         str(archive),
@@ -68,8 +78,8 @@ def distributed(bootstrap: str, archive: Path, interval: float, workers: int, pa
     )
     if ingest.wait() != 0:
         raise SystemExit((work / f"ingest-{run}.log").read_text()[-3000:])
-    ingest_s = time.perf_counter() - start
-    start = time.perf_counter()
+    ingest_s, ingest_cpu = time.perf_counter() - start, _children_cpu() - cpu
+    start, cpu = time.perf_counter(), _children_cpu()
     procs = [
         _cli(
             "worker",
@@ -113,12 +123,18 @@ def distributed(bootstrap: str, archive: Path, interval: float, workers: int, pa
         p.terminate()
     for p in procs:
         p.wait(60)
+    roles_cpu = _children_cpu() - cpu
     if code != 0:
         raise SystemExit((work / f"attributor-{run}.log").read_text()[-3000:])
     text = "".join((work / f"worker{n}-{run}.log").read_text() for n in range(workers))
-    sizes = [int(m) for m in re.findall(r"edges, (\d+) bytes", text)]
-    build_ms = [float(m) for m in re.findall(r"bytes, (\d+) ms\)", text)]
-    accounts = [int(m) for m in re.findall(r"published \((\d+) accounts", text)]
+    shipped = [(m[0], int(m[1]), float(m[2]), int(m[3])) for m in re.findall(
+        r"(full|delta) shard at \d+ published \(\d+ accounts, \d+ edges(?: changed)?, (\d+) bytes, (\d+) ms; "
+        r"(\d+) record bytes", text)]  # fmt: skip
+    sizes = [b for _, b, _, _ in shipped]
+    build_ms = [ms for _, _, ms, _ in shipped]
+    folded = [f for _, _, _, f in shipped]
+    deltas = [(b, f) for kind, b, _, f in shipped if kind == "delta"]
+    accounts = [int(m) for m in re.findall(r"full shard at \d+ published \((\d+) accounts", text)]
     gathers = [float(m) for m in re.findall(r"gathered in ([0-9.]+) s", (work / f"attributor-{run}.log").read_text())]
     return {
         "workers": workers,
@@ -126,6 +142,12 @@ def distributed(bootstrap: str, archive: Path, interval: float, workers: int, pa
         "seconds": seconds,
         "runs": sum(1 for line in out.read_text().splitlines() if '"topic":"tiers"' in line),
         "shard_bytes_per_run": sum(sizes) / max(1, len(sizes)) * partitions,
+        "shards": len(sizes),
+        "full_shards": len(sizes) - len(deltas),
+        "shard_bytes_per_folded_byte": sum(sizes) / max(1, sum(folded)),
+        "delta_bytes_per_folded_byte": sum(b for b, _ in deltas) / max(1, sum(f for _, f in deltas)),
+        "ingest_cpu_s": ingest_cpu,
+        "roles_cpu_s": roles_cpu,
         "gather_s_median": statistics.median(gathers) if gathers else None,
         "gather_s_p90": statistics.quantiles(gathers, n=10)[-1] if len(gathers) > 1 else None,
         "shard_ms_median": statistics.median(build_ms) if build_ms else None,
@@ -164,15 +186,25 @@ def main(argv: list[str] | None = None) -> None:
         "logs": str(logs),
     }
     print(f"\n{args.agents:,}-account archive, {args.hours:g} h ({frames:,} frames), {args.partitions} partitions\n")
-    print("| mode | seconds | frames/s | × single process | shard bytes per run | gather s (median) |")
-    print("|---|---|---|---|---|---|")
-    print(f"| single process (`replay`) | {single['seconds']:.1f} | {frames / single['seconds']:,.0f} | 1.0 | – | – |")
+    print(
+        "| mode | seconds | frames/s | × single process | CPU s | CPU per event × single | shard bytes per run "
+        "| shard bytes per folded byte (deltas) | gather s (median) |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    print(
+        f"| single process (`replay`) | {single['seconds']:.1f} | {frames / single['seconds']:,.0f} | 1.0 | "
+        f"{single['cpu_s']:.1f} | 1.0 | – | – | – |"
+    )
     for r in rows:
         gather = f"{r['gather_s_median']:.2f}" if r["gather_s_median"] is not None else "–"
+        cpu = r["ingest_cpu_s"] + r["roles_cpu_s"]
         print(
-            f"| ingest (once, before) | {r['ingest_s']:.1f} | {frames / r['ingest_s']:,.0f} | – | – | – |\n"
+            f"| ingest (once, before) | {r['ingest_s']:.1f} | {frames / r['ingest_s']:,.0f} | – | "
+            f"{r['ingest_cpu_s']:.1f} | – | – | – | – |\n"
             f"| {r['workers']} worker(s) + attributor | {r['seconds']:.1f} | {frames / r['seconds']:,.0f} | "
-            f"{single['seconds'] / r['seconds']:.2f} | {r['shard_bytes_per_run']:,.0f} | {gather} |"
+            f"{single['seconds'] / r['seconds']:.2f} | {r['roles_cpu_s']:.1f} | {cpu / single['cpu_s']:.2f} "
+            f"(with ingest) | {r['shard_bytes_per_run']:,.0f} | {r['shard_bytes_per_folded_byte']:.2f} "
+            f"({r['delta_bytes_per_folded_byte']:.2f}; {r['full_shards']} full of {r['shards']}) | {gather} |"
         )
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
