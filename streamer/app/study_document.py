@@ -144,10 +144,11 @@ def document(s: dict[str, Any]) -> list[Block]:
             )
         if uncovered:
             notes.append(
-                "† The interval does not hold the estimate: the vertex bootstrap is biased for this figure. Drawing "
-                "agents with replacement duplicates the most visible ones, and the copies crowd the panel, which "
-                "then reaches fewer distinct accounts than the original's (study.json gives each interval's "
-                "replicate mean). Read the range over seeds instead, where there is one."
+                "† The interval does not hold the estimate: the vertex bootstrap is biased for this figure "
+                "(study.json gives each interval's replicate mean; its distance from the estimate is the bias). "
+                "It shows on figures of ranks within the panel (Spearman, top-k) and on r* near 0: drawing "
+                "agents with replacement duplicates accounts, which ties and reorders the panel's ranks. Read the "
+                "range over seeds instead, where there is one."
             )
         blocks += [Block("p", n) for n in notes]
     blocks.append(Block("img", (FIGURE_FILES["tiers"], "Tier shares, full scale vs the panel study in both games")))
