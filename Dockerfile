@@ -6,11 +6,12 @@
 #   docker build -t skyattr:0.1.0 .                                    # CPU (jax + jaxlib from PyPI)
 #   docker build --build-arg VARIANT=cuda -t skyattr:0.1.0-cuda .      # NVIDIA GPU: installs the `gpu` extra
 #
-# Base image: python:3.11.15-slim-bookworm, pinned by the digest of its multi-architecture index. That digest was
+# Base image: python:3.12.12-slim-bookworm, pinned by the digest of its multi-architecture index. That digest was
 # taken from public references (several independent repositories pin this exact tag@digest); it could not be checked
 # against the registry from the machine where this file was written (no Docker engine, no registry access there).
-# Verify or bump it with:  docker buildx imagetools inspect python:3.11.15-slim-bookworm
-# Builder and runtime must use the same base: the venv's bin/python is a symlink to /usr/local/bin/python3.11.
+# Verify or bump it with:  docker buildx imagetools inspect python:3.12.12-slim-bookworm
+# Builder and runtime must use the same base: the venv's bin/python is a symlink to /usr/local/bin/python3.12.
+# Python 3.12, not 3.11: pip resolves JAX 0.12 there (3.11 stops at JAX 0.10.2; pyproject.toml says why it matters).
 #
 # VARIANT=cuda: the jax[cuda12] wheels bundle the CUDA runtime, cuDNN, cuBLAS, NCCL and ptxas (nvidia-* wheels), so
 # the base stays slim; the node still needs the NVIDIA driver and the NVIDIA container toolkit (docker run --gpus all,
@@ -19,7 +20,7 @@
 ARG VARIANT=cpu
 
 # ---------------------------------------------------------------------------------------------------------------------
-FROM python:3.11.15-slim-bookworm@sha256:9c6f90801e6b68e772b7c0ca74260cbf7af9f320acec894e26fccdaccfbe3b47 AS builder
+FROM python:3.12.12-slim-bookworm@sha256:593bd06efe90efa80dc4eee3948be7c0fde4134606dd40d8dd8dbcade98e669c AS builder
 
 ARG VARIANT
 
@@ -38,7 +39,7 @@ COPY streamer/ streamer/
 
 # Build the wheel, then install it with the VARIANT's extras into a self-contained venv; pip and setuptools are removed
 # from the venv afterwards (the runtime never installs anything, and no dependency needs them at run time). Every
-# dependency has a binary wheel for CPython 3.11 on linux/amd64, so no compiler is needed.
+# dependency has a binary wheel for CPython 3.12 on linux/amd64, so no compiler is needed.
 RUN python -m venv /opt/venv \
  && python -m pip wheel --no-cache-dir --no-deps --wheel-dir /wheels . \
  && case "${VARIANT}" in \
@@ -52,7 +53,7 @@ RUN python -m venv /opt/venv \
  && /opt/venv/bin/skyattr --help > /dev/null
 
 # ---------------------------------------------------------------------------------------------------------------------
-FROM python:3.11.15-slim-bookworm@sha256:9c6f90801e6b68e772b7c0ca74260cbf7af9f320acec894e26fccdaccfbe3b47 AS runtime
+FROM python:3.12.12-slim-bookworm@sha256:593bd06efe90efa80dc4eee3948be7c0fde4134606dd40d8dd8dbcade98e669c AS runtime
 
 ARG VARIANT
 

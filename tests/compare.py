@@ -28,3 +28,13 @@ def assert_close(a: Any, b: Any, path: str = "") -> None:
             assert_close(x, y, f"{path}[{i}]")
     else:
         assert a == b, f"{path}: {a!r} != {b!r}"
+
+
+def state_by_did(state: Any) -> tuple[dict[str, float], set[tuple[str, str, float]]]:
+    """A state's window keyed by DID, so two states that interned their accounts in another order compare equal:
+    each active account's activity, and each edge as (source DID, attender DID, weight)."""
+    snap = state.snapshot()
+    x = {d: float(v) for d, v in zip(snap.dids, snap.x, strict=True) if v}
+    g = snap.graph
+    edges = {(snap.dids[s], snap.dids[a], float(w)) for a, s, w in zip(g.attender, g.source, g.weight, strict=True)}
+    return x, edges

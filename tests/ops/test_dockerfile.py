@@ -30,7 +30,7 @@ DOCKERIGNORE = ROOT / ".dockerignore"
 UID = 10001
 VOLUME = "/var/lib/skyattr"
 VARIANTS = {"cpu", "cuda"}
-BASE = re.compile(r"^python:3\.11\.\d+-slim-bookworm(@sha256:[0-9a-f]{64})?$")
+BASE = re.compile(r"^python:3\.12\.\d+-slim-bookworm(@sha256:[0-9a-f]{64})?$")
 
 
 @dataclass(frozen=True)
@@ -215,7 +215,7 @@ def test_multi_stage_on_one_pinned_slim_base(df: Dockerfile) -> None:
     images = {s.image for s in df.stages}
     assert len(images) == 1, f"builder and runtime must share one base (the venv links its python): {images}"
     (image,) = images
-    assert BASE.match(image), f"{image}: want python:3.11.<patch>-slim-bookworm, optionally @sha256:<digest>"
+    assert BASE.match(image), f"{image}: want python:3.12.<patch>-slim-bookworm, optionally @sha256:<digest>"
     if "@sha256:" not in image:  # a plain version tag is allowed only with a comment saying why
         assert re.search(r"#.*digest", DOCKERFILE.read_text(encoding="utf-8"), re.I)
     assert df.runtime.name == "runtime" and df.stages[0].name == "builder"

@@ -22,7 +22,7 @@ from streamer.core.checkpoint import load_checkpoint
 from streamer.testing.jetstream2_server import Jetstream2Server
 from streamer.testing.synth import default_archive
 from streamer.testing.threaded import serving_in_thread
-from tests.compare import assert_close
+from tests.compare import assert_close, state_by_did
 from tests.faults import wait_until
 
 KEY = "soak-key"
@@ -35,14 +35,6 @@ def _cursor(ckpt: Path) -> int:
     except ValueError:  # caught between the write and the rename of a checkpoint: read it next time
         return -1
     return -1 if loaded is None else loaded[1]
-
-
-def _by_did(state: object) -> tuple[dict[str, float], set[tuple[str, str, float]]]:
-    snap = state.snapshot()  # type: ignore[attr-defined]
-    x = {d: float(v) for d, v in zip(snap.dids, snap.x, strict=True) if v}
-    g = snap.graph
-    edges = {(snap.dids[s], snap.dids[a], float(w)) for a, s, w in zip(g.attender, g.source, g.weight, strict=True)}
-    return x, edges
 
 
 def test_backfill_then_live_survives_sigkill_in_both_phases(tmp_path: Path) -> None:
@@ -88,7 +80,7 @@ def test_backfill_then_live_survives_sigkill_in_both_phases(tmp_path: Path) -> N
     reference_state = load_checkpoint(reference)
     final = load_checkpoint(ckpt)
     assert reference_state is not None and final is not None and final[1] == total
-    assert _by_did(final[0]) == _by_did(reference_state[0]), "every event applied once"
+    assert state_by_did(final[0]) == state_by_did(reference_state[0]), "every event applied once"
     got = [json.loads(line) for line in out.read_text().splitlines()]
     runs = [m["run"] for m in got if m["topic"] == "tiers"]
     assert runs == list(range(1, len(runs) + 1)), "every run published once, in order"

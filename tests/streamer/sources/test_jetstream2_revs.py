@@ -29,6 +29,7 @@ from streamer.testing.jetstream2_server import Jetstream2Server
 from streamer.testing.jetstream_server import jetstream_events
 from streamer.testing.synth import default_archive
 from streamer.testing.threaded import serving_in_thread
+from tests.compare import state_by_did
 from tests.faults import wait_until
 from tests.net import free_port
 
@@ -111,14 +112,6 @@ def _reference(events: list[Event]) -> AgentState:
     return state
 
 
-def _by_did(state: AgentState) -> tuple[dict[str, float], set[tuple[str, str, float]]]:
-    snap = state.snapshot()
-    x = {d: float(v) for d, v in zip(snap.dids, snap.x, strict=True) if v}
-    g = snap.graph
-    edges = {(snap.dids[s], snap.dids[a], float(w)) for a, s, w in zip(g.attender, g.source, g.weight, strict=True)}
-    return x, edges
-
-
 def test_commits_served_again_under_new_seqs_are_applied_once() -> None:
     """The server sends 40 of its commits a second time (new seqs, a later time), in the live tail and across the
     archive's seam: the sources hand them on (they cannot tell), the dispatcher drops and counts each, and the
@@ -136,13 +129,13 @@ def test_commits_served_again_under_new_seqs_are_applied_once() -> None:
             return tail, await _drain(backfill)
 
     tail, swept = asyncio.run(main())
-    want = _by_did(_reference(events))
+    want = state_by_did(_reference(events))
     assert want[0] and want[1]
     for items in (tail, swept):
         assert sum(len(i.events) for i in items) == len(served), "the sources cannot tell a re-sent commit"
         state, dropped = _applied(items)
         assert dropped == 40
-        assert _by_did(state) == want
+        assert state_by_did(state) == want
 
 
 def test_a_commit_sent_again_after_a_restart_is_not_applied_twice(tmp_path: Path) -> None:
@@ -179,4 +172,4 @@ def test_a_commit_sent_again_after_a_restart_is_not_applied_twice(tmp_path: Path
             assert proc.returncode == 0, err[-2000:]
     loaded = load_checkpoint(ckpt)
     assert loaded is not None and loaded[1] == len(events) + len(again)
-    assert _by_did(loaded[0]) == _by_did(_reference(events))
+    assert state_by_did(loaded[0]) == state_by_did(_reference(events))

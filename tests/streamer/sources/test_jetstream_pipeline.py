@@ -24,6 +24,7 @@ from streamer.core.checkpoint import load_checkpoint
 from streamer.sources.relay_server import Relay
 from streamer.testing.jetstream_server import JetstreamServer, jetstream_events
 from streamer.testing.synth import write_synth_archive
+from tests.compare import state_by_did
 
 
 @pytest.fixture(scope="module")
@@ -52,14 +53,6 @@ async def _run(flags: dict[str, Any], ckpt: Path, done: Any, timeout: float = 60
     return daemon
 
 
-def _by_did(state: Any) -> tuple[dict[str, float], set[tuple[str, str, float]]]:
-    snap = state.snapshot()
-    x = {d: float(v) for d, v in zip(snap.dids, snap.x, strict=True) if v}
-    g = snap.graph
-    edges = {(snap.dids[s], snap.dids[a], float(w)) for a, s, w in zip(g.attender, g.source, g.weight, strict=True)}
-    return x, edges
-
-
 async def test_relay_and_jetstream_give_the_same_state_and_results(archive: Path, tmp_path: Path) -> None:
     async with Relay(archive) as relay:
         await _run({"relay": relay.url}, tmp_path / "relay", lambda d: d.source.cursor == relay.range.last_seq)
@@ -84,11 +77,11 @@ async def test_relay_and_jetstream_give_the_same_state_and_results(archive: Path
             tmp_path / "js2",
             lambda d: d.pipeline.dispatcher.cursor == events[-1]["time_us"] and d.source.stats.connects >= 1,
         )
-    assert _by_did(load_checkpoint(tmp_path / "js2")[0]) == _by_did(load_checkpoint(tmp_path / "js")[0])
+    assert state_by_did(load_checkpoint(tmp_path / "js2")[0]) == state_by_did(load_checkpoint(tmp_path / "js")[0])
     state_r, _, _ = load_checkpoint(tmp_path / "relay")
     state_j, _, _ = load_checkpoint(tmp_path / "js")
-    xr, er = _by_did(state_r)
-    xj, ej = _by_did(state_j)
+    xr, er = state_by_did(state_r)
+    xj, ej = state_by_did(state_j)
     assert xr == xj and er == ej, "the same events, applied once each, whichever source brought them"
     assert sum(state_r.snapshot().x) > 0 and len(er) > 10
     at = max(state_r.last_time_us, state_j.last_time_us)
@@ -130,7 +123,7 @@ async def test_jetstream_v2_gives_the_relays_state_through_drops_and_a_restart(a
         await _run(flags, tmp_path / "v2", lambda d: d.pipeline.dispatcher.cursor == last)
         assert server.connections > 3, "the connection was cut and resumed by seq"
         assert "cursor=" in server.requests[restart], "the restart asked for the checkpoint's seq"
-    assert _by_did(load_checkpoint(tmp_path / "v2")[0]) == _by_did(load_checkpoint(tmp_path / "relay")[0])
+    assert state_by_did(load_checkpoint(tmp_path / "v2")[0]) == state_by_did(load_checkpoint(tmp_path / "relay")[0])
 
 
 async def test_a_backfill_from_the_v2_archive_then_live_gives_the_relays_state(tmp_path: Path) -> None:
@@ -159,7 +152,7 @@ async def test_a_backfill_from_the_v2_archive_then_live_gives_the_relays_state(t
         await _run(flags, tmp_path / "v2", lambda d: d.pipeline.dispatcher.cursor == total)
         assert server.archive_server.calls.count("getSegment") - swept < 2 * total // 3 // 40 + 1, "resumed"
         assert server.connections >= 1 and f"cursor={2 * total // 3}" in server.requests[0], "cut over at the tip"
-    assert _by_did(load_checkpoint(tmp_path / "v2")[0]) == _by_did(load_checkpoint(tmp_path / "relay")[0])
+    assert state_by_did(load_checkpoint(tmp_path / "v2")[0]) == state_by_did(load_checkpoint(tmp_path / "relay")[0])
 
 
 async def test_the_runs_of_a_backfill_are_the_replays_runs(tmp_path: Path) -> None:
