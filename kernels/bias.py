@@ -155,7 +155,7 @@ def top_share(phi: np.ndarray, k: int = 10) -> float:
     if total == 0:
         return math.nan
     top = np.partition(phi, len(phi) - k)[len(phi) - k :] if len(phi) > k else phi
-    return float(np.sort(top)[::-1].sum() / total)  # summed largest first, as a full sort's first k
+    return float(np.sort(top)[::-1].sum()) / float(total)  # summed largest first, as a full sort's first k
 
 
 def average_ranks(a: np.ndarray) -> np.ndarray:

@@ -900,10 +900,10 @@ class AgentState:
             if (
                 len(codes) != len(bucket.counts)
                 or not len(bucket.att) == len(bucket.src) == len(bucket.weight)
-                or (len(codes) and (codes[0] < 0 or (codes >> KIND_BITS).max() >= n or np.any(np.diff(codes) <= 0)))
-                or (len(codes) and (codes & KIND_MASK).max() >= len(ACTIVITY_KINDS))
-                or (len(bucket.att) and (min(bucket.att.min(), bucket.src.min()) < 0))
-                or (len(bucket.att) and max(bucket.att.max(), bucket.src.max()) >= n)
+                or (len(codes) and (codes[0] < 0 or np.max(codes >> KIND_BITS) >= n or np.any(np.diff(codes) <= 0)))
+                or (len(codes) and np.max(codes & KIND_MASK) >= len(ACTIVITY_KINDS))
+                or (len(bucket.att) and (min(np.min(bucket.att), np.min(bucket.src)) < 0))
+                or (len(bucket.att) and max(np.max(bucket.att), np.max(bucket.src)) >= n)
             ):
                 raise ValueError(f"checkpoint bucket {b} is inconsistent with its {n} DIDs")
             state.buckets[b] = bucket

@@ -181,7 +181,7 @@ def too_deep_to_parse(data: bytes, limit: int = MAX_DEPTH) -> bool:
         return False
     codes = np.frombuffer(brackets, np.uint8)
     steps = np.where((codes == 0x5B) | (codes == 0x7B), 1, -1).astype(np.int32)
-    return int(np.cumsum(steps).max()) > limit
+    return int(np.max(np.cumsum(steps))) > limit
 
 
 class JetstreamMessages(WebsocketSource[Sequenced]):
