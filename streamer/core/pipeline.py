@@ -97,6 +97,7 @@ class Pipeline:
         self._due: deque[tuple[int, FrozenState]] = deque()  # due, not yet handed to the workers
         # handed to the workers, in due order: (due time, bytes the frozen state holds, the measurement to come)
         self._flight: deque[tuple[int, int, asyncio.Future[Measured]]] = deque()
+        self._finishing = asyncio.Lock()  # one task at a time takes the oldest run off the flight (see below)
         self._worker: ThreadPoolExecutor | None = None
         self.last: RunOutput | None = None
         if clock == "event" and config is not None:  # without a configuration: ingest only
@@ -154,12 +155,18 @@ class Pipeline:
             await self._finish_oldest()
 
     async def _finish_oldest(self) -> None:
+        """Deliver the oldest run in flight. The run stays in the flight until it is delivered (a task cancelled
+        while it waits leaves it for the next), and one task at a time does this (two tasks draining at once, the
+        ingest and the cut-over to the wall clock, would each deliver the same run)."""
         assert self.config is not None
-        as_of, _, future = self._flight[0]
-        m = await future
-        self._flight.popleft()
-        s = self.schedule
-        self._accept(finish(m, self.config, run=s.run + 1, as_of_us=as_of, alert_active=s.alert_active))
+        async with self._finishing:
+            if not self._flight:
+                return
+            as_of, _, future = self._flight[0]
+            m = await future
+            self._flight.popleft()
+            s = self.schedule
+            self._accept(finish(m, self.config, run=s.run + 1, as_of_us=as_of, alert_active=s.alert_active))
 
     async def _drain(self) -> None:
         """Compute and deliver every due run, in order."""
@@ -284,9 +291,13 @@ class Pipeline:
 
         async def to_wall_clock() -> None:
             nonlocal backfill
-            backfill = False
+            if not backfill:
+                return
             dispatcher.before_fold = None
+            # the archive's due runs delivered first; a stop landing while they compute cancels this task, and the
+            # run's end (below) delivers them, as it does for a backfill still going: none is lost
             await self._drain()
+            backfill = False
             s = self.schedule
             self.schedule = ScheduleState(s.run, -1, s.alert_active)
             log.info("backfill done after run %d: runs on the wall clock from now on", s.run)
