@@ -47,7 +47,7 @@ from streamer.core.events import DELETE, Event
 from streamer.core.state import ACTIVITY_INDEX, ACTIVITY_KINDS, StateConfig
 from streamer.distributed import event_records
 from streamer.distributed.sequencer import Deactivate, Tick, WindowMove
-from streamer.distributed.shards import FULL_EVERY, Shard
+from streamer.distributed.shards import FULL_EVERY, Shard, rank_of
 from streamer.distributed.shards import Window as _Window
 
 SEP = "\x1f"
@@ -476,8 +476,7 @@ class PartitionState:
         np.add.at(summed, where.reshape(-1), w)  # bucket by bucket, as the single process adds them
         present = np.flatnonzero(first != never)
         order = present[np.argsort(first[present], kind="stable")]  # unique positions: one DID, one first
-        rank = np.full(n, -1, np.int64)
-        rank[order] = np.arange(len(order))
+        rank = rank_of(order)
         att_ids, src_ids = pairs // max(n, 1), pairs % max(n, 1)
         by_pair = np.lexsort((rank[src_ids], rank[att_ids]))
         return _Window(order, first[order], x[order], att_ids[by_pair], src_ids[by_pair], summed[by_pair])

@@ -16,7 +16,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from streamer.distributed.shards import ID_BITS, Shard, Window
+from streamer.distributed.shards import ID_BITS, Shard, Window, rank_of
 
 log = logging.getLogger("skyattr.attributor")
 
@@ -93,8 +93,7 @@ class PartitionReplica:
     def _window(self) -> Window:
         order = np.argsort(self._first, kind="stable")  # first positions are unique: the worker's order
         ids = self._ids[order]
-        rank = np.full(len(self._names), -1, np.int64)
-        rank[ids] = np.arange(len(ids))
+        rank = rank_of(ids)
         att, src = self._edges >> ID_BITS, self._edges & _LOW
         by_rank = np.lexsort((rank[src], rank[att]))
         return Window(ids, self._first[order], self._x[order], att[by_rank], src[by_rank], self._w[by_rank])

@@ -59,7 +59,7 @@ class Window:
 
     def arrays(self, names: Sequence[str]) -> dict[str, Any]:
         """The shard arrays: DIDs by name, edges by rank (indices into ``dids``)."""
-        rank = _rank_of(self.ids)
+        rank = rank_of(self.ids)
         return {
             "dids": [names[i] for i in self.ids.tolist()],
             "first": self.first,
@@ -97,7 +97,7 @@ class Window:
         }
 
 
-def _rank_of(ids: np.ndarray) -> np.ndarray:
+def rank_of(ids: np.ndarray) -> np.ndarray:
     """id -> its row in ``ids`` (-1 for an id not there)."""
     rank = np.full(int(ids.max()) + 1 if len(ids) else 0, -1, np.int64)
     rank[ids] = np.arange(len(ids))
