@@ -43,7 +43,6 @@ import numbers
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from importlib import import_module
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -51,22 +50,9 @@ import numpy as np
 
 if TYPE_CHECKING:
     import jax
-    import jax.numpy as jnp
-else:
 
-    class _OnFirstUse:
-        """A module imported the first time one of its attributes is used: the registry (names, parameters, their
-        checks) works without JAX, so configuration is validated, and a daemon's health endpoint is up, before
-        JAX has loaded; the indicators' bodies run under JAX, which they load then."""
-
-        def __init__(self, name: str) -> None:
-            self._name = name
-
-        def __getattr__(self, attr: str) -> Any:
-            return getattr(import_module(self._name), attr)
-
-    jax = _OnFirstUse("jax")
-    jnp = _OnFirstUse("jax.numpy")
+# The registry (names, parameters, their checks) works without JAX, so configuration is validated, and a daemon's
+# health endpoint is up, before JAX has loaded: the indicators' bodies import JAX where they run.
 
 ENTRY_POINT_GROUP = "skyattr.indicators"
 
@@ -266,6 +252,8 @@ def _shown(value: Any, limit: int = 60) -> str:
 @register_indicator("reach")
 def reach() -> Indicator:
     def head(e: jax.Array, x: jax.Array, graph: Any) -> jax.Array:
+        import jax.numpy as jnp
+
         return graph.total(jnp.log1p(e))
 
     from kernels.incremental import ReachIncremental
@@ -281,9 +269,14 @@ def cascade(kappa: float = 2.0, theta: float = 3.0, rho: float = 1.0) -> Indicat
     rho = _number("cascade", "rho", rho, positive=True)
 
     def adopt(e: jax.Array) -> jax.Array:
+        import jax
+        import jax.numpy as jnp
+
         return jax.nn.sigmoid(kappa * (jnp.log1p(e) - theta))
 
     def head(e1: jax.Array, x: jax.Array, graph: Any) -> jax.Array:
+        import jax.numpy as jnp
+
         e2 = graph.exposure(rho * adopt(e1))
         raw = graph.total(adopt(e1 + e2))
         e2_0 = graph.exposure(jnp.full_like(e1, rho * adopt(jnp.zeros((), e1.dtype))))
@@ -291,6 +284,8 @@ def cascade(kappa: float = 2.0, theta: float = 3.0, rho: float = 1.0) -> Indicat
         return raw - raw0
 
     def head_grad(e1: jax.Array, x: jax.Array, graph: Any) -> tuple[jax.Array, jax.Array]:
+        import jax.numpy as jnp
+
         # adopt(e) = sigmoid(kappa (log(1 + e) - theta)) = 1 / (1 + t), t = (e^theta / (1 + e))^kappa: a Hill
         # function, so one power (products alone for a whole kappa) replaces log1p and the sigmoid's exp, and
         # adopt'(e) = kappa adopt (1 - adopt) / (1 + e). t overflows to inf exactly where adopt is 0, never to NaN.
@@ -314,6 +309,9 @@ def cascade(kappa: float = 2.0, theta: float = 3.0, rho: float = 1.0) -> Indicat
 
 def _hill(q: jax.Array, kappa: float, theta: float) -> tuple[jax.Array, jax.Array]:
     """(adopt, d adopt / de) at q = 1 + e for adopt(e) = sigmoid(kappa (log(1 + e) - theta))."""
+    import jax
+    import jax.numpy as jnp
+
     if abs(theta) > 30.0:  # e^theta itself would overflow or underflow float32
         t = jnp.exp(kappa * (theta - jnp.log(q)))
     elif float(kappa).is_integer() and 1 <= kappa <= 16:
@@ -340,6 +338,8 @@ def _saturating(
     capacity = _real(name, "capacity", capacity, positive=True, optional=True)
 
     def head(e: jax.Array, x: jax.Array, graph: Any) -> jax.Array:
+        import jax.numpy as jnp
+
         k = capacity if capacity is not None else capacity_per_agent * jnp.asarray(graph.n, e.dtype)
         return k * -jnp.expm1(-aggregate(e, graph) / k)
 
@@ -355,8 +355,13 @@ def _saturating(
 def saturation(capacity_per_agent: float = 1.0, capacity: float | None = None) -> Indicator:
     from kernels.incremental import SaturationIncremental
 
+    def reached(e: jax.Array, g: Any) -> jax.Array:
+        import jax.numpy as jnp
+
+        return g.total(jnp.log1p(e))
+
     return _saturating(
-        "saturation", lambda e, g: g.total(jnp.log1p(e)), SaturationIncremental, saturation,
+        "saturation", reached, SaturationIncremental, saturation,
         capacity_per_agent, capacity, "a population-wide response to reach that saturates at capacity K",
     )  # fmt: skip
 
@@ -380,6 +385,8 @@ def exposure() -> Indicator:
         return graph.total(e)
 
     def head_grad(e: jax.Array, x: jax.Array, graph: Any) -> tuple[jax.Array, jax.Array]:
+        import jax.numpy as jnp
+
         return graph.real(jnp.ones_like(e)), jnp.zeros_like(x)
 
     from kernels.incremental import LinearIncremental
@@ -397,6 +404,8 @@ def activity() -> Indicator:
         return graph.total(x)
 
     def head_grad(e: jax.Array, x: jax.Array, graph: Any) -> tuple[jax.Array, jax.Array]:
+        import jax.numpy as jnp
+
         return jnp.zeros_like(e), graph.real(jnp.ones_like(x))
 
     from kernels.incremental import LinearIncremental
