@@ -52,18 +52,16 @@ Guarantees and decisions:
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import AsyncGenerator, AsyncIterator, Iterable
+from typing import Unpack
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from streamer.core.backoff import Backoff
 from streamer.core.decode import decode_item
 from streamer.core.frames import MAX_FRAME_BYTES, Decoded
 from streamer.core.seqs import RESET_WINDOW, SeenSeqs, SeqJudge, Sequenced
-from streamer.core.source import SourceStats
 from streamer.sources.endpoints import DEFAULT_RELAY, SUBSCRIBE_PATH
-from streamer.sources.websocket import CLIENT_MAX_SIZE, RECONNECT, Connection, Taken, WebsocketSource
+from streamer.sources.websocket import Knobs, Taken, WebsocketSource
 
 # How long ``anomalous`` stays true after a reset or an out-of-order frame: long enough for a scrape to see it.
 ANOMALY_HOLD_S = 60.0
@@ -108,26 +106,15 @@ class FirehoseSource(WebsocketSource[tuple[bytes, Sequenced]]):
         url: str = DEFAULT_RELAY,
         *,
         cursor: int | None = None,
-        backoff: Backoff = RECONNECT,
-        max_retries: int | None = None,
-        stop: asyncio.Event | None = None,
-        idle_timeout: float | None = None,
-        open_timeout: float = 10.0,
-        close_timeout: float = 2.0,
-        max_size: int = CLIENT_MAX_SIZE,
         max_frame_bytes: int = MAX_FRAME_BYTES,
         records: bool = False,
-        seed: int | None = None,
         reset_window: int = RESET_WINDOW,
         anomaly_hold: float = ANOMALY_HOLD_S,
         seen: SeenSeqs | None = None,
-        stats: SourceStats | None = None,
+        **knobs: Unpack[Knobs],
     ) -> None:
         subscribe_url(url)  # fail now on a malformed URL, not at the first connection
-        connection = Connection(open_timeout, close_timeout, max_size, idle_timeout, text=True)
-        super().__init__(
-            url, connection=connection, backoff=backoff, max_retries=max_retries, stats=stats, stop=stop, seed=seed
-        )
+        super().__init__(url, text=True, **knobs)
         self.max_frame_bytes, self.records = max_frame_bytes, records
         self.anomaly_hold = anomaly_hold
         self._skip_past: int | None = None  # after frames over max_size: resume past this seq, not at the cursor

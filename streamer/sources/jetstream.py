@@ -43,28 +43,25 @@ Guarantees and decisions:
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import re
 from collections import Counter
 from collections.abc import AsyncIterator, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Unpack
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import numpy as np
 import zstandard
 
-from streamer.core.backoff import Backoff
 from streamer.core.decode import decode_item
 from streamer.core.events import is_valid_did, is_valid_nsid
 from streamer.core.frames import MAX_DEPTH, MAX_FRAME_BYTES
 from streamer.core.logonce import OncePerKind
 from streamer.core.seqs import Sequenced, fingerprint
-from streamer.core.source import SourceStats
 from streamer.sources.endpoints import JETSTREAM_PATH as SUBSCRIBE_PATH
-from streamer.sources.websocket import CLIENT_MAX_SIZE, RECONNECT, Connection, Taken, WebsocketSource
+from streamer.sources.websocket import Knobs, Taken, WebsocketSource
 
 log = logging.getLogger(__name__)
 
@@ -193,22 +190,16 @@ class JetstreamMessages(WebsocketSource[Sequenced]):
     def __init__(
         self,
         url: str,
-        connection: Connection,
         *,
         cursor: int | None,
         dictionary: zstandard.ZstdCompressionDict | None,
-        backoff: Backoff,
-        max_retries: int | None,
-        stop: asyncio.Event | None,
         max_bytes: int,
-        seed: int | None,
-        stats: SourceStats | None,
+        subprotocols: tuple[str, ...] = (),
+        **knobs: Unpack[Knobs],
     ) -> None:
-        if max_bytes < 1 or connection.max_size < 1:
-            raise ValueError("max_bytes and max_size must be positive")
-        super().__init__(
-            url, connection=connection, backoff=backoff, max_retries=max_retries, stats=stats, stop=stop, seed=seed
-        )
+        if max_bytes < 1:
+            raise ValueError("max_bytes must be positive")
+        super().__init__(url, text=False, subprotocols=subprotocols, **knobs)
         self.max_bytes = max_bytes
         self._window = 1 << max(23, (max_bytes - 1).bit_length())  # a frame's window never needs more than that
         self._dctx = zstandard.ZstdDecompressor(dict_data=dictionary, max_window_size=self._window)
@@ -310,17 +301,9 @@ class JetstreamSource(JetstreamMessages):
         wanted_dids: Sequence[str] = (),
         compress: bool = False,
         zstd_dictionary: bytes | Path | None = None,
-        backoff: Backoff = RECONNECT,
-        max_retries: int | None = None,
-        stop: asyncio.Event | None = None,
-        idle_timeout: float | None = None,
-        open_timeout: float = 10.0,
-        close_timeout: float = 2.0,
-        max_size: int = CLIENT_MAX_SIZE,
         max_bytes: int = MAX_FRAME_BYTES,
-        seed: int | None = None,
-        stats: SourceStats | None = None,
         seen: Iterable[int] = (),
+        **knobs: Unpack[Knobs],
     ) -> None:
         if cursor is not None and type(cursor) is not int:
             raise ValueError(f"cursor must be an int (unix microseconds) or None: {cursor!r}")
@@ -328,11 +311,7 @@ class JetstreamSource(JetstreamMessages):
         self.wanted_dids = tuple(_as_list(wanted_dids))
         # fail now on a malformed URL or filter, not at the first connection
         jetstream_url(url, cursor, self.wanted_collections, self.wanted_dids, compress=compress)
-        super().__init__(
-            url, Connection(open_timeout, close_timeout, max_size, idle_timeout, text=False), cursor=cursor,
-            dictionary=_load_dictionary(zstd_dictionary), backoff=backoff, max_retries=max_retries, stop=stop,
-            max_bytes=max_bytes, seed=seed, stats=stats,
-        )  # fmt: skip
+        super().__init__(url, cursor=cursor, dictionary=_load_dictionary(zstd_dictionary), max_bytes=max_bytes, **knobs)
         self.compress = compress
         # fingerprints of the events yielded at exactly the cursor's time_us (a multiset)
         self._at_cursor: Counter[int] = Counter(seen) if self._cursor is not None else Counter()

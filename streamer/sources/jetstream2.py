@@ -38,20 +38,18 @@ import logging
 import urllib.request
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Unpack
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import zstandard
 
-from streamer.core.backoff import Backoff
 from streamer.core.decode import decode_item
 from streamer.core.events import is_valid_did
 from streamer.core.frames import MAX_FRAME_BYTES, clean_text
 from streamer.core.jetstream2_json import NSID
 from streamer.core.seqs import Sequenced, fingerprint
-from streamer.core.source import SourceStats
 from streamer.sources.jetstream import JetstreamMessages, JetstreamUnavailable, check_collection
-from streamer.sources.websocket import CLIENT_MAX_SIZE, RECONNECT, Connection, Taken
+from streamer.sources.websocket import Knobs, Taken
 
 log = logging.getLogger(__name__)
 
@@ -154,28 +152,15 @@ class Jetstream2Source(JetstreamMessages):
         kinds: Sequence[str] = (),
         compress: bool = False,
         zstd_dictionary: bytes | Path | None = None,
-        backoff: Backoff = RECONNECT,
-        max_retries: int | None = None,
-        stop: asyncio.Event | None = None,
-        idle_timeout: float | None = None,
-        open_timeout: float = 10.0,
-        close_timeout: float = 2.0,
-        max_size: int = CLIENT_MAX_SIZE,
         max_bytes: int = MAX_FRAME_BYTES,
-        seed: int | None = None,
-        stats: SourceStats | None = None,
+        **knobs: Unpack[Knobs],
     ) -> None:
         if cursor is not None and type(cursor) is not int:
             raise ValueError(f"cursor must be an int (a Jetstream v2 seq) or None: {cursor!r}")
         self.collections, self.dids, self.kinds = tuple(collections), tuple(dids), tuple(kinds)
         subscribe_url(url, cursor, collections=self.collections, dids=self.dids, kinds=self.kinds)  # fail now
         given = Path(zstd_dictionary).read_bytes() if isinstance(zstd_dictionary, str | Path) else zstd_dictionary
-        connection = Connection(open_timeout, close_timeout, max_size, idle_timeout, text=False,
-                                subprotocols=(SUBPROTOCOL,))  # fmt: skip
-        super().__init__(
-            url, connection, cursor=cursor, dictionary=None, backoff=backoff, max_retries=max_retries, stop=stop,
-            max_bytes=max_bytes, seed=seed, stats=stats,
-        )  # fmt: skip
+        super().__init__(url, cursor=cursor, dictionary=None, max_bytes=max_bytes, subprotocols=(SUBPROTOCOL,), **knobs)
         self.want_compression = compress
         self._dictionary: bytes | None = given
         self._dictionary_id: int | None = None

@@ -35,7 +35,7 @@ import logging
 import random
 from collections.abc import AsyncGenerator, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import Any, ClassVar, Generic, TypedDict, TypeVar
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, ConnectionClosedOK, InvalidHandshake, InvalidStatus
@@ -77,6 +77,24 @@ class Connection:
     subprotocols: tuple[str, ...] = ()
 
 
+class Knobs(TypedDict, total=False):
+    """What every websocket source takes by keyword, beside what is its own: ``backoff`` and ``max_retries`` (the
+    reconnect policy), ``stop`` (an event that ends the iteration), ``seed`` (the backoff's jitter), ``stats``
+    (the :class:`SourceStats` to count into, shared with the dispatcher) and the :class:`Connection` knobs
+    ``idle_timeout``, ``open_timeout``, ``close_timeout`` and ``max_size``; the defaults are
+    :class:`WebsocketSource`'s. Written once, so a new source takes them all by adding ``**knobs``."""
+
+    backoff: Backoff
+    max_retries: int | None
+    stop: asyncio.Event | None
+    seed: int | None
+    stats: SourceStats | None
+    idle_timeout: float | None
+    open_timeout: float
+    close_timeout: float
+    max_size: int
+
+
 @dataclass(frozen=True)
 class Taken(Generic[T]):
     """What one message gave: the ``items`` to hand on, and ``end``, a reason to close the connection ("" to go
@@ -96,17 +114,24 @@ class WebsocketSource(Generic[T]):
         self,
         url: str,
         *,
-        connection: Connection,
-        backoff: Backoff,
-        max_retries: int | None,
-        stats: SourceStats | None,
-        stop: asyncio.Event | None,
-        seed: int | None,
+        text: bool,
+        subprotocols: tuple[str, ...] = (),
+        backoff: Backoff = RECONNECT,
+        max_retries: int | None = None,
+        stop: asyncio.Event | None = None,
+        seed: int | None = None,
+        stats: SourceStats | None = None,
+        idle_timeout: float | None = None,
+        open_timeout: float = 10.0,
+        close_timeout: float = 2.0,
+        max_size: int = CLIENT_MAX_SIZE,
     ) -> None:
         if max_retries is not None and max_retries < 0:
             raise ValueError("max_retries must be >= 0 (or None to retry forever)")
+        if max_size < 1:
+            raise ValueError("max_size must be positive")
         self.url = url
-        self.connection = connection
+        self.connection = Connection(open_timeout, close_timeout, max_size, idle_timeout, text, subprotocols)
         self.backoff = backoff
         self.max_retries = max_retries
         self.stats = stats if stats is not None else SourceStats()

@@ -19,7 +19,7 @@ from streamer.core.backoff import Backoff
 from streamer.sources.base import Source
 from streamer.sources.firehose import FirehoseSource
 from streamer.sources.jetstream import JetstreamSource
-from streamer.sources.websocket import Connection, Taken, WebsocketSource
+from streamer.sources.websocket import Taken, WebsocketSource
 from tests.net import free_port
 
 FAST = Backoff(0.005, 0.02)
@@ -35,10 +35,10 @@ class Numbers(WebsocketSource[int]):
     unavailable = NumbersUnavailable
 
     def __init__(self, url: str, *, max_retries: int | None = 3, idle: float | None = None) -> None:
-        connection = Connection(open_timeout=1.0, close_timeout=0.2, idle_timeout=idle)
         super().__init__(
-            url, connection=connection, backoff=FAST, max_retries=max_retries, stats=None, stop=None, seed=1
-        )
+            url, text=True, open_timeout=1.0, close_timeout=0.2, idle_timeout=idle, backoff=FAST,
+            max_retries=max_retries, seed=1,
+        )  # fmt: skip
         self.last: int | None = None
         self.urls: list[str] = []
 
