@@ -55,30 +55,41 @@ def single_process(archive: Path, interval: float, work: Path) -> dict[str, floa
     return {"seconds": time.perf_counter() - start, "cpu_s": _children_cpu() - cpu}
 
 
-def distributed(bootstrap: str, archive: Path, interval: float, workers: int, partitions: int, work: Path) -> dict:
-    run = uuid.uuid4().hex[:8]
-    events, cursors = f"bench.events.{run}", f"bench.cursors.{run}"
-    shards, state = f"bench.shards.{run}", f"bench.attributor.{run}"
-    kafka = ("--kafka-bootstrap", bootstrap)
+def ingest(
+    bootstrap: str, archive: Path, interval: float, partitions: int, work: Path, run: str, decoders: int = 1
+) -> dict[str, float]:
+    """``ingest --to-kafka`` of the archive into fresh topics named after ``run``: wall and CPU seconds (the
+    decoding processes' included: they are the ingest's children)."""
     start, cpu = time.perf_counter(), _children_cpu()
-    ingest = _cli(
+    proc = _cli(
         "ingest",
         str(archive),
         "--to-kafka",
-        *kafka,
+        "--kafka-bootstrap",
+        bootstrap,
         "--events-topic",
-        events,
+        f"bench.events.{run}",
         "--cursor-topic",
-        cursors,
+        f"bench.cursors.{run}",
         "--partitions",
         str(partitions),
         "--interval",
         str(interval),
+        "--decoders",
+        str(decoders),
         log=work / f"ingest-{run}.log",
     )
-    if ingest.wait() != 0:
+    if proc.wait() != 0:
         raise SystemExit((work / f"ingest-{run}.log").read_text()[-3000:])
-    ingest_s, ingest_cpu = time.perf_counter() - start, _children_cpu() - cpu
+    return {"decoders": decoders, "seconds": time.perf_counter() - start, "cpu_s": _children_cpu() - cpu}
+
+
+def distributed(bootstrap: str, archive: Path, interval: float, workers: int, partitions: int, work: Path) -> dict:
+    run = uuid.uuid4().hex[:8]
+    events, shards, state = f"bench.events.{run}", f"bench.shards.{run}", f"bench.attributor.{run}"
+    kafka = ("--kafka-bootstrap", bootstrap)
+    ingested = ingest(bootstrap, archive, interval, partitions, work, run)
+    ingest_s, ingest_cpu = ingested["seconds"], ingested["cpu_s"]
     start, cpu = time.perf_counter(), _children_cpu()
     procs = [
         _cli(
@@ -163,7 +174,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--hours", type=float, default=24.0)
     ap.add_argument("--interval", type=float, default=300.0)
     ap.add_argument("--partitions", type=int, default=4)
-    ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--workers", type=int, nargs="*", default=[1, 2])
+    ap.add_argument(
+        "--decoders", type=int, nargs="*", default=[], help="also time the ingest alone with these decoder counts"
+    )
     ap.add_argument("--work-dir", type=Path, default=Path(tempfile.gettempdir()) / "skyattr-bench")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
@@ -176,6 +190,10 @@ def main(argv: list[str] | None = None) -> None:
     logs = Path(tempfile.mkdtemp(prefix="skyattr-dist-"))
     single = single_process(archive, args.interval, logs)
     rows = [distributed(args.bootstrap, archive, args.interval, w, args.partitions, logs) for w in args.workers]
+    alone = [
+        ingest(args.bootstrap, archive, args.interval, args.partitions, logs, uuid.uuid4().hex[:8], d)
+        for d in args.decoders
+    ]
     report = {
         "machine": os.uname().nodename,
         "cpus": os.cpu_count(),
@@ -183,6 +201,7 @@ def main(argv: list[str] | None = None) -> None:
         "frames": frames,
         "single": single,
         "distributed": rows,
+        "ingest": alone,
         "logs": str(logs),
     }
     print(f"\n{args.agents:,}-account archive, {args.hours:g} h ({frames:,} frames), {args.partitions} partitions\n")
@@ -206,6 +225,13 @@ def main(argv: list[str] | None = None) -> None:
             f"(with ingest) | {r['shard_bytes_per_run']:,.0f} | {r['shard_bytes_per_folded_byte']:.2f} "
             f"({r['delta_bytes_per_folded_byte']:.2f}; {r['full_shards']} full of {r['shards']}) | {gather} |"
         )
+    if alone:
+        print("\n| ingest alone | seconds | frames/s | × 1 decoder | CPU s |\n|---|---|---|---|---|")
+        for r in alone:
+            print(
+                f"| {r['decoders']} decoder(s) | {r['seconds']:.1f} | {frames / r['seconds']:,.0f} | "
+                f"{alone[0]['seconds'] / r['seconds']:.2f} | {r['cpu_s']:.1f} |"
+            )
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
 

@@ -108,10 +108,13 @@ def ingest_command(
 
     def make_source(cursor: IngestCursor | None) -> Source:
         if archive is not None:
+            decoders = settings.ingest.decoders
             if cursor is None:
-                return ArchiveSource(archive)
+                return ArchiveSource(archive, decoders=decoders)
             seq_cursor = cursor.seq_cursor if cursor.seq_cursor >= 0 else None
-            return ArchiveSource(archive, skip=cursor.position, seq_cursor=seq_cursor, seen=cursor.seen_seqs())
+            return ArchiveSource(
+                archive, skip=cursor.position, seq_cursor=seq_cursor, seen=cursor.seen_seqs(), decoders=decoders
+            )
         position = cursor.position if cursor and cursor.position >= 0 else None
         if v2:
             from streamer.app.daemon import jetstream2_source

@@ -75,6 +75,13 @@ class IngestSettings(_Section):
         allow_inf_nan=False,
         description="Seconds a transaction stays open (at most).",
     )
+    decoders: int = Field(
+        dd.DECODERS,
+        ge=1,
+        le=256,
+        description="Processes decoding an archive's frames ahead of the one in-order sequencer (1: the ingest "
+        "decodes in its own process; a live relay is always decoded there).",
+    )
     transactional_id: str | None = Field(
         None,
         description="The producer's transactional id (default: skyattr-ingest:SOURCE@EVENTS_TOPIC): one per "

@@ -21,6 +21,7 @@ STATE_TOPIC = "skyattr.attributor-state"  # compacted: where the attributor stan
 PARTITIONS = 12  # partitions of the events topic when the ingest creates it
 BATCH_ITEMS = 2000  # source items per Kafka transaction (at most)
 BATCH_SECONDS = 1.0  # seconds a transaction stays open (at most)
+DECODERS = 1  # processes decoding an archive ahead of the sequencer (1: the ingest's own)
 
 # worker
 WORKER_APP_ID = "skyattr-worker"  # consumer group, and prefix of the changelog topic

@@ -23,7 +23,8 @@ import itertools
 import json
 import os
 import struct
-from collections.abc import Callable, Iterator
+from collections import deque
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -469,7 +470,9 @@ class ArchiveSource:
     Jetstream archives carry no relay seq, and their ``time_us`` is not strictly monotone. ``skip`` items are
     read past without being decoded (they are what a checkpoint already holds). The relay-seq bookkeeping
     (``seq_cursor`` and ``seen``, from the checkpoint) tells a re-sent frame the recording kept from a late one.
-    Iterating is synchronous underneath (:meth:`items`); the async form is the Source protocol's."""
+    ``decoders``: processes decoding ahead of the judge (:class:`~streamer.core.decode_pool.DecodePool`; 1: this
+    process decodes). Iterating is synchronous underneath (:meth:`items`); the async form is the Source
+    protocol's."""
 
     def __init__(
         self,
@@ -481,6 +484,7 @@ class ArchiveSource:
         stats: Any = None,
         max_frame_bytes: int | None = None,
         records: bool = False,
+        decoders: int = 1,
     ) -> None:
         from streamer.core.frames import MAX_FRAME_BYTES
         from streamer.core.seqs import SeqJudge
@@ -493,6 +497,10 @@ class ArchiveSource:
         self.position = 0
         self.max_frame_bytes = max_frame_bytes or MAX_FRAME_BYTES
         self.records = records
+        if decoders < 1:
+            raise ValueError("decoders must be at least 1")
+        self.decoders = decoders
+        self._items: Generator[Any, None, None] | None = None
         self.seq = SeqJudge(
             self.stats,
             cursor=seq_cursor if seq_cursor is not None and seq_cursor >= 0 else None,
@@ -520,10 +528,12 @@ class ArchiveSource:
 
     async def aclose(self) -> None:
         self.stop()
+        if self._items is not None:
+            self._items.close()  # its decoding processes end with it
 
-    def items(self) -> Iterator[Any]:
+    def items(self) -> Generator[Any, None, None]:
         """The decoded, deduplicated items (:class:`~streamer.core.seqs.Sequenced`) of the archive."""
-        from streamer.core.decode import decode_item
+        from streamer.core.decode_pool import DecodePool
         from streamer.core.seqs import Sequenced
 
         raw = read_archive(self.path, self.report)
@@ -531,29 +541,38 @@ class ArchiveSource:
             if next(raw, None) is None:
                 return
             self.position += 1
+        frames: deque[bool] = deque()  # of the items handed to the decoder and not back yet: which were frames
+
+        def payloads() -> Iterator[Any]:
+            for item in raw:
+                if self._stopped:
+                    return
+                frames.append(item.frame is not None)
+                yield item.frame if item.frame is not None else item.json
+
         stats, seq = self.stats, self.seq
-        for item in raw:
-            if self._stopped:
-                return
-            self.position += 1
-            stats.items += 1
-            if item.frame is not None:
-                decoded = decode_item(item.frame, records=self.records, max_bytes=self.max_frame_bytes)
-                for _, sequenced in seq.judge(None, decoded):
-                    stats.yielded += 1
-                    yield sequenced
-                continue
-            decoded = decode_item(item.json)
-            if decoded.error:
-                stats.errors[decoded.error] += 1
-                continue
-            stats.frames[decoded.type] += 1
-            stats.yielded += 1
-            yield Sequenced.of(decoded, -1, 0)
+        with DecodePool(self.decoders, records=self.records, max_bytes=self.max_frame_bytes) as pool:
+            for decoded in pool.decoded(payloads()):
+                if self._stopped:
+                    return
+                self.position += 1
+                stats.items += 1
+                if frames.popleft():
+                    for _, sequenced in seq.judge(None, decoded):
+                        stats.yielded += 1
+                        yield sequenced
+                    continue
+                if decoded.error:
+                    stats.errors[decoded.error] += 1
+                    continue
+                stats.frames[decoded.type] += 1
+                stats.yielded += 1
+                yield Sequenced.of(decoded, -1, 0)
         for _, sequenced in seq.flush():
             stats.yielded += 1
             yield sequenced
 
     async def __aiter__(self) -> Any:
-        for item in self.items():
+        self._items = self.items()
+        for item in self._items:
             yield item

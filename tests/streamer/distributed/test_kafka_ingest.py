@@ -154,6 +154,28 @@ def test_sigkill_at_any_point_loses_and_doubles_nothing(bootstrap: str) -> None:
     _assert_sequenced(seq, sum(got.values()), runs=288)
 
 
+def test_an_ingest_with_two_decoders_killed_and_resumed_writes_every_event_once(bootstrap: str) -> None:
+    """``--decoders 2``: frames decoded in two processes ahead of the sequencer. Killed once its committed cursor
+    is past a mark (frames decoded ahead of the commit are not written), then resumed: the archive's events, each
+    once, sequenced as an uninterrupted ingest sequences them."""
+    archive = default_archive()
+    events, cursors = _topics()
+    source = ingest_key(_source_id(archive), events)
+    two = ("--decoders", "2")
+    proc = _ingest(archive, bootstrap, events, cursors, *two, "--speed", "6000", "--batch-items", "50")
+    err = Lines(proc.stderr)
+    signal_when(proc, lambda: _committed(bootstrap, cursors, source).position >= 4_000, 120, "item 4000")
+    proc.wait(60)
+    assert 4_000 <= _committed(bootstrap, cursors, source).position < 11_998
+    assert "Traceback" not in err.text()
+    final = _ingest(archive, bootstrap, events, cursors, *two)
+    _, err_text = final.communicate(timeout=240)
+    assert final.returncode == 0 and "resumed after" in err_text, err_text
+    got, _, seq = asyncio.run(_read_all(bootstrap, events))
+    assert got == _expected(archive)
+    _assert_sequenced(seq, sum(got.values()), runs=288)
+
+
 def _assert_sequenced(seq: dict[str, Any], events: int, runs: int | None = None) -> None:
     """Every accepted event has its ordinal once (0, 1, ... with none missing), and every partition got the same
     ticks (``runs`` of them), each once, in due order, the last one the tail's."""
