@@ -24,7 +24,9 @@ an ingest whose events topic already holds records.
 Every event goes through the :class:`~streamer.distributed.sequencer.Sequencer` on its way: its verdict rides in
 the record, and the control records it makes (``config`` at each start, ``window``, ``tick``, the tail's last
 ``tick``) go to every partition in the same transaction, at their place in the stream; the sequencer's state is
-part of the cursor record, so a restart decides on exactly as an uninterrupted ingest would.
+part of the cursor record, so a restart decides on exactly as an uninterrupted ingest would. So are the counts of
+records written per partition: each record carries its number in its partition (``skyattr-seq``,
+:class:`~streamer.distributed.event_records.Numbering`), and a worker folds a partition in that order only.
 """
 
 from __future__ import annotations
@@ -66,6 +68,7 @@ class IngestCursor:
     transactions: int = 0
     committed_at: float = 0.0  # wall clock of the commit (seconds since the epoch)
     sequencer: str = ""  # the sequencer's state after the transaction (Sequencer.to_text; "" when none)
+    written: list[int] = field(default_factory=list)  # records written per partition (event_records.Numbering)
 
     def to_bytes(self) -> bytes:
         return json.dumps(asdict(self), separators=(",", ":")).encode()
@@ -241,6 +244,7 @@ async def ingest_to_kafka(
         stats.source = source.stats
         hdrs = event_records.headers(source_id)
         control_hdrs = event_records.control_headers(source_id)
+        numbering = event_records.Numbering(parts, state.written)
         batch: list[Any] = []
         due = time.monotonic() + batch_seconds
         controls: list[Any] = [seq.config_dict()]  # every start says what it decides with (workers keep the first)
@@ -249,7 +253,7 @@ async def ingest_to_kafka(
             for control in controls:
                 value = event_records.encode_control(control)
                 for p in parts:
-                    await producer.send(events_topic, value, partition=p, headers=control_hdrs)
+                    await producer.send(events_topic, value, partition=p, headers=numbering.headers(p, control_hdrs))
             controls.clear()
 
         async def commit(ended: bool = False) -> None:
@@ -279,7 +283,10 @@ async def ingest_to_kafka(
                             ordinal=verdict.ordinal,
                             refused=verdict.reason or "",
                         )
-                        await producer.send(events_topic, value, key=key, headers=hdrs)
+                        p = numbering.partition(key)
+                        await producer.send(
+                            events_topic, value, key=key, partition=p, headers=numbering.headers(p, hdrs)
+                        )
                         events += 1
                         if verdict.after:
                             controls.extend(verdict.after)
@@ -298,6 +305,7 @@ async def ingest_to_kafka(
                     transactions=state.transactions + 1,
                     committed_at=time.time(),
                     sequencer=seq.to_text(),
+                    written=list(numbering.written),
                 )
                 await producer.send(cursor_topic, state.to_bytes(), key=name.encode())
             stats.transactions += 1

@@ -22,6 +22,11 @@ printable, so no DID holds it):
   orders the DIDs, and its ``off``, which keeps a record read again from folding twice) until the next prune, and
   counts as nothing: a single process holds such an account until then too. The records of a bucket leave with
   it;
+* ``P q source`` → ``[seq, off]``: the ``skyattr-seq`` of the last record of ``source`` folded (written after
+  what the record changed; for a tick, once its shard is out). Records are folded in that order and no other: one
+  numbered ahead of it is left for later (``early``: a record delivered out of order, which the consumer delivers
+  again in its turn), one at or below it was folded (``read_again``). Records without a number (an older ingest)
+  are folded as they come;
 * ``P n`` → ``[events, off]`` accepted events ever, ``P w`` → ``[head, off]`` the window's head,
   ``P g`` → ``[deactivations, off]`` the ``deactivate`` control records applied,
   ``P c`` → the ``config`` control record's contents.
@@ -155,6 +160,7 @@ class PartitionState:
         self._pending: _Shipped | None = None
         self._known = np.zeros(0, bool)
         self.skipped: Counter[str] = Counter()  # records not folded, by reason (this process's, not durable)
+        self._tick_turn: tuple[str, list[int]] | None = None  # the P q mark of a tick whose shard is not out yet
         self._rebuild(keys)
 
     # the keys --------------------------------------------------------------------------------------------------
@@ -196,9 +202,33 @@ class PartitionState:
 
     # folding ---------------------------------------------------------------------------------------------------
     def fold(self, offset: int, value: bytes, headers: Any) -> Tick | None:
-        """One record of ``skyattr.events`` at ``offset``: an event is folded in (a refused one counted), a
-        control record applied; a ``tick`` is returned, for the caller to publish :meth:`shard`. ``ValueError``
-        names a record that is neither."""
+        """One record of ``skyattr.events`` at ``offset``, in its turn (``P q``, see the module doc): an event is
+        folded in (a refused one counted), a control record applied; a ``tick`` is returned, for the caller to
+        publish :meth:`shard` (its turn is marked taken at :meth:`published`). ``ValueError`` names a record that
+        is neither (its turn is taken: it is done with)."""
+        turn = event_records.turn_of(headers)
+        if turn is None:
+            return self._fold(offset, value, headers)
+        key = self._key("q", turn[0])
+        held = self.store.get(key)
+        if held is not None and turn[1] <= held[0]:
+            self.skipped["read_again"] += 1
+            return None
+        if held is not None and turn[1] > held[0] + 1:
+            self.skipped["early"] += 1
+            return None
+        try:
+            tick = self._fold(offset, value, headers)
+        except ValueError:
+            self.store[key] = [turn[1], offset]
+            raise
+        if tick is None:
+            self.store[key] = [turn[1], offset]
+        else:
+            self._tick_turn = (key, [turn[1], offset])
+        return tick
+
+    def _fold(self, offset: int, value: bytes, headers: Any) -> Tick | None:
         schema = event_records.schema_of(headers)
         if schema == event_records.CONTROL_SCHEMA:
             control = event_records.decode_control(value)
@@ -530,8 +560,13 @@ class PartitionState:
         )
 
     def published(self) -> None:
-        """The shard :meth:`shard` made last is acknowledged by the broker: the next may be relative to it."""
+        """The shard :meth:`shard` made last is acknowledged by the broker: the next may be relative to it, and
+        the tick's turn is taken."""
         self._shipped, self._pending = self._pending, None
+        if self._tick_turn is not None:
+            key, mark = self._tick_turn
+            self.store[key] = mark
+            self._tick_turn = None
 
 
 def keys_by_partition(store: MutableMapping[str, Any]) -> dict[int, list[str]]:

@@ -248,6 +248,7 @@ def make_app(config: WorkerConfig, partitions: int, metrics: WorkerMetrics | Non
     schema = faust.Schema(key_type=str, key_serializer="json", value_serializer="json")
     table = app.Table(TABLE, partitions=partitions, schema=schema)
     states: dict[int, PartitionState] = {}
+    told: set[int] = set()  # partitions whose records delivered out of turn were named in the log since a rebalance
     owned: dict[int, list[str]] = {}  # the table's keys by partition, read once after a rebalance
     folded_bytes: Counter[int] = Counter()  # record bytes folded into each partition since its last shard
     if metrics is not None:
@@ -257,6 +258,7 @@ def make_app(config: WorkerConfig, partitions: int, metrics: WorkerMetrics | Non
     async def _forget(sender: Any, revoked: Any, **kwargs: Any) -> None:
         states.clear()  # partitions may move: each index is rebuilt from the (recovered) table when next used
         owned.clear()
+        told.clear()
         if metrics is not None:
             metrics.forget()
 
@@ -279,7 +281,7 @@ def make_app(config: WorkerConfig, partitions: int, metrics: WorkerMetrics | Non
                 log.info(
                     "partition %d: folding from offset %d (%d events held)", msg.partition, msg.offset, state.events
                 )
-            again = state.skipped["tick_read_again"]
+            again, early = state.skipped["tick_read_again"], state.skipped["early"]
             folded_bytes[msg.partition] += len(msg.value or b"")
             try:
                 tick = state.fold(msg.offset, msg.value, msg.headers)
@@ -292,6 +294,18 @@ def make_app(config: WorkerConfig, partitions: int, metrics: WorkerMetrics | Non
                 continue
             if metrics is not None:
                 metrics.folded(msg.partition, msg.offset)
+            if state.skipped["early"] != early:
+                if metrics is not None:
+                    metrics.early.inc()
+                if msg.partition not in told:
+                    told.add(msg.partition)
+                    log.info(
+                        "partition %d offset %d: delivered ahead of its turn (its skyattr-seq is not the next), left "
+                        "for the consumer to deliver again in order",
+                        msg.partition,
+                        msg.offset,
+                    )
+                continue
             if state.skipped["tick_read_again"] != again:
                 log.info(
                     "partition %d offset %d: a tick read again, its shard went out before", msg.partition, msg.offset

@@ -9,7 +9,9 @@ Read at scrape time from the faust app and the worker's own counts:
   rebalance, or a start on an empty disk); ``skyattr_worker_recovery_remaining{partition}``: changelog records
   still to read for that partition.
 * ``skyattr_worker_events_total``, ``skyattr_worker_refused_total``, ``skyattr_worker_shards_total``,
-  ``skyattr_worker_shard_bytes_total`` and ``skyattr_worker_shard_publish_seconds``.
+  ``skyattr_worker_shard_bytes_total`` and ``skyattr_worker_shard_publish_seconds``;
+  ``skyattr_worker_early_total``: records delivered ahead of their turn and left for the consumer to deliver again
+  (see :mod:`streamer.distributed.partition_state`).
 
 ``/readyz`` is 503 until the first assignment and while the table recovers, so a rolling update of the worker
 StatefulSet waits for each pod to hold its state again before it moves on.
@@ -39,6 +41,12 @@ class WorkerMetrics(Endpoint):
         self.events_topic = events_topic
         self.events = Counter("skyattr_worker_events", "Records read (folded or refused).", registry=r)
         self.refused = Counter("skyattr_worker_refused", "Records refused (named in the log), skipped.", registry=r)
+        self.early = Counter(
+            "skyattr_worker_early",
+            "Records delivered ahead of their turn (skyattr-seq), not folded: the consumer delivers them again in "
+            "order.",
+            registry=r,
+        )
         self.shards = Counter("skyattr_worker_shards", "Shards published (one per partition and run).", registry=r)
         self.shard_bytes = Counter("skyattr_worker_shard_bytes", "Compressed bytes of shards published.", registry=r)
         self.publish = Histogram(

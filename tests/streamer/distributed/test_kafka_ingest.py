@@ -79,10 +79,13 @@ async def _read_all(bootstrap: str, topic: str) -> tuple[Counter[tuple], dict[in
         ends = await consumer.end_offsets(tps)
         got: Counter[tuple] = Counter()
         actors: dict[int, set[str]] = {tp.partition: set() for tp in tps}
-        seq: dict[str, Any] = {"ordinals": Counter(), "ticks": {tp.partition: [] for tp in tps}}
+        seq: dict[str, Any] = {"ordinals": Counter(), "ticks": {tp.partition: [] for tp in tps}, "numbers": {}}
         for tp in tps:
             while await consumer.position(tp) < ends[tp]:
                 for record in (await consumer.getmany(tp, timeout_ms=2000)).get(tp, []):
+                    turn = event_records.turn_of(record.headers)
+                    assert turn is not None, "every record carries its skyattr-seq"
+                    seq["numbers"].setdefault((tp.partition, turn[0]), []).append(turn[1])
                     if event_records.schema_of(record.headers) == event_records.CONTROL_SCHEMA:
                         control = event_records.decode_control(record.value)
                         if isinstance(control, Tick):
@@ -181,6 +184,8 @@ def _assert_sequenced(seq: dict[str, Any], events: int, runs: int | None = None)
     ticks (``runs`` of them), each once, in due order, the last one the tail's."""
     ordinals = seq["ordinals"]
     assert set(ordinals.values()) == {1} and sorted(ordinals) == list(range(len(ordinals)))
+    for where, numbers in seq["numbers"].items():  # each partition's records numbered 1, 2, ... in offset order
+        assert numbers == list(range(1, len(numbers) + 1)), where
     assert 0.95 * events < len(ordinals) <= events
     ticks = list(seq["ticks"].values())
     assert all(t == ticks[0] for t in ticks) and ticks[0] and len(ticks[0]) == (runs or len(ticks[0]))

@@ -43,6 +43,7 @@ class Partitioned:
         self.store: dict[str, Any] = {}  # one table for all partitions, as one worker holding them all has
         self.states = [PartitionState(p, self.store) for p in range(partitions)]
         self.offsets = [0] * partitions
+        self.numbering = event_records.Numbering(range(partitions))  # each record's skyattr-seq, as the ingest's
         self.schedule = ScheduleState()
         self.results: list[RunResult] = []
         self.gatherer = Gatherer(timeout_s=float("inf"), clock=lambda: 0.0)
@@ -51,7 +52,7 @@ class Partitioned:
     def send(self, partition: int, value: bytes, headers: list[tuple[str, bytes]]) -> None:
         offset = self.offsets[partition]
         self.offsets[partition] += 1
-        tick = self.states[partition].fold(offset, value, headers)
+        tick = self.states[partition].fold(offset, value, self.numbering.headers(partition, headers))
         if tick is not None:
             self.shard(partition, tick)
 
