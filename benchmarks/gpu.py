@@ -7,9 +7,10 @@ For each size a heavy-tailed population (``kernels.heavy_tailed_population``, ~8
 each indicator, on the default device: compile seconds (first call minus steady state), steady-state seconds (best
 of ``--repeats`` later calls), the time per quadrature node against the time one node's sparse products need at the
 device's measured copy bandwidth (cascade: a product with W and one with its transpose per node), the device's
-peak memory, the graph's own bytes, and the same attribution on the host CPU (sizes up to ``--cpu-max``) for the
-ratio: measured by this script run again with ``--cpu`` in a process of its own (JAX picks its product path and
-keeps its device arrays per backend, so the CPU's figures come from a process whose only backend is the CPU).
+peak memory and what the compiler planned for one pass (``kernels.memory.plan``), the graph's own bytes, and the
+same attribution on the host CPU (sizes up to ``--cpu-max``) for the ratio: measured by this script run again
+with ``--cpu`` in a process of its own (JAX picks its product path and keeps its device arrays per backend, so the
+CPU's figures come from a process whose only backend is the CPU).
 Sizes run in increasing order while the time spent stays under ``--budget`` seconds; a size left out is listed as
 skipped. Writes ``gpu.json`` and ``gpu.md`` into ``--out``.
 """
@@ -96,6 +97,10 @@ def measure(sizes: list[int], indicators: list[str], nodes: int, repeats: int, b
             }
             row["indicators"][name] = entry
         row["peak_device_bytes"] = peak_bytes(device)
+        from kernels.memory import plan
+
+        # what the compiler says one pass of the first indicator needs, beside the peak the device reports
+        row["planned_device_bytes"] = plan(n, g.edges, indicators[0], nodes).total
         report["rows"].append(row)
         print(_row_line(row), flush=True)
     return report
@@ -128,12 +133,13 @@ def markdown(report: dict[str, Any]) -> str:
         f"{report['copy_bandwidth_gbs']:.0f} GB/s · host {report['cpu']} · {report['machine']}, {report['date']}",
         "",
         "| agents | edges | indicator | compile s | steady ms | ms per node | cascade's bound ms per node | × bound | "
-        "peak device MB | CPU steady ms | CPU ÷ device |",
-        "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "peak device MB | planned MB | CPU steady ms | CPU ÷ device |",
+        "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in report["rows"]:
         peak = row["peak_device_bytes"]
         peak_mb = "–" if peak is None else f"{peak / 2**20:,.0f}"
+        planned_mb = f"{row['planned_device_bytes'] / 2**20:,.0f}"
         for name, e in row["indicators"].items():
             cpu = e.get("cpu_steady_s")
             cpu_ms = "–" if cpu is None else f"{cpu * 1e3:.0f}"
@@ -141,7 +147,7 @@ def markdown(report: dict[str, Any]) -> str:
             lines.append(
                 f"| {row['agents']:,} | {row['edges']:,} | {name} | {e['compile_s']:.2f} | {e['steady_s'] * 1e3:.1f} | "
                 f"{e['node_ms']:.3f} | {e['bound_node_ms']:.3f} | {e['node_ms'] / e['bound_node_ms']:.1f} | "
-                f"{peak_mb} | {cpu_ms} | {ratio} |"
+                f"{peak_mb} | {planned_mb} | {cpu_ms} | {ratio} |"
             )
     if report["skipped"]:
         lines += ["", f"Skipped (over the time budget): {', '.join(f'{n:,}' for n in report['skipped'])} agents."]

@@ -17,6 +17,12 @@ Two containers share one set of operations:
 
 Indicators only use :meth:`exposure`, :meth:`transpose`, :meth:`total` and ``n``, so the same indicator runs on
 either container.
+
+Beyond one device (``products="sharded"``): the edges, sorted by attender, are cut into one contiguous piece per
+device of a one-axis mesh (so each device holds a range of attenders with all their edges), the agent vectors are
+replicated, and each product is the devices' local scatter-adds followed by one reduction (``psum``) over the
+mesh. A graph too large for one device's memory is spread over several; the result equals one device's within
+float rounding (the sums are taken in another order).
 """
 
 from __future__ import annotations
@@ -25,15 +31,18 @@ import math
 import os
 import threading
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from kernels import host_products
 
-PRODUCTS = ("auto", "host", "xla")
+PRODUCTS = ("auto", "host", "xla", "sharded")
+EDGE_AXIS = "edges"  # the mesh axis the sharded products cut the edges along
 MIN_BUCKET = 1024  # smallest padded length (agents or edges)
 FINE_FROM = 1 << 16  # sizes above this grow by 2**(1/4) per bucket, below it by 2
 
@@ -55,20 +64,30 @@ class _GraphOps:
         x = jnp.asarray(x)
         if self._host_token is not None:
             return host_products.exposure(self._host_token, x)
-        w = jnp.asarray(self.weight, dtype=x.dtype)
-        vals = w * x.at[self.source].get(mode="promise_in_bounds")
-        return (
-            jnp.zeros(self.size, x.dtype).at[self.attender].add(vals, indices_are_sorted=True, mode="promise_in_bounds")
-        )
+        return self._over_edges(_exposure, x)
 
     def transpose(self, y: jax.Array) -> jax.Array:
         """W^T y: (W^T y)_i = sum over edges j->i of w * y_j."""
         y = jnp.asarray(y)
         if self._host_token is not None:
             return host_products.transpose(self._host_token, y)
-        w = jnp.asarray(self.weight, dtype=y.dtype)
-        vals = w * y.at[self.attender].get(mode="promise_in_bounds", indices_are_sorted=True)
-        return jnp.zeros(self.size, y.dtype).at[self.source].add(vals, mode="promise_in_bounds")
+        return self._over_edges(_transpose, y)
+
+    def _over_edges(self, product: Any, v: jax.Array) -> jax.Array:
+        """``product(attender, source, weight, v, size)`` over all the edges: in one piece, or on each device's
+        piece of them followed by one sum over the mesh (``products="sharded"``)."""
+        mesh = self._mesh
+        if mesh is None:
+            return product(self.attender, self.source, self.weight, v, self.size)
+        size = self.size
+        edges, agents = PartitionSpec(EDGE_AXIS), PartitionSpec()
+
+        def local(att: Any, src: Any, w: Any, vec: jax.Array) -> jax.Array:
+            return jax.lax.psum(product(att, src, w, vec, size), EDGE_AXIS)
+
+        return jax.shard_map(local, mesh=mesh, in_specs=(edges, edges, edges, agents), out_specs=agents)(
+            self.attender, self.source, self.weight, v
+        )
 
     def total(self, per_agent: jax.Array) -> jax.Array:
         """Sum of a per-agent quantity over the real agents (padding excluded)."""
@@ -81,6 +100,20 @@ class _GraphOps:
     @property
     def _host_token(self) -> jax.Array | int | None:
         return None
+
+    @property
+    def _mesh(self) -> Mesh | None:
+        return None
+
+
+def _exposure(att: Any, src: Any, weight: Any, x: jax.Array, size: int) -> jax.Array:
+    vals = jnp.asarray(weight, dtype=x.dtype) * x.at[src].get(mode="promise_in_bounds")
+    return jnp.zeros(size, x.dtype).at[att].add(vals, indices_are_sorted=True, mode="promise_in_bounds")
+
+
+def _transpose(att: Any, src: Any, weight: Any, y: jax.Array, size: int) -> jax.Array:
+    vals = jnp.asarray(weight, dtype=y.dtype) * y.at[att].get(mode="promise_in_bounds", indices_are_sorted=True)
+    return jnp.zeros(size, y.dtype).at[src].add(vals, mode="promise_in_bounds")
 
 
 @dataclass(frozen=True, init=False, eq=False, repr=False)
@@ -210,7 +243,8 @@ class PaddedGraph(_GraphOps):
 
     ``products`` says how W·x and Wᵀ·y run: ``"xla"`` as sorted scatter-adds and gathers in XLA (any device),
     ``"host"`` as threaded scipy CSR products on the host CPU (:mod:`kernels.host_products`), for which ``token``
-    names the registered matrices. It is static: each way is its own compilation."""
+    names the registered matrices, or ``"sharded"``: the edges cut over the devices of ``mesh`` (see the module
+    doc). Both are static: each way is its own compilation."""
 
     attender: jax.Array
     source: jax.Array
@@ -219,6 +253,7 @@ class PaddedGraph(_GraphOps):
     n: jax.Array | int
     token: jax.Array | int = 0
     products: str = "xla"
+    mesh: Mesh | None = field(default=None, compare=False)
 
     @property
     def size(self) -> int:
@@ -234,9 +269,13 @@ class PaddedGraph(_GraphOps):
     def _host_token(self) -> jax.Array | int | None:
         return self.token if self.products == "host" else None
 
+    @property
+    def _mesh(self) -> Mesh | None:
+        return self.mesh if self.products == "sharded" else None
+
 
 jax.tree_util.register_dataclass(
-    PaddedGraph, data_fields=["attender", "source", "weight", "mask", "n", "token"], meta_fields=["products"]
+    PaddedGraph, data_fields=["attender", "source", "weight", "mask", "n", "token"], meta_fields=["products", "mesh"]
 )
 
 
@@ -253,6 +292,10 @@ _padded_lock = threading.Lock()
 # daemon replaying an archive: each product's callback waits for the GIL that the ingest thread holds (the
 # 100k-account archive's attributed replay 47.8 s with host products, 38.8 s with XLA's).
 HOST_FROM_EDGES = 1 << 20
+# Sharded products on several accelerators from 2^24 edges (1.7*10^7): below it one device holds the graph
+# (10^8 edges take ~1.6 GB as int32 ends and float32 weights) and a reduction over the mesh per product costs more
+# than it saves. Chosen from the memory arithmetic, not measured: no multi-GPU machine was available.
+SHARD_FROM_EDGES = 1 << 24
 
 
 def resolve_products(products: str = "auto", edges: int = HOST_FROM_EDGES) -> str:
@@ -261,13 +304,16 @@ def resolve_products(products: str = "auto", edges: int = HOST_FROM_EDGES) -> st
     cascade ~2x faster from 2.5*10^5 agents on a 2-core EPYC, see benchmarks/RESULTS.md), and ``"xla"`` on an
     accelerator (the products stay on the device) and for small graphs, where a host call costs more than the
     product and, because a kernel with host calls cannot enter JAX's persistent compilation cache, a restart
-    would recompile."""
+    would recompile. On several accelerators, ``"sharded"`` from :data:`SHARD_FROM_EDGES` edges: the edges cut
+    over the devices (the module doc)."""
     if products == "auto":
         products = os.environ.get("SKYATTR_KERNEL_PRODUCTS", "").strip() or "auto"
     if products not in PRODUCTS:
         raise ValueError(f"products must be one of {', '.join(PRODUCTS)}, got {products!r}")
     if products == "auto":
-        return "host" if jax.default_backend() == "cpu" and edges >= HOST_FROM_EDGES else "xla"
+        if jax.default_backend() == "cpu":
+            return "host" if edges >= HOST_FROM_EDGES else "xla"
+        return "sharded" if jax.device_count() > 1 and edges >= SHARD_FROM_EDGES else "xla"
     return products
 
 
@@ -295,6 +341,9 @@ def _pad(graph: AttentionGraph, dtype: np.dtype, products: str) -> PaddedGraph:
     bucket recompiles nothing (host kernels cannot come from the persistent cache, so each compilation counts)."""
     n_pad = bucket(graph.n)
     e_pad = bucket(graph.edges) if products != "host" else 0
+    devices = jax.devices() if products == "sharded" else []
+    if devices:
+        e_pad = -(-e_pad // len(devices)) * len(devices)  # an equal piece per device
     att = np.full(e_pad, n_pad - 1, graph.attender.dtype)
     src = np.zeros(e_pad, graph.source.dtype)
     w = np.zeros(e_pad, dtype)
@@ -305,14 +354,27 @@ def _pad(graph: AttentionGraph, dtype: np.dtype, products: str) -> PaddedGraph:
         att[: graph.edges], src[: graph.edges], w[: graph.edges] = graph.attender, graph.source, graph.weight
     mask = np.zeros(n_pad, bool)
     mask[: graph.n] = True
+    if not devices:
+        return PaddedGraph(
+            jnp.asarray(att),
+            jnp.asarray(src),
+            jnp.asarray(w),
+            jnp.asarray(mask),
+            jnp.asarray(graph.n, jnp.int32),
+            jnp.asarray(token, jnp.int32),
+            products,
+        )
+    mesh = Mesh(np.array(devices), (EDGE_AXIS,))
+    cut, whole = NamedSharding(mesh, PartitionSpec(EDGE_AXIS)), NamedSharding(mesh, PartitionSpec())
     return PaddedGraph(
-        jnp.asarray(att),
-        jnp.asarray(src),
-        jnp.asarray(w),
-        jnp.asarray(mask),
-        jnp.asarray(graph.n, jnp.int32),
-        jnp.asarray(token, jnp.int32),
+        jax.device_put(att, cut),
+        jax.device_put(src, cut),
+        jax.device_put(w, cut),
+        jax.device_put(mask, whole),
+        jax.device_put(np.int32(graph.n), whole),
+        jax.device_put(np.int32(token), whole),
         products,
+        mesh,
     )
 
 

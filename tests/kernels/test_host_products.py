@@ -80,7 +80,7 @@ def test_auto_chooses_the_host_for_large_graphs_on_a_cpu(
     small = kernels.heavy_tailed_population(200, seed=1)
     assert attribute("reach", small.x, small.graph, nodes=4).products == "xla"
     assert resolve_products("xla", 10**9) == "xla"
-    with pytest.raises(ValueError, match="products must be one of auto, host, xla, got 'gpu'"):
+    with pytest.raises(ValueError, match="products must be one of auto, host, xla, sharded, got 'gpu'"):
         resolve_products("gpu")
 
 
