@@ -146,8 +146,9 @@ def document(s: dict[str, Any]) -> list[Block]:
             notes.append(
                 "† The interval does not hold the estimate: the vertex bootstrap is biased for this figure "
                 "(study.json gives each interval's replicate mean; its distance from the estimate is the bias). "
-                "It shows on figures of ranks within the panel (Spearman, top-k) and on r* near 0: drawing "
-                "agents with replacement duplicates accounts, which ties and reorders the panel's ranks. Read the "
+                "It shows on figures that rest on ranks (Spearman and top-k within the panel; at large N also the "
+                "tier shares and the Gini, whose tiers and order are ranks over every account) and on r* near 0: "
+                "drawing agents with replacement duplicates accounts, which ties and reorders the ranks. Read the "
                 "range over seeds instead, where there is one."
             )
         blocks += [Block("p", n) for n in notes]
