@@ -596,12 +596,14 @@ def distributed() -> list[Any]:
         ).overrides(overrides(right_axis("B"))),
         ts(
             "Workers: records folded and partitions held",
-            "Records read per second by each worker (folded or refused; refused ones are named in its log) and the "
-            "partitions each holds. skyattr_worker_events_total, skyattr_worker_refused_total, "
+            "Records read per second by each worker (folded or refused; refused ones are named in its log; early: "
+            "delivered ahead of their turn after a rebalance, folded when delivered again) and the partitions each "
+            "holds. skyattr_worker_events_total, skyattr_worker_refused_total, skyattr_worker_early_total, "
             "skyattr_worker_assigned_partitions.",
             q(f"sum by (instance) (rate(skyattr_worker_events_total{{{SEL}}}{rate}))", "read/s {{instance}}"),
             q(f"sum by (instance) (rate(skyattr_worker_refused_total{{{SEL}}}{rate}))", "refused/s {{instance}}", "B"),
             q(f"skyattr_worker_assigned_partitions{{{SEL}}}", "partitions {{instance}}", "C"),
+            q(f"sum by (instance) (rate(skyattr_worker_early_total{{{SEL}}}{rate}))", "early/s {{instance}}", "D"),
         ).overrides(overrides(right_axis("C"))),
         ts(
             "Workers: shards published",

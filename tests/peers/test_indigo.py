@@ -167,30 +167,37 @@ def _indigo_relay(indigo: Path, work: Path, upstream: int) -> Iterator[tuple[int
     Its crawler only dials public addresses on ports 80/443 (an SSRF guard with no switch), so the host is entered
     in its database the way its admin API would have left it; it resubscribes to known hosts at start."""
     db = work / "relay.sqlite"
-    port, metrics = free_port(), free_port()
-    cmd = [
-        str(indigo / "relay"),
-        "serve",
-        f"--plc-host=http://localhost:{upstream}",
-        f"--db-url=sqlite://{db}",
-        f"--persist-dir={work / 'persist'}",
-        f"--bind=127.0.0.1:{port}",
-        f"--metrics-listen=127.0.0.1:{metrics}",
-        "--allow-insecure-hosts",
-        "--default-account-limit=1000000",
-    ]
     env = dict(os.environ, RELAY_ADMIN_PASSWORD=ADMIN)
     log = work / "relay.log"
 
-    def start() -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen(cmd, stdout=log.open("ab"), stderr=subprocess.STDOUT, env=env)
-        deadline = time.monotonic() + 30
-        while not _healthy(port):
-            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
-            time.sleep(0.1)
-        return proc
+    def start() -> tuple[subprocess.Popen[bytes], int]:
+        # ports picked free can be taken by another process before the relay binds them: pick again then
+        for attempt in range(3):
+            port, metrics = free_port(), free_port()
+            cmd = [
+                str(indigo / "relay"),
+                "serve",
+                f"--plc-host=http://localhost:{upstream}",
+                f"--db-url=sqlite://{db}",
+                f"--persist-dir={work / 'persist'}",
+                f"--bind=127.0.0.1:{port}",
+                f"--metrics-listen=127.0.0.1:{metrics}",
+                "--allow-insecure-hosts",
+                "--default-account-limit=1000000",
+            ]
+            seen = log.stat().st_size if log.exists() else 0
+            proc = subprocess.Popen(cmd, stdout=log.open("ab"), stderr=subprocess.STDOUT, env=env)
+            deadline = time.monotonic() + 30
+            while not _healthy(port):
+                if proc.poll() is not None and b"address already in use" in log.read_bytes()[seen:] and attempt < 2:
+                    break
+                assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+                time.sleep(0.1)
+            else:
+                return proc, port
+        raise AssertionError("unreachable")
 
-    first = start()  # creates its schema
+    first, _ = start()  # creates its schema
     first.terminate()
     first.wait(10)
     with sqlite3.connect(db) as conn:
@@ -199,7 +206,7 @@ def _indigo_relay(indigo: Path, work: Path, upstream: int) -> Iterator[tuple[int
             "VALUES (datetime('now'), datetime('now'), ?, 1, 1000000, 1, 'active', 0)",
             (f"localhost:{upstream}",),
         )
-    proc = start()
+    proc, port = start()
     try:
         yield port, log
     finally:
