@@ -343,7 +343,7 @@ def _pad(graph: AttentionGraph, dtype: np.dtype, products: str) -> PaddedGraph:
     e_pad = bucket(graph.edges) if products != "host" else 0
     devices = jax.devices() if products == "sharded" else []
     if devices:
-        e_pad = -(-e_pad // len(devices)) * len(devices)  # an equal piece per device
+        e_pad = equal_pieces(e_pad, len(devices))
     att = np.full(e_pad, n_pad - 1, graph.attender.dtype)
     src = np.zeros(e_pad, graph.source.dtype)
     w = np.zeros(e_pad, dtype)
@@ -364,8 +364,7 @@ def _pad(graph: AttentionGraph, dtype: np.dtype, products: str) -> PaddedGraph:
             jnp.asarray(token, jnp.int32),
             products,
         )
-    mesh = Mesh(np.array(devices), (EDGE_AXIS,))
-    cut, whole = NamedSharding(mesh, PartitionSpec(EDGE_AXIS)), NamedSharding(mesh, PartitionSpec())
+    mesh, cut, whole = edge_mesh(devices)
     return PaddedGraph(
         jax.device_put(att, cut),
         jax.device_put(src, cut),
@@ -376,6 +375,18 @@ def _pad(graph: AttentionGraph, dtype: np.dtype, products: str) -> PaddedGraph:
         products,
         mesh,
     )
+
+
+def equal_pieces(edges: int, devices: int) -> int:
+    """``edges`` rounded up to a multiple of ``devices``: the padded length that cuts into equal pieces."""
+    return -(-edges // devices) * devices
+
+
+def edge_mesh(devices: list[Any]) -> tuple[Mesh, NamedSharding, NamedSharding]:
+    """The one-axis mesh of ``devices``, with the sharding that cuts the edge arrays along it and the one that
+    keeps an array whole on every device."""
+    mesh = Mesh(np.array(devices), (EDGE_AXIS,))
+    return mesh, NamedSharding(mesh, PartitionSpec(EDGE_AXIS)), NamedSharding(mesh, PartitionSpec())
 
 
 def bucket(size: int) -> int:

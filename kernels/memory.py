@@ -14,12 +14,11 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import NamedSharding
 
 from kernels import defaults
 from kernels.attribution import _kernel, default_chunk
-from kernels.graph import EDGE_AXIS, PaddedGraph, bucket
+from kernels.graph import PaddedGraph, bucket, edge_mesh, equal_pieces
 from kernels.indicators import as_indicator
 
 
@@ -68,9 +67,8 @@ def plan(
         mesh, cut, whole = None, None, None
         products = "xla"
     else:
-        e_pad = -(-e_pad // devices) * devices
-        mesh = Mesh(np.array(jax.devices()[:devices]), (EDGE_AXIS,))
-        cut, whole = NamedSharding(mesh, PartitionSpec(EDGE_AXIS)), NamedSharding(mesh, PartitionSpec())
+        e_pad = equal_pieces(e_pad, devices)
+        mesh, cut, whole = edge_mesh(jax.devices()[:devices])
         products = "sharded"
 
     def shaped(shape: tuple[int, ...], kind: Any, sharding: NamedSharding | None) -> Any:

@@ -182,23 +182,24 @@ class Numbering:
 
 def turn_of(headers: Any) -> tuple[str, int] | None:
     """``(source, skyattr-seq)`` of a record, or None when it has no number (written before records had one)."""
+    seq = header(headers, SEQ_HEADER)
+    if not seq:
+        return None
+    try:
+        return header(headers, SOURCE_HEADER), int(seq)
+    except ValueError:
+        raise ValueError(f"{SEQ_HEADER} header is not a number: {seq!r}") from None
+
+
+def header(headers: Any, name: str) -> str:
+    """The header ``name`` of a record as text ("" when it has none); ``headers`` as pairs or a mapping."""
     pairs = headers.items() if hasattr(headers, "items") else headers or ()
-    source, seq = "", None
     for k, v in pairs:
-        if k == SOURCE_HEADER:
-            source = v.decode(errors="replace") if isinstance(v, bytes) else str(v)
-        elif k == SEQ_HEADER:
-            try:
-                seq = int(v)
-            except (TypeError, ValueError):
-                raise ValueError(f"{SEQ_HEADER} header is not a number: {v!r}") from None
-    return (source, seq) if seq is not None else None
+        if k == name:
+            return v.decode(errors="replace") if isinstance(v, bytes) else str(v)
+    return ""
 
 
 def schema_of(headers: Any) -> str:
-    """The ``skyattr-schema`` header of a record ("" when it has none); ``headers`` as pairs or a mapping."""
-    pairs = headers.items() if hasattr(headers, "items") else headers or ()
-    for k, v in pairs:
-        if k == SCHEMA_HEADER:
-            return v.decode(errors="replace") if isinstance(v, bytes) else str(v)
-    return ""
+    """The ``skyattr-schema`` header of a record ("" when it has none)."""
+    return header(headers, SCHEMA_HEADER)
