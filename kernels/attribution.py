@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -47,6 +48,9 @@ GRADED_MARGIN = 4.0
 # equally good, and which is "smaller" would flip with the order of a sum (a run on other hardware, shards merged in
 # another order), so plain Gauss-Legendre stays.
 ESTIMATE_NOISE_ULPS = 16
+# The most nodes an error-driven count (``tolerance``) doubles to: 32 times the default start of 8, past what the
+# built-in indicators need for 10^-6 at 1.67 million agents (benchmarks/RESULTS.md, time to accuracy).
+MAX_NODES = 256
 
 
 @dataclass(frozen=True)
@@ -174,6 +178,8 @@ def attribute(
     chunk: int | None = None,
     products: str = "auto",
     estimate_error: bool = False,
+    tolerance: float | None = None,
+    max_nodes: int = MAX_NODES,
     on_pass: Callable[[int], None] | None = None,
 ) -> Attribution:
     """Aumann–Shapley attribution of ``indicator`` at activity ``x`` on ``graph``.
@@ -186,6 +192,13 @@ def attribute(
     with its estimate: twice the cost of a fixed rule with ``estimate_error``, and never a worse rule than plain
     Gauss–Legendre. ``on_pass(nodes)`` hears each quadrature pass over the graph as it ends (a long job's progress:
     :func:`passes` says how many nodes there will be at most).
+
+    ``tolerance`` makes the node count error-driven: ``nodes`` is where it starts, and it doubles (up to
+    ``max_nodes``) until the estimate's largest per-agent error is within ``tolerance`` of the total attribution
+    (:func:`share_error`, each agent's share of v(x) − v(0) to that many units); the result is the first node count
+    that passes, with its estimate (so always ``estimate_error``). Each doubling costs a pass at the new count, so
+    a start near the count the indicator needs (8 for the built-in ones at 10⁻⁴, ``benchmarks/accuracy.py``) costs
+    about 3.5 times that count, where a fixed count with an estimate costs 3 times a count chosen blind.
     """
     ind = as_indicator(indicator)
     if not isinstance(graph, AttentionGraph):
@@ -194,35 +207,77 @@ def attribute(
         raise ValueError("graph has no edges: attribution on an empty attention graph is undefined")
     if rule not in CHOICES:
         raise ValueError(f"rule must be one of {', '.join(CHOICES)}, got {rule!r}")
+    if tolerance is not None and not (math.isfinite(tolerance) and 0 < tolerance < 1):
+        raise ValueError(f"tolerance must be a share in (0, 1), got {tolerance!r}")
+    max_nodes = max(check_positive_int(max_nodes, "max_nodes"), check_positive_int(nodes, "nodes"))
     fixed = ("uniform", "log-graded") if rule == "auto" else (rule,)
     best: Attribution | None = None
     for r in fixed:
         if best is not None and (best.span <= 1.0 or best.nodes < 4):  # the graded rule is the plain one there
             break
-        a = _attribute(ind, x, graph, nodes, dtype, path=path, rule=r, chunk=chunk, products=products)
-        if on_pass is not None:
-            on_pass(a.nodes)
-        if not (estimate_error or rule == "auto"):
+
+        def at(m: int, r: str = r) -> Attribution:
+            a = _attribute(ind, x, graph, m, dtype, path=path, rule=r, chunk=chunk, products=products)
+            if on_pass is not None:
+                on_pass(a.nodes)
             return a
-        b = _attribute(ind, x, graph, 2 * a.nodes, dtype, path=path, rule=r, chunk=chunk, products=products)
-        if on_pass is not None:
-            on_pass(b.nodes)
+
+        a = at(nodes)
+        if not (estimate_error or rule == "auto" or tolerance is not None):
+            return a
+        b = at(2 * a.nodes)
         a = _with_estimate(a, b)
-        if best is None or _better(a, best):
+        while tolerance is not None and share_error(a) > tolerance and 2 * b.nodes <= max_nodes:
+            a, b = b, at(2 * b.nodes)
+            a = _with_estimate(a, b)
+        if best is None or _better(a, best, tolerance):
             best = a
     assert best is not None
     return best
 
 
-def passes(nodes: int, rule: str = "log-graded", estimate_error: bool = False) -> int:
+def share_error(a: Attribution) -> float:
+    """The estimate's largest per-agent error as a share of the total attribution Σ|phi| (v(x) − v(0) for an
+    indicator whose phi are all of one sign; Σ|phi| is never zero where phi is not): the unit in which the
+    product reports who causes how much. inf without an estimate; 0 where phi is zero."""
+    if a.error_max is None:
+        return math.inf
+    scale = float(np.sum(np.abs(a.phi), dtype=np.float64))
+    return a.error_max / scale if scale > 0 else 0.0
+
+
+def passes(
+    nodes: int,
+    rule: str = "log-graded",
+    estimate_error: bool = False,
+    tolerance: float | None = None,
+    max_nodes: int = MAX_NODES,
+) -> int:
     """The most quadrature nodes :func:`attribute` evaluates over the graph: ``nodes`` for a fixed rule, three
     times that with its error estimate (m and 2m nodes), six times with ``rule="auto"`` (both rules, each with its
-    estimate; fewer when the graded rule is the plain one and is skipped)."""
+    estimate; fewer when the graded rule is the plain one and is skipped); with a ``tolerance``, every doubling up
+    to ``max_nodes`` for each rule."""
+    rules = 2 if rule == "auto" else 1
+    if tolerance is not None:
+        m = 2 * nodes
+        total = nodes + m
+        while 2 * m <= max_nodes:
+            m *= 2
+            total += m
+        return rules * total
     return nodes * (6 if rule == "auto" else 3 if estimate_error else 1)
 
 
-def _better(graded: Attribution, plain: Attribution) -> bool:
-    """Whether ``graded``'s error estimate is clearly below ``plain``'s (see :data:`GRADED_MARGIN`)."""
+def _better(graded: Attribution, plain: Attribution, tolerance: float | None = None) -> bool:
+    """Whether ``graded``'s error estimate is clearly below ``plain``'s (see :data:`GRADED_MARGIN`); with a
+    ``tolerance``, the one that met it at fewer nodes is better whatever its estimate (it is the cheaper answer
+    of the accuracy asked for), and between two that met it at the same count the estimates decide."""
+    if tolerance is not None:
+        met = {k: share_error(a) <= tolerance for k, a in (("graded", graded), ("plain", plain))}
+        if met["graded"] and (not met["plain"] or graded.nodes < plain.nodes):
+            return True
+        if met["plain"] and (not met["graded"] or plain.nodes < graded.nodes):
+            return False
     noise = ESTIMATE_NOISE_ULPS * float(np.finfo(check_dtype(graded.dtype)).eps)
     return max(graded.error_estimate or 0.0, noise) * GRADED_MARGIN < max(plain.error_estimate or 0.0, noise)
 

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from kernels import defaults
-from kernels.attribution import Attribution, attribute, passes
+from kernels.attribution import MAX_NODES, Attribution, attribute, passes
 from kernels.bias import ScaleBias, scale_bias
 from kernels.indicators import Indicator, as_indicator
 from kernels.panel import GAMES, panel_attribution, select_panel
@@ -67,19 +67,21 @@ def scale_study(
     games: tuple[str, ...] = GAMES,
     estimate_error: bool = False,
     rule: str = "auto",
+    tolerance: float | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> Study:
     """Attribute ``indicator`` over the population, tier it by ``visibility``, select the panel and attribute it in
     each of ``games`` (with ``estimate_error`` the full attribution carries its error estimate, see
     :class:`~kernels.attribution.Attribution`). The quadrature ``rule`` is the full attribution's (``auto``: the
-    better of the two by their error estimates, which it then carries); the panel games use the rule it chose.
+    better of the two by their error estimates, which it then carries); the panel games use the rule it chose, and
+    its node count (with a ``tolerance`` the count is error-driven, see :func:`~kernels.attribution.attribute`).
     Raises ``ValueError`` when no agent is active (there is no panel to speak of).
 
     ``progress(done, total)`` hears the quadrature nodes evaluated over the whole graph, the study's cost at scale:
     the full attribution's passes and the same game's (the restricted game plays on the panel's subgraph, at no
     cost worth counting). ``total`` starts at the most there can be and shrinks when a pass is not needed."""
     ind = as_indicator(indicator)
-    whole_graph_games = nodes * sum(game == "same_game" for game in games)
+    whole_graph_games = sum(game == "same_game" for game in games)  # each a pass at the full attribution's count
     done = 0
 
     def on_pass(count: int) -> None:
@@ -88,9 +90,13 @@ def scale_study(
         if progress is not None:
             progress(done, max(done, planned))
 
-    planned = passes(nodes, rule, estimate_error) + whole_graph_games
-    full = attribute(ind, x, graph, nodes=nodes, dtype=dtype, estimate_error=estimate_error, rule=rule, on_pass=on_pass)
-    planned = done + whole_graph_games
+    most = max(MAX_NODES, nodes) if tolerance else nodes
+    planned = passes(nodes, rule, estimate_error, tolerance) + whole_graph_games * most
+    full = attribute(
+        ind, x, graph, nodes=nodes, dtype=dtype, estimate_error=estimate_error, rule=rule, tolerance=tolerance,
+        on_pass=on_pass,
+    )  # fmt: skip
+    planned = done + whole_graph_games * full.nodes
     tiers = assign_tiers(visibility, head=head, middle=middle)
     if negligible(full.value, full.baseline, dtype):
         return Study(full, tiers, nothing=f"v(x) = v(0) = {full.value:.6g}: nothing to attribute")
@@ -99,7 +105,7 @@ def scale_study(
         raise ValueError("no active agents: the panel is empty")
     played = {}
     for game in games:
-        attr = panel_attribution(ind, x, graph, panel, nodes=nodes, dtype=dtype, game=game, rule=full.rule)
+        attr = panel_attribution(ind, x, graph, panel, nodes=full.nodes, dtype=dtype, game=game, rule=full.rule)
         if game == "same_game":
             on_pass(attr.nodes)
         played[game] = PanelGame(attr, scale_bias(full, panel, attr, tiers))

@@ -176,7 +176,7 @@ def attribute(
             st = kernels.scale_study(
                 ind, pop.x, pop.graph, pop.visibility, nodes=nodes, dtype=dtype, head=cfg.head, middle=cfg.middle,
                 panel_size=cfg.panel_size, estimate_error=cfg.estimate_error, rule=cfg.rule,
-                progress=lambda done, total: nodes_done.update(done, total=total),
+                tolerance=cfg.tolerance or None, progress=lambda done, total: nodes_done.update(done, total=total),
             )  # fmt: skip
             seconds = time.perf_counter() - start  # the study: the full population and the panel in both games
             nodes_done.done()

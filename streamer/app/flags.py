@@ -37,6 +37,7 @@ ATTRIBUTION_FIELDS = frozenset(
         "indicator",
         "indicator_params",
         "nodes",
+        "tolerance",
         "dtype",
         "head",
         "middle",

@@ -141,7 +141,20 @@ class Settings(BaseSettings):
         default_factory=dict,
         description="Indicator parameters, e.g. {kappa: 2, theta: 3} (in a flag or env var: JSON or that YAML form).",
     )
-    nodes: int = Field(defaults.NODES, ge=1, le=1024, description="Gauss–Legendre quadrature nodes.")
+    nodes: int = Field(
+        defaults.NODES,
+        ge=1,
+        le=1024,
+        description="Gauss–Legendre quadrature nodes (with `tolerance`: the first count).",
+    )
+    tolerance: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        allow_inf_nan=False,
+        description="Error-driven node count: from `nodes`, double (up to 256) until each account's estimated error is "
+        "within this share of the whole attribution, e.g. 1e-4 from 8 nodes (0: always `nodes`).",
+    )
     dtype: Literal["float32", "float64"] = Field(defaults.DTYPE, description="Floating point precision of the kernels.")
     compilation_cache: str = Field(
         "auto",
@@ -460,6 +473,7 @@ class Settings(BaseSettings):
             estimate_error=self.error_estimate,
             rule=self.quadrature,
             stratified_epsilon=self.stratified_epsilon,
+            tolerance=self.tolerance,
         )
 
     @property

@@ -46,7 +46,9 @@ if TYPE_CHECKING:  # the kernels load their modules (and JAX) at first use
 @dataclass(frozen=True)
 class AttributionConfig:
     """What to attribute and how: indicator and its parameters, quadrature, tiers, panel, alert thresholds, and
-    whether to estimate the quadrature error (``estimate_error``: phi again at twice the nodes)."""
+    whether to estimate the quadrature error (``estimate_error``: phi again at twice the nodes). A ``tolerance``
+    (a share, 0 < t < 1) makes the node count error-driven from ``nodes`` (:func:`kernels.attribution.attribute`);
+    0 keeps ``nodes``."""
 
     indicator: str = defaults.DEFAULT_INDICATOR
     params: dict[str, Any] = field(default_factory=dict)
@@ -60,6 +62,7 @@ class AttributionConfig:
     estimate_error: bool = True
     rule: str = "auto"
     stratified_epsilon: float = defaults.STRATIFIED_EPSILON  # 0: no stratified panel
+    tolerance: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
         """Every option as plain JSON values (what a checkpoint records to refuse resuming with other options)."""
@@ -77,6 +80,8 @@ class AttributionConfig:
             "estimate_error": self.estimate_error,
             "rule": self.rule,
             "stratified_epsilon": self.stratified_epsilon,
+            # only when set, so a checkpoint made before the option existed (a fixed count) still resumes
+            **({"tolerance": self.tolerance} if self.tolerance else {}),
         }
 
     def validate(self) -> None:
@@ -89,6 +94,8 @@ class AttributionConfig:
             raise ValueError(f"quadrature rule must be auto, log-graded or uniform, got {self.rule!r}")
         if self.dtype not in ("float32", "float64"):
             raise ValueError(f"dtype must be float32 or float64, got {self.dtype!r}")
+        if not 0 <= self.tolerance < 1:
+            raise ValueError(f"the node count's tolerance must be in [0, 1), got {self.tolerance!r}")
         if not 0 <= self.stratified_epsilon < 1:
             raise ValueError(f"the stratified panel's epsilon must be in [0, 1), got {self.stratified_epsilon!r}")
 
@@ -172,6 +179,7 @@ def measure(snap: Snapshot, config: AttributionConfig) -> Measured:
     st = kernels.scale_study(
         ind, snap.x, snap.graph, snap.visibility, nodes=config.nodes, dtype=config.dtype, head=config.head,
         middle=config.middle, panel_size=config.panel_size, estimate_error=config.estimate_error, rule=config.rule,
+        tolerance=config.tolerance or None,
     )  # fmt: skip
     full = st.full
     needed = [full.value, full.baseline, full.residual]

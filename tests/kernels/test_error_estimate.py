@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from kernels import attribute, get_indicator
+from kernels.attribution import passes, share_error
 from tests.kernels.test_oracle import ORACLES, _population, cascade, path_integral
 
 FLOOR = 1e-12  # float64: below this the two are the same number
@@ -84,3 +85,65 @@ def test_the_graded_weights_are_not_renormalised_so_a_linear_indicator_shows_the
     assert error > 1e-7 and graded.residual == pytest.approx(error, rel=1e-6)
     auto = attribute("exposure", x, g, nodes=8, dtype="float64", rule="auto")
     assert auto.rule == "uniform" and np.linalg.norm(auto.phi - want) <= 1e-12 * np.linalg.norm(want)
+
+
+TOLERANCE_CASES = [("cascade", {"kappa": 8.0}, "uniform"), ("cascade", {}, "log-graded"), ("reach", {}, "log-graded")]
+
+
+@pytest.mark.parametrize(("name", "params", "rule"), TOLERANCE_CASES)
+def test_a_tolerance_doubles_the_nodes_until_each_agents_share_is_within_it(name: str, params: dict, rule: str) -> None:
+    """The error-driven node count stops at the first count whose estimate is within the tolerance (the count
+    before it was not), and what it returns is within the tolerance against the oracle too, agent by agent, as a
+    share of the whole attribution."""
+    x, g = _population(3, n=200)
+    grad = cascade(g, **params)[1] if name == "cascade" else ORACLES[name](g)[1]
+    want = path_integral(grad, x, panels=256)
+    ind = get_indicator(name, **params)
+    heard: list[int] = []
+    for tolerance in (1e-3, 1e-5):
+        heard.clear()
+        a = attribute(ind, x, g, nodes=2, dtype="float64", rule=rule, tolerance=tolerance, on_pass=heard.append)
+        share = np.max(np.abs(a.phi - want)) / np.sum(np.abs(want))
+        assert share_error(a) <= tolerance and share <= tolerance, (tolerance, a.nodes, share)
+        assert heard == [2 * 2**k for k in range(len(heard))] and heard[-1] == 2 * a.nodes, heard
+        if a.nodes > 2:
+            before = attribute(ind, x, g, nodes=a.nodes // 2, dtype="float64", rule=rule, estimate_error=True)
+            assert share_error(before) > tolerance, "it stopped at the first count that met the tolerance"
+    assert a.nodes > 2, "10^-5 is not met at 2 nodes: the case tests the doubling"
+
+
+def test_a_tolerance_never_met_stops_at_max_nodes_and_passes_counts_what_it_ran() -> None:
+    x, g = _population(3, n=100)
+    heard: list[int] = []
+    a = attribute("cascade", x, g, nodes=4, rule="auto", tolerance=1e-12, max_nodes=32, on_pass=heard.append)
+    assert a.nodes == 16 and share_error(a) > 1e-12, "float32 cannot meet 10^-12; the count stops at the cap"
+    assert sum(heard) == passes(4, "auto", tolerance=1e-12, max_nodes=32) == 2 * (4 + 8 + 16 + 32)
+
+
+def test_with_a_tolerance_auto_takes_the_rule_that_meets_it_at_fewer_nodes() -> None:
+    """reach's features sit at small a: the graded rule meets 10^-6 at a few times fewer nodes than plain
+    Gauss–Legendre, and auto returns that cheaper answer."""
+    x, g = _population(4, n=200)
+    want = path_integral(ORACLES["reach"](g)[1], x, panels=256)
+    kw = {"nodes": 4, "dtype": "float64", "tolerance": 1e-6}
+    auto, graded = attribute("reach", x, g, rule="auto", **kw), attribute("reach", x, g, rule="log-graded", **kw)
+    plain = attribute("reach", x, g, rule="uniform", **kw)
+    assert graded.nodes < plain.nodes and auto.rule == "log-graded" and auto.nodes == graded.nodes
+    assert np.max(np.abs(auto.phi - want)) / np.sum(np.abs(want)) <= 1e-6
+
+
+@pytest.mark.parametrize("tolerance", [0.0, -1e-4, 1.0, float("nan"), float("inf")])
+def test_a_tolerance_outside_0_1_is_refused(tolerance: float) -> None:
+    x, g = _population(3, n=50)
+    with pytest.raises(ValueError, match="tolerance"):
+        attribute("reach", x, g, tolerance=tolerance)
+
+
+def test_a_studys_panel_games_run_at_the_count_the_full_attribution_settled_on() -> None:
+    from kernels.study import scale_study
+
+    x, g = _population(3, n=300)
+    visibility = np.arange(300, dtype=float)
+    st = scale_study("cascade", x, g, visibility, nodes=2, panel_size=20, rule="log-graded", tolerance=1e-4)
+    assert st.full.nodes > 2 and share_error(st.full) <= 1e-4
+    assert {game.attribution.nodes for game in st.games.values()} == {st.full.nodes}

@@ -177,3 +177,17 @@ def test_attribute_json_publishes_both_games_and_a_linear_indicator_is_proportio
     assert cascade["scale_bias"]["same_game"]["residual"] > 1e-3
     share = cascade["scale_bias"]["panel_share"]
     assert ("coverage" in cascade["alert"]["criteria"]) == (share < 0.5)
+
+
+def test_attribute_with_a_tolerance_reports_the_node_count_it_settled_on() -> None:
+    """--tolerance makes the count error-driven from --nodes: the JSON names the count the kernels settle on for
+    that population (and the option, so a result says how it was made); a tolerance outside [0, 1) is one line."""
+    result = runner.invoke(app, ["attribute", "--agents", "3000", "--seed", "2", "--nodes", "2", "--tolerance", "1e-4",
+                                 "--quadrature", "log-graded", "--json"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    pop = kernels.heavy_tailed_population(3000, 8.0, seed=2)
+    want = kernels.attribute("cascade", pop.x, pop.graph, nodes=2, rule="log-graded", tolerance=1e-4)
+    assert out["nodes"] == want.nodes > 2 and out["config"]["tolerance"] == 1e-4
+    bad = runner.invoke(app, ["attribute", "--agents", "300", "--tolerance", "1.5"])
+    assert bad.exit_code == 2 and "tolerance" in bad.output and "Traceback" not in bad.output
