@@ -101,8 +101,6 @@ def distributed(bootstrap: str, archive: Path, interval: float, workers: int, pa
             shards,
             "--app-id",
             f"bench-w-{run}",
-            "--store",
-            "memory://",
             log=work / f"worker{n}-{run}.log",
         )
         for n in range(workers)

@@ -1,13 +1,12 @@
-"""A worker started again on an empty ``--data-dir``, over and over: how long until it is ready, and until it stops.
+"""A worker started again, over and over: how long until it is ready, and until it stops.
 
     python -m benchmarks.worker_recovery --bootstrap 127.0.0.1:9092 --loops 8 --load 2
 
-Once: the bundled archive is ingested into fresh topics (4 partitions) and a first worker (RocksDB) folds it and
-stays up. Then, ``--loops`` times: a second worker starts on an empty data directory (the group rebalances, it gets
-partitions and recovers their table from the changelog), the time until its ``/readyz`` answers 200 is measured
-(``--ready-timeout`` at most: a worker that never gets there is the hang seen once, "Recovery: Starting" with no
-partitions), then it gets SIGTERM and the time until it exits is measured (the same hang went on in "Recovery:
-Stopping"); its directory is deleted. ``--load`` busy processes share the CPU meanwhile. Prints a markdown table.
+Once: the bundled archive is ingested into fresh topics (4 partitions) and a first worker folds it and stays up.
+Then, ``--loops`` times: a second worker starts (the group rebalances, it gets partitions and reads their state
+back from the changelog), the time until its ``/readyz`` answers 200 is measured (``--ready-timeout`` at most),
+then it gets SIGTERM and the time until it exits is measured. ``--load`` busy processes share the CPU meanwhile.
+Prints a markdown table.
 """
 
 from __future__ import annotations
@@ -79,9 +78,8 @@ def main(argv: list[str] | None = None) -> int:
         def worker(name: str, port: int) -> subprocess.Popen[bytes]:
             log = (tmp / f"{name}.log").open("ab")
             proc = subprocess.Popen(
-                [*cli, "worker", "--store", "rocksdb://", "--events-topic", events, "--shards-topic", shards,
-                 "--app-id", app_id, "--data-dir", str(tmp / name), "--session-timeout", "8", "--metrics-port",
-                 str(port), *kafka],
+                [*cli, "worker", "--events-topic", events, "--shards-topic", shards,
+                 "--app-id", app_id, "--session-timeout", "8", "--metrics-port", str(port), *kafka],
                 cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
             )  # fmt: skip
             procs.append(proc)
@@ -117,7 +115,6 @@ def main(argv: list[str] | None = None) -> int:
                 proc.kill()
                 proc.wait(30)
                 stop_s = None
-            shutil.rmtree(tmp / f"second{loop}", ignore_errors=True)
             rows.append((loop, ready_s, stop_s, proc.returncode, replies))
             print(
                 f"loop {loop}: ready after {ready_s if ready_s is None else round(ready_s, 1)} s, stopped after "

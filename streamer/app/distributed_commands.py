@@ -1,6 +1,6 @@
 """``skyattr worker`` and ``skyattr attributor``: the distributed mode's two long-running roles.
 
-``ingest --to-kafka`` writes and sequences the events; workers (a faust-streaming app, as many as there are
+``ingest --to-kafka`` writes and sequences the events; workers (one consumer group, as many as there are
 partitions at most) fold them into per-partition state and publish a shard at each due time; one attributor merges
 the shards and publishes the results. See :mod:`streamer.distributed.worker` and
 :mod:`streamer.distributed.attributor`, and the README's "Distributed mode" section.
@@ -75,14 +75,12 @@ def _partitions_or_exit(bootstrap: str, topic: str, security: dict[str, Any], ti
 def worker_command(config: opt.Config = None, **flags: Any) -> None:
     """Fold the sequenced events into per-partition state and publish a shard of it at every due time.
 
-    A faust-streaming app: the state is a changelog-backed table, so a partition moved to another worker, or a
-    worker restarted without its disk, recovers it from Kafka. Runs until SIGTERM. Its options are also the
+    Records are folded in batches; each partition's changes, shards and consumer offsets are committed in one Kafka
+    transaction, and its state is kept in memory with a changelog topic behind it, so a partition moved to another
+    worker, or a worker restarted anywhere, reads it back from Kafka. Runs until SIGTERM. Its options are also the
     `worker` and `topics` sections of the --config file and SKYATTR_WORKER__*, SKYATTR_TOPICS__*."""
-    from streamer.distributed.worker import WorkerConfig, internals_error, run_worker
+    from streamer.distributed.worker import WorkerConfig, run_worker
 
-    if (problem := internals_error()) is not None:
-        typer.echo(f"error: {problem}", err=True)
-        raise typer.Exit(2)
     settings = load_or_exit(config, flags)
     bootstrap = _bootstrap_or_exit(settings, "worker")
     w, topics = settings.worker, settings.topics
@@ -92,17 +90,16 @@ def worker_command(config: opt.Config = None, **flags: Any) -> None:
         events_topic=topics.events,
         shards_topic=topics.shards,
         app_id=w.app_id,
-        store=w.store,
-        data_dir=w.data_dir,
         instance=w.instance,
         session_timeout_s=w.session_timeout,
         stuck_timeout_s=w.stuck_timeout,
         metrics_port=settings.metrics_port,
         metrics_host=settings.metrics_host,
+        security=settings.kafka_security(),
     )
     try:
-        run_worker(cfg, partitions, loglevel=settings.log_level.lower())
-    except OSError as exc:  # the metrics port taken, the data directory not writable
+        run_worker(cfg, partitions, settings, loglevel=settings.log_level.lower())
+    except OSError as exc:  # the metrics port taken
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
 

@@ -14,8 +14,7 @@ workers write the shards the attributor reads).
 from __future__ import annotations
 
 import typing
-from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
@@ -92,10 +91,6 @@ class IngestSettings(_Section):
 class WorkerSettings(_Section):
     """``skyattr worker``."""
 
-    store: Literal["rocksdb://", "memory://"] = Field(
-        dd.WORKER_STORE, description="Where the state table lives: rocksdb:// (under data_dir) or memory://."
-    )
-    data_dir: Path = Field(dd.WORKER_DATA_DIR, description="Directory of the RocksDB table.")
     app_id: str = Field(
         dd.WORKER_APP_ID, min_length=1, description="Consumer group, and prefix of the changelog topic."
     )

@@ -1,15 +1,12 @@
 """The distributed roles' defaults, written once: the configurations of the ingest, the workers and the attributor,
 and the command-line defaults of ``skyattr ingest --to-kafka``, ``worker`` and ``attributor`` read them from here.
 
-Pure constants: importing this module pulls in neither faust nor a Kafka client (the command line imports it before
+Pure constants: importing this module pulls in no Kafka client (the command line imports it before
 it knows which role runs). What the single process shares with them (the interval, the window) is in
 :mod:`kernels.defaults` and :class:`~streamer.core.state.StateConfig`.
 """
 
 from __future__ import annotations
-
-from pathlib import Path
-from typing import Final
 
 # topics
 EVENTS_TOPIC = "skyattr.events"  # the sequenced events, keyed by actor DID
@@ -25,8 +22,6 @@ DECODERS = 1  # processes decoding an archive ahead of the sequencer (1: the ing
 
 # worker
 WORKER_APP_ID = "skyattr-worker"  # consumer group, and prefix of the changelog topic
-WORKER_STORE: Final = "rocksdb://"  # where the state table lives (memory:// for tests and throwaway runs)
-WORKER_DATA_DIR = Path("skyattr-worker-data")  # the RocksDB table's directory
 SESSION_TIMEOUT_S = 30.0  # a worker silent this long leaves the group and its partitions move
 STUCK_TIMEOUT_S = 900.0  # no partition held and none recovering this long: the worker exits 3
 

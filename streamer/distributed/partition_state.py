@@ -5,9 +5,9 @@ edge the account draws. So a partition can hold, per time bucket, its actors' ac
 outgoing edges, and the union over partitions is exactly the single process's state. The decisions that need the
 whole stream (verdicts, window moves, due times) come made, from :mod:`streamer.distributed.sequencer`.
 
-The store is a mapping from string keys to small JSON-able lists, so it can be a faust Table (changelog-backed,
-in RocksDB or memory) in the worker and a dict in tests. Keys start with the partition number, so one table holds
-every partition a worker owns, and the key names what the value is (``\\x1f`` separates the parts: it is not
+The store is a mapping from string keys to small JSON-able lists: the worker's
+:class:`~streamer.distributed.changelog.TrackedStore` (in memory, its changes in a changelog topic), a dict in tests.
+Keys start with the partition number, and the key names what the value is (``\\x1f`` separates the parts: it is not
 printable, so no DID holds it):
 
 * ``P a b actor`` → ``[count per activity kind ..., n, off]``: the actor's activity in bucket ``b``;

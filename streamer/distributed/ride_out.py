@@ -162,23 +162,6 @@ async def probe(link: BrokerLink, check: Callable[[], Awaitable[object]], every_
             link.up()
 
 
-async def reachable(bootstrap: str, timeout_s: float = 3.0) -> None:
-    """Open (and close) a TCP connection to one of the ``host:port`` bootstrap servers; ``ConnectionError`` when
-    none answers within ``timeout_s``. A probe for a role whose Kafka client is faust's own (the worker): it says
-    whether a broker can be reached, which is what its readiness needs."""
-    errors = []
-    for server in bootstrap.split(","):
-        host, _, port = server.strip().rpartition(":")
-        try:
-            _, writer = await asyncio.wait_for(asyncio.open_connection(host.strip("[]"), int(port)), timeout_s)
-        except (OSError, ValueError, TimeoutError) as exc:
-            errors.append(f"{server.strip()}: {exc or type(exc).__name__}")
-            continue
-        writer.close()
-        return
-    raise ConnectionError("; ".join(errors) or f"no bootstrap server in {bootstrap!r}")
-
-
 class RepeatFilter(logging.Filter):
     """Let a log message through once per ``window_s`` for each (logger, message template): aiokafka logs each
     failed attempt to reach a broker (several a second during an outage); one line per template says as much."""

@@ -18,11 +18,15 @@ SETTLE_S = 90.0  # longest wait for a transaction open on a topic read back (aio
 
 
 async def ensure_topics(
-    bootstrap: str, wanted: dict[str, tuple[int, bool]], security: dict[str, Any] | None = None
+    bootstrap: str,
+    wanted: dict[str, tuple[int, bool]],
+    security: dict[str, Any] | None = None,
+    configs: dict[str, dict[str, str]] | None = None,
 ) -> dict[str, int]:
     """Create each missing topic of ``wanted`` (name → (partitions, compacted)), replicated on as many brokers as
-    there are, up to 3; a topic that exists, or that another process makes meanwhile, is used as it is. Returns
-    the partition count of each topic that existed before."""
+    there are, up to 3, with its ``configs`` (name → topic configuration) besides; a topic that exists, or that
+    another process makes meanwhile, is used as it is. Returns the partition count of each topic that existed
+    before."""
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
     from aiokafka.errors import TopicAlreadyExistsError
 
@@ -35,9 +39,10 @@ async def ensure_topics(
             replicas = max(1, min(3, len((await admin.describe_cluster())["brokers"])))
             for name in missing:
                 partitions, compacted = wanted[name]
-                configs = {"cleanup.policy": "compact"} if compacted else {}
+                made = {"cleanup.policy": "compact"} if compacted else {}
+                made.update((configs or {}).get(name, {}))
                 with contextlib.suppress(TopicAlreadyExistsError):
-                    await admin.create_topics([NewTopic(name, partitions, replicas, topic_configs=configs)])
+                    await admin.create_topics([NewTopic(name, partitions, replicas, topic_configs=made)])
         held = [name for name in wanted if name in existing]
         described = await admin.describe_topics(held) if held else []
         return {d["topic"]: len(d["partitions"]) for d in described}
@@ -86,9 +91,12 @@ async def read_back(
     security: dict[str, Any] | None = None,
     *,
     last: int | None = None,
+    partitions: list[int] | None = None,
+    on_target: Callable[[Any, int], None] | None = None,
 ) -> None:
-    """Hand ``each`` every committed record of ``topic`` written before the call, partition by partition, each in
-    offset order: all of them, or those among the ``last`` offsets of each partition.
+    """Hand ``each`` every committed record of ``topic`` (of its ``partitions``, or all) written before the call,
+    partition by partition, each in offset order: all of them, or those among the ``last`` offsets of each
+    partition. ``on_target(tp, offset)`` hears where each partition's read will end, before its first record.
 
     Under ``read_committed`` a consumer stops at the last stable offset, the start of the oldest transaction still
     open on the partition, which may be another writer's (or a killed one's, until the broker aborts it); a record
@@ -98,7 +106,8 @@ async def read_back(
     the read) or the wait is over."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
-    tps = [TopicPartition(topic, p) for p in await partitions_of(bootstrap, topic, security)]
+    held = await partitions_of(bootstrap, topic, security)
+    tps = [TopicPartition(topic, p) for p in held if partitions is None or p in partitions]
     if not tps:
         return
     consumer = AIOKafkaConsumer(
@@ -125,6 +134,8 @@ async def read_back(
                 batch = await consumer.getmany(tp, timeout_ms=200 if target is None else 1000)
                 if target is None:
                     target = consumer.highwater(tp)
+                    if target is not None and on_target is not None:
+                        on_target(tp, target)
                 if batch.get(tp):
                     progress = time.monotonic()
                 elif time.monotonic() - progress > READ_BACK_TIMEOUT_S and consumer.last_stable_offset(tp) != (

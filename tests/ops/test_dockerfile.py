@@ -260,7 +260,7 @@ def test_variant_selects_existing_extras(df: Dockerfile) -> None:
     assert all("VARIANT" in [a.args.split("=")[0] for a in s.all("ARG")] for s in df.stages), "ARG VARIANT per stage"
     extras = variant_extras(df)
     assert set(extras) == VARIANTS, extras
-    # both images run every role, the distributed mode's worker (faust-streaming, rocksdict) included
+    # both images run every role, the distributed mode's worker (its aiokafka pin) included
     assert extras["cpu"] == ["distributed"] and extras["cuda"] == ["gpu", "distributed"], extras
     known = pyproject()["project"]["optional-dependencies"]
     for variant, names in extras.items():

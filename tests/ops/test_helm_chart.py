@@ -131,7 +131,7 @@ def test_schema_is_valid_and_values_match_it(schema: dict, values: dict) -> None
         ("config.no_such_option", 1),
         ("config.kafka_bootstrap", "kafka:9092"),  # set through kafka.bootstrap, not config
         ("config.worker.session_timeout", 2),
-        ("config.worker.store", "memory://"),  # set by the chart: RocksDB on the worker's PVC
+        ("config.worker.store", "memory://"),  # no such option: a worker keeps its state in memory and Kafka
         ("config.worker.instance", "w-0"),  # set by the chart: the pod's name
         ("config.ingest.partitions", 0),
         ("config.ingest.no_such_option", 1),
@@ -367,7 +367,7 @@ def _break_env(chart: Path) -> None:
 
 def _break_worker_args(chart: Path) -> None:  # a flag the worker command does not have
     p = chart / "templates" / "distributed.yaml"
-    p.write_text(p.read_text().replace("- --store\n", "- --storage\n"))
+    p.write_text(p.read_text().replace("- --instance\n", "- --instance-id\n"))
 
 
 def _break_worker_membership(chart: Path) -> None:  # every worker the same static member

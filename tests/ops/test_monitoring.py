@@ -197,7 +197,7 @@ def daemon_exposition() -> str:
 @pytest.fixture(scope="module")
 def role_expositions() -> str:
     """/metrics of the distributed mode's roles as they serve it before their first record: a worker's endpoint
-    (its gauges come from the faust app, their families are there before it is bound) and the attributor's."""
+    (its gauges come from the worker, their families are there before it is bound) and the attributor's."""
     from streamer.app.distributed_commands import _attributor_metrics
     from streamer.distributed.worker_metrics import WorkerMetrics
 

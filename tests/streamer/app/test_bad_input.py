@@ -282,7 +282,7 @@ def test_a_relay_port_in_use_is_named_with_what_to_do(archive: Path) -> None:
     "role",
     [
         ["attributor"],
-        ["worker", "--data-dir", "{tmp}/worker"],
+        ["worker"],
         ["ingest", "--to-kafka"],
     ],
 )

@@ -232,15 +232,15 @@ def test_one_line_errors(flags: dict[str, Any], env: dict[str, str], message: st
 
 def test_a_role_section_is_merged_field_by_field_across_the_layers(tmp_path: Path) -> None:
     """The distributed roles' sections layer like every option, but field by field: the YAML file sets the
-    worker's store, the environment its data directory, a flag its group; the topics likewise."""
+    worker's session timeout, the environment its membership id, a flag its group; the topics likewise."""
     config = _yaml(
-        tmp_path, "worker: {store: memory://, data_dir: /from/yaml, app_id: yaml}\ntopics:\n  events: e.yaml\n"
+        tmp_path, "worker: {session_timeout: 12, instance: from-yaml, app_id: yaml}\ntopics:\n  events: e.yaml\n"
     )
-    env = {"SKYATTR_WORKER__DATA_DIR": "/from/env", "SKYATTR_TOPICS__SHARDS": "s.env"}
-    s = load_settings(config, flags={"worker__app_id": "flag", "worker__instance": None}, env=env)
-    assert s.worker == WorkerSettings(store="memory://", data_dir=Path("/from/env"), app_id="flag")
+    env = {"SKYATTR_WORKER__INSTANCE": "from-env", "SKYATTR_TOPICS__SHARDS": "s.env"}
+    s = load_settings(config, flags={"worker__app_id": "flag", "worker__stuck_timeout": None}, env=env)
+    assert s.worker == WorkerSettings(session_timeout=12, instance="from-env", app_id="flag")
     assert (s.topics.events, s.topics.shards, s.topics.state) == ("e.yaml", "s.env", dd.STATE_TOPIC)
-    assert load_settings(env={}).worker.store == "rocksdb://"
+    assert load_settings(env={}).worker.instance == ""
 
 
 @pytest.mark.parametrize(
@@ -249,8 +249,9 @@ def test_a_role_section_is_merged_field_by_field_across_the_layers(tmp_path: Pat
         (
             "",
             {},
-            {"SKYATTR_WORKER__STORE": "disk://"},
-            "worker.store: Input should be 'rocksdb://' or 'memory://', got 'disk://' (from environment)",
+            {"SKYATTR_WORKER__SESSION_TIMEOUT": "soon"},
+            "worker.session_timeout: Input should be a valid number, unable to parse string as a number, got 'soon' "
+            "(from environment)",
         ),
         (
             "",
@@ -258,7 +259,7 @@ def test_a_role_section_is_merged_field_by_field_across_the_layers(tmp_path: Pat
             {},
             "invalid config: worker.session_timeout: must be >= 6, got 1.0 (from flags)",
         ),
-        ("worker: {stroe: memory://}", {}, {}, "invalid config: worker.stroe: unknown option"),
+        ("worker: {store: memory://}", {}, {}, "invalid config: worker.store: unknown option"),
         (
             "ingest: {partitions: yes}",
             {},
@@ -282,8 +283,8 @@ def test_a_bad_role_option_is_one_line(
 
 
 def test_a_role_command_refuses_a_bad_section_value_in_one_line() -> None:
-    result = _invoke(["worker"], {"SKYATTR_WORKER__STORE": "disk://"})
-    assert "invalid config: worker.store" in _env_error(result, "disk://")
+    result = _invoke(["worker"], {"SKYATTR_WORKER__SESSION_TIMEOUT": "soon"})
+    assert "invalid config: worker.session_timeout" in _env_error(result, "soon")
 
 
 def test_a_new_role_reads_the_shared_file_the_environment_and_its_flags(tmp_path: Path) -> None:

@@ -52,8 +52,6 @@ def _agree(settings: dict[str, Any], config: dict[str, Any], pairs: dict[str, st
 def test_the_worker_settings_default_to_the_worker_configuration() -> None:
     worker = _section(WorkerSettings)
     pairs = {
-        "store": "store",
-        "data_dir": "data_dir",
         "app_id": "app_id",
         "instance": "instance",
         "session_timeout": "session_timeout_s",
@@ -61,7 +59,7 @@ def test_the_worker_settings_default_to_the_worker_configuration() -> None:
     }
     _agree(worker, _config(WorkerConfig), pairs)
     _agree(_section(TopicSettings), _config(WorkerConfig), {"events": "events_topic", "shards": "shards_topic"})
-    assert worker["store"] == "rocksdb://", "a worker keeps its table on disk unless told otherwise"
+    assert set(worker) == set(pairs), "every worker setting has its configuration field"
 
 
 def test_the_attributor_settings_default_to_the_attributor_configuration() -> None:

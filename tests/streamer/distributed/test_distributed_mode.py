@@ -37,8 +37,8 @@ class Deployment:
 
     Configured as a Kubernetes deployment is: what all roles share (the topics, each role's section) in one YAML
     file given to every role with --config (the chart's ConfigMap), what differs per pod in the environment
-    (a worker's data directory: ``SKYATTR_WORKER__DATA_DIR``) and a few flags; so the golden results also show
-    the three layers reach the roles."""
+    (a worker's static membership id: ``SKYATTR_WORKER__INSTANCE``) and a few flags; so the golden results also
+    show the three layers reach the roles."""
 
     def __init__(self, bootstrap: str, tmp: Path, partitions: int = 4) -> None:
         run = uuid.uuid4().hex[:8]
@@ -91,10 +91,10 @@ attributor: {{name: {self.name}, gather_timeout: 120}}
             assert proc.wait(300) == 0, self.log("ingest")
         return proc
 
-    def worker(self, n: int, store: str = "memory://", metrics_port: int | None = None) -> subprocess.Popen[str]:
+    def worker(self, n: int, metrics_port: int | None = None, instance: str = "") -> subprocess.Popen[str]:
         extra = ("--metrics-port", str(metrics_port)) if metrics_port is not None else ()
-        env = {"SKYATTR_WORKER__DATA_DIR": str(self.tmp / f"worker{n}")}
-        return self._cli("worker", "--store", store, *extra, log=f"worker{n}", env=env)
+        env = {"SKYATTR_WORKER__INSTANCE": instance} if instance else {}
+        return self._cli("worker", *extra, log=f"worker{n}", env=env)
 
     def attributor(self, out: Path, *extra: str) -> subprocess.Popen[str]:
         return self._cli("attributor", "--out", str(out), *extra, log="attributor")
@@ -174,18 +174,16 @@ def test_two_workers_and_the_attributor_give_the_single_process_results(bootstra
 
 
 def test_a_killed_worker_and_a_killed_attributor_lose_and_double_nothing(bootstrap: str, tmp_path: Path) -> None:
-    """Workers on RocksDB, while the ingest is still writing (it writes the 24 h archive at 1,000x its event time,
-    so for 86 s, a run every 3.6 s): the attributor is killed between runs once six results are seen, and
-    restarted; then a worker that holds partitions is killed with SIGKILL, its volume deleted, and a new one
-    started on an empty disk (it recovers the partitions it gets from the changelog alone). Both kills are seen to
-    land while the ingest still runs. The results are still the golden ones, each run once."""
-    import shutil
-
+    """While the ingest is still writing (it writes the 24 h archive at 1,000x its event time, so for 86 s, a run
+    every 3.6 s): the attributor is killed between runs once six results are seen, and restarted; then a worker
+    that holds partitions is killed with SIGKILL and a new one started (it recovers the partitions it gets from the
+    changelog alone: workers keep nothing on disk). Both kills are seen to land while the ingest still runs. The
+    results are still the golden ones, each run once."""
     dep = Deployment(bootstrap, tmp_path)
     try:
         ingest = dep.ingest(wait=False, batch_items=10, speed=1000)
         wait_until(dep.events_exist, 60, "the events topic")
-        workers = {n: dep.worker(n, store="rocksdb://") for n in (1, 2)}
+        workers = {n: dep.worker(n) for n in (1, 2)}
         out = tmp_path / "results.jsonl"
         port = free_port()
         attributor = dep.attributor(out, "--metrics-port", str(port))
@@ -205,10 +203,9 @@ def test_a_killed_worker_and_a_killed_attributor_lose_and_double_nothing(bootstr
         assert ingest.poll() is None, "the worker is killed mid-stream"
         workers[busy].kill()
         workers.pop(busy).wait(30)
-        shutil.rmtree(tmp_path / f"worker{busy}")
         port3 = free_port()
-        workers[3] = dep.worker(3, store="rocksdb://", metrics_port=port3)
-        # not ready until the group assigns it partitions and their table is read back from the changelog
+        workers[3] = dep.worker(3, metrics_port=port3)
+        # not ready until the group assigns it partitions and their state is read back from the changelog
         replies = _readiness_until_ready(port3, 240)
         assert replies[0] == (503, "not ready: waiting for the consumer group to assign partitions\n"), replies
         # (ready once; a later rebalance may put it back in recovery for a while: it must come out of it)

@@ -71,87 +71,27 @@ def test_the_sequencer_keeps_deactivated_accounts_across_a_restart() -> None:
     assert restarted.decide(Event(t0 + 45_000_000, 45, "post", a)).reason is None
 
 
-def test_the_worker_checks_the_internals_it_patches(monkeypatch) -> None:
-    """Every faust-streaming and aiokafka internal the worker patches is there in the installed versions; one
-    renamed makes the worker refuse to start, in one line naming it and the versions."""
-    from faust.transport.drivers import aiokafka as driver
-
-    from streamer.distributed import worker
-
-    assert worker.check_internals() == [] and worker.internals_error() is None
-    monkeypatch.delattr(driver.AIOKafkaConsumerThread, "_create_worker_consumer")
-    line = worker.internals_error()
-    assert line is not None and "AIOKafkaConsumerThread._create_worker_consumer" in line
-    assert "faust-streaming 0." in line and "aiokafka 0." in line and "\n" not in line
-
-
-def test_a_consumer_that_does_not_read_committed_is_caught() -> None:
-    from aiokafka.consumer.fetcher import READ_COMMITTED, READ_UNCOMMITTED
-
-    from streamer.distributed.worker import reads_committed
-
-    class Fetcher:
-        def __init__(self, level: int) -> None:
-            self._isolation_level = level
-
-    class Consumer:
-        def __init__(self, level: int | None) -> None:
-            if level is not None:
-                self._fetcher = Fetcher(level)
-
-    assert reads_committed(Consumer(READ_COMMITTED))
-    assert not reads_committed(Consumer(READ_UNCOMMITTED)) and not reads_committed(Consumer(None))
-
-
 def test_a_worker_with_no_partition_and_no_recovery_exits_to_be_restarted() -> None:
-    """``--stuck-timeout``: idle (nothing assigned, nothing recovering) that long in a row, it exits 3; an
-    assignment or a recovery in between starts the count again; 0 never exits."""
-    from types import SimpleNamespace
-
-    from faust.types import TP
-
+    """``--stuck-timeout``: idle (nothing held, nothing being read back) that long in a row, it exits 3; a
+    partition or a recovery in between starts the count again; 0 never exits."""
     from streamer.distributed.worker import StuckWatch
 
     now = [0.0]
     exits: list[int] = []
-
-    def app(held: list[TP], recovering: bool = False) -> SimpleNamespace:
-        return SimpleNamespace(
-            assignor=SimpleNamespace(assigned_actives=lambda: set(held)),
-            tables=SimpleNamespace(recovery=SimpleNamespace(in_recovery=recovering)),
-        )
-
-    watch = StuckWatch(60.0, "ev", clock=lambda: now[0])
-    for t, state in [(0, app([])), (30, app([], recovering=True)), (40, app([])), (90, app([TP("ev", 0)]))]:
+    watch = StuckWatch(60.0, clock=lambda: now[0])
+    for t, idle in [(0, True), (30, False), (40, True), (90, False)]:
         now[0] = t
-        watch.check(state, exit=exits.append)
+        watch.check(idle, exit=exits.append)
     assert exits == [], "recovering, then holding a partition: never idle for 60 s in a row"
     for t in (100, 130, 159):
         now[0] = t
-        watch.check(app([TP("other", 0)]), exit=exits.append)  # a partition of another topic is not held work
+        watch.check(True, exit=exits.append)
     assert exits == []
     now[0] = 160
-    watch.check(app([]), exit=exits.append)
+    watch.check(True, exit=exits.append)
     assert exits == [3]
-    off = StuckWatch(0.0, "ev", clock=lambda: now[0])
+    off = StuckWatch(0.0, clock=lambda: now[0])
     for t in (0, 1e6):
         now[0] = t
-        off.check(app([]), exit=exits.append)
+        off.check(True, exit=exits.append)
     assert exits == [3]
-
-
-def test_the_workers_broker_probe_reaches_a_listening_server_and_names_a_closed_port() -> None:
-    import asyncio
-    import socket
-
-    import pytest
-
-    from streamer.distributed.ride_out import reachable
-
-    with socket.socket() as server:
-        server.bind(("127.0.0.1", 0))
-        server.listen()
-        port = server.getsockname()[1]
-        asyncio.run(reachable(f"127.0.0.1:1,127.0.0.1:{port}"))  # the second server answers
-    with pytest.raises(ConnectionError, match=r"127\.0\.0\.1:1"):
-        asyncio.run(reachable("127.0.0.1:1", timeout_s=2))
