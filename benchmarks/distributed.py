@@ -30,6 +30,14 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent.parent
 
 
+def _cpu_of(pid: int) -> float:
+    """User + system CPU seconds of a running process (psutil)."""
+    import psutil
+
+    t = psutil.Process(pid).cpu_times()
+    return float(t.user + t.system)
+
+
 def _cli(*args: str, log: Path) -> subprocess.Popen[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SKYATTR_")}
     env["SKYATTR_METRICS_PORT"] = "0"
@@ -128,6 +136,7 @@ def distributed(bootstrap: str, archive: Path, interval: float, workers: int, pa
     )
     code = attributor.wait()
     seconds = time.perf_counter() - start
+    worker_cpu = [_cpu_of(p.pid) for p in procs]  # each worker's own, before it stops
     for p in procs:
         p.terminate()
     for p in procs:
@@ -157,6 +166,7 @@ def distributed(bootstrap: str, archive: Path, interval: float, workers: int, pa
         "delta_bytes_per_folded_byte": sum(b for b, _ in deltas) / max(1, sum(f for _, f in deltas)),
         "ingest_cpu_s": ingest_cpu,
         "roles_cpu_s": roles_cpu,
+        "worker_cpu_s": worker_cpu,
         "gather_s_median": statistics.median(gathers) if gathers else None,
         "gather_s_p90": statistics.quantiles(gathers, n=10)[-1] if len(gathers) > 1 else None,
         "shard_ms_median": statistics.median(build_ms) if build_ms else None,
@@ -205,23 +215,24 @@ def main(argv: list[str] | None = None) -> None:
     print(f"\n{args.agents:,}-account archive, {args.hours:g} h ({frames:,} frames), {args.partitions} partitions\n")
     print(
         "| mode | seconds | frames/s | × single process | CPU s | CPU per event × single | shard bytes per run "
-        "| shard bytes per folded byte (deltas) | gather s (median) |"
+        "| shard bytes per folded byte (deltas) | gather s (median) | each worker's CPU s |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     print(
         f"| single process (`replay`) | {single['seconds']:.1f} | {frames / single['seconds']:,.0f} | 1.0 | "
-        f"{single['cpu_s']:.1f} | 1.0 | – | – | – |"
+        f"{single['cpu_s']:.1f} | 1.0 | – | – | – | – |"
     )
     for r in rows:
         gather = f"{r['gather_s_median']:.2f}" if r["gather_s_median"] is not None else "–"
         cpu = r["ingest_cpu_s"] + r["roles_cpu_s"]
         print(
             f"| ingest (once, before) | {r['ingest_s']:.1f} | {frames / r['ingest_s']:,.0f} | – | "
-            f"{r['ingest_cpu_s']:.1f} | – | – | – | – |\n"
+            f"{r['ingest_cpu_s']:.1f} | – | – | – | – | – |\n"
             f"| {r['workers']} worker(s) + attributor | {r['seconds']:.1f} | {frames / r['seconds']:,.0f} | "
             f"{single['seconds'] / r['seconds']:.2f} | {r['roles_cpu_s']:.1f} | {cpu / single['cpu_s']:.2f} "
             f"(with ingest) | {r['shard_bytes_per_run']:,.0f} | {r['shard_bytes_per_folded_byte']:.2f} "
-            f"({r['delta_bytes_per_folded_byte']:.2f}; {r['full_shards']} full of {r['shards']}) | {gather} |"
+            f"({r['delta_bytes_per_folded_byte']:.2f}; {r['full_shards']} full of {r['shards']}) | {gather} | "
+            f"{' / '.join(f'{c:.1f}' for c in r['worker_cpu_s'])} |"
         )
     if alone:
         print("\n| ingest alone | seconds | frames/s | × 1 decoder | CPU s |\n|---|---|---|---|---|")

@@ -367,7 +367,7 @@ def _break_env(chart: Path) -> None:
 
 def _break_worker_args(chart: Path) -> None:  # a flag the worker command does not have
     p = chart / "templates" / "distributed.yaml"
-    p.write_text(p.read_text().replace("- --instance\n", "- --instance-id\n"))
+    p.write_text(p.read_text().replace("- --instance\n", "- --no-such-flag\n            - --instance\n"))
 
 
 def _break_worker_membership(chart: Path) -> None:  # every worker the same static member
