@@ -392,7 +392,15 @@ class Worker:
         await producer.send_offsets_to_transaction({self._tp(held.partition): held.next_offset}, cfg.app_id)
         await producer.commit_transaction()
         if snapshot and first is not None:
-            await self._truncate(held.partition, (await first).offset)
+            at = (await first).offset
+            await self._truncate(held.partition, at)
+            log.info(
+                "partition %d: changelog snapshot at offset %d (%d keys, %d bytes); the records before it deleted",
+                held.partition,
+                at,
+                len(held.store),
+                held.meter.snapshot_bytes,
+            )
         if shard is not None:
             size = sum(len(v) for v, _ in chunks)
             if metrics is not None:
