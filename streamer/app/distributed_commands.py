@@ -79,7 +79,7 @@ def worker_command(config: opt.Config = None, **flags: Any) -> None:
     transaction, and its state is kept in memory with a changelog topic behind it, so a partition moved to another
     worker, or a worker restarted anywhere, reads it back from Kafka. Runs until SIGTERM. Its options are also the
     `worker` and `topics` sections of the --config file and SKYATTR_WORKER__*, SKYATTR_TOPICS__*."""
-    from streamer.distributed.worker import WorkerConfig, run_worker
+    from streamer.distributed.worker import Worker, WorkerConfig
 
     settings = load_or_exit(config, flags)
     bootstrap = _bootstrap_or_exit(settings, "worker")
@@ -97,11 +97,25 @@ def worker_command(config: opt.Config = None, **flags: Any) -> None:
         metrics_host=settings.metrics_host,
         security=settings.kafka_security(),
     )
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    metrics = None
+    if cfg.metrics_port is not None:
+        from streamer.distributed.worker_metrics import WorkerMetrics
+
+        metrics = WorkerMetrics(cfg.events_topic)
+        try:
+            port = metrics.serve(cfg.metrics_port, cfg.metrics_host)
+        except OSError as exc:  # the metrics port taken
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from exc
+        logging.getLogger("skyattr.worker").info("metrics on http://%s:%d/metrics", cfg.metrics_host, port)
+    worker = Worker(cfg, partitions, metrics)
+    link = BrokerLink(bootstrap, on_change=metrics.on_kafka if metrics is not None else None)
     try:
-        run_worker(cfg, partitions, settings, loglevel=settings.log_level.lower())
-    except OSError as exc:  # the metrics port taken
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from exc
+        run_kafka_role(lambda stop, link: worker.run(stop, link), link, settings)
+    finally:
+        if metrics is not None:
+            metrics.stop_serving()
 
 
 ATTRIBUTOR_SETTINGS = KAFKA_SETTINGS | ATTRIBUTION_FIELDS | {"followers", "appview", "appview_cache"}

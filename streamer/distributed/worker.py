@@ -435,24 +435,3 @@ class Worker:
             )
         finally:
             await admin.close()
-
-
-def run_worker(config: WorkerConfig, partitions: int, settings: Any, loglevel: str = "info") -> None:
-    """Run the worker until SIGTERM/SIGINT, riding out broker outages (a new session each time)."""
-    from streamer.app.kafka_errors import run_kafka_role
-
-    logging.basicConfig(level=loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    metrics = None
-    if config.metrics_port is not None:
-        from streamer.distributed.worker_metrics import WorkerMetrics
-
-        metrics = WorkerMetrics(config.events_topic)
-        port = metrics.serve(config.metrics_port, config.metrics_host)
-        log.info("metrics on http://%s:%d/metrics", config.metrics_host, port)
-    worker = Worker(config, partitions, metrics)
-    link = BrokerLink(config.bootstrap, on_change=metrics.on_kafka if metrics is not None else None)
-    try:
-        run_kafka_role(lambda stop, link: worker.run(stop, link), link, settings)
-    finally:
-        if metrics is not None:
-            metrics.stop_serving()
