@@ -46,6 +46,7 @@ from streamer.distributed.defaults import (
 from streamer.distributed.partition_state import PartitionState
 from streamer.distributed.ride_out import BrokerLink, probe
 from streamer.distributed.shards import CHUNK_BYTES
+from streamer.sinks.kafka_sender import acknowledged, tracked
 
 if TYPE_CHECKING:
     from streamer.distributed.worker_metrics import WorkerMetrics
@@ -110,6 +111,24 @@ class StuckWatch:
             (exit or os._exit)(3)
 
 
+def _fenced_writes_named_once(previous: Any) -> Any:
+    """An event loop exception handler: a fenced producer fails the writes it still had pending inside aiokafka
+    with the same error, futures nobody awaits any more, which asyncio would log each with a traceback; the fence
+    is named once by :meth:`Worker.run`, so these go to the debug log. Anything else goes on as before."""
+
+    def handle(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        exc = context.get("exception")
+        fenced = type(exc).__name__ in ("ProducerFenced", "InvalidProducerEpoch")
+        if fenced and str(context.get("message", "")).startswith("Future exception was never retrieved"):
+            log.debug("a write of a fenced producer, abandoned: %s", exc)
+        elif previous is not None:
+            previous(loop, context)
+        else:
+            loop.default_exception_handler(context)
+
+    return handle
+
+
 @dataclass
 class Held:
     """A partition this worker folds: its state, its store and changelog meter, its transactional producer, the
@@ -163,7 +182,27 @@ class Worker:
     # a session ------------------------------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event, link: BrokerLink | None = None) -> None:
         """Fold until ``stop`` is set; a failure (the broker lost) ends the session with every partition dropped,
-        and a new one (:func:`streamer.distributed.ride_out.ride_out`) starts from what Kafka holds."""
+        and a new one (:func:`streamer.distributed.ride_out.ride_out`) starts from what Kafka holds. A worker that
+        finds one of its partitions' producers fenced was away past its session (paused, cut off) and the
+        partition went to another worker: it starts a new session at once (one line), as a new pod would."""
+        from aiokafka.errors import InvalidProducerEpoch, ProducerFenced
+
+        loop = asyncio.get_running_loop()
+        previous = loop.get_exception_handler()
+        loop.set_exception_handler(_fenced_writes_named_once(previous))
+        try:
+            while True:
+                try:
+                    return await self._session(stop, link)
+                except (ProducerFenced, InvalidProducerEpoch) as exc:
+                    log.warning(
+                        "a partition of this worker went to another while it was away (%s): joining the group again",
+                        type(exc).__name__,
+                    )
+        finally:
+            loop.set_exception_handler(previous)
+
+    async def _session(self, stop: asyncio.Event, link: BrokerLink | None) -> None:
         from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
 
         from streamer.sinks.kafka_topics import ensure_topics, stop_consumer
@@ -380,16 +419,17 @@ class Worker:
             held.state.published()  # the tick's turn: in this transaction's changelog, so it commits with the shard
         records, snapshot = held.meter.records(held.store)
         await producer.begin_transaction()
-        first = None
+        sent = []
         for kind, value in records:
-            fut = await producer.send(
+            sent.append(tracked(await producer.send(
                 cfg.changelog_topic, value, partition=held.partition, headers=[(changelog.KIND_HEADER, kind)]
-            )
-            first = first or fut
+            )))  # fmt: skip
+        first = sent[0] if sent else None
         key = str(held.partition).encode()
         for value, headers in chunks:
-            await producer.send(cfg.shards_topic, value, key=key, headers=headers, partition=0)
+            sent.append(tracked(await producer.send(cfg.shards_topic, value, key=key, headers=headers, partition=0)))
         await producer.send_offsets_to_transaction({self._tp(held.partition): held.next_offset}, cfg.app_id)
+        await acknowledged(producer, sent)  # nothing committed past a record the broker refused
         await producer.commit_transaction()
         if snapshot and first is not None:
             at = (await first).offset

@@ -111,21 +111,12 @@ async def commit(
                 timestamp_ms=msg.timestamp_ms,
                 headers=[(ID_HEADER, msg.id.encode())],
             )
-            future.add_done_callback(_retrieve)
-            futures.append((msg, future))
+            futures.append((msg, tracked(future)))
         topic, key, value = mark
-        marked = await producer.send(topic, value, key=key.encode())
-        marked.add_done_callback(_retrieve)
+        marked = tracked(await producer.send(topic, value, key=key.encode()))
         if offsets is not None:
             await producer.send_offsets_to_transaction(*offsets)
-        # Every write acknowledged before the commit: aiokafka commits a transaction even when one of its batches
-        # was refused, which would leave the mark past a message the topic never got.
-        await producer.flush()
-        for future in [f for _, f in futures] + [marked]:
-            if future.cancelled():
-                raise ConnectionError("a write of the transaction was cancelled")
-            if future.exception() is not None:
-                raise future.exception()  # type: ignore[misc]
+        await acknowledged(producer, [f for _, f in futures] + [marked])
         await producer.commit_transaction()
     except Exception as exc:
         refused = [
@@ -473,6 +464,25 @@ def _retrieve(future: asyncio.Future[Any]) -> None:
     """Mark a delivery future's exception as retrieved (a future failed at close would otherwise be logged)."""
     if not future.cancelled():
         future.exception()
+
+
+def tracked(future: asyncio.Future[Any]) -> asyncio.Future[Any]:
+    """A delivery future of a transaction, its failure marked as seen (it is raised by :func:`acknowledged`; one
+    failed when the producer closed would otherwise be logged with a traceback)."""
+    future.add_done_callback(_retrieve)
+    return future
+
+
+async def acknowledged(producer: Any, futures: Sequence[asyncio.Future[Any]]) -> None:
+    """Every write of the open transaction acknowledged, before it is committed: aiokafka commits a transaction
+    even when one of its batches was refused, which would commit what follows it (a mark, consumer offsets) past a
+    record the topic never got. Raises the first failure."""
+    await producer.flush()
+    for future in futures:
+        if future.cancelled():
+            raise ConnectionError("a write of the transaction was cancelled")
+        if future.exception() is not None:
+            raise future.exception()  # type: ignore[misc]
 
 
 __all__ = [

@@ -96,6 +96,13 @@ attributor: {{name: {self.name}, gather_timeout: 120}}
         env = {"SKYATTR_WORKER__INSTANCE": instance} if instance else {}
         return self._cli("worker", *extra, log=f"worker{n}", env=env)
 
+    def streaming(self) -> tuple[subprocess.Popen[str], dict[int, subprocess.Popen[str]]]:
+        """The bundled archive written at 1,000x its event time (86 s, a run every 3.6 s) and two workers folding
+        it as it comes: the setting of the fault tests, which act mid-stream."""
+        ingest = self.ingest(wait=False, batch_items=10, speed=1000)
+        wait_until(self.events_exist, 60, "the events topic")
+        return ingest, {n: self.worker(n) for n in (1, 2)}
+
     def attributor(self, out: Path, *extra: str) -> subprocess.Popen[str]:
         return self._cli("attributor", "--out", str(out), *extra, log="attributor")
 
@@ -181,9 +188,7 @@ def test_a_killed_worker_and_a_killed_attributor_lose_and_double_nothing(bootstr
     results are still the golden ones, each run once."""
     dep = Deployment(bootstrap, tmp_path)
     try:
-        ingest = dep.ingest(wait=False, batch_items=10, speed=1000)
-        wait_until(dep.events_exist, 60, "the events topic")
-        workers = {n: dep.worker(n) for n in (1, 2)}
+        ingest, workers = dep.streaming()
         out = tmp_path / "results.jsonl"
         port = free_port()
         attributor = dep.attributor(out, "--metrics-port", str(port))
@@ -222,6 +227,41 @@ def test_a_killed_worker_and_a_killed_attributor_lose_and_double_nothing(bootstr
         resumed = re.findall(r"resumed after the run at (\d+); (\d+) runs published", whole_log)
         (at, runs), (at_end, none) = [(int(a), int(n)) for a, n in resumed]
         assert at < last and runs + 6 >= 24 and (at_end, none) == (last, 0), resumed
+    finally:
+        dep.close()
+
+
+def test_a_worker_paused_past_its_session_commits_nothing_more(bootstrap: str, tmp_path: Path) -> None:
+    """A worker stopped (SIGSTOP) mid-stream while it holds partitions, for longer than its session timeout (8 s):
+    the group gives its partitions to the other worker, whose producers for them fence its own; continued
+    (SIGCONT), it can commit nothing more for them and joins the group again. The results are still the golden
+    ones, each run once, and both workers are alive at the end."""
+    dep = Deployment(bootstrap, tmp_path)
+    try:
+        ingest, workers = dep.streaming()
+        out = tmp_path / "results.jsonl"
+        final = dep.attributor(out, "--until-final", "--gather-timeout", "600")
+        reach(ingest, lambda: line_count(out) >= 4, 240, "four results")
+        paused = max(workers, key=lambda n: dep.log(f"worker{n}").count("published"))
+        other = 3 - paused
+
+        def taken() -> int:  # partitions the other worker read back so far (its whole log)
+            return (tmp_path / f"worker{other}.log").read_text().count("changelog records read back")
+
+        before = taken()
+        workers[paused].send_signal(signal.SIGSTOP)
+        try:
+            # the other worker is given every partition (it reads each back: four more lines at least)
+            wait_until(lambda: taken() >= before + 4, 120, "the hand-over")
+            assert ingest.poll() is None, "the hand-over happens mid-stream"
+        finally:
+            workers[paused].send_signal(signal.SIGCONT)
+        assert ingest.wait(300) == 0, dep.log("ingest")
+        dep.finish(final, 400, list(workers.values()))
+        _assert_golden(out)
+        assert all(w.poll() is None for w in workers.values()), "both workers are still running"
+        for n in workers:  # a fence met is one line (when the paused worker was mid-transaction), never a traceback
+            assert "Traceback" not in (tmp_path / f"worker{n}.log").read_text(), dep.log(f"worker{n}")
     finally:
         dep.close()
 
