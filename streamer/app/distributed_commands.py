@@ -102,7 +102,7 @@ def worker_command(config: opt.Config = None, **flags: Any) -> None:
     if cfg.metrics_port is not None:
         from streamer.distributed.worker_metrics import WorkerMetrics
 
-        metrics = WorkerMetrics(cfg.events_topic)
+        metrics = WorkerMetrics()
         try:
             port = metrics.serve(cfg.metrics_port, cfg.metrics_host)
         except OSError as exc:  # the metrics port taken

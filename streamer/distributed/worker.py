@@ -46,7 +46,7 @@ from streamer.distributed.defaults import (
 from streamer.distributed.partition_state import PartitionState
 from streamer.distributed.ride_out import BrokerLink, probe
 from streamer.distributed.shards import CHUNK_BYTES
-from streamer.sinks.kafka_sender import acknowledged, tracked
+from streamer.sinks.kafka_sender import acknowledged, tracked, transactional_producer
 
 if TYPE_CHECKING:
     from streamer.distributed.worker_metrics import WorkerMetrics
@@ -162,13 +162,11 @@ class Worker:
         return sorted(dict(self.held))  # (read from the metrics' thread: a copy first)
 
     def highwater(self, partition: int) -> int | None:
-        from aiokafka import TopicPartition
-
         consumer = self.consumer
         if consumer is None:
             return None
         try:
-            high = consumer.highwater(TopicPartition(self.config.events_topic, partition))
+            high = consumer.highwater(self._tp(partition))
         except Exception:  # not assigned (any more): no sample this time
             return None
         return int(high) if high is not None and high >= 0 else None
@@ -267,14 +265,8 @@ class Worker:
     async def take(self, partitions: list[int]) -> None:
         """Partitions given to this worker: for each, its producer first (fencing the last holder), then its
         state from the changelog, then the consumer at the committed offset."""
-        from aiokafka import TopicPartition
-
-        from streamer.sinks.kafka_sender import transactional_producer
-
         cfg = self.config
         self.assigned_once = True
-        if self.metrics is not None:
-            self.metrics.assigned_once = True
         for p in partitions:
             if p in self.held:
                 continue
@@ -292,7 +284,7 @@ class Worker:
             try:
                 started = time.monotonic()
                 store, meter, records = await self.restore(p)
-                tp = TopicPartition(cfg.events_topic, p)
+                tp = self._tp(p)
                 committed = await self.consumer.committed(tp)
                 next_offset = committed if committed is not None else 0
                 if committed is None:

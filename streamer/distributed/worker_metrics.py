@@ -47,10 +47,9 @@ class WorkerView(Protocol):
 class WorkerMetrics(Endpoint):
     """Counters the fold loop feeds, gauges read from the worker at scrape time (:meth:`bind`)."""
 
-    def __init__(self, events_topic: str) -> None:
+    def __init__(self) -> None:
         super().__init__()
         r = self.registry
-        self.events_topic = events_topic
         self.events = Counter("skyattr_worker_events", "Records read (folded or refused).", registry=r)
         self.refused = Counter("skyattr_worker_refused", "Records refused (named in the log), skipped.", registry=r)
         self.early = Counter(
@@ -68,7 +67,6 @@ class WorkerMetrics(Endpoint):
             registry=r,
         )
         self._worker: WorkerView | None = None
-        self.assigned_once = False
         self.collector = _AppCollector(self)
         r.register(self.collector)
         self.track_kafka(connected=True)  # the worker's broker probe reports from then on (streamer.distributed.worker)
@@ -82,7 +80,7 @@ class WorkerMetrics(Endpoint):
 
     def role_readiness(self) -> tuple[bool, str]:
         worker = self._worker
-        if worker is None or not self.assigned_once:
+        if worker is None or not worker.assigned_once:
             return False, "waiting for the consumer group to assign partitions"
         recovering = dict(worker.recovering)
         if recovering:

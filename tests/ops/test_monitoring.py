@@ -201,7 +201,7 @@ def role_expositions() -> str:
     from streamer.app.distributed_commands import _attributor_metrics
     from streamer.distributed.worker_metrics import WorkerMetrics
 
-    worker = WorkerMetrics("skyattr.events")
+    worker = WorkerMetrics()
     attributor, _ = _attributor_metrics(load_settings(flags={"metrics_port": free_port()}, env={}))
     try:
         texts = []

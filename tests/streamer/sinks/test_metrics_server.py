@@ -159,7 +159,7 @@ def test_a_worker_metric_named_like_one_its_app_collector_yields_is_refused() ->
 
     from streamer.distributed.worker_metrics import WorkerMetrics
 
-    m = WorkerMetrics("skyattr.events")
+    m = WorkerMetrics()
     with pytest.raises(ValueError, match="skyattr_worker_consumer_lag"):
         Gauge("skyattr_worker_consumer_lag", "a second metric of that name", ["partition"], registry=m.registry)
 
