@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The kernels on an NVIDIA GPU, in one prepared run: a fresh virtual environment with the `gpu` extra (JAX with its
 # CUDA 12 plugin, from the package registry), a check that JAX sees the GPU, then `python -m benchmarks.gpu`, which
-# prints the table and writes it as JSON and Markdown (gpu.json, gpu.md) into $OUT (default benchmarks/gpu-out).
+# prints the table and writes it as JSON and Markdown (gpu.json, gpu.md) into $OUT (default benchmarks/gpu-out),
+# then `python -m benchmarks.daemon_device` (daemon_device.json, .md: device memory across runs, first run after a
+# restart).
 #
 #   bash benchmarks/gpu.sh                         # on the GPU machine: ~2 min to install, the table in < 8 min
 #   bash benchmarks/gpu.sh --cpu --sizes 2000 5000   # the same script on a CPU, small (CI runs this: tests/benchmarks)
@@ -51,4 +53,10 @@ if sys.argv[1] != "1" and devices[0].platform != "gpu":
     sys.exit("gpu.sh: JAX sees no GPU (is the NVIDIA driver there, and did the cuda12 plugin install?)")
 EOF
 
-exec timeout 480 "$PY" -m benchmarks.gpu --out "$OUT" "$@"
+timeout 480 "$PY" -m benchmarks.gpu --out "$OUT" "$@"
+
+# The attributor as the daemon runs it on this device (benchmarks/daemon_device.py): the device memory held across
+# runs of a moving window, and the first run after a restart with the compilation cache. Small with --cpu (CI).
+daemon=(--agents 1000000 --runs 9 --restart-agents 1671587)
+[ "$cpu" = 1 ] && daemon=(--agents 3000 --runs 6 --restart-agents 3000)
+timeout 300 "$PY" -m benchmarks.daemon_device --out "$OUT" "${daemon[@]}"

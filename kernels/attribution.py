@@ -59,9 +59,9 @@ class Attribution:
 
     ``residual`` is the completeness residual |sum phi - (v(x) - v(0))| / |v(x) - v(0)|; when v(x) = v(0) it is
     the absolute |sum phi| instead (there is nothing to be relative to). ``span`` is the largest exposure, which
-    sets the graded quadrature rule. ``device`` is the platform the computation ran on; ``compiled`` says whether
-    this call had to trace (and so compile) the kernel, i.e. it was the first for its indicator, node count, path,
-    rule, dtype and size bucket. No wall-clock time: a caller that wants it times the call.
+    sets the graded quadrature rule. ``device`` names the device(s) it ran on (:func:`device_name`); ``compiled``
+    says whether this call had to trace (and so compile) the kernel, i.e. it was the first for its indicator, node
+    count, path, rule, dtype and size bucket. No wall-clock time: a caller that wants it times the call.
 
     The residual is no error bar: quadrature errors cancel in the sum. With ``estimate_error`` the attribution is
     computed again at twice the nodes: ``error_estimate`` is ‖phi_m − phi_2m‖ / ‖phi_2m‖ (relative L2) and
@@ -164,6 +164,19 @@ def _kernel(indicator: Indicator, nodes: int, chunk: int, path: str, rule: str) 
         return phi, value, baseline, span
 
     return jax.jit(run)
+
+
+def device_name(products: str) -> str:
+    """The device(s) an attribution with ``products`` runs on, as JAX names them: ``cpu:0``, ``gpu:0 NVIDIA H100
+    80GB HBM3``, and for products sharded over every device ``gpu:0-3 NVIDIA H100 80GB HBM3``. A result says
+    which card gave its ``runtime_s``, and a pod on the wrong node shows in the results, not only in its logs."""
+    devices = jax.devices() if products == "sharded" else [jax.devices()[0]]
+    first = devices[0]
+    where = f"{first.platform}:{first.id}" + (f"-{devices[-1].id}" if len(devices) > 1 else "")
+    kind = str(getattr(first, "device_kind", "") or "")
+    if kind.lower() == first.platform:  # the CPU's kind is "cpu": nothing to add
+        kind = ""
+    return f"{where} {kind}".strip()
 
 
 def attribute(
@@ -342,7 +355,7 @@ def _attribute(
         path=path,
         rule=rule,
         span=float(span),
-        device=str(jax.devices()[0].platform),
+        device=device_name(products),
         compiled=compiled,
         products=products,
     )

@@ -2,10 +2,10 @@
 
 It reads ``skyattr.shards`` (``read_committed``), puts each run together with :class:`~streamer.distributed.gather.
 Gatherer` (a run incomplete after ``--gather-timeout`` is given up, logged with the partitions missing and counted
-in ``skyattr_attributor_runs_total{outcome="incomplete"}``), merges the shards into the snapshot a single process
-would hold (:func:`~streamer.distributed.shards.merge`) and runs the single process's own attribution on it
-(:func:`~streamer.core.attribution.measure`, :func:`~streamer.core.attribution.finish`): the run numbers, the
-alert's hysteresis and the messages are the same as ``skyattr replay``'s on the same events.
+in ``skyattr_attributor_runs_total{outcome="incomplete"}``), merges the partitions' windows into the snapshot a
+single process would hold (:func:`~streamer.distributed.merge.merge`) and runs the single process's own
+attribution on it (:func:`~streamer.core.attribution.measure`, :func:`~streamer.core.attribution.finish`): the run
+numbers, the alert's hysteresis and the messages are the same as ``skyattr replay``'s on the same events.
 
 Each run's messages (``skyattr.tiers``, and ``skyattr.alerts`` when the alert changes state), the attributor's own
 state (the last due time done, the run count, the alert state: a compacted ``skyattr.attributor-state`` record)
@@ -32,8 +32,9 @@ from streamer.core.schedule import ScheduleState, accepted
 from streamer.core.state import StateConfig
 from streamer.distributed.defaults import ATTRIBUTOR_NAME, GATHER_TIMEOUT_S, SHARDS_TOPIC, STATE_TOPIC
 from streamer.distributed.gather import Complete, Gatherer, Incomplete
+from streamer.distributed.merge import merge
 from streamer.distributed.ride_out import BrokerLink, probe
-from streamer.distributed.shards import chunk_meta, merge
+from streamer.distributed.shards import chunk_meta
 from streamer.sinks.kafka_topics import ensure_topics, load_latest, stop_consumer
 
 log = logging.getLogger("skyattr.attributor")
@@ -223,7 +224,7 @@ def _attribute(ready: Complete, attribution: AttributionConfig, followers: Any, 
         raise ValueError(f"the shards of the run at {ready.as_of_us} were made with different configurations")
     state_config = StateConfig(**ready.shards[0].config["state"])
     started = time.perf_counter()
-    m = measure_snapshot(lambda: merge(ready.shards, state_config, followers), attribution)
+    m = measure_snapshot(lambda: merge(ready.parts, ready.numbers, state_config, followers), attribution)
     out = finish(m, attribution, run=state.run + 1, as_of_us=ready.as_of_us, alert_active=state.alert_active)
     log.debug("run at %d: %.0f ms", ready.as_of_us, 1000 * (time.perf_counter() - started))
     return out

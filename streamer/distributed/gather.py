@@ -2,10 +2,13 @@
 
 Chunks arrive from ``skyattr.shards`` in any interleaving of partitions and due times. :class:`Gatherer` puts each
 shard together from its chunks, hands it to its partition's copy (:class:`~streamer.distributed.replica.
-PartitionReplica`, which turns a delta back into the full shard it stands for: every shard goes there, in the
-topic's order, those of runs already done too, so a restarted attributor rebuilds its copies by reading again), and
+PartitionReplica`, which a full shard sets and a delta moves on: every shard goes there, in the topic's order, those
+of runs already done too, so a restarted attributor rebuilds its copies by reading again), keeps for the shard's run
+the partition's window as the copy then holds it (a :class:`~streamer.distributed.merge.Part`), and
 :meth:`Gatherer.next_ready` hands out, oldest due time first, each run whose every partition is there (the first
-complete copy of a (due time, partition) wins: a worker that published again after a crash sent the same shard). A
+complete copy of a (due time, partition) wins: a worker that published again after a crash sent the same shard).
+The copies number DIDs with one table for all of them (:class:`~streamer.distributed.did_numbers.DidNumbers`),
+numbered afresh when the DIDs no copy holds outnumber those held. A
 run that stays incomplete for ``timeout_s`` after its first chunk arrived is handed out as :class:`Incomplete` (and
 counted), so one lost worker cannot hold back every later run; shards of a run already handed out, or older than
 where the attributor resumed, are not gathered.
@@ -15,9 +18,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
+from streamer.distributed.did_numbers import DidNumbers
+from streamer.distributed.merge import Part
 from streamer.distributed.replica import PartitionReplica
 from streamer.distributed.shards import Shard, from_chunks
 
@@ -25,7 +30,9 @@ from streamer.distributed.shards import Shard, from_chunks
 @dataclass(frozen=True)
 class Complete:
     as_of_us: int
-    shards: list[Shard]
+    shards: list[Shard]  # each partition's shard as it came, its arrays left out (the part holds the window)
+    parts: list[Part]  # each partition's window, in partition order
+    numbers: DidNumbers  # what the parts' DID numbers name
     final: bool
     gather_s: float  # first chunk to last shard
 
@@ -42,6 +49,7 @@ class _Run:
     first_seen: float
     partitions: int
     shards: dict[int, Shard] = field(default_factory=dict)
+    parts: dict[int, Part] = field(default_factory=dict)
     offsets: list[int] = field(default_factory=list)
 
 
@@ -56,6 +64,7 @@ class Gatherer:
         self.clock = clock
         self.runs: dict[int, _Run] = {}
         self.replicas: dict[int, PartitionReplica] = {}
+        self.numbers = DidNumbers()
         # (due time, partition, base) -> (offset of its first chunk, the chunks so far): a full shard and a delta of
         # the same run (a worker restarted mid-publish) are put together apart
         self._pieces: dict[tuple[int, int, int], tuple[int, dict[int, bytes]]] = {}
@@ -72,19 +81,21 @@ class Gatherer:
         del self._pieces[(t, p, meta["base"])]
         replica = self.replicas.get(p)
         if replica is None:
-            replica = self.replicas[p] = PartitionReplica(p)
+            replica = self.replicas[p] = PartitionReplica(p, self.numbers)
         was = replica.as_of_us
         given = from_chunks(meta, [pieces[i] for i in range(meta["chunks"])])
-        shard = replica.apply(given, at)
+        moved = replica.apply(given, at)
         if replica.as_of_us is not None:  # a shard left in pieces at or before the copy can never be used now
             stale = [k for k in self._pieces if k[1] == p and k[0] <= replica.as_of_us]
             for k in stale:
                 del self._pieces[k]
-        if shard is None:
+        if not moved:
             if not given.full and was != t:  # not the same delta again: one after a gap
                 self.unchained += 1
             self.dropped += 1
             return
+        if given.full:
+            self._compact()
         if t <= self.done_through_us:
             self.dropped += 1
             return
@@ -94,7 +105,8 @@ class Gatherer:
         if p in run.shards:
             self.dropped += 1
             return
-        run.shards[p] = shard
+        run.shards[p] = replace(given, arrays={})
+        run.parts[p] = replica.part()
         run.offsets.append(at)
 
     def next_ready(self) -> Complete | Incomplete | None:
@@ -108,7 +120,8 @@ class Gatherer:
         out: Complete | Incomplete
         if len(run.shards) == run.partitions:
             shards = [run.shards[p] for p in sorted(run.shards)]
-            out = Complete(t, shards, any(s.final for s in shards), now - run.first_seen)
+            parts = [run.parts[p] for p in sorted(run.parts)]
+            out = Complete(t, shards, parts, self.numbers, any(s.final for s in shards), now - run.first_seen)
         elif now - run.first_seen >= self.timeout_s:
             out = Incomplete(t, [p for p in range(run.partitions) if p not in run.shards], run.partitions)
         else:
@@ -116,6 +129,19 @@ class Gatherer:
         del self.runs[t]
         self.done_through_us = t
         return out
+
+    def _compact(self) -> None:
+        """Number the DIDs afresh when those no copy holds outnumber the rest (see the module doc): the copies and
+        the parts of the runs still held are renumbered; a run already handed out keeps the table it was given."""
+        if not self.numbers.crowded(sum(len(r.gids) for r in self.replicas.values())):
+            return
+        held = [part.dids for run in self.runs.values() for part in run.parts.values()]
+        fresh, new_of = self.numbers.compacted([*(r.gids for r in self.replicas.values()), *held])
+        for replica in self.replicas.values():
+            replica.renumber(fresh, new_of)
+        for run in self.runs.values():
+            run.parts = {p: part.renumbered(new_of) for p, part in run.parts.items()}
+        self.numbers = fresh
 
     def low_offset(self) -> int | None:
         """The first offset a restart must read again to see every chunk held now and to rebuild every partition's

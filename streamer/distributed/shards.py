@@ -1,4 +1,4 @@
-"""Shards: one partition's state at one due time, as ``skyattr.shards`` records, and their merge into a snapshot.
+"""Shards: one partition's state at one due time, as ``skyattr.shards`` records.
 
 A worker publishes, at each ``tick`` of each partition it owns, the partition's window (:meth:`PartitionState.
 arrays`) with what the attributor needs to put the partitions together: the due time, the partition and how many
@@ -11,15 +11,11 @@ A shard is **full** (the whole window: every DID with its first position and act
 (``base``: the due time of the shard it is relative to, from the same worker): the DID rows and edges that are new
 or changed since, those gone, and the DIDs not named before. Rows and edges name DIDs by the worker's interned ids
 (a :class:`Window`), so an edge costs two integers and a weight, and a tick ships what the events since the last
-one changed, not the window. The attributor keeps each partition's window as its shards built it
-(:class:`~streamer.distributed.replica.PartitionReplica`) and turns each delta back into the full shard it stands
-for, bit for bit; a worker ships a full shard when it has no earlier one (first tick, restart, rebalance), after a
+one changed, not the window. The attributor keeps each partition's window as its shards built it, across runs
+(:class:`~streamer.distributed.replica.PartitionReplica`), and merges the copies (:func:`~streamer.distributed.
+merge.merge`); a worker ships a full shard when it has no earlier one (first tick, restart, rebalance), after a
 prune (ids are interned afresh) and every :data:`FULL_EVERY` ticks, which bounds what a restarted attributor reads
 back to rebuild its copies.
-
-:func:`merge` is the inverse of partitioning: the union of the DIDs, ordered by their first appearance in the
-stream (the order a single process interns them), the activity summed, the edges put together (each attender's
-edges live in one partition, so no pair is counted twice) and the visibility counted over all of them.
 """
 
 from __future__ import annotations
@@ -33,8 +29,7 @@ from typing import Any
 import numpy as np
 import zstandard
 
-from streamer.core.followers import Followers
-from streamer.core.state import Snapshot, StateConfig, decode_strings, encode_strings, visibility_of, window_bounds
+from streamer.core.state import decode_strings, encode_strings
 
 SCHEMA = "skyattr.shard/2"
 CHUNK_BYTES = 900_000
@@ -220,67 +215,3 @@ def from_chunks(meta: dict[str, Any], pieces: Sequence[bytes]) -> Shard:
         raise ValueError(f"shard of partition {meta['partition']} at {meta['as_of_us']} is damaged: {exc}") from None
     keys = ("as_of_us", "final", "partition", "partitions", "events", "head", "newest_bucket", "config", "base")
     return Shard(**{k: meta[k] for k in keys}, arrays=arrays)
-
-
-def merge(shards: Sequence[Shard], config: StateConfig, followers: Followers | None = None) -> Snapshot:
-    """The snapshot the shards of one due time add up to (see the module doc)."""
-    if not shards:
-        raise ValueError("no shards to merge")
-    dids_all = [d for s in shards for d in s.arrays["dids"]]
-    first_all = np.concatenate([s.arrays["first"] for s in shards])
-    group, names = _group(dids_all)  # each entry's DID as a number, and the DIDs those numbers name
-    # earliest appearance first (a DID met again, as a subject elsewhere, keeps its place): a DID's place is that
-    # of its first entry in the stable order of the positions
-    place = np.empty(len(first_all), np.int64)
-    place[np.argsort(first_all, kind="stable")] = np.arange(len(first_all))
-    earliest = np.full(len(names), np.iinfo(np.int64).max)
-    np.minimum.at(earliest, group, place)
-    ranked = np.argsort(earliest, kind="stable")
-    rank = np.empty(len(names), np.int64)
-    rank[ranked] = np.arange(len(names))
-    dids = [names[i] for i in ranked.tolist()]
-    n = len(dids)
-    global_of = rank[group]  # each entry's index in the snapshot
-    x = np.zeros(n)
-    np.add.at(x, global_of, np.concatenate([s.arrays["x"] for s in shards]))  # shard by shard, in order
-    att_parts, src_parts, w_parts = [], [], []
-    start = 0
-    for s in shards:
-        a = s.arrays
-        local = global_of[start : start + len(a["dids"])]
-        start += len(a["dids"])
-        if len(local):
-            att_parts.append(local[a["att"]])
-            src_parts.append(local[a["src"]])
-            w_parts.append(a["w"])
-    att = np.concatenate(att_parts) if att_parts else np.zeros(0, np.int64)
-    src = np.concatenate(src_parts) if src_parts else np.zeros(0, np.int64)
-    w = np.concatenate(w_parts) if w_parts else np.zeros(0)
-    graph = None
-    if len(att):
-        from kernels import AttentionGraph
-
-        by_pair = np.argsort(att * max(n, 1) + src)  # pairs are unique: one key each, sorted by (attender, source)
-        att, src, w = att[by_pair], src[by_pair], w[by_pair]
-        graph = AttentionGraph(att.astype(np.int32), src.astype(np.int32), w, max(n, 1))
-    visibility = visibility_of(dids, src, followers, x)
-    start, end = window_bounds(config, max(s.head for s in shards), (s.newest_bucket for s in shards))
-    events = sum(s.events for s in shards)
-    return Snapshot(x, visibility, graph, dids, start, end, events)
-
-
-def _group(dids: list[str]) -> tuple[np.ndarray, list[str]]:
-    """Each DID of ``dids`` as the number of its distinct value, and those values (in order of first entry):
-    grouped by Python's string hash (mapped in C, sorted by numpy), the groups checked string for string, so a
-    shard of millions of accounts is merged without a Python loop over them; hashes that collide (or a check that
-    fails) fall back to a dict."""
-    hashes = np.fromiter(map(hash, dids), np.int64, len(dids))
-    _, first, group = np.unique(hashes, return_index=True, return_inverse=True)
-    group = group.reshape(-1)
-    values = np.array(dids, dtype=object)
-    named = values[first]
-    if bool((named[group] == values).all()):  # each DID the same string as its group's first: no collision
-        return group, named.tolist()
-    index: dict[str, int] = {}  # two DIDs share a hash: number them by the strings themselves
-    group = np.fromiter((index.setdefault(d, len(index)) for d in dids), np.int64, len(dids))
-    return group, list(index)

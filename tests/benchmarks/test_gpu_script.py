@@ -29,6 +29,16 @@ def test_the_gpu_script_runs_on_the_cpu_and_writes_its_table(tmp_path: Path) -> 
             assert e["device"].startswith("cpu")
     table = (tmp_path / "gpu.md").read_text()
     assert "| agents | edges | indicator | compile s | steady ms |" in table and table.count("| 1,500 |") == 2
+    # the attributor as a daemon runs it: the device holds nothing of a run once it is over, the size buckets met
+    # are compiled once, and a restarted process finds every kernel in the compilation cache
+    daemon = json.loads((tmp_path / "daemon_device.json").read_text())
+    rows = daemon["runs"]["rows"]
+    assert len(rows) == 6 and all(r["device_bytes"] == 0 for r in rows), rows
+    assert rows[-1]["compiles"] == rows[0]["compiles"] > 0 and len({r["bucket"] for r in rows}) == 1, rows
+    cold, warm, off = (daemon["restart"][k]["first"] for k in ("cold", "warm", "off"))
+    assert cold["compiles"] > 0 and cold["cache_hits"] == 0 and off["cache_hits"] == 0
+    assert warm["compiles"] == 0 and warm["cache_hits"] == cold["compiles"], (cold, warm)
+    assert "| restarted, same cache |" in (tmp_path / "daemon_device.md").read_text()
 
 
 def test_the_gpu_script_refuses_a_machine_without_a_gpu(tmp_path: Path) -> None:

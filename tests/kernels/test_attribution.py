@@ -97,7 +97,11 @@ def test_custom_plain_function_uses_the_generic_path(population: kernels.Populat
 
 def test_reports_metadata(population: kernels.Population) -> None:
     a = attribute("reach", population.x, population.graph, nodes=24)
-    assert a.nodes == 24 and a.device == jax.default_backend() and a.indicator == "reach"
+    assert a.nodes == 24 and a.indicator == "reach"
+    device = jax.devices()[0]  # named as JAX names it, the card's model after its number on an accelerator
+    assert a.device.split()[0] == f"{device.platform}:{device.id}" and a.device.startswith(jax.default_backend())
+    if device.platform != "cpu":
+        assert a.device.endswith(device.device_kind)
     assert a.total == pytest.approx(a.value - a.baseline, rel=1e-4)
 
 

@@ -36,6 +36,7 @@ for ind in ("cascade", "reach", "saturation", "exposure"):
             "products": many.products,
             "phi": float(np.max(np.abs(one.phi - many.phi))) / scale,
             "value": abs(one.value - many.value) / abs(one.value),
+            "devices": [one.device, many.device],
         }
 g = pop.graph.padded(np.float32, "sharded")
 x = jnp.ones(g.size, jnp.float32)
@@ -69,6 +70,7 @@ def test_a_sharded_attribution_equals_one_devices(four_devices: dict) -> None:
         for dtype, tol in (("float32", 5e-5), ("float64", 1e-12)):
             got = four_devices[f"{key}/{dtype}"]
             assert got["products"] == "sharded"
+            assert got["devices"] == ["cpu:0", "cpu:0-3"], "the result names the devices it ran on"
             assert got["phi"] < tol and got["value"] < tol, (key, dtype, got)
 
 

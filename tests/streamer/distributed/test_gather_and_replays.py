@@ -13,6 +13,7 @@ from streamer.distributed.gather import Complete, Gatherer, Incomplete
 from streamer.distributed.partition_state import PartitionState
 from streamer.distributed.sequencer import Sequencer, Tick
 from streamer.distributed.shards import chunk_meta
+from tests.streamer.distributed.test_partition_arrays import as_window
 
 HOUR = 3_600_000_000
 A, B, C = (f"did:plc:{c * 24}" for c in "abc")
@@ -96,7 +97,9 @@ def test_the_gatherer_hands_out_runs_in_order_first_copy_wins_and_gives_up_after
     assert isinstance(first, Incomplete) and first.missing == [1] and first.as_of_us == ticks[0].as_of_us
     second = g.next_ready()
     assert isinstance(second, Complete) and second.as_of_us == ticks[1].as_of_us and len(second.shards) == 2
-    np.testing.assert_array_equal(second.shards[0].arrays["x"], parts[0].shard(ticks[1], 2).arrays["x"])
+    got = as_window(second.parts[0], second.numbers)
+    assert got["dids"] == parts[0].arrays()["dids"]
+    np.testing.assert_array_equal(got["x"], parts[0].shard(ticks[1], 2).arrays["x"])
     # nothing is pending; a restart reads again from the oldest full shard the partitions' copies were built from
     assert g.next_ready() is None and g.low_offset() == starts[(0, ticks[1].as_of_us)]
     add(1, ticks[0])  # too late: that run is given up
@@ -133,9 +136,9 @@ def test_records_out_of_place_are_refused_by_name_and_the_partition_goes_on() ->
 
 def test_delta_shards_rebuild_every_window_and_a_restart_reads_back_from_the_oldest_full_one() -> None:
     """A partition's shards (a full one, then deltas) through the topic's encoding: the gatherer hands out, for
-    every run, the full window of each partition, bit for bit; a delta published again is dropped; a delta after a
-    gap gives no shard (counted) until the next full one. A gatherer started afresh at :meth:`low_offset` with the
-    runs done so far (an attributor's restart) hands out the later runs the same."""
+    every run, the window of each partition as its copy holds it, bit for bit the worker's; a delta published again
+    is dropped; a delta after a gap gives no shard (counted) until the next full one. A gatherer started afresh at
+    :meth:`low_offset` with the runs done so far (an attributor's restart) hands out the later runs the same."""
     from streamer.distributed import partition_state
 
     records = _records(1500)
@@ -165,7 +168,7 @@ def test_delta_shards_rebuild_every_window_and_a_restart_reads_back_from_the_old
 
     def same(runs: list[Complete]) -> None:
         for r in runs:
-            got, want = r.shards[0].arrays, windows[r.as_of_us]
+            got, want = as_window(r.parts[0], r.numbers), windows[r.as_of_us]
             assert got["dids"] == want["dids"]
             for k in ("first", "x", "att", "src", "w"):
                 assert np.array_equal(got[k], want[k]), (r.as_of_us, k)

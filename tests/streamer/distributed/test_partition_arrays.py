@@ -11,6 +11,8 @@ import pytest
 
 from streamer.core.state import ACTIVITY_KINDS, StateConfig
 from streamer.distributed import partition_state as ps
+from streamer.distributed.did_numbers import DidNumbers
+from streamer.distributed.merge import Part
 from streamer.distributed.partition_state import KINDS, SEP, PartitionState
 from streamer.distributed.replica import PartitionReplica
 from tests.streamer.distributed import test_partitioned_equality as equality
@@ -61,8 +63,8 @@ def from_store(state: PartitionState) -> dict[str, Any]:
 
 @pytest.fixture
 def checked(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Every window a partition makes compared with the oracle, and every shard the attributor's copy of the
-    partition turns it back into (full, or rebuilt from a delta) compared with the worker's window at that tick;
+    """Every window a partition makes compared with the oracle, and the window the attributor's copy of the
+    partition holds after each shard (full, or a delta applied) compared with the worker's window at that tick;
     the kinds of shard seen."""
     made = ps.PartitionState._window
     made_shard = ps.PartitionState.shard
@@ -83,15 +85,27 @@ def checked(monkeypatch: pytest.MonkeyPatch) -> list[str]:
         return out
 
     def apply(self: PartitionReplica, shard: Any, offset: int) -> Any:
-        out = applied(self, shard, offset)
-        if out is not None:
-            _same(out.arrays, windows[(shard.partition, shard.as_of_us)])
-        return out
+        moved = applied(self, shard, offset)
+        if moved:
+            _same(as_window(self.part(), self.numbers), windows[(shard.partition, shard.as_of_us)])
+        return moved
 
     monkeypatch.setattr(ps.PartitionState, "_window", compared)
     monkeypatch.setattr(ps.PartitionState, "shard", shard)
     monkeypatch.setattr(PartitionReplica, "apply", apply)
     return kinds
+
+
+def as_window(part: Part, numbers: DidNumbers) -> dict[str, Any]:
+    """A copy's part as the worker's window arrays: rows by first position, edges by the ranks of their ends."""
+    rows = np.argsort(part.first, kind="stable")
+    rank = {int(g): r for r, g in enumerate(part.dids[rows])}
+    att = np.array([rank[int(g)] for g in part.att], np.int64)
+    src = np.array([rank[int(g)] for g in part.src], np.int64)
+    by_pair = np.lexsort((src, att))
+    dids = numbers.names(part.dids[rows])
+    return {"dids": dids, "first": part.first[rows], "x": part.x[rows], "att": att[by_pair], "src": src[by_pair],
+            "w": part.w[by_pair]}  # fmt: skip
 
 
 def _same(got: dict[str, Any], want: dict[str, Any]) -> None:
@@ -148,20 +162,65 @@ def test_a_worker_given_many_partitions_reads_its_table_once() -> None:
             assert np.array_equal(a.arrays[k], b.arrays[k]), k
 
 
-def test_shards_merge_alike_when_every_did_hash_collides(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The merge numbers DIDs by their string hash and checks each group string for string: with every hash the
-    same it falls back to numbering by the strings, and the snapshot is the same."""
+def test_snapshots_are_the_same_when_the_did_numbers_are_given_afresh_at_every_full_shard(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The attributor numbers DIDs with one table across runs and numbers them afresh when the DIDs no copy holds
+    pile up: doing so at every full shard (the copies and the parts of runs still held renumbered) changes no
+    snapshot, bit for bit, and the table then holds only the DIDs the copies name."""
     from streamer.core.attribution import AttributionConfig
-    from streamer.distributed import shards
-    from streamer.distributed.sequencer import Sequencer, Tick
+    from streamer.distributed import gather
+    from streamer.distributed.merge import merge
+    from streamer.distributed.sequencer import Sequencer
 
-    dist = equality.Partitioned(3, StateConfig(), AttributionConfig(), 1 << 20)
-    dist.run(equality.ARCHIVE, Sequencer(StateConfig(), 3600.0))
-    parts = [state.shard(Tick(as_of_us=1, final=True), 3) for state in dist.states]
-    want = shards.merge(parts, StateConfig())
-    monkeypatch.setattr(shards, "hash", lambda did: 7, raising=False)
-    got = shards.merge(parts, StateConfig())
-    assert got.dids == want.dids and len(set(got.dids)) == len(got.dids) > 1000
-    assert np.array_equal(got.x, want.x) and np.array_equal(got.visibility, want.visibility)
-    for k in ("attender", "source", "weight"):
-        assert np.array_equal(np.asarray(getattr(got.graph, k)), np.asarray(getattr(want.graph, k))), k
+    snaps: dict[bool, list[Any]] = {}
+    sizes: list[tuple[int, int]] = []
+    config = StateConfig(bucket_hours=1.0, buckets=3)  # a window of 3 h over the day's archive: prunes every hour
+    for afresh in (False, True):
+        if afresh:
+            monkeypatch.setattr(DidNumbers, "crowded", lambda self, live: True)
+        runs = snaps[afresh] = []
+        dist = equality.Partitioned(3, config, AttributionConfig(), 1 << 20)
+        dist.gatherer = gatherer = gather.Gatherer(timeout_s=float("inf"), clock=lambda: 0.0)
+        given = gatherer.next_ready
+
+        def next_ready(given: Any = given, runs: list[Any] = runs, gatherer: Any = gatherer) -> Any:
+            ready = given()
+            if ready is not None:
+                runs.append(merge(ready.parts, ready.numbers, config))
+                named = np.unique(np.concatenate([r.gids[r.gids >= 0] for r in gatherer.replicas.values()]))
+                sizes.append((len(gatherer.numbers), len(named)))
+            return ready
+
+        gatherer.next_ready = next_ready  # type: ignore[method-assign]
+        dist.run(equality.ARCHIVE, Sequencer(config, 3600.0))
+    assert len(snaps[False]) == len(snaps[True]) == 24
+    for a, b in zip(snaps[False], snaps[True], strict=True):
+        assert a.dids == b.dids and (a.events, a.window_start_us, a.window_end_us) == (
+            b.events,
+            b.window_start_us,
+            b.window_end_us,
+        )
+        for k in ("x", "visibility"):
+            assert np.array_equal(getattr(a, k), getattr(b, k)), k
+        for k in ("attender", "source", "weight"):
+            assert np.array_equal(getattr(a.graph, k), getattr(b.graph, k)), k
+    kept, renumbered = sizes[: len(sizes) // 2], sizes[len(sizes) // 2 :]
+    assert kept[-1][0] > kept[-1][1], kept  # without: the table holds DIDs no copy names any more
+    assert all(held == named for held, named in renumbered), renumbered
+
+
+def test_did_numbers() -> None:
+    """A DID keeps its number; new ones are numbered next, once each; numbered afresh, the DIDs held keep their
+    order and the old table is left as it was for a run still merging with it."""
+    numbers = DidNumbers()
+    assert numbers.numbers(["a", "b", "a"]).tolist() == [0, 1, 0]
+    assert numbers.numbers(["c", "b", "d", "c"]).tolist() == [2, 1, 3, 2]
+    assert numbers.names(np.array([3, 0, 2])) == ["d", "a", "c"] and len(numbers) == 4
+    fresh, new_of = numbers.compacted([np.array([3, -1, 1]), np.array([1])])
+    assert new_of.tolist() == [-1, 0, -1, 1] and fresh.names(np.array([0, 1])) == ["b", "d"]
+    assert fresh.numbers(["d", "e", "b"]).tolist() == [1, 2, 0]
+    assert numbers.names(np.array([0, 1, 2, 3])) == ["a", "b", "c", "d"] and len(numbers) == 4
+    big = DidNumbers()
+    big.numbers([f"did:{i}" for i in range(5000)])
+    assert big.names(np.array([4999, 1024, 0])) == ["did:4999", "did:1024", "did:0"]

@@ -22,9 +22,10 @@ from streamer.core.schedule import ScheduleState, accepted
 from streamer.core.state import StateConfig
 from streamer.distributed import event_records
 from streamer.distributed.gather import Complete, Gatherer
+from streamer.distributed.merge import merge
 from streamer.distributed.partition_state import PartitionState
 from streamer.distributed.sequencer import Sequencer, Tick
-from streamer.distributed.shards import chunk_meta, merge
+from streamer.distributed.shards import chunk_meta
 from streamer.sources.archive import ArchiveSource
 from tests.compare import VOLATILE, assert_close
 
@@ -70,7 +71,7 @@ class Partitioned:
         state.published()
         while (ready := self.gatherer.next_ready()) is not None:
             assert isinstance(ready, Complete), ready
-            snap = merge(ready.shards, self.config)
+            snap = merge(ready.parts, ready.numbers, self.config)
             s = self.schedule
             out = finish(
                 measure(snap, self.attribution),
@@ -231,7 +232,7 @@ def _both_modes(events: list[Any]) -> tuple[Any, list[str | None], list[tuple[in
                 part.published()
             ready = gatherer.next_ready()
             assert isinstance(ready, Complete) and ready.as_of_us == ticks[0].as_of_us, ready
-            merged.append((ready.as_of_us, merge(ready.shards, config)))
+            merged.append((ready.as_of_us, merge(ready.parts, ready.numbers, config)))
 
     broadcast(seq.config_dict())
     verdicts = []
