@@ -2,11 +2,11 @@
 
 ``python -m benchmarks.attributor [--accounts 1671587 --edges 13000000 --partitions 4 --changed 0.01]`` makes one
 synthetic window per partition (heavy-tailed degrees, the accounts split by partition as the ingest keys them),
-publishes it as a worker does (a full shard, then a delta after ``--changed`` of its rows and edges moved), sends
-both through the topic's encoding (chunks, zstd) into the attributor's :class:`~streamer.distributed.gather.
-Gatherer`, and times each step: encoding, gathering a full run (decode, set each partition's copy, number its DIDs),
-gathering a delta run (decode, move each copy on), the merge of the copies into one snapshot, and the bytes of each
-kind of shard. Memory is about 3 GB at the default size.
+publishes it as a worker does (a full shard, then ``--runs`` deltas, each after ``--changed`` of its rows and edges
+moved), sends them through the topic's encoding (chunks, zstd) into the attributor's
+:class:`~streamer.distributed.gather.Gatherer`, and times each step: encoding, gathering a full run (decode, set
+each partition's copy, number its DIDs), gathering a delta run (decode, move each copy on), the merge of the copies
+into one snapshot after each run, and the bytes of each kind of shard. Memory is about 3 GB at the default size.
 """
 
 from __future__ import annotations
@@ -68,56 +68,68 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--edges", type=int, default=13_000_000)
     ap.add_argument("--partitions", type=int, default=4)
     ap.add_argument("--changed", type=float, default=0.01)
+    ap.add_argument("--runs", type=int, default=4, help="delta runs after the full one")
     args = ap.parse_args(argv)
     t = time.perf_counter()
     parts = _windows(args.accounts, args.edges, args.partitions, 1)
     print(f"made {args.partitions} windows in {time.perf_counter() - t:.1f} s")
-    config = StateConfig().as_dict()
-    cfg = {"state": config}
-    first_t, next_t = 3_600_000_000, 3_900_000_000
+    cfg = {"state": StateConfig().as_dict()}
+    interval = 300_000_000
 
-    def shards(kind: str) -> tuple[list[tuple[bytes, list[tuple[str, bytes]]]], float, int]:
+    def shards(k: int) -> tuple[list[tuple[bytes, list[tuple[str, bytes]]]], float, int]:
+        """Run ``k``'s shards: full at k = 0, else each partition's delta against run k - 1 (moved windows)."""
         t0 = time.perf_counter()
         out = []
         for p, (names, window) in enumerate(parts):
-            if kind == "full":
-                arrays, base, at = window.full(names), -1, first_t
+            if k == 0:
+                arrays, base = window.full(names), -1
             else:
-                known = np.ones(len(names), bool)
-                arrays, base, at = _moved(window, args.changed, p).delta(window, names, known), first_t, next_t
-            shard = Shard(at, False, p, args.partitions, 0, 0, 0, arrays, cfg, base)
-            out += shard.to_chunks()
+                moved = _moved(window, args.changed, 100 * k + p)
+                arrays, base = moved.delta(window, names, np.ones(len(names), bool)), (k - 1) * interval
+                parts[p] = (names, moved)
+            out += Shard(k * interval, False, p, args.partitions, 0, 0, 0, arrays, cfg, base).to_chunks()
         return out, time.perf_counter() - t0, sum(len(v) for v, _ in out)
 
-    full, full_enc_s, full_bytes = shards("full")
-    delta, delta_enc_s, delta_bytes = shards("delta")
-    gatherer = Gatherer(timeout_s=1e9, clock=lambda: 0.0)
-    runs: list[tuple[str, float, Complete]] = []
-    for label, chunks in (("full", full), ("delta", delta)):
-        t0 = time.perf_counter()
-        for offset, (value, headers) in enumerate(chunks):
-            gatherer.add(offset, chunk_meta(headers), value)
-        ready = gatherer.next_ready()
-        assert isinstance(ready, Complete)
-        runs.append((label, time.perf_counter() - t0, ready))
-    rows = sum(len(w.ids) for _, w in parts)
-    edges = sum(len(w.w) for _, w in parts)
-    print(f"\n{args.accounts:,} accounts as {rows:,} shard rows, {edges:,} edges, {args.partitions} partitions\n")
-    print("| step | seconds | bytes |")
-    print("|---|---:|---:|")
-    print(f"| encode full shards (worker) | {full_enc_s:.2f} | {full_bytes:,} |")
-    print(f"| encode delta shards, {args.changed:.0%} changed (worker, diff included) | {delta_enc_s:.2f} | "
-          f"{delta_bytes:,} |")  # fmt: skip
-    for label, seconds, _ in runs:
-        done = "set each copy, number its DIDs" if label == "full" else "move each copy on"
-        print(f"| gather a {label} run (decode, {done}) | {seconds:.2f} | – |")
     import kernels.graph  # noqa: F401  # loaded before the clock starts (JAX's import is not the merge's)
 
-    t0 = time.perf_counter()
-    last = runs[-1][2]
-    snap = merge(last.parts, last.numbers, StateConfig())
-    print(f"| merge into one snapshot | {time.perf_counter() - t0:.2f} | – |")
-    assert snap.graph is not None and len(snap.dids) == args.accounts
+    rows = sum(len(w.ids) for _, w in parts)
+    edges = sum(len(w.w) for _, w in parts)
+    gatherer = Gatherer(timeout_s=1e9, clock=lambda: 0.0)
+    offset = 0
+    steps: dict[str, list[float]] = {}
+    sizes: dict[str, int] = {}
+    for k in range(args.runs + 1):
+        kind = "full" if k == 0 else "delta"
+        chunks, encode_s, size = shards(k)
+        steps.setdefault(f"encode {kind}", []).append(encode_s)
+        sizes[kind] = size
+        t0 = time.perf_counter()
+        for value, headers in chunks:
+            gatherer.add(offset, chunk_meta(headers), value)
+            offset += 1
+        ready = gatherer.next_ready()
+        assert isinstance(ready, Complete)
+        steps.setdefault(f"gather {kind}", []).append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        snap = merge(ready.parts, ready.numbers, StateConfig())
+        steps.setdefault("merge", []).append(time.perf_counter() - t0)
+        assert snap.graph is not None and len(snap.dids) == args.accounts
+    print(f"\n{args.accounts:,} accounts as {rows:,} shard rows, {edges:,} edges, {args.partitions} partitions; a full "
+          f"run, then {args.runs} delta runs ({args.changed:.0%} of rows and edges changed each)\n")  # fmt: skip
+    print("| step | seconds: first | later runs (median) | bytes |")
+    print("|---|---:|---:|---:|")
+    labels = {
+        "encode full": "encode full shards (worker)",
+        "encode delta": f"encode delta shards, {args.changed:.0%} changed (worker, diff included)",
+        "gather full": "gather a full run (decode, set each copy, number its DIDs)",
+        "gather delta": "gather a delta run (decode, move each copy on)",
+        "merge": "merge the copies into one snapshot (the full run's, then the delta runs')",
+    }
+    for key, label in labels.items():
+        got = steps[key]
+        later = f"{float(np.median(got[1:])):.2f}" if len(got) > 1 else "–"
+        size = f"{sizes[key.split()[1]]:,}" if key.startswith("encode") else "–"
+        print(f"| {label} | {got[0]:.2f} | {later} | {size} |")
 
 
 if __name__ == "__main__":

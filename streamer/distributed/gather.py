@@ -135,7 +135,7 @@ class Gatherer:
         the parts of the runs still held are renumbered; a run already handed out keeps the table it was given."""
         if not self.numbers.crowded(sum(len(r.gids) for r in self.replicas.values())):
             return
-        held = [part.dids for run in self.runs.values() for part in run.parts.values()]
+        held = [part.gids for run in self.runs.values() for part in run.parts.values()]
         fresh, new_of = self.numbers.compacted([*(r.gids for r in self.replicas.values()), *held])
         for replica in self.replicas.values():
             replica.renumber(fresh, new_of)

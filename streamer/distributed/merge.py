@@ -7,9 +7,9 @@ account's activity is counted in its own partition only, so the sum is exact), t
 attender's edges live in one partition, so no pair is counted twice) and sorted by the ranks of their ends, and the
 visibility counted over all of them.
 
-Each partition comes as a :class:`Part` over the attributor's DID numbers (:class:`~streamer.distributed.did_numbers.
-DidNumbers`), made from the attributor's copy of the partition: the merge is integer work over arrays, and only the
-snapshot's list of DIDs is made of strings.
+Each partition comes as a :class:`Part`: the attributor's copy of the partition as it stood at the due time, over
+the worker's ids, with the attributor's number for each (:class:`~streamer.distributed.did_numbers.DidNumbers`): the
+merge is integer work over arrays, and only the snapshot's list of DIDs is made of strings.
 """
 
 from __future__ import annotations
@@ -22,20 +22,24 @@ import numpy as np
 from streamer.core.followers import Followers
 from streamer.core.state import Snapshot, StateConfig, visibility_of, window_bounds
 from streamer.distributed.did_numbers import DidNumbers
+from streamer.distributed.shards import ID_BITS
 
 _NEVER = np.iinfo(np.int64).max
+_LOW = (1 << ID_BITS) - 1
 
 
 @dataclass(frozen=True)
 class Part:
-    """One partition's window at one due time: its accounts (DID numbers, first positions, activity) in any order,
-    its edges (attender and source numbers, weights) in any order, and what the window's bounds need."""
+    """One partition's window at one due time, as the attributor's copy of the partition holds it: the worker's ids
+    of the accounts present (``ids``, any order) with their first positions and activity, the edges as keys
+    ``attender id << ID_BITS | source id`` (any order) with their weights, ``gids``: the attributor's DID number
+    of each worker id (-1: an id not named), and what the window's bounds need."""
 
-    dids: np.ndarray
+    gids: np.ndarray
+    ids: np.ndarray
     first: np.ndarray
     x: np.ndarray
-    att: np.ndarray
-    src: np.ndarray
+    edges: np.ndarray
     w: np.ndarray
     events: int
     head: int
@@ -43,7 +47,7 @@ class Part:
 
     def renumbered(self, new_of: np.ndarray) -> Part:
         """The same window over DID numbers given afresh (``new_of``: old number -> new)."""
-        return replace(self, dids=new_of[self.dids], att=new_of[self.att], src=new_of[self.src])
+        return replace(self, gids=np.where(self.gids >= 0, new_of[self.gids], -1))
 
 
 def merge(
@@ -52,7 +56,7 @@ def merge(
     """The snapshot the partitions' windows at one due time add up to (see the module doc)."""
     if not parts:
         raise ValueError("no partitions to merge")
-    gid = np.concatenate([p.dids for p in parts])
+    gid = np.concatenate([p.gids[p.ids] for p in parts])
     earliest = np.full(int(gid.max()) + 1 if len(gid) else 0, _NEVER)
     np.minimum.at(earliest, gid, np.concatenate([p.first for p in parts]))
     present = np.flatnonzero(earliest != _NEVER)
@@ -64,13 +68,20 @@ def merge(
     x = np.bincount(rank[gid], weights=np.concatenate([p.x for p in parts]), minlength=n).astype(np.float64)
     graph = None
     src = np.zeros(0, np.int64)
-    if sum(len(p.att) for p in parts):
+    if sum(len(p.edges) for p in parts):
         from kernels import AttentionGraph
 
-        att = rank[np.concatenate([p.att for p in parts])]
-        src = rank[np.concatenate([p.src for p in parts])]
-        by_pair = np.argsort(att * max(n, 1) + src)  # pairs are unique: one key each, sorted by (attender, source)
-        att, src = att[by_pair], src[by_pair]
+        # each edge as attender rank << bits | source rank: sorting the keys sorts the edges by (attender, source)
+        # (pairs are unique), and the ends come back from the sorted keys by shifts, not by two more gathers
+        bits = max(n - 1, 1).bit_length()
+        keys = []
+        for p in parts:
+            ranks = rank[np.where(p.gids >= 0, p.gids, 0)]  # each worker id's rank (an id not named is never read)
+            keys.append((ranks[p.edges >> ID_BITS] << bits) | ranks[p.edges & _LOW])
+        key = np.concatenate(keys)
+        by_pair = np.argsort(key)
+        key = key[by_pair]
+        att, src = key >> bits, key & ((1 << bits) - 1)
         w = np.concatenate([p.w for p in parts])[by_pair]
         graph = AttentionGraph(att, src, w, max(n, 1))  # it keeps its own int32 copies
     dids = numbers.names(ranked)

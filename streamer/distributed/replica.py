@@ -25,8 +25,6 @@ from streamer.distributed.shards import ID_BITS, Shard
 
 log = logging.getLogger("skyattr.attributor")
 
-_LOW = (1 << ID_BITS) - 1
-
 
 class PartitionReplica:
     """One partition's window as its shards built it (see the module doc)."""
@@ -71,17 +69,8 @@ class PartitionReplica:
         return True
 
     def part(self) -> Part:
-        """The window the copy stands at, over the attributor's DID numbers."""
-        edges = self._edges
-        return Part(
-            self.gids[self._ids],
-            self._first,
-            self._x,
-            self.gids[edges >> ID_BITS],
-            self.gids[edges & _LOW],
-            self._w,
-            *self._meta,
-        )
+        """The window the copy stands at (its arrays, which later shards replace rather than change)."""
+        return Part(self.gids.copy(), self._ids, self._first, self._x, self._edges, self._w, *self._meta)
 
     def renumber(self, numbers: DidNumbers, new_of: np.ndarray) -> None:
         """The DIDs numbered afresh (``new_of``: old number -> new, from :meth:`DidNumbers.compacted`)."""

@@ -98,12 +98,15 @@ def checked(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
 def as_window(part: Part, numbers: DidNumbers) -> dict[str, Any]:
     """A copy's part as the worker's window arrays: rows by first position, edges by the ranks of their ends."""
+    from streamer.distributed.shards import ID_BITS
+
     rows = np.argsort(part.first, kind="stable")
-    rank = {int(g): r for r, g in enumerate(part.dids[rows])}
-    att = np.array([rank[int(g)] for g in part.att], np.int64)
-    src = np.array([rank[int(g)] for g in part.src], np.int64)
+    ids = part.ids[rows]
+    rank = {int(i): r for r, i in enumerate(ids)}
+    att = np.array([rank[int(i)] for i in part.edges >> ID_BITS], np.int64)
+    src = np.array([rank[int(i)] for i in part.edges & ((1 << ID_BITS) - 1)], np.int64)
     by_pair = np.lexsort((src, att))
-    dids = numbers.names(part.dids[rows])
+    dids = numbers.names(part.gids[ids])
     return {"dids": dids, "first": part.first[rows], "x": part.x[rows], "att": att[by_pair], "src": src[by_pair],
             "w": part.w[by_pair]}  # fmt: skip
 
