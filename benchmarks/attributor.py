@@ -69,6 +69,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--partitions", type=int, default=4)
     ap.add_argument("--changed", type=float, default=0.01)
     ap.add_argument("--runs", type=int, default=4, help="delta runs after the full one")
+    ap.add_argument(
+        "--pipeline",
+        type=int,
+        nargs="*",
+        default=[],
+        help="also measure the delta runs (merge and attribution, as the attributor does) this many at once",
+    )
     args = ap.parse_args(argv)
     t = time.perf_counter()
     parts = _windows(args.accounts, args.edges, args.partitions, 1)
@@ -97,6 +104,7 @@ def main(argv: list[str] | None = None) -> None:
     gatherer = Gatherer(timeout_s=1e9, clock=lambda: 0.0)
     offset = 0
     steps: dict[str, list[float]] = {}
+    delta_runs: list[Complete] = []
     sizes: dict[str, int] = {}
     for k in range(args.runs + 1):
         kind = "full" if k == 0 else "delta"
@@ -114,6 +122,8 @@ def main(argv: list[str] | None = None) -> None:
         snap = merge(ready.parts, ready.numbers, StateConfig())
         steps.setdefault("merge", []).append(time.perf_counter() - t0)
         assert snap.graph is not None and len(snap.dids) == args.accounts
+        if k > 0:
+            delta_runs.append(ready)
     print(f"\n{args.accounts:,} accounts as {rows:,} shard rows, {edges:,} edges, {args.partitions} partitions; a full "
           f"run, then {args.runs} delta runs ({args.changed:.0%} of rows and edges changed each)\n")  # fmt: skip
     print("| step | seconds: first | later runs (median) | bytes |")
@@ -130,6 +140,32 @@ def main(argv: list[str] | None = None) -> None:
         later = f"{float(np.median(got[1:])):.2f}" if len(got) > 1 else "–"
         size = f"{sizes[key.split()[1]]:,}" if key.startswith("encode") else "–"
         print(f"| {label} | {got[0]:.2f} | {later} | {size} |")
+
+    if args.pipeline:
+        pipelined(delta_runs, args.pipeline)
+
+
+def pipelined(runs: list[Complete], depths: list[int]) -> None:
+    """Each run merged and measured (:func:`~streamer.distributed.attributor.measure_run`: the daemon's whole
+    attribution, panels and error estimate included) with ``depth`` runs at once in threads, as the attributor's
+    ``--pipeline`` does; seconds per run, and each depth against the first."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from streamer.core.attribution import AttributionConfig
+    from streamer.distributed.attributor import measure_run
+
+    config = AttributionConfig()
+    measure_run(runs[0], config, None)  # compiled once, before any clock
+    print(f"\n| pipeline (runs at once) | seconds per run, {len(runs)} runs | runs per second × the first |")
+    print("|---:|---:|---:|")
+    first = None
+    for depth in depths:
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(depth) as pool:
+            list(pool.map(lambda r: measure_run(r, config, None), runs))
+        per_run = (time.perf_counter() - t0) / len(runs)
+        first = first or per_run
+        print(f"| {depth} | {per_run:.2f} | {first / per_run:.2f} |")
 
 
 if __name__ == "__main__":

@@ -27,6 +27,8 @@ import time
 import uuid
 from pathlib import Path
 
+from streamer.distributed.defaults import PIPELINE
+
 HERE = Path(__file__).resolve().parent.parent
 
 
@@ -92,7 +94,9 @@ def ingest(
     return {"decoders": decoders, "seconds": time.perf_counter() - start, "cpu_s": _children_cpu() - cpu}
 
 
-def distributed(bootstrap: str, archive: Path, interval: float, workers: int, partitions: int, work: Path) -> dict:
+def distributed(
+    bootstrap: str, archive: Path, interval: float, workers: int, partitions: int, work: Path, pipeline: int = PIPELINE
+) -> dict:
     run = uuid.uuid4().hex[:8]
     events, shards, state = f"bench.events.{run}", f"bench.shards.{run}", f"bench.attributor.{run}"
     kafka = ("--kafka-bootstrap", bootstrap)
@@ -128,6 +132,8 @@ def distributed(bootstrap: str, archive: Path, interval: float, workers: int, pa
         "--kafka-topic-alerts",
         f"bench.alerts.{run}",
         "--until-final",
+        "--pipeline",
+        str(pipeline),
         "--out",
         str(out),
         "--log-level",
@@ -156,6 +162,7 @@ def distributed(bootstrap: str, archive: Path, interval: float, workers: int, pa
     gathers = [float(m) for m in re.findall(r"gathered in ([0-9.]+) s", (work / f"attributor-{run}.log").read_text())]
     return {
         "workers": workers,
+        "pipeline": pipeline,
         "ingest_s": ingest_s,
         "seconds": seconds,
         "runs": sum(1 for line in out.read_text().splitlines() if '"topic":"tiers"' in line),
@@ -186,6 +193,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument(
         "--decoders", type=int, nargs="*", default=[], help="also time the ingest alone with these decoder counts"
     )
+    ap.add_argument("--pipeline", type=int, nargs="+", default=[PIPELINE], help="the attributor's --pipeline values")
     ap.add_argument("--work-dir", type=Path, default=Path(tempfile.gettempdir()) / "skyattr-bench")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
@@ -197,7 +205,11 @@ def main(argv: list[str] | None = None) -> None:
     frames = sum(1 for _ in read_archive(archive))
     logs = Path(tempfile.mkdtemp(prefix="skyattr-dist-"))
     single = single_process(archive, args.interval, logs)
-    rows = [distributed(args.bootstrap, archive, args.interval, w, args.partitions, logs) for w in args.workers]
+    rows = [
+        distributed(args.bootstrap, archive, args.interval, w, args.partitions, logs, k)
+        for w in args.workers
+        for k in args.pipeline
+    ]
     alone = [
         ingest(args.bootstrap, archive, args.interval, args.partitions, logs, uuid.uuid4().hex[:8], d)
         for d in args.decoders
@@ -228,7 +240,8 @@ def main(argv: list[str] | None = None) -> None:
         print(
             f"| ingest (once, before) | {r['ingest_s']:.1f} | {frames / r['ingest_s']:,.0f} | – | "
             f"{r['ingest_cpu_s']:.1f} | – | – | – | – | – |\n"
-            f"| {r['workers']} worker(s) + attributor | {r['seconds']:.1f} | {frames / r['seconds']:,.0f} | "
+            f"| {r['workers']} worker(s) + attributor (pipeline {r['pipeline']}) | {r['seconds']:.1f} | "
+            f"{frames / r['seconds']:,.0f} | "
             f"{single['seconds'] / r['seconds']:.2f} | {r['roles_cpu_s']:.1f} | {cpu / single['cpu_s']:.2f} "
             f"(with ingest) | {r['shard_bytes_per_run']:,.0f} | {r['shard_bytes_per_folded_byte']:.2f} "
             f"({r['delta_bytes_per_folded_byte']:.2f}; {r['full_shards']} full of {r['shards']}) | {gather} | "

@@ -163,6 +163,7 @@ def attributor_command(
         state_topic=settings.topics.state,
         name=settings.attributor.name,
         gather_timeout_s=settings.attributor.gather_timeout,
+        pipeline=settings.attributor.pipeline,
         security=settings.kafka_security(),
         topics={"tiers": settings.kafka_topic_tiers, "alerts": settings.kafka_topic_alerts},
     )

@@ -127,6 +127,13 @@ class AttributorSettings(_Section):
         allow_inf_nan=False,
         description="Seconds a run may wait for its last shard before it is given up.",
     )
+    pipeline: int = Field(
+        dd.PIPELINE,
+        ge=1,
+        le=64,
+        description="Runs merged and measured at once, in threads (published one by one, in order): an attributor "
+        "catching up uses that many cores.",
+    )
 
 
 TOPIC_FLAGS = {

@@ -5,7 +5,9 @@ Gatherer` (a run incomplete after ``--gather-timeout`` is given up, logged with 
 in ``skyattr_attributor_runs_total{outcome="incomplete"}``), merges the partitions' windows into the snapshot a
 single process would hold (:func:`~streamer.distributed.merge.merge`) and runs the single process's own
 attribution on it (:func:`~streamer.core.attribution.measure`, :func:`~streamer.core.attribution.finish`): the run
-numbers, the alert's hysteresis and the messages are the same as ``skyattr replay``'s on the same events.
+numbers, the alert's hysteresis and the messages are the same as ``skyattr replay``'s on the same events. Up to
+``--pipeline`` runs are merged and measured at once in threads (a catching-up attributor keeps the cores busy:
+numpy's sorts and the kernels release the GIL), and published one by one, in order.
 
 Each run's messages (``skyattr.tiers``, and ``skyattr.alerts`` when the alert changes state), the attributor's own
 state (the last due time done, the run count, the alert state: a compacted ``skyattr.attributor-state`` record)
@@ -22,15 +24,16 @@ import asyncio
 import json
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from streamer.core.attribution import AttributionConfig, finish, measure_snapshot
+from streamer.core.attribution import AttributionConfig, Measured, finish, measure_snapshot
 from streamer.core.results import Result
 from streamer.core.schedule import ScheduleState, accepted
 from streamer.core.state import StateConfig
-from streamer.distributed.defaults import ATTRIBUTOR_NAME, GATHER_TIMEOUT_S, SHARDS_TOPIC, STATE_TOPIC
+from streamer.distributed.defaults import ATTRIBUTOR_NAME, GATHER_TIMEOUT_S, PIPELINE, SHARDS_TOPIC, STATE_TOPIC
 from streamer.distributed.gather import Complete, Gatherer, Incomplete
 from streamer.distributed.merge import merge
 from streamer.distributed.ride_out import BrokerLink, probe
@@ -76,6 +79,7 @@ class AttributorConfig:
     name: str = ATTRIBUTOR_NAME  # names the group, the transactional id and the state record
     topics: dict[str, str] = field(default_factory=lambda: {"tiers": "skyattr.tiers", "alerts": "skyattr.alerts"})
     gather_timeout_s: float = GATHER_TIMEOUT_S
+    pipeline: int = PIPELINE  # runs merged and measured at once, published in order
     security: dict[str, Any] = field(default_factory=dict)
 
 
@@ -123,6 +127,9 @@ async def run_attributor(
         raise
     consumer = None
     prober: asyncio.Task[None] | None = None
+    # runs handed out by the gatherer, oldest first, each with its measurement under way (None: given up); published
+    # one by one in this order, so the run numbers and the alert's hysteresis are the single process's
+    inflight: deque[tuple[Complete | Incomplete, asyncio.Task[Measured] | None]] = deque()
     try:
         held = await load_latest(config.bootstrap, config.state_topic, config.name, security=sec)
         state = AttributorState.from_bytes(held) if held is not None else AttributorState()
@@ -152,7 +159,7 @@ async def run_attributor(
         if done:
             log.info("the final run (at %d) is already done: nothing to attribute", state.done_through_us)
         while not stop.is_set() and not done:
-            batch = await consumer.getmany(tp, timeout_ms=500)
+            batch = await consumer.getmany(tp, timeout_ms=0 if inflight else 500)
             for record in batch.get(tp, []):
                 try:
                     meta = chunk_meta(record.headers)
@@ -160,56 +167,73 @@ async def run_attributor(
                 except ValueError as exc:
                     stats.undecodable += 1
                     log.warning("%s offset %d skipped: %s", config.shards_topic, record.offset, exc)
-            while (ready := gatherer.next_ready()) is not None:
-                results: list[Result] = []
-                if isinstance(ready, Incomplete):
-                    state.incomplete += 1
-                    stats.incomplete += 1
-                    outcome, gather_s = "incomplete", config.gather_timeout_s
-                    log.warning(
-                        "run at %d given up after %.0f s: no shard from partition(s) %s of %d",
-                        ready.as_of_us,
-                        config.gather_timeout_s,
-                        ", ".join(map(str, ready.missing)),
-                        ready.partitions,
-                    )
+            while len(inflight) < config.pipeline and (ready := gatherer.next_ready()) is not None:
+                task = None
+                if isinstance(ready, Complete):
+                    task = asyncio.create_task(asyncio.to_thread(measure_run, ready, attribution, followers))
+                inflight.append((ready, task))
+            if not inflight:
+                continue
+            ready, task = inflight.popleft()
+            results: list[Result] = []
+            if isinstance(ready, Incomplete):
+                state.incomplete += 1
+                stats.incomplete += 1
+                outcome, gather_s = "incomplete", config.gather_timeout_s
+                log.warning(
+                    "run at %d given up after %.0f s: no shard from partition(s) %s of %d",
+                    ready.as_of_us,
+                    config.gather_timeout_s,
+                    ", ".join(map(str, ready.missing)),
+                    ready.partitions,
+                )
+            else:
+                assert task is not None
+                out = finish(
+                    await task,
+                    attribution,
+                    run=state.run + 1,
+                    as_of_us=ready.as_of_us,
+                    alert_active=state.alert_active,
+                )
+                if out.result is None:
+                    state.skipped += 1
+                    stats.skipped += 1
+                    outcome = "skipped"
+                    log.info("run at %d skipped: %s", ready.as_of_us, out.skipped)
                 else:
-                    out = await asyncio.to_thread(_attribute, ready, attribution, followers, state)
-                    if out.result is None:
-                        state.skipped += 1
-                        stats.skipped += 1
-                        outcome = "skipped"
-                        log.info("run at %d skipped: %s", ready.as_of_us, out.skipped)
-                    else:
-                        state.accepted(out.alert_active)
-                        results = [r for r in (out.result, out.alert) if r is not None]
-                        stats.runs += 1
-                        outcome = "ok"
-                    gather_s = ready.gather_s
-                    log.info(
-                        "run at %d: %d shards gathered in %.2f s (%s)",
-                        ready.as_of_us,
-                        len(ready.shards),
-                        gather_s,
-                        outcome,
-                    )
-                    state.final = state.final or ready.final
-                    done = until_final and ready.final
-                state.done_through_us = ready.as_of_us
-                low = gatherer.low_offset()
-                resume_at = low if low is not None else await consumer.position(tp)
-                messages = [encode(r.topic, config.topics[r.topic], r.to_message()) for r in results]
-                mark = (config.state_topic, config.name, state.to_bytes())
-                await commit(producer, messages, mark, ({tp: resume_at}, config.name))
-                for r in results:
-                    if deliver is not None:
-                        deliver(r)
-                if on_outcome is not None:
-                    on_outcome(outcome, gather_s)
-                if done:
-                    break
+                    state.accepted(out.alert_active)
+                    results = [r for r in (out.result, out.alert) if r is not None]
+                    stats.runs += 1
+                    outcome = "ok"
+                gather_s = ready.gather_s
+                log.info(
+                    "run at %d: %d shards gathered in %.2f s (%s)",
+                    ready.as_of_us,
+                    len(ready.shards),
+                    gather_s,
+                    outcome,
+                )
+                state.final = state.final or ready.final
+                done = until_final and ready.final
+            state.done_through_us = ready.as_of_us
+            # a restart reads again every chunk of the runs not committed yet, those being measured included
+            held = [o for later, _ in inflight for o in later.offsets]
+            low = min([*held, *([x] if (x := gatherer.low_offset()) is not None else [])], default=None)
+            resume_at = low if low is not None else await consumer.position(tp)
+            messages = [encode(r.topic, config.topics[r.topic], r.to_message()) for r in results]
+            mark = (config.state_topic, config.name, state.to_bytes())
+            await commit(producer, messages, mark, ({tp: resume_at}, config.name))
+            for r in results:
+                if deliver is not None:
+                    deliver(r)
+            if on_outcome is not None:
+                on_outcome(outcome, gather_s)
         return stats
     finally:
+        for _, task in inflight:
+            if task is not None:
+                task.cancel()  # a run not committed: a restart measures it again
         if prober is not None:
             prober.cancel()
         if consumer is not None:
@@ -217,14 +241,14 @@ async def run_attributor(
         await producer.stop()
 
 
-def _attribute(ready: Complete, attribution: AttributionConfig, followers: Any, state: AttributorState) -> Any:
-    """The run of one complete set of shards (in a worker thread: the kernels release the GIL)."""
+def measure_run(ready: Complete, attribution: AttributionConfig, followers: Any) -> Measured:
+    """The merge and the measurement of one complete set of shards (in a worker thread: numpy's sorts and gathers
+    and the kernels release the GIL, so the runs of a pipeline overlap)."""
     configs = {json.dumps(s.config, sort_keys=True) for s in ready.shards}
     if len(configs) != 1:
         raise ValueError(f"the shards of the run at {ready.as_of_us} were made with different configurations")
     state_config = StateConfig(**ready.shards[0].config["state"])
     started = time.perf_counter()
     m = measure_snapshot(lambda: merge(ready.parts, ready.numbers, state_config, followers), attribution)
-    out = finish(m, attribution, run=state.run + 1, as_of_us=ready.as_of_us, alert_active=state.alert_active)
     log.debug("run at %d: %.0f ms", ready.as_of_us, 1000 * (time.perf_counter() - started))
-    return out
+    return m

@@ -28,3 +28,4 @@ STUCK_TIMEOUT_S = 900.0  # no partition held and none recovering this long: the 
 # attributor
 ATTRIBUTOR_NAME = "skyattr-attributor"  # names the group, the transactional id and the state record
 GATHER_TIMEOUT_S = 120.0  # seconds a run may wait for its last shard before it is given up
+PIPELINE = 2  # runs merged and measured at once (published one by one, in order)

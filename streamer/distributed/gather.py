@@ -35,6 +35,7 @@ class Complete:
     numbers: DidNumbers  # what the parts' DID numbers name
     final: bool
     gather_s: float  # first chunk to last shard
+    offsets: list[int]  # where its shards start in the topic (read again by a restart before it is committed)
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,7 @@ class Incomplete:
     as_of_us: int
     missing: list[int]  # partitions with no complete shard
     partitions: int
+    offsets: list[int]  # where the shards it holds start in the topic
 
 
 @dataclass
@@ -110,8 +112,8 @@ class Gatherer:
         run.offsets.append(at)
 
     def next_ready(self) -> Complete | Incomplete | None:
-        """The oldest run to attribute now (see the module doc), or None. One at a time: the runs after it stay
-        held, so :meth:`low_offset` still counts their chunks while this one is being committed."""
+        """The oldest run to attribute now (see the module doc), or None. A run handed out is no longer counted by
+        :meth:`low_offset`: until it is committed, its caller keeps its ``offsets`` in the position it commits."""
         if not self.runs:
             return None
         t = min(self.runs)
@@ -121,9 +123,11 @@ class Gatherer:
         if len(run.shards) == run.partitions:
             shards = [run.shards[p] for p in sorted(run.shards)]
             parts = [run.parts[p] for p in sorted(run.parts)]
-            out = Complete(t, shards, parts, self.numbers, any(s.final for s in shards), now - run.first_seen)
+            final = any(s.final for s in shards)
+            out = Complete(t, shards, parts, self.numbers, final, now - run.first_seen, run.offsets)
         elif now - run.first_seen >= self.timeout_s:
-            out = Incomplete(t, [p for p in range(run.partitions) if p not in run.shards], run.partitions)
+            missing = [p for p in range(run.partitions) if p not in run.shards]
+            out = Incomplete(t, missing, run.partitions, run.offsets)
         else:
             return None
         del self.runs[t]

@@ -100,6 +100,9 @@ def test_the_gatherer_hands_out_runs_in_order_first_copy_wins_and_gives_up_after
     got = as_window(second.parts[0], second.numbers)
     assert got["dids"] == parts[0].arrays()["dids"]
     np.testing.assert_array_equal(got["x"], parts[0].shard(ticks[1], 2).arrays["x"])
+    # each run handed out names where its shards start, for the position its caller commits until it is published
+    assert first.offsets == [starts[(0, ticks[0].as_of_us)]]
+    assert sorted(second.offsets) == sorted(starts[(p, ticks[1].as_of_us)] for p in range(2))
     # nothing is pending; a restart reads again from the oldest full shard the partitions' copies were built from
     assert g.next_ready() is None and g.low_offset() == starts[(0, ticks[1].as_of_us)]
     add(1, ticks[0])  # too late: that run is given up
