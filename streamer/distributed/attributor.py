@@ -158,7 +158,17 @@ async def run_attributor(
         done = until_final and state.final  # a rerun of a finished job: nothing is left to wait for
         if done:
             log.info("the final run (at %d) is already done: nothing to attribute", state.done_through_us)
+
+        def hand_out() -> None:
+            """Start the measurement of each run ready now, as many as the pipeline holds."""
+            while len(inflight) < config.pipeline and (ready := gatherer.next_ready()) is not None:
+                task = None
+                if isinstance(ready, Complete):
+                    task = asyncio.create_task(asyncio.to_thread(measure_run, ready, attribution, followers))
+                inflight.append((ready, task))
+
         while not stop.is_set() and not done:
+            hand_out()  # runs already gathered first: the topic is read without waiting while there is work
             batch = await consumer.getmany(tp, timeout_ms=0 if inflight else 500)
             for record in batch.get(tp, []):
                 try:
@@ -167,11 +177,7 @@ async def run_attributor(
                 except ValueError as exc:
                     stats.undecodable += 1
                     log.warning("%s offset %d skipped: %s", config.shards_topic, record.offset, exc)
-            while len(inflight) < config.pipeline and (ready := gatherer.next_ready()) is not None:
-                task = None
-                if isinstance(ready, Complete):
-                    task = asyncio.create_task(asyncio.to_thread(measure_run, ready, attribution, followers))
-                inflight.append((ready, task))
+            hand_out()
             if not inflight:
                 continue
             ready, task = inflight.popleft()

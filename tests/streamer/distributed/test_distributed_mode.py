@@ -267,6 +267,58 @@ def test_a_worker_paused_past_its_session_commits_nothing_more(bootstrap: str, t
         dep.close()
 
 
+def test_a_worker_restarted_with_its_instance_id_takes_its_partitions_back_without_a_rebalance(
+    bootstrap: str, tmp_path: Path
+) -> None:
+    """Static membership (the chart gives each worker pod its name as ``SKYATTR_WORKER__INSTANCE``): a worker killed
+    (SIGKILL) mid-stream and started again under the same id within its session timeout (8 s) is given back the
+    partitions it held, and the other worker keeps its own throughout: it reads nothing back after the restart (no
+    rebalance moved anything). The results are still the golden ones."""
+    dep = Deployment(bootstrap, tmp_path)
+    try:
+        ingest = dep.ingest(wait=False, batch_items=10, speed=1000)
+        wait_until(dep.events_exist, 60, "the events topic")
+        ports = {n: free_port() for n in (1, 2, 3)}
+        workers = {n: dep.worker(n, metrics_port=ports[n], instance=f"pod-{n}") for n in (1, 2)}
+
+        def held(port: int) -> frozenset[int]:
+            try:
+                names = _metrics(port)
+            except OSError:  # not serving yet
+                return frozenset()
+            return frozenset(int(k.split('"')[1]) for k in names if k.startswith("skyattr_worker_consumer_lag{"))
+
+        seen: list[tuple[frozenset[int], frozenset[int]]] = []
+
+        def settled() -> bool:  # both hold some, together all four, the same at three scrapes in a row
+            seen.append((held(ports[1]), held(ports[2])))
+            a, b = seen[-1]
+            steady = len(seen) >= 3 and seen[-3] == seen[-2] == seen[-1]
+            return steady and bool(a) and bool(b) and a | b == set(range(4))
+
+        wait_until(settled, 120, "two workers sharing the four partitions")
+        first, second = seen[-1]
+
+        def read_back(n: int) -> int:  # partitions worker n read back so far (its whole log)
+            return (tmp_path / f"worker{n}.log").read_text().count("changelog records read back")
+
+        before = read_back(1)
+        workers[2].kill()  # the member that joined second (the first leads the group)
+        workers.pop(2).wait(30)
+        workers[3] = dep.worker(3, metrics_port=ports[3], instance="pod-2")  # the same pod, started again
+        wait_until(lambda: held(ports[3]) == second, 60, "the restarted worker holding its partitions again")
+        assert ingest.poll() is None, "the restart happens mid-stream"
+        assert held(ports[1]) == first and read_back(1) == before, "the other worker's partitions never moved"
+        out = tmp_path / "results.jsonl"
+        final = dep.attributor(out, "--until-final", "--gather-timeout", "600")
+        assert ingest.wait(300) == 0, dep.log("ingest")
+        dep.finish(final, 400, list(workers.values()))
+        _assert_golden(out)
+        assert read_back(1) == before, "nor later"
+    finally:
+        dep.close()
+
+
 def _metrics(port: int) -> dict[str, float]:
     """The samples of a role's /metrics, by name with labels (the real prometheus-client exposition)."""
     import urllib.request
