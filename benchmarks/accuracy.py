@@ -19,12 +19,13 @@ nodes: doubling until its own estimate is within it) costs and reaches without k
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from benchmarks import reports
 
 SIZES = (100_000, 1_671_587)
 INDICATORS = ("cascade", "reach")
@@ -154,12 +155,7 @@ def main(argv: list[str] | None = None) -> None:
         "target": args.target,
         "rows": [measure(n, args.indicators, sorted(args.counts), args.target) for n in args.sizes],
     }
-    text = markdown(report)
-    if args.out is not None:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "accuracy.json").write_text(json.dumps(report, indent=2))
-        (args.out / "accuracy.md").write_text(text)
-    print(text)
+    reports.write(args.out, "accuracy", report, markdown(report))
 
 
 if __name__ == "__main__":

@@ -33,6 +33,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks import reports
+
 CHILD = r"""
 import json, os, sys, time
 import numpy as np
@@ -185,10 +187,7 @@ def main(argv: list[str] | None = None) -> None:
         f"{runs_table(report['runs'])}\n\nThe first run after a restart, {args.restart_agents:,} agents:\n\n"
         f"{restart_table(report['restart'])}\n\n{json.dumps(report['summary'])}\n"
     )
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "daemon_device.json").write_text(json.dumps(report, indent=2))
-    (args.out / "daemon_device.md").write_text(text)
-    print(text)
+    reports.write(args.out, "daemon_device", report, text)
 
 
 if __name__ == "__main__":

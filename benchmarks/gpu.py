@@ -27,6 +27,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks import reports
+
 SIZES = (100_000, 1_000_000, 1_671_587, 10_000_000)
 INDICATORS = ("cascade", "reach", "exposure")
 
@@ -179,9 +181,7 @@ def main(argv: list[str] | None = None) -> None:
             with_cpu(report, json.loads((cpu_out / "gpu.json").read_text()))
         else:
             print(f"the CPU run failed (exit {done.returncode}): the table has no CPU column", flush=True)
-    (args.out / "gpu.json").write_text(json.dumps(report, indent=2))
-    (args.out / "gpu.md").write_text(markdown(report))
-    print(markdown(report))
+    reports.write(args.out, "gpu", report, markdown(report))
 
 
 if __name__ == "__main__":

@@ -224,8 +224,7 @@ async def run_attributor(
                 done = until_final and ready.final
             state.done_through_us = ready.as_of_us
             # a restart reads again every chunk of the runs not committed yet, those being measured included
-            held = [o for later, _ in inflight for o in later.offsets]
-            low = min([*held, *([x] if (x := gatherer.low_offset()) is not None else [])], default=None)
+            low = gatherer.low_offset(handed_out=[later for later, _ in inflight])
             resume_at = low if low is not None else await consumer.position(tp)
             messages = [encode(r.topic, config.topics[r.topic], r.to_message()) for r in results]
             mark = (config.state_topic, config.name, state.to_bytes())

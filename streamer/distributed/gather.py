@@ -17,7 +17,7 @@ where the attributor resumed, are not gathered.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -83,10 +83,10 @@ class Gatherer:
         del self._pieces[(t, p, meta["base"])]
         replica = self.replicas.get(p)
         if replica is None:
-            replica = self.replicas[p] = PartitionReplica(p, self.numbers)
+            replica = self.replicas[p] = PartitionReplica(p)
         was = replica.as_of_us
         given = from_chunks(meta, [pieces[i] for i in range(meta["chunks"])])
-        moved = replica.apply(given, at)
+        moved = replica.apply(given, at, self.numbers)
         if replica.as_of_us is not None:  # a shard left in pieces at or before the copy can never be used now
             stale = [k for k in self._pieces if k[1] == p and k[0] <= replica.as_of_us]
             for k in stale:
@@ -108,12 +108,12 @@ class Gatherer:
             self.dropped += 1
             return
         run.shards[p] = replace(given, arrays={})
-        run.parts[p] = replica.part()
+        run.parts[p] = replica.part(given)
         run.offsets.append(at)
 
     def next_ready(self) -> Complete | Incomplete | None:
         """The oldest run to attribute now (see the module doc), or None. A run handed out is no longer counted by
-        :meth:`low_offset`: until it is committed, its caller keeps its ``offsets`` in the position it commits."""
+        :meth:`low_offset` unless given back to it as ``handed_out`` until it is committed."""
         if not self.runs:
             return None
         t = min(self.runs)
@@ -142,15 +142,16 @@ class Gatherer:
         held = [part.gids for run in self.runs.values() for part in run.parts.values()]
         fresh, new_of = self.numbers.compacted([*(r.gids for r in self.replicas.values()), *held])
         for replica in self.replicas.values():
-            replica.renumber(fresh, new_of)
+            replica.renumber(new_of)
         for run in self.runs.values():
             run.parts = {p: part.renumbered(new_of) for p, part in run.parts.items()}
         self.numbers = fresh
 
-    def low_offset(self) -> int | None:
-        """The first offset a restart must read again to see every chunk held now and to rebuild every partition's
-        copy from its full shard (None: nothing is held)."""
-        offsets = [o for run in self.runs.values() for o in run.offsets]
+    def low_offset(self, handed_out: Iterable[Complete | Incomplete] = ()) -> int | None:
+        """The first offset a restart must read again to see every chunk held now, those of the runs
+        ``handed_out`` but not committed yet, and to rebuild every partition's copy from its full shard (None:
+        nothing is held)."""
+        offsets = [o for run in [*self.runs.values(), *handed_out] for o in run.offsets]
         offsets += [at for at, _ in self._pieces.values()]
         offsets += [r.full_offset for r in self.replicas.values() if r.full_offset is not None]
         return min(offsets) if offsets else None

@@ -29,11 +29,10 @@ log = logging.getLogger("skyattr.attributor")
 class PartitionReplica:
     """One partition's window as its shards built it (see the module doc)."""
 
-    def __init__(self, partition: int, numbers: DidNumbers) -> None:
+    def __init__(self, partition: int) -> None:
         self.partition = partition
         self.as_of_us: int | None = None  # the due time of the shard the copy stands at
         self.full_offset: int | None = None  # where the full shard the copy was built from starts in the topic
-        self.numbers = numbers  # replaced by the gatherer when it numbers the DIDs afresh (renumber)
         self.gids = np.zeros(0, np.int64)  # the worker's id -> the attributor's DID number (-1: never named)
         # the arrays below are replaced, never written in place, so a Part made of them stays as it was made
         self._ids = np.zeros(0, np.int64)  # present rows, by id
@@ -41,18 +40,18 @@ class PartitionReplica:
         self._x = np.zeros(0)
         self._edges = np.zeros(0, np.int64)  # attender id << ID_BITS | source id, sorted
         self._w = np.zeros(0)
-        self._meta = (0, -1, -1)  # events, head, newest bucket of the shard the copy stands at
 
-    def apply(self, shard: Shard, offset: int) -> bool:
+    def apply(self, shard: Shard, offset: int, numbers: DidNumbers) -> bool:
         """Move the copy to ``shard`` (set it, when full); False when a delta does not follow the copy's shard, or
-        a full one is older than it (see the module doc). ``offset``: where the shard starts in the shards topic."""
+        a full one is older than it (see the module doc). ``offset``: where the shard starts in the shards topic;
+        ``numbers``: the attributor's DID numbers, which number the DIDs the shard names for the first time."""
         if shard.full:
             if self.as_of_us is not None and shard.as_of_us < self.as_of_us:
                 return False  # an older shard published late (a partition that moved): the copy is newer
-            self._set(shard)
+            self._set(shard, numbers)
             self.full_offset = offset
         elif self.as_of_us == shard.base:
-            self._move(shard)
+            self._move(shard, numbers)
         else:
             if shard.as_of_us != self.as_of_us:
                 log.warning(
@@ -65,19 +64,19 @@ class PartitionReplica:
                 )
             return False
         self.as_of_us = shard.as_of_us
-        self._meta = (shard.events, shard.head, shard.newest_bucket)
         return True
 
-    def part(self) -> Part:
-        """The window the copy stands at (its arrays, which later shards replace rather than change)."""
-        return Part(self.gids.copy(), self._ids, self._first, self._x, self._edges, self._w, *self._meta)
+    def part(self, shard: Shard) -> Part:
+        """The window the copy stands at, ``shard`` the one it was moved to last (its arrays, which later shards
+        replace rather than change)."""
+        window = (self._ids, self._first, self._x, self._edges, self._w)
+        return Part(self.gids.copy(), *window, shard.events, shard.head, shard.newest_bucket)
 
-    def renumber(self, numbers: DidNumbers, new_of: np.ndarray) -> None:
+    def renumber(self, new_of: np.ndarray) -> None:
         """The DIDs numbered afresh (``new_of``: old number -> new, from :meth:`DidNumbers.compacted`)."""
         self.gids = np.where(self.gids >= 0, new_of[self.gids], -1)
-        self.numbers = numbers
 
-    def _name(self, ids: np.ndarray, dids: list[str]) -> None:
+    def _name(self, ids: np.ndarray, dids: list[str], numbers: DidNumbers) -> None:
         """The attributor's numbers of the DIDs ``dids`` the worker numbered ``ids``."""
         if not len(ids):
             return
@@ -86,22 +85,22 @@ class PartitionReplica:
             grown = np.full(top, -1, np.int64)
             grown[: len(self.gids)] = self.gids
             self.gids = grown
-        self.gids[ids] = self.numbers.numbers(dids)
+        self.gids[ids] = numbers.numbers(dids)
 
-    def _set(self, shard: Shard) -> None:
+    def _set(self, shard: Shard, numbers: DidNumbers) -> None:
         a = shard.arrays
         ids = np.asarray(a["ids"], np.int64)
         self.gids = np.zeros(0, np.int64)
-        self._name(ids, list(a["dids"]))
+        self._name(ids, list(a["dids"]), numbers)
         order = np.argsort(ids, kind="stable")
         self._ids, self._first, self._x = ids[order], np.asarray(a["first"])[order], np.asarray(a["x"])[order]
         edges = (ids[np.asarray(a["att"], np.int64)] << ID_BITS) | ids[np.asarray(a["src"], np.int64)]
         by_key = np.argsort(edges, kind="stable")
         self._edges, self._w = edges[by_key], np.asarray(a["w"])[by_key]
 
-    def _move(self, shard: Shard) -> None:
+    def _move(self, shard: Shard, numbers: DidNumbers) -> None:
         a = shard.arrays
-        self._name(np.asarray(a["named_ids"], np.int64), list(a["named"]))
+        self._name(np.asarray(a["named_ids"], np.int64), list(a["named"]), numbers)
         self._ids, (self._first, self._x) = _upsert(
             self._ids, (self._first, self._x), a["gone_ids"], a["up_ids"], (a["up_first"], a["up_x"])
         )

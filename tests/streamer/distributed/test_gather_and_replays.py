@@ -103,8 +103,11 @@ def test_the_gatherer_hands_out_runs_in_order_first_copy_wins_and_gives_up_after
     # each run handed out names where its shards start, for the position its caller commits until it is published
     assert first.offsets == [starts[(0, ticks[0].as_of_us)]]
     assert sorted(second.offsets) == sorted(starts[(p, ticks[1].as_of_us)] for p in range(2))
-    # nothing is pending; a restart reads again from the oldest full shard the partitions' copies were built from
+    # nothing is pending; a restart reads again from the oldest full shard the partitions' copies were built from,
+    # or from the first shard of a run handed out and not committed yet
     assert g.next_ready() is None and g.low_offset() == starts[(0, ticks[1].as_of_us)]
+    assert g.low_offset(handed_out=[second]) == starts[(0, ticks[1].as_of_us)]
+    assert g.low_offset(handed_out=[first, second]) == starts[(0, ticks[0].as_of_us)] == 0
     add(1, ticks[0])  # too late: that run is given up
     assert not g.runs
 

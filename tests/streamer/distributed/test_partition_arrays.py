@@ -84,10 +84,10 @@ def checked(monkeypatch: pytest.MonkeyPatch) -> list[str]:
         kinds.append("full" if out.full else "delta")
         return out
 
-    def apply(self: PartitionReplica, shard: Any, offset: int) -> Any:
-        moved = applied(self, shard, offset)
+    def apply(self: PartitionReplica, shard: Any, offset: int, numbers: DidNumbers) -> Any:
+        moved = applied(self, shard, offset, numbers)
         if moved:
-            _same(as_window(self.part(), self.numbers), windows[(shard.partition, shard.as_of_us)])
+            _same(as_window(self.part(shard), numbers), windows[(shard.partition, shard.as_of_us)])
         return moved
 
     monkeypatch.setattr(ps.PartitionState, "_window", compared)
